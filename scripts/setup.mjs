@@ -1,0 +1,107 @@
+#!/usr/bin/env node
+// Installs and builds whatever `npm start`, `npm test` and `npm run bench` need, and is quick when nothing is missing.
+// Plain Node with no npm dependencies: it runs before node_modules exists on a fresh machine.
+import { execFileSync, spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const purpose = process.argv.includes('--for') ? process.argv[process.argv.indexOf('--for') + 1] : 'all';
+const quiet = process.env.VMLET_SETUP_QUIET === '1';
+const log = (msg) => { if (!quiet) process.stderr.write(`setup: ${msg}\n`); };
+
+function run(cmd, args, opts = {}) {
+  const r = spawnSync(cmd, args, { stdio: 'inherit', cwd: root, ...opts });
+  if (r.error) throw new Error(`SETUP_COMMAND_FAILED: ${cmd} could not run: ${r.error.message}`);
+  if (r.status !== 0) throw new Error(`SETUP_COMMAND_FAILED: ${cmd} ${args.join(' ')} exited with ${r.status ?? r.signal}`);
+}
+
+function have(bin) {
+  return (process.env.PATH ?? '/usr/bin:/bin').split(':').some((d) => {
+    try { fs.accessSync(path.join(d, bin), fs.constants.X_OK); return true; } catch { return false; }
+  }) || fs.existsSync(bin);
+}
+
+// Debian packages, each found by one file it installs.
+const debs = [
+  ['qemu-system-x86', 'qemu-system-x86_64'],
+  ['qemu-utils', 'qemu-img'],
+  ['genisoimage', 'genisoimage'],
+  ['cpio', 'cpio'],
+  ['iproute2', 'ip'],
+  ['nftables', 'nft'],
+  ['make', 'make'],
+  ['gcc', 'cc'],
+  ['libc6-dev', '/usr/include/stdio.h'],
+  ['ovmf', '/usr/share/OVMF/OVMF_CODE_4M.fd'],
+];
+
+function ensureDebs() {
+  const missing = debs.filter(([, bin]) => !have(bin)).map(([pkg]) => pkg);
+  if (missing.length === 0) return;
+  if (process.getuid?.() !== 0) {
+    throw new Error(`SETUP_NOT_ROOT: missing Debian packages ${missing.join(' ')}; run as root or install them first`);
+  }
+  log(`installing Debian packages: ${missing.join(' ')}`);
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  run('apt-get', ['update', '-qq'], { env });
+  run('apt-get', ['install', '-y', '-qq', '--no-install-recommends', ...missing], { env });
+}
+
+function newestMtime(dir, filter) {
+  let newest = 0;
+  if (!fs.existsSync(dir)) return 0;
+  for (const ent of fs.readdirSync(dir, { withFileTypes: true })) {
+    const p = path.join(dir, ent.name);
+    if (ent.isDirectory()) newest = Math.max(newest, newestMtime(p, filter));
+    else if (filter(p)) newest = Math.max(newest, fs.statSync(p).mtimeMs);
+  }
+  return newest;
+}
+
+function mtime(p) {
+  try { return fs.statSync(p).mtimeMs; } catch { return 0; }
+}
+
+function ensureNodeModules() {
+  const stamp = path.join(root, 'node_modules', '.package-lock.json');
+  if (mtime(stamp) >= mtime(path.join(root, 'package-lock.json')) && fs.existsSync(path.join(root, 'node_modules', 'tap'))) return;
+  log('installing npm packages');
+  run('npm', ['ci', '--no-audit', '--no-fund']);
+}
+
+function ensureBuild() {
+  const stamp = path.join(root, 'dist', '.build-stamp');
+  const newest = Math.max(
+    newestMtime(path.join(root, 'src'), (p) => p.endsWith('.ts')),
+    mtime(path.join(root, 'tsconfig.json')),
+  );
+  if (mtime(stamp) >= newest && newest > 0) return;
+  log('building TypeScript');
+  run(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json']);
+  fs.writeFileSync(stamp, new Date().toISOString());
+}
+
+function ensureNative() {
+  if (!fs.existsSync(path.join(root, 'native', 'Makefile'))) return;
+  run('make', ['-s', '-C', 'native']);
+}
+
+async function ensureGuest() {
+  const builder = path.join(root, 'scripts', 'build-guest-image.mjs');
+  if (!fs.existsSync(builder)) return;
+  const mod = await import(builder);
+  await mod.ensureGuestImage({ root, out: path.join(root, '.cache', 'guest'), force: false, log });
+}
+
+try {
+  ensureDebs();
+  ensureNodeModules();
+  ensureBuild();
+  ensureNative();
+  if (purpose !== 'build') await ensureGuest();
+} catch (e) {
+  process.stderr.write(`setup failed: ${e instanceof Error ? e.message : String(e)}\n`);
+  process.exit(1);
+}

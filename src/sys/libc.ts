@@ -1,0 +1,21 @@
+// Loads libc once through koffi and exposes errno, so the few syscalls Node lacks share one binding.
+import koffi from 'koffi';
+
+export const libc = koffi.load('libc.so.6');
+
+const errnoLocation = libc.func('int *__errno_location()');
+
+/** The calling thread's errno, read right after a failed libc call. */
+export function errno(): number {
+  const p: unknown = errnoLocation();
+  return koffi.decode(p, 'int') as number;
+}
+
+/** Name of an errno value (ENOENT, EBADF, ...) for messages, or the number when unknown. */
+export function errnoName(n: number): string {
+  const table: Record<number, string> = {
+    1: 'EPERM', 2: 'ENOENT', 9: 'EBADF', 11: 'EAGAIN', 12: 'ENOMEM', 13: 'EACCES', 14: 'EFAULT',
+    22: 'EINVAL', 24: 'EMFILE', 32: 'EPIPE', 88: 'ENOTSOCK', 95: 'EOPNOTSUPP', 104: 'ECONNRESET', 107: 'ENOTCONN',
+  };
+  return table[n] ?? `errno ${n}`;
+}
