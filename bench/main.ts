@@ -1,0 +1,14 @@
+// Runs one benchmark by name: `npm run bench -- NAME [--json]`.
+const benches: Record<string, () => Promise<{ run(opts: { json: boolean }): Promise<void> }>> = {
+  qmp: () => import('./qmp.js'),
+};
+
+const [name, ...rest] = process.argv.slice(2);
+const loader = name ? benches[name] : undefined;
+if (!loader) {
+  console.error(`usage: npm run bench -- ${Object.keys(benches).join('|')} [--json]`);
+  process.exit(2);
+}
+const mod = await loader();
+await mod.run({ json: rest.includes('--json') });
+process.exit(0);

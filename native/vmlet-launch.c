@@ -1,0 +1,674 @@
+/* vmlet-launch: joins one VM's sandbox (netns, cgroups), connects back to the vmlet daemon, forks QEMU with the argv and fds the daemon hands over, and reports QEMU's pid and exit status across daemon restarts (protocol: docs/launcher-protocol.md). */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <poll.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define PROTO_VERSION "1"
+#define MAX_ARGV_BYTES 65536
+#define MAX_ARGC 4096
+#define MAX_FDS 64
+#define MAX_CGROUPS 16
+#define MAX_LINE 1024
+#define BACKOFF_MIN_MS 100
+#define BACKOFF_MAX_MS 2000
+
+/* Exit codes of the launcher itself (before QEMU ran); afterwards it exits with QEMU's status. */
+enum {
+    EXIT_USAGE = 120,
+    EXIT_SANDBOX = 121,
+    EXIT_REJECTED = 122,
+    EXIT_PROTOCOL = 123,
+    EXIT_UNREACHABLE = 124,
+    EXIT_FORK = 125,
+    EXIT_EXEC = 126,
+    EXIT_EXEC_NOENT = 127,
+};
+
+enum state { ST_NEW, ST_RUNNING, ST_EXITED };
+
+static struct {
+    const char *uid;
+    const char *sock_path;
+    const char *run_dir;
+    const char *netns;
+    const char *cgroups[MAX_CGROUPS];
+    int ncgroups;
+    long linger_ms;
+} opt = { .linger_ms = 60000 };
+
+static enum state state = ST_NEW;
+static pid_t self_pid;
+static pid_t qemu_pid;
+static int qemu_wstatus;        /* raw wait status once ST_EXITED */
+static int conn = -1;           /* connection to the daemon, or -1 */
+static int pending_acks;        /* OK answers still owed by the daemon on this connection */
+static int exit_reported;       /* EXITED (or HELLO ... EXITED) sent on the current connection */
+static long backoff = BACKOFF_MIN_MS; /* reset only by a positive answer (OK, ARGV), so rejections back off */
+static char fail_code[16];      /* sandbox failure to report, if any */
+static char fail_msg[256];
+
+static char rbuf[MAX_ARGV_BYTES + MAX_LINE];
+static size_t rlen;
+static int rfds[MAX_FDS];
+static int nrfds;
+static char *qargv[MAX_ARGC + 1];
+
+static void logmsg(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static void logmsg(const char *fmt, ...)
+{
+    char line[MAX_LINE];
+    int n = snprintf(line, sizeof line, "vmlet-launch[%d] %s: ", (int)self_pid, opt.uid ? opt.uid : "-");
+    va_list ap;
+    va_start(ap, fmt);
+    if (n > 0 && (size_t)n < sizeof line)
+        n += vsnprintf(line + n, sizeof line - (size_t)n, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    if ((size_t)n >= sizeof line - 1)
+        n = (int)sizeof line - 2;
+    line[n++] = '\n';
+    ssize_t w = write(2, line, (size_t)n);
+    (void)w;
+}
+
+static long now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* Writes RUNDIR/name atomically (tmp file + rename); failures are logged, never fatal. */
+static void write_run_file(const char *name, const char *content)
+{
+    char path[PATH_MAX], tmp[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", opt.run_dir, name) >= (int)sizeof path ||
+        snprintf(tmp, sizeof tmp, "%s/.%s.tmp", opt.run_dir, name) >= (int)sizeof tmp) {
+        logmsg("run dir path too long");
+        return;
+    }
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd < 0) {
+        logmsg("cannot write %s: %s", tmp, strerror(errno));
+        return;
+    }
+    size_t len = strlen(content);
+    ssize_t w = write(fd, content, len);
+    if (w != (ssize_t)len || fsync(fd) != 0) {
+        logmsg("cannot write %s: %s", tmp, strerror(errno));
+        close(fd);
+        unlink(tmp);
+        return;
+    }
+    close(fd);
+    if (rename(tmp, path) != 0) {
+        logmsg("cannot rename %s: %s", tmp, strerror(errno));
+        unlink(tmp);
+    }
+}
+
+static void unlink_run_file(const char *name)
+{
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", opt.run_dir, name) < (int)sizeof path)
+        unlink(path);
+}
+
+/* "exit=N" or "signal=N" for a raw wait status. */
+static void format_status(int ws, char *out, size_t len)
+{
+    if (WIFSIGNALED(ws))
+        snprintf(out, len, "signal=%d", WTERMSIG(ws));
+    else
+        snprintf(out, len, "exit=%d", WEXITSTATUS(ws));
+}
+
+static int status_exit_code(int ws)
+{
+    return WIFSIGNALED(ws) ? 128 + WTERMSIG(ws) : WEXITSTATUS(ws);
+}
+
+static void close_received_fds(void)
+{
+    for (int i = 0; i < nrfds; i++)
+        close(rfds[i]);
+    nrfds = 0;
+}
+
+static void disconnect(const char *why)
+{
+    if (conn < 0)
+        return;
+    logmsg("disconnected from daemon: %s", why);
+    close(conn);
+    conn = -1;
+    rlen = 0;
+    pending_acks = 0;
+    exit_reported = 0;
+    close_received_fds();
+}
+
+/* Sends one text line; a failure drops the connection (the reconnect loop takes over). */
+static int send_line(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int send_line(const char *fmt, ...)
+{
+    char line[MAX_LINE];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(line, sizeof line - 1, fmt, ap);
+    va_end(ap);
+    if (conn < 0 || n < 0)
+        return -1;
+    if (n >= (int)sizeof line - 1)
+        n = (int)sizeof line - 2; /* overlong free text is truncated */
+    line[n++] = '\n';
+    size_t off = 0;
+    while (off < (size_t)n) {
+        ssize_t w = send(conn, line + off, (size_t)n - off, MSG_NOSIGNAL);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            disconnect(w < 0 ? strerror(errno) : "short write");
+            return -1;
+        }
+        off += (size_t)w;
+    }
+    return 0;
+}
+
+static void send_hello(void)
+{
+    char st[64];
+    switch (state) {
+    case ST_NEW:
+        send_line("HELLO " PROTO_VERSION " %s %d NEW", opt.uid, (int)self_pid);
+        break;
+    case ST_RUNNING:
+        if (send_line("HELLO " PROTO_VERSION " %s %d RUNNING %d", opt.uid, (int)self_pid, (int)qemu_pid) == 0)
+            pending_acks++;
+        break;
+    case ST_EXITED:
+        format_status(qemu_wstatus, st, sizeof st);
+        if (send_line("HELLO " PROTO_VERSION " %s %d EXITED %d %s", opt.uid, (int)self_pid, (int)qemu_pid, st) == 0) {
+            pending_acks++;
+            exit_reported = 1;
+        }
+        break;
+    }
+}
+
+static void try_connect(void)
+{
+    struct sockaddr_un sa = { .sun_family = AF_UNIX };
+    if (strlen(opt.sock_path) >= sizeof sa.sun_path)
+        return;
+    strcpy(sa.sun_path, opt.sock_path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return;
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+        close(fd);
+        return;
+    }
+    struct timeval tv = { .tv_sec = 5 };
+    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    conn = fd;
+    rlen = 0;
+    pending_acks = 0;
+    exit_reported = 0;
+    logmsg("connected to daemon at %s", opt.sock_path);
+    send_hello();
+}
+
+static void record_exit(int ws)
+{
+    char st[64];
+    state = ST_EXITED;
+    qemu_wstatus = ws;
+    format_status(ws, st, sizeof st);
+    char content[80];
+    snprintf(content, sizeof content, "%s\n", st);
+    write_run_file("exit-status", content);
+    logmsg("qemu %d exited: %s", (int)qemu_pid, st);
+    if (conn >= 0 && send_line("EXITED %s", st) == 0) {
+        pending_acks++;
+        exit_reported = 1;
+    }
+}
+
+static void reap(void)
+{
+    for (;;) {
+        int ws;
+        pid_t p = waitpid(-1, &ws, WNOHANG);
+        if (p <= 0)
+            return;
+        if (state == ST_RUNNING && p == qemu_pid)
+            record_exit(ws);
+    }
+}
+
+/* Child side of the fork: fds to 3.., stdio to qemu.log, clean signal state, exec. Never returns. */
+static void exec_qemu(int errfd, pid_t parent)
+{
+    if (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)
+        _exit(EXIT_FORK);
+    sigset_t none;
+    sigemptyset(&none);
+    signal(SIGPIPE, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+    sigprocmask(SIG_SETMASK, &none, NULL);
+
+    char logpath[PATH_MAX];
+    snprintf(logpath, sizeof logpath, "%s/qemu.log", opt.run_dir);
+    int logfd = open(logpath, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    int nullfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (logfd < 0 || nullfd < 0)
+        goto fail;
+    int base = 3 + nrfds;
+    /* Lift everything we still need above the target range so dup2 cannot clobber it. */
+    int tmp[MAX_FDS];
+    for (int i = 0; i < nrfds; i++)
+        if ((tmp[i] = fcntl(rfds[i], F_DUPFD_CLOEXEC, base)) < 0)
+            goto fail;
+    int hi = fcntl(errfd, F_DUPFD_CLOEXEC, base);
+    if (hi < 0)
+        goto fail;
+    errfd = hi;
+    if ((logfd = fcntl(logfd, F_DUPFD_CLOEXEC, base)) < 0 || (nullfd = fcntl(nullfd, F_DUPFD_CLOEXEC, base)) < 0)
+        goto fail;
+    if (dup2(nullfd, 0) < 0 || dup2(logfd, 1) < 0 || dup2(logfd, 2) < 0)
+        goto fail;
+    for (int i = 0; i < nrfds; i++)
+        if (dup2(tmp[i], 3 + i) < 0)
+            goto fail;
+    /* Everything from base up closes at exec; errfd stays usable until then. */
+    if (syscall(SYS_close_range, (unsigned)base, ~0U, 4U /* CLOSE_RANGE_CLOEXEC */) != 0) {
+        for (int fd = base; fd < 65536; fd++)
+            fcntl(fd, F_SETFD, FD_CLOEXEC);
+    }
+    execv(qargv[0], qargv);
+fail:;
+    int e = errno;
+    ssize_t w = write(errfd, &e, sizeof e);
+    (void)w;
+    _exit(e == ENOENT ? EXIT_EXEC_NOENT : EXIT_EXEC);
+}
+
+static void start_qemu(void)
+{
+    int ep[2];
+    if (pipe2(ep, O_CLOEXEC) != 0) {
+        send_line("ERROR fork pipe2: %s", strerror(errno));
+        exit(EXIT_FORK);
+    }
+    pid_t parent = getpid();
+    pid_t p = fork();
+    if (p < 0) {
+        send_line("ERROR fork fork: %s", strerror(errno));
+        exit(EXIT_FORK);
+    }
+    if (p == 0)
+        exec_qemu(ep[1], parent);
+    close(ep[1]);
+    close_received_fds();
+    int e = 0;
+    ssize_t r;
+    do
+        r = read(ep[0], &e, sizeof e);
+    while (r < 0 && errno == EINTR);
+    close(ep[0]);
+    if (r == (ssize_t)sizeof e) {
+        int ws;
+        waitpid(p, &ws, 0);
+        logmsg("exec %s failed: %s", qargv[0], strerror(e));
+        send_line("ERROR exec %s: %s", qargv[0], strerror(e));
+        exit(e == ENOENT ? EXIT_EXEC_NOENT : EXIT_EXEC);
+    }
+    qemu_pid = p;
+    state = ST_RUNNING;
+    char content[32];
+    snprintf(content, sizeof content, "%d\n", (int)p);
+    write_run_file("qemu.pid", content);
+    logmsg("qemu started: pid %d (%s)", (int)p, qargv[0]);
+    send_line("STARTED %d", (int)p);
+}
+
+/* A malformed message from the daemon: fatal before QEMU runs; afterwards QEMU must live on, so only the
+ * connection is dropped (and re-established). Returns -1 for the caller to pass on. */
+static int protocol_error(const char *what)
+{
+    logmsg("protocol error: %s", what);
+    send_line("ERROR protocol %s", what);
+    if (state == ST_NEW)
+        exit(EXIT_PROTOCOL);
+    disconnect("protocol error");
+    return -1;
+}
+
+/* Handles a complete ARGV message: payload is `nbytes` of NUL-terminated strings at `p`. */
+static int handle_argv(const char *p, size_t nbytes, int nfds)
+{
+    if (state != ST_NEW)
+        return protocol_error("ARGV while QEMU already started");
+    if (nfds != nrfds) {
+        char m[96];
+        snprintf(m, sizeof m, "ARGV announced %d fds, received %d", nfds, nrfds);
+        protocol_error(m);
+    }
+    if (nbytes == 0 || p[nbytes - 1] != '\0')
+        protocol_error("ARGV payload must end with NUL");
+    static char argbuf[MAX_ARGV_BYTES];
+    memcpy(argbuf, p, nbytes);
+    int argc = 0;
+    for (size_t off = 0; off < nbytes; off += strlen(argbuf + off) + 1) {
+        if (argc >= MAX_ARGC)
+            protocol_error("too many arguments");
+        qargv[argc++] = argbuf + off;
+    }
+    qargv[argc] = NULL;
+    if (qargv[0][0] != '/')
+        protocol_error("argv[0] must be an absolute path");
+    start_qemu();
+    return 0;
+}
+
+/* Consumes complete messages from rbuf. */
+static void process_input(void)
+{
+    for (;;) {
+        char *nl = memchr(rbuf, '\n', rlen);
+        if (!nl) {
+            if (rlen >= MAX_LINE)
+                protocol_error("line too long");
+            return;
+        }
+        size_t linelen = (size_t)(nl - rbuf);
+        *nl = '\0';
+        size_t consumed = linelen + 1;
+        if (strcmp(rbuf, "OK") == 0) {
+            backoff = BACKOFF_MIN_MS;
+            if (pending_acks > 0)
+                pending_acks--;
+            if (state == ST_EXITED && exit_reported && pending_acks == 0) {
+                logmsg("daemon acknowledged exit; exiting");
+                exit(status_exit_code(qemu_wstatus));
+            }
+        } else if (strncmp(rbuf, "REJECT", 6) == 0 && (rbuf[6] == ' ' || rbuf[6] == '\0')) {
+            logmsg("daemon rejected us: %s", rbuf[6] ? rbuf + 7 : "");
+            if (state == ST_NEW)
+                exit(fail_code[0] ? EXIT_SANDBOX : EXIT_REJECTED);
+            if (state == ST_EXITED)
+                exit(status_exit_code(qemu_wstatus));
+            disconnect("rejected while QEMU runs; will retry");
+            return;
+        } else if (strncmp(rbuf, "ARGV ", 5) == 0) {
+            backoff = BACKOFF_MIN_MS;
+            unsigned long nbytes;
+            int nfds;
+            char extra;
+            if (sscanf(rbuf + 5, "%lu %d%c", &nbytes, &nfds, &extra) != 2 || nbytes > MAX_ARGV_BYTES || nfds < 0 ||
+                nfds > MAX_FDS) {
+                protocol_error("malformed ARGV header");
+                return;
+            }
+            if (rlen - consumed < nbytes) {
+                *nl = '\n'; /* wait for the rest of the payload */
+                return;
+            }
+            if (fail_code[0]) {
+                /* The daemon now knows us; tell it why QEMU will not run. */
+                send_line("ERROR %s %s", fail_code, fail_msg);
+                logmsg("reported sandbox failure, exiting");
+                exit(EXIT_SANDBOX);
+            }
+            if (handle_argv(rbuf + consumed, nbytes, nfds) < 0)
+                return;
+            consumed += nbytes;
+        } else {
+            logmsg("ignoring unknown message from daemon: %.64s", rbuf);
+        }
+        memmove(rbuf, rbuf + consumed, rlen - consumed);
+        rlen -= consumed;
+    }
+}
+
+static void read_conn(void)
+{
+    union {
+        struct cmsghdr h;
+        char buf[CMSG_SPACE(sizeof(int) * 253)];
+    } ctl;
+    struct iovec iov = { .iov_base = rbuf + rlen, .iov_len = sizeof rbuf - rlen };
+    struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf, .msg_controllen = sizeof ctl.buf };
+    if (iov.iov_len == 0) {
+        protocol_error("message too large");
+        return;
+    }
+    ssize_t n = recvmsg(conn, &mh, MSG_CMSG_CLOEXEC | MSG_DONTWAIT);
+    if (n < 0 && (errno == EINTR || errno == EAGAIN))
+        return;
+    if (n <= 0) {
+        disconnect(n == 0 ? "EOF" : strerror(errno));
+        return;
+    }
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(&mh); c; c = CMSG_NXTHDR(&mh, c)) {
+        if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS)
+            continue;
+        int k = (int)((c->cmsg_len - CMSG_LEN(0)) / sizeof(int));
+        int *fds = (int *)(void *)CMSG_DATA(c);
+        for (int i = 0; i < k; i++) {
+            if (nrfds < MAX_FDS && state == ST_NEW)
+                rfds[nrfds++] = fds[i];
+            else {
+                close(fds[i]);
+                if (state == ST_NEW)
+                    protocol_error("too many fds"); /* exits */
+            }
+        }
+    }
+    if ((mh.msg_flags & MSG_CTRUNC) && state == ST_NEW)
+        protocol_error("fds truncated"); /* exits */
+    rlen += (size_t)n;
+    process_input();
+}
+
+static void join_sandbox(void)
+{
+    if (opt.netns) {
+        int fd = open(opt.netns, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 || setns(fd, CLONE_NEWNET) != 0) {
+            snprintf(fail_code, sizeof fail_code, "netns");
+            snprintf(fail_msg, sizeof fail_msg, "%s %.200s: %s", fd < 0 ? "open" : "setns", opt.netns, strerror(errno));
+            logmsg("cannot join netns: %s", fail_msg);
+            if (fd >= 0)
+                close(fd);
+            return;
+        }
+        close(fd);
+    }
+    for (int i = 0; i < opt.ncgroups; i++) {
+        char path[PATH_MAX], pid[24];
+        snprintf(path, sizeof path, "%s/cgroup.procs", opt.cgroups[i]);
+        int n = snprintf(pid, sizeof pid, "%d\n", (int)self_pid);
+        int fd = open(path, O_WRONLY | O_CLOEXEC);
+        if (fd < 0 || write(fd, pid, (size_t)n) != n) {
+            snprintf(fail_code, sizeof fail_code, "cgroup");
+            snprintf(fail_msg, sizeof fail_msg, "%s %.200s: %s", fd < 0 ? "open" : "write", path, strerror(errno));
+            logmsg("cannot join cgroup: %s", fail_msg);
+            if (fd >= 0)
+                close(fd);
+            return;
+        }
+        close(fd);
+    }
+}
+
+static void usage(const char *why)
+{
+    logmsg("%s", why);
+    logmsg("usage: vmlet-launch --uid UID --socket PATH --run-dir DIR [--netns PATH] [--cgroup DIR]... [--linger SECONDS]");
+    exit(EXIT_USAGE);
+}
+
+static void parse_args(int argc, char **argv)
+{
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (i + 1 >= argc)
+            usage("missing value");
+        const char *v = argv[++i];
+        if (strcmp(a, "--uid") == 0)
+            opt.uid = v;
+        else if (strcmp(a, "--socket") == 0)
+            opt.sock_path = v;
+        else if (strcmp(a, "--run-dir") == 0)
+            opt.run_dir = v;
+        else if (strcmp(a, "--netns") == 0)
+            opt.netns = v;
+        else if (strcmp(a, "--cgroup") == 0) {
+            if (opt.ncgroups >= MAX_CGROUPS)
+                usage("too many --cgroup");
+            opt.cgroups[opt.ncgroups++] = v;
+        } else if (strcmp(a, "--linger") == 0) {
+            char *end;
+            long s = strtol(v, &end, 10);
+            if (*end || s < 0 || s > 86400)
+                usage("bad --linger");
+            opt.linger_ms = s * 1000;
+        } else
+            usage("unknown option");
+    }
+    if (!opt.uid || !opt.sock_path || !opt.run_dir)
+        usage("--uid, --socket and --run-dir are required");
+    size_t n = strlen(opt.uid);
+    if (n == 0 || n > 128 || strspn(opt.uid, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != n)
+        usage("--uid must be 1-128 of [A-Za-z0-9._-]");
+}
+
+static void noop_handler(int sig)
+{
+    (void)sig;
+}
+
+int main(int argc, char **argv)
+{
+    self_pid = getpid();
+    parse_args(argc, argv);
+
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGCHLD);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+    /* A (never run) handler as well: as PID 1 of a pod, signals left at SIG_DFL could be dropped. */
+    struct sigaction sa = { .sa_handler = noop_handler };
+    sigaction(SIGCHLD, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    int sfd = signalfd(-1, &mask, SFD_CLOEXEC | SFD_NONBLOCK);
+    if (sfd < 0) {
+        logmsg("signalfd: %s", strerror(errno));
+        return EXIT_USAGE;
+    }
+
+    char content[32];
+    snprintf(content, sizeof content, "%d\n", (int)self_pid);
+    unlink_run_file("qemu.pid");
+    unlink_run_file("exit-status");
+    write_run_file("launcher.pid", content);
+    join_sandbox();
+
+    long next_connect = 0;
+    long deadline = now_ms() + opt.linger_ms; /* NEW: give up reaching the daemon; EXITED: give up reporting */
+
+    for (;;) {
+        long now = now_ms();
+        if (conn < 0 && now >= next_connect) {
+            try_connect();
+            if (conn < 0) {
+                next_connect = now + backoff;
+                backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+            }
+        }
+        now = now_ms();
+        if (state != ST_RUNNING && now >= deadline) {
+            if (state == ST_EXITED) {
+                logmsg("daemon did not acknowledge the exit within the linger time; exiting");
+                exit(status_exit_code(qemu_wstatus));
+            }
+            logmsg("daemon unreachable or silent for %ld s; exiting", opt.linger_ms / 1000);
+            exit(fail_code[0] ? EXIT_SANDBOX : EXIT_UNREACHABLE);
+        }
+        long timeout = -1;
+        if (conn < 0)
+            timeout = next_connect > now ? next_connect - now : 0;
+        if (state != ST_RUNNING) {
+            long d = deadline > now ? deadline - now : 0;
+            if (timeout < 0 || d < timeout)
+                timeout = d;
+        }
+        struct pollfd pfd[2] = { { .fd = sfd, .events = POLLIN }, { .fd = conn, .events = POLLIN } };
+        int r = poll(pfd, conn >= 0 ? 2 : 1, timeout > INT_MAX ? INT_MAX : (int)timeout);
+        if (r < 0 && errno != EINTR) {
+            logmsg("poll: %s", strerror(errno));
+            return EXIT_PROTOCOL;
+        }
+        if (r <= 0)
+            continue;
+        if (pfd[0].revents & POLLIN) {
+            struct signalfd_siginfo si;
+            while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+                int sig = (int)si.ssi_signo;
+                if (sig == SIGCHLD) {
+                    enum state before = state;
+                    reap();
+                    if (before == ST_RUNNING && state == ST_EXITED)
+                        deadline = now_ms() + opt.linger_ms;
+                } else if (sig == SIGTERM || sig == SIGINT) {
+                    if (state == ST_RUNNING) {
+                        logmsg("got signal %d; forwarding to qemu %d", sig, (int)qemu_pid);
+                        kill(qemu_pid, sig);
+                    } else if (state == ST_EXITED) {
+                        exit(status_exit_code(qemu_wstatus));
+                    } else {
+                        logmsg("got signal %d before qemu started; exiting", sig);
+                        exit(128 + sig);
+                    }
+                } /* SIGHUP: ignored */
+            }
+        }
+        if (conn >= 0 && (pfd[1].revents & (POLLIN | POLLHUP | POLLERR))) {
+            if (pfd[1].revents & POLLIN)
+                read_conn();
+            else
+                disconnect("hangup");
+            if (conn < 0) {
+                next_connect = now_ms() + backoff;
+                backoff = backoff * 2 > BACKOFF_MAX_MS ? BACKOFF_MAX_MS : backoff * 2;
+            }
+        }
+    }
+}

@@ -1,0 +1,36 @@
+// Public surface of the api module: VM/VMI types, manifest parsing, validation and quantities.
+
+export * from './types.js';
+export { parseManifests } from './manifest.js';
+export { formatBytes, parseMilliQuantity, parseQuantity, parseQuantityExact, type Rational } from './quantity.js';
+export {
+  CRD_FILES,
+  DEFAULT_CRD_DIR,
+  compileSchemas,
+  defaultSchemas,
+  readCrdSchema,
+  runtimeSchema,
+  strictify,
+  type CompiledSchemas,
+  type JsonSchema,
+  type SchemaKind,
+} from './schema.js';
+export {
+  MAX_CPU_MILLIS,
+  MAX_DISK_BYTES,
+  MAX_MEMORY_BYTES,
+  MAX_VCPUS,
+  MIN_MEMORY_BYTES,
+  ValidationError,
+  diskKind,
+  hasControlChars,
+  hostPathProblem,
+  isDnsLabel,
+  joinPath,
+  mapSchemaErrors,
+  validateObject,
+  validateVM,
+  validateVMI,
+  type FieldError,
+  type ValidateOptions,
+} from './validate.js';

@@ -1,0 +1,171 @@
+// Loads the CRD OpenAPI schemas from deploy/crds and compiles them with ajv into strict, defaulting validators.
+
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
+import { parse as parseYaml } from 'yaml';
+import { VmletError } from '../errors.js';
+
+/** deploy/crds of this checkout: src/api/schema.ts and dist/api/schema.js both sit two levels below the repo root. */
+export const DEFAULT_CRD_DIR = fileURLToPath(new URL('../../deploy/crds/', import.meta.url));
+
+export const CRD_FILES = {
+  VirtualMachine: 'virtualmachines.yaml',
+  VirtualMachineInstance: 'virtualmachineinstances.yaml',
+} as const;
+
+export type SchemaKind = keyof typeof CRD_FILES;
+export type JsonSchema = { [key: string]: unknown };
+
+/** Schema keywords that Kubernetes understands and ajv should accept as annotations. */
+const K8S_KEYWORDS = [
+  'x-kubernetes-preserve-unknown-fields',
+  'x-kubernetes-int-or-string',
+  'x-kubernetes-embedded-resource',
+  'x-kubernetes-list-type',
+  'x-kubernetes-list-map-keys',
+  'x-kubernetes-map-type',
+  'x-kubernetes-validations',
+];
+
+const STRING_MAP: JsonSchema = { type: 'object', additionalProperties: { type: 'string' } };
+
+/**
+ * ObjectMeta as vmlet accepts it. Kubernetes does not let a CRD describe metadata (the API server
+ * validates it itself), so this part of the schema lives here and is put in at load time.
+ */
+export const OBJECT_META_SCHEMA: JsonSchema = {
+  type: 'object',
+  required: ['name'],
+  properties: {
+    name: { type: 'string' },
+    namespace: { type: 'string', default: 'default' },
+    labels: STRING_MAP,
+    annotations: STRING_MAP,
+    uid: { type: 'string' },
+    resourceVersion: { type: 'string' },
+    creationTimestamp: { type: 'string', nullable: true },
+    generation: { type: 'integer' },
+    deletionTimestamp: { type: 'string', nullable: true },
+    deletionGracePeriodSeconds: { type: 'integer' },
+    finalizers: { type: 'array', items: { type: 'string' } },
+    ownerReferences: {
+      type: 'array',
+      items: {
+        type: 'object',
+        required: ['apiVersion', 'kind', 'name', 'uid'],
+        properties: {
+          apiVersion: { type: 'string' },
+          kind: { type: 'string' },
+          name: { type: 'string' },
+          uid: { type: 'string' },
+          controller: { type: 'boolean' },
+          blockOwnerDeletion: { type: 'boolean' },
+        },
+      },
+    },
+    managedFields: { type: 'array', items: { type: 'object', 'x-kubernetes-preserve-unknown-fields': true } },
+  },
+};
+
+function isObject(v: unknown): v is JsonSchema {
+  return typeof v === 'object' && v !== null && !Array.isArray(v);
+}
+
+/**
+ * Makes a structural Kubernetes schema strict the way Kubernetes' pruning plus strict field
+ * validation behave: every object node that lists `properties` (and neither has its own
+ * `additionalProperties` nor `x-kubernetes-preserve-unknown-fields: true`) refuses other fields.
+ * Kubernetes forbids writing `additionalProperties: false` in a CRD, so it is added here. Pure.
+ */
+export function strictify(schema: unknown): unknown {
+  if (Array.isArray(schema)) return schema.map(strictify);
+  if (!isObject(schema)) return schema;
+  const out: JsonSchema = {};
+  for (const [k, v] of Object.entries(schema)) {
+    if (k === 'properties' && isObject(v)) {
+      const props: JsonSchema = {};
+      for (const [name, sub] of Object.entries(v)) props[name] = strictify(sub);
+      out[k] = props;
+    } else if (k === 'default' || k === 'enum' || k === 'example') {
+      out[k] = v;
+    } else {
+      out[k] = strictify(v);
+    }
+  }
+  if (
+    isObject(out['properties']) &&
+    out['additionalProperties'] === undefined &&
+    out['x-kubernetes-preserve-unknown-fields'] !== true
+  ) {
+    out['additionalProperties'] = false;
+  }
+  return out;
+}
+
+/** Reads a CRD file and returns its v1alpha1 openAPIV3Schema as published. Throws SCHEMA_LOAD. */
+export function readCrdSchema(file: string): JsonSchema {
+  let doc: unknown;
+  try {
+    doc = parseYaml(readFileSync(file, 'utf8'));
+  } catch (cause) {
+    throw new VmletError('SCHEMA_LOAD', `cannot read CRD ${file}`, { cause });
+  }
+  const spec = isObject(doc) ? doc['spec'] : undefined;
+  const versions = isObject(spec) ? spec['versions'] : undefined;
+  const version = Array.isArray(versions) ? versions.find((v) => isObject(v) && v['name'] === 'v1alpha1') : undefined;
+  const schemaHolder = isObject(version) ? version['schema'] : undefined;
+  const schema = isObject(schemaHolder) ? schemaHolder['openAPIV3Schema'] : undefined;
+  if (!isObject(schema)) throw new VmletError('SCHEMA_LOAD', `CRD ${file} has no v1alpha1 openAPIV3Schema`);
+  return schema;
+}
+
+/** The schema vmlet validates with: the CRD schema, strict, with ObjectMeta put in. Pure. */
+export function runtimeSchema(crdSchema: JsonSchema): JsonSchema {
+  const props = isObject(crdSchema['properties']) ? crdSchema['properties'] : {};
+  const withMeta: JsonSchema = { ...crdSchema, properties: { ...props, metadata: OBJECT_META_SCHEMA } };
+  const strict = strictify(withMeta);
+  if (!isObject(strict)) throw new VmletError('SCHEMA_LOAD', 'schema is not an object');
+  return strict;
+}
+
+export interface CompiledSchemas {
+  dir: string;
+  validators: Record<SchemaKind, ValidateFunction>;
+  schemas: Record<SchemaKind, JsonSchema>;
+}
+
+/** Reads and compiles both CRD schemas from a directory (default: deploy/crds of this checkout). */
+export function compileSchemas(dir: string = DEFAULT_CRD_DIR): CompiledSchemas {
+  const ajv = new Ajv({
+    allErrors: true,
+    useDefaults: true,
+    strict: true,
+    coerceTypes: false,
+    removeAdditional: false,
+  });
+  ajv.addVocabulary(K8S_KEYWORDS);
+  const schemas = {} as Record<SchemaKind, JsonSchema>;
+  const validators = {} as Record<SchemaKind, ValidateFunction>;
+  for (const kind of Object.keys(CRD_FILES) as SchemaKind[]) {
+    const schema = runtimeSchema(readCrdSchema(join(dir, CRD_FILES[kind])));
+    try {
+      validators[kind] = ajv.compile(schema);
+    } catch (cause) {
+      throw new VmletError('SCHEMA_LOAD', `cannot compile the ${kind} schema from ${dir}`, { cause });
+    }
+    schemas[kind] = schema;
+  }
+  return { dir, validators, schemas };
+}
+
+let cached: CompiledSchemas | undefined;
+
+/** The compiled schemas from the default directory, loaded on first use. */
+export function defaultSchemas(): CompiledSchemas {
+  cached ??= compileSchemas();
+  return cached;
+}
+
+export type { ErrorObject };

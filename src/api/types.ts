@@ -1,0 +1,222 @@
+// TypeScript shapes of vmlet.io/v1alpha1 VirtualMachine and VirtualMachineInstance, mirroring the CRD schemas in deploy/crds.
+
+export const API_GROUP = 'vmlet.io';
+export const API_VERSION = 'vmlet.io/v1alpha1';
+/** apiVersions accepted on input; all are normalised to API_VERSION. */
+export const ACCEPTED_API_VERSIONS: readonly string[] = [API_VERSION, 'kubevirt.io/v1'];
+
+/** A Kubernetes quantity as written in a manifest ("128Mi", "1", 2). */
+export type Quantity = string | number;
+
+export interface ObjectMeta {
+  name: string;
+  namespace: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+  /** Server-set. */
+  uid?: string;
+  /** Server-set. */
+  resourceVersion?: string;
+  /** Server-set (RFC 3339). */
+  creationTimestamp?: string | null;
+  generation?: number;
+  deletionTimestamp?: string | null;
+  deletionGracePeriodSeconds?: number;
+  finalizers?: string[];
+  ownerReferences?: OwnerReference[];
+  managedFields?: unknown[];
+}
+
+export interface OwnerReference {
+  apiVersion: string;
+  kind: string;
+  name: string;
+  uid: string;
+  controller?: boolean;
+  blockOwnerDeletion?: boolean;
+}
+
+export interface TemplateMeta {
+  name?: string;
+  labels?: Record<string, string>;
+  annotations?: Record<string, string>;
+  creationTimestamp?: string | null;
+}
+
+export type DiskBus = 'virtio' | 'sata' | 'scsi';
+
+export interface CPU {
+  cores: number;
+  sockets: number;
+  threads: number;
+  /** 'host-passthrough' | 'host-model' | a QEMU CPU model name. Absent means host-model. */
+  model?: string;
+}
+
+export interface ResourceList {
+  cpu?: Quantity;
+  memory?: Quantity;
+}
+
+export interface Firmware {
+  uuid?: string;
+  serial?: string;
+  bootloader?: {
+    bios?: Record<string, never>;
+    efi?: { secureBoot: boolean };
+  };
+  kernelBoot?: {
+    kernelArgs?: string;
+    /** vmlet extension: absolute paths on the node. */
+    hostPath?: { kernelPath: string; initrdPath?: string };
+  };
+}
+
+export interface Disk {
+  name: string;
+  disk?: { bus: DiskBus; readonly: boolean };
+  cdrom?: { bus: DiskBus; readonly: boolean };
+  bootOrder?: number;
+  serial?: string;
+}
+
+export interface HostDiskSource {
+  path: string;
+  type: 'Disk' | 'DiskOrCreate';
+  capacity?: Quantity;
+}
+
+export interface CloudInitNoCloudSource {
+  userData?: string;
+  userDataBase64?: string;
+  networkData?: string;
+  networkDataBase64?: string;
+}
+
+export interface Volume {
+  name: string;
+  hostDisk?: HostDiskSource;
+  emptyDisk?: { capacity: Quantity };
+  cloudInitNoCloud?: CloudInitNoCloudSource;
+}
+
+export interface DomainSpec {
+  /** Always set after validation (defaulted from resources, or 1/1/1). */
+  cpu: CPU;
+  /** Always set after validation (guest defaulted from resources). */
+  memory: { guest: Quantity };
+  resources?: { requests?: ResourceList; limits?: ResourceList };
+  machine: { type: string };
+  firmware?: Firmware;
+  devices: {
+    autoattachSerialConsole: boolean;
+    autoattachGraphicsDevice: boolean;
+    disks?: Disk[];
+  };
+}
+
+export interface VMISpec {
+  domain: DomainSpec;
+  volumes?: Volume[];
+  terminationGracePeriodSeconds: number;
+}
+
+export type VMIPhase = '' | 'Pending' | 'Scheduling' | 'Scheduled' | 'Running' | 'Succeeded' | 'Failed' | 'Unknown';
+
+export interface Condition {
+  type: string;
+  status: 'True' | 'False' | 'Unknown';
+  reason?: string;
+  message?: string;
+  lastProbeTime?: string | null;
+  lastTransitionTime?: string | null;
+}
+
+export interface PhaseTransitionTimestamp {
+  phase: VMIPhase;
+  phaseTransitionTimestamp: string;
+}
+
+export interface VMIInterfaceStatus {
+  name?: string;
+  ipAddress?: string;
+  ipAddresses?: string[];
+  mac?: string;
+  interfaceName?: string;
+}
+
+/** vmlet extension of the VMI status: how and where QEMU runs. */
+export interface VmletRuntimeStatus {
+  accel?: 'kvm' | 'tcg' | undefined;
+  softwareEmulation?: boolean | undefined;
+  qemuPid?: number | undefined;
+  launcherPid?: number | undefined;
+  runDir?: string | undefined;
+  podName?: string | undefined;
+}
+
+export interface VirtualMachineInstanceStatus {
+  phase?: VMIPhase;
+  reason?: string;
+  message?: string;
+  nodeName?: string;
+  conditions?: Condition[];
+  phaseTransitionTimestamps?: PhaseTransitionTimestamp[];
+  interfaces?: VMIInterfaceStatus[];
+  vmlet?: VmletRuntimeStatus;
+}
+
+export interface VirtualMachineInstance {
+  apiVersion: typeof API_VERSION;
+  kind: 'VirtualMachineInstance';
+  metadata: ObjectMeta;
+  spec: VMISpec;
+  status?: VirtualMachineInstanceStatus;
+}
+
+export type RunStrategy = 'Always' | 'RerunOnFailure' | 'Manual' | 'Halted' | 'Once';
+export const RUN_STRATEGIES: readonly RunStrategy[] = ['Always', 'RerunOnFailure', 'Manual', 'Halted', 'Once'];
+
+export type PrintableStatus =
+  | 'Stopped'
+  | 'Provisioning'
+  | 'Starting'
+  | 'Running'
+  | 'Paused'
+  | 'Stopping'
+  | 'Terminating'
+  | 'CrashLoopBackOff'
+  | 'Migrating'
+  | 'Unknown'
+  | 'ErrorUnschedulable'
+  | 'ErrImagePull'
+  | 'ErrorPvcNotFound';
+
+export interface VirtualMachineStatus {
+  printableStatus?: PrintableStatus;
+  ready?: boolean;
+  created?: boolean;
+  runStrategy?: RunStrategy;
+  observedGeneration?: number;
+  desiredGeneration?: number;
+  conditions?: Condition[];
+  startFailure?: {
+    consecutiveFailCount?: number;
+    lastFailedVMIUID?: string;
+    retryAfterTimestamp?: string | null;
+  };
+}
+
+export interface VirtualMachineSpec {
+  /** Always set after validation (legacy `running` is mapped onto it and removed). */
+  runStrategy: RunStrategy;
+  template: { metadata?: TemplateMeta; spec: VMISpec };
+}
+
+export interface VirtualMachine {
+  apiVersion: typeof API_VERSION;
+  kind: 'VirtualMachine';
+  metadata: ObjectMeta;
+  spec: VirtualMachineSpec;
+  status?: VirtualMachineStatus;
+}

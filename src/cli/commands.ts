@@ -1,0 +1,301 @@
+// The vmlet verbs that talk to the daemon: apply, get, delete, VM/VMI actions, console, qmp and events.
+import fs from 'node:fs/promises';
+import YAML from 'yaml';
+import { VmletError } from '../errors.js';
+import { ApiError, paths, type ApiClient, type Plural } from './client.js';
+import { runConsole } from './console.js';
+import { readAll, type CliIo } from './io.js';
+import { EVENT_HEADER, EVENT_MIN_WIDTHS, eventRow, formatTable, metaOf, vmiTable, vmTable } from './output.js';
+
+export interface Ctx {
+  client: ApiClient;
+  namespace: string;
+  io: CliIo;
+}
+
+const now = (ctx: Ctx): number => (ctx.io.now ?? Date.now)();
+
+const RESOURCES: Record<string, Plural> = {
+  vmi: 'virtualmachineinstances',
+  vmis: 'virtualmachineinstances',
+  virtualmachineinstance: 'virtualmachineinstances',
+  virtualmachineinstances: 'virtualmachineinstances',
+  vm: 'virtualmachines',
+  vms: 'virtualmachines',
+  virtualmachine: 'virtualmachines',
+  virtualmachines: 'virtualmachines',
+};
+
+const SINGULAR: Record<Plural, string> = { virtualmachineinstances: 'virtualmachineinstance', virtualmachines: 'virtualmachine' };
+const KIND_PLURAL: Record<string, Plural> = { VirtualMachineInstance: 'virtualmachineinstances', VirtualMachine: 'virtualmachines' };
+
+export function usageError(message: string): VmletError {
+  return new VmletError('USAGE', message);
+}
+
+export function resourceOf(word: string | undefined): Plural {
+  if (word === undefined) throw usageError('a resource type is needed: vmis, vmi, vms or vm');
+  const p = RESOURCES[word.toLowerCase()];
+  if (!p) throw usageError(`unknown resource type "${word}" (use vmis, vmi, vms or vm)`);
+  return p;
+}
+
+function isNotFound(e: unknown): boolean {
+  return e instanceof ApiError && e.httpStatus === 404;
+}
+
+function print(ctx: Ctx, output: string | undefined, body: unknown): boolean {
+  if (output === 'json') ctx.io.stdout.write(`${JSON.stringify(body, null, 2)}\n`);
+  else if (output === 'yaml') ctx.io.stdout.write(YAML.stringify(body));
+  else return false;
+  return true;
+}
+
+export async function get(ctx: Ctx, args: string[], opts: { output?: string; allNamespaces?: boolean }): Promise<number> {
+  const [what, name, ...extra] = args;
+  const plural = resourceOf(what);
+  if (extra.length > 0) throw usageError('get takes at most one NAME');
+  if (opts.output !== undefined && !['wide', 'json', 'yaml', 'name'].includes(opts.output)) throw usageError(`unknown output format "${opts.output}" (use wide, json, yaml or name)`);
+  if (name !== undefined && opts.allNamespaces) throw usageError('a NAME cannot be combined with --all-namespaces');
+  const table = { wide: opts.output === 'wide', allNamespaces: opts.allNamespaces === true, now: now(ctx) };
+  const render = plural === 'virtualmachineinstances' ? vmiTable : vmTable;
+  if (name !== undefined) {
+    const o = await ctx.client.call('GET', paths.object(plural, ctx.namespace, name));
+    if (opts.output === 'name') ctx.io.stdout.write(`${SINGULAR[plural]}.vmlet.io/${metaOf(o).name}\n`);
+    else if (!print(ctx, opts.output, o)) ctx.io.stdout.write(render([o], table));
+    return 0;
+  }
+  const list = await ctx.client.call('GET', paths.list(plural, opts.allNamespaces ? undefined : ctx.namespace));
+  const items = Array.isArray((list as { items?: unknown }).items) ? ((list as { items: unknown[] }).items) : [];
+  if (print(ctx, opts.output, list)) return 0;
+  if (items.length === 0) {
+    ctx.io.stderr.write(opts.allNamespaces ? 'No resources found\n' : `No resources found in ${ctx.namespace} namespace.\n`);
+    return 0;
+  }
+  if (opts.output === 'name') for (const o of items) ctx.io.stdout.write(`${SINGULAR[plural]}.vmlet.io/${metaOf(o).name}\n`);
+  else ctx.io.stdout.write(render(items, table));
+  return 0;
+}
+
+interface Manifest {
+  plural: Plural;
+  name: string;
+  namespace: string;
+  body: Record<string, unknown>;
+}
+
+/** Splits and reads kind/name/namespace of every document; any problem fails the whole file before a request is sent. */
+export function parseManifests(text: string, source: string, defaultNamespace: string): Manifest[] {
+  const docs = YAML.parseAllDocuments(text);
+  const out: Manifest[] = [];
+  docs.forEach((doc, i) => {
+    const where = docs.length > 1 ? `${source}: document ${i + 1}` : source;
+    const err = doc.errors[0];
+    if (err) throw new VmletError('MANIFEST_PARSE', `${where}: ${err.message.split('\n')[0] ?? 'invalid YAML'}`);
+    let value: unknown;
+    try {
+      value = doc.toJS({ maxAliasCount: 100 });
+    } catch (e) {
+      throw new VmletError('MANIFEST_PARSE', `${where}: ${(e as Error).message}`, { cause: e });
+    }
+    if (value === null || value === undefined) return;
+    if (typeof value !== 'object' || Array.isArray(value)) throw new VmletError('MANIFEST_PARSE', `${where}: a manifest must be a mapping`);
+    const body = value as Record<string, unknown>;
+    const plural = typeof body.kind === 'string' ? KIND_PLURAL[body.kind] : undefined;
+    if (!plural) throw new VmletError('UNSUPPORTED_KIND', `${where}: kind ${JSON.stringify(body.kind ?? null)} is not VirtualMachine or VirtualMachineInstance`);
+    const md = body.metadata as { name?: unknown; namespace?: unknown } | undefined;
+    if (typeof md?.name !== 'string' || md.name === '') throw new VmletError('INVALID_FIELD', `${where}: metadata.name is required`);
+    const namespace = typeof md.namespace === 'string' && md.namespace !== '' ? md.namespace : defaultNamespace;
+    out.push({ plural, name: md.name, namespace, body });
+  });
+  if (out.length === 0) throw new VmletError('MANIFEST_PARSE', `${source}: no objects to apply`);
+  return out;
+}
+
+export async function apply(ctx: Ctx, file: string | undefined): Promise<number> {
+  if (file === undefined) throw usageError('apply needs -f FILE (or -f - for stdin)');
+  let text: string;
+  try {
+    text = file === '-' ? await readAll(ctx.io.stdin) : await fs.readFile(file, 'utf8');
+  } catch (e) {
+    throw new VmletError('MANIFEST_READ', `cannot read ${file}: ${(e as NodeJS.ErrnoException).code ?? (e as Error).message}`, { cause: e });
+  }
+  const manifests = parseManifests(text, file === '-' ? 'stdin' : file, ctx.namespace);
+  let failed = 0;
+  for (const m of manifests) {
+    const label = `${SINGULAR[m.plural]}.vmlet.io/${m.name}`;
+    try {
+      const verb = await applyOne(ctx, m);
+      ctx.io.stdout.write(`${label} ${verb}\n`);
+    } catch (e) {
+      // The daemon refusing one document does not stop the others; losing the daemon does.
+      if (!(e instanceof ApiError)) throw e;
+      failed++;
+      reportError(ctx.io, e);
+    }
+  }
+  return failed > 0 ? 1 : 0;
+}
+
+async function applyOne(ctx: Ctx, m: Manifest): Promise<'created' | 'configured'> {
+  const objectPath = paths.object(m.plural, m.namespace, m.name);
+  let exists = true;
+  try {
+    await ctx.client.call('GET', objectPath);
+  } catch (e) {
+    if (!isNotFound(e)) throw e;
+    exists = false;
+  }
+  if (!exists) {
+    try {
+      await ctx.client.call('POST', paths.list(m.plural, m.namespace), { body: m.body });
+      return 'created';
+    } catch (e) {
+      // Someone created it between our GET and POST: replace it instead.
+      if (!(e instanceof ApiError && e.httpStatus === 409 && /ALREADY_EXISTS$/.test(e.code))) throw e;
+    }
+  }
+  await ctx.client.call('PUT', objectPath, { body: m.body });
+  return 'configured';
+}
+
+export async function del(ctx: Ctx, args: string[], opts: { wait?: boolean }): Promise<number> {
+  const [what, name, ...extra] = args;
+  const plural = resourceOf(what);
+  if (name === undefined || extra.length > 0) throw usageError('usage: vmlet delete vmi|vm NAME [--wait]');
+  const objectPath = paths.object(plural, ctx.namespace, name);
+  if (!opts.wait) {
+    await ctx.client.call('DELETE', objectPath);
+    ctx.io.stdout.write(`${SINGULAR[plural]}.vmlet.io "${name}" deleted\n`);
+    return 0;
+  }
+  // Watch first, so that the disappearance cannot slip between the DELETE and the watch.
+  const ac = new AbortController();
+  try {
+    const events = await ctx.client.watch(`${paths.list(plural, ctx.namespace)}?fieldSelector=${encodeURIComponent(`metadata.name=${name}`)}`, ac.signal);
+    await ctx.client.call('DELETE', objectPath);
+    ctx.io.stdout.write(`${SINGULAR[plural]}.vmlet.io "${name}" deleted\n`);
+    await waitGone(ctx, objectPath, events, ac.signal);
+  } finally {
+    ac.abort();
+  }
+  return 0;
+}
+
+/** Until a DELETED event arrives, or a GET (every second, in case the watch missed it or ended) says 404. */
+async function waitGone(ctx: Ctx, objectPath: string, events: AsyncIterable<unknown>, signal: AbortSignal): Promise<void> {
+  const fromWatch = (async (): Promise<boolean> => {
+    for await (const ev of events) {
+      const e = ev as { type?: string; object?: { message?: string; reason?: string } };
+      if (e.type === 'DELETED') return true;
+      if (e.type === 'ERROR') throw new VmletError(e.object?.reason ?? 'WATCH_ERROR', e.object?.message ?? 'the watch failed');
+    }
+    return false;
+  })();
+  const fromPoll = (async (): Promise<boolean> => {
+    while (!signal.aborted) {
+      try {
+        await ctx.client.call('GET', objectPath);
+      } catch (e) {
+        if (isNotFound(e)) return true;
+        throw e;
+      }
+      await new Promise((r) => setTimeout(r, 1000));
+    }
+    return false;
+  })();
+  const watchEnded = fromWatch.then((gone) => (gone ? true : fromPoll));
+  await Promise.race([watchEnded, fromPoll.then((gone) => (gone ? true : watchEnded))]);
+}
+
+export async function vmAction(ctx: Ctx, action: 'start' | 'stop' | 'restart', args: string[]): Promise<number> {
+  const [name, ...extra] = args;
+  if (name === undefined || extra.length > 0) throw usageError(`usage: vmlet ${action} NAME`);
+  await ctx.client.call('PUT', paths.subresource('virtualmachines', ctx.namespace, name, action));
+  ctx.io.stdout.write(`VM ${name} was scheduled to ${action}\n`);
+  return 0;
+}
+
+export async function vmiAction(ctx: Ctx, action: 'pause' | 'unpause' | 'softreboot' | 'reset', args: string[]): Promise<number> {
+  const [name, ...extra] = args;
+  if (name === undefined || extra.length > 0) throw usageError(`usage: vmlet ${action} NAME`);
+  await ctx.client.call('PUT', paths.subresource('virtualmachineinstances', ctx.namespace, name, action));
+  ctx.io.stdout.write(`VMI ${name} was scheduled to ${action}\n`);
+  return 0;
+}
+
+export async function qmp(ctx: Ctx, args: string[]): Promise<number> {
+  const [name, json, ...extra] = args;
+  if (name === undefined || json === undefined || extra.length > 0) throw usageError(`usage: vmlet qmp NAME '{"execute": "query-status"}'`);
+  let command: unknown;
+  try {
+    command = JSON.parse(json) as unknown;
+  } catch (e) {
+    throw usageError(`the QMP command is not valid JSON: ${(e as Error).message}`);
+  }
+  const reply = await ctx.client.call('POST', paths.subresource('virtualmachineinstances', ctx.namespace, name, 'qmp'), { body: command });
+  ctx.io.stdout.write(`${JSON.stringify(reply, null, 2)}\n`);
+  return 0;
+}
+
+export async function consoleCmd(ctx: Ctx, args: string[]): Promise<number> {
+  const [name, ...extra] = args;
+  if (name === undefined || extra.length > 0) throw usageError('usage: vmlet console NAME');
+  const { socket, head } = await ctx.client.upgrade(`${paths.subresource('virtualmachineinstances', ctx.namespace, name, 'console')}?write=true`, 'vmlet-console');
+  ctx.io.stderr.write(`Successfully connected to ${name} console. The escape sequence is ^]\n`);
+  return runConsole(socket, head, ctx.io);
+}
+
+export async function events(ctx: Ctx, args: string[], opts: { watch?: boolean; output?: string; allNamespaces?: boolean }): Promise<number> {
+  const [name, ...extra] = args;
+  if (extra.length > 0) throw usageError('usage: vmlet events [NAME] [--watch]');
+  if (opts.output !== undefined && !['json', 'yaml'].includes(opts.output)) throw usageError(`unknown output format "${opts.output}" (use json or yaml)`);
+  const ns = opts.allNamespaces ? undefined : ctx.namespace;
+  const selector = name === undefined ? '' : `?fieldSelector=${encodeURIComponent(`involvedObject.name=${name}`)}`;
+  const path = `${paths.events(ns)}${selector}`;
+  if (!opts.watch) {
+    const list = await ctx.client.call('GET', path);
+    if (print(ctx, opts.output, list)) return 0;
+    const items = Array.isArray((list as { items?: unknown }).items) ? (list as { items: unknown[] }).items : [];
+    if (items.length === 0) {
+      ctx.io.stderr.write(ns === undefined ? 'No events found\n' : `No events found in ${ns} namespace.\n`);
+      return 0;
+    }
+    const sorted = [...items].sort((a, b) => eventTime(a) - eventTime(b));
+    ctx.io.stdout.write(formatTable(EVENT_HEADER, sorted.map((e) => eventRow(e, now(ctx)))));
+    return 0;
+  }
+  const ac = new AbortController();
+  try {
+    const stream = await ctx.client.watch(path, ac.signal);
+    let headerDone = false;
+    for await (const ev of stream) {
+      const e = ev as { type?: string; object?: { message?: string; reason?: string } };
+      if (e.type === 'ERROR') throw new VmletError(e.object?.reason ?? 'WATCH_ERROR', e.object?.message ?? 'the watch failed');
+      if (e.type !== 'ADDED' && e.type !== 'MODIFIED') continue;
+      if (opts.output === 'json') ctx.io.stdout.write(`${JSON.stringify(e.object)}\n`);
+      else if (opts.output === 'yaml') ctx.io.stdout.write(`---\n${YAML.stringify(e.object)}`);
+      else {
+        const table = formatTable(EVENT_HEADER, [eventRow(e.object, now(ctx))], EVENT_MIN_WIDTHS);
+        ctx.io.stdout.write(headerDone ? table.slice(table.indexOf('\n') + 1) : table);
+        headerDone = true;
+      }
+    }
+  } finally {
+    ac.abort();
+  }
+  return 0;
+}
+
+function eventTime(e: unknown): number {
+  const o = e as { lastTimestamp?: unknown; eventTime?: unknown; metadata?: { creationTimestamp?: unknown } };
+  const t = [o.lastTimestamp, o.eventTime, o.metadata?.creationTimestamp].find((x) => typeof x === 'string') as string | undefined;
+  return t ? Date.parse(t) || 0 : 0;
+}
+
+/** One line on stderr: `error: MESSAGE (CODE)`. */
+export function reportError(io: CliIo, e: unknown): void {
+  const code = e instanceof VmletError ? e.code : 'INTERNAL';
+  const message = e instanceof Error ? e.message : String(e);
+  io.stderr.write(`error: ${message.replace(/\s*\n\s*/g, ' ')} (${code})\n`);
+}

@@ -1,0 +1,187 @@
+#!/usr/bin/env node
+// The `vmlet` command: parses the command line, runs one verb against the daemon's unix socket (or starts the daemon), returns the exit code.
+import fs from 'node:fs';
+import { pathToFileURL } from 'node:url';
+import { parseArgs } from 'node:util';
+import type { DaemonFlags } from '../daemon/config.js';
+import { ApiClient } from './client.js';
+import * as cmd from './commands.js';
+import type { CliIo } from './io.js';
+
+export type { CliIo } from './io.js';
+
+export const DEFAULT_SOCKET = '/run/vmlet/vmlet.sock';
+export const EXIT_OK = 0;
+export const EXIT_ERROR = 1;
+export const EXIT_USAGE = 2;
+
+export const USAGE = `Usage: vmlet [--socket PATH] [-n NAMESPACE] VERB ...
+
+  vmlet daemon [--config FILE] [--socket PATH] [--state-dir DIR] [--run-dir DIR] [--accel auto|kvm|tcg]
+  vmlet apply -f FILE                 VM and/or VMI, YAML or JSON, several documents per file (-f - = stdin)
+  vmlet get vmis|vmi|vms|vm [NAME] [-o wide|json|yaml|name] [-A]
+  vmlet delete vmi|vm NAME [--wait]
+  vmlet start|stop|restart NAME       VirtualMachine
+  vmlet pause|unpause|softreboot|reset NAME   VirtualMachineInstance
+  vmlet console NAME                  interactive; Ctrl+] detaches
+  vmlet qmp NAME 'JSON'               raw QMP through the daemon's connection; prints the reply as JSON
+  vmlet events [NAME] [--watch] [-o json|yaml] [-A]
+
+Global options:
+  --socket PATH        daemon socket (default ${DEFAULT_SOCKET}, or $VMLET_SOCKET)
+  -n, --namespace NS   namespace (default "default")
+  -h, --help           this text
+`;
+
+const OPTIONS = {
+  socket: { type: 'string' },
+  namespace: { type: 'string', short: 'n' },
+  help: { type: 'boolean', short: 'h' },
+  file: { type: 'string', short: 'f' },
+  output: { type: 'string', short: 'o' },
+  'all-namespaces': { type: 'boolean', short: 'A' },
+  wait: { type: 'boolean' },
+  watch: { type: 'boolean', short: 'w' },
+  config: { type: 'string' },
+  'state-dir': { type: 'string' },
+  'run-dir': { type: 'string' },
+  accel: { type: 'string' },
+} as const;
+
+type OptionName = keyof typeof OPTIONS;
+const GLOBAL: OptionName[] = ['socket', 'namespace', 'help'];
+
+/** Verb → options it accepts besides the global ones. */
+const VERBS: Record<string, OptionName[]> = {
+  daemon: ['config', 'state-dir', 'run-dir', 'accel'],
+  apply: ['file'],
+  get: ['output', 'all-namespaces'],
+  delete: ['wait'],
+  start: [],
+  stop: [],
+  restart: [],
+  pause: [],
+  unpause: [],
+  softreboot: [],
+  reset: [],
+  console: [],
+  qmp: [],
+  events: ['watch', 'output', 'all-namespaces'],
+  help: [],
+};
+
+/** Options of `vmlet daemon` as handed to runDaemon: only what was given, so the config file is not overridden by defaults. */
+export type DaemonRunOptions = DaemonFlags;
+
+interface DaemonModule {
+  runDaemon(opts: DaemonRunOptions): Promise<void>;
+}
+
+export async function main(argv: string[], io: CliIo): Promise<number> {
+  let values: { [K in OptionName]?: (typeof OPTIONS)[K]['type'] extends 'string' ? string : boolean };
+  let positionals: string[];
+  try {
+    ({ values, positionals } = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true }));
+  } catch (e) {
+    cmd.reportError(io, cmd.usageError((e as Error).message));
+    return EXIT_USAGE;
+  }
+  const [verb, ...args] = positionals;
+  if (values.help || verb === 'help') {
+    io.stdout.write(USAGE);
+    return EXIT_OK;
+  }
+  if (verb === undefined) {
+    io.stderr.write(USAGE);
+    return EXIT_USAGE;
+  }
+  const allowed = VERBS[verb];
+  if (!allowed) {
+    cmd.reportError(io, cmd.usageError(`unknown verb "${verb}" (see vmlet --help)`));
+    return EXIT_USAGE;
+  }
+  for (const k of Object.keys(values) as OptionName[]) {
+    if (!GLOBAL.includes(k) && !allowed.includes(k)) {
+      cmd.reportError(io, cmd.usageError(`option --${k} does not apply to "${verb}"`));
+      return EXIT_USAGE;
+    }
+  }
+  const socketPath = values.socket ?? io.env.VMLET_SOCKET ?? DEFAULT_SOCKET;
+  const ctx: cmd.Ctx = { client: new ApiClient({ socketPath }), namespace: values.namespace ?? 'default', io };
+  try {
+    switch (verb) {
+      case 'daemon':
+        return await daemon(args, values, io.env);
+      case 'apply':
+        if (args.length > 0) throw cmd.usageError('apply takes no positional arguments (use -f FILE)');
+        return await cmd.apply(ctx, values.file);
+      case 'get':
+        return await cmd.get(ctx, args, { ...opt('output', values.output), allNamespaces: values['all-namespaces'] === true });
+      case 'delete':
+        return await cmd.del(ctx, args, { wait: values.wait === true });
+      case 'start':
+      case 'stop':
+      case 'restart':
+        return await cmd.vmAction(ctx, verb, args);
+      case 'pause':
+      case 'unpause':
+      case 'softreboot':
+      case 'reset':
+        return await cmd.vmiAction(ctx, verb, args);
+      case 'console':
+        return await cmd.consoleCmd(ctx, args);
+      case 'qmp':
+        return await cmd.qmp(ctx, args);
+      case 'events':
+        return await cmd.events(ctx, args, { watch: values.watch === true, ...opt('output', values.output), allNamespaces: values['all-namespaces'] === true });
+      default:
+        throw cmd.usageError(`unknown verb "${verb}"`);
+    }
+  } catch (e) {
+    cmd.reportError(io, e);
+    return e instanceof Error && (e as { code?: unknown }).code === 'USAGE' ? EXIT_USAGE : EXIT_ERROR;
+  }
+}
+
+function opt<K extends string, V>(key: K, value: V | undefined): { [P in K]?: V } {
+  return (value === undefined ? {} : { [key]: value }) as { [P in K]?: V };
+}
+
+async function daemon(args: string[], values: { socket?: string | boolean; config?: string | boolean; 'state-dir'?: string | boolean; 'run-dir'?: string | boolean; accel?: string | boolean }, env: CliIo['env']): Promise<number> {
+  if (args.length > 0) throw cmd.usageError('daemon takes no positional arguments');
+  const accel = values.accel;
+  if (accel !== undefined && accel !== 'auto' && accel !== 'kvm' && accel !== 'tcg') throw cmd.usageError('--accel must be auto, kvm or tcg');
+  const opts: DaemonRunOptions = {};
+  const socket = typeof values.socket === 'string' ? values.socket : env.VMLET_SOCKET;
+  if (socket !== undefined) opts.socket = socket;
+  if (typeof values.config === 'string') opts.config = values.config;
+  if (typeof values['state-dir'] === 'string') opts.stateDir = values['state-dir'];
+  if (typeof values['run-dir'] === 'string') opts.runDir = values['run-dir'];
+  if (accel !== undefined) opts.accel = accel;
+  // A computed specifier: the daemon (and its dependencies) load only for this verb.
+  const spec = '../daemon/main.js';
+  const mod = (await import(spec)) as DaemonModule;
+  daemonStarted = true;
+  await mod.runDaemon(opts);
+  return EXIT_OK;
+}
+
+/** Set once the daemon runs: its process must not be ended by the CLI's own exit. */
+let daemonStarted = false;
+
+function runDirectly(): boolean {
+  const entry = process.argv[1];
+  if (!entry) return false;
+  try {
+    return import.meta.url === pathToFileURL(fs.realpathSync(entry)).href;
+  } catch {
+    return false;
+  }
+}
+
+if (runDirectly()) {
+  const code = await main(process.argv.slice(2), { stdout: process.stdout, stderr: process.stderr, stdin: process.stdin, env: process.env });
+  if (daemonStarted && code === EXIT_OK) process.exitCode = code;
+  // Let piped output drain before exiting.
+  else process.stdout.write('', () => process.stderr.write('', () => process.exit(code)));
+}

@@ -1,0 +1,228 @@
+// Turns VirtualMachines into VirtualMachineInstances per runStrategy, assigns VMIs to a node, and keeps VM status.
+import type { Logger } from 'pino';
+import type { RunStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceStatus, VirtualMachineStatus } from '../api/types.js';
+import { API_VERSION } from '../api/types.js';
+import { VmletError } from '../errors.js';
+import { decide, printableStatus, recordFailure, type DecideInput, type StartFailure, type VmiView } from './run-strategy.js';
+
+/** The finalizer that keeps a VMI in the source until its QEMU is gone and its node cleaned up. */
+export const VMI_FINALIZER = 'vmlet.io/vmi-cleanup';
+
+type Obj = { apiVersion: string; kind: string; metadata: { name: string; namespace: string; uid: string; resourceVersion: string; deletionTimestamp?: string; finalizers?: string[]; [k: string]: unknown }; spec?: unknown; status?: unknown };
+
+/** What the controller needs of a source (the local store or the API server): plain object CRUD, status and watch. */
+export interface ControllerSource {
+  get(kind: 'VirtualMachine' | 'VirtualMachineInstance', ns: string, name: string): Promise<Obj | undefined>;
+  list(kind: 'VirtualMachine' | 'VirtualMachineInstance', ns?: string): Promise<Obj[]>;
+  create(obj: { apiVersion: string; kind: string; metadata: { name: string; namespace: string; labels?: Record<string, string>; annotations?: Record<string, string>; finalizers?: string[] }; spec?: unknown; status?: unknown }): Promise<Obj>;
+  updateStatus<S>(kind: 'VirtualMachine' | 'VirtualMachineInstance', ns: string, name: string, mutate: (s: S | undefined) => S | undefined): Promise<Obj>;
+  delete(kind: 'VirtualMachine' | 'VirtualMachineInstance', ns: string, name: string, opts?: { expectedUid?: string }): Promise<Obj>;
+  watch(kind: 'VirtualMachine' | 'VirtualMachineInstance', ns?: string, name?: string, opts?: { sendInitialEvents?: boolean }): AsyncIterableIterator<{ type: string; object: Obj }> & { close(): void };
+  recordEvent(input: { involvedObject: { kind: string; namespace: string; name: string; uid: string }; type: 'Normal' | 'Warning'; reason: string; message: string }): Promise<unknown>;
+}
+
+export interface ControllerOptions {
+  source: ControllerSource;
+  nodeName: string;
+  logger: Logger;
+  now?: () => number;
+}
+
+/** vmlet's VM status: KubeVirt's fields plus startFailure and whether a Once VM has run. */
+type VmStatus = VirtualMachineStatus & { startFailure?: StartFailure; ranOnce?: boolean };
+
+const key = (ns: string, name: string): string => `${ns}/${name}`;
+
+export class VmController {
+  private readonly source: ControllerSource;
+  private readonly log: Logger;
+  private readonly now: () => number;
+  private readonly queue = new Set<string>();
+  private readonly timers = new Map<string, NodeJS.Timeout>();
+  private running = false;
+  private draining: Promise<void> | undefined;
+  private watches: Array<{ close(): void }> = [];
+  /** VMIs this controller saw fail, so each failure is counted once. */
+  private readonly countedFailures = new Set<string>();
+
+  constructor(private readonly opts: ControllerOptions) {
+    this.source = opts.source;
+    this.log = opts.logger;
+    this.now = opts.now ?? Date.now;
+  }
+
+  /** Watches VMs and VMIs until stop(); every change queues the VM it concerns. */
+  start(): void {
+    this.running = true;
+    const vms = this.source.watch('VirtualMachine', undefined, undefined, { sendInitialEvents: true });
+    const vmis = this.source.watch('VirtualMachineInstance', undefined, undefined, { sendInitialEvents: true });
+    this.watches = [vms, vmis];
+    void this.consume(vms, (o) => this.enqueue(o.metadata.namespace, o.metadata.name));
+    void this.consume(vmis, (o) => {
+      const vmi = o as unknown as VirtualMachineInstance;
+      void this.schedule(vmi);
+      const owner = vmi.metadata.ownerReferences?.find((r) => r.kind === 'VirtualMachine');
+      if (owner) this.enqueue(vmi.metadata.namespace, owner.name);
+    });
+  }
+
+  stop(): void {
+    this.running = false;
+    for (const w of this.watches) w.close();
+    for (const t of this.timers.values()) clearTimeout(t);
+    this.timers.clear();
+  }
+
+  private async consume(w: AsyncIterable<{ type: string; object: Obj }>, fn: (o: Obj) => void): Promise<void> {
+    try {
+      for await (const ev of w) fn(ev.object);
+    } catch (e) {
+      if (this.running) {
+        this.log.error({ err: e }, 'controller watch ended; restarting it');
+        this.stop();
+        this.start();
+      }
+    }
+  }
+
+  enqueue(ns: string, name: string): void {
+    this.queue.add(key(ns, name));
+    this.draining ??= this.drain().finally(() => { this.draining = undefined; });
+  }
+
+  /** Resolves when every queued VM has been reconciled (tests and shutdown use it). */
+  async idle(): Promise<void> {
+    while (this.draining) await this.draining;
+  }
+
+  private async drain(): Promise<void> {
+    while (this.queue.size > 0 && this.running) {
+      const [k] = this.queue;
+      this.queue.delete(k!);
+      const [ns, name] = k!.split('/') as [string, string];
+      try {
+        await this.reconcile(ns, name);
+      } catch (e) {
+        this.log.warn({ err: e, vm: k }, 'VM reconcile failed; retrying in 1 s');
+        this.later(ns, name, this.now() + 1000);
+      }
+    }
+  }
+
+  private later(ns: string, name: string, atMs: number): void {
+    const k = key(ns, name);
+    clearTimeout(this.timers.get(k));
+    this.timers.set(k, setTimeout(() => { this.timers.delete(k); this.enqueue(ns, name); }, Math.max(0, atMs - this.now())));
+  }
+
+  /** Standalone scheduling: every unassigned VMI goes to this node. */
+  private async schedule(vmi: VirtualMachineInstance): Promise<void> {
+    if (vmi.metadata.deletionTimestamp || vmi.status?.nodeName) return;
+    const phase = vmi.status?.phase ?? '';
+    if (phase !== '' && phase !== 'Pending') return;
+    const at = new Date(this.now()).toISOString();
+    try {
+      await this.source.updateStatus<VirtualMachineInstanceStatus>('VirtualMachineInstance', vmi.metadata.namespace, vmi.metadata.name, (s) => {
+        if (s?.nodeName) return s;
+        return {
+          ...s,
+          nodeName: this.opts.nodeName,
+          phase: 'Scheduled',
+          phaseTransitionTimestamps: [...(s?.phaseTransitionTimestamps ?? []), { phase: 'Scheduled', phaseTransitionTimestamp: at }],
+        };
+      });
+    } catch (e) {
+      if (!(e instanceof VmletError && e.code === 'STORE_NOT_FOUND')) throw e;
+    }
+  }
+
+  private async reconcile(ns: string, name: string): Promise<void> {
+    const vm = (await this.source.get('VirtualMachine', ns, name)) as unknown as VirtualMachine | undefined;
+    const vmiObj = (await this.source.get('VirtualMachineInstance', ns, name)) as unknown as VirtualMachineInstance | undefined;
+    const owned = vmiObj && vm && vmiObj.metadata.ownerReferences?.some((r) => r.uid === vm.metadata.uid) ? vmiObj : undefined;
+    if (!vm) {
+      // The VM is gone: its VMI goes too (cascading deletion).
+      if (vmiObj?.metadata.ownerReferences?.some((r) => r.kind === 'VirtualMachine') && !vmiObj.metadata.deletionTimestamp) {
+        await this.source.delete('VirtualMachineInstance', ns, name, { expectedUid: vmiObj.metadata.uid! });
+      }
+      return;
+    }
+    const status = (vm.status ?? {}) as VmStatus;
+    const runStrategy: RunStrategy = vm.spec.runStrategy ?? 'Halted';
+    const view = owned ? vmiView(owned) : undefined;
+    let startFailure = status.startFailure;
+    if (owned && view?.phase === 'Failed' && !this.countedFailures.has(owned.metadata.uid!)) {
+      this.countedFailures.add(owned.metadata.uid!);
+      startFailure = recordFailure(startFailure, view, this.now());
+    }
+    if (owned && view?.phase === 'Running' && view.runningSince !== undefined && this.now() - view.runningSince >= 60_000) startFailure = undefined;
+    const input: DecideInput = { runStrategy, vmi: view, startFailure, ranOnce: status.ranOnce ?? false, now: this.now() };
+    const d = decide(input);
+    switch (d.action) {
+      case 'create':
+        await this.createVmi(vm);
+        status.ranOnce = true;
+        input.vmi = { phase: 'Pending', deleting: false, paused: false };
+        break;
+      case 'delete':
+        await this.source.delete('VirtualMachineInstance', ns, name, { expectedUid: owned!.metadata.uid! });
+        input.vmi = { ...view!, deleting: true };
+        break;
+      case 'wait':
+        this.later(ns, name, d.untilMs);
+        break;
+      case 'none':
+        break;
+    }
+    if (vmiObj && !owned && !vmiObj.metadata.deletionTimestamp) {
+      this.log.warn({ vm: key(ns, name) }, 'a VMI of the same name exists that this VM does not own; leaving it alone');
+    }
+    await this.writeStatus(vm, input, startFailure, status.ranOnce ?? false);
+  }
+
+  /** For a Manual VM's start/restart: creates its VMI now. */
+  async createFor(ns: string, name: string): Promise<void> {
+    const vm = (await this.source.get('VirtualMachine', ns, name)) as unknown as VirtualMachine | undefined;
+    if (!vm) throw new VmletError('NOT_FOUND', `virtualmachines "${name}" not found in namespace ${ns}`);
+    await this.createVmi(vm);
+  }
+
+  private async createVmi(vm: VirtualMachine): Promise<void> {
+    const tmpl = vm.spec.template;
+    const meta: { name: string; namespace: string; labels?: Record<string, string>; annotations?: Record<string, string>; finalizers: string[]; ownerReferences: unknown[] } = {
+      name: vm.metadata.name,
+      namespace: vm.metadata.namespace,
+      finalizers: [VMI_FINALIZER],
+      ownerReferences: [{ apiVersion: API_VERSION, kind: 'VirtualMachine', name: vm.metadata.name, uid: vm.metadata.uid, controller: true, blockOwnerDeletion: true }],
+    };
+    if (tmpl.metadata?.labels) meta.labels = tmpl.metadata.labels;
+    if (tmpl.metadata?.annotations) meta.annotations = tmpl.metadata.annotations;
+    await this.source.create({ apiVersion: API_VERSION, kind: 'VirtualMachineInstance', metadata: meta, spec: tmpl.spec, status: { phase: 'Pending' } });
+    await this.source.recordEvent({
+      involvedObject: { kind: 'VirtualMachine', namespace: vm.metadata.namespace, name: vm.metadata.name, uid: vm.metadata.uid! },
+      type: 'Normal', reason: 'SuccessfulCreate', message: `created VirtualMachineInstance ${vm.metadata.name}`,
+    });
+  }
+
+  private async writeStatus(vm: VirtualMachine, input: DecideInput, startFailure: StartFailure | undefined, ranOnce: boolean): Promise<void> {
+    const printable = printableStatus(input);
+    await this.source.updateStatus<VmStatus>('VirtualMachine', vm.metadata.namespace, vm.metadata.name, (s) => {
+      const out: VmStatus = { ...s, printableStatus: printable, ready: printable === 'Running', created: input.vmi !== undefined, runStrategy: input.runStrategy, ranOnce };
+      if (startFailure) out.startFailure = startFailure;
+      else delete out.startFailure;
+      return out;
+    });
+  }
+}
+
+export function vmiView(vmi: VirtualMachineInstance): VmiView {
+  const phase = vmi.status?.phase;
+  const running = vmi.status?.phaseTransitionTimestamps?.filter((p) => p.phase === 'Running').at(-1);
+  const view: VmiView = {
+    phase: phase === 'Running' || phase === 'Succeeded' || phase === 'Failed' || phase === 'Scheduled' ? phase : 'Pending',
+    deleting: Boolean(vmi.metadata.deletionTimestamp),
+    paused: vmi.status?.conditions?.some((c) => c.type === 'Paused' && c.status === 'True') ?? false,
+  };
+  if (running) view.runningSince = Date.parse(running.phaseTransitionTimestamp);
+  return view;
+}

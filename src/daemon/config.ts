@@ -1,0 +1,93 @@
+// The daemon's configuration: defaults, the YAML config file, then command-line flags, checked into one typed object.
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import YAML from 'yaml';
+import { VmletError } from '../errors.js';
+
+export type Accel = 'auto' | 'kvm' | 'tcg';
+
+export interface DaemonConfig {
+  socket: string;
+  stateDir: string;
+  runDir: string;
+  accel: Accel;
+  /** Like KubeVirt's useEmulation: with accel auto and no usable KVM, fall back to TCG. */
+  useEmulation: boolean;
+  nodeName: string;
+  qemuBinary: string;
+  /** vmlet-launch; default: native/build/vmlet-launch of this checkout. */
+  launcherBinary: string;
+  /** Request body limit of the API, in bytes. */
+  maxBodyBytes: number;
+  logLevel: string;
+}
+
+export interface DaemonFlags {
+  config?: string;
+  socket?: string;
+  stateDir?: string;
+  runDir?: string;
+  accel?: Accel;
+}
+
+const keys: Record<keyof DaemonConfig, 'string' | 'boolean' | 'number'> = {
+  socket: 'string', stateDir: 'string', runDir: 'string', accel: 'string', useEmulation: 'boolean',
+  nodeName: 'string', qemuBinary: 'string', launcherBinary: 'string', maxBodyBytes: 'number', logLevel: 'string',
+};
+
+export function defaultConfig(repoRoot: string): DaemonConfig {
+  return {
+    socket: '/run/vmlet/vmlet.sock',
+    stateDir: '/var/lib/vmlet',
+    runDir: '/run/vmlet',
+    accel: 'auto',
+    useEmulation: false,
+    nodeName: os.hostname(),
+    qemuBinary: '/usr/bin/qemu-system-x86_64',
+    launcherBinary: path.join(repoRoot, 'native', 'build', 'vmlet-launch'),
+    maxBodyBytes: 1024 * 1024,
+    logLevel: process.env.VMLET_LOG_LEVEL ?? 'info',
+  };
+}
+
+/** Merges a parsed config document over the defaults, refusing unknown keys and wrong types by name. */
+export function mergeConfig(base: DaemonConfig, doc: unknown, source: string): DaemonConfig {
+  if (doc === null || doc === undefined) return base;
+  if (typeof doc !== 'object' || Array.isArray(doc)) throw new VmletError('CONFIG_INVALID', `${source}: the config must be a mapping`);
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(doc)) {
+    const want = keys[k as keyof DaemonConfig];
+    if (!want) throw new VmletError('CONFIG_INVALID', `${source}: unknown key "${k}" (known: ${Object.keys(keys).join(', ')})`);
+    if (typeof v !== want) throw new VmletError('CONFIG_INVALID', `${source}: "${k}" must be a ${want}`);
+    out[k] = v;
+  }
+  const cfg = out as unknown as DaemonConfig;
+  if (!['auto', 'kvm', 'tcg'].includes(cfg.accel)) throw new VmletError('CONFIG_INVALID', `${source}: accel must be auto, kvm or tcg`);
+  return cfg;
+}
+
+export function loadConfig(repoRoot: string, flags: DaemonFlags): DaemonConfig {
+  let cfg = defaultConfig(repoRoot);
+  if (flags.config) {
+    let text: string;
+    try {
+      text = fs.readFileSync(flags.config, 'utf8');
+    } catch (e) {
+      throw new VmletError('CONFIG_INVALID', `cannot read config file ${flags.config}`, { cause: e });
+    }
+    let doc: unknown;
+    try {
+      doc = YAML.parse(text);
+    } catch (e) {
+      throw new VmletError('CONFIG_INVALID', `${flags.config}: not valid YAML`, { cause: e });
+    }
+    cfg = mergeConfig(cfg, doc, flags.config);
+  }
+  const fromFlags: Partial<DaemonConfig> = {};
+  if (flags.socket) fromFlags.socket = flags.socket;
+  if (flags.stateDir) fromFlags.stateDir = flags.stateDir;
+  if (flags.runDir) fromFlags.runDir = flags.runDir;
+  if (flags.accel) fromFlags.accel = flags.accel;
+  return mergeConfig(cfg, fromFlags, 'flags');
+}

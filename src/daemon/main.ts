@@ -1,0 +1,108 @@
+// `vmlet daemon`: wires the store, controller, node reconciler, launcher socket and API socket, and runs until a signal.
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import pino, { type Logger } from 'pino';
+import { VmController, type ControllerSource } from '../controller/vm-controller.js';
+import { VmletError } from '../errors.js';
+import { describeCaps, probeQemu } from '../qemu/probe.js';
+import { LauncherServer } from '../qemu/launcher-server.js';
+import { LocalStore } from '../source/local-store.js';
+import { sdNotify } from '../sys/sd-notify.js';
+import { ApiServer } from './api-server.js';
+import { loadConfig, type DaemonConfig, type DaemonFlags } from './config.js';
+import { LocalBackend } from './local-backend.js';
+import { NodeReconciler } from './node-reconciler.js';
+import { makePrepare } from './prepare.js';
+
+const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+
+export interface RunningDaemon {
+  config: DaemonConfig;
+  store: LocalStore;
+  node: NodeReconciler;
+  controller: VmController;
+  api: ApiServer;
+  launcherServer: LauncherServer;
+  /** Stops serving; VMs keep running (they belong to their launchers, not to the daemon). */
+  close(): Promise<void>;
+}
+
+/** Starts every part of the daemon and returns once the API socket answers. */
+export async function startDaemon(config: DaemonConfig, logger: Logger): Promise<RunningDaemon> {
+  await fs.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+  await fs.mkdir(path.join(config.runDir, 'vms'), { recursive: true, mode: 0o700 });
+  await fs.mkdir(path.dirname(config.socket), { recursive: true, mode: 0o755 });
+  try {
+    await fs.access(config.launcherBinary);
+  } catch (e) {
+    throw new VmletError('LAUNCHER_MISSING', `vmlet-launch not found at ${config.launcherBinary}; build it with "make -C native" (npm run setup does)`, { cause: e });
+  }
+  const caps = await probeQemu(config.qemuBinary).catch((e: unknown) => {
+    throw new VmletError('QEMU_NOT_FOUND', `cannot use QEMU at ${config.qemuBinary}; install qemu-system-x86 (npm run setup does)`, { cause: e });
+  });
+  logger.info({ qemu: describeCaps(caps), accel: config.accel, useEmulation: config.useEmulation }, 'QEMU probed');
+
+  const store = await LocalStore.open({ dir: config.stateDir, logger: logger.child({ component: 'store' }) });
+  let node: NodeReconciler | undefined;
+  const launcherSocket = path.join(config.runDir, 'launcher.sock');
+  const launcherServer = new LauncherServer({
+    socketPath: launcherSocket,
+    onHello: (h) => node ? node.onHello(h) : { action: 'reject', reason: 'the daemon is starting' },
+    logger: logger.child({ component: 'launcher-server' }),
+  });
+  node = new NodeReconciler({
+    store,
+    nodeName: config.nodeName,
+    runDir: config.runDir,
+    launcherServer,
+    launcherBinary: config.launcherBinary,
+    launcherSocket,
+    prepare: makePrepare({ qemuBinary: config.qemuBinary, accel: config.accel, useEmulation: config.useEmulation }),
+    logger: logger.child({ component: 'node' }),
+  });
+  const controller = new VmController({ source: store as unknown as ControllerSource, nodeName: config.nodeName, logger: logger.child({ component: 'controller' }) });
+  // Supervisors of running VMs exist before launchers reconnect, so none of them is turned away.
+  await node.start();
+  await launcherServer.listen();
+  controller.start();
+  const backend = new LocalBackend({ store, node, controller });
+  const api = await ApiServer.listen({ backend, socketPath: config.socket, logger: logger.child({ component: 'api' }), maxBodyBytes: config.maxBodyBytes });
+  return {
+    config, store, node, controller, api, launcherServer,
+    async close() {
+      controller.stop();
+      node.stop();
+      await api.close();
+      await launcherServer.close();
+      await store.close();
+    },
+  };
+}
+
+/** The `vmlet daemon` verb: runs in the foreground until SIGTERM/SIGINT. */
+export async function runDaemon(flags: DaemonFlags): Promise<void> {
+  const config = loadConfig(repoRoot, flags);
+  const logger = pino({ level: config.logLevel, base: { node: config.nodeName } });
+  let daemon: RunningDaemon;
+  try {
+    daemon = await startDaemon(config, logger);
+  } catch (e) {
+    logger.fatal({ err: e }, 'the daemon could not start');
+    const code = e instanceof VmletError ? ` (${e.code})` : '';
+    process.stderr.write(`vmlet daemon: ${(e as Error).message}${code}\n`);
+    process.exit(1);
+  }
+  logger.info({ socket: config.socket, stateDir: config.stateDir, runDir: config.runDir }, 'vmlet daemon ready');
+  sdNotify(`READY=1\nSTATUS=serving on ${config.socket}`);
+  await new Promise<void>((resolve) => {
+    const stop = (sig: string): void => {
+      logger.info({ signal: sig }, 'stopping the daemon; VMs keep running');
+      sdNotify('STOPPING=1');
+      void daemon.close().finally(resolve);
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  process.exit(0);
+}

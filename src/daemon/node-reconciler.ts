@@ -1,0 +1,180 @@
+// Runs the VMIs assigned to this node: one supervisor each, re-adoption after a restart, cleanup on delete.
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import type { VirtualMachineInstance, VirtualMachineInstanceStatus } from '../api/types.js';
+import { VMI_FINALIZER } from '../controller/vm-controller.js';
+import { VmletError } from '../errors.js';
+import { isLiveProcessFor, readRunDir } from '../qemu/launch.js';
+import type { HelloDecision, LauncherHello, LauncherServer } from '../qemu/launcher-server.js';
+import type { LocalStore, StoredObject } from '../source/local-store.js';
+import { Supervisor, type PreparedLaunch } from './supervisor.js';
+
+export interface NodeReconcilerOptions {
+  store: LocalStore;
+  nodeName: string;
+  /** Parent of the per-VMI run directories (`<runDir>/vms/<uid>`). */
+  runDir: string;
+  launcherServer: LauncherServer;
+  launcherBinary: string;
+  launcherSocket: string;
+  prepare(vmi: VirtualMachineInstance, runDir: string): Promise<PreparedLaunch>;
+  logger: Logger;
+  procRoot?: string;
+}
+
+const FINAL = new Set(['Succeeded', 'Failed']);
+
+export class NodeReconciler {
+  readonly supervisors = new Map<string, Supervisor>();
+  private watch: { close(): void } | undefined;
+  private readonly log: Logger;
+  private readonly busy = new Map<string, Promise<void>>();
+  private stopped = false;
+
+  constructor(private readonly opts: NodeReconcilerOptions) {
+    this.log = opts.logger;
+  }
+
+  vmDir(uid: string): string {
+    return path.join(this.opts.runDir, 'vms', uid);
+  }
+
+  /** Routes a launcher's HELLO to its VMI's supervisor; HELLOs for unknown VMIs are refused by the server. */
+  onHello(h: LauncherHello): HelloDecision {
+    const sup = this.supervisors.get(h.uid);
+    if (!sup) return { action: 'reject', reason: 'no VMI with this uid runs on this node' };
+    return sup.onHello(h);
+  }
+
+  /** Re-adopts live VMIs and removes what belongs to no VMI; then follows the store. */
+  async start(): Promise<void> {
+    const vmis = (await this.opts.store.list('VirtualMachineInstance')) as unknown as VirtualMachineInstance[];
+    const mine = vmis.filter((v) => v.status?.nodeName === this.opts.nodeName);
+    const known = new Set(mine.map((v) => v.metadata.uid!));
+    await this.removeStrays(known);
+    await Promise.all(mine.map(async (vmi) => {
+      const phase = vmi.status?.phase ?? '';
+      const dirExists = await fs.access(this.vmDir(vmi.metadata.uid!)).then(() => true, () => false);
+      if (FINAL.has(phase) || !dirExists) return;
+      const sup = this.newSupervisor(vmi);
+      this.track(vmi.metadata.uid!, sup.reattach());
+    }));
+    const w = this.opts.store.watch('VirtualMachineInstance', undefined, undefined, { sendInitialEvents: true });
+    this.watch = w;
+    void (async () => {
+      try {
+        for await (const ev of w) {
+          if (ev.type !== 'DELETED') this.reconcile(ev.object);
+        }
+      } catch (e) {
+        if (!this.stopped) this.log.error({ err: e }, 'VMI watch failed');
+      }
+    })();
+  }
+
+  /** Run dirs and processes of VMIs that no longer exist: kill and remove, never adopt. */
+  private async removeStrays(known: Set<string>): Promise<void> {
+    const vmsDir = path.join(this.opts.runDir, 'vms');
+    const entries = await fs.readdir(vmsDir).catch(() => [] as string[]);
+    for (const uid of entries) {
+      if (known.has(uid)) continue;
+      const dir = path.join(vmsDir, uid);
+      const rd = await readRunDir(dir).catch(() => undefined);
+      for (const pid of [rd?.qemuPid, rd?.launcherPid]) {
+        if (pid && (await isLiveProcessFor(pid, uid, this.opts.procRoot))) {
+          this.log.warn({ uid, pid }, 'killing a process of a VMI that no longer exists');
+          try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+        }
+      }
+      await fs.rm(dir, { recursive: true, force: true });
+    }
+  }
+
+  private newSupervisor(vmi: VirtualMachineInstance): Supervisor {
+    const uid = vmi.metadata.uid!;
+    const { namespace, name } = vmi.metadata;
+    const store = this.opts.store;
+    const sup = new Supervisor({
+      vmi,
+      runDir: this.vmDir(uid),
+      logger: this.log.child({ vmi: { namespace, name, uid } }),
+      launcherServer: this.opts.launcherServer,
+      launcherBinary: this.opts.launcherBinary,
+      launcherSocket: this.opts.launcherSocket,
+      prepare: this.opts.prepare,
+      procRoot: this.opts.procRoot ?? '/proc',
+      writeStatus: async (mutate) => {
+        await store.updateStatus<VirtualMachineInstanceStatus>('VirtualMachineInstance', namespace, name, (s) => {
+          return mutate(s ?? {});
+        }).catch((e: unknown) => {
+          if (!(e instanceof VmletError && e.code === 'STORE_NOT_FOUND')) throw e;
+        });
+      },
+      event: (type, reason, message) => {
+        void store.recordEvent({ involvedObject: { kind: 'VirtualMachineInstance', namespace, name, uid }, type, reason, message })
+          .catch(() => undefined);
+      },
+    });
+    this.supervisors.set(uid, sup);
+    return sup;
+  }
+
+  /** Serialises work per VMI so a start and a delete never interleave. */
+  private track(uid: string, work: Promise<void>): void {
+    const prev = this.busy.get(uid) ?? Promise.resolve();
+    const next = prev.then(() => work).catch((e: unknown) => this.log.error({ err: e, uid }, 'VMI work failed'));
+    this.busy.set(uid, next);
+    void next.finally(() => { if (this.busy.get(uid) === next) this.busy.delete(uid); });
+  }
+
+  private reconcile(obj: StoredObject): void {
+    const vmi = obj as unknown as VirtualMachineInstance;
+    const uid = vmi.metadata.uid!;
+    if (vmi.status?.nodeName !== this.opts.nodeName) return;
+    const sup = this.supervisors.get(uid);
+    if (vmi.metadata.deletionTimestamp) {
+      if (this.busy.has(`delete:${uid}`)) return;
+      const work = this.finalize(vmi, sup);
+      this.busy.set(`delete:${uid}`, work);
+      return;
+    }
+    if (!sup && vmi.status?.phase === 'Scheduled') {
+      const s = this.newSupervisor(vmi);
+      this.track(uid, s.start());
+    }
+  }
+
+  /** Deletion: stop QEMU within the grace period, remove its run dir, then let the object go. */
+  private async finalize(vmi: VirtualMachineInstance, sup: Supervisor | undefined): Promise<void> {
+    const uid = vmi.metadata.uid!;
+    try {
+      if (sup) {
+        await sup.stop(vmi.spec.terminationGracePeriodSeconds ?? 30, 'deleted');
+        await sup.cleanup();
+        this.supervisors.delete(uid);
+      } else {
+        await fs.rm(this.vmDir(uid), { recursive: true, force: true });
+      }
+      const cur = await this.opts.store.get('VirtualMachineInstance', vmi.metadata.namespace, vmi.metadata.name);
+      if (cur && cur.metadata.uid === uid) {
+        const finalizers = (cur.metadata.finalizers ?? []).filter((f) => f !== VMI_FINALIZER);
+        await this.opts.store.update({ ...cur, metadata: { ...cur.metadata, finalizers } });
+      }
+    } catch (e) {
+      this.log.error({ err: e, uid }, 'VMI cleanup failed');
+    } finally {
+      this.busy.delete(`delete:${uid}`);
+    }
+  }
+
+  /** For shutdown and tests: waits until no start or delete is in flight. */
+  async idle(): Promise<void> {
+    while (this.busy.size > 0) await Promise.all(this.busy.values());
+  }
+
+  stop(): void {
+    this.stopped = true;
+    this.watch?.close();
+  }
+}

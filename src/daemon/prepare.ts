@@ -1,0 +1,84 @@
+// Makes what a VMI's QEMU needs before it starts: the accelerator choice, its volume files, and its argv.
+import { execFile } from 'node:child_process';
+import fs from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import type { VirtualMachineInstance } from '../api/types.js';
+import { VmletError } from '../errors.js';
+import { buildArgv } from '../qemu/argv.js';
+import { probeQemu, resolveAccel } from '../qemu/probe.js';
+import { planVolumes, type PreparedFile } from '../qemu/volumes.js';
+import type { PreparedLaunch } from './supervisor.js';
+
+const run = promisify(execFile);
+
+export interface PrepareOptions {
+  qemuBinary: string;
+  accel: 'auto' | 'kvm' | 'tcg';
+  useEmulation: boolean;
+  devKvm?: string;
+  genisoimage?: string;
+}
+
+async function exists(p: string): Promise<boolean> {
+  return fs.access(p).then(() => true, () => false);
+}
+
+/** A sparse file of `size` bytes; O_EXCL when `fresh` is false so an existing disk is never truncated. */
+async function sparseFile(p: string, size: bigint, replace: boolean): Promise<void> {
+  const fh = await fs.open(p, replace ? 'w' : 'wx', 0o600);
+  try {
+    await fh.truncate(Number(size));
+  } finally {
+    await fh.close();
+  }
+}
+
+async function makeFile(f: PreparedFile, genisoimage: string): Promise<void> {
+  switch (f.kind) {
+    case 'emptyDisk':
+      return sparseFile(f.path, f.sizeBytes, true);
+    case 'hostDisk':
+      if (await exists(f.path)) return;
+      if (!f.create) throw new VmletError('HOSTDISK_MISSING', `hostDisk ${f.volume}: ${f.path} does not exist; create it or use type DiskOrCreate`);
+      await fs.mkdir(path.dirname(f.path), { recursive: true });
+      return sparseFile(f.path, f.sizeBytes, false);
+    case 'efiVars':
+      if (await exists(f.path)) return;
+      await fs.copyFile(f.template, f.path);
+      return;
+    case 'cloudInitIso': {
+      const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vmlet-cidata-'));
+      try {
+        for (const file of f.files) await fs.writeFile(path.join(dir, file.name), file.data);
+        await run(genisoimage, ['-quiet', '-output', f.path, '-volid', f.label, '-joliet', '-rock', ...f.files.map((x) => path.join(dir, x.name))]);
+      } catch (e) {
+        throw new VmletError('CLOUDINIT_ISO_FAILED', `cloud-init volume ${f.volume}: could not build the cidata ISO`, { cause: e });
+      } finally {
+        await fs.rm(dir, { recursive: true, force: true });
+      }
+    }
+  }
+}
+
+/** The daemon's `prepare` step: probe (cached), choose the accelerator, create files, build argv. */
+export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance, runDir: string) => Promise<PreparedLaunch> {
+  return async (vmi, runDir) => {
+    const caps = await probeQemu(opts.qemuBinary, opts.devKvm ? { devKvm: opts.devKvm } : {});
+    const choice = resolveAccel(opts.accel, opts.useEmulation, caps);
+    const plan = planVolumes(vmi, runDir, caps.ovmf ? { ovmf: caps.ovmf } : {});
+    for (const f of plan.files) await makeFile(f, opts.genisoimage ?? 'genisoimage');
+    const ctx: Parameters<typeof buildArgv>[1] = {
+      qemuBinary: opts.qemuBinary,
+      runDir,
+      accel: choice.accel,
+      machineTypes: caps.machineTypeNames,
+      cpuModels: caps.cpuModels,
+      volumes: plan.volumes,
+      sandbox: caps.seccomp,
+    };
+    if (caps.ovmf) ctx.ovmf = caps.ovmf;
+    return { argv: buildArgv(vmi, ctx), fds: [], accel: choice.accel, softwareEmulation: choice.softwareEmulation };
+  };
+}

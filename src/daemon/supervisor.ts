@@ -1,0 +1,438 @@
+// One VMI's supervisor: a state machine that launches or re-adopts its QEMU, drives it over QMP and reports status.
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import type { VirtualMachineInstance, VirtualMachineInstanceStatus } from '../api/types.js';
+import { VmletError } from '../errors.js';
+import { isLiveProcessFor, readRunDir, spawnLauncher, type ExitStatus } from '../qemu/launch.js';
+import type { HelloDecision, LauncherHello, LauncherLink, LauncherServer } from '../qemu/launcher-server.js';
+import { QmpClient } from '../qmp/client.js';
+import { GuestAgentClient } from '../qmp/guest-agent.js';
+import { SerialConsole } from './console.js';
+import { canTransition, describeExit, finalPhase, type FailureReason, type SupervisorState } from './vmi-state.js';
+import { withCondition, withPhase, withRuntime } from './vmi-status.js';
+
+/** What `prepare` hands back: QEMU's argv and the fds it references (3, 4, … in order). */
+export interface PreparedLaunch {
+  argv: string[];
+  fds: number[];
+  accel: 'kvm' | 'tcg';
+  softwareEmulation: boolean;
+}
+
+export interface SupervisorDeps {
+  vmi: VirtualMachineInstance;
+  runDir: string;
+  logger: Logger;
+  launcherServer: LauncherServer;
+  launcherBinary: string;
+  launcherSocket: string;
+  /** Creates volumes and builds QEMU's argv; throws VmletError for anything the VMI asks that cannot be done. */
+  prepare(vmi: VirtualMachineInstance, runDir: string): Promise<PreparedLaunch>;
+  /** Writes the VMI's status (serialised per object by the source). */
+  writeStatus(mutate: (s: VirtualMachineInstanceStatus) => VirtualMachineInstanceStatus): Promise<void>;
+  event(type: 'Normal' | 'Warning', reason: string, message: string): void;
+  now?: () => number;
+  procRoot?: string;
+  /** How long QEMU may take from launcher spawn to QMP ready. */
+  startTimeoutMs?: number;
+}
+
+export interface ExitReport {
+  phase: 'Succeeded' | 'Failed';
+  reason?: FailureReason | 'Stopped' | 'GuestShutdown';
+  exit?: ExitStatus;
+}
+
+const QUIT_WAIT_MS = 5_000;
+const KILL_WAIT_MS = 5_000;
+
+export class Supervisor {
+  state: SupervisorState = 'New';
+  qemuPid: number | undefined;
+  launcherPid: number | undefined;
+  qmp: QmpClient | undefined;
+  agent: GuestAgentClient | undefined;
+  console: SerialConsole | undefined;
+  /** Resolves once QEMU is gone and the final status is written. */
+  readonly done: Promise<ExitReport>;
+
+  private resolveDone!: (r: ExitReport) => void;
+  private link: LauncherLink | undefined;
+  private pendingLaunch: PreparedLaunch | undefined;
+  private stopRequested = false;
+  private guestShutdown = false;
+  private panicked = false;
+  private readonly uid: string;
+  private readonly log: Logger;
+  private readonly now: () => number;
+  private exitWaiters: Array<() => void> = [];
+
+  constructor(private readonly deps: SupervisorDeps) {
+    this.uid = deps.vmi.metadata.uid ?? '';
+    this.log = deps.logger;
+    this.now = deps.now ?? Date.now;
+    this.done = new Promise((resolve) => (this.resolveDone = resolve));
+  }
+
+  /** A method, not a field read, so checks after an await are not narrowed away. */
+  get exited(): boolean {
+    return this.state === 'Exited';
+  }
+
+  private iso(): string {
+    return new Date(this.now()).toISOString();
+  }
+
+  private to(next: SupervisorState): void {
+    if (!canTransition(this.state, next)) {
+      throw new VmletError('SUPERVISOR_BAD_TRANSITION', `VMI ${this.uid}: cannot go from ${this.state} to ${next}`);
+    }
+    this.log.debug({ from: this.state, to: next }, 'supervisor state');
+    this.state = next;
+  }
+
+  /** The launcher's HELLO for this VMI, routed here by the daemon. */
+  onHello(h: LauncherHello): HelloDecision {
+    if (h.state.kind === 'new') {
+      if (!this.pendingLaunch) return { action: 'reject', reason: 'no launch is pending for this VMI' };
+      return { action: 'launch', argv: this.pendingLaunch.argv, fds: this.pendingLaunch.fds };
+    }
+    return { action: 'accept' };
+  }
+
+  /** First start: prepare, spawn the launcher, wait for QEMU, then QMP and cont. */
+  async start(): Promise<void> {
+    this.to('Preparing');
+    let prepared: PreparedLaunch;
+    try {
+      await fs.mkdir(this.deps.runDir, { recursive: true, mode: 0o700 });
+      prepared = await this.deps.prepare(this.deps.vmi, this.deps.runDir);
+    } catch (e) {
+      const code = e instanceof VmletError ? e.code : 'PREPARE_FAILED';
+      await this.fail(code === 'KVM_UNAVAILABLE' ? 'KvmUnavailable' : 'LaunchFailed', e);
+      return;
+    }
+    if (this.stopRequested) {
+      await this.finish(undefined);
+      return;
+    }
+    await this.launch(prepared);
+  }
+
+  private async launch(prepared: PreparedLaunch): Promise<void> {
+    this.to('Launching');
+    this.pendingLaunch = prepared;
+    const link = this.attachLink();
+    const started = link.waitFor('started', this.deps.startTimeoutMs ?? 30_000);
+    try {
+      const spawned = await spawnLauncher({
+        launcherBinary: this.deps.launcherBinary,
+        uid: this.uid,
+        socket: this.deps.launcherSocket,
+        runDir: this.deps.runDir,
+      });
+      this.launcherPid = spawned.pid;
+      const [qemuPid] = await started;
+      this.qemuPid = qemuPid;
+    } catch (e) {
+      started.catch(() => undefined);
+      await this.killProcesses();
+      await this.fail('LaunchFailed', e);
+      return;
+    }
+    this.pendingLaunch = undefined;
+    await this.deps.writeStatus((s) => withRuntime(s, { qemuPid: this.qemuPid, launcherPid: this.launcherPid, runDir: this.deps.runDir, accel: prepared.accel, softwareEmulation: prepared.softwareEmulation }));
+    if (prepared.softwareEmulation) {
+      await this.deps.writeStatus((s) => withCondition(s, 'SoftwareEmulation', true, this.iso(), 'KvmUnavailable', 'QEMU runs with software emulation (TCG): expect it to be slow'));
+    }
+    this.deps.event('Normal', 'Launched', `QEMU started with pid ${this.qemuPid}`);
+    await this.connectAndRun(true);
+  }
+
+  /** QMP connect, set-action, console; `cont` when QEMU is still paused from -S. */
+  private async connectAndRun(fresh: boolean): Promise<void> {
+    if (this.state !== 'Reattaching') this.to('Starting');
+    try {
+      await this.connectQmp();
+      const qmp = this.qmp!;
+      const status = await qmp.execute('query-status');
+      if (fresh || status.status === 'prelaunch') {
+        await qmp.execute('set-action', { shutdown: 'poweroff', reboot: 'reset', panic: 'pause' });
+      }
+      await this.connectConsole();
+      if (status.status === 'prelaunch' || (fresh && !status.running)) await qmp.execute('cont');
+      if (this.state === 'Starting' || this.state === 'Reattaching') this.to('Running');
+      else return;
+      const paused = !(await qmp.execute('query-status')).running;
+      await this.deps.writeStatus((s) => {
+        let out = withPhase(s, 'Running', this.iso());
+        out = withCondition(out, 'Ready', !paused, this.iso());
+        out = paused ? withCondition(out, 'Paused', true, this.iso(), 'PausedByUser') : withCondition(out, 'Paused', false, this.iso());
+        return out;
+      });
+      this.connectAgent();
+      this.log.info({ qemuPid: this.qemuPid }, fresh ? 'VMI running' : 'VMI re-adopted');
+    } catch (e) {
+      if (this.state === 'Exited' || this.state === 'Stopping') return;
+      this.log.warn({ err: e }, 'QEMU did not come up');
+      this.deps.event('Warning', 'LaunchFailed', `QEMU did not come up: ${(e as Error).message}`);
+      await this.stop(0, 'LaunchFailed');
+    }
+  }
+
+  private attachLink(): LauncherLink {
+    const link = this.deps.launcherServer.link(this.uid) ?? this.deps.launcherServer.attach(this.uid);
+    if (this.link !== link) {
+      this.link = link;
+      link.on('started', (pid) => { this.qemuPid = pid; });
+      link.on('exited', (status) => { void this.finish(status); });
+      link.on('failed', (f) => { this.log.warn({ reason: f.reason, err: f.error }, 'launcher failed'); });
+      link.on('disconnected', (reason) => { void this.onLauncherGone(reason); });
+    }
+    return link;
+  }
+
+  private async connectQmp(): Promise<void> {
+    const qmp = new QmpClient({ path: path.join(this.deps.runDir, 'qmp.sock'), connectTimeoutMs: 10_000, logger: this.log });
+    await qmp.connect();
+    this.qmp = qmp;
+    qmp.on('STOP', () => { void this.setPaused(true); });
+    qmp.on('RESUME', () => { void this.setPaused(false); });
+    qmp.on('SHUTDOWN', (data) => {
+      if (data.guest) this.guestShutdown = true;
+      this.deps.event('Normal', 'Shutdown', `QEMU reports shutdown (${data.reason})`);
+    });
+    qmp.on('RESET', () => { this.deps.event('Normal', 'Reset', 'the guest was reset'); });
+    qmp.on('GUEST_PANICKED', () => {
+      this.panicked = true;
+      this.deps.event('Warning', 'GuestPanicked', 'the guest kernel panicked');
+    });
+    qmp.onClose(() => {
+      if (this.qmp === qmp) this.qmp = undefined;
+      if (this.state === 'Running') void this.onQmpLost();
+    });
+  }
+
+  private async connectConsole(): Promise<void> {
+    if (!this.deps.vmi.spec.domain.devices.autoattachSerialConsole) return;
+    const c = new SerialConsole({ socketPath: path.join(this.deps.runDir, 'serial.sock'), logFile: path.join(this.deps.runDir, 'console.log') });
+    await c.connect(10_000);
+    this.console = c;
+  }
+
+  /** The agent may never answer; it is looked for in the background and only sets a condition. */
+  private connectAgent(): void {
+    const sock = path.join(this.deps.runDir, 'qga.sock');
+    const agent = new GuestAgentClient({ path: sock });
+    this.agent = agent;
+    const probe = async (): Promise<void> => {
+      for (let i = 0; i < 30 && this.state === 'Running' && this.agent === agent; i++) {
+        try {
+          await agent.connect();
+          await agent.ping({ timeoutMs: 2_000 });
+          await this.deps.writeStatus((s) => withCondition(s, 'AgentConnected', true, this.iso()));
+          return;
+        } catch {
+          await new Promise((r) => setTimeout(r, 2_000));
+        }
+      }
+    };
+    void probe().catch(() => undefined);
+  }
+
+  private async setPaused(paused: boolean): Promise<void> {
+    if (this.state !== 'Running') return;
+    await this.deps.writeStatus((s) => {
+      let out = withCondition(s, 'Paused', paused, this.iso(), paused ? 'PausedByUser' : undefined);
+      out = withCondition(out, 'Ready', !paused, this.iso());
+      return out;
+    });
+  }
+
+  /** QMP went away while running: the launcher's EXITED normally follows within milliseconds. */
+  private async onQmpLost(): Promise<void> {
+    await new Promise((r) => setTimeout(r, 2_000));
+    if (this.exited) return;
+    if (this.qemuPid && !(await isLiveProcessFor(this.qemuPid, this.uid, this.deps.procRoot))) {
+      const rd = await readRunDir(this.deps.runDir).catch(() => undefined);
+      await this.finish(rd?.exitStatus);
+    }
+  }
+
+  /** The launcher's connection dropped: fine while it reconnects, fatal if the process is gone. */
+  private async onLauncherGone(reason: string): Promise<void> {
+    if (this.exited) return;
+    await new Promise((r) => setTimeout(r, 300));
+    if (this.exited || this.link?.connected) return;
+    if (this.launcherPid && (await isLiveProcessFor(this.launcherPid, this.uid, this.deps.procRoot))) return;
+    const rd = await readRunDir(this.deps.runDir).catch(() => undefined);
+    if (rd?.exitStatus) {
+      await this.finish(rd.exitStatus);
+      return;
+    }
+    this.log.warn({ reason }, 'launcher is gone');
+    this.deps.event('Warning', 'LauncherLost', `vmlet-launch died (${reason}); QEMU dies with it`);
+    await this.killProcesses();
+    await this.finish(undefined, 'LauncherLost');
+  }
+
+  /** After a daemon restart: adopt what runs, record what ended, and never start a second QEMU. */
+  async reattach(): Promise<void> {
+    this.to('Reattaching');
+    const rd = await readRunDir(this.deps.runDir).catch(() => ({ launcherPid: undefined, qemuPid: undefined, exitStatus: undefined }));
+    const procRoot = this.deps.procRoot;
+    const launcherAlive = rd.launcherPid !== undefined && (await isLiveProcessFor(rd.launcherPid, this.uid, procRoot));
+    const qemuAlive = rd.qemuPid !== undefined && (await isLiveProcessFor(rd.qemuPid, this.uid, procRoot));
+    this.launcherPid = launcherAlive ? rd.launcherPid : undefined;
+    this.qemuPid = qemuAlive ? rd.qemuPid : undefined;
+    if (launcherAlive) this.attachLink();
+    if (qemuAlive) {
+      this.log.info({ qemuPid: this.qemuPid, launcherPid: this.launcherPid }, 're-adopting running QEMU');
+      await this.connectAndRun(false);
+      return;
+    }
+    if (rd.exitStatus) {
+      await this.finish(rd.exitStatus);
+      return;
+    }
+    if (launcherAlive) {
+      // Spawned, but the daemon died before QEMU's argv went out: hand it over now.
+      try {
+        const prepared = await this.deps.prepare(this.deps.vmi, this.deps.runDir);
+        this.pendingLaunch = prepared;
+        const [pid] = await this.link!.waitFor('started', this.deps.startTimeoutMs ?? 30_000);
+        this.qemuPid = pid;
+        this.pendingLaunch = undefined;
+        await this.deps.writeStatus((s) => withRuntime(s, { qemuPid: pid, launcherPid: this.launcherPid, runDir: this.deps.runDir, accel: prepared.accel, softwareEmulation: prepared.softwareEmulation }));
+        if (prepared.softwareEmulation) await this.deps.writeStatus((s) => withCondition(s, 'SoftwareEmulation', true, this.iso(), 'KvmUnavailable'));
+        await this.connectAndRun(true);
+      } catch (e) {
+        await this.killProcesses();
+        await this.fail('LaunchFailed', e);
+      }
+      return;
+    }
+    await this.finish(undefined, 'Lost');
+  }
+
+  /** Graceful stop: ACPI power-down, the grace period, `quit`, then SIGKILL. */
+  async stop(graceSeconds: number, why: string): Promise<ExitReport> {
+    this.stopRequested = true;
+    if (this.state === 'Exited') return this.done;
+    if (this.state === 'Stopping') return this.done;
+    const before = this.state;
+    this.to('Stopping');
+    this.log.info({ graceSeconds, why }, 'stopping VMI');
+    if (before === 'New' || before === 'Preparing') {
+      await this.killProcesses();
+      return this.finish(undefined);
+    }
+    const qmp = this.qmp;
+    if (qmp && graceSeconds > 0) {
+      await qmp.execute('system_powerdown').catch(() => undefined);
+      if (await this.waitExit(graceSeconds * 1000)) return this.done;
+    }
+    if (this.qmp) {
+      await this.qmp.execute('quit').catch(() => undefined);
+      if (await this.waitExit(QUIT_WAIT_MS)) return this.done;
+    }
+    await this.killProcesses();
+    if (await this.waitExit(KILL_WAIT_MS)) return this.done;
+    return this.finish(undefined);
+  }
+
+  private waitExit(ms: number): Promise<boolean> {
+    if (this.state === 'Exited') return Promise.resolve(true);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => resolve(this.state === 'Exited'), ms);
+      this.exitWaiters.push(() => { clearTimeout(timer); resolve(true); });
+    });
+  }
+
+  private async killProcesses(): Promise<void> {
+    for (const pid of [this.qemuPid, this.launcherPid]) {
+      if (pid && (await isLiveProcessFor(pid, this.uid, this.deps.procRoot))) {
+        try { process.kill(pid, 'SIGKILL'); } catch { /* already gone */ }
+      }
+    }
+  }
+
+  private async fail(reason: FailureReason, e: unknown): Promise<void> {
+    const msg = e instanceof Error ? e.message : String(e);
+    this.log.warn({ err: e, reason }, 'VMI failed');
+    this.deps.event('Warning', reason, msg);
+    await this.finish(undefined, reason, msg);
+  }
+
+  /** QEMU is gone: write the final phase once, and release everything. */
+  async finish(exit: ExitStatus | undefined, failure?: FailureReason, message?: string): Promise<ExitReport> {
+    if (this.state === 'Exited') return this.done;
+    this.state = 'Exited';
+    for (const w of this.exitWaiters) w();
+    this.exitWaiters = [];
+    this.pendingLaunch = undefined;
+    void this.qmp?.close().catch(() => undefined);
+    this.qmp = undefined;
+    void this.agent?.close().catch(() => undefined);
+    this.agent = undefined;
+    this.console?.close();
+    let phase: 'Succeeded' | 'Failed' = failure ? 'Failed' : finalPhase(exit, this.stopRequested, this.guestShutdown) === 'Failed' ? 'Failed' : 'Succeeded';
+    if (this.panicked && !this.stopRequested) phase = 'Failed';
+    const reason: ExitReport['reason'] = failure ?? (phase === 'Failed' ? 'QemuCrashed' : this.stopRequested ? 'Stopped' : 'GuestShutdown');
+    const report: ExitReport = { phase, reason };
+    if (exit) report.exit = exit;
+    const text = message ?? `QEMU ended: ${describeExit(exit)}`;
+    try {
+      await this.deps.writeStatus((s) => {
+        let out = withPhase(s, phase, this.iso(), reason);
+        out = withCondition(out, 'Ready', false, this.iso(), reason);
+        out = { ...out, message: text };
+        return out;
+      });
+    } catch (e) {
+      this.log.warn({ err: e }, 'could not write the final status');
+    }
+    this.deps.event(phase === 'Failed' ? 'Warning' : 'Normal', phase, `${reason}: ${text}`);
+    this.resolveDone(report);
+    return report;
+  }
+
+  /** Removes the run dir and forgets the launcher link; only after QEMU is gone. */
+  async cleanup(): Promise<void> {
+    this.deps.launcherServer.detach(this.uid);
+    await fs.rm(this.deps.runDir, { recursive: true, force: true });
+  }
+
+  requireRunning(): QmpClient {
+    if (this.state !== 'Running' || !this.qmp) {
+      throw new VmletError('VMI_NOT_RUNNING', `VMI is ${this.state === 'Exited' ? 'not running' : `still ${this.state.toLowerCase()}`}; try again once it is Running`);
+    }
+    return this.qmp;
+  }
+
+  async pause(): Promise<void> {
+    await this.requireRunning().execute('stop');
+    await this.setPaused(true);
+  }
+
+  async unpause(): Promise<void> {
+    await this.requireRunning().execute('cont');
+    await this.setPaused(false);
+  }
+
+  async reset(): Promise<void> {
+    await this.requireRunning().execute('system_reset');
+  }
+
+  /** A reboot the guest takes part in: through the agent when it answers, else ACPI is no help, so refuse. */
+  async softreboot(): Promise<void> {
+    this.requireRunning();
+    if (!this.agent) throw new VmletError('VMI_AGENT_UNAVAILABLE', 'softreboot needs the guest agent, which is not connected; use reset for a hard reset');
+    try {
+      await this.agent.shutdown('reboot');
+    } catch (e) {
+      throw new VmletError('VMI_AGENT_UNAVAILABLE', 'the guest agent did not take the reboot; use reset for a hard reset', { cause: e });
+    }
+  }
+}

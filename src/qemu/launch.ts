@@ -1,0 +1,200 @@
+// Starts a VMI's vmlet-launch detached, and reads what a launcher left in its run directory so a restarted daemon can tell live, recorded processes from recycled pids.
+import { spawn } from 'node:child_process';
+import { closeSync, openSync } from 'node:fs';
+import { mkdir, readFile, stat } from 'node:fs/promises';
+import path from 'node:path';
+import { VmletError } from '../errors.js';
+
+/** Files the launcher keeps in its run directory (docs/launcher-protocol.md). */
+export const RUN_FILES = {
+  launcherPid: 'launcher.pid',
+  qemuPid: 'qemu.pid',
+  exitStatus: 'exit-status',
+  qemuLog: 'qemu.log',
+  launcherLog: 'launcher.log',
+} as const;
+
+/** How QEMU ended: its exit code, or the signal that killed it. */
+export type ExitStatus = { kind: 'exit'; code: number } | { kind: 'signal'; signal: number };
+
+/** Parses the launcher's `exit=N` / `signal=N` notation (wire and exit-status file alike). */
+export function parseExitStatus(text: string): ExitStatus {
+  const m = /^(exit|signal)=(\d{1,3})$/.exec(text.trim());
+  const n = m ? Number(m[2]) : NaN;
+  if (!m || !(n >= 0 && n <= 255)) {
+    throw new VmletError('LAUNCH_BAD_EXIT_STATUS', `not an exit status: ${JSON.stringify(text.slice(0, 40))}`);
+  }
+  return m[1] === 'exit' ? { kind: 'exit', code: n } : { kind: 'signal', signal: n };
+}
+
+export function formatExitStatus(s: ExitStatus): string {
+  return s.kind === 'exit' ? `exit=${s.code}` : `signal=${s.signal}`;
+}
+
+/** The launcher's own exit code for a QEMU status: the code, or 128 + signal. */
+export function exitStatusCode(s: ExitStatus): number {
+  return s.kind === 'exit' ? s.code : 128 + s.signal;
+}
+
+const UID_RE = /^[A-Za-z0-9._-]{1,128}$/;
+
+export interface LauncherArgs {
+  uid: string;
+  /** The daemon's launcher socket. */
+  socket: string;
+  runDir: string;
+  /** A netns file (e.g. /run/netns/NAME) to join before forking QEMU. */
+  netns?: string;
+  /** Cgroup directories to join (one per v1 controller, or the one v2 directory). */
+  cgroups?: readonly string[];
+  /** How long the launcher waits for the daemon when it cannot report (default 60 in the launcher). */
+  lingerSeconds?: number;
+}
+
+/** The launcher's argv after the binary (pure). */
+export function launcherArgv(a: LauncherArgs): string[] {
+  if (!UID_RE.test(a.uid)) throw new VmletError('LAUNCH_BAD_ARGUMENT', `VMI uid ${JSON.stringify(a.uid)} is not 1-128 of [A-Za-z0-9._-]`);
+  const argv = ['--uid', a.uid, '--socket', a.socket, '--run-dir', a.runDir];
+  if (a.netns !== undefined) argv.push('--netns', a.netns);
+  for (const cg of a.cgroups ?? []) argv.push('--cgroup', cg);
+  if (a.lingerSeconds !== undefined) {
+    if (!Number.isInteger(a.lingerSeconds) || a.lingerSeconds < 0 || a.lingerSeconds > 86400) {
+      throw new VmletError('LAUNCH_BAD_ARGUMENT', `linger must be 0-86400 whole seconds, got ${a.lingerSeconds}`);
+    }
+    argv.push('--linger', String(a.lingerSeconds));
+  }
+  return argv;
+}
+
+export interface SpawnLauncherOptions extends LauncherArgs {
+  /** Path of the vmlet-launch binary. */
+  launcherBinary: string;
+  /** Environment of the launcher and so of QEMU (default: only PATH). */
+  env?: Record<string, string>;
+  /** Where the launcher's own stderr goes (default RUNDIR/launcher.log). */
+  logFile?: string;
+}
+
+export interface SpawnedLauncher {
+  pid: number;
+  /** Settles when the launcher exits, as long as this daemon process lives. Never rejects. */
+  exited: Promise<{ code: number | null; signal: NodeJS.Signals | null }>;
+}
+
+/**
+ * Starts vmlet-launch in its own session (standalone mode), stdin/stdout on /dev/null and stderr
+ * appended to the log file, unref'd so the daemon can exit or restart without it.
+ */
+export async function spawnLauncher(opts: SpawnLauncherOptions): Promise<SpawnedLauncher> {
+  const args = launcherArgv(opts);
+  await mkdir(opts.runDir, { recursive: true, mode: 0o700 });
+  const logPath = opts.logFile ?? path.join(opts.runDir, RUN_FILES.launcherLog);
+  let logFd: number;
+  try {
+    logFd = openSync(logPath, 'a', 0o640);
+  } catch (cause) {
+    throw new VmletError('LAUNCH_SPAWN_FAILED', `cannot open launcher log ${logPath}`, { cause });
+  }
+  try {
+    const child = spawn(opts.launcherBinary, args, {
+      detached: true,
+      stdio: ['ignore', logFd, logFd],
+      env: opts.env ?? { PATH: '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' },
+    });
+    const exited = new Promise<{ code: number | null; signal: NodeJS.Signals | null }>((resolve) => {
+      child.once('exit', (code, signal) => resolve({ code, signal }));
+    });
+    await new Promise<void>((resolve, reject) => {
+      child.once('spawn', resolve);
+      child.once('error', (cause) =>
+        reject(new VmletError('LAUNCH_SPAWN_FAILED', `cannot start ${opts.launcherBinary}`, { cause })));
+    });
+    child.unref();
+    const pid = child.pid;
+    if (pid === undefined) throw new VmletError('LAUNCH_SPAWN_FAILED', `${opts.launcherBinary} started without a pid`);
+    return { pid, exited };
+  } finally {
+    closeSync(logFd);
+  }
+}
+
+/** What a launcher recorded in its run directory; a field is absent when its file is. */
+export interface RunDirState {
+  launcherPid?: number;
+  qemuPid?: number;
+  exitStatus?: ExitStatus;
+}
+
+async function readOptional(file: string): Promise<string | undefined> {
+  try {
+    return await readFile(file, 'utf8');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
+    throw new VmletError('LAUNCH_RUNDIR_UNREADABLE', `cannot read ${file}`, { cause: e });
+  }
+}
+
+function parsePidFile(file: string, text: string): number {
+  const t = text.trim();
+  const n = Number(t);
+  if (!/^\d{1,10}$/.test(t) || !(n > 0 && n <= 0x7fffffff)) {
+    throw new VmletError('LAUNCH_RUNDIR_CORRUPT', `${file} does not hold a pid: ${JSON.stringify(t.slice(0, 40))}`);
+  }
+  return n;
+}
+
+/**
+ * Reads launcher.pid, qemu.pid and exit-status. Pids are as the launcher saw them (its own pid
+ * namespace: the host's in standalone mode). Throws LAUNCH_RUNDIR_MISSING when the directory is gone.
+ */
+export async function readRunDir(runDir: string): Promise<RunDirState> {
+  const [l, q, x] = await Promise.all([
+    readOptional(path.join(runDir, RUN_FILES.launcherPid)),
+    readOptional(path.join(runDir, RUN_FILES.qemuPid)),
+    readOptional(path.join(runDir, RUN_FILES.exitStatus)),
+  ]);
+  if (l === undefined && q === undefined && x === undefined) {
+    try {
+      await stat(runDir);
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code === 'ENOENT') {
+        throw new VmletError('LAUNCH_RUNDIR_MISSING', `run directory ${runDir} does not exist`, { cause: e });
+      }
+    }
+  }
+  const out: RunDirState = {};
+  if (l !== undefined) out.launcherPid = parsePidFile(RUN_FILES.launcherPid, l);
+  if (q !== undefined) out.qemuPid = parsePidFile(RUN_FILES.qemuPid, q);
+  if (x !== undefined) {
+    try {
+      out.exitStatus = parseExitStatus(x);
+    } catch (cause) {
+      throw new VmletError('LAUNCH_RUNDIR_CORRUPT', `${RUN_FILES.exitStatus} is not an exit status`, { cause });
+    }
+  }
+  return out;
+}
+
+/**
+ * True when `pid` is a live (not zombie) process whose /proc/PID/cmdline holds `uid` in one of its
+ * arguments: the launcher has `--uid UID`, QEMU has the uid in `-uuid`/`-name`. A recycled pid
+ * that now belongs to something else is therefore never taken for ours.
+ */
+export async function isLiveProcessFor(pid: number, uid: string, procRoot = '/proc'): Promise<boolean> {
+  if (!Number.isInteger(pid) || pid <= 0) throw new VmletError('LAUNCH_BAD_ARGUMENT', `not a pid: ${pid}`);
+  if (uid.length === 0) throw new VmletError('LAUNCH_BAD_ARGUMENT', 'empty VMI uid');
+  const dir = path.join(procRoot, String(pid));
+  let statText: string;
+  let cmdline: string;
+  try {
+    [statText, cmdline] = await Promise.all([readFile(path.join(dir, 'stat'), 'utf8'), readFile(path.join(dir, 'cmdline'), 'utf8')]);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if (code === 'ENOENT' || code === 'ESRCH') return false;
+    throw new VmletError('LAUNCH_PROC_UNREADABLE', `cannot read ${dir}`, { cause: e });
+  }
+  // stat is "PID (COMM) S ..."; COMM may hold spaces and parentheses, the state follows the last ')'.
+  const state = statText.slice(statText.lastIndexOf(')') + 1).trim().charAt(0);
+  if (state === 'Z' || state === 'X' || state === 'x' || state === '') return false;
+  return cmdline.split('\0').some((arg) => arg.includes(uid));
+}

@@ -1,0 +1,460 @@
+// Daemon side of the launcher protocol: accepts vmlet-launch connections on a unix socket, checks who is calling, hands over QEMU's argv and fds, and relays each VMI's started/exited/disconnected events.
+import { EventEmitter } from 'node:events';
+import { readdir, readFile, unlink, chmod } from 'node:fs/promises';
+import net from 'node:net';
+import path from 'node:path';
+import type { Logger } from 'pino';
+import { VmletError } from '../errors.js';
+import { peerCred, sendWithFds, socketFd, type PeerCred } from '../sys/scm.js';
+import { formatExitStatus, parseExitStatus, type ExitStatus } from './launch.js';
+
+export const LAUNCHER_PROTOCOL_VERSION = '1';
+/** Largest ARGV payload (NUL-terminated strings) the launcher accepts. */
+export const MAX_ARGV_BYTES = 65536;
+/** Most fds one ARGV message may carry; they become QEMU's fds 3, 4, ... in order. */
+export const MAX_FDS = 64;
+const MAX_LINE = 1024;
+const UID_RE = /^[A-Za-z0-9._-]{1,128}$/;
+
+/** What the launcher says about QEMU when it says HELLO. Pids are in the daemon's pid namespace. */
+export type LauncherState =
+  | { kind: 'new' }
+  | { kind: 'running'; qemuPid: number }
+  | { kind: 'exited'; qemuPid: number; status: ExitStatus };
+
+export interface LauncherHello {
+  uid: string;
+  /** The launcher's pid as it reported it (its own pid namespace). */
+  launcherPid: number;
+  /** Who is really on the socket (SO_PEERCRED, daemon's pid namespace). */
+  peer: PeerCred;
+  state: LauncherState;
+}
+
+/** The daemon's answer to a HELLO: argv + fds for a NEW launcher, acceptance otherwise, or a rejection. */
+export type HelloDecision =
+  | { action: 'launch'; argv: readonly string[]; fds: readonly number[] }
+  | { action: 'accept' }
+  | { action: 'reject'; reason: string };
+
+/** Failure the launcher reported with an ERROR line. */
+export interface LauncherFailure {
+  /** The launcher's reason token: netns, cgroup, fork, exec, protocol, ... */
+  reason: string;
+  error: VmletError;
+}
+
+export type LauncherLinkEvents = {
+  /** An accepted HELLO (first contact, or a reconnect after either side restarted). */
+  hello: [hello: LauncherHello];
+  /** QEMU was forked and exec'd. */
+  started: [qemuPid: number];
+  /** QEMU ended; also emitted once for a HELLO that says EXITED. */
+  exited: [status: ExitStatus, qemuPid: number];
+  /** The launcher gave up with an error (it exits right after). */
+  failed: [failure: LauncherFailure];
+  /** The accepted connection closed (launcher exited, was killed, or the server closed). */
+  disconnected: [reason: string];
+};
+
+type WaitResult<K extends keyof LauncherLinkEvents> = LauncherLinkEvents[K];
+
+/** One VMI's view of its launcher, stable across reconnects. Obtain it with `LauncherServer.attach`. */
+export class LauncherLink extends EventEmitter<LauncherLinkEvents> {
+  readonly uid: string;
+  /** Last state the launcher reported (undefined before the first HELLO). */
+  state: LauncherState | undefined;
+  /** SO_PEERCRED of the current connection, if connected. */
+  peer: PeerCred | undefined;
+  /** @internal */ conn: net.Socket | undefined;
+  /** @internal */ detached = false;
+
+  constructor(uid: string) {
+    super();
+    this.uid = uid;
+  }
+
+  get connected(): boolean {
+    return this.conn !== undefined && !this.conn.destroyed;
+  }
+
+  /** Resolves with the next `event`'s arguments; rejects with LAUNCHER_TIMEOUT after `timeoutMs`. */
+  waitFor<K extends keyof LauncherLinkEvents>(event: K, timeoutMs: number): Promise<WaitResult<K>> {
+    return new Promise((resolve, reject) => {
+      const listener = (...args: WaitResult<K>): void => {
+        clearTimeout(timer);
+        resolve(args);
+      };
+      const timer = setTimeout(() => {
+        this.off(event, listener as never);
+        reject(new VmletError('LAUNCHER_TIMEOUT', `launcher of ${this.uid}: no '${event}' within ${timeoutMs} ms`));
+      }, timeoutMs);
+      this.once(event, listener as never);
+    });
+  }
+}
+
+export interface LauncherServerOptions {
+  /** Path of the unix socket launchers connect to; a stale file there is replaced. */
+  socketPath: string;
+  /** Decides about every HELLO of an attached uid (e.g. checks the pod in /proc/PID/cgroup). */
+  onHello: (hello: LauncherHello) => HelloDecision | Promise<HelloDecision>;
+  /** Root of procfs, for pid-namespace translation (default /proc). */
+  procRoot?: string;
+  /** Mode of the socket file (default 0o600: only root's launchers). */
+  socketMode?: number;
+  logger?: Logger;
+}
+
+/** A parsed launcher line. */
+export type LauncherMessage =
+  | { type: 'hello'; version: string; uid: string; launcherPid: number; state: LauncherState }
+  | { type: 'started'; qemuPid: number }
+  | { type: 'exited'; status: ExitStatus }
+  | { type: 'error'; reason: string; text: string };
+
+function parsePid(s: string | undefined): number {
+  const n = Number(s);
+  if (s === undefined || !/^\d{1,10}$/.test(s) || !(n > 0 && n <= 0x7fffffff)) {
+    throw new VmletError('LAUNCHER_BAD_MESSAGE', `not a pid: ${JSON.stringify(s)}`);
+  }
+  return n;
+}
+
+/** Parses one line (without its newline) from a launcher. Throws LAUNCHER_BAD_MESSAGE. */
+export function parseLauncherLine(line: string): LauncherMessage {
+  const t = line.split(' ');
+  const bad = (): VmletError => new VmletError('LAUNCHER_BAD_MESSAGE', `bad launcher message: ${JSON.stringify(line.slice(0, 80))}`);
+  try {
+    switch (t[0]) {
+      case 'HELLO': {
+        const [, version, uid, pid, st] = t;
+        if (version === undefined || uid === undefined || !UID_RE.test(uid)) throw bad();
+        const launcherPid = parsePid(pid);
+        let state: LauncherState;
+        if (st === 'NEW' && t.length === 5) state = { kind: 'new' };
+        else if (st === 'RUNNING' && t.length === 6) state = { kind: 'running', qemuPid: parsePid(t[5]) };
+        else if (st === 'EXITED' && t.length === 7) state = { kind: 'exited', qemuPid: parsePid(t[5]), status: parseExitStatus(t[6] ?? '') };
+        else throw bad();
+        return { type: 'hello', version, uid, launcherPid, state };
+      }
+      case 'STARTED':
+        if (t.length !== 2) throw bad();
+        return { type: 'started', qemuPid: parsePid(t[1]) };
+      case 'EXITED':
+        if (t.length !== 2) throw bad();
+        return { type: 'exited', status: parseExitStatus(t[1] ?? '') };
+      case 'ERROR':
+        if (t.length < 2 || !t[1]) throw bad();
+        return { type: 'error', reason: t[1], text: t.slice(2).join(' ') };
+      default:
+        throw bad();
+    }
+  } catch (e) {
+    if (e instanceof VmletError && e.code === 'LAUNCHER_BAD_MESSAGE') throw e;
+    throw new VmletError('LAUNCHER_BAD_MESSAGE', `bad launcher message: ${JSON.stringify(line.slice(0, 80))}`, { cause: e });
+  }
+}
+
+/** The ARGV message: `ARGV <nbytes> <nfds>\n` then the NUL-terminated argv strings. Throws LAUNCHER_BAD_ARGV. */
+export function encodeArgvMessage(argv: readonly string[], nfds: number): Buffer {
+  if (argv.length === 0) throw new VmletError('LAUNCHER_BAD_ARGV', 'argv is empty');
+  if (!argv[0]?.startsWith('/')) throw new VmletError('LAUNCHER_BAD_ARGV', 'argv[0] must be an absolute path');
+  if (argv.some((a) => a.includes('\0'))) throw new VmletError('LAUNCHER_BAD_ARGV', 'an argument contains NUL');
+  if (argv.length > 4096) throw new VmletError('LAUNCHER_BAD_ARGV', `${argv.length} arguments; at most 4096`);
+  if (!Number.isInteger(nfds) || nfds < 0 || nfds > MAX_FDS) throw new VmletError('LAUNCHER_BAD_ARGV', `${nfds} fds; at most ${MAX_FDS}`);
+  const payload = Buffer.from(argv.map((a) => `${a}\0`).join(''), 'utf8');
+  if (payload.length > MAX_ARGV_BYTES) {
+    throw new VmletError('LAUNCHER_BAD_ARGV', `argv is ${payload.length} bytes; at most ${MAX_ARGV_BYTES}`);
+  }
+  return Buffer.concat([Buffer.from(`ARGV ${payload.length} ${nfds}\n`), payload]);
+}
+
+/** Stable codes for the launcher's ERROR reasons. */
+function failureCode(reason: string): string {
+  switch (reason) {
+    case 'netns':
+    case 'cgroup':
+      return 'LAUNCHER_SANDBOX';
+    case 'exec':
+      return 'LAUNCHER_EXEC';
+    case 'fork':
+      return 'LAUNCHER_FORK';
+    case 'protocol':
+      return 'LAUNCHER_PROTOCOL';
+    default:
+      return 'LAUNCHER_FAILED';
+  }
+}
+
+/** pids of `pid` in each nested pid namespace, outermost (the procfs's) first; [] when unreadable. */
+async function nsPids(procRoot: string, pid: number): Promise<number[]> {
+  try {
+    const status = await readFile(path.join(procRoot, String(pid), 'status'), 'utf8');
+    const m = /^NSpid:\s*(.*)$/m.exec(status);
+    return m?.[1] ? m[1].trim().split(/\s+/).map(Number) : [];
+  } catch {
+    return [];
+  }
+}
+
+/** Finds the daemon-namespace pid of the child of `parentPid` that is `innerPid` inside its own namespace. */
+async function translateChildPid(procRoot: string, parentPid: number, innerPid: number): Promise<number | undefined> {
+  const candidates: number[] = [];
+  try {
+    const taskDir = path.join(procRoot, String(parentPid), 'task');
+    for (const tid of await readdir(taskDir)) {
+      const children = await readFile(path.join(taskDir, tid, 'children'), 'utf8').catch(() => '');
+      candidates.push(...children.split(/\s+/).filter(Boolean).map(Number));
+    }
+  } catch {
+    return undefined;
+  }
+  for (const c of candidates) {
+    if ((await nsPids(procRoot, c)).at(-1) === innerPid) return c;
+  }
+  return undefined;
+}
+
+type Reject = 'version' | 'bad-hello' | 'unknown-uid' | 'pid-mismatch' | 'duplicate' | 'denied' | 'no-argv' | 'internal';
+
+/**
+ * Listens on the launcher socket. Only uids passed to `attach` are known; a HELLO for any other uid
+ * is answered `REJECT unknown-uid`. Closing the server drops connections but leaves launchers (and
+ * QEMU) running: they reconnect when a server listens again.
+ */
+export class LauncherServer {
+  readonly #opts: LauncherServerOptions;
+  readonly #procRoot: string;
+  readonly #links = new Map<string, LauncherLink>();
+  readonly #sockets = new Set<net.Socket>();
+  #server: net.Server | undefined;
+
+  constructor(opts: LauncherServerOptions) {
+    this.#opts = opts;
+    this.#procRoot = opts.procRoot ?? '/proc';
+  }
+
+  /** Starts listening (replacing a stale socket file). */
+  async listen(): Promise<void> {
+    if (this.#server) throw new VmletError('LAUNCHER_LISTEN_FAILED', 'launcher server is already listening');
+    await unlink(this.#opts.socketPath).catch((e: NodeJS.ErrnoException) => {
+      if (e.code !== 'ENOENT') throw new VmletError('LAUNCHER_LISTEN_FAILED', `cannot remove stale ${this.#opts.socketPath}`, { cause: e });
+    });
+    const server = net.createServer((sock) => this.#onConnection(sock));
+    await new Promise<void>((resolve, reject) => {
+      server.once('error', (cause) =>
+        reject(new VmletError('LAUNCHER_LISTEN_FAILED', `cannot listen on ${this.#opts.socketPath}`, { cause })));
+      server.listen(this.#opts.socketPath, () => resolve());
+    });
+    server.on('error', (err) => this.#opts.logger?.error({ err }, 'launcher socket error'));
+    await chmod(this.#opts.socketPath, this.#opts.socketMode ?? 0o600);
+    this.#server = server;
+  }
+
+  /** Stops accepting and drops every connection; links stay attached and see `disconnected`. */
+  async close(): Promise<void> {
+    const server = this.#server;
+    this.#server = undefined;
+    for (const s of this.#sockets) s.destroy();
+    if (server) {
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    }
+  }
+
+  /** Declares `uid` known to this daemon and returns its link (the same one on every call). */
+  attach(uid: string): LauncherLink {
+    let link = this.#links.get(uid);
+    if (!link) {
+      link = new LauncherLink(uid);
+      this.#links.set(uid, link);
+    }
+    return link;
+  }
+
+  /** Forgets `uid`: its connection is dropped and later HELLOs are rejected. */
+  detach(uid: string): void {
+    const link = this.#links.get(uid);
+    if (!link) return;
+    this.#links.delete(uid);
+    link.detached = true;
+    link.conn?.destroy();
+  }
+
+  link(uid: string): LauncherLink | undefined {
+    return this.#links.get(uid);
+  }
+
+  #onConnection(sock: net.Socket): void {
+    this.#sockets.add(sock);
+    let peer: PeerCred;
+    try {
+      peer = peerCred(socketFd(sock));
+    } catch (err) {
+      this.#opts.logger?.warn({ err }, 'launcher connection without credentials');
+      sock.destroy();
+      this.#sockets.delete(sock);
+      return;
+    }
+    const log = this.#opts.logger?.child({ launcherPeerPid: peer.pid });
+    let buf = '';
+    let link: LauncherLink | undefined; // set once HELLO is accepted
+    let chain = Promise.resolve();
+    let closing = false;
+
+    const reject = (code: Reject, text: string): void => {
+      log?.warn({ reject: code }, `launcher rejected: ${text}`);
+      closing = true;
+      sock.end(`REJECT ${code} ${text.replace(/\n/g, ' ')}\n`);
+    };
+
+    const handle = async (line: string): Promise<void> => {
+      if (closing || sock.destroyed) return;
+      let msg: LauncherMessage;
+      try {
+        msg = parseLauncherLine(line);
+      } catch (err) {
+        if (!link) return reject('bad-hello', (err as Error).message);
+        log?.warn({ err }, 'ignoring bad launcher message');
+        return;
+      }
+      if (!link) {
+        if (msg.type !== 'hello') return reject('bad-hello', `expected HELLO, got ${msg.type.toUpperCase()}`);
+        return this.#hello(sock, peer, msg, reject, (l) => {
+          link = l;
+        }, log);
+      }
+      const l = link;
+      if (l.conn !== sock) return; // superseded by a newer connection of the same launcher
+      switch (msg.type) {
+        case 'hello':
+          log?.warn('second HELLO on one connection ignored');
+          return;
+        case 'started': {
+          const qemuPid = await this.#toDaemonPid(peer, msg.qemuPid);
+          l.state = { kind: 'running', qemuPid };
+          l.emit('started', qemuPid);
+          return;
+        }
+        case 'exited': {
+          sock.write('OK\n');
+          const prev = l.state;
+          const qemuPid = prev && prev.kind !== 'new' ? prev.qemuPid : 0;
+          if (prev?.kind === 'exited') return;
+          l.state = { kind: 'exited', qemuPid, status: msg.status };
+          l.emit('exited', msg.status, qemuPid);
+          return;
+        }
+        case 'error': {
+          const error = new VmletError(failureCode(msg.reason), `launcher of ${l.uid} failed (${msg.reason}): ${msg.text}`);
+          l.emit('failed', { reason: msg.reason, error });
+          return;
+        }
+      }
+    };
+
+    sock.on('data', (chunk: Buffer) => {
+      buf += chunk.toString('utf8');
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl);
+        buf = buf.slice(nl + 1);
+        chain = chain.then(() => handle(line)).catch((err: unknown) => {
+          log?.error({ err }, 'launcher message handling failed');
+          sock.destroy();
+        });
+      }
+      if (buf.length > MAX_LINE) {
+        buf = '';
+        if (!link) reject('bad-hello', 'line too long');
+        else sock.destroy();
+      }
+    });
+    sock.on('error', (err) => log?.debug({ err }, 'launcher connection error'));
+    sock.on('close', () => {
+      this.#sockets.delete(sock);
+      // Let queued lines (e.g. a final EXITED) be handled before announcing the disconnect.
+      void chain.then(() => {
+        if (link && link.conn === sock) {
+          link.conn = undefined;
+          link.peer = undefined;
+          link.emit('disconnected', 'connection closed');
+        }
+      });
+    });
+  }
+
+  async #hello(
+    sock: net.Socket,
+    peer: PeerCred,
+    msg: Extract<LauncherMessage, { type: 'hello' }>,
+    reject: (code: Reject, text: string) => void,
+    accepted: (l: LauncherLink) => void,
+    log: Logger | undefined,
+  ): Promise<void> {
+    if (msg.version !== LAUNCHER_PROTOCOL_VERSION) {
+      return reject('version', `protocol ${msg.version} unsupported; this daemon speaks ${LAUNCHER_PROTOCOL_VERSION}`);
+    }
+    // The claimed pid must be the peer itself: in our pid namespace, or in the peer's own (a pod).
+    const ns = await nsPids(this.#procRoot, peer.pid);
+    const nested = ns.length > 1;
+    if (msg.launcherPid !== peer.pid && !(nested && ns.at(-1) === msg.launcherPid)) {
+      return reject('pid-mismatch', `claimed pid ${msg.launcherPid} but the socket peer is pid ${peer.pid}`);
+    }
+    const link = this.#links.get(msg.uid);
+    if (!link) return reject('unknown-uid', `no VMI with uid ${msg.uid} on this node`);
+    if (link.connected && link.peer?.pid !== peer.pid) {
+      return reject('duplicate', `VMI ${msg.uid} already has a launcher (pid ${link.peer?.pid ?? '?'})`);
+    }
+    let state = msg.state;
+    if (nested && state.kind !== 'new') {
+      const qemuPid = await translateChildPid(this.#procRoot, peer.pid, state.qemuPid);
+      if (qemuPid === undefined) log?.warn({ reported: state.qemuPid }, 'cannot translate QEMU pid out of the launcher pid namespace');
+      state = { ...state, qemuPid: qemuPid ?? state.qemuPid };
+    }
+    const hello: LauncherHello = { uid: msg.uid, launcherPid: msg.launcherPid, peer, state };
+    let decision: HelloDecision;
+    try {
+      decision = await this.#opts.onHello(hello);
+    } catch (err) {
+      log?.error({ err }, 'onHello failed');
+      return reject('internal', 'the daemon failed to decide; see its log');
+    }
+    if (sock.destroyed) return;
+    if (link.detached || this.#links.get(msg.uid) !== link) return reject('unknown-uid', `VMI ${msg.uid} was removed`);
+    if (decision.action === 'reject') return reject('denied', decision.reason);
+    if (state.kind === 'new') {
+      if (decision.action !== 'launch') return reject('no-argv', 'the daemon has no QEMU argv for this launcher');
+      try {
+        const message = encodeArgvMessage(decision.argv, decision.fds.length);
+        sendWithFds(socketFd(sock), message, [...decision.fds]);
+      } catch (err) {
+        const error = err instanceof VmletError && err.code === 'LAUNCHER_BAD_ARGV'
+          ? err
+          : new VmletError('LAUNCHER_SEND_FAILED', `cannot hand argv and fds to the launcher of ${msg.uid}`, { cause: err });
+        link.emit('failed', { reason: 'handover', error });
+        sock.destroy();
+        return;
+      }
+    } else {
+      sock.write('OK\n');
+    }
+    if (link.conn && link.conn !== sock) link.conn.destroy(); // the same launcher reconnected
+    link.conn = sock;
+    link.peer = peer;
+    const prev = link.state;
+    link.state = state;
+    accepted(link);
+    log?.info({ uid: msg.uid, state: state.kind }, 'launcher connected');
+    link.emit('hello', hello);
+    if (state.kind === 'exited' && !(prev?.kind === 'exited' && prev.qemuPid === state.qemuPid)) {
+      link.emit('exited', state.status, state.qemuPid);
+    }
+  }
+
+  async #toDaemonPid(peer: PeerCred, pid: number): Promise<number> {
+    const ns = await nsPids(this.#procRoot, peer.pid);
+    if (ns.length <= 1) return pid;
+    return (await translateChildPid(this.#procRoot, peer.pid, pid)) ?? pid;
+  }
+}

@@ -1,0 +1,583 @@
+// QMP client: one connection to a QEMU monitor socket, with id-matched commands, typed events, timeouts and fd passing.
+import type { Socket } from 'node:net';
+import { connectWithRetry, ConnectAttemptError } from './connect.js';
+import { QmpError } from './errors.js';
+import { BoundedQueue } from './event-queue.js';
+import { LineSplitter, parseObjectLine, excerpt, type JsonObject } from './framing.js';
+import { silentLogger, type QmpLogger } from './logger.js';
+import { defaultTimeoutFor } from './timeouts.js';
+import type { QmpCommandMap, QmpCommandName, QmpEvent, QmpEventName, QmpGreeting } from './types.js';
+
+export interface QmpClientOptions {
+  /** Path of QEMU's `-qmp unix:PATH,server=on,wait=off` socket. */
+  path: string;
+  /** How long connect() keeps retrying while the socket is missing or refuses (QEMU still starting). Default 10 000. */
+  connectTimeoutMs?: number;
+  /** Pause between connect attempts. Default 50. */
+  retryIntervalMs?: number;
+  /** How long to wait for the greeting after connecting, and again for the qmp_capabilities reply. Default 5 000. */
+  greetingTimeoutMs?: number;
+  /** Per-command timeout overrides by name, on top of the default table (docs/qmp.md). */
+  timeouts?: Record<string, number>;
+  /** Longest accepted line from QEMU, in bytes. Default 16 MiB (query-qmp-schema is about 200 KiB). */
+  maxLineBytes?: number;
+  /** Default buffer size of each events() iterator. Default 1 000. */
+  eventBufferSize?: number;
+  /**
+   * What a command timeout does to the connection. true (default): the connection is closed and every
+   * other pending command fails with QMP_DISCONNECTED; QEMU's monitor is serial, so one stuck command
+   * blocks everything behind it anyway, and a fresh connection is an unambiguous state.
+   * false: only the timed-out command fails; its late reply is recognised by id and dropped.
+   */
+  closeOnTimeout?: boolean;
+  /** Ask for the `oob` capability when QEMU offers it. Default true. */
+  enableOob?: boolean;
+  logger?: QmpLogger;
+  /** Clock for deadlines; injectable for tests. Default Date.now. */
+  now?: () => number;
+  /** The SCM_RIGHTS sender; default is src/sys/scm.ts (loaded on first use). Injectable for tests. */
+  sendWithFds?: (socketFd: number, data: Buffer, fds: number[]) => void;
+  /** Finds the OS fd of the socket; default is src/sys/scm.ts socketFd. */
+  socketFd?: (sock: Socket) => number;
+}
+
+export interface ConnectCallOptions {
+  signal?: AbortSignal;
+}
+
+export interface ExecuteOptions {
+  /** Overrides the default timeout of this command. */
+  timeoutMs?: number;
+  /** File descriptors sent with the command's bytes in one sendmsg (getfd, add-fd need exactly one). */
+  fds?: number[];
+  /** Aborting rejects the call with QMP_ABORTED; QEMU may still run the command, its reply is dropped. */
+  signal?: AbortSignal;
+  /** Send as `exec-oob` (only for commands QEMU allows out-of-band, and only if oob was negotiated). */
+  oob?: boolean;
+}
+
+type ArgsOf<N extends QmpCommandName> = QmpCommandMap[N]['args'];
+/** The parameters after the command name: typed for known commands, a plain object otherwise. */
+export type ExecuteParams<N extends string> = N extends QmpCommandName
+  ? ArgsOf<N> extends undefined
+    ? [args?: undefined, opts?: ExecuteOptions]
+    : object extends ArgsOf<N>
+      ? [args?: ArgsOf<N>, opts?: ExecuteOptions]
+      : [args: ArgsOf<N>, opts?: ExecuteOptions]
+  : [args?: Record<string, unknown>, opts?: ExecuteOptions];
+export type ExecuteResult<N extends string> = N extends QmpCommandName ? QmpCommandMap[N]['ret'] : unknown;
+
+export type QmpEventListener<N extends string> = (data: QmpEvent<N>['data'], event: QmpEvent<N>) => void;
+
+export type QmpState = 'idle' | 'connecting' | 'ready' | 'closed';
+
+interface Pending {
+  id: number;
+  name: string;
+  line: string;
+  fds: number[] | undefined;
+  resolve: (v: unknown) => void;
+  reject: (e: QmpError) => void;
+  timer: NodeJS.Timeout | undefined;
+  written: boolean;
+  done: boolean;
+  signal: AbortSignal | undefined;
+  onAbort: (() => void) | undefined;
+}
+
+interface Subscription {
+  queue: BoundedQueue<QmpEvent>;
+  names: Set<string> | undefined;
+}
+
+const DEFAULTS = {
+  connectTimeoutMs: 10_000,
+  retryIntervalMs: 50,
+  greetingTimeoutMs: 5_000,
+  maxLineBytes: 16 * 1024 * 1024,
+  eventBufferSize: 1_000,
+};
+
+const FD_COMMANDS = new Set(['getfd', 'add-fd']);
+
+export class QmpClient {
+  private readonly opts: QmpClientOptions;
+  private readonly log: QmpLogger;
+  private readonly now: () => number;
+  private sock: Socket | undefined;
+  private splitter: LineSplitter | undefined;
+  private stateValue: QmpState = 'idle';
+  private nextId = 0;
+  private readonly pending = new Map<number, Pending>();
+  /** Ids whose caller gave up (timeout with closeOnTimeout=false, or abort): their late reply is dropped, never re-routed. */
+  private readonly abandoned = new Set<number>();
+  /** Commands not yet written because an fd-carrying command ahead of them is waiting; keeps the call order on the wire. */
+  private readonly outQueue: Pending[] = [];
+  /** The fd-carrying command written but not answered yet; QEMU keeps received fds per connection, so only one may be in flight. */
+  private fdInFlight: Pending | undefined;
+  private pumpTimer: NodeJS.Timeout | undefined;
+  private readonly listeners = new Map<string, Set<QmpEventListener<string>>>();
+  private readonly subscriptions = new Set<Subscription>();
+  private greetingValue: QmpGreeting | undefined;
+  private oobEnabled = false;
+  private droppedCount = 0;
+  private closeReason: QmpError | undefined;
+  private closeResolve!: (reason: QmpError | undefined) => void;
+  private lineHandler: (line: string) => void = () => {};
+  private readonly closeListeners = new Set<(reason: QmpError | undefined) => void>();
+  private scm: { send: (fd: number, data: Buffer, fds: number[]) => void; fdOf: (s: Socket) => number } | undefined;
+  private readonly onTimeoutBound = (p: Pending): void => this.onTimeout(p);
+
+  /** Settles once the connection is gone: undefined after close(), else the error that ended it. */
+  readonly closed: Promise<QmpError | undefined>;
+
+  constructor(opts: QmpClientOptions) {
+    this.opts = opts;
+    this.log = opts.logger ?? silentLogger;
+    this.now = opts.now ?? Date.now;
+    this.closed = new Promise((resolve) => {
+      this.closeResolve = resolve;
+    });
+  }
+
+  get state(): QmpState {
+    return this.stateValue;
+  }
+
+  /** QEMU's greeting (version, capabilities), once connected. */
+  get greeting(): QmpGreeting | undefined {
+    return this.greetingValue;
+  }
+
+  /** Capabilities QEMU offered in the greeting. */
+  get capabilities(): string[] {
+    return this.greetingValue?.QMP.capabilities ?? [];
+  }
+
+  /** Whether out-of-band execution was negotiated. */
+  get oob(): boolean {
+    return this.oobEnabled;
+  }
+
+  /** Events dropped so far by all events() iterators whose buffers overflowed. */
+  get droppedEvents(): number {
+    return this.droppedCount;
+  }
+
+  /** Commands sent and not yet answered. */
+  get pendingCount(): number {
+    return this.pending.size;
+  }
+
+  /**
+   * Connects (retrying until connectTimeoutMs while QEMU creates the socket), reads the greeting and
+   * negotiates capabilities. Rejects with QMP_CONNECT_FAILED, QMP_GREETING_TIMEOUT, QMP_PROTOCOL or
+   * QMP_NEGOTIATION_FAILED; the client is then closed. A client connects once: make a new one to reconnect.
+   */
+  async connect(callOpts: ConnectCallOptions = {}): Promise<void> {
+    if (this.stateValue !== 'idle') {
+      throw new QmpError('QMP_NOT_CONNECTED', `connect() called in state ${this.stateValue}; a client connects once`);
+    }
+    this.stateValue = 'connecting';
+    const path = this.opts.path;
+    let sock: Socket;
+    try {
+      sock = await connectWithRetry({
+        path,
+        deadline: this.now() + (this.opts.connectTimeoutMs ?? DEFAULTS.connectTimeoutMs),
+        retryIntervalMs: this.opts.retryIntervalMs ?? DEFAULTS.retryIntervalMs,
+        signal: callOpts.signal,
+        now: this.now,
+      });
+    } catch (e) {
+      const aborted = e instanceof ConnectAttemptError && e.aborted;
+      const err = new QmpError(aborted ? 'QMP_ABORTED' : 'QMP_CONNECT_FAILED',
+        e instanceof Error ? e.message : `connect to ${path} failed`, { cause: e instanceof ConnectAttemptError ? e.lastError : e });
+      this.finish(err);
+      throw err;
+    }
+    this.attach(sock);
+    const greetingMs = this.opts.greetingTimeoutMs ?? DEFAULTS.greetingTimeoutMs;
+    try {
+      const greeting = await this.waitGreeting(greetingMs, callOpts.signal);
+      this.greetingValue = greeting;
+      const offerOob = greeting.QMP.capabilities.includes('oob') && (this.opts.enableOob ?? true);
+      this.stateValue = 'ready';
+      try {
+        await this.execute('qmp_capabilities', offerOob ? { enable: ['oob'] } : {}, { timeoutMs: greetingMs });
+      } catch (e) {
+        throw new QmpError('QMP_NEGOTIATION_FAILED', `qmp_capabilities failed: ${(e as Error).message}`, { cause: e, command: 'qmp_capabilities' });
+      }
+      this.oobEnabled = offerOob;
+      const v = greeting.QMP.version.qemu;
+      this.log.debug({ path, qemu: `${v.major}.${v.minor}.${v.micro}`, oob: offerOob }, 'qmp connected');
+    } catch (e) {
+      const err = e instanceof QmpError ? e : new QmpError('QMP_PROTOCOL', String(e), { cause: e });
+      this.teardown(err);
+      throw err;
+    }
+  }
+
+  private waitGreeting(ms: number, signal: AbortSignal | undefined): Promise<QmpGreeting> {
+    return new Promise((resolve, reject) => {
+      let settled = false;
+      const settle = (fn: () => void): void => {
+        if (settled) return;
+        settled = true;
+        clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        this.closeListeners.delete(onClose);
+        fn();
+      };
+      const timer = setTimeout(() => settle(() => reject(new QmpError('QMP_GREETING_TIMEOUT',
+        `no QMP greeting from ${this.opts.path} within ${ms} ms (is another client holding the monitor, or is this not a QMP socket?)`))), ms);
+      const onAbort = (): void => settle(() => reject(new QmpError('QMP_ABORTED', 'connect aborted', { cause: signal?.reason })));
+      signal?.addEventListener('abort', onAbort, { once: true });
+      const onClose = (reason: QmpError | undefined): void => settle(() => reject(new QmpError('QMP_CONNECT_FAILED',
+        `QMP socket ${this.opts.path} closed before the greeting`, { cause: reason })));
+      this.closeListeners.add(onClose);
+      this.lineHandler = (line) => {
+        const msg = parseObjectLine(line);
+        const qmp = msg instanceof Error ? undefined : msg['QMP'];
+        if (msg instanceof Error || !isGreeting(qmp)) {
+          settle(() => reject(new QmpError('QMP_PROTOCOL', `expected the QMP greeting, got: ${excerpt(line)}`, { cause: msg instanceof Error ? msg : undefined })));
+          return;
+        }
+        this.lineHandler = (l) => this.onLine(l);
+        settle(() => resolve(msg as unknown as QmpGreeting));
+      };
+    });
+  }
+
+  private attach(sock: Socket): void {
+    this.sock = sock;
+    sock.setNoDelay?.(true);
+    const maxLineBytes = this.opts.maxLineBytes ?? DEFAULTS.maxLineBytes;
+    this.splitter = new LineSplitter({
+      maxLineBytes,
+      onLine: (line) => this.lineHandler(line),
+      onOversize: (bytes) => this.protocolError(`line from QEMU exceeds ${maxLineBytes} bytes (${bytes} so far)`),
+    });
+    const splitter = this.splitter;
+    sock.on('data', (chunk: Buffer) => splitter.push(chunk));
+    // 'end' comes first when QEMU exits or is killed; fail pending commands at once rather than on 'close'.
+    sock.on('end', () => this.teardown(new QmpError('QMP_DISCONNECTED', `QMP socket ${this.opts.path} closed by QEMU`)));
+    sock.on('error', (err) => this.teardown(new QmpError('QMP_DISCONNECTED', `QMP socket error: ${err.message}`, { cause: err })));
+    sock.on('close', () => this.teardown(new QmpError('QMP_DISCONNECTED', `QMP socket ${this.opts.path} closed`)));
+  }
+
+  /**
+   * Runs one command. Known commands are typed (arguments and result); any other name takes a plain
+   * object and resolves to unknown. Rejects with QMP_COMMAND_ERROR (QEMU said no: see errorClass/desc),
+   * QMP_TIMEOUT, QMP_DISCONNECTED, QMP_NOT_CONNECTED, QMP_ABORTED or QMP_SEND_FDS.
+   */
+  execute<N extends string>(name: N, ...params: ExecuteParams<N>): Promise<ExecuteResult<N>> {
+    const args = params[0] as Record<string, unknown> | undefined;
+    const opts = params[1] as ExecuteOptions | undefined;
+    return this.send(name, args, opts) as Promise<ExecuteResult<N>>;
+  }
+
+  /** Untyped form of execute(), for command names built at run time. */
+  executeRaw(name: string, args?: Record<string, unknown>, opts?: ExecuteOptions): Promise<unknown> {
+    return this.send(name, args, opts);
+  }
+
+  private send(name: string, args: Record<string, unknown> | undefined, opts: ExecuteOptions | undefined): Promise<unknown> {
+    if (this.stateValue !== 'ready') {
+      const reason = this.closeReason;
+      return Promise.reject(new QmpError(this.stateValue === 'closed' ? 'QMP_DISCONNECTED' : 'QMP_NOT_CONNECTED',
+        `cannot run ${name}: the QMP client is ${this.stateValue}`, { command: name, cause: reason }));
+    }
+    const fds = opts?.fds;
+    if (FD_COMMANDS.has(name) && fds?.length !== 1) {
+      return Promise.reject(new QmpError('QMP_INVALID_ARGUMENT', `${name} needs exactly one fd in opts.fds`, { command: name }));
+    }
+    if (opts?.oob && !this.oobEnabled) {
+      return Promise.reject(new QmpError('QMP_INVALID_ARGUMENT', `cannot send ${name} out-of-band: oob was not negotiated`, { command: name }));
+    }
+    const signal = opts?.signal;
+    if (signal?.aborted) return Promise.reject(new QmpError('QMP_ABORTED', `${name} aborted before it was sent`, { command: name, cause: signal.reason }));
+    const id = ++this.nextId;
+    const key = opts?.oob ? 'exec-oob' : 'execute';
+    const line = args === undefined
+      ? `{"${key}":${JSON.stringify(name)},"id":${id}}\n`
+      : `${JSON.stringify({ [key]: name, arguments: args, id })}\n`;
+    return new Promise((resolve, reject) => {
+      const p: Pending = {
+        id, name, line, fds: fds && fds.length > 0 ? fds : undefined, resolve, reject,
+        timer: undefined, written: false, done: false, signal, onAbort: undefined,
+      };
+      const ms = opts?.timeoutMs ?? this.opts.timeouts?.[name] ?? defaultTimeoutFor(name);
+      p.timer = setTimeout(this.onTimeoutBound, ms, p);
+      if (signal) {
+        p.onAbort = () => this.abandon(p, new QmpError('QMP_ABORTED', `${name} aborted`, { command: name, cause: signal.reason }));
+        signal.addEventListener('abort', p.onAbort, { once: true });
+      }
+      this.pending.set(id, p);
+      if (this.outQueue.length === 0 && p.fds === undefined) {
+        this.sock?.write(line);
+        p.written = true;
+      } else {
+        this.outQueue.push(p);
+        this.pump();
+      }
+    });
+  }
+
+  /** Writes queued commands in order; an fd-carrying one waits until the previous fd command is answered and Node's write buffer is empty. */
+  private pump(): void {
+    const sock = this.sock;
+    if (!sock || this.stateValue === 'closed') return;
+    while (this.outQueue.length > 0) {
+      const p = this.outQueue[0] as Pending;
+      if (p.done) {
+        this.outQueue.shift();
+        continue;
+      }
+      if (p.fds === undefined) {
+        sock.write(p.line);
+        p.written = true;
+        this.outQueue.shift();
+        continue;
+      }
+      if (this.fdInFlight !== undefined) return; // resumed when its reply arrives
+      if (sock.writableLength > 0) return this.schedulePump(1); // earlier bytes must reach the kernel first
+      try {
+        const scm = this.scmOrLoad();
+        if (!scm) return; // loading; pump() runs again when loaded
+        scm.send(scm.fdOf(sock), Buffer.from(p.line), p.fds);
+      } catch (e) {
+        if (/EAGAIN/.test((e as Error).message ?? '')) return this.schedulePump(2); // kernel buffer full, nothing written
+        this.outQueue.shift();
+        const err = new QmpError('QMP_SEND_FDS', `sending ${p.name} with ${p.fds.length} fd(s) failed: ${(e as Error).message}`, { command: p.name, cause: e });
+        this.settle(p, err);
+        // A short write leaves half a command on the wire: the stream can no longer be trusted.
+        if (/wrote \d+ of/.test((e as Error).message ?? '')) this.teardown(new QmpError('QMP_PROTOCOL', 'partial fd write corrupted the QMP stream', { cause: err }));
+        continue;
+      }
+      p.written = true;
+      this.fdInFlight = p;
+      this.outQueue.shift();
+    }
+  }
+
+  private schedulePump(ms: number): void {
+    if (this.pumpTimer) return;
+    this.pumpTimer = setTimeout(() => {
+      this.pumpTimer = undefined;
+      this.pump();
+    }, ms);
+  }
+
+  private scmLoading = false;
+  private scmOrLoad(): { send: (fd: number, data: Buffer, fds: number[]) => void; fdOf: (s: Socket) => number } | undefined {
+    if (this.scm) return this.scm;
+    if (this.opts.sendWithFds && this.opts.socketFd) {
+      this.scm = { send: this.opts.sendWithFds, fdOf: this.opts.socketFd };
+      return this.scm;
+    }
+    if (this.scmLoading) return undefined;
+    this.scmLoading = true;
+    // Loaded lazily so that QMP without fd passing never loads koffi.
+    import('../sys/scm.js').then((m) => {
+      this.scm = { send: this.opts.sendWithFds ?? m.sendWithFds, fdOf: this.opts.socketFd ?? m.socketFd };
+      this.pump();
+    }, (e: unknown) => {
+      const err = new QmpError('QMP_SEND_FDS', 'cannot load the SCM_RIGHTS helper (src/sys/scm.ts)', { cause: e });
+      for (const p of this.outQueue.splice(0)) this.settle(p, err);
+    });
+    return undefined;
+  }
+
+  private onLine(line: string): void {
+    const msg = parseObjectLine(line);
+    if (msg instanceof Error) return this.protocolError(`malformed line from QEMU: ${excerpt(line)}`, msg);
+    if (typeof msg['event'] === 'string') return this.onEvent(msg);
+    const id = msg['id'];
+    const hasReturn = 'return' in msg;
+    if (!hasReturn && !('error' in msg)) return this.protocolError(`unexpected message from QEMU: ${excerpt(line)}`);
+    if (typeof id !== 'number') {
+      return this.protocolError(`reply without a matching id (did QEMU fail to parse a request?): ${excerpt(line)}`);
+    }
+    const p = this.pending.get(id);
+    if (p === undefined) {
+      if (this.abandoned.delete(id)) {
+        this.log.debug({ id }, 'qmp: dropped late reply of an abandoned command');
+        return;
+      }
+      return this.protocolError(`reply with unknown id ${id}: ${excerpt(line)}`);
+    }
+    if (hasReturn) {
+      this.settle(p, undefined, msg['return']);
+    } else {
+      const err = msg['error'] as { class?: unknown; desc?: unknown } | null;
+      const cls = typeof err?.class === 'string' ? err.class : 'GenericError';
+      const desc = typeof err?.desc === 'string' ? err.desc : 'no description';
+      this.settle(p, new QmpError('QMP_COMMAND_ERROR', `${p.name}: ${desc}`, { command: p.name, errorClass: cls, desc }));
+    }
+  }
+
+  private settle(p: Pending, err: QmpError | undefined, value?: unknown): void {
+    if (p.done) return;
+    p.done = true;
+    this.pending.delete(p.id);
+    if (p.timer) clearTimeout(p.timer);
+    if (p.onAbort) p.signal?.removeEventListener('abort', p.onAbort);
+    if (this.fdInFlight === p) {
+      this.fdInFlight = undefined;
+      if (this.outQueue.length > 0) queueMicrotask(() => this.pump());
+    }
+    if (err) p.reject(err);
+    else p.resolve(value);
+  }
+
+  /** Gives up on a command without closing: a later reply with its id is dropped. */
+  private abandon(p: Pending, err: QmpError): void {
+    if (p.done) return;
+    if (p.written) this.abandoned.add(p.id);
+    this.settle(p, err);
+  }
+
+  private onTimeout(p: Pending): void {
+    if (p.done) return;
+    p.timer = undefined;
+    const err = new QmpError('QMP_TIMEOUT', `${p.name} got no reply within its timeout${p.written ? '' : ' (it was still queued, never sent)'}`, { command: p.name });
+    this.log.warn({ command: p.name, id: p.id, closeOnTimeout: this.opts.closeOnTimeout ?? true }, 'qmp command timed out');
+    this.abandon(p, err);
+    if (this.opts.closeOnTimeout ?? true) {
+      this.teardown(new QmpError('QMP_DISCONNECTED', `QMP connection closed after ${p.name} timed out`, { cause: err }));
+    }
+  }
+
+  private protocolError(message: string, cause?: unknown): void {
+    const err = new QmpError('QMP_PROTOCOL', message, cause === undefined ? {} : { cause });
+    this.log.error({ err }, 'qmp protocol error; closing the connection');
+    this.teardown(err);
+  }
+
+  private onEvent(msg: JsonObject): void {
+    const ev = msg as unknown as QmpEvent;
+    if (ev.data === undefined) (ev as { data: unknown }).data = {};
+    this.emit(ev.event, ev);
+    this.emit('*', ev);
+    for (const s of this.subscriptions) {
+      if (s.names === undefined || s.names.has(ev.event)) s.queue.push(ev);
+    }
+  }
+
+  private emit(key: string, ev: QmpEvent): void {
+    const set = this.listeners.get(key);
+    if (!set) return;
+    for (const fn of set) {
+      try {
+        fn(ev.data, ev);
+      } catch (e) {
+        this.log.error({ err: e, event: ev.event }, 'qmp event listener threw');
+      }
+    }
+  }
+
+  /**
+   * Calls fn for each event of that name (or every event with '*'), synchronously and in wire order:
+   * an event QEMU sent before a reply reaches listeners before that command's promise settles.
+   * Returns a function that removes the listener.
+   */
+  on<N extends QmpEventName>(event: N, fn: QmpEventListener<N>): () => void;
+  on(event: '*', fn: QmpEventListener<string>): () => void;
+  on(event: string, fn: QmpEventListener<string>): () => void;
+  on(event: string, fn: QmpEventListener<string>): () => void {
+    let set = this.listeners.get(event);
+    if (!set) this.listeners.set(event, (set = new Set()));
+    set.add(fn);
+    return () => this.off(event, fn);
+  }
+
+  off(event: string, fn: QmpEventListener<string>): void {
+    this.listeners.get(event)?.delete(fn);
+  }
+
+  /** Calls fn once when the connection ends (with its reason, undefined after close()). */
+  onClose(fn: (reason: QmpError | undefined) => void): () => void {
+    if (this.stateValue === 'closed') {
+      queueMicrotask(() => fn(this.closeReason));
+      return () => {};
+    }
+    this.closeListeners.add(fn);
+    return () => this.closeListeners.delete(fn);
+  }
+
+  /**
+   * An async iterator over events from now on (optionally only the given names). It buffers up to
+   * bufferSize events; beyond that the oldest is dropped and counted in droppedEvents (and the
+   * iterator's own `dropped`). It ends, after the buffered events, when the connection closes;
+   * breaking out of the loop unsubscribes it.
+   */
+  events(opts: { names?: string[]; bufferSize?: number } = {}): BoundedQueue<QmpEvent> {
+    const sub: Subscription = {
+      queue: new BoundedQueue<QmpEvent>(
+        opts.bufferSize ?? this.opts.eventBufferSize ?? DEFAULTS.eventBufferSize,
+        (n) => {
+          this.droppedCount += n;
+          this.log.warn({ dropped: this.droppedCount }, 'qmp: event buffer full, dropped the oldest event');
+        },
+        () => this.subscriptions.delete(sub),
+      ),
+      names: opts.names ? new Set(opts.names) : undefined,
+    };
+    if (this.stateValue === 'closed') sub.queue.end();
+    else this.subscriptions.add(sub);
+    return sub.queue;
+  }
+
+  /** Closes the connection; pending commands fail with QMP_DISCONNECTED. Resolves when the socket is closed. */
+  async close(): Promise<void> {
+    if (this.stateValue === 'closed') return;
+    this.teardown(undefined);
+    await this.closed;
+  }
+
+  /** Ends the connection once: fails pending commands, ends event iterators, notifies close listeners. */
+  private teardown(reason: QmpError | undefined): void {
+    if (this.stateValue === 'closed') return;
+    this.stateValue = 'closed';
+    this.closeReason = reason;
+    this.splitter?.stop();
+    if (this.pumpTimer) clearTimeout(this.pumpTimer);
+    this.sock?.destroy();
+    if (reason) this.log.debug({ code: reason.code, msg: reason.message }, 'qmp connection closed');
+    const cause = reason ?? new QmpError('QMP_DISCONNECTED', 'QMP client closed');
+    this.outQueue.length = 0;
+    for (const p of [...this.pending.values()]) {
+      // quit's job is to make QEMU go away; a disconnect after sending it is that job done.
+      if (p.name === 'quit' && p.written && reason !== undefined) {
+        this.settle(p, undefined, {});
+        continue;
+      }
+      this.settle(p, new QmpError('QMP_DISCONNECTED', `${p.name}: ${cause.message}`, reason ? { command: p.name, cause: reason } : { command: p.name }));
+    }
+    this.abandoned.clear();
+    for (const s of this.subscriptions) s.queue.end();
+    this.subscriptions.clear();
+    this.finish(reason);
+  }
+
+  private finish(reason: QmpError | undefined): void {
+    this.stateValue = 'closed';
+    this.closeReason = reason;
+    for (const fn of [...this.closeListeners]) {
+      try {
+        fn(reason);
+      } catch (e) {
+        this.log.error({ err: e }, 'qmp close listener threw');
+      }
+    }
+    this.closeListeners.clear();
+    this.closeResolve(reason);
+  }
+}
+
+function isGreeting(v: unknown): boolean {
+  if (typeof v !== 'object' || v === null) return false;
+  const o = v as { version?: { qemu?: unknown }; capabilities?: unknown };
+  return typeof o.version?.qemu === 'object' && Array.isArray(o.capabilities);
+}

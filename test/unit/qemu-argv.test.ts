@@ -1,0 +1,283 @@
+import t from 'tap';
+import { validateVMI, type VirtualMachineInstance } from '../../src/api/index.js';
+import {
+  buildArgv,
+  cmdlineHasVmiUid,
+  firmwareUuid,
+  uuidV5,
+  vmiUidSmbios,
+  type ArgvContext,
+} from '../../src/qemu/argv.js';
+import { splitOpts } from '../../src/qemu/escape.js';
+import { planVolumes } from '../../src/qemu/volumes.js';
+
+const UID = '3f8a2c1e-5b7d-4e9f-a1c2-d3e4f5a6b7c8';
+const RUN = '/run/vmlet/vms/3f8a2c1e';
+const OVMF = { code: '/usr/share/OVMF/OVMF_CODE_4M.fd', vars: '/usr/share/OVMF/OVMF_VARS_4M.fd' };
+
+function vmi(spec: Record<string, unknown>, name = 'testvm'): VirtualMachineInstance {
+  return validateVMI({
+    apiVersion: 'kubevirt.io/v1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name, namespace: 'ns1', uid: UID },
+    spec,
+  });
+}
+
+function ctx(extra: Partial<ArgvContext> = {}): ArgvContext {
+  return { qemuBinary: '/usr/bin/qemu-system-x86_64', runDir: RUN, accel: 'tcg', ...extra };
+}
+
+/** The values that follow each occurrence of `flag`. */
+function values(argv: readonly string[], flag: string): string[] {
+  return argv.flatMap((a, i) => (a === flag ? [argv[i + 1] ?? ''] : []));
+}
+
+const minimal = {
+  domain: { memory: { guest: '128Mi' }, devices: { disks: [{ name: 'root' }] } },
+  volumes: [{ name: 'root', hostDisk: { path: '/var/lib/vmlet/images/root.img', type: 'Disk' } }],
+};
+
+t.test('snapshot: minimal', async (t) => {
+  t.matchSnapshot(buildArgv(vmi(minimal), ctx()));
+});
+
+t.test('snapshot: minimal on kvm, host-passthrough, 2x2x1, resources', async (t) => {
+  const spec = structuredClone(minimal) as { domain: Record<string, unknown> };
+  spec.domain['cpu'] = { model: 'host-passthrough', sockets: 2, cores: 2, threads: 1 };
+  spec.domain['resources'] = { requests: { memory: '1Gi' } };
+  spec.domain['memory'] = { guest: '1G' };
+  t.matchSnapshot(buildArgv(vmi(spec), ctx({ accel: 'kvm', sandbox: false })));
+});
+
+t.test('snapshot: kernelBoot', async (t) => {
+  const spec = {
+    terminationGracePeriodSeconds: 30,
+    domain: {
+      cpu: { cores: 1 },
+      memory: { guest: '128Mi' },
+      firmware: {
+        serial: 'abc-123',
+        kernelBoot: {
+          kernelArgs: 'console=ttyS0,115200 quiet panic=-1',
+          hostPath: { kernelPath: '/srv/guest/vmlinuz', initrdPath: '/srv/guest/initrd.img' },
+        },
+      },
+    },
+  };
+  const argv = buildArgv(vmi(spec), ctx());
+  t.matchSnapshot(argv);
+  t.same(values(argv, '-append'), ['console=ttyS0,115200 quiet panic=-1'], 'kernel args are one plain argument');
+  t.same(values(argv, '-kernel'), ['/srv/guest/vmlinuz']);
+});
+
+t.test('snapshot: disks on each bus, boot order, serials, read-only', async (t) => {
+  const spec = {
+    domain: {
+      memory: { guest: '512Mi' },
+      devices: {
+        disks: [
+          { name: 'vda', disk: { bus: 'virtio' }, bootOrder: 1, serial: 'VDA-1' },
+          { name: 'sda', disk: { bus: 'sata' }, bootOrder: 2 },
+          { name: 'sdb', disk: { bus: 'scsi', readonly: true }, serial: 'scsi.0' },
+          { name: 'sdc', disk: { bus: 'scsi' } },
+          { name: 'vdb', disk: { bus: 'virtio', readonly: true } },
+        ],
+      },
+    },
+    volumes: [
+      { name: 'vda', hostDisk: { path: '/srv/vda.img', type: 'Disk' } },
+      { name: 'sda', hostDisk: { path: '/srv/sda.img', type: 'DiskOrCreate', capacity: '2Gi' } },
+      { name: 'sdb', hostDisk: { path: '/srv/sdb.img', type: 'Disk' } },
+      { name: 'sdc', emptyDisk: { capacity: '1Gi' } },
+      { name: 'vdb', emptyDisk: { capacity: '64Mi' } },
+    ],
+  };
+  const argv = buildArgv(vmi(spec), ctx());
+  t.matchSnapshot(argv);
+  t.same(values(argv, '-boot'), ['strict=on']);
+  const devices = values(argv, '-device');
+  t.ok(devices.some((d) => d.startsWith('virtio-blk-pci,drive=vol0,id=ua-vda,bootindex=1,serial=VDA-1')));
+  t.ok(devices.some((d) => d.startsWith('ide-hd,bus=sata0.0,drive=vol1,id=ua-sda,bootindex=2')));
+  t.ok(devices.some((d) => d.startsWith('scsi-hd,bus=scsi0.0,channel=0,scsi-id=0,lun=0,drive=vol2')));
+  t.ok(values(argv, '-blockdev').some((b) => b.includes('node-name=vol2,') && b.includes('read-only=on')));
+});
+
+t.test('snapshot: cdroms', async (t) => {
+  const spec = {
+    domain: {
+      memory: { guest: '256Mi' },
+      devices: { disks: [{ name: 'root' }, { name: 'install', cdrom: {}, bootOrder: 1 }, { name: 'drivers', cdrom: { bus: 'scsi' } }] },
+    },
+    volumes: [
+      { name: 'root', emptyDisk: { capacity: '8Gi' } },
+      { name: 'install', hostDisk: { path: '/srv/iso/debian.iso', type: 'Disk' } },
+      { name: 'drivers', hostDisk: { path: '/srv/iso/drivers.iso', type: 'Disk' } },
+    ],
+  };
+  const argv = buildArgv(vmi(spec), ctx());
+  t.matchSnapshot(argv);
+  t.ok(values(argv, '-device').some((d) => d.startsWith('ide-cd,bus=sata0.0,drive=vol1,id=ua-install,bootindex=1')));
+  t.ok(values(argv, '-device').some((d) => d.startsWith('scsi-cd,')));
+});
+
+t.test('snapshot: efi', async (t) => {
+  const spec = { ...structuredClone(minimal), domain: { ...structuredClone(minimal.domain), firmware: { bootloader: { efi: { secureBoot: false } } } } };
+  const argv = buildArgv(vmi(spec), ctx({ ovmf: OVMF }));
+  t.matchSnapshot(argv);
+  t.match(values(argv, '-machine')[0], /,pflash0=pflash0,pflash1=pflash1$/);
+  t.throws(() => buildArgv(vmi(spec), ctx()), { code: 'FIRMWARE_UNAVAILABLE' });
+});
+
+t.test('snapshot: cloud-init and emptyDisk, graphics, no serial console', async (t) => {
+  const spec = {
+    domain: {
+      memory: { guest: '1Gi' },
+      devices: {
+        autoattachSerialConsole: false,
+        autoattachGraphicsDevice: true,
+        disks: [{ name: 'root', bootOrder: 1 }, { name: 'scratch' }, { name: 'cloudinit', disk: { bus: 'virtio' } }],
+      },
+    },
+    volumes: [
+      { name: 'root', hostDisk: { path: '/srv/root.img', type: 'Disk' } },
+      { name: 'scratch', emptyDisk: { capacity: '10Gi' } },
+      { name: 'cloudinit', cloudInitNoCloud: { userData: '#cloud-config\npassword: x\n' } },
+    ],
+  };
+  const argv = buildArgv(vmi(spec), ctx());
+  t.matchSnapshot(argv);
+  t.notOk(argv.includes('-display'), 'no -display none with graphics');
+  t.same(values(argv, '-vnc'), [`unix:${RUN}/vnc.sock`]);
+  t.notOk(values(argv, '-chardev').some((c) => c.includes('serial0')));
+});
+
+t.test('snapshot: names and values with commas are escaped', async (t) => {
+  const evil = '/srv/images/a,file.driver=null-co,b.img';
+  const spec = {
+    domain: {
+      memory: { guest: '128Mi' },
+      firmware: { serial: 'serial,uuid=00000000-0000-0000-0000-000000000000' },
+      devices: { disks: [{ name: 'root' }] },
+    },
+    volumes: [{ name: 'root', hostDisk: { path: evil, type: 'Disk' } }],
+  };
+  const argv = buildArgv(vmi(spec), ctx({ runDir: '/run/vmlet/odd,dir' }));
+  t.matchSnapshot(argv);
+  const file = values(argv, '-blockdev').find((b) => b.includes('node-name=vol0-file'));
+  t.ok(file);
+  const parts = splitOpts(file ?? '');
+  t.same(parts, ['driver=file', 'node-name=vol0-file', `filename=${evil}`, 'read-only=off', 'discard=unmap'], 'the path stays one option');
+  t.notOk(parts.some((p) => p.startsWith('file.driver')), 'no injected option');
+  const smbios = splitOpts(values(argv, '-smbios')[0] ?? '');
+  t.equal(smbios.filter((p) => p.startsWith('uuid=')).length, 1, 'serial cannot add a second uuid');
+  t.ok(smbios.includes('serial=serial,uuid=00000000-0000-0000-0000-000000000000'));
+  t.ok(values(argv, '-chardev').some((c) => splitOpts(c).includes('path=/run/vmlet/odd,dir/qmp.sock')));
+});
+
+t.test('cpu models', async (t) => {
+  const withModel = (model?: string): VirtualMachineInstance => {
+    const spec = structuredClone(minimal) as { domain: Record<string, unknown> };
+    if (model !== undefined) spec.domain['cpu'] = { model };
+    return vmi(spec);
+  };
+  t.same(values(buildArgv(withModel(), ctx({ accel: 'kvm' })), '-cpu'), ['host'], 'default host-model on kvm');
+  t.same(values(buildArgv(withModel(), ctx()), '-cpu'), ['max'], 'default on tcg');
+  t.same(values(buildArgv(withModel('host-passthrough'), ctx({ accel: 'kvm' })), '-cpu'), ['host']);
+  t.same(values(buildArgv(withModel('host-passthrough'), ctx()), '-cpu'), ['max']);
+  t.same(values(buildArgv(withModel('host-model'), ctx()), '-cpu'), ['max']);
+  t.same(values(buildArgv(withModel('Skylake-Client'), ctx({ cpuModels: ['Skylake-Client', 'max'] })), '-cpu'), ['Skylake-Client']);
+  t.throws(() => buildArgv(withModel('Nehalem'), ctx({ cpuModels: ['max'] })), { code: 'UNSUPPORTED_CPU_MODEL' });
+});
+
+t.test('machine types and memory rounding', async (t) => {
+  const spec = structuredClone(minimal) as { domain: Record<string, unknown> };
+  spec.domain['machine'] = { type: 'pc-q35-7.2' };
+  spec.domain['memory'] = { guest: '1G' };
+  const argv = buildArgv(vmi(spec), ctx({ machineTypes: ['q35', 'pc-q35-7.2'] }));
+  t.match(values(argv, '-machine')[0], /^pc-q35-7\.2,accel=tcg,/);
+  t.same(values(argv, '-m'), ['954M'], '1G = 953.67 MiB, rounded up');
+  t.throws(() => buildArgv(vmi(spec), ctx({ machineTypes: ['q35'] })), { code: 'UNSUPPORTED_MACHINE' });
+});
+
+t.test('identity: uid, uuid, name', async (t) => {
+  const argv = buildArgv(vmi(minimal), ctx());
+  t.ok(cmdlineHasVmiUid(argv, UID), 'the uid is in the command line');
+  t.notOk(cmdlineHasVmiUid(argv, 'other-uid'));
+  t.same(values(argv, '-smbios')[1], vmiUidSmbios(UID));
+  t.same(values(argv, '-name'), ['guest=ns1_testvm,debug-threads=on']);
+  const uuid = firmwareUuid(vmi(minimal));
+  t.equal(uuid, uuidV5('ns1/testvm'));
+  t.match(uuid, /^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
+  t.not(firmwareUuid(vmi(minimal, 'other')), uuid, 'differs per name');
+  const fixed = vmi({ ...structuredClone(minimal), domain: { ...structuredClone(minimal.domain), firmware: { uuid: '5D307CA9-B3EF-428C-8861-06E72D69F223' } } });
+  t.same(values(buildArgv(fixed, ctx()), '-uuid'), ['5d307ca9-b3ef-428c-8861-06e72d69f223']);
+  const noUid = structuredClone(vmi(minimal));
+  delete noUid.metadata.uid;
+  t.throws(() => buildArgv(noUid, ctx()), { code: 'MISSING_UID' });
+});
+
+t.test('required options are present', async (t) => {
+  const argv = buildArgv(vmi(minimal), ctx());
+  t.equal(argv[0], '/usr/bin/qemu-system-x86_64');
+  for (const flag of ['-S', '-nodefaults', '-no-user-config']) t.ok(argv.includes(flag), flag);
+  t.same(values(argv, '-display'), ['none']);
+  t.same(values(argv, '-msg'), ['timestamp=on']);
+  t.ok(values(argv, '-chardev').includes(`socket,id=qmp,path=${RUN}/qmp.sock,server=on,wait=off`));
+  t.same(values(argv, '-mon'), ['chardev=qmp,mode=control']);
+  t.ok(values(argv, '-chardev').includes(`socket,id=serial0,path=${RUN}/serial.sock,server=on,wait=off`));
+  t.ok(values(argv, '-chardev').includes(`socket,id=qga0,path=${RUN}/qga.sock,server=on,wait=off`));
+  t.ok(values(argv, '-device').some((d) => d.endsWith('name=org.qemu.guest_agent.0')));
+  t.match(values(argv, '-sandbox')[0], /^on,/);
+  t.notOk(argv.includes('-boot'), 'no strict boot without bootOrder');
+  t.same(buildArgv(vmi(minimal), ctx()), argv, 'deterministic');
+});
+
+t.test('ctx.volumes overrides the plan; a missing volume is an error', async (t) => {
+  const argv = buildArgv(vmi(minimal), ctx({ volumes: { root: { path: '/elsewhere/root.raw', format: 'raw', readOnly: true } } }));
+  t.ok(values(argv, '-blockdev').some((b) => b.includes('filename=/elsewhere/root.raw,read-only=on')));
+  t.throws(() => buildArgv(vmi(minimal), ctx({ volumes: {} })), { code: 'MISSING_VOLUME' });
+});
+
+t.test('planVolumes', async (t) => {
+  const spec = {
+    domain: {
+      memory: { guest: '128Mi' },
+      firmware: { bootloader: { efi: {} } },
+      devices: { disks: [{ name: 'a' }, { name: 'b' }, { name: 'c' }, { name: 'd', cdrom: {} }] },
+    },
+    volumes: [
+      { name: 'a', hostDisk: { path: '/srv/a.img', type: 'Disk' } },
+      { name: 'b', hostDisk: { path: '/srv/b.img', type: 'DiskOrCreate', capacity: '1Gi' } },
+      { name: 'c', emptyDisk: { capacity: '512Mi' } },
+      {
+        name: 'd',
+        cloudInitNoCloud: { userDataBase64: Buffer.from('#cloud-config\n').toString('base64'), networkData: 'version: 2\n' },
+      },
+    ],
+  };
+  const plan = planVolumes(vmi(spec), RUN, { ovmf: OVMF });
+  t.same(plan.volumes, {
+    a: { path: '/srv/a.img', format: 'raw', readOnly: false },
+    b: { path: '/srv/b.img', format: 'raw', readOnly: false },
+    c: { path: `${RUN}/disk-c.img`, format: 'raw', readOnly: false },
+    d: { path: `${RUN}/cloudinit-d.iso`, format: 'raw', readOnly: false },
+  });
+  t.match(plan.files, [
+    { kind: 'hostDisk', volume: 'a', path: '/srv/a.img', create: false, sizeBytes: null },
+    { kind: 'hostDisk', volume: 'b', path: '/srv/b.img', create: true, sizeBytes: 1n << 30n },
+    { kind: 'emptyDisk', volume: 'c', path: `${RUN}/disk-c.img`, sizeBytes: 512n << 20n },
+    { kind: 'cloudInitIso', volume: 'd', path: `${RUN}/cloudinit-d.iso`, label: 'cidata' },
+    { kind: 'efiVars', path: `${RUN}/efi-vars.fd`, template: OVMF.vars },
+  ]);
+  const ci = plan.files.find((f) => f.kind === 'cloudInitIso');
+  t.same(
+    ci?.kind === 'cloudInitIso' ? ci.files.map((f) => [f.name, f.data.toString('utf8')]) : [],
+    [
+      ['meta-data', 'instance-id: testvm.ns1\nlocal-hostname: testvm\n'],
+      ['user-data', '#cloud-config\n'],
+      ['network-data', 'version: 2\n'],
+    ],
+  );
+  t.throws(() => planVolumes(vmi(spec), RUN), { code: 'FIRMWARE_UNAVAILABLE' });
+});
