@@ -1,6 +1,7 @@
 // Runs one benchmark by name: `npm run bench -- NAME [--json]`.
-const benches: Record<string, () => Promise<{ run(opts: { json: boolean }): Promise<void> }>> = {
+const benches: Record<string, () => Promise<{ run(opts: { json: boolean; args?: string[] }): Promise<void> }>> = {
   qmp: () => import('./qmp.js'),
+  start: () => import('./start.js'),
 };
 
 const [name, ...rest] = process.argv.slice(2);
@@ -10,5 +11,5 @@ if (!loader) {
   process.exit(2);
 }
 const mod = await loader();
-await mod.run({ json: rest.includes('--json') });
+await mod.run({ json: rest.includes('--json'), args: rest });
 process.exit(0);

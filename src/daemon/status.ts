@@ -67,6 +67,10 @@ export const httpStatusByCode: Readonly<Record<string, number>> = {
   STORE_INVALID_KEY: 400,
   STORE_WATCH_OVERFLOW: 410,
   STORE_CLOSED: 503,
+  VMI_SPEC_IMMUTABLE: VALIDATION,
+  VMI_AGENT_UNAVAILABLE: 409,
+  STORE_WRITE_FAILED: 507,
+  TIMEOUT: 504,
   INTERNAL: 500,
   QMP_TIMEOUT: 504,
   CONSOLE_TIMEOUT: 504,
@@ -76,7 +80,7 @@ export const httpStatusByCode: Readonly<Record<string, number>> = {
 export function httpStatusFor(code: string): number {
   const direct = httpStatusByCode[code];
   if (direct !== undefined) return direct;
-  if (code.startsWith('QMP_')) return code.endsWith('_TIMEOUT') ? 504 : 502;
+  if (code.startsWith('QMP_') || code.startsWith('QGA_')) return code.endsWith('_TIMEOUT') ? 504 : 502;
   return 500;
 }
 
@@ -103,11 +107,16 @@ function causesOf(e: unknown, code: string): StatusCause[] | undefined {
   return out.length > 0 ? out : undefined;
 }
 
+/** Errors of the libraries that may not import VmletError (src/qmp) still carry a stable upper-case code. */
+function isCodedError(e: unknown): e is Error & { code: string } {
+  return e instanceof Error && typeof (e as { code?: unknown }).code === 'string' && /^(QMP|QGA|SYS)_[A-Z0-9_]+$/.test((e as unknown as { code: string }).code);
+}
+
 /** Renders any thrown value (a per-field `details: {field, message, code|reason}[]` becomes `details.causes`) as a Failure Status; unknown errors become INTERNAL without leaking their message. */
 export function statusFromError(e: unknown, ctx: StatusContext = {}): StatusObject {
   let code = 'INTERNAL';
   let message = 'internal error';
-  if (isVmletError(e)) {
+  if (isVmletError(e) || isCodedError(e)) {
     code = e.code;
     message = e.message;
   }

@@ -107,9 +107,15 @@ export class QmpClient {
   private sock: Socket | undefined;
   private splitter: LineSplitter | undefined;
   private stateValue: QmpState = 'idle';
-  private nextId = 0;
+  /**
+   * Ids are reused: an id is taken from `freeIds` (else a new one) and goes back only once QEMU can no
+   * longer answer it (its reply arrived, or it was never written). QEMU 7.2 reads the monitor socket one
+   * byte per recvmsg, so every byte of a request costs latency; small ids keep requests short.
+   */
+  private highId = 0;
+  private readonly freeIds: number[] = [];
   private readonly pending = new Map<number, Pending>();
-  /** Ids whose caller gave up (timeout with closeOnTimeout=false, or abort): their late reply is dropped, never re-routed. */
+  /** Ids whose caller gave up (timeout with closeOnTimeout=false, or abort): their late reply is dropped, never re-routed, and the id stays reserved until it comes. */
   private readonly abandoned = new Set<number>();
   /** Commands not yet written because an fd-carrying command ahead of them is waiting; keeps the call order on the wire. */
   private readonly outQueue: Pending[] = [];
@@ -297,7 +303,7 @@ export class QmpClient {
     }
     const signal = opts?.signal;
     if (signal?.aborted) return Promise.reject(new QmpError('QMP_ABORTED', `${name} aborted before it was sent`, { command: name, cause: signal.reason }));
-    const id = ++this.nextId;
+    const id = this.freeIds.pop() ?? ++this.highId;
     const key = opts?.oob ? 'exec-oob' : 'execute';
     const line = args === undefined
       ? `{"${key}":${JSON.stringify(name)},"id":${id}}\n`
@@ -403,6 +409,7 @@ export class QmpClient {
     if (p === undefined) {
       if (this.abandoned.delete(id)) {
         this.log.debug({ id }, 'qmp: dropped late reply of an abandoned command');
+        this.freeIds.push(id);
         return;
       }
       return this.protocolError(`reply with unknown id ${id}: ${excerpt(line)}`);
@@ -417,10 +424,11 @@ export class QmpClient {
     }
   }
 
-  private settle(p: Pending, err: QmpError | undefined, value?: unknown): void {
+  private settle(p: Pending, err: QmpError | undefined, value?: unknown, reserveId = false): void {
     if (p.done) return;
     p.done = true;
     this.pending.delete(p.id);
+    if (!reserveId) this.freeIds.push(p.id);
     if (p.timer) clearTimeout(p.timer);
     if (p.onAbort) p.signal?.removeEventListener('abort', p.onAbort);
     if (this.fdInFlight === p) {
@@ -435,7 +443,7 @@ export class QmpClient {
   private abandon(p: Pending, err: QmpError): void {
     if (p.done) return;
     if (p.written) this.abandoned.add(p.id);
-    this.settle(p, err);
+    this.settle(p, err, undefined, p.written);
   }
 
   private onTimeout(p: Pending): void {

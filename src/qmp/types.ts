@@ -1,4 +1,5 @@
 // QMP wire types for QEMU 7.2+: the greeting, the typed command map (arguments and return values) and the typed event map.
+
 // Field names follow QEMU's QAPI schema (checked against `query-qmp-schema` of QEMU 7.2); open-ended unions are typed loosely.
 
 export interface QemuVersionTriple { major: number; minor: number; micro: number }

@@ -1,0 +1,189 @@
+// create → Running latency of a small VM through vmlet against raw QEMU (the floor), plus the daemon's RSS with 0 and N VMs.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ApiClient, paths } from '../src/cli/client.js';
+import { QmpClient } from '../src/qmp/client.js';
+import { checkKvm } from '../src/qemu/probe.js';
+
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+const QEMU = '/usr/bin/qemu-system-x86_64';
+
+function percentile(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] ?? NaN;
+}
+
+function rssKiB(pid: number): number {
+  const m = /VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) : NaN;
+}
+
+function vmiManifest(name: string, accel: 'kvm' | 'tcg'): unknown {
+  void accel;
+  return {
+    apiVersion: 'vmlet.io/v1alpha1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name, namespace: 'default' },
+    spec: {
+      terminationGracePeriodSeconds: 0,
+      domain: { cpu: { cores: 1 }, memory: { guest: '64Mi' }, devices: { autoattachSerialConsole: true } },
+    },
+  };
+}
+
+/** The floor: spawn with -S, negotiate QMP, cont, see running. */
+async function rawStart(dir: string, accel: 'kvm' | 'tcg', i: number): Promise<{ ms: number; proc: ChildProcess }> {
+  const sock = path.join(dir, `raw-${i}.qmp`);
+  const t0 = performance.now();
+  const proc = spawn(QEMU, ['-S', '-nodefaults', '-no-user-config', '-display', 'none', '-machine', `q35,accel=${accel}`, '-m', '64M', '-smp', '1',
+    '-chardev', `socket,id=qmp,path=${sock},server=on,wait=off`, '-mon', 'chardev=qmp,mode=control',
+    '-chardev', `socket,id=serial0,path=${sock}.serial,server=on,wait=off`, '-device', 'isa-serial,chardev=serial0'], { stdio: 'ignore' });
+  const qmp = new QmpClient({ path: sock, connectTimeoutMs: 10_000 });
+  await qmp.connect();
+  await qmp.execute('cont');
+  const st = await qmp.execute('query-status');
+  const ms = performance.now() - t0;
+  if (!st.running) throw new Error('raw QEMU is not running after cont');
+  await qmp.close();
+  return { ms, proc };
+}
+
+async function stopRaw(proc: ChildProcess): Promise<void> {
+  const gone = new Promise((r) => proc.once('exit', r));
+  proc.kill('SIGKILL');
+  await gone;
+}
+
+async function waitPhase(api: ApiClient, name: string, phase: string, signal: AbortSignal): Promise<void> {
+  const stream = await api.watch(`${paths.list('virtualmachineinstances', 'default')}?watch=true`, signal);
+  for await (const ev of stream) {
+    const e = ev as { type: string; object: { metadata: { name: string }; status?: { phase?: string } } };
+    if (e.object.metadata.name === name && e.object.status?.phase === phase) return;
+    if (e.object.metadata.name === name && e.object.status?.phase === 'Failed') throw new Error(`${name} failed`);
+  }
+  throw new Error(`watch ended before ${name} was ${phase}`);
+}
+
+async function vmletStart(api: ApiClient, name: string, accel: 'kvm' | 'tcg'): Promise<number> {
+  const ac = new AbortController();
+  const t0 = performance.now();
+  const running = waitPhase(api, name, 'Running', ac.signal);
+  await api.call('POST', paths.list('virtualmachineinstances', 'default'), { body: vmiManifest(name, accel) });
+  await running;
+  const ms = performance.now() - t0;
+  ac.abort();
+  return ms;
+}
+
+async function vmletDelete(api: ApiClient, name: string): Promise<void> {
+  await api.call('DELETE', paths.object('virtualmachineinstances', 'default', name));
+  for (;;) {
+    try {
+      await api.call('GET', paths.object('virtualmachineinstances', 'default', name));
+    } catch {
+      return;
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
+async function startDaemon(dir: string, accel: 'kvm' | 'tcg'): Promise<{ proc: ChildProcess; api: ApiClient }> {
+  const socket = path.join(dir, 'vmlet.sock');
+  const proc = spawn(process.execPath, [path.join(root, 'dist', 'cli', 'main.js'), 'daemon', '--socket', socket,
+    '--state-dir', path.join(dir, 'state'), '--run-dir', path.join(dir, 'run'), '--accel', accel], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, VMLET_LOG_LEVEL: 'warn' } });
+  const api = new ApiClient({ socketPath: socket });
+  const until = Date.now() + 30_000;
+  for (;;) {
+    try {
+      await api.call('GET', '/healthz');
+      return { proc, api };
+    } catch (e) {
+      if (Date.now() > until) throw e;
+      await new Promise((r) => setTimeout(r, 50));
+    }
+  }
+}
+
+export async function run(opts: { json: boolean; args?: string[] }): Promise<void> {
+  const args = opts.args ?? [];
+  const num = (flag: string, def: number): number => {
+    const i = args.indexOf(flag);
+    return i >= 0 ? Number(args[i + 1]) : def;
+  };
+  const sequential = num('--sequential', 20);
+  const concurrent = num('--concurrent', 10);
+  const accel: 'kvm' | 'tcg' = (await checkKvm()).usable ? 'kvm' : 'tcg';
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-bench-start-'));
+  const { proc: daemon, api } = await startDaemon(dir, accel);
+  try {
+    // Warm both paths once (page cache, probe cache).
+    await stopRaw((await rawStart(dir, accel, -1)).proc);
+    await vmletStart(api, 'warm', accel);
+    await vmletDelete(api, 'warm');
+    await new Promise((r) => setTimeout(r, 500));
+    const rss0 = rssKiB(daemon.pid!);
+
+    const raw: number[] = [];
+    const vml: number[] = [];
+    for (let i = 0; i < sequential; i++) {
+      const r = await rawStart(dir, accel, i);
+      raw.push(r.ms);
+      await stopRaw(r.proc);
+      vml.push(await vmletStart(api, `seq-${i}`, accel));
+      await vmletDelete(api, `seq-${i}`);
+    }
+
+    const t0 = performance.now();
+    const rawC = await Promise.all(Array.from({ length: concurrent }, (_, i) => rawStart(dir, accel, 1000 + i)));
+    const rawConcurrentWall = performance.now() - t0;
+    await Promise.all(rawC.map((r) => stopRaw(r.proc)));
+    const t1 = performance.now();
+    const vmlC = await Promise.all(Array.from({ length: concurrent }, (_, i) => vmletStart(api, `con-${i}`, accel)));
+    const vmletConcurrentWall = performance.now() - t1;
+    await new Promise((r) => setTimeout(r, 500));
+    const rssN = rssKiB(daemon.pid!);
+    await Promise.all(Array.from({ length: concurrent }, (_, i) => vmletDelete(api, `con-${i}`)));
+
+    const med = (xs: number[]): number => percentile(xs, 50);
+    const result = {
+      accel,
+      sequential: {
+        n: sequential,
+        vmlet_p50_ms: +med(vml).toFixed(1), vmlet_p95_ms: +percentile(vml, 95).toFixed(1),
+        raw_p50_ms: +med(raw).toFixed(1), raw_p95_ms: +percentile(raw, 95).toFixed(1),
+        ratio_vs_raw: +(med(vml) / med(raw)).toFixed(2),
+      },
+      concurrent: {
+        n: concurrent,
+        vmlet_p50_ms: +med(vmlC).toFixed(1), vmlet_p95_ms: +percentile(vmlC, 95).toFixed(1), vmlet_wall_ms: +vmletConcurrentWall.toFixed(1),
+        raw_p50_ms: +med(rawC.map((r) => r.ms)).toFixed(1), raw_p95_ms: +percentile(rawC.map((r) => r.ms), 95).toFixed(1), raw_wall_ms: +rawConcurrentWall.toFixed(1),
+        ratio_vs_raw: +(med(vmlC) / med(rawC.map((r) => r.ms))).toFixed(2),
+      },
+      daemon_rss_kib: { vms_0: rss0, [`vms_${concurrent}`]: rssN, per_vm: +((rssN - rss0) / concurrent).toFixed(1) },
+      libvirt: 'not measured by this benchmark yet',
+    };
+    if (opts.json) console.log(JSON.stringify(result));
+    else {
+      console.log(`create → Running, ${accel}, same VM (64 MiB, 1 vCPU, no disk)`);
+      console.log('                    p50 ms    p95 ms   ratio vs raw');
+      console.log(`sequential vmlet  ${result.sequential.vmlet_p50_ms.toString().padStart(8)}  ${result.sequential.vmlet_p95_ms.toString().padStart(8)}   ${result.sequential.ratio_vs_raw}`);
+      console.log(`sequential raw    ${result.sequential.raw_p50_ms.toString().padStart(8)}  ${result.sequential.raw_p95_ms.toString().padStart(8)}`);
+      console.log(`${concurrent} concurrent vmlet ${result.concurrent.vmlet_p50_ms.toString().padStart(7)}  ${result.concurrent.vmlet_p95_ms.toString().padStart(8)}   ${result.concurrent.ratio_vs_raw}`);
+      console.log(`${concurrent} concurrent raw   ${result.concurrent.raw_p50_ms.toString().padStart(7)}  ${result.concurrent.raw_p95_ms.toString().padStart(8)}`);
+      console.log(`daemon RSS: ${rss0} KiB with 0 VMs, ${rssN} KiB with ${concurrent} VMs`);
+    }
+  } finally {
+    daemon.kill('SIGTERM');
+    await new Promise((r) => daemon.once('exit', r));
+    // VMs outlive the daemon by design: end whatever the benchmark left.
+    for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+      try {
+        if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir)) process.kill(Number(pid), 'SIGKILL');
+      } catch { /* gone */ }
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+  }
+}
