@@ -154,16 +154,16 @@ export async function removeTree(deps: ResolvedDeps, dir: string): Promise<void>
   }
 }
 
-/** Polls `check` every 10 ms (growing to 100 ms) until it is true or `timeoutMs` of sleeping is spent. */
+/** Polls `check` every 10 ms (growing to 100 ms) until it is true or `timeoutMs` of sleeping is spent; `onTick` runs after each sleep. */
 export async function pollUntil(deps: ResolvedDeps, check: () => Promise<boolean>, onTick?: (n: number) => Promise<void>): Promise<boolean> {
   let waited = 0;
   let delay = 10;
   for (let n = 0; ; n++) {
     if (await check()) return true;
     if (waited >= deps.timeoutMs) return false;
-    if (onTick !== undefined) await onTick(n);
     await deps.sleep(delay);
     waited += delay;
+    if (onTick !== undefined) await onTick(n);
     delay = Math.min(delay * 2, 100);
   }
 }

@@ -86,12 +86,12 @@ export function weightFromShares(shares: number): number {
   return 1 + Math.floor(((s - 2) * 9999) / 262142);
 }
 
-/** The inverse line of weightFromShares, for a weight given without shares on a v1 host. */
+/** The inverse of weightFromShares: the smallest shares that map to this weight (so the round trip is exact). */
 export function sharesFromWeight(weight: number): number {
   if (!isInt(weight) || weight < 0) throw invalid(`cpu weight must be a non-negative integer, got ${String(weight)}`);
   if (weight === 0) return 0;
   const w = Math.min(MAX_WEIGHT, Math.max(MIN_WEIGHT, weight));
-  return 2 + Math.floor(((w - 1) * 262142) / 9999);
+  return 2 + Math.ceil(((w - 1) * 262142) / 9999);
 }
 
 /**
@@ -116,12 +116,12 @@ export function ioWeightFromBlkio(blkioWeight: number): number {
   return 1 + Math.floor(((b - 10) * 9999) / 990);
 }
 
-/** The inverse line of ioWeightFromBlkio, for an io weight written on a v1 host. */
+/** The inverse of ioWeightFromBlkio: the smallest blkio weight that maps to this io weight. */
 export function blkioFromIoWeight(weight: number): number {
   if (!isInt(weight) || weight < 0) throw invalid(`io weight must be a non-negative integer, got ${String(weight)}`);
   if (weight === 0) return 0;
   const w = Math.min(MAX_WEIGHT, Math.max(MIN_WEIGHT, weight));
-  return 10 + Math.floor(((w - 1) * 990) / 9999);
+  return 10 + Math.ceil(((w - 1) * 990) / 9999);
 }
 
 /**

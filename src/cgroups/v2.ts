@@ -100,7 +100,7 @@ export class V2Manager implements CgroupManager {
       await mkdirOnce(this.deps.fs, this.dir);
       const type = (await readValue(this.deps.fs, this.file('cgroup.type'))).trim();
       if (type !== 'threaded') await writeValue(this.deps.fs, this.file('cgroup.type'), 'threaded', 'CGROUP_CREATE_FAILED');
-      const enabled = await this.enable(parent, this.wanted.filter((c) => V2_THREADED_CONTROLLERS.includes(c)).concat(needed));
+      const enabled = await this.enable(parent, [...new Set([...this.wanted.filter((c) => V2_THREADED_CONTROLLERS.includes(c)), ...needed])]);
       this.requireAvailable(needed, enabled, parent);
       return this.applyWrites(writes, []);
     }
