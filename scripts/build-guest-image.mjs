@@ -516,6 +516,7 @@ if [ "$virtio_serial" = 1 ]; then
   done
 fi
 if [ -e /dev/virtio-ports/org.qemu.guest_agent.0 ]; then
+  mkdir -p /run/qemu-ga
   setsid qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qemu-ga -f /run/qemu-ga.pid </dev/null >/run/qemu-ga.log 2>&1 &
 fi
 
@@ -599,37 +600,68 @@ done
 `;
 
 const EATMEM = `#!/bin/sh
-# eatmem MB [SECONDS]: allocates MB MiB of anonymous memory, touches every page and holds it
-# (for SECONDS, default forever; Ctrl-C or kill ends it). Prints "eatmem: holding N MiB (pid P)"
-# once it is all resident, "eatmem: killed" if the guest's OOM killer (or anyone) kills it.
+# eatmem MB [SECONDS]: allocates MB MiB of anonymous memory in 16 MiB chunks, writes every page and
+# holds it (for SECONDS, default until killed or Ctrl-C). Prints, each on its own line:
+#   "eatmem: allocating MB MiB", then "eatmem: holding MB MiB" once all of it is resident,
+#   "eatmem: released" when SECONDS are over, or "eatmem: killed" if the guest's OOM killer (or anyone)
+#   killed a chunk, "eatmem: failed: ..." if a chunk could not be allocated at all.
 case "$1" in ''|*[!0-9]*) echo "usage: eatmem MB [SECONDS]" >&2; exit 2 ;; esac
 mb=$1
 hold=\${2:-}
-# dd reads /dev/zero into one MB-sized buffer (every page written), then blocks writing it into a
-# pipe nobody reads: the memory stays resident until the reader goes away.
-mkfifo /tmp/eatmem.$$ || exit 1
-dd if=/dev/zero bs=$((mb * 1048576)) count=1 2>/dev/null > /tmp/eatmem.$$ &
-dd_pid=$!
-exec 3</tmp/eatmem.$$
-rm -f /tmp/eatmem.$$
-echo "eatmem: allocating $mb MiB (pid $dd_pid)"
+fifo=/tmp/eatmem.$$
+err=/tmp/eatmem.$$.err
+# each chunk is one dd that reads /dev/zero into a buffer of the chunk's size, then blocks writing it
+# into a pipe nobody reads: the memory stays resident until the pipe's reader (this script) goes away
+mkfifo "$fifo" || exit 1
+: > "$err"
+chunks=
+left=$mb
+while [ "$left" -gt 0 ]; do
+  c=16
+  [ "$left" -lt "$c" ] && c=$left
+  dd if=/dev/zero bs=$((c * 1048576)) count=1 2>>"$err" >"$fifo" &
+  chunks="$chunks $!:$c"
+  left=$((left - c))
+done
+exec 3<"$fifo"
+rm -f "$fifo"
+pids=
+for pc in $chunks; do pids="$pids \${pc%%:*}"; done
+cleanup() { kill $pids 2>/dev/null; rm -f "$err"; }
+trap 'cleanup; exit 0' INT TERM
+echo "eatmem: allocating $mb MiB"
+gone() {
+  if [ -s "$err" ]; then echo "eatmem: failed: $(head -n 1 "$err")"; else echo "eatmem: killed"; fi
+  cleanup
+  exit 1
+}
 while :; do
-  if ! kill -0 "$dd_pid" 2>/dev/null; then echo "eatmem: killed"; exit 1; fi
-  rss=$(awk '/^VmRSS:/ {print int($2 / 1024)}' "/proc/$dd_pid/status" 2>/dev/null)
-  [ -n "$rss" ] && [ "$rss" -ge "$mb" ] && break
+  short=0
+  for pc in $chunks; do
+    p=\${pc%%:*}
+    c=\${pc#*:}
+    kill -0 "$p" 2>/dev/null || gone
+    r=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null)
+    [ "\${r:-0}" -ge $((c * 1024)) ] || short=1
+  done
+  [ "$short" = 0 ] && break
   usleep 100000
 done
-echo "eatmem: holding $mb MiB (pid $dd_pid)"
-trap 'kill "$dd_pid" 2>/dev/null; exit 0' INT TERM
+echo "eatmem: holding $mb MiB"
 if [ -n "$hold" ]; then
-  sleep "$hold"
-  kill "$dd_pid" 2>/dev/null
+  end=$(( $(cut -d. -f1 /proc/uptime) + hold ))
+  while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do
+    for p in $pids; do kill -0 "$p" 2>/dev/null || gone; done
+    sleep 1
+  done
+  cleanup
   echo "eatmem: released"
   exit 0
 fi
-wait "$dd_pid"
-echo "eatmem: killed"
-exit 1
+while :; do
+  for p in $pids; do kill -0 "$p" 2>/dev/null || gone; done
+  sleep 1
+done
 `;
 
 const PROFILE = `export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
@@ -847,13 +879,47 @@ function extractVmlinux(bzImage, dest, work, log) {
 // ---------------------------------------------------------------------------------------------
 // the build
 
+function pidAlive(pid) {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return /** @type {{code?: string}} */ (e).code === 'EPERM';
+  }
+}
+
+/** Removes what builds killed half-way left behind (their `finally` never ran). */
+function removeStale(out) {
+  const sweep = (dir, re) => {
+    let names = [];
+    try {
+      names = fs.readdirSync(dir);
+    } catch {
+      return;
+    }
+    for (const n of names) {
+      const m = re.exec(n);
+      if (m && Number(m[1]) !== process.pid && !pidAlive(Number(m[1]))) fs.rmSync(path.join(dir, n), { recursive: true, force: true });
+    }
+  };
+  const base = path.basename(out).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  sweep(path.dirname(out), new RegExp(`^${base}\\.(?:tmp|old)-(\\d+)$`));
+  sweep(os.tmpdir(), /^vmlet-guest-build-(\d+)-/);
+  try {
+    const pid = Number(fs.readFileSync(path.join(`${out}.lock`, 'pid'), 'utf8'));
+    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid)) fs.rmSync(`${out}.lock`, { recursive: true, force: true });
+  } catch {
+    /* no lock, or one being taken */
+  }
+}
+
 function build(out, log) {
   for (const t of ['apt-get', 'apt-cache', 'dpkg-deb']) {
     if (!have(t)) throw new GuestImageError('GUEST_TOOL_MISSING', `${t} is not installed (the guest image is built from Debian packages)`);
   }
   if (process.arch !== 'x64') throw new GuestImageError('GUEST_UNSUPPORTED_HOST', `building the amd64 guest needs an x86_64 host, not ${process.arch}`);
   const started = Date.now();
-  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-guest-'));
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), `vmlet-guest-build-${process.pid}-`));
   const tmpOut = `${out}.tmp-${process.pid}`;
   try {
     fs.chmodSync(work, 0o755);
@@ -946,6 +1012,7 @@ export async function ensureGuestImage(opts = {}) {
     initrd: path.join(out, 'initrd.img'),
     manifest,
   });
+  removeStale(out);
   if (!opts.force) {
     const m = validCache(out);
     if (m) return result(m);

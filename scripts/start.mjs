@@ -34,7 +34,7 @@ if (!(await waitForSocket(Date.now() + 30_000))) {
   // The example names the test guest by placeholder; fill in this checkout's cached image.
   const guest = path.join(root, '.cache', 'guest');
   const text = fs.readFileSync(path.join(root, 'examples', 'vm-testguest.yaml'), 'utf8')
-    .replaceAll('@GUEST_KERNEL@', path.join(guest, 'vmlinuz'))
+    .replaceAll('@GUEST_KERNEL@', path.join(guest, 'vmlinux'))
     .replaceAll('@GUEST_INITRD@', path.join(guest, 'initrd.img'));
   const r = spawnSync(process.execPath, [cli, '--socket', socket, 'apply', '-f', '-'], { input: text, stdio: ['pipe', 'inherit', 'inherit'] });
   if (r.status === 0) {

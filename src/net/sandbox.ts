@@ -1,0 +1,507 @@
+// Standalone-mode networking of a node: the host bridge and NAT, one netns sandbox per VMI with its binding, tap and DHCP, cleanup and adoption after a restart.
+import fs from 'node:fs';
+import path from 'node:path';
+import { VmletError } from '../errors.js';
+import { withNetns } from '../sys/netns.js';
+import { openTap } from '../sys/tun.js';
+import {
+  checkSubnetClash,
+  deleteNftTableRuleset,
+  gatewayOf,
+  hostNftRuleset,
+  planBinding,
+  planHostBridge,
+  planSandboxHost,
+  planSandboxInside,
+  toBatch,
+  type HostNetParams,
+  type PodInterfaceState,
+  type TapOptions,
+} from './commands.js';
+import { DhcpServer, type DhcpEvent, type DhcpLeaseConfig, type NetLogger } from './dhcp-server.js';
+import { execRunner, type CommandRunner } from './exec.js';
+import { Ipam } from './ipam.js';
+import { parseCidr } from './ipv4.js';
+import { DEFAULT_NAMES, checkNameConfig, checkNftName, checkIfName, sandboxNames, type NameConfig } from './names.js';
+import { planNetwork, type PlanOptions } from './plan.js';
+import { readHostDns, type DnsSettings } from './resolv.js';
+import type { InterfaceSpec, IpCommand, IpRoute, Lease, LeaseInterface, NetworkSpec, SandboxNames } from './types.js';
+
+/**
+ * The default host subnet. 10.213.0.0/16 is not the default of any tool commonly found next to
+ * vmlet (Docker 172.17+/16, libvirt 192.168.122/24, Podman 10.88/16, Kubernetes pods/services
+ * 10.244/16, 10.96/12, k3s 10.42-43/16, LXD 10.x random /24, home routers 192.168.x/24); a clash is
+ * still detected from the host's routes and refused with NET_SUBNET_CLASH.
+ */
+export const DEFAULT_SUBNET = '10.213.0.0/16';
+export const DEFAULT_BRIDGE = 'vmlet0';
+export const DEFAULT_NFT_TABLE = 'vmlet';
+export const DEFAULT_LEASE_SECONDS = 86400;
+
+export interface NetPaths {
+  /** where `ip netns add` puts netns files; ip itself always uses /run/netns */
+  netnsDir: string;
+  proc: string;
+  tun: string;
+  /** resolv.conf files to take guest DNS from, first usable wins */
+  resolvConf: string[];
+}
+
+export interface NetManagerOptions {
+  /** holds the lease file (net-leases.json) */
+  stateDir: string;
+  subnet?: string;
+  bridge?: string;
+  /** nftables table name, on the host (family ip) and in each sandbox */
+  nftTable?: string;
+  names?: NameConfig;
+  /** masquerade only out of this interface; default: out of anything but the bridge */
+  uplink?: string;
+  mtu?: number;
+  /** set net.ipv4.ip_forward=1 on the host in ensureHost (needed for NAT to the uplink); default true */
+  hostForwarding?: boolean;
+  /** fixed DNS for guests instead of the host's resolv.conf */
+  dns?: DnsSettings & { domain?: string };
+  leaseSeconds?: number;
+  paths?: Partial<NetPaths>;
+  bins?: { ip?: string; nft?: string; nsenter?: string };
+  runner?: CommandRunner;
+  log?: NetLogger;
+  now?: () => Date;
+}
+
+export interface SandboxRequest {
+  uid: string;
+  /** the VMI name: the guest's DHCP hostname */
+  hostname?: string;
+  interfaces?: readonly InterfaceSpec[] | undefined;
+  networks?: readonly NetworkSpec[] | undefined;
+  plan?: Omit<PlanOptions, 'names'>;
+  /** owner of the taps (for a non-root QEMU that opens them by name) */
+  tap?: TapOptions;
+}
+
+export interface SandboxInfo {
+  uid: string;
+  netns: string;
+  netnsPath: string;
+  hostVeth: string;
+  /** the sandbox's address on the host bridge (reachable from the host and other sandboxes) */
+  address: string;
+  prefix: number;
+  gateway: string;
+  interfaces: LeaseInterface[];
+}
+
+export interface InterfaceStatus {
+  name: string;
+  mac: string;
+  ipAddress: string;
+  ipAddresses: string[];
+}
+
+export interface AdoptResult {
+  /** live uids whose sandbox is there (DHCP serves them again) */
+  kept: string[];
+  /** live uids with a lease but no netns: call setup() again (the address is kept) */
+  missing: string[];
+  /** what was removed: uids of stale leases, and netns / veth names without a live owner */
+  removed: string[];
+}
+
+const silent: NetLogger = { info: () => {}, warn: () => {}, debug: () => {} };
+
+function isGone(e: unknown): boolean {
+  const m = e instanceof Error ? e.message : String(e);
+  return /Cannot find device|No such file|does not exist|not found|No such device/i.test(m);
+}
+
+/**
+ * Owns the node's standalone networking. Construction does nothing; `start()` loads the leases and
+ * brings up the host side (bridge, NAT table). One DhcpServer serves every sandbox.
+ */
+export class NetManager {
+  readonly subnet: string;
+  readonly bridge: string;
+  readonly nftTable: string;
+  readonly gateway: string;
+  readonly dhcp: DhcpServer;
+  private readonly opts: NetManagerOptions;
+  private readonly names: NameConfig;
+  private readonly paths: NetPaths;
+  private readonly run: CommandRunner;
+  private readonly log: NetLogger;
+  private readonly bin: { ip: string; nft: string; nsenter: string };
+  private ipam: Ipam | null = null;
+  private leaseUpdates: Promise<unknown> = Promise.resolve();
+
+  constructor(opts: NetManagerOptions) {
+    this.opts = opts;
+    this.subnet = opts.subnet ?? DEFAULT_SUBNET;
+    this.bridge = opts.bridge ?? DEFAULT_BRIDGE;
+    this.nftTable = opts.nftTable ?? DEFAULT_NFT_TABLE;
+    this.names = opts.names ?? DEFAULT_NAMES;
+    this.gateway = gatewayOf(this.subnet);
+    this.paths = {
+      netnsDir: opts.paths?.netnsDir ?? '/run/netns',
+      proc: opts.paths?.proc ?? '/proc',
+      tun: opts.paths?.tun ?? '/dev/net/tun',
+      resolvConf: opts.paths?.resolvConf ?? ['/etc/resolv.conf', '/run/systemd/resolve/resolv.conf'],
+    };
+    this.run = opts.runner ?? execRunner;
+    this.log = opts.log ?? silent;
+    this.bin = { ip: opts.bins?.ip ?? 'ip', nft: opts.bins?.nft ?? 'nft', nsenter: opts.bins?.nsenter ?? 'nsenter' };
+    this.dhcp = new DhcpServer({
+      log: this.log,
+      ...(opts.now ? { now: opts.now } : {}),
+      selfNetns: path.join(this.paths.proc, 'thread-self/ns/net'),
+      onEvent: (e) => this.onDhcpEvent(e),
+    });
+  }
+
+  private params(): HostNetParams {
+    return {
+      bridge: this.bridge,
+      subnet: this.subnet,
+      nftTable: this.nftTable,
+      ...(this.opts.uplink !== undefined ? { uplink: this.opts.uplink } : {}),
+      ...(this.opts.mtu !== undefined ? { mtu: this.opts.mtu } : {}),
+    };
+  }
+
+  private get leases(): Ipam {
+    if (!this.ipam) throw new VmletError('NET_NOT_STARTED', 'NetManager.start() has not run');
+    return this.ipam;
+  }
+
+  netnsPath(netns: string): string {
+    return path.join(this.paths.netnsDir, netns);
+  }
+
+  /** Loads the leases and sets up the host side. Validates every name and the subnet first. */
+  async start(): Promise<void> {
+    checkNameConfig(this.names);
+    checkIfName(this.bridge, 'bridge name');
+    checkNftName(this.nftTable);
+    parseCidr(this.subnet);
+    await this.ensureHost();
+    this.ipam ??= await Ipam.open({ stateDir: this.opts.stateDir, subnet: this.subnet, ...(this.opts.now ? { now: this.opts.now } : {}) });
+  }
+
+  private async ip(args: string[]): Promise<string> {
+    return (await this.run(this.bin.ip, args)).stdout;
+  }
+
+  private async ipJson<T>(args: string[]): Promise<T> {
+    const out = await this.ip(['-json', ...args]);
+    return (out.trim() === '' ? [] : JSON.parse(out)) as T;
+  }
+
+  private async ipBatch(cmds: IpCommand[], netnsPath?: string): Promise<void> {
+    if (cmds.length === 0) return;
+    const text = toBatch(cmds);
+    if (netnsPath === undefined) await this.run(this.bin.ip, ['-batch', '-'], text);
+    else await this.run(this.bin.nsenter, [`--net=${netnsPath}`, '--', this.bin.ip, '-batch', '-'], text);
+  }
+
+  private async nft(ruleset: string, netnsPath?: string): Promise<void> {
+    if (netnsPath === undefined) await this.run(this.bin.nft, ['-f', '-'], ruleset);
+    else await this.run(this.bin.nsenter, [`--net=${netnsPath}`, '--', this.bin.nft, '-f', '-'], ruleset);
+  }
+
+  /** Host routes (`ip -json route`) that a subnet must not overlap. */
+  async hostRoutes(): Promise<IpRoute[]> {
+    return this.ipJson<IpRoute[]>(['route', 'show']);
+  }
+
+  /**
+   * Checks the subnet against the host's routes (NET_SUBNET_CLASH), then creates the bridge with
+   * the gateway address if missing, loads the NAT table and (unless disabled) enables forwarding.
+   */
+  async ensureHost(): Promise<void> {
+    checkSubnetClash(this.subnet, await this.hostRoutes(), this.bridge);
+    type Link = { ifname: string; flags?: string[]; linkinfo?: { info_kind?: string }; addr_info?: { family: string; local: string; prefixlen: number }[] };
+    let links: Link[] = [];
+    try {
+      links = await this.ipJson<Link[]>(['-details', 'addr', 'show', 'dev', this.bridge]);
+    } catch (e) {
+      if (!isGone(e)) throw e;
+    }
+    const br = links[0];
+    const cmds = planHostBridge(this.params(), {
+      bridgeExists: br !== undefined,
+      bridgeWrongKind: br !== undefined && br.linkinfo?.info_kind !== 'bridge',
+      bridgeAddresses: (br?.addr_info ?? []).filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`),
+      bridgeUp: br?.flags?.includes('UP') ?? false,
+    });
+    await this.ipBatch(cmds);
+    await this.nft(hostNftRuleset(this.params()));
+    if (this.opts.hostForwarding ?? true) {
+      fs.writeFileSync(path.join(this.paths.proc, 'sys/net/ipv4/ip_forward'), '1');
+    }
+    this.log.info({ bridge: this.bridge, subnet: this.subnet, nftTable: this.nftTable, created: cmds.length > 0 }, 'host network ready');
+  }
+
+  /** Removes vmlet's NAT table and the bridge (other tables and links are not touched). */
+  async removeHost(): Promise<void> {
+    await this.nft(deleteNftTableRuleset('ip', this.nftTable));
+    try {
+      await this.ip(['link', 'del', this.bridge]);
+    } catch (e) {
+      if (!isGone(e)) throw e;
+    }
+  }
+
+  private dnsSettings(): DnsSettings & { domain?: string } {
+    return this.opts.dns ?? readHostDns(this.paths.resolvConf);
+  }
+
+  private dhcpConfig(li: LeaseInterface, hostname: string | undefined): DhcpLeaseConfig {
+    const dns = this.dnsSettings();
+    return {
+      serverIp: li.serverIp,
+      clientIp: li.guestIp,
+      prefix: li.prefix,
+      router: li.router,
+      dns: dns.nameservers,
+      search: dns.search,
+      ...(dns.domain !== undefined ? { domain: dns.domain } : {}),
+      ...(hostname !== undefined ? { hostname } : {}),
+      mtu: li.mtu,
+      leaseSeconds: this.opts.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
+      clientMac: li.mac,
+      unicast: li.binding === 'masquerade',
+    };
+  }
+
+  private async serveDhcp(lease: Lease): Promise<void> {
+    if (!lease.netns) return;
+    for (const li of lease.interfaces ?? []) {
+      await this.dhcp.add({
+        key: `${lease.uid}/${li.name}`,
+        netnsPath: this.netnsPath(lease.netns),
+        device: li.bridge,
+        config: this.dhcpConfig(li, lease.hostname),
+      });
+    }
+  }
+
+  private onDhcpEvent(e: DhcpEvent): void {
+    const slash = e.key.lastIndexOf('/');
+    const uid = e.key.slice(0, slash);
+    const name = e.key.slice(slash + 1);
+    if (e.type === 'decline') {
+      this.log.warn({ uid, iface: name, ip: e.ip }, 'guest declined its address (someone else uses it?)');
+      return;
+    }
+    const p = this.leaseUpdates.then(async () => {
+      const lease = this.ipam?.get(uid);
+      if (!lease?.interfaces) return;
+      const interfaces = lease.interfaces.map((li) => {
+        if (li.name !== name) return li;
+        const { dhcp: _old, ...rest } = li;
+        if (e.type === 'release') return rest;
+        return { ...rest, dhcp: { acquiredAt: e.at.toISOString(), expiresAt: new Date(e.at.getTime() + e.leaseSeconds * 1000).toISOString(), clientMac: e.clientMac } };
+      });
+      await this.ipam?.update(uid, { interfaces });
+    });
+    this.leaseUpdates = p.catch((err: unknown) => this.log.warn({ uid, err }, 'cannot record the DHCP lease'));
+  }
+
+  /** Resolves once lease updates from DHCP events so far are written (for tests and orderly shutdown). */
+  async flushLeaseUpdates(): Promise<void> {
+    await this.leaseUpdates;
+  }
+
+  /**
+   * Creates the sandbox of a VMI: validates the spec (nothing is created on a bad one), allocates
+   * its address, creates netns + veth + bindings + taps, starts DHCP for it. A leftover sandbox of
+   * the same uid (a crash during an earlier setup) is removed first; for a VM that is still running
+   * after a daemon restart use adopt() instead. On failure everything made here is removed again.
+   */
+  async setup(req: SandboxRequest): Promise<SandboxInfo> {
+    const plan = planNetwork(req.interfaces, req.networks, req.uid, { ...(req.plan ?? {}), names: this.names });
+    const ipam = this.leases;
+    const { names } = plan;
+    for (const l of ipam.list()) {
+      if (l.uid !== req.uid && l.netns === names.netns) {
+        throw new VmletError('NET_NAME_COLLISION', `uid ${req.uid} maps to sandbox ${names.netns}, which belongs to uid ${l.uid}`);
+      }
+    }
+    const started = Date.now();
+    await this.removeObjects(req.uid, names);
+    const subnet = parseCidr(this.subnet);
+    const lease = await ipam.allocate(req.uid, { netns: names.netns, hostVeth: names.hostVeth, ...(req.hostname !== undefined ? { hostname: req.hostname } : {}) });
+    const netnsPath = this.netnsPath(names.netns);
+    const mtu = this.opts.mtu ?? 1500;
+    try {
+      const sp = { names, bridge: this.bridge, address: lease.address, prefix: subnet.prefix, gateway: this.gateway, mtu };
+      await this.ipBatch(planSandboxHost(sp));
+      await this.ipBatch(planSandboxInside(sp), netnsPath);
+      const pod: PodInterfaceState = { address: lease.address, prefix: subnet.prefix, gateway: this.gateway, mtu };
+      const interfaces: LeaseInterface[] = [];
+      for (const iface of plan.interfaces) {
+        const b = planBinding(iface, pod, req.tap ?? {}, this.nftTable);
+        await this.ipBatch(b.ip, netnsPath);
+        if (b.ipForward) withNetns(netnsPath, () => fs.writeFileSync(path.join(this.paths.proc, 'sys/net/ipv4/ip_forward'), '1'), { selfNetns: path.join(this.paths.proc, 'thread-self/ns/net') });
+        if (b.nft !== null) await this.nft(b.nft, netnsPath);
+        interfaces.push({
+          name: iface.name,
+          index: iface.index,
+          binding: iface.binding,
+          mac: iface.mac,
+          model: iface.model,
+          queues: iface.queues,
+          tap: iface.tap,
+          bridge: iface.bridge,
+          guestIp: b.dhcp.clientIp,
+          prefix: b.dhcp.prefix,
+          router: b.dhcp.router,
+          serverIp: b.dhcp.serverIp,
+          mtu: b.dhcp.mtu,
+        });
+      }
+      const done = await ipam.update(req.uid, { interfaces });
+      await this.serveDhcp(done);
+      this.log.info({ uid: req.uid, netns: names.netns, address: lease.address, ms: Date.now() - started }, 'sandbox ready');
+      return this.info(done);
+    } catch (e) {
+      try {
+        await this.teardown(req.uid);
+      } catch (e2) {
+        this.log.warn({ uid: req.uid, err: e2 }, 'cleanup after a failed setup failed');
+      }
+      throw e;
+    }
+  }
+
+  private info(l: Lease): SandboxInfo {
+    const names = l.netns !== undefined && l.hostVeth !== undefined ? { netns: l.netns, hostVeth: l.hostVeth } : sandboxNames(l.uid, this.names);
+    return {
+      uid: l.uid,
+      netns: names.netns,
+      netnsPath: this.netnsPath(names.netns),
+      hostVeth: names.hostVeth,
+      address: l.address,
+      prefix: parseCidr(this.subnet).prefix,
+      gateway: this.gateway,
+      interfaces: l.interfaces ?? [],
+    };
+  }
+
+  /** The sandbox of `uid` as recorded, or undefined. */
+  get(uid: string): SandboxInfo | undefined {
+    const l = this.leases.get(uid);
+    return l ? this.info(l) : undefined;
+  }
+
+  /**
+   * Opens the tap of interface `ifaceName` (default: the first) of `uid`'s sandbox: one fd per
+   * queue, close-on-exec, for QEMU's `-netdev tap,fd=`/`fds=`. The caller closes them once passed.
+   */
+  openTapFds(uid: string, ifaceName?: string): number[] {
+    const info = this.get(uid);
+    if (!info) throw new VmletError('NET_SANDBOX_NOT_FOUND', `no sandbox for uid ${uid}`);
+    const li = ifaceName === undefined ? info.interfaces[0] : info.interfaces.find((i) => i.name === ifaceName);
+    if (!li) throw new VmletError('NET_SANDBOX_NOT_FOUND', `sandbox of ${uid} has no interface ${ifaceName ?? '(none)'}`);
+    return openTap({ netnsPath: info.netnsPath, name: li.tap, queues: li.queues, tunDevice: this.paths.tun, selfNetns: path.join(this.paths.proc, 'thread-self/ns/net') });
+  }
+
+  /** KubeVirt-style `status.interfaces` entries: the reachable address of each interface is the sandbox's. */
+  interfacesStatus(uid: string): InterfaceStatus[] {
+    const l = this.leases.get(uid);
+    if (!l) return [];
+    return (l.interfaces ?? []).map((li) => ({ name: li.name, mac: li.mac, ipAddress: l.address, ipAddresses: [l.address] }));
+  }
+
+  /** Deletes the host veth (its peer and everything inside the netns goes with the netns) and the netns; missing ones are fine. */
+  private async removeObjects(uid: string, names: Pick<SandboxNames, 'netns' | 'hostVeth'>): Promise<string[]> {
+    const errors: string[] = [];
+    const removed: string[] = [];
+    for (const key of this.dhcp.keys()) if (key.startsWith(`${uid}/`)) await this.dhcp.remove(key);
+    for (const args of [['link', 'del', checkIfName(names.hostVeth)], ['netns', 'del', names.netns]]) {
+      try {
+        await this.ip(args);
+        removed.push(args[2]!);
+      } catch (e) {
+        if (!isGone(e)) errors.push((e as Error).message);
+      }
+    }
+    if (errors.length > 0) throw new VmletError('NET_CLEANUP_FAILED', `cleanup of ${uid}: ${errors.join('; ')}`);
+    return removed;
+  }
+
+  /** Removes the sandbox of `uid` (DHCP, veth, netns with its taps and nft table) and releases its lease. Idempotent. */
+  async teardown(uid: string): Promise<void> {
+    const l = this.leases.get(uid);
+    const names = l?.netns !== undefined && l.hostVeth !== undefined ? { netns: l.netns, hostVeth: l.hostVeth } : sandboxNames(uid, this.names);
+    await this.removeObjects(uid, names);
+    await this.leases.release(uid);
+    this.log.info({ uid, netns: names.netns }, 'sandbox removed');
+  }
+
+  /**
+   * After a restart: keeps the sandboxes of `liveUids` (and serves their DHCP again), removes
+   * every other sandbox vmlet made: leases of other uids, netns named with vmlet's prefix and host
+   * veths on the bridge that no live lease owns.
+   */
+  async adopt(liveUids: Iterable<string>): Promise<AdoptResult> {
+    const live = new Set(liveUids);
+    const res: AdoptResult = { kept: [], missing: [], removed: [] };
+    let onDisk: string[] = [];
+    try {
+      onDisk = fs.readdirSync(this.paths.netnsDir).filter((n) => n.startsWith(this.names.netnsPrefix));
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    }
+    const keptNetns = new Set<string>();
+    const keptVeths = new Set<string>();
+    for (const l of this.leases.list()) {
+      if (!live.has(l.uid)) {
+        await this.teardown(l.uid);
+        res.removed.push(l.uid);
+        continue;
+      }
+      if (l.netns !== undefined && onDisk.includes(l.netns)) {
+        keptNetns.add(l.netns);
+        if (l.hostVeth !== undefined) keptVeths.add(l.hostVeth);
+        await this.serveDhcp(l);
+        res.kept.push(l.uid);
+      } else {
+        res.missing.push(l.uid);
+      }
+    }
+    for (const ns of onDisk) {
+      if (keptNetns.has(ns)) continue;
+      try {
+        await this.ip(['netns', 'del', ns]);
+        res.removed.push(ns);
+      } catch (e) {
+        if (!isGone(e)) throw e;
+      }
+    }
+    let ports: { ifname: string }[] = [];
+    try {
+      ports = await this.ipJson<{ ifname: string }[]>(['link', 'show', 'master', this.bridge]);
+    } catch (e) {
+      if (!isGone(e)) throw e;
+    }
+    for (const p of ports) {
+      if (!p.ifname.startsWith(this.names.vethPrefix) || keptVeths.has(p.ifname)) continue;
+      try {
+        await this.ip(['link', 'del', p.ifname]);
+        res.removed.push(p.ifname);
+      } catch (e) {
+        if (!isGone(e)) throw e;
+      }
+    }
+    this.log.info({ kept: res.kept.length, missing: res.missing.length, removed: res.removed }, 'network sandboxes adopted');
+    return res;
+  }
+
+  /** Stops the DHCP server (sandboxes stay). */
+  async close(): Promise<void> {
+    await this.dhcp.close();
+    await this.leaseUpdates;
+  }
+}

@@ -1,0 +1,66 @@
+// Runs a synchronous function with the calling (main JS) thread switched into another network namespace via setns(2), and switches back.
+import fs from 'node:fs';
+import { VmletError } from '../errors.js';
+import { libc, errno, errnoName } from './libc.js';
+
+export const CLONE_NEWNET = 0x40000000;
+
+const setnsFn = libc.func('int setns(int fd, int nstype)');
+
+/** setns(fd, CLONE_NEWNET) for the calling thread; SYS_SETNS on failure. */
+export function setNetns(fd: number, what: string): void {
+  if (setnsFn(fd, CLONE_NEWNET) !== 0) {
+    throw new VmletError('SYS_SETNS', `setns(${what}, CLONE_NEWNET) failed: ${errnoName(errno())}`);
+  }
+}
+
+export interface WithNetnsOptions {
+  /** the calling thread's own netns file; default /proc/thread-self/ns/net */
+  selfNetns?: string;
+}
+
+/**
+ * Calls `fn` with the calling thread inside the netns at `netnsPath` (e.g. /run/netns/NAME) and
+ * switches back before returning, also when `fn` throws. setns affects only the calling thread,
+ * which for JS code is the main thread; `fn` must therefore be synchronous: sockets and files it
+ * creates (socket(), open() of /dev/net/tun, /proc/sys/net writes) belong to the target netns.
+ * If switching back fails the process cannot safely go on: the error says so and it is rethrown.
+ */
+export function withNetns<T>(netnsPath: string, fn: () => T, opts: WithNetnsOptions = {}): T {
+  const selfPath = opts.selfNetns ?? '/proc/thread-self/ns/net';
+  let self: number;
+  let target: number;
+  try {
+    self = fs.openSync(selfPath, 'r');
+  } catch (e) {
+    throw new VmletError('SYS_SETNS', `cannot open ${selfPath}`, { cause: e });
+  }
+  try {
+    target = fs.openSync(netnsPath, 'r');
+  } catch (e) {
+    fs.closeSync(self);
+    throw new VmletError('SYS_SETNS', `cannot open the netns ${netnsPath}`, { cause: e });
+  }
+  try {
+    setNetns(target, netnsPath);
+    try {
+      const r = fn();
+      if (r instanceof Promise) throw new VmletError('SYS_SETNS', 'withNetns needs a synchronous function');
+      return r;
+    } finally {
+      try {
+        setNetns(self, selfPath);
+      } catch (e) {
+        throw new VmletError('SYS_SETNS_RESTORE', `the main thread is stuck in ${netnsPath}: cannot return to its own netns; the process must exit`, { cause: e });
+      }
+    }
+  } finally {
+    fs.closeSync(target);
+    fs.closeSync(self);
+  }
+}
+
+/** Inode of a netns file ("net:[4026531840]" identity), to tell namespaces apart. */
+export function netnsInode(netnsPath: string): number {
+  return fs.statSync(netnsPath).ino;
+}
