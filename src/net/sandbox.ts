@@ -42,6 +42,7 @@ export interface NetPaths {
   /** where `ip netns add` puts netns files; ip itself always uses /run/netns */
   netnsDir: string;
   proc: string;
+  sys: string;
   tun: string;
   /** resolv.conf files to take guest DNS from, first usable wins */
   resolvConf: string[];
@@ -103,7 +104,7 @@ export interface InterfaceStatus {
 export interface AdoptResult {
   /** live uids whose sandbox is there (DHCP serves them again) */
   kept: string[];
-  /** live uids with a lease but no netns: call setup() again (the address is kept) */
+  /** live uids with a lease but no (or an incomplete) netns: call setup() again (the address is kept) */
   missing: string[];
   /** what was removed: uids of stale leases, and netns / veth names without a live owner */
   removed: string[];
@@ -145,6 +146,7 @@ export class NetManager {
     this.paths = {
       netnsDir: opts.paths?.netnsDir ?? '/run/netns',
       proc: opts.paths?.proc ?? '/proc',
+      sys: opts.paths?.sys ?? '/sys',
       tun: opts.paths?.tun ?? '/dev/net/tun',
       resolvConf: opts.paths?.resolvConf ?? ['/etc/resolv.conf', '/run/systemd/resolve/resolv.conf'],
     };
@@ -329,38 +331,41 @@ export class NetManager {
       }
     }
     const started = Date.now();
-    await this.removeObjects(req.uid, names);
+    // leftovers of an earlier, interrupted setup of this uid (checked on the file system: no process spawned when clean)
+    if (fs.existsSync(this.netnsPath(names.netns)) || fs.existsSync(path.join(this.paths.sys, 'class/net', names.hostVeth))) {
+      await this.removeObjects(req.uid, names);
+    }
     const subnet = parseCidr(this.subnet);
     const lease = await ipam.allocate(req.uid, { netns: names.netns, hostVeth: names.hostVeth, ...(req.hostname !== undefined ? { hostname: req.hostname } : {}) });
     const netnsPath = this.netnsPath(names.netns);
     const mtu = this.opts.mtu ?? 1500;
     try {
       const sp = { names, bridge: this.bridge, address: lease.address, prefix: subnet.prefix, gateway: this.gateway, mtu };
-      await this.ipBatch(planSandboxHost(sp));
-      await this.ipBatch(planSandboxInside(sp), netnsPath);
       const pod: PodInterfaceState = { address: lease.address, prefix: subnet.prefix, gateway: this.gateway, mtu };
-      const interfaces: LeaseInterface[] = [];
-      for (const iface of plan.interfaces) {
-        const b = planBinding(iface, pod, req.tap ?? {}, this.nftTable);
-        await this.ipBatch(b.ip, netnsPath);
-        if (b.ipForward) withNetns(netnsPath, () => fs.writeFileSync(path.join(this.paths.proc, 'sys/net/ipv4/ip_forward'), '1'), { selfNetns: path.join(this.paths.proc, 'thread-self/ns/net') });
-        if (b.nft !== null) await this.nft(b.nft, netnsPath);
-        interfaces.push({
-          name: iface.name,
-          index: iface.index,
-          binding: iface.binding,
-          mac: iface.mac,
-          model: iface.model,
-          queues: iface.queues,
-          tap: iface.tap,
-          bridge: iface.bridge,
-          guestIp: b.dhcp.clientIp,
-          prefix: b.dhcp.prefix,
-          router: b.dhcp.router,
-          serverIp: b.dhcp.serverIp,
-          mtu: b.dhcp.mtu,
-        });
+      const bindings = plan.interfaces.map((iface) => ({ iface, b: planBinding(iface, pod, req.tap ?? {}, this.nftTable) }));
+      // three processes in all: ip on the host, ip in the netns, nft in the netns
+      await this.ipBatch(planSandboxHost(sp));
+      await this.ipBatch([...planSandboxInside(sp), ...bindings.flatMap(({ b }) => b.ip)], netnsPath);
+      if (bindings.some(({ b }) => b.ipForward)) {
+        withNetns(netnsPath, () => fs.writeFileSync(path.join(this.paths.proc, 'sys/net/ipv4/ip_forward'), '1'), { selfNetns: path.join(this.paths.proc, 'thread-self/ns/net') });
       }
+      const rulesets = bindings.flatMap(({ b }) => (b.nft !== null ? [b.nft] : []));
+      if (rulesets.length > 0) await this.nft(rulesets.join(''), netnsPath);
+      const interfaces: LeaseInterface[] = bindings.map(({ iface, b }) => ({
+        name: iface.name,
+        index: iface.index,
+        binding: iface.binding,
+        mac: iface.mac,
+        model: iface.model,
+        queues: iface.queues,
+        tap: iface.tap,
+        bridge: iface.bridge,
+        guestIp: b.dhcp.clientIp,
+        prefix: b.dhcp.prefix,
+        router: b.dhcp.router,
+        serverIp: b.dhcp.serverIp,
+        mtu: b.dhcp.mtu,
+      }));
       const done = await ipam.update(req.uid, { interfaces });
       await this.serveDhcp(done);
       this.log.info({ uid: req.uid, netns: names.netns, address: lease.address, ms: Date.now() - started }, 'sandbox ready');
@@ -465,8 +470,14 @@ export class NetManager {
       if (l.netns !== undefined && onDisk.includes(l.netns)) {
         keptNetns.add(l.netns);
         if (l.hostVeth !== undefined) keptVeths.add(l.hostVeth);
-        await this.serveDhcp(l);
-        res.kept.push(l.uid);
+        try {
+          await this.serveDhcp(l);
+          res.kept.push(l.uid);
+        } catch (e) {
+          // the netns is there but not whole (no sandbox bridge): setup() will rebuild it
+          this.log.warn({ uid: l.uid, err: e }, 'sandbox is incomplete; DHCP cannot serve it');
+          res.missing.push(l.uid);
+        }
       } else {
         res.missing.push(l.uid);
       }

@@ -123,6 +123,8 @@ t.test('a VM from apply to delete', { skip }, async (t) => {
     t.not(v2.metadata.uid, uid, 'a new VMI');
     const uid2 = v2.metadata.uid;
     t.equal(qemuProcessesFor(uid2).length, 1, 'one QEMU for it');
+    // Booted, so the deletion's ACPI power-down is heard and the grace period is not used up.
+    await d.waitConsole(uid2, READY_MARKER, 1, 90_000);
     const started = Date.now();
     const r = await d.cli(['delete', 'vm', name, '--wait'], { timeoutMs: 90_000 });
     t.equal(r.code, 0, `delete --wait exits 0 (stderr: ${r.stderr.trim()})`);
