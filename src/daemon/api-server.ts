@@ -41,6 +41,34 @@ const KINDS: Record<string, Kind> = { virtualmachineinstances: 'VirtualMachineIn
 const PLURAL: Record<Kind, string> = { VirtualMachineInstance: 'virtualmachineinstances', VirtualMachine: 'virtualmachines' };
 const VMI_ACTIONS: readonly string[] = ['pause', 'unpause', 'softreboot', 'reset'] satisfies VmiAction[];
 const VM_ACTIONS: readonly string[] = ['start', 'stop', 'restart'] satisfies VmAction[];
+/** How much of an unwanted body is read and thrown away so that the client sees the error answer. */
+const DRAIN_LIMIT_BYTES = 64 * 1024 * 1024;
+const DRAIN_TIMEOUT_MS = 5_000;
+
+function drainBody(req: http.IncomingMessage, limit: number, timeoutMs: number): Promise<void> {
+  return new Promise((resolve) => {
+    let n = 0;
+    const done = (): void => {
+      clearTimeout(timer);
+      req.off('data', onData);
+      req.off('end', done);
+      req.off('error', done);
+      req.off('close', done);
+      resolve();
+    };
+    const onData = (c: Buffer): void => {
+      n += c.length;
+      if (n > limit) done();
+    };
+    const timer = setTimeout(done, timeoutMs);
+    req.on('data', onData);
+    req.on('end', done);
+    req.on('error', done);
+    req.on('close', done);
+    req.resume();
+  });
+}
+
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 
 type Route =
@@ -336,10 +364,14 @@ export class ApiServer {
       res.destroy();
       return;
     }
-    // An unread body is not worth reading: close the connection after the answer.
-    if (!req.complete) res.setHeader('Connection', 'close');
     if (status.code === 405) res.setHeader('Allow', (e as { allow?: string }).allow ?? '');
-    sendJson(res, status.code, status);
+    if (req.complete || req.destroyed) {
+      sendJson(res, status.code, status);
+      return;
+    }
+    // The client is still sending: discard the rest (bounded) so it reads our answer instead of EPIPE, then close.
+    res.setHeader('Connection', 'close');
+    void drainBody(req, DRAIN_LIMIT_BYTES, DRAIN_TIMEOUT_MS).then(() => sendJson(res, status.code, status));
   }
 
   private async handle(req: http.IncomingMessage, res: http.ServerResponse, log: Logger): Promise<void> {

@@ -41,7 +41,7 @@ export class NodeReconciler {
   }
 
   /** Routes a launcher's HELLO to its VMI's supervisor; HELLOs for unknown VMIs are refused by the server. */
-  onHello(h: LauncherHello): HelloDecision {
+  onHello(h: LauncherHello): HelloDecision | Promise<HelloDecision> {
     const sup = this.supervisors.get(h.uid);
     if (!sup) return { action: 'reject', reason: 'no VMI with this uid runs on this node' };
     return sup.onHello(h);
@@ -114,6 +114,12 @@ export class NodeReconciler {
       event: (type, reason, message) => {
         void store.recordEvent({ involvedObject: { kind: 'VirtualMachineInstance', namespace, name, uid }, type, reason, message })
           .catch(() => undefined);
+        // A VMI's events go with it; how its run ended is kept on the VM that owns it too.
+        const owner = vmi.metadata.ownerReferences?.find((r) => r.kind === 'VirtualMachine');
+        if (owner && (reason === 'Succeeded' || reason === 'Failed')) {
+          void store.recordEvent({ involvedObject: { kind: 'VirtualMachine', namespace, name: owner.name, uid: owner.uid }, type, reason: `VMI${reason}`, message: `VirtualMachineInstance ${name} (${uid}): ${message}` })
+            .catch(() => undefined);
+        }
       },
     });
     this.supervisors.set(uid, sup);

@@ -93,12 +93,15 @@ export class Supervisor {
   }
 
   /** The launcher's HELLO for this VMI, routed here by the daemon. */
-  onHello(h: LauncherHello): HelloDecision {
-    if (h.state.kind === 'new') {
-      if (!this.pendingLaunch) return { action: 'reject', reason: 'no launch is pending for this VMI' };
-      return { action: 'launch', argv: this.pendingLaunch.argv, fds: this.pendingLaunch.fds };
+  async onHello(h: LauncherHello): Promise<HelloDecision> {
+    if (h.state.kind !== 'new') return { action: 'accept' };
+    // After a restart the launcher may call before prepare() has rebuilt its argv: wait for it, bounded.
+    const until = this.now() + 10_000;
+    while (!this.pendingLaunch && (this.state === 'Reattaching' || this.state === 'Preparing') && this.now() < until) {
+      await new Promise((r) => setTimeout(r, 20));
     }
-    return { action: 'accept' };
+    if (!this.pendingLaunch) return { action: 'reject', reason: 'no launch is pending for this VMI' };
+    return { action: 'launch', argv: this.pendingLaunch.argv, fds: this.pendingLaunch.fds };
   }
 
   /** First start: prepare, spawn the launcher, wait for QEMU, then QMP and cont. */
@@ -412,12 +415,16 @@ export class Supervisor {
   }
 
   async pause(): Promise<void> {
-    await this.requireRunning().execute('stop');
+    const qmp = this.requireRunning();
+    if (!(await qmp.execute('query-status')).running) throw new VmletError('VMI_ALREADY_PAUSED', 'the VMI is already paused; unpause it first');
+    await qmp.execute('stop');
     await this.setPaused(true);
   }
 
   async unpause(): Promise<void> {
-    await this.requireRunning().execute('cont');
+    const qmp = this.requireRunning();
+    if ((await qmp.execute('query-status')).running) throw new VmletError('VMI_NOT_PAUSED', 'the VMI is not paused');
+    await qmp.execute('cont');
     await this.setPaused(false);
   }
 
