@@ -76,8 +76,8 @@ t.test('guests on masquerade and bridge sandboxes', { skip: skip ?? false, timeo
   });
 
   const [boundA, boundB] = await Promise.all([
-    guestA.waitForSerial(/vmlet-guest: eth0 (\S+)\/(\d+) router (\S+)/, 60_000),
-    guestB.waitForSerial(/vmlet-guest: eth0 (\S+)\/(\d+) router (\S+)/, 60_000),
+    guestA.waitForSerial(/vmlet-guest: eth0 (\S+)\/(\d+) router (\S+) \(dhcp\)/, 60_000),
+    guestB.waitForSerial(/vmlet-guest: eth0 (\S+)\/(\d+) router (\S+) \(dhcp\)/, 60_000),
   ]);
   t.same(boundA.groups, ['10.0.2.2', '24', '10.0.2.1'], 'guest A bound 10.0.2.2/24 via our DHCP');
   t.same(boundB.groups, [b.address, String(b.prefix), b.gateway], 'guest B bound the sandbox address');

@@ -137,7 +137,8 @@ t.test('REQUEST, renew, NAK, other server, other client', async (t) => {
   t.equal(other.reply, null, 'a request for another server is ignored');
   const stranger = answerDhcp(request({ requested: '10.0.2.2', mac: '02:00:00:00:00:99' }), cfg, 'k', NOW);
   t.equal(stranger.reply, null, 'a client that is not our NIC is ignored');
-  t.ok(answerDhcp(request({ requested: '10.0.2.2', mac: '02:00:00:00:00:99' }), { ...cfg, clientMac: undefined } as unknown as DhcpLeaseConfig, 'k', NOW).reply, 'any client without clientMac');
+  const { clientMac: _mac, ...anyClient } = cfg;
+  t.ok(answerDhcp(request({ requested: '10.0.2.2', mac: '02:00:00:00:00:99' }), anyClient, 'k', NOW).reply, 'any client without clientMac');
 });
 
 t.test('INFORM, RELEASE, DECLINE, BOOTP', async (t) => {
