@@ -21,6 +21,13 @@ export interface DaemonConfig {
   /** Request body limit of the API, in bytes. */
   maxBodyBytes: number;
   logLevel: string;
+  /**
+   * Parent of the per-VM cgroups (`<cgroupParent>/<uid>`), relative to each hierarchy root
+   * (v1: every controller's mount; v2: the unified mount). "" = make no VM cgroups.
+   */
+  cgroupParent: string;
+  /** Root of the cgroup mounts (tests point it elsewhere). */
+  cgroupRoot: string;
 }
 
 export interface DaemonFlags {
@@ -34,6 +41,7 @@ export interface DaemonFlags {
 const keys: Record<keyof DaemonConfig, 'string' | 'boolean' | 'number'> = {
   socket: 'string', stateDir: 'string', runDir: 'string', accel: 'string', useEmulation: 'boolean',
   nodeName: 'string', qemuBinary: 'string', launcherBinary: 'string', maxBodyBytes: 'number', logLevel: 'string',
+  cgroupParent: 'string', cgroupRoot: 'string',
 };
 
 export function defaultConfig(repoRoot: string): DaemonConfig {
@@ -48,6 +56,8 @@ export function defaultConfig(repoRoot: string): DaemonConfig {
     launcherBinary: path.join(repoRoot, 'native', 'build', 'vmlet-launch'),
     maxBodyBytes: 1024 * 1024,
     logLevel: process.env.VMLET_LOG_LEVEL ?? 'info',
+    cgroupParent: 'vmlet',
+    cgroupRoot: '/sys/fs/cgroup',
   };
 }
 
@@ -64,6 +74,10 @@ export function mergeConfig(base: DaemonConfig, doc: unknown, source: string): D
   }
   const cfg = out as unknown as DaemonConfig;
   if (!['auto', 'kvm', 'tcg'].includes(cfg.accel)) throw new VmletError('CONFIG_INVALID', `${source}: accel must be auto, kvm or tcg`);
+  cfg.cgroupParent = cfg.cgroupParent.replace(/^\/+|\/+$/g, '');
+  if (cfg.cgroupParent.split('/').some((seg) => seg === '.' || seg === '..' || (seg === '' && cfg.cgroupParent !== ''))) {
+    throw new VmletError('CONFIG_INVALID', `${source}: cgroupParent must be a relative group path without "." or ".." segments (or "" for no VM cgroups)`);
+  }
   return cfg;
 }
 

@@ -89,7 +89,7 @@ export class SerialConsole {
         if (Date.now() > until) {
           throw new VmletError('CONSOLE_UNAVAILABLE', `cannot connect to the serial console at ${this.opts.socketPath}`, { cause: e });
         }
-        await new Promise((r) => setTimeout(r, 50));
+        await new Promise((r) => setTimeout(r, 10));
       }
     }
     try { this.logBytes = fs.statSync(this.opts.logFile).size; } catch { this.logBytes = 0; }
@@ -141,7 +141,8 @@ export class SerialConsole {
     const token = {};
     if (opts.write) this.writer = token;
     const queue = new ChunkQueue(1024 * 1024);
-    queue.push(this.recent());
+    const recent = this.recent();
+    if (recent.length > 0) queue.push(recent);
     this.readers.add(queue);
     let open = true;
     return {

@@ -48,9 +48,17 @@ export class LocalBackend implements Backend {
     return (await this.store.list(kind, namespace)) as unknown as KubeObject[];
   }
 
+  /** A VMI comes with live statistics of its cgroup in status.vmlet.stats (read now; nothing polls). */
   async get(ref: ObjectRef): Promise<KubeObject> {
     const o = await this.store.get(ref.kind, ref.namespace, ref.name);
     if (!o) throw notFound(ref);
+    if (ref.kind === 'VirtualMachineInstance' && o.metadata.uid) {
+      const stats = await this.opts.node.vmStats(o.metadata.uid).catch(() => undefined);
+      if (stats) {
+        const status = (o.status ?? {}) as { vmlet?: Record<string, unknown> };
+        return { ...o, status: { ...status, vmlet: { ...status.vmlet, stats } } } as unknown as KubeObject;
+      }
+    }
     return o as unknown as KubeObject;
   }
 

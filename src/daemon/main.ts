@@ -3,6 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino, { type Logger } from 'pino';
+import { detectCgroupLayout } from '../cgroups/index.js';
 import { VmController, type ControllerSource } from '../controller/vm-controller.js';
 import { VmletError } from '../errors.js';
 import { describeCaps, probeQemu } from '../qemu/probe.js';
@@ -14,6 +15,7 @@ import { loadConfig, type DaemonConfig, type DaemonFlags } from './config.js';
 import { LocalBackend } from './local-backend.js';
 import { NodeReconciler } from './node-reconciler.js';
 import { makePrepare } from './prepare.js';
+import { VmCgroups } from './vm-cgroup.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -43,6 +45,15 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   });
   logger.info({ qemu: describeCaps(caps), accel: config.accel, useEmulation: config.useEmulation }, 'QEMU probed');
 
+  let cgroups: VmCgroups | undefined;
+  if (config.cgroupParent !== '') {
+    const layout = await detectCgroupLayout({ root: config.cgroupRoot, mountinfoPath: '/proc/self/mountinfo' });
+    cgroups = new VmCgroups({ layout, parent: config.cgroupParent });
+    logger.info({ mode: layout.mode, parent: config.cgroupParent }, 'VM cgroups');
+  } else {
+    logger.warn('cgroupParent is empty: VMs get no cgroup of their own and no limits');
+  }
+
   const store = await LocalStore.open({ dir: config.stateDir, logger: logger.child({ component: 'store' }) });
   let node: NodeReconciler | undefined;
   const launcherSocket = path.join(config.runDir, 'launcher.sock');
@@ -60,6 +71,7 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     launcherSocket,
     prepare: makePrepare({ qemuBinary: config.qemuBinary, accel: config.accel, useEmulation: config.useEmulation }),
     logger: logger.child({ component: 'node' }),
+    ...(cgroups ? { cgroups } : {}),
   });
   const controller = new VmController({ source: store as unknown as ControllerSource, nodeName: config.nodeName, logger: logger.child({ component: 'controller' }) });
   // Supervisors of running VMs exist before launchers reconnect, so none of them is turned away.

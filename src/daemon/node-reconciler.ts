@@ -9,6 +9,7 @@ import { isLiveProcessFor, readRunDir } from '../qemu/launch.js';
 import type { HelloDecision, LauncherHello, LauncherServer } from '../qemu/launcher-server.js';
 import type { LocalStore, StoredObject } from '../source/local-store.js';
 import { Supervisor, type PreparedLaunch } from './supervisor.js';
+import type { VmCgroups, VmStats } from './vm-cgroup.js';
 
 export interface NodeReconcilerOptions {
   store: LocalStore;
@@ -21,9 +22,13 @@ export interface NodeReconcilerOptions {
   prepare(vmi: VirtualMachineInstance, runDir: string): Promise<PreparedLaunch>;
   logger: Logger;
   procRoot?: string;
+  /** Per-VM cgroups (config `cgroupParent`); absent = none are made. */
+  cgroups?: VmCgroups;
 }
 
 const FINAL = new Set(['Succeeded', 'Failed']);
+/** Empty stray VM cgroups younger than this are left alone (another daemon may be about to use them). */
+const STRAY_CGROUP_MIN_AGE_MS = 30_000;
 
 export class NodeReconciler {
   readonly supervisors = new Map<string, Supervisor>();
@@ -89,6 +94,50 @@ export class NodeReconciler {
       }
       await fs.rm(dir, { recursive: true, force: true });
     }
+    await this.removeStrayCgroups(known);
+  }
+
+  /**
+   * VM groups under the parent whose uid is no VMI of this node. A group that still holds
+   * processes is emptied only when they are ours (their argv names this daemon's run dir: the
+   * launcher's --run-dir, QEMU's socket paths), so another daemon sharing the parent is left alone.
+   */
+  private async removeStrayCgroups(known: Set<string>): Promise<void> {
+    const cgroups = this.opts.cgroups;
+    if (!cgroups) return;
+    const procRoot = this.opts.procRoot ?? '/proc';
+    for (const uid of await cgroups.listUids()) {
+      if (known.has(uid)) continue;
+      const m = cgroups.manager(uid);
+      try {
+        const pids = await m.procs().catch(() => [] as number[]);
+        let foreign = false;
+        for (const pid of pids) {
+          const cmdline = await fs.readFile(path.join(procRoot, String(pid), 'cmdline'), 'utf8').catch(() => '');
+          if (cmdline !== '' && !cmdline.includes(this.vmDir(uid))) foreign = true;
+        }
+        if (foreign) {
+          this.log.warn({ uid, cgroup: m.group, pids }, 'a VM cgroup of no VMI here holds processes of another daemon; left alone');
+          continue;
+        }
+        // An empty group made moments ago may be another daemon's (sharing the parent) between create and launcher start.
+        const dir = m.paths().dirs[0];
+        const mtime = dir === undefined ? 0 : await fs.stat(dir).then((st) => st.mtimeMs, () => 0);
+        if (pids.length === 0 && Date.now() - mtime < STRAY_CGROUP_MIN_AGE_MS) {
+          this.log.info({ uid, cgroup: m.group }, 'a fresh empty VM cgroup of no VMI here; left for the next start');
+          continue;
+        }
+        this.log.info({ uid, cgroup: m.group }, 'removing the cgroup of a VMI that no longer exists');
+        await cgroups.remove(uid, this.log);
+      } catch (e) {
+        this.log.warn({ err: e, uid, cgroup: m.group }, 'could not remove a stray VM cgroup');
+      }
+    }
+  }
+
+  /** Live CPU and memory statistics of a VMI's cgroup (status.vmlet.stats), or undefined. */
+  async vmStats(uid: string): Promise<VmStats | undefined> {
+    return this.opts.cgroups?.stats(uid);
   }
 
   private newSupervisor(vmi: VirtualMachineInstance): Supervisor {
@@ -104,6 +153,7 @@ export class NodeReconciler {
       launcherSocket: this.opts.launcherSocket,
       prepare: this.opts.prepare,
       procRoot: this.opts.procRoot ?? '/proc',
+      ...(this.opts.cgroups ? { cgroups: this.opts.cgroups } : {}),
       writeStatus: async (mutate) => {
         await store.updateStatus<VirtualMachineInstanceStatus>('VirtualMachineInstance', namespace, name, (s) => {
           return mutate(s ?? {});
@@ -161,6 +211,7 @@ export class NodeReconciler {
         this.supervisors.delete(uid);
       } else {
         await fs.rm(this.vmDir(uid), { recursive: true, force: true });
+        await this.opts.cgroups?.remove(uid, this.log);
       }
       const cur = await this.opts.store.get('VirtualMachineInstance', vmi.metadata.namespace, vmi.metadata.name);
       if (cur && cur.metadata.uid === uid) {

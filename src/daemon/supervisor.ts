@@ -9,6 +9,8 @@ import type { HelloDecision, LauncherHello, LauncherLink, LauncherServer } from 
 import { QmpClient } from '../qmp/client.js';
 import { GuestAgentClient } from '../qmp/guest-agent.js';
 import { SerialConsole } from './console.js';
+import type { VmCgroups } from './vm-cgroup.js';
+import { vmResources, vmSizing, type VmResources, type VmSizing } from './vm-resources.js';
 import { canTransition, describeExit, finalPhase, type FailureReason, type SupervisorState } from './vmi-state.js';
 import { withCondition, withPhase, withRuntime } from './vmi-status.js';
 
@@ -36,6 +38,8 @@ export interface SupervisorDeps {
   procRoot?: string;
   /** How long QEMU may take from launcher spawn to QMP ready. */
   startTimeoutMs?: number;
+  /** The per-VM cgroups; absent = QEMU runs in the launcher's cgroups as spawned (config `cgroupParent: ""`). */
+  cgroups?: VmCgroups;
 }
 
 export interface ExitReport {
@@ -67,6 +71,9 @@ export class Supervisor {
   private readonly log: Logger;
   private readonly now: () => number;
   private exitWaiters: Array<() => void> = [];
+  private sizing: VmSizing | undefined;
+  /** The VM group's resources, once computed at launch. */
+  resources: VmResources | undefined;
 
   constructor(private readonly deps: SupervisorDeps) {
     this.uid = deps.vmi.metadata.uid ?? '';
@@ -107,6 +114,15 @@ export class Supervisor {
   /** First start: prepare, spawn the launcher, wait for QEMU, then QMP and cont. */
   async start(): Promise<void> {
     this.to('Preparing');
+    if (this.deps.cgroups) {
+      // Bad CPU/memory values fail the VMI before anything (run dir, volumes, group) exists.
+      try {
+        this.sizing = vmSizing(this.deps.vmi);
+      } catch (e) {
+        await this.fail('InvalidResources', e);
+        return;
+      }
+    }
     let prepared: PreparedLaunch;
     try {
       await fs.mkdir(this.deps.runDir, { recursive: true, mode: 0o700 });
@@ -129,11 +145,14 @@ export class Supervisor {
     const link = this.attachLink();
     const started = link.waitFor('started', this.deps.startTimeoutMs ?? 30_000);
     try {
+      // The launcher joins the group before it forks QEMU, so no QEMU thread ever runs outside it.
+      const cgroupDirs = await this.createCgroup(prepared.accel);
       const spawned = await spawnLauncher({
         launcherBinary: this.deps.launcherBinary,
         uid: this.uid,
         socket: this.deps.launcherSocket,
         runDir: this.deps.runDir,
+        cgroups: cgroupDirs,
       });
       this.launcherPid = spawned.pid;
       const [qemuPid] = await started;
@@ -151,6 +170,36 @@ export class Supervisor {
     }
     this.deps.event('Normal', 'Launched', `QEMU started with pid ${this.qemuPid}`);
     await this.connectAndRun(true);
+  }
+
+  /** Creates the VM's group with its limits; returns the directories the launcher joins ([] without cgroups). */
+  private async createCgroup(accel: 'kvm' | 'tcg'): Promise<string[]> {
+    const cgroups = this.deps.cgroups;
+    if (!cgroups) return [];
+    const sizing = this.sizing ?? vmSizing(this.deps.vmi);
+    const res = vmResources(sizing, accel);
+    this.resources = res;
+    const cg = cgroups.manager(this.uid);
+    try {
+      const applied = await cg.create({ resources: res.resources });
+      this.log.info({ cgroup: cg.group, memoryLimitBytes: res.memoryLimitBytes, overheadBytes: res.overheadBytes, cpu: res.resources.cpu, skipped: applied.skipped }, 'VM cgroup created');
+    } catch (e) {
+      await cg.delete().catch(() => undefined);
+      throw new VmletError('VM_CGROUP_FAILED', `cannot set up the VM's cgroup ${cg.group}: ${(e as Error).message}`, { cause: e });
+    }
+    return cg.paths().dirs;
+  }
+
+  /** True when the VM's group counts an OOM kill (QEMU is by far its largest process). */
+  private async oomKilled(): Promise<boolean> {
+    const cgroups = this.deps.cgroups;
+    if (!cgroups) return false;
+    try {
+      const s = await cgroups.manager(this.uid).stats();
+      return (s.oomKills ?? 0) > 0 || s.underOom === true;
+    } catch {
+      return false;
+    }
   }
 
   /** QMP connect, set-action, console; `cont` when QEMU is still paused from -S. */
@@ -375,6 +424,12 @@ export class Supervisor {
     for (const w of this.exitWaiters) w();
     this.exitWaiters = [];
     this.pendingLaunch = undefined;
+    if (!failure && !this.stopRequested && (exit === undefined || (exit.kind === 'signal' && exit.signal === 9)) && (await this.oomKilled())) {
+      failure = 'OOMKilled';
+      const limit = this.resources ? ` of ${this.resources.memoryLimitBytes} bytes (guest ${this.resources.guestBytes} + overhead ${this.resources.overheadBytes})` : '';
+      message = `QEMU was killed by the OOM killer: the VM went over its cgroup memory limit${limit}`;
+      this.deps.event('Warning', 'OOMKilled', message);
+    }
     void this.qmp?.close().catch(() => undefined);
     this.qmp = undefined;
     void this.agent?.close().catch(() => undefined);
@@ -401,10 +456,11 @@ export class Supervisor {
     return report;
   }
 
-  /** Removes the run dir and forgets the launcher link; only after QEMU is gone. */
+  /** Removes the run dir and the VM's cgroup, and forgets the launcher link; only after QEMU is gone. */
   async cleanup(): Promise<void> {
     this.deps.launcherServer.detach(this.uid);
     await fs.rm(this.deps.runDir, { recursive: true, force: true });
+    await this.deps.cgroups?.remove(this.uid, this.log);
   }
 
   requireRunning(): QmpClient {

@@ -34,7 +34,8 @@ export type FailureReason =
   | 'LauncherLost'     // vmlet-launch died; QEMU dies with it (PDEATHSIG)
   | 'LaunchFailed'     // QEMU never came up
   | 'Lost'             // after a restart, neither launcher nor QEMU nor an exit status was found
-  | 'OOMKilled'
+  | 'OOMKilled'        // QEMU was killed by the OOM killer: the VM's cgroup hit its memory limit
+  | 'InvalidResources' // CPU/memory values of the VMI that cannot become cgroup limits
   | 'KvmUnavailable';
 
 /** The final phase for an exit: a requested stop or a guest power-off is success, anything else failure. */

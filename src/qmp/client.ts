@@ -13,7 +13,7 @@ export interface QmpClientOptions {
   path: string;
   /** How long connect() keeps retrying while the socket is missing or refuses (QEMU still starting). Default 10 000. */
   connectTimeoutMs?: number;
-  /** Pause between connect attempts. Default 50. */
+  /** Pause between connect attempts. Default 10: a refused connect on a unix socket costs microseconds, and QEMU creates its socket any moment after exec. */
   retryIntervalMs?: number;
   /** How long to wait for the greeting after connecting, and again for the qmp_capabilities reply. Default 5 000. */
   greetingTimeoutMs?: number;
@@ -92,7 +92,7 @@ interface Subscription {
 
 const DEFAULTS = {
   connectTimeoutMs: 10_000,
-  retryIntervalMs: 50,
+  retryIntervalMs: 10,
   greetingTimeoutMs: 5_000,
   maxLineBytes: 16 * 1024 * 1024,
   eventBufferSize: 1_000,
