@@ -19,3 +19,6 @@ export function errnoName(n: number): string {
   };
   return table[n] ?? `errno ${n}`;
 }
+
+/** close(2), for fds that koffi-bound calls hand back. */
+export const closeFd = libc.func('int close(int fd)') as (fd: number) => number;

@@ -1,7 +1,7 @@
 // Speaks systemd's sd_notify datagram protocol (READY=1, STATUS=…, STOPPING=1) through a unix datagram socket.
 import koffi from 'koffi';
 import { VmletError } from '../errors.js';
-import { libc, errno, errnoName } from './libc.js';
+import { libc, errno, errnoName, closeFd } from './libc.js';
 
 const AF_UNIX = 1;
 const SOCK_DGRAM = 2;
@@ -10,7 +10,6 @@ const MSG_NOSIGNAL = 0x4000;
 
 const socket = libc.func('int socket(int, int, int)');
 const sendto = libc.func('sendto', 'intptr_t', ['int', 'void *', 'size_t', 'int', 'void *', 'uint32_t']);
-const close = libc.func('int close(int)');
 
 /** sockaddr_un for a path, or for an abstract name when the path starts with '@'. */
 function sockaddrUn(target: string): Buffer {
@@ -37,7 +36,7 @@ export function sdNotify(state: string, env: NodeJS.ProcessEnv = process.env): b
     const n = Number(sendto(fd, msg, msg.length, MSG_NOSIGNAL, addr, addr.length));
     if (n < 0) throw new VmletError('SD_NOTIFY_FAILED', `sendto ${target} failed: ${errnoName(errno())}`);
   } finally {
-    close(fd);
+    closeFd(fd);
   }
   return true;
 }

@@ -1,6 +1,6 @@
 // Opens queues of a tap device inside another network namespace (open /dev/net/tun + TUNSETIFF there) and returns their fds for QEMU.
 import { VmletError } from '../errors.js';
-import { libc, errno, errnoName } from './libc.js';
+import { libc, errno, errnoName, closeFd } from './libc.js';
 import { withNetns, type WithNetnsOptions } from './netns.js';
 
 const O_RDWR = 2;
@@ -14,7 +14,6 @@ export const IFF_MULTI_QUEUE = 0x0100;
 const openFn = libc.func('int open(const char *path, int flags)');
 // ioctl is variadic; the pointer argument is passed the same way on x86-64 and aarch64
 const ioctlFn = libc.func('int ioctl(int fd, unsigned long request, void *arg)');
-const closeFn = libc.func('int close(int fd)');
 
 export interface OpenTapOptions extends WithNetnsOptions {
   netnsPath: string;
@@ -67,7 +66,7 @@ export function openTap(opts: OpenTapOptions): number[] {
         }
         return fds;
       } catch (e) {
-        for (const fd of fds) closeFn(fd);
+        for (const fd of fds) closeFd(fd);
         throw e;
       }
     },

@@ -1,6 +1,6 @@
 // Creates a UDP socket inside another network namespace (bound to a port and a device) for Node's dgram to adopt by fd.
 import { VmletError } from '../errors.js';
-import { libc, errno, errnoName } from './libc.js';
+import { libc, errno, errnoName, closeFd } from './libc.js';
 import { withNetns, type WithNetnsOptions } from './netns.js';
 
 const AF_INET = 2;
@@ -15,7 +15,6 @@ const SO_BINDTODEVICE = 25;
 const socketFn = libc.func('int socket(int domain, int type, int protocol)');
 const setsockoptFn = libc.func('int setsockopt(int fd, int level, int name, void *value, uint32_t len)');
 const bindFn = libc.func('int bind(int fd, void *addr, uint32_t len)');
-const closeFn = libc.func('int close(int fd)');
 
 export interface UdpInNetnsOptions extends WithNetnsOptions {
   /** e.g. /run/netns/vmlet-1a2b3c4d */
@@ -63,7 +62,7 @@ export function udpSocketInNetns(opts: UdpInNetnsOptions): number {
       if (fd < 0) throw new VmletError('SYS_SOCKET', `socket(AF_INET, SOCK_DGRAM) in ${opts.netnsPath} failed: ${errnoName(errno())}`);
       const fail = (what: string): never => {
         const e = errno();
-        closeFn(fd);
+        closeFd(fd);
         throw new VmletError('SYS_SOCKET', `${what} on a UDP socket in ${opts.netnsPath} failed: ${errnoName(e)}`);
       };
       if (setsockoptFn(fd, SOL_SOCKET, SO_REUSEADDR, int(1), 4) !== 0) fail('SO_REUSEADDR');
@@ -81,6 +80,4 @@ export function udpSocketInNetns(opts: UdpInNetnsOptions): number {
 }
 
 /** close(2) for an fd that no Node object owns. */
-export function closeFd(fd: number): void {
-  closeFn(fd);
-}
+export { closeFd };

@@ -9,16 +9,11 @@ import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { spawnLauncher, readRunDir } from '../../src/qemu/launch.js';
 import { LauncherServer, type HelloDecision, type LauncherHello } from '../../src/qemu/launcher-server.js';
+import { which } from '../support/which.js';
 
 const nativeDir = fileURLToPath(new URL('../../native/', import.meta.url));
 const launcherBinary = path.join(nativeDir, 'build', 'vmlet-launch');
 
-function which(bin: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
-    if (dir && existsSync(path.join(dir, bin))) return path.join(dir, bin);
-  }
-  return undefined;
-}
 
 function skipReason(): string | false {
   if (!existsSync(launcherBinary)) {

@@ -9,17 +9,11 @@ import { fileURLToPath } from 'node:url';
 import t from 'tap';
 import { spawnLauncher, readRunDir, isLiveProcessFor, exitStatusCode, type SpawnedLauncher } from '../../src/qemu/launch.js';
 import { LauncherServer, type HelloDecision, type LauncherHello } from '../../src/qemu/launcher-server.js';
+import { which } from '../support/which.js';
 
 const nativeDir = fileURLToPath(new URL('../../native/', import.meta.url));
 const launcherBinary = path.join(nativeDir, 'build', 'vmlet-launch');
 
-function which(bin: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
-    const p = path.join(dir, bin);
-    if (dir && existsSync(p)) return p;
-  }
-  return undefined;
-}
 
 const qemuBinary = which('qemu-system-x86_64');
 

@@ -6,16 +6,10 @@ import path from 'node:path';
 import t from 'tap';
 import { QmpClient } from '../../src/qmp/client.js';
 import { QmpError, isQmpError } from '../../src/qmp/errors.js';
+import { which } from '../support/which.js';
 
 type Tap = Parameters<Parameters<typeof t.test>[0]>[0];
 
-function which(bin: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
-    const p = path.join(dir, bin);
-    if (dir && existsSync(p)) return p;
-  }
-  return undefined;
-}
 const qemuBinary = which('qemu-system-x86_64');
 const skip = qemuBinary ? false : 'qemu-system-x86_64 is not installed';
 

@@ -8,6 +8,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
 import { guestKernelArgs, READY_MARKER } from './guest.js';
+import { which } from './which.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const distCli = path.join(repoRoot, 'dist', 'cli', 'main.js');
@@ -19,13 +20,6 @@ export const guestInitrd = path.join(guestDir, 'initrd.img');
 export { READY_MARKER };
 export const GUEST_KERNEL_ARGS = guestKernelArgs();
 
-function which(bin: string): string | undefined {
-  for (const dir of (process.env.PATH ?? '/usr/bin:/bin').split(':')) {
-    const p = path.join(dir, bin);
-    if (dir && existsSync(p)) return p;
-  }
-  return undefined;
-}
 
 /** Why the daemon tests cannot run here, or false. `guest`: they also boot the test guest. */
 export function daemonSkipReason(opts: { guest?: boolean } = {}): string | false {
