@@ -38,6 +38,8 @@ export interface SupervisorDeps {
   procRoot?: string;
   /** How long QEMU may take from launcher spawn to QMP ready. */
   startTimeoutMs?: number;
+  /** Runs after set-action and before `cont` on a fresh start (e.g. vCPU pinning); a throw fails the launch. */
+  beforeCont?: (qmp: QmpClient, qemuPid: number) => Promise<void>;
   /** The per-VM cgroups; absent = QEMU runs in the launcher's cgroups as spawned (config `cgroupParent: ""`). */
   cgroups?: VmCgroups;
 }
@@ -213,7 +215,10 @@ export class Supervisor {
         await qmp.execute('set-action', { shutdown: 'poweroff', reboot: 'reset', panic: 'pause' });
       }
       await this.connectConsole();
-      if (status.status === 'prelaunch' || (fresh && !status.running)) await qmp.execute('cont');
+      if (status.status === 'prelaunch' || (fresh && !status.running)) {
+        if (this.deps.beforeCont && this.qemuPid) await this.deps.beforeCont(qmp, this.qemuPid);
+        await qmp.execute('cont');
+      }
       if (this.state === 'Starting' || this.state === 'Reattaching') this.to('Running');
       else return;
       const paused = !(await qmp.execute('query-status')).running;
@@ -329,6 +334,13 @@ export class Supervisor {
     await this.finish(undefined, 'LauncherLost');
   }
 
+  /** The accelerator a running QEMU was started with, from its command line (`-machine …,accel=X`). */
+  private async accelOf(pid: number): Promise<'kvm' | 'tcg' | undefined> {
+    const cmdline = await fs.readFile(path.join(this.deps.procRoot ?? '/proc', String(pid), 'cmdline'), 'utf8').catch(() => '');
+    const m = /(?:^|,)accel=(kvm|tcg)(?:,|\0|$)/m.exec(cmdline.split('\0').find((a) => a.includes('accel=')) ?? '');
+    return m ? (m[1] as 'kvm' | 'tcg') : undefined;
+  }
+
   /** After a daemon restart: adopt what runs, record what ended, and never start a second QEMU. */
   async reattach(): Promise<void> {
     this.to('Reattaching');
@@ -341,6 +353,13 @@ export class Supervisor {
     if (launcherAlive) this.attachLink();
     if (qemuAlive) {
       this.log.info({ qemuPid: this.qemuPid, launcherPid: this.launcherPid }, 're-adopting running QEMU');
+      // The previous daemon may have died before it recorded the launch: record it from what runs.
+      const accel = await this.accelOf(this.qemuPid!);
+      await this.deps.writeStatus((s) => {
+        let out = withRuntime(s, { qemuPid: this.qemuPid, launcherPid: this.launcherPid, runDir: this.deps.runDir, ...(accel ? { accel, softwareEmulation: accel === 'tcg' } : {}) });
+        if (accel === 'tcg') out = withCondition(out, 'SoftwareEmulation', true, this.iso(), 'KvmUnavailable', 'QEMU runs with software emulation (TCG): expect it to be slow');
+        return out;
+      });
       await this.connectAndRun(false);
       return;
     }
