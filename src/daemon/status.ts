@@ -69,6 +69,7 @@ export const httpStatusByCode: Readonly<Record<string, number>> = {
   STORE_CLOSED: 503,
   VMI_SPEC_IMMUTABLE: VALIDATION,
   VMI_AGENT_UNAVAILABLE: 409,
+  QMP_UNAVAILABLE: 503,
   STORE_WRITE_FAILED: 507,
   TIMEOUT: 504,
   INTERNAL: 500,

@@ -67,6 +67,7 @@ export class Supervisor {
   private link: LauncherLink | undefined;
   private pendingLaunch: PreparedLaunch | undefined;
   private stopRequested = false;
+  private reconnecting = false;
   private guestShutdown = false;
   private panicked = false;
   private readonly uid: string;
@@ -250,8 +251,8 @@ export class Supervisor {
     return link;
   }
 
-  private async connectQmp(): Promise<void> {
-    const qmp = new QmpClient({ path: path.join(this.deps.runDir, 'qmp.sock'), connectTimeoutMs: 10_000, logger: this.log });
+  private async connectQmp(timeoutMs = 10_000): Promise<void> {
+    const qmp = new QmpClient({ path: path.join(this.deps.runDir, 'qmp.sock'), connectTimeoutMs: timeoutMs, greetingTimeoutMs: Math.min(timeoutMs, 5_000), logger: this.log });
     await qmp.connect();
     this.qmp = qmp;
     qmp.on('STOP', () => { void this.setPaused(true); });
@@ -307,13 +308,48 @@ export class Supervisor {
     });
   }
 
-  /** QMP went away while running: the launcher's EXITED normally follows within milliseconds. */
+  /**
+   * QMP went away while running. Either QEMU is gone (the launcher's EXITED follows within milliseconds)
+   * or it stopped answering (a command timed out, e.g. QEMU was SIGSTOPped): then reconnect until it
+   * answers again, and say so in the QmpResponsive condition meanwhile.
+   */
   private async onQmpLost(): Promise<void> {
-    await new Promise((r) => setTimeout(r, 2_000));
-    if (this.exited) return;
-    if (this.qemuPid && !(await isLiveProcessFor(this.qemuPid, this.uid, this.deps.procRoot))) {
-      const rd = await readRunDir(this.deps.runDir).catch(() => undefined);
-      await this.finish(rd?.exitStatus);
+    if (this.reconnecting) return;
+    this.reconnecting = true;
+    let reported = false;
+    try {
+      for (let attempt = 0; ; attempt++) {
+        await new Promise((r) => setTimeout(r, attempt === 0 ? 200 : 1_000));
+        if (this.exited || this.state !== 'Running' || this.qmp) return;
+        if (this.qemuPid && !(await isLiveProcessFor(this.qemuPid, this.uid, this.deps.procRoot))) {
+          await new Promise((r) => setTimeout(r, 2_000));
+          if (this.exited) return;
+          const rd = await readRunDir(this.deps.runDir).catch(() => undefined);
+          await this.finish(rd?.exitStatus);
+          return;
+        }
+        try {
+          await this.connectQmp(3_000);
+        } catch (e) {
+          if (!reported) {
+            reported = true;
+            this.log.warn({ err: e }, 'QEMU does not answer QMP; reconnecting');
+            this.deps.event('Warning', 'QmpUnresponsive', 'QEMU does not answer QMP; the daemon keeps reconnecting');
+            await this.deps.writeStatus((s) => withCondition(s, 'QmpResponsive', false, this.iso(), 'QmpUnresponsive', 'QEMU does not answer QMP'));
+          }
+          continue;
+        }
+        if (reported) {
+          this.log.info('QMP answers again');
+          this.deps.event('Normal', 'QmpReconnected', 'QEMU answers QMP again');
+          await this.deps.writeStatus((s) => withCondition(s, 'QmpResponsive', true, this.iso(), 'QmpReconnected'));
+        }
+        const st = await this.qmp!.execute('query-status').catch(() => undefined);
+        if (st) await this.setPaused(!st.running);
+        return;
+      }
+    } finally {
+      this.reconnecting = false;
     }
   }
 
@@ -483,6 +519,9 @@ export class Supervisor {
   }
 
   requireRunning(): QmpClient {
+    if (this.state === 'Running' && !this.qmp) {
+      throw new VmletError('QMP_UNAVAILABLE', 'QEMU is not answering QMP right now; the daemon keeps reconnecting (see the QmpResponsive condition)');
+    }
     if (this.state !== 'Running' || !this.qmp) {
       throw new VmletError('VMI_NOT_RUNNING', `VMI is ${this.state === 'Exited' ? 'not running' : `still ${this.state.toLowerCase()}`}; try again once it is Running`);
     }
