@@ -2,6 +2,7 @@
 const benches: Record<string, () => Promise<{ run(opts: { json: boolean; args?: string[] }): Promise<void> }>> = {
   qmp: () => import('./qmp.js'),
   start: () => import('./start.js'),
+  overhead: () => import('./overhead.js'),
 };
 
 const [name, ...rest] = process.argv.slice(2);

@@ -1,4 +1,4 @@
-// create → Running latency of a small VM through vmlet against raw QEMU (the floor), plus the daemon's RSS with 0 and N VMs.
+// create → Running latency of a small VM through vmlet against raw QEMU (the floor) and libvirt, plus the daemon's RSS with 0 and N VMs.
 import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -7,6 +7,7 @@ import { fileURLToPath } from 'node:url';
 import { ApiClient, paths } from '../src/cli/client.js';
 import { QmpClient } from '../src/qmp/client.js';
 import { checkKvm } from '../src/qemu/probe.js';
+import { startLibvirt, type Libvirt } from './libvirt.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const QEMU = '/usr/bin/qemu-system-x86_64';
@@ -16,12 +17,12 @@ function percentile(xs: number[], p: number): number {
   return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] ?? NaN;
 }
 
-function rssKiB(pid: number): number {
+export function rssKiB(pid: number): number {
   const m = /VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
   return m ? Number(m[1]) : NaN;
 }
 
-function vmiManifest(name: string, accel: 'kvm' | 'tcg'): unknown {
+export function vmiManifest(name: string, accel: 'kvm' | 'tcg'): unknown {
   void accel;
   return {
     apiVersion: 'vmlet.io/v1alpha1',
@@ -57,7 +58,7 @@ async function stopRaw(proc: ChildProcess): Promise<void> {
   await gone;
 }
 
-async function waitPhase(api: ApiClient, name: string, phase: string, signal: AbortSignal): Promise<void> {
+export async function waitPhase(api: ApiClient, name: string, phase: string, signal: AbortSignal): Promise<void> {
   const stream = await api.watch(`${paths.list('virtualmachineinstances', 'default')}?watch=true`, signal);
   for await (const ev of stream) {
     const e = ev as { type: string; object: { metadata: { name: string }; status?: { phase?: string } } };
@@ -78,7 +79,7 @@ async function vmletStart(api: ApiClient, name: string, accel: 'kvm' | 'tcg'): P
   return ms;
 }
 
-async function vmletDelete(api: ApiClient, name: string): Promise<void> {
+export async function vmletDelete(api: ApiClient, name: string): Promise<void> {
   await api.call('DELETE', paths.object('virtualmachineinstances', 'default', name));
   for (;;) {
     try {
@@ -118,17 +119,28 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
   const accel: 'kvm' | 'tcg' = (await checkKvm()).usable ? 'kvm' : 'tcg';
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-bench-start-'));
   const { proc: daemon, api } = await startDaemon(dir, accel);
+  const noLibvirt = args.includes('--no-libvirt');
+  const libvirt: Libvirt | undefined = noLibvirt ? undefined : await startLibvirt(accel);
   try {
     // Warm both paths once (page cache, probe cache).
     await stopRaw((await rawStart(dir, accel, -1)).proc);
     await vmletStart(api, 'warm', accel);
     await vmletDelete(api, 'warm');
+    if (libvirt) {
+      await libvirt.start('warm');
+      await libvirt.destroy('warm');
+    }
     await new Promise((r) => setTimeout(r, 500));
     const rss0 = rssKiB(daemon.pid!);
 
     const raw: number[] = [];
     const vml: number[] = [];
+    const lv: number[] = [];
     for (let i = 0; i < sequential; i++) {
+      if (libvirt) {
+        lv.push(await libvirt.start(`seq-${i}`));
+        await libvirt.destroy(`seq-${i}`);
+      }
       const r = await rawStart(dir, accel, i);
       raw.push(r.ms);
       await stopRaw(r.proc);
@@ -146,6 +158,14 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     await new Promise((r) => setTimeout(r, 500));
     const rssN = rssKiB(daemon.pid!);
     await Promise.all(Array.from({ length: concurrent }, (_, i) => vmletDelete(api, `con-${i}`)));
+    let lvC: number[] = [];
+    let libvirtConcurrentWall = NaN;
+    if (libvirt) {
+      const t2 = performance.now();
+      lvC = await Promise.all(Array.from({ length: concurrent }, (_, i) => libvirt.start(`con-${i}`)));
+      libvirtConcurrentWall = performance.now() - t2;
+      await Promise.all(Array.from({ length: concurrent }, (_, i) => libvirt.destroy(`con-${i}`)));
+    }
 
     const med = (xs: number[]): number => percentile(xs, 50);
     const result = {
@@ -155,15 +175,17 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
         vmlet_p50_ms: +med(vml).toFixed(1), vmlet_p95_ms: +percentile(vml, 95).toFixed(1),
         raw_p50_ms: +med(raw).toFixed(1), raw_p95_ms: +percentile(raw, 95).toFixed(1),
         ratio_vs_raw: +(med(vml) / med(raw)).toFixed(2),
+        ...(libvirt ? { libvirt_p50_ms: +med(lv).toFixed(1), libvirt_p95_ms: +percentile(lv, 95).toFixed(1), ratio_vs_libvirt: +(med(vml) / med(lv)).toFixed(2) } : {}),
       },
       concurrent: {
         n: concurrent,
         vmlet_p50_ms: +med(vmlC).toFixed(1), vmlet_p95_ms: +percentile(vmlC, 95).toFixed(1), vmlet_wall_ms: +vmletConcurrentWall.toFixed(1),
         raw_p50_ms: +med(rawC.map((r) => r.ms)).toFixed(1), raw_p95_ms: +percentile(rawC.map((r) => r.ms), 95).toFixed(1), raw_wall_ms: +rawConcurrentWall.toFixed(1),
         ratio_vs_raw: +(med(vmlC) / med(rawC.map((r) => r.ms))).toFixed(2),
+        ...(libvirt ? { libvirt_p50_ms: +med(lvC).toFixed(1), libvirt_p95_ms: +percentile(lvC, 95).toFixed(1), libvirt_wall_ms: +libvirtConcurrentWall.toFixed(1), ratio_vs_libvirt: +(med(vmlC) / med(lvC)).toFixed(2) } : {}),
       },
       daemon_rss_kib: { vms_0: rss0, [`vms_${concurrent}`]: rssN, per_vm: +((rssN - rss0) / concurrent).toFixed(1) },
-      libvirt: 'not measured by this benchmark yet',
+      libvirt: libvirt ? 'virsh create until domstate is running, private libvirtd' : 'skipped (--no-libvirt)',
     };
     if (opts.json) console.log(JSON.stringify(result));
     else {
@@ -173,9 +195,14 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
       console.log(`sequential raw    ${result.sequential.raw_p50_ms.toString().padStart(8)}  ${result.sequential.raw_p95_ms.toString().padStart(8)}`);
       console.log(`${concurrent} concurrent vmlet ${result.concurrent.vmlet_p50_ms.toString().padStart(7)}  ${result.concurrent.vmlet_p95_ms.toString().padStart(8)}   ${result.concurrent.ratio_vs_raw}`);
       console.log(`${concurrent} concurrent raw   ${result.concurrent.raw_p50_ms.toString().padStart(7)}  ${result.concurrent.raw_p95_ms.toString().padStart(8)}`);
+      if (libvirt) {
+        console.log(`sequential libvirt ${med(lv).toFixed(1).padStart(7)}  ${percentile(lv, 95).toFixed(1).padStart(8)}   vmlet/libvirt ${(med(vml) / med(lv)).toFixed(2)}`);
+        console.log(`${concurrent} concurrent libvirt ${med(lvC).toFixed(1).padStart(5)}  ${percentile(lvC, 95).toFixed(1).padStart(8)}   vmlet/libvirt ${(med(vmlC) / med(lvC)).toFixed(2)}`);
+      }
       console.log(`daemon RSS: ${rss0} KiB with 0 VMs, ${rssN} KiB with ${concurrent} VMs`);
     }
   } finally {
+    await libvirt?.stop();
     daemon.kill('SIGTERM');
     await new Promise((r) => daemon.once('exit', r));
     // VMs outlive the daemon by design: end whatever the benchmark left.

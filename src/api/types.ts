@@ -51,6 +51,8 @@ export interface CPU {
   threads: number;
   /** 'host-passthrough' | 'host-model' | a QEMU CPU model name. Absent means host-model. */
   model?: string;
+  /** KubeVirt's field: each vCPU thread gets a host CPU of its own (docs/cgroups.md, "Dedicated CPUs"). */
+  dedicatedCpuPlacement?: boolean;
 }
 
 export interface ResourceList {

@@ -7,9 +7,12 @@ import { VMI_FINALIZER } from '../controller/vm-controller.js';
 import { VmletError } from '../errors.js';
 import { isLiveProcessFor, readRunDir } from '../qemu/launch.js';
 import type { HelloDecision, LauncherHello, LauncherServer } from '../qemu/launcher-server.js';
+import type { QmpClient } from '../qmp/client.js';
 import type { LocalStore, StoredObject } from '../source/local-store.js';
 import { Supervisor, type PreparedLaunch } from './supervisor.js';
+import { groupCpus, pinVcpus, readCpuListFile, vcpuCount, wantsDedicatedCpus } from './vcpu-pinning.js';
 import type { VmCgroups, VmStats } from './vm-cgroup.js';
+import { planDedicatedCpus } from '../cgroups/index.js';
 
 export interface NodeReconcilerOptions {
   store: LocalStore;
@@ -24,6 +27,8 @@ export interface NodeReconcilerOptions {
   procRoot?: string;
   /** Per-VM cgroups (config `cgroupParent`); absent = none are made. */
   cgroups?: VmCgroups;
+  /** The host's online CPUs, for `dedicatedCpuPlacement` (default /sys/devices/system/cpu/online). */
+  cpuOnlinePath?: string;
 }
 
 const FINAL = new Set(['Succeeded', 'Failed']);
@@ -151,9 +156,10 @@ export class NodeReconciler {
       launcherServer: this.opts.launcherServer,
       launcherBinary: this.opts.launcherBinary,
       launcherSocket: this.opts.launcherSocket,
-      prepare: this.opts.prepare,
+      prepare: this.prepareFor(vmi),
       procRoot: this.opts.procRoot ?? '/proc',
       ...(this.opts.cgroups ? { cgroups: this.opts.cgroups } : {}),
+      ...this.pinningFor(vmi),
       writeStatus: async (mutate) => {
         await store.updateStatus<VirtualMachineInstanceStatus>('VirtualMachineInstance', namespace, name, (s) => {
           return mutate(s ?? {});
@@ -174,6 +180,47 @@ export class NodeReconciler {
     });
     this.supervisors.set(uid, sup);
     return sup;
+  }
+
+  /**
+   * With `dedicatedCpuPlacement`, `prepare` first checks that the host has a CPU per vCPU
+   * (CGROUP_CPUSET_TOO_SMALL; or VCPU_PINNING_UNAVAILABLE without VM cgroups), so such a VMI
+   * fails before its volumes, cgroup or QEMU exist (the supervisor has made only the empty run dir).
+   */
+  private prepareFor(vmi: VirtualMachineInstance): NodeReconcilerOptions['prepare'] {
+    if (!wantsDedicatedCpus(vmi)) return this.opts.prepare;
+    return async (v, runDir) => {
+      if (!this.opts.cgroups) {
+        throw new VmletError('VCPU_PINNING_UNAVAILABLE', 'domain.cpu.dedicatedCpuPlacement needs VM cgroups, but this daemon runs with cgroupParent ""');
+      }
+      try {
+        planDedicatedCpus(vcpuCount(v), await this.onlineCpus());
+      } catch (e) {
+        if (e instanceof VmletError) throw new VmletError(e.code, `domain.cpu.dedicatedCpuPlacement: ${e.message}`, { cause: e });
+        throw e;
+      }
+      return this.opts.prepare(v, runDir);
+    };
+  }
+
+  /** The `beforeCont` hook that pins vCPUs (only with cgroups and `dedicatedCpuPlacement`). */
+  private pinningFor(vmi: VirtualMachineInstance): { beforeCont?: (qmp: QmpClient, qemuPid: number) => Promise<void> } {
+    const cgroups = this.opts.cgroups;
+    if (!cgroups || !wantsDedicatedCpus(vmi)) return {};
+    const uid = vmi.metadata.uid!;
+    const { namespace, name } = vmi.metadata;
+    return {
+      beforeCont: async (qmp, qemuPid) => {
+        const cgroup = cgroups.manager(uid);
+        // The VM group's cpuset (inherited from the parent) is what the threads may use; the online CPUs if unreadable.
+        const hostCpus = (await groupCpus(cgroup)) ?? (await this.onlineCpus());
+        await pinVcpus({ cgroup, qmp, qemuPid, hostCpus, procRoot: this.opts.procRoot ?? '/proc', log: this.log.child({ vmi: { namespace, name, uid } }) });
+      },
+    };
+  }
+
+  private async onlineCpus(): Promise<number[]> {
+    return readCpuListFile(this.opts.cpuOnlinePath ?? '/sys/devices/system/cpu/online');
   }
 
   /** Serialises work per VMI so a start and a delete never interleave. */

@@ -106,7 +106,8 @@ t.test('code defaults: disk type, cdrom, cpu and memory from resources', async (
 t.test('unknown and unsupported fields are refused, naming the field', async (t) => {
   refuses(t, set(baseVMI(), 'spec.domain.devices.interfaces', [{ name: 'default', masquerade: {} }]), 'spec.domain.devices.interfaces', 'UNKNOWN_FIELD');
   refuses(t, set(baseVMI(), 'spec.networks', [{ name: 'default', pod: {} }]), 'spec.networks', 'UNKNOWN_FIELD');
-  refuses(t, set(baseVMI(), 'spec.domain.cpu.dedicatedCpuPlacement', true), 'spec.domain.cpu.dedicatedCpuPlacement', 'UNKNOWN_FIELD');
+  refuses(t, set(baseVMI(), 'spec.domain.cpu.isolateEmulatorThread', true), 'spec.domain.cpu.isolateEmulatorThread', 'UNKNOWN_FIELD');
+  t.equal(validateVMI(set(baseVMI(), 'spec.domain.cpu.dedicatedCpuPlacement', true)).spec.domain.cpu?.dedicatedCpuPlacement, true, 'dedicatedCpuPlacement is accepted');
   refuses(t, set(baseVMI(), 'spec.domain.firmware.bootloader.bios.useSerial', true), 'spec.domain.firmware.bootloader.bios.useSerial', 'UNKNOWN_FIELD');
   refuses(t, set(baseVMI(), 'spec.nodeSelector', { a: 'b' }), 'spec.nodeSelector', 'UNKNOWN_FIELD');
   refuses(t, set(baseVMI(), 'spec.domain.resources.requests.nvidia', '1'), 'spec.domain.resources.requests.nvidia', 'UNKNOWN_FIELD');
