@@ -58,8 +58,10 @@ function domainXml(name: string, accel: 'kvm' | 'tcg'): string {
 
 export interface Libvirt {
   uri: string;
-  /** `virsh create` of the same small VM until `domstate` says running; ms. */
-  start(name: string): Promise<number>;
+  /** `virsh create` of the same small VM until `domstate` says running (or paused, with `paused`); ms. */
+  start(name: string, opts?: { paused?: boolean }): Promise<number>;
+  /** libvirtd's pid, for RSS and CPU time. */
+  pid: number;
   destroy(name: string): Promise<void>;
   stop(): Promise<void>;
 }
@@ -83,14 +85,16 @@ export async function startLibvirt(accel: 'kvm' | 'tcg'): Promise<Libvirt> {
   }
   return {
     uri,
-    async start(name) {
+    pid: daemon.pid!,
+    async start(name, opts = {}) {
       const xml = path.join(dir, `${name}.xml`);
       fs.writeFileSync(xml, domainXml(name, accel));
       const t0 = performance.now();
-      await virsh('create', xml);
+      await virsh('create', xml, ...(opts.paused ? ['--paused'] : []));
+      const want = opts.paused ? 'paused' : 'running';
       for (;;) {
         const st = (await virsh('domstate', name)).stdout.trim();
-        if (st === 'running') return performance.now() - t0;
+        if (st === want) return performance.now() - t0;
         await new Promise((r) => setTimeout(r, 5));
       }
     },

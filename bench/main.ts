@@ -3,6 +3,7 @@ const benches: Record<string, () => Promise<{ run(opts: { json: boolean; args?: 
   qmp: () => import('./qmp.js'),
   start: () => import('./start.js'),
   overhead: () => import('./overhead.js'),
+  density: () => import('./density.js'),
 };
 
 const [name, ...rest] = process.argv.slice(2);

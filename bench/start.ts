@@ -3,37 +3,12 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { ApiClient, paths } from '../src/cli/client.js';
 import { QmpClient } from '../src/qmp/client.js';
 import { checkKvm } from '../src/qemu/probe.js';
 import { startLibvirt, type Libvirt } from './libvirt.js';
+import { percentile, rssKiB, startDaemon, vmletDelete, vmletStart } from './support.js';
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const QEMU = '/usr/bin/qemu-system-x86_64';
-
-function percentile(xs: number[], p: number): number {
-  const s = [...xs].sort((a, b) => a - b);
-  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] ?? NaN;
-}
-
-export function rssKiB(pid: number): number {
-  const m = /VmRSS:\s+(\d+)/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
-  return m ? Number(m[1]) : NaN;
-}
-
-export function vmiManifest(name: string, accel: 'kvm' | 'tcg'): unknown {
-  void accel;
-  return {
-    apiVersion: 'vmlet.io/v1alpha1',
-    kind: 'VirtualMachineInstance',
-    metadata: { name, namespace: 'default' },
-    spec: {
-      terminationGracePeriodSeconds: 0,
-      domain: { cpu: { cores: 1 }, memory: { guest: '64Mi' }, devices: { autoattachSerialConsole: true } },
-    },
-  };
-}
 
 /** The floor: spawn with -S, negotiate QMP, cont, see running. */
 async function rawStart(dir: string, accel: 'kvm' | 'tcg', i: number): Promise<{ ms: number; proc: ChildProcess }> {
@@ -58,56 +33,6 @@ async function stopRaw(proc: ChildProcess): Promise<void> {
   await gone;
 }
 
-export async function waitPhase(api: ApiClient, name: string, phase: string, signal: AbortSignal): Promise<void> {
-  const stream = await api.watch(`${paths.list('virtualmachineinstances', 'default')}?watch=true`, signal);
-  for await (const ev of stream) {
-    const e = ev as { type: string; object: { metadata: { name: string }; status?: { phase?: string } } };
-    if (e.object.metadata.name === name && e.object.status?.phase === phase) return;
-    if (e.object.metadata.name === name && e.object.status?.phase === 'Failed') throw new Error(`${name} failed`);
-  }
-  throw new Error(`watch ended before ${name} was ${phase}`);
-}
-
-async function vmletStart(api: ApiClient, name: string, accel: 'kvm' | 'tcg'): Promise<number> {
-  const ac = new AbortController();
-  const t0 = performance.now();
-  const running = waitPhase(api, name, 'Running', ac.signal);
-  await api.call('POST', paths.list('virtualmachineinstances', 'default'), { body: vmiManifest(name, accel) });
-  await running;
-  const ms = performance.now() - t0;
-  ac.abort();
-  return ms;
-}
-
-export async function vmletDelete(api: ApiClient, name: string): Promise<void> {
-  await api.call('DELETE', paths.object('virtualmachineinstances', 'default', name));
-  for (;;) {
-    try {
-      await api.call('GET', paths.object('virtualmachineinstances', 'default', name));
-    } catch {
-      return;
-    }
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
-
-async function startDaemon(dir: string, accel: 'kvm' | 'tcg'): Promise<{ proc: ChildProcess; api: ApiClient }> {
-  const socket = path.join(dir, 'vmlet.sock');
-  const proc = spawn(process.execPath, [path.join(root, 'dist', 'cli', 'main.js'), 'daemon', '--socket', socket,
-    '--state-dir', path.join(dir, 'state'), '--run-dir', path.join(dir, 'run'), '--accel', accel], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, VMLET_LOG_LEVEL: 'warn' } });
-  const api = new ApiClient({ socketPath: socket });
-  const until = Date.now() + 30_000;
-  for (;;) {
-    try {
-      await api.call('GET', '/healthz');
-      return { proc, api };
-    } catch (e) {
-      if (Date.now() > until) throw e;
-      await new Promise((r) => setTimeout(r, 50));
-    }
-  }
-}
-
 export async function run(opts: { json: boolean; args?: string[] }): Promise<void> {
   const args = opts.args ?? [];
   const num = (flag: string, def: number): number => {
@@ -115,16 +40,17 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     return i >= 0 ? Number(args[i + 1]) : def;
   };
   const sequential = num('--sequential', 20);
-  const concurrent = num('--concurrent', 10);
+  const concurrent = num('--concurrent', 50);
   const accel: 'kvm' | 'tcg' = (await checkKvm()).usable ? 'kvm' : 'tcg';
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-bench-start-'));
-  const { proc: daemon, api } = await startDaemon(dir, accel);
+  const bd = await startDaemon(dir, accel);
+  const { proc: daemon, api } = bd;
   const noLibvirt = args.includes('--no-libvirt');
   const libvirt: Libvirt | undefined = noLibvirt ? undefined : await startLibvirt(accel);
   try {
     // Warm both paths once (page cache, probe cache).
     await stopRaw((await rawStart(dir, accel, -1)).proc);
-    await vmletStart(api, 'warm', accel);
+    await vmletStart(api, 'warm');
     await vmletDelete(api, 'warm');
     if (libvirt) {
       await libvirt.start('warm');
@@ -144,7 +70,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
       const r = await rawStart(dir, accel, i);
       raw.push(r.ms);
       await stopRaw(r.proc);
-      vml.push(await vmletStart(api, `seq-${i}`, accel));
+      vml.push(await vmletStart(api, `seq-${i}`));
       await vmletDelete(api, `seq-${i}`);
     }
 
@@ -153,7 +79,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     const rawConcurrentWall = performance.now() - t0;
     await Promise.all(rawC.map((r) => stopRaw(r.proc)));
     const t1 = performance.now();
-    const vmlC = await Promise.all(Array.from({ length: concurrent }, (_, i) => vmletStart(api, `con-${i}`, accel)));
+    const vmlC = await Promise.all(Array.from({ length: concurrent }, (_, i) => vmletStart(api, `con-${i}`)));
     const vmletConcurrentWall = performance.now() - t1;
     await new Promise((r) => setTimeout(r, 500));
     const rssN = rssKiB(daemon.pid!);
@@ -203,14 +129,6 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     }
   } finally {
     await libvirt?.stop();
-    daemon.kill('SIGTERM');
-    await new Promise((r) => daemon.once('exit', r));
-    // VMs outlive the daemon by design: end whatever the benchmark left.
-    for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
-      try {
-        if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir)) process.kill(Number(pid), 'SIGKILL');
-      } catch { /* gone */ }
-    }
-    fs.rmSync(dir, { recursive: true, force: true });
+    await bd.close([]);
   }
 }

@@ -1,0 +1,153 @@
+// What the benchmarks share: a daemon in a temp dir, the small benchmark VMI, phase waits, process and cleanup helpers.
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { ApiClient, paths } from '../src/cli/client.js';
+
+export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
+export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+export function percentile(xs: number[], p: number): number {
+  const s = [...xs].sort((a, b) => a - b);
+  return s[Math.min(s.length - 1, Math.ceil((p / 100) * s.length) - 1)] ?? NaN;
+}
+
+export const avg = (xs: number[]): number => (xs.length === 0 ? NaN : +(xs.reduce((a, b) => a + b, 0) / xs.length).toFixed(1));
+
+/** A field of /proc/PID/status in KiB (VmRSS, RssAnon, RssFile, ...). */
+export function statusKiB(pid: number, field: string): number {
+  const m = new RegExp(`${field}:\\s+(\\d+)`).exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return m ? Number(m[1]) : NaN;
+}
+
+export const rssKiB = (pid: number): number => statusKiB(pid, 'VmRSS');
+
+/** The benchmark VM: 64 MiB, 1 vCPU, no disk, serial console; stops at once. */
+export function vmiManifest(name: string): unknown {
+  return {
+    apiVersion: 'vmlet.io/v1alpha1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name, namespace: 'default' },
+    spec: {
+      terminationGracePeriodSeconds: 0,
+      domain: { cpu: { cores: 1 }, memory: { guest: '64Mi' }, devices: { autoattachSerialConsole: true } },
+    },
+  };
+}
+
+export async function waitPhase(api: ApiClient, name: string, phase: string, signal: AbortSignal): Promise<void> {
+  const stream = await api.watch(`${paths.list('virtualmachineinstances', 'default')}?watch=true`, signal);
+  for await (const ev of stream) {
+    const e = ev as { type: string; object: { metadata: { name: string }; status?: { phase?: string } } };
+    if (e.object.metadata.name === name && e.object.status?.phase === phase) return;
+    if (e.object.metadata.name === name && e.object.status?.phase === 'Failed') throw new Error(`${name} failed`);
+  }
+  throw new Error(`watch ended before ${name} was ${phase}`);
+}
+
+/** POST the VMI and wait until it is Running; ms. */
+export async function vmletStart(api: ApiClient, name: string): Promise<number> {
+  const ac = new AbortController();
+  const t0 = performance.now();
+  const running = waitPhase(api, name, 'Running', ac.signal);
+  await api.call('POST', paths.list('virtualmachineinstances', 'default'), { body: vmiManifest(name) });
+  await running;
+  const ms = performance.now() - t0;
+  ac.abort();
+  return ms;
+}
+
+export async function vmletDelete(api: ApiClient, name: string): Promise<void> {
+  await api.call('DELETE', paths.object('virtualmachineinstances', 'default', name));
+  for (;;) {
+    try {
+      await api.call('GET', paths.object('virtualmachineinstances', 'default', name));
+    } catch {
+      return;
+    }
+    await sleep(20);
+  }
+}
+
+interface VmiView { status?: { conditions?: { type: string; status: string }[]; vmlet?: { qemuPid?: number; launcherPid?: number } } }
+
+/** Creates VMI `name`, waits for Running, pauses it and waits until the Paused condition shows. */
+export async function startPaused(api: ApiClient, name: string): Promise<void> {
+  await vmletStart(api, name);
+  await api.call('PUT', paths.subresource('virtualmachineinstances', 'default', name, 'pause'));
+  const until = Date.now() + 30_000;
+  for (;;) {
+    const v = (await api.call('GET', paths.object('virtualmachineinstances', 'default', name))) as VmiView;
+    if (v.status?.conditions?.some((c) => c.type === 'Paused' && c.status === 'True')) return;
+    if (Date.now() > until) throw new Error(`${name} did not pause`);
+    await sleep(50);
+  }
+}
+
+export async function vmPids(api: ApiClient, name: string): Promise<{ qemu: number; launcher: number }> {
+  const v = (await api.call('GET', paths.object('virtualmachineinstances', 'default', name))) as VmiView;
+  const q = v.status?.vmlet?.qemuPid;
+  const l = v.status?.vmlet?.launcherPid;
+  if (!q || !l) throw new Error(`${name} has no qemu/launcher pid in its status`);
+  return { qemu: q, launcher: l };
+}
+
+export interface BenchDaemon {
+  proc: ChildProcess;
+  api: ApiClient;
+  dir: string;
+  /** Deletes `names` through the API (bounded), stops the daemon, kills what is left under `dir`, removes cgroups and `dir`. */
+  close(names: string[]): Promise<void>;
+}
+
+/** A daemon of this checkout's build on its own socket, state, run dir and cgroup parent under `dir`. */
+export async function startDaemon(dir: string, accel: 'kvm' | 'tcg'): Promise<BenchDaemon> {
+  const socket = path.join(dir, 'vmlet.sock');
+  const config = path.join(dir, 'config.yaml');
+  fs.writeFileSync(config, `cgroupParent: ${path.basename(dir)}\n`);
+  const proc = spawn(process.execPath, [path.join(root, 'dist', 'cli', 'main.js'), 'daemon', '--config', config, '--socket', socket,
+    '--state-dir', path.join(dir, 'state'), '--run-dir', path.join(dir, 'run'), '--accel', accel], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, VMLET_LOG_LEVEL: 'warn' } });
+  const api = new ApiClient({ socketPath: socket });
+  const until = Date.now() + 30_000;
+  for (;;) {
+    try {
+      await api.call('GET', '/healthz');
+      break;
+    } catch (e) {
+      if (Date.now() > until) throw e;
+      await sleep(50);
+    }
+  }
+  return {
+    proc, api, dir,
+    async close(names) {
+      await Promise.race([Promise.all(names.map((n) => vmletDelete(api, n).catch(() => undefined))), sleep(60_000)]);
+      proc.kill('SIGTERM');
+      await Promise.race([new Promise((r) => proc.once('exit', r)), sleep(10_000)]);
+      // VMs outlive the daemon by design: end whatever is left.
+      for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
+        try {
+          if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir)) process.kill(Number(pid), 'SIGKILL');
+        } catch { /* gone */ }
+      }
+      await sleep(500);
+      removeCgroups(path.basename(dir));
+      fs.rmSync(dir, { recursive: true, force: true });
+    },
+  };
+}
+
+function removeCgroups(parent: string): void {
+  const base = '/sys/fs/cgroup';
+  if (!fs.existsSync(base)) return;
+  for (const h of fs.readdirSync(base).map((d) => path.join(base, d))) {
+    const dir = path.join(h, parent);
+    if (!fs.existsSync(dir)) continue;
+    const rm = (d: string): void => {
+      for (const e of fs.readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) rm(path.join(d, e.name));
+      try { fs.rmdirSync(d); } catch { /* busy or gone */ }
+    };
+    rm(dir);
+  }
+}
