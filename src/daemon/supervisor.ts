@@ -6,6 +6,7 @@ import type { VirtualMachineInstance, VirtualMachineInstanceStatus } from '../ap
 import { VmletError } from '../errors.js';
 import { isLiveProcessFor, readRunDir, spawnLauncher, type ExitStatus } from '../qemu/launch.js';
 import type { HelloDecision, LauncherHello, LauncherLink, LauncherServer } from '../qemu/launcher-server.js';
+import { GUEST_AGENT_DEVICE_ID } from '../qemu/argv.js';
 import { QmpClient } from '../qmp/client.js';
 import { GuestAgentClient } from '../qmp/guest-agent.js';
 import { SerialConsole } from './console.js';
@@ -262,6 +263,10 @@ export class Supervisor {
       this.deps.event('Normal', 'Shutdown', `QEMU reports shutdown (${data.reason})`);
     });
     qmp.on('RESET', () => { this.deps.event('Normal', 'Reset', 'the guest was reset'); });
+    qmp.on('VSERPORT_CHANGE', (data) => {
+      const d = data as { id?: unknown; open?: unknown };
+      if (d.id === GUEST_AGENT_DEVICE_ID) this.onAgentPort(d.open === true);
+    });
     qmp.on('GUEST_PANICKED', () => {
       this.panicked = true;
       this.deps.event('Warning', 'GuestPanicked', 'the guest kernel panicked');
@@ -281,22 +286,34 @@ export class Supervisor {
 
   /** The agent may never answer; it is looked for in the background and only sets a condition. */
   private connectAgent(): void {
-    const sock = path.join(this.deps.runDir, 'qga.sock');
-    const agent = new GuestAgentClient({ path: sock });
+    const agent = new GuestAgentClient({ path: path.join(this.deps.runDir, 'qga.sock') });
     this.agent = agent;
-    const probe = async (): Promise<void> => {
-      for (let i = 0; i < 30 && this.state === 'Running' && this.agent === agent; i++) {
-        try {
-          await agent.connect();
-          await agent.ping({ timeoutMs: 2_000 });
-          await this.deps.writeStatus((s) => withCondition(s, 'AgentConnected', true, this.iso()));
-          return;
-        } catch {
-          await new Promise((r) => setTimeout(r, 2_000));
-        }
-      }
-    };
-    void probe().catch(() => undefined);
+    // One try now (the agent may already be up, e.g. after a daemon restart); after that, QEMU's
+    // VSERPORT_CHANGE event says when the guest opens the port, so nothing polls.
+    void this.probeAgent();
+  }
+
+  private async probeAgent(): Promise<void> {
+    const agent = this.agent;
+    if (!agent || this.state !== 'Running') return;
+    try {
+      await agent.ping({ timeoutMs: 2_000 });
+    } catch {
+      return;
+    }
+    if (this.agent === agent && this.state === 'Running') {
+      await this.deps.writeStatus((s) => withCondition(s, 'AgentConnected', true, this.iso())).catch(() => undefined);
+    }
+  }
+
+  /** The guest opened or closed the agent's virtio-serial port (QMP VSERPORT_CHANGE). */
+  private onAgentPort(open: boolean): void {
+    if (this.state !== 'Running') return;
+    if (open) {
+      void this.probeAgent();
+      return;
+    }
+    void this.deps.writeStatus((s) => withCondition(s, 'AgentConnected', false, this.iso(), 'PortClosed')).catch(() => undefined);
   }
 
   private async setPaused(paused: boolean): Promise<void> {

@@ -47,6 +47,8 @@ export function runDirSockets(runDir: string): RunDirSockets {
 
 /** The guest agent's virtio-serial port name. */
 export const GUEST_AGENT_CHANNEL = 'org.qemu.guest_agent.0';
+/** The `id=` of the agent's virtserialport: QEMU's VSERPORT_CHANGE events name it. */
+export const GUEST_AGENT_DEVICE_ID = 'channel0';
 
 /** SMBIOS OEM string (type 11) that carries the VMI uid. */
 export const VMI_UID_OEM_PREFIX = 'io.vmlet.vmi.uid=';
@@ -255,7 +257,7 @@ export function buildArgv(vmi: VirtualMachineInstance, ctx: ArgvContext): string
   args.push(
     '-device', 'virtio-serial-pci,id=virtio-serial0',
     '-chardev', qemuOpts('socket', [['id', 'qga0'], ['path', sockets.qga], ['server', true], ['wait', false]]),
-    '-device', `virtserialport,bus=virtio-serial0.0,nr=1,chardev=qga0,id=channel0,name=${GUEST_AGENT_CHANNEL}`,
+    '-device', `virtserialport,bus=virtio-serial0.0,nr=1,chardev=qga0,id=${GUEST_AGENT_DEVICE_ID},name=${GUEST_AGENT_CHANNEL}`,
   );
   if (graphics) {
     args.push(

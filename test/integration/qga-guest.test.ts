@@ -63,7 +63,8 @@ t.test('a guest without an agent gives a clean timeout', { skip: skip ?? false }
   const guest = await bootTestGuest({ teardown: (fn) => t.teardown(fn) });
   await guest.waitReady(60_000);
   // qemu-ga may still be starting: wait for it, then stop it.
-  const r = await guest.shell('for i in 1 2 3 4 5 6 7 8 9 10; do pidof qemu-ga >/dev/null && break; usleep 200000; done; killall qemu-ga; usleep 300000; pidof qemu-ga || echo agent-gone');
+  // Under load qemu-ga can take seconds to start and to die: wait for each, bounded.
+  const r = await guest.shell('i=0; while [ $i -lt 50 ] && ! pidof qemu-ga >/dev/null; do usleep 200000; i=$((i+1)); done; killall -9 qemu-ga; i=0; while [ $i -lt 30 ] && pidof qemu-ga >/dev/null; do usleep 100000; i=$((i+1)); done; pidof qemu-ga || echo agent-gone', 30_000);
   t.match(r.output, /agent-gone/, 'qemu-ga is stopped in the guest');
   const agent = new GuestAgentClient({ path: guest.paths.qga!, syncTimeoutMs: 1_000 });
   t.teardown(() => agent.close());
