@@ -102,6 +102,28 @@ export interface Volume {
   cloudInitNoCloud?: CloudInitNoCloudSource;
 }
 
+/** `spec.domain.devices.interfaces[]`: one binding key (masquerade or bridge; the others are refused by name). */
+export interface Interface {
+  name: string;
+  masquerade?: Record<string, never>;
+  bridge?: Record<string, never>;
+  slirp?: Record<string, unknown>;
+  sriov?: Record<string, unknown>;
+  macvtap?: Record<string, unknown>;
+  passt?: Record<string, unknown>;
+  binding?: Record<string, unknown>;
+  macAddress?: string;
+  model?: string;
+  ports?: Array<{ name?: string; port: number; protocol?: 'TCP' | 'UDP' }>;
+}
+
+/** `spec.networks[]`: only the pod network is supported. */
+export interface Network {
+  name: string;
+  pod?: { vmNetworkCIDR?: string };
+  multus?: Record<string, unknown>;
+}
+
 export interface DomainSpec {
   /** Always set after validation (defaulted from resources, or 1/1/1). */
   cpu: CPU;
@@ -114,12 +136,18 @@ export interface DomainSpec {
     autoattachSerialConsole: boolean;
     autoattachGraphicsDevice: boolean;
     disks?: Disk[];
+    interfaces?: Interface[];
+    /** One tap queue per vCPU for virtio NICs. */
+    networkInterfaceMultiqueue?: boolean;
+    /** Without interfaces and networks: add the default masquerade pod interface (default true). */
+    autoattachPodInterface?: boolean;
   };
 }
 
 export interface VMISpec {
   domain: DomainSpec;
   volumes?: Volume[];
+  networks?: Network[];
   terminationGracePeriodSeconds: number;
 }
 
@@ -144,7 +172,10 @@ export interface VMIInterfaceStatus {
   ipAddress?: string;
   ipAddresses?: string[];
   mac?: string;
+  /** the guest's name for the NIC (from the guest agent) */
   interfaceName?: string;
+  /** where the entry comes from: `domain`, plus `guest-agent` once the agent reported it */
+  infoSource?: string;
 }
 
 /** vmlet extension of the VMI status: how and where QEMU runs. */

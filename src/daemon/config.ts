@@ -28,6 +28,29 @@ export interface DaemonConfig {
   cgroupParent: string;
   /** Root of the cgroup mounts (tests point it elsewhere). */
   cgroupRoot: string;
+  /** Standalone networking: host bridge, NAT, one sandbox netns per VMI, DHCP. */
+  network: NetworkConfig;
+}
+
+/** The `network:` mapping of the config file. */
+export interface NetworkConfig {
+  /** false: no sandboxes; VMIs run without NICs and a VMI asking for interfaces is refused. */
+  enabled: boolean;
+  /** The node's sandbox subnet on the host bridge (must not clash with the host's routes). */
+  subnet: string;
+  bridge: string;
+  nftTable: string;
+  netnsPrefix: string;
+  vethPrefix: string;
+  /** Masquerade only out of this interface; default: out of anything but the bridge. */
+  uplink?: string;
+  mtu: number;
+  /** Set net.ipv4.ip_forward=1 on the host (NAT to the uplink needs it). */
+  hostForwarding: boolean;
+  /** DNS servers handed out by DHCP; default: the host's resolv.conf. */
+  dnsServers?: string[];
+  dnsSearch?: string[];
+  leaseSeconds: number;
 }
 
 export interface DaemonFlags {
@@ -38,11 +61,41 @@ export interface DaemonFlags {
   accel?: Accel;
 }
 
-const keys: Record<keyof DaemonConfig, 'string' | 'boolean' | 'number'> = {
+type KeyType = 'string' | 'boolean' | 'number' | 'object' | 'string[]';
+
+const keys: Record<keyof DaemonConfig, KeyType> = {
   socket: 'string', stateDir: 'string', runDir: 'string', accel: 'string', useEmulation: 'boolean',
   nodeName: 'string', qemuBinary: 'string', launcherBinary: 'string', maxBodyBytes: 'number', logLevel: 'string',
-  cgroupParent: 'string', cgroupRoot: 'string',
+  cgroupParent: 'string', cgroupRoot: 'string', network: 'object',
 };
+
+const networkKeys: Record<keyof NetworkConfig, KeyType> = {
+  enabled: 'boolean', subnet: 'string', bridge: 'string', nftTable: 'string', netnsPrefix: 'string', vethPrefix: 'string',
+  uplink: 'string', mtu: 'number', hostForwarding: 'boolean', dnsServers: 'string[]', dnsSearch: 'string[]', leaseSeconds: 'number',
+};
+
+function hasType(v: unknown, want: KeyType): boolean {
+  if (want === 'string[]') return Array.isArray(v) && v.every((x) => typeof x === 'string');
+  if (want === 'object') return typeof v === 'object' && v !== null && !Array.isArray(v);
+  return typeof v === want;
+}
+
+/** Merges the `network:` mapping over the current network settings. */
+function mergeNetwork(base: NetworkConfig, doc: Record<string, unknown>, source: string): NetworkConfig {
+  const out: Record<string, unknown> = { ...base };
+  for (const [k, v] of Object.entries(doc)) {
+    const want = networkKeys[k as keyof NetworkConfig];
+    if (!want) throw new VmletError('CONFIG_INVALID', `${source}: unknown key "network.${k}" (known: ${Object.keys(networkKeys).join(', ')})`);
+    if (!hasType(v, want)) throw new VmletError('CONFIG_INVALID', `${source}: "network.${k}" must be a ${want === 'string[]' ? 'list of strings' : want}`);
+    out[k] = v;
+  }
+  const net = out as unknown as NetworkConfig;
+  if (!Number.isInteger(net.mtu) || net.mtu < 576 || net.mtu > 65535) throw new VmletError('CONFIG_INVALID', `${source}: network.mtu must be an integer 576-65535`);
+  if (!Number.isInteger(net.leaseSeconds) || net.leaseSeconds < 60 || net.leaseSeconds > 31_536_000) {
+    throw new VmletError('CONFIG_INVALID', `${source}: network.leaseSeconds must be an integer 60-31536000`);
+  }
+  return net;
+}
 
 export function defaultConfig(repoRoot: string): DaemonConfig {
   return {
@@ -58,6 +111,17 @@ export function defaultConfig(repoRoot: string): DaemonConfig {
     logLevel: process.env.VMLET_LOG_LEVEL ?? 'info',
     cgroupParent: 'vmlet',
     cgroupRoot: '/sys/fs/cgroup',
+    network: {
+      enabled: true,
+      subnet: '10.213.0.0/16',
+      bridge: 'vmlet0',
+      nftTable: 'vmlet',
+      netnsPrefix: 'vmlet-',
+      vethPrefix: 'vmh-',
+      mtu: 1500,
+      hostForwarding: true,
+      leaseSeconds: 86400,
+    },
   };
 }
 
@@ -69,8 +133,8 @@ export function mergeConfig(base: DaemonConfig, doc: unknown, source: string): D
   for (const [k, v] of Object.entries(doc)) {
     const want = keys[k as keyof DaemonConfig];
     if (!want) throw new VmletError('CONFIG_INVALID', `${source}: unknown key "${k}" (known: ${Object.keys(keys).join(', ')})`);
-    if (typeof v !== want) throw new VmletError('CONFIG_INVALID', `${source}: "${k}" must be a ${want}`);
-    out[k] = v;
+    if (!hasType(v, want)) throw new VmletError('CONFIG_INVALID', `${source}: "${k}" must be a ${want === 'object' ? 'mapping' : want}`);
+    out[k] = k === 'network' ? mergeNetwork(base.network, v as Record<string, unknown>, source) : v;
   }
   const cfg = out as unknown as DaemonConfig;
   if (!['auto', 'kvm', 'tcg'].includes(cfg.accel)) throw new VmletError('CONFIG_INVALID', `${source}: accel must be auto, kvm or tcg`);

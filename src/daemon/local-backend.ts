@@ -1,18 +1,21 @@
 // The API's backend in standalone mode: validation, the local store, and the supervisors of this node.
 import { isDeepStrictEqual } from 'node:util';
 import type { VirtualMachine, VirtualMachineInstance } from '../api/types.js';
-import { validateVM, validateVMI } from '../api/validate.js';
+import { ValidationError, validateVM, validateVMI } from '../api/validate.js';
 import { VMI_FINALIZER, type VmController } from '../controller/vm-controller.js';
 import { VmletError } from '../errors.js';
 import type { LocalStore, StoredObject } from '../source/local-store.js';
 import type { Backend, ConsoleAttachment, Kind, KubeObject, ObjectRef, VmAction, VmiAction, WatchEvent } from './backend.js';
 import type { NodeReconciler } from './node-reconciler.js';
 import type { Supervisor } from './supervisor.js';
+import type { VmNetwork } from './vm-network.js';
 
 export interface LocalBackendOptions {
   store: LocalStore;
   node: NodeReconciler;
   controller: VmController;
+  /** Admission of interfaces and networks (absent: any are refused by nothing here). */
+  network?: VmNetwork;
 }
 
 const plural: Record<Kind, string> = { VirtualMachine: 'virtualmachines', VirtualMachineInstance: 'virtualmachineinstances' };
@@ -62,9 +65,27 @@ export class LocalBackend implements Backend {
     return o as unknown as KubeObject;
   }
 
+  /** Schema and semantic checks, then the node's own: what the network sandbox would refuse is refused before anything is stored. */
+  private validate(kind: Kind, body: unknown, namespace: string): VirtualMachine | VirtualMachineInstance {
+    const obj = kind === 'VirtualMachine' ? validateVM(withNamespace(body, namespace)) : validateVMI(withNamespace(body, namespace));
+    const network = this.opts.network;
+    if (network) {
+      const spec = obj.kind === 'VirtualMachine' ? obj.spec.template.spec : obj.spec;
+      const at = obj.kind === 'VirtualMachine' ? 'spec.template.spec' : 'spec';
+      try {
+        network.check(spec);
+      } catch (e) {
+        if (!(e instanceof VmletError)) throw e;
+        const field = e.code === 'NET_NETWORK_WITHOUT_INTERFACE' || e.code === 'NET_UNSUPPORTED_NETWORK' || e.code === 'NET_INVALID_SUBNET' || e.code === 'NET_SUBNET_CLASH' ? `${at}.networks` : `${at}.domain.devices.interfaces`;
+        throw new ValidationError(`${kind} "${namespace}/${obj.metadata.name}"`, [{ field, code: e.code, message: e.message }], { cause: e });
+      }
+    }
+    return obj;
+  }
+
   async create(kind: Kind, namespace: string, body: unknown): Promise<KubeObject> {
     checkTarget(kind, namespace, body);
-    const obj = kind === 'VirtualMachine' ? validateVM(withNamespace(body, namespace)) : validateVMI(withNamespace(body, namespace));
+    const obj = this.validate(kind, body, namespace);
     const meta = { name: obj.metadata.name, namespace, ...(obj.metadata.labels ? { labels: obj.metadata.labels } : {}), ...(obj.metadata.annotations ? { annotations: obj.metadata.annotations } : {}) };
     try {
       const created = kind === 'VirtualMachine'
@@ -84,7 +105,7 @@ export class LocalBackend implements Backend {
     checkTarget(ref.kind, ref.namespace, body);
     const cur = await this.store.get(ref.kind, ref.namespace, ref.name);
     if (!cur) throw notFound(ref);
-    const obj = ref.kind === 'VirtualMachine' ? validateVM(withNamespace(body, ref.namespace)) : validateVMI(withNamespace(body, ref.namespace));
+    const obj = this.validate(ref.kind, body, ref.namespace);
     if (obj.metadata.name !== ref.name) throw new VmletError('BAD_REQUEST', `metadata.name "${obj.metadata.name}" does not match "${ref.name}" of the request path`);
     // A VMI's spec is fixed once it exists, as in KubeVirt: change the VM, or delete and re-create.
     if (ref.kind === 'VirtualMachineInstance' && !isDeepStrictEqual(obj.spec, cur.spec)) {

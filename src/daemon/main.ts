@@ -16,6 +16,7 @@ import { LocalBackend } from './local-backend.js';
 import { NodeReconciler } from './node-reconciler.js';
 import { makePrepare } from './prepare.js';
 import { VmCgroups } from './vm-cgroup.js';
+import { VmNetwork } from './vm-network.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -54,6 +55,15 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     logger.warn('cgroupParent is empty: VMs get no cgroup of their own and no limits');
   }
 
+  // The host side first: a subnet that clashes with the host's routes stops the daemon here.
+  const network = new VmNetwork({ config: config.network, stateDir: config.stateDir, logger: logger.child({ component: 'net' }) });
+  if (network.enabled) {
+    await network.start();
+    logger.info({ bridge: config.network.bridge, subnet: config.network.subnet }, 'networking ready');
+  } else {
+    logger.warn('network.enabled is false: VMs get no NIC');
+  }
+
   const store = await LocalStore.open({ dir: config.stateDir, logger: logger.child({ component: 'store' }) });
   let node: NodeReconciler | undefined;
   const launcherSocket = path.join(config.runDir, 'launcher.sock');
@@ -69,16 +79,17 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     launcherServer,
     launcherBinary: config.launcherBinary,
     launcherSocket,
-    prepare: makePrepare({ qemuBinary: config.qemuBinary, accel: config.accel, useEmulation: config.useEmulation }),
+    prepare: makePrepare({ qemuBinary: config.qemuBinary, accel: config.accel, useEmulation: config.useEmulation, network }),
     logger: logger.child({ component: 'node' }),
     ...(cgroups ? { cgroups } : {}),
+    network,
   });
   const controller = new VmController({ source: store as unknown as ControllerSource, nodeName: config.nodeName, logger: logger.child({ component: 'controller' }) });
   // Supervisors of running VMs exist before launchers reconnect, so none of them is turned away.
   await node.start();
   await launcherServer.listen();
   controller.start();
-  const backend = new LocalBackend({ store, node, controller });
+  const backend = new LocalBackend({ store, node, controller, network });
   const api = await ApiServer.listen({ backend, socketPath: config.socket, logger: logger.child({ component: 'api' }), maxBodyBytes: config.maxBodyBytes });
   return {
     config, store, node, controller, api, launcherServer,
@@ -87,6 +98,7 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
       node.stop();
       await api.close();
       await launcherServer.close();
+      await network.close();
       await store.close();
     },
   };

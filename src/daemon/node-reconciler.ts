@@ -2,7 +2,8 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { VirtualMachineInstance, VirtualMachineInstanceStatus } from '../api/types.js';
+import type { VMIInterfaceStatus, VirtualMachineInstance, VirtualMachineInstanceStatus } from '../api/types.js';
+import type { GuestNetworkInterface } from '../qmp/guest-agent-types.js';
 import { VMI_FINALIZER } from '../controller/vm-controller.js';
 import { VmletError } from '../errors.js';
 import { isLiveProcessFor, readRunDir } from '../qemu/launch.js';
@@ -12,6 +13,7 @@ import type { LocalStore, StoredObject } from '../source/local-store.js';
 import { Supervisor, type PreparedLaunch } from './supervisor.js';
 import { groupCpus, pinVcpus, readCpuListFile, vcpuCount, wantsDedicatedCpus } from './vcpu-pinning.js';
 import type { VmCgroups, VmStats } from './vm-cgroup.js';
+import type { VmNetwork } from './vm-network.js';
 import { planDedicatedCpus } from '../cgroups/index.js';
 
 export interface NodeReconcilerOptions {
@@ -29,6 +31,8 @@ export interface NodeReconcilerOptions {
   cgroups?: VmCgroups;
   /** The host's online CPUs, for `dedicatedCpuPlacement` (default /sys/devices/system/cpu/online). */
   cpuOnlinePath?: string;
+  /** Standalone networking (sandboxes are made by `prepare`; released, adopted and reported here). */
+  network?: VmNetwork;
 }
 
 const FINAL = new Set(['Succeeded', 'Failed']);
@@ -63,13 +67,24 @@ export class NodeReconciler {
     const mine = vmis.filter((v) => v.status?.nodeName === this.opts.nodeName);
     const known = new Set(mine.map((v) => v.metadata.uid!));
     await this.removeStrays(known);
-    await Promise.all(mine.map(async (vmi) => {
-      const phase = vmi.status?.phase ?? '';
+    const live: VirtualMachineInstance[] = [];
+    for (const vmi of mine) {
       const dirExists = await fs.access(this.vmDir(vmi.metadata.uid!)).then(() => true, () => false);
-      if (FINAL.has(phase) || !dirExists) return;
+      if (!FINAL.has(vmi.status?.phase ?? '') && dirExists) live.push(vmi);
+    }
+    // Sandboxes of the VMIs being re-adopted stay (DHCP serves them again); every other one goes.
+    if (this.opts.network) {
+      try {
+        const res = await this.opts.network.adopt(live.map((v) => v.metadata.uid!));
+        if (res && res.missing.length > 0) this.log.warn({ uids: res.missing }, 'VMIs with a lease but no whole sandbox; they get a new one if they are launched again');
+      } catch (e) {
+        this.log.error({ err: e }, 'could not adopt the network sandboxes');
+      }
+    }
+    for (const vmi of live) {
       const sup = this.newSupervisor(vmi);
       this.track(vmi.metadata.uid!, sup.reattach());
-    }));
+    }
     const w = this.opts.store.watch('VirtualMachineInstance', undefined, undefined, { sendInitialEvents: true });
     this.watch = w;
     void (async () => {
@@ -160,6 +175,7 @@ export class NodeReconciler {
       procRoot: this.opts.procRoot ?? '/proc',
       ...(this.opts.cgroups ? { cgroups: this.opts.cgroups } : {}),
       ...this.pinningFor(vmi),
+      ...this.networkFor(uid),
       writeStatus: async (mutate) => {
         await store.updateStatus<VirtualMachineInstanceStatus>('VirtualMachineInstance', namespace, name, (s) => {
           return mutate(s ?? {});
@@ -200,6 +216,15 @@ export class NodeReconciler {
         throw e;
       }
       return this.opts.prepare(v, runDir);
+    };
+  }
+
+  private networkFor(uid: string): { releaseNetwork?: () => Promise<void>; guestInterfaces?: (g: GuestNetworkInterface[]) => VMIInterfaceStatus[] | undefined } {
+    const network = this.opts.network;
+    if (!network?.enabled) return {};
+    return {
+      releaseNetwork: () => network.teardown(uid),
+      guestInterfaces: (g) => network.withGuestInfo(uid, g),
     };
   }
 
@@ -259,6 +284,7 @@ export class NodeReconciler {
       } else {
         await fs.rm(this.vmDir(uid), { recursive: true, force: true });
         await this.opts.cgroups?.remove(uid, this.log);
+        await this.opts.network?.teardown(uid);
       }
       const cur = await this.opts.store.get('VirtualMachineInstance', vmi.metadata.namespace, vmi.metadata.name);
       if (cur && cur.metadata.uid === uid) {

@@ -10,6 +10,7 @@ import { buildArgv } from '../qemu/argv.js';
 import { probeQemu, resolveAccel } from '../qemu/probe.js';
 import { planVolumes, type PreparedFile } from '../qemu/volumes.js';
 import type { PreparedLaunch } from './supervisor.js';
+import type { VmNetwork } from './vm-network.js';
 
 const run = promisify(execFile);
 
@@ -19,6 +20,8 @@ export interface PrepareOptions {
   useEmulation: boolean;
   devKvm?: string;
   genisoimage?: string;
+  /** Standalone networking; absent = VMs get no NIC. */
+  network?: VmNetwork;
 }
 
 async function exists(p: string): Promise<boolean> {
@@ -62,7 +65,7 @@ async function makeFile(f: PreparedFile, genisoimage: string): Promise<void> {
   }
 }
 
-/** The daemon's `prepare` step: probe (cached), choose the accelerator, create files, build argv. */
+/** The daemon's `prepare` step: probe (cached), choose the accelerator, create files, build argv, then the network sandbox and its tap fds. */
 export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance, runDir: string) => Promise<PreparedLaunch> {
   return async (vmi, runDir) => {
     const caps = await probeQemu(opts.qemuBinary, opts.devKvm ? { devKvm: opts.devKvm } : {});
@@ -79,6 +82,16 @@ export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance,
       sandbox: caps.seccomp,
     };
     if (caps.ovmf) ctx.ovmf = caps.ovmf;
-    return { argv: buildArgv(vmi, ctx), fds: [], accel: choice.accel, softwareEmulation: choice.softwareEmulation };
+    const argv = buildArgv(vmi, ctx);
+    const prepared: PreparedLaunch = { argv, fds: [], accel: choice.accel, softwareEmulation: choice.softwareEmulation };
+    // Last, so that nothing after it can fail and leave tap fds open.
+    const net = await opts.network?.prepare(vmi, { fdBase: 0, accel: choice.accel });
+    if (net) {
+      prepared.argv = [...argv, ...net.args];
+      prepared.fds = net.fds;
+      prepared.netnsPath = net.netnsPath;
+      prepared.interfaces = net.interfaces;
+    }
+    return prepared;
   };
 }

@@ -2,25 +2,32 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { VirtualMachineInstance, VirtualMachineInstanceStatus } from '../api/types.js';
+import type { VMIInterfaceStatus, VirtualMachineInstance, VirtualMachineInstanceStatus } from '../api/types.js';
 import { VmletError } from '../errors.js';
 import { isLiveProcessFor, readRunDir, spawnLauncher, type ExitStatus } from '../qemu/launch.js';
 import type { HelloDecision, LauncherHello, LauncherLink, LauncherServer } from '../qemu/launcher-server.js';
 import { GUEST_AGENT_DEVICE_ID } from '../qemu/argv.js';
 import { QmpClient } from '../qmp/client.js';
 import { GuestAgentClient } from '../qmp/guest-agent.js';
+import type { GuestNetworkInterface } from '../qmp/guest-agent-types.js';
+import { closeFd } from '../sys/libc.js';
 import { SerialConsole } from './console.js';
 import type { VmCgroups } from './vm-cgroup.js';
 import { vmResources, vmSizing, type VmResources, type VmSizing } from './vm-resources.js';
 import { canTransition, describeExit, finalPhase, type FailureReason, type SupervisorState } from './vmi-state.js';
-import { withCondition, withPhase, withRuntime } from './vmi-status.js';
+import { withCondition, withInterfaces, withPhase, withRuntime } from './vmi-status.js';
 
 /** What `prepare` hands back: QEMU's argv and the fds it references (3, 4, … in order). */
 export interface PreparedLaunch {
   argv: string[];
+  /** Open fds (close-on-exec) the launcher hands to QEMU; the supervisor closes them once it has them. */
   fds: number[];
   accel: 'kvm' | 'tcg';
   softwareEmulation: boolean;
+  /** The network sandbox the launcher joins before it forks QEMU. */
+  netnsPath?: string;
+  /** status.interfaces as known before boot (from the lease). */
+  interfaces?: VMIInterfaceStatus[];
 }
 
 export interface SupervisorDeps {
@@ -43,6 +50,10 @@ export interface SupervisorDeps {
   beforeCont?: (qmp: QmpClient, qemuPid: number) => Promise<void>;
   /** The per-VM cgroups; absent = QEMU runs in the launcher's cgroups as spawned (config `cgroupParent: ""`). */
   cgroups?: VmCgroups;
+  /** Removes the VM's network sandbox once QEMU is gone (idempotent). */
+  releaseNetwork?: () => Promise<void>;
+  /** status.interfaces with what the guest agent reports merged in; undefined = leave them. */
+  guestInterfaces?: (guest: GuestNetworkInterface[]) => VMIInterfaceStatus[] | undefined;
 }
 
 export interface ExitReport {
@@ -137,6 +148,7 @@ export class Supervisor {
       return;
     }
     if (this.stopRequested) {
+      for (const fd of prepared.fds) closeFd(fd);
       await this.finish(undefined);
       return;
     }
@@ -157,6 +169,7 @@ export class Supervisor {
         socket: this.deps.launcherSocket,
         runDir: this.deps.runDir,
         cgroups: cgroupDirs,
+        ...(prepared.netnsPath !== undefined ? { netns: prepared.netnsPath } : {}),
       });
       this.launcherPid = spawned.pid;
       const [qemuPid] = await started;
@@ -167,13 +180,20 @@ export class Supervisor {
       await this.fail('LaunchFailed', e);
       return;
     }
-    this.pendingLaunch = undefined;
-    await this.deps.writeStatus((s) => withRuntime(s, { qemuPid: this.qemuPid, launcherPid: this.launcherPid, runDir: this.deps.runDir, accel: prepared.accel, softwareEmulation: prepared.softwareEmulation }));
+    this.dropPendingLaunch();
+    await this.deps.writeStatus((s) => withInterfaces(withRuntime(s, { qemuPid: this.qemuPid, launcherPid: this.launcherPid, runDir: this.deps.runDir, accel: prepared.accel, softwareEmulation: prepared.softwareEmulation }), prepared.interfaces));
     if (prepared.softwareEmulation) {
       await this.deps.writeStatus((s) => withCondition(s, 'SoftwareEmulation', true, this.iso(), 'KvmUnavailable', 'QEMU runs with software emulation (TCG): expect it to be slow'));
     }
     this.deps.event('Normal', 'Launched', `QEMU started with pid ${this.qemuPid}`);
     await this.connectAndRun(true);
+  }
+
+  /** QEMU has its fds (or will never get them): the daemon's copies are closed. */
+  private dropPendingLaunch(): void {
+    const p = this.pendingLaunch;
+    this.pendingLaunch = undefined;
+    for (const fd of p?.fds ?? []) closeFd(fd);
   }
 
   /** Creates the VM's group with its limits; returns the directories the launcher joins ([] without cgroups). */
@@ -301,8 +321,15 @@ export class Supervisor {
     } catch {
       return;
     }
+    if (this.agent !== agent || this.state !== 'Running') return;
+    // The guest's view of its NICs goes into status.interfaces together with the condition (one write).
+    let interfaces: VMIInterfaceStatus[] | undefined;
+    if (this.deps.guestInterfaces) {
+      const guest = await agent.networkInterfaces({ timeoutMs: 2_000 }).catch(() => undefined);
+      if (guest) interfaces = this.deps.guestInterfaces(guest);
+    }
     if (this.agent === agent && this.state === 'Running') {
-      await this.deps.writeStatus((s) => withCondition(s, 'AgentConnected', true, this.iso())).catch(() => undefined);
+      await this.deps.writeStatus((s) => withInterfaces(withCondition(s, 'AgentConnected', true, this.iso()), interfaces)).catch(() => undefined);
     }
   }
 
@@ -427,8 +454,8 @@ export class Supervisor {
         this.pendingLaunch = prepared;
         const [pid] = await this.link!.waitFor('started', this.deps.startTimeoutMs ?? 30_000);
         this.qemuPid = pid;
-        this.pendingLaunch = undefined;
-        await this.deps.writeStatus((s) => withRuntime(s, { qemuPid: pid, launcherPid: this.launcherPid, runDir: this.deps.runDir, accel: prepared.accel, softwareEmulation: prepared.softwareEmulation }));
+        this.dropPendingLaunch();
+        await this.deps.writeStatus((s) => withInterfaces(withRuntime(s, { qemuPid: pid, launcherPid: this.launcherPid, runDir: this.deps.runDir, accel: prepared.accel, softwareEmulation: prepared.softwareEmulation }), prepared.interfaces));
         if (prepared.softwareEmulation) await this.deps.writeStatus((s) => withCondition(s, 'SoftwareEmulation', true, this.iso(), 'KvmUnavailable'));
         await this.connectAndRun(true);
       } catch (e) {
@@ -495,7 +522,7 @@ export class Supervisor {
     this.state = 'Exited';
     for (const w of this.exitWaiters) w();
     this.exitWaiters = [];
-    this.pendingLaunch = undefined;
+    this.dropPendingLaunch();
     if (!failure && !this.stopRequested && (exit === undefined || (exit.kind === 'signal' && exit.signal === 9)) && (await this.oomKilled())) {
       failure = 'OOMKilled';
       const limit = this.resources ? ` of ${this.resources.memoryLimitBytes} bytes (guest ${this.resources.guestBytes} + overhead ${this.resources.overheadBytes})` : '';
@@ -524,6 +551,13 @@ export class Supervisor {
       this.log.warn({ err: e }, 'could not write the final status');
     }
     this.deps.event(phase === 'Failed' ? 'Warning' : 'Normal', phase, `${reason}: ${text}`);
+    // After the final phase is written (it must be seen at once), before anyone waiting on done
+    // (a delete) goes on: the sandbox is gone when the VMI is.
+    try {
+      await this.deps.releaseNetwork?.();
+    } catch (e) {
+      this.log.warn({ err: e }, 'could not remove the network sandbox; the next daemon start removes it');
+    }
     this.resolveDone(report);
     return report;
   }

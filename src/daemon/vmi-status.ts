@@ -1,5 +1,5 @@
-// Pure edits of a VMI's status: phase with its transition timestamps, conditions, and the vmlet runtime block.
-import type { Condition, VirtualMachineInstanceStatus, VMIPhase, VmletRuntimeStatus } from '../api/types.js';
+// Pure edits of a VMI's status: phase with its transition timestamps, conditions, interfaces, and the vmlet runtime block.
+import type { Condition, VirtualMachineInstanceStatus, VMIInterfaceStatus, VMIPhase, VmletRuntimeStatus } from '../api/types.js';
 
 export type ConditionType = 'Ready' | 'Paused' | 'SoftwareEmulation' | 'AgentConnected' | 'QmpResponsive';
 
@@ -41,4 +41,9 @@ export function withRuntime(s: VirtualMachineInstanceStatus, patch: Partial<Vmle
 
 export function conditionTrue(s: VirtualMachineInstanceStatus | undefined, type: ConditionType): boolean {
   return s?.conditions?.some((c) => c.type === type && c.status === 'True') ?? false;
+}
+
+/** Replaces status.interfaces; undefined leaves them as they are. */
+export function withInterfaces(s: VirtualMachineInstanceStatus, interfaces: VMIInterfaceStatus[] | undefined): VirtualMachineInstanceStatus {
+  return interfaces === undefined ? s : { ...s, interfaces };
 }

@@ -46,7 +46,7 @@ export function checkSubnetClash(subnet: string, routes: readonly IpRoute[], own
     if (c && c.prefix > 0 && overlaps(s, c)) {
       throw new VmletError(
         'NET_SUBNET_CLASH',
-        `subnet ${subnet} overlaps the host route "${describeRoute(r)}"; choose another net.subnet`,
+        `subnet ${subnet} overlaps the host route "${describeRoute(r)}"; choose another network.subnet in the daemon config`,
       );
     }
   }
@@ -90,7 +90,7 @@ export function planHostBridge(p: HostNetParams, st: HostNetState): IpCommand[] 
   } else {
     const others = st.bridgeAddresses.filter((a) => a !== want);
     if (others.length > 0) {
-      throw new VmletError('NET_BRIDGE_CONFLICT', `${p.bridge} has address ${others.join(', ')}, not ${want}: another subnet was configured; delete the bridge or set net.subnet back`);
+      throw new VmletError('NET_BRIDGE_CONFLICT', `${p.bridge} has address ${others.join(', ')}, not ${want}: another subnet was configured; delete the bridge or set network.subnet back`);
     }
   }
   if (!st.bridgeAddresses.includes(want)) cmds.push(['addr', 'add', want, 'dev', p.bridge]);

@@ -283,6 +283,7 @@ export interface KubeObj {
     printableStatus?: string;
     conditions?: Array<{ type: string; status: string; reason?: string }>;
     vmlet?: { qemuPid?: number; launcherPid?: number; runDir?: string };
+    interfaces?: Array<{ name?: string; mac?: string; ipAddress?: string; ipAddresses?: string[]; interfaceName?: string; infoSource?: string }>;
   };
 }
 
@@ -398,7 +399,8 @@ export async function startTestDaemon(t: TapLike, opts: TestDaemonOptions = {}):
   const runDir = path.join(root, 'run');
   const logFile = path.join(root, 'daemon.log');
   const configFile = path.join(root, 'vmlet.yaml');
-  const cfg: Record<string, unknown> = { logLevel: opts.logLevel ?? 'info', ...opts.config };
+  // Networking is off unless a test asks for it (with names of its own: see netConfig()).
+  const cfg: Record<string, unknown> = { logLevel: opts.logLevel ?? 'info', network: { enabled: false }, ...opts.config };
   await import('node:fs/promises').then((fs) => fs.writeFile(configFile, YAML.stringify(cfg)));
 
   let child: ChildProcess | undefined;

@@ -135,3 +135,34 @@ export function ipJson<T>(args: string[]): T {
   const out = execFileSync('ip', ['-json', ...args]).toString();
   return (out.trim() ? JSON.parse(out) : []) as T;
 }
+
+/** The daemon's `network:` config for a test network: its own bridge, subnet, table and name prefixes, no host forwarding. */
+export function daemonNetConfig(tn: TestNet): Record<string, unknown> {
+  const o = tn.opts;
+  return {
+    enabled: true,
+    subnet: tn.subnet,
+    bridge: o.bridge,
+    nftTable: o.nftTable,
+    netnsPrefix: o.names!.netnsPrefix,
+    vethPrefix: o.names!.vethPrefix,
+    hostForwarding: false,
+    dnsServers: o.dns!.nameservers,
+    dnsSearch: o.dns!.search,
+    leaseSeconds: o.leaseSeconds,
+  };
+}
+
+/** The sandboxes (netns) and host veths that carry the test network's prefixes. */
+export function testNetObjects(tn: TestNet): { netns: string[]; veths: string[]; bridgePorts: string[] } {
+  const o = tn.opts;
+  const netns = fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns').filter((n) => n.startsWith(o.names!.netnsPrefix)) : [];
+  const veths = ipJson<{ ifname: string }[]>(['link', 'show']).map((l) => l.ifname).filter((n) => n.startsWith(o.names!.vethPrefix));
+  let bridgePorts: string[] = [];
+  try {
+    bridgePorts = ipJson<{ ifname: string }[]>(['link', 'show', 'master', o.bridge!]).map((l) => l.ifname);
+  } catch {
+    /* no bridge */
+  }
+  return { netns, veths, bridgePorts };
+}

@@ -104,8 +104,8 @@ t.test('code defaults: disk type, cdrom, cpu and memory from resources', async (
 });
 
 t.test('unknown and unsupported fields are refused, naming the field', async (t) => {
-  refuses(t, set(baseVMI(), 'spec.domain.devices.interfaces', [{ name: 'default', masquerade: {} }]), 'spec.domain.devices.interfaces', 'UNKNOWN_FIELD');
-  refuses(t, set(baseVMI(), 'spec.networks', [{ name: 'default', pod: {} }]), 'spec.networks', 'UNKNOWN_FIELD');
+  refuses(t, set(baseVMI(), 'spec.domain.devices.interfaces', [{ name: 'default', masquerade: {}, foo: {} }]), 'spec.domain.devices.interfaces[0].foo', 'UNKNOWN_FIELD');
+  refuses(t, set(baseVMI(), 'spec.networks', [{ name: 'default', pod: { vmNetworkCIDR: '10.0.2.0/24', x: 1 } }]), 'spec.networks[0].pod.x', 'UNKNOWN_FIELD');
   refuses(t, set(baseVMI(), 'spec.domain.cpu.isolateEmulatorThread', true), 'spec.domain.cpu.isolateEmulatorThread', 'UNKNOWN_FIELD');
   t.equal(validateVMI(set(baseVMI(), 'spec.domain.cpu.dedicatedCpuPlacement', true)).spec.domain.cpu?.dedicatedCpuPlacement, true, 'dedicatedCpuPlacement is accepted');
   refuses(t, set(baseVMI(), 'spec.domain.firmware.bootloader.bios.useSerial', true), 'spec.domain.firmware.bootloader.bios.useSerial', 'UNKNOWN_FIELD');
@@ -117,8 +117,8 @@ t.test('unknown and unsupported fields are refused, naming the field', async (t)
   set(v, 'spec.volumes', [{ name: 'root', containerDisk: { image: 'x' } }]);
   refuses(t, v, 'spec.volumes[0].containerDisk', 'UNKNOWN_FIELD');
   refuses(t, set(baseVMI(), 'spec.domain.firmware.kernelBoot.container', { image: 'x' }), 'spec.domain.firmware.kernelBoot.container', 'UNKNOWN_FIELD');
-  const e = t.throws(() => validateVMI(set(baseVMI(), 'spec.domain.devices.interfaces', [])));
-  t.match(String((e as Error).message), 'spec.domain.devices.interfaces: field not supported');
+  const e = t.throws(() => validateVMI(set(baseVMI(), 'spec.domain.devices.watchdog', {})));
+  t.match(String((e as Error).message), 'spec.domain.devices.watchdog: field not supported');
 });
 
 t.test('schema errors: types, enums, required', async (t) => {
@@ -316,7 +316,7 @@ t.test('VirtualMachine', async (t) => {
   refuses(t, set(baseVM(), 'spec.running', true), 'spec.running', 'CONFLICTING_FIELDS', 'vm');
   refuses(t, set(baseVM(), 'spec.runStrategy', undefined), 'spec.runStrategy', 'MISSING_FIELD', 'vm');
   refuses(t, set(baseVM(), 'spec.runStrategy', 'Sometimes'), 'spec.runStrategy', 'INVALID_FIELD', 'vm');
-  refuses(t, set(baseVM(), 'spec.template.spec.domain.devices.interfaces', []), 'spec.template.spec.domain.devices.interfaces', 'UNKNOWN_FIELD', 'vm');
+  refuses(t, set(baseVM(), 'spec.template.spec.domain.devices.watchdog', {}), 'spec.template.spec.domain.devices.watchdog', 'UNKNOWN_FIELD', 'vm');
   refuses(t, set(baseVM(), 'spec.template.spec.volumes', []), 'spec.template.spec.domain.devices.disks[0].name', 'MISSING_VOLUME', 'vm');
   refuses(t, set(baseVM(), 'spec.template.metadata.labels', { a: 'b c' }), 'spec.template.metadata.labels.a', 'INVALID_FIELD', 'vm');
   t.ok(validateVM(set(baseVM(), 'spec.template.metadata.creationTimestamp', null)), 'creationTimestamp: null as kubectl writes it');
@@ -324,9 +324,19 @@ t.test('VirtualMachine', async (t) => {
 });
 
 t.test('ValidationError shape', async (t) => {
-  const e = t.throws(() => validateVMI(set(set(baseVMI(), 'spec.networks', []), 'spec.domain.devices.interfaces', []))) as ValidationError;
+  const e = t.throws(() => validateVMI(set(set(baseVMI(), 'spec.nodeSelector', {}), 'spec.domain.devices.watchdog', {}))) as ValidationError;
   t.ok(e instanceof ValidationError);
   t.equal(e.code, 'UNKNOWN_FIELD');
   t.equal(e.details.length, 2);
   t.match(e.message, /^VirtualMachineInstance "default\/testvm" is invalid: /);
+});
+
+t.test('interfaces and networks: KubeVirt fields accepted and defaulted', async (t) => {
+  const v = set(set(baseVMI(), 'spec.domain.devices.interfaces', [{ name: 'default', masquerade: {}, macAddress: '02:00:00:00:00:01', model: 'e1000', ports: [{ name: 'http', port: 80 }, { port: 53, protocol: 'UDP' }] }]), 'spec.networks', [{ name: 'default', pod: { vmNetworkCIDR: '10.11.0.0/24' } }]);
+  const out = validateVMI(v);
+  t.same(out.spec.domain.devices.interfaces?.[0]?.ports, [{ name: 'http', port: 80, protocol: 'TCP' }, { port: 53, protocol: 'UDP' }], 'protocol defaults to TCP');
+  t.same(out.spec.networks, [{ name: 'default', pod: { vmNetworkCIDR: '10.11.0.0/24' } }]);
+  refuses(t, set(baseVMI(), 'spec.domain.devices.interfaces', [{ name: 'default', bridge: {}, ports: [{ port: 70000 }] }]), 'spec.domain.devices.interfaces[0].ports[0].port', 'OUT_OF_RANGE');
+  refuses(t, set(baseVMI(), 'spec.domain.devices.interfaces', [{ name: 'default', bridge: {}, ports: [{ port: 80, protocol: 'SCTP' }] }]), 'spec.domain.devices.interfaces[0].ports[0].protocol', 'INVALID_FIELD');
+  refuses(t, set(baseVMI(), 'spec.domain.devices.interfaces', [{ masquerade: {} }]), 'spec.domain.devices.interfaces[0].name', 'MISSING_FIELD');
 });
