@@ -52,6 +52,8 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     await stopRaw((await rawStart(dir, accel, -1)).proc);
     await vmletStart(api, 'warm');
     await vmletDelete(api, 'warm');
+    await vmletStart(api, 'warm-net', true);
+    await vmletDelete(api, 'warm-net');
     if (libvirt) {
       await libvirt.start('warm');
       await libvirt.destroy('warm');
@@ -62,6 +64,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     const raw: number[] = [];
     const vml: number[] = [];
     const lv: number[] = [];
+    const vmlNet: number[] = [];
     for (let i = 0; i < sequential; i++) {
       if (libvirt) {
         lv.push(await libvirt.start(`seq-${i}`));
@@ -72,6 +75,9 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
       await stopRaw(r.proc);
       vml.push(await vmletStart(api, `seq-${i}`));
       await vmletDelete(api, `seq-${i}`);
+      // The same VM with KubeVirt's default NIC: masquerade in its own netns sandbox, tap by fd, DHCP.
+      vmlNet.push(await vmletStart(api, `net-${i}`, true));
+      await vmletDelete(api, `net-${i}`);
     }
 
     const t0 = performance.now();
@@ -103,6 +109,13 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
         ratio_vs_raw: +(med(vml) / med(raw)).toFixed(2),
         ...(libvirt ? { libvirt_p50_ms: +med(lv).toFixed(1), libvirt_p95_ms: +percentile(lv, 95).toFixed(1), ratio_vs_libvirt: +(med(vml) / med(lv)).toFixed(2) } : {}),
       },
+      sequential_with_nic: {
+        n: sequential,
+        vmlet_p50_ms: +med(vmlNet).toFixed(1), vmlet_p95_ms: +percentile(vmlNet, 95).toFixed(1),
+        sandbox_added_p50_ms: +(med(vmlNet) - med(vml)).toFixed(1),
+        ratio_vs_raw: +(med(vmlNet) / med(raw)).toFixed(2),
+        ...(libvirt ? { ratio_vs_libvirt: +(med(vmlNet) / med(lv)).toFixed(2) } : {}),
+      },
       concurrent: {
         n: concurrent,
         vmlet_p50_ms: +med(vmlC).toFixed(1), vmlet_p95_ms: +percentile(vmlC, 95).toFixed(1), vmlet_wall_ms: +vmletConcurrentWall.toFixed(1),
@@ -115,10 +128,11 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     };
     if (opts.json) console.log(JSON.stringify(result));
     else {
-      console.log(`create → Running, ${accel}, same VM (64 MiB, 1 vCPU, no disk)`);
+      console.log(`create → Running, ${accel}, same VM (64 MiB, 1 vCPU, no disk; no NIC unless +NIC)`);
       console.log('                    p50 ms    p95 ms   ratio vs raw');
       console.log(`sequential vmlet  ${result.sequential.vmlet_p50_ms.toString().padStart(8)}  ${result.sequential.vmlet_p95_ms.toString().padStart(8)}   ${result.sequential.ratio_vs_raw}`);
       console.log(`sequential raw    ${result.sequential.raw_p50_ms.toString().padStart(8)}  ${result.sequential.raw_p95_ms.toString().padStart(8)}`);
+      console.log(`sequential vmlet+NIC ${result.sequential_with_nic.vmlet_p50_ms.toString().padStart(5)}  ${result.sequential_with_nic.vmlet_p95_ms.toString().padStart(8)}   ${result.sequential_with_nic.ratio_vs_raw}   (sandbox adds ${result.sequential_with_nic.sandbox_added_p50_ms} ms at p50)`);
       console.log(`${concurrent} concurrent vmlet ${result.concurrent.vmlet_p50_ms.toString().padStart(7)}  ${result.concurrent.vmlet_p95_ms.toString().padStart(8)}   ${result.concurrent.ratio_vs_raw}`);
       console.log(`${concurrent} concurrent raw   ${result.concurrent.raw_p50_ms.toString().padStart(7)}  ${result.concurrent.raw_p95_ms.toString().padStart(8)}`);
       if (libvirt) {

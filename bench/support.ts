@@ -1,5 +1,5 @@
 // What the benchmarks share: a daemon in a temp dir, the small benchmark VMI, phase waits, process and cleanup helpers.
-import { spawn, type ChildProcess } from 'node:child_process';
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -23,15 +23,18 @@ export function statusKiB(pid: number, field: string): number {
 
 export const rssKiB = (pid: number): number => statusKiB(pid, 'VmRSS');
 
-/** The benchmark VM: 64 MiB, 1 vCPU, no disk, serial console; stops at once. */
-export function vmiManifest(name: string): unknown {
+/**
+ * The benchmark VM: 64 MiB, 1 vCPU, no disk, serial console; stops at once. No NIC, like the raw
+ * QEMU baseline, unless `net`: then KubeVirt's default (a masquerade NIC in its own sandbox).
+ */
+export function vmiManifest(name: string, net = false): unknown {
   return {
     apiVersion: 'vmlet.io/v1alpha1',
     kind: 'VirtualMachineInstance',
     metadata: { name, namespace: 'default' },
     spec: {
       terminationGracePeriodSeconds: 0,
-      domain: { cpu: { cores: 1 }, memory: { guest: '64Mi' }, devices: { autoattachSerialConsole: true } },
+      domain: { cpu: { cores: 1 }, memory: { guest: '64Mi' }, devices: { autoattachSerialConsole: true, autoattachPodInterface: net } },
     },
   };
 }
@@ -47,11 +50,11 @@ export async function waitPhase(api: ApiClient, name: string, phase: string, sig
 }
 
 /** POST the VMI and wait until it is Running; ms. */
-export async function vmletStart(api: ApiClient, name: string): Promise<number> {
+export async function vmletStart(api: ApiClient, name: string, net = false): Promise<number> {
   const ac = new AbortController();
   const t0 = performance.now();
   const running = waitPhase(api, name, 'Running', ac.signal);
-  await api.call('POST', paths.list('virtualmachineinstances', 'default'), { body: vmiManifest(name) });
+  await api.call('POST', paths.list('virtualmachineinstances', 'default'), { body: vmiManifest(name, net) });
   await running;
   const ms = performance.now() - t0;
   ac.abort();
@@ -93,6 +96,8 @@ export async function vmPids(api: ApiClient, name: string): Promise<{ qemu: numb
   return { qemu: q, launcher: l };
 }
 
+const BENCH_NET = { subnet: '10.215.0.0/16', bridge: 'vmlbench0', nftTable: 'vmlet_bench' };
+
 export interface BenchDaemon {
   proc: ChildProcess;
   api: ApiClient;
@@ -105,7 +110,18 @@ export interface BenchDaemon {
 export async function startDaemon(dir: string, accel: 'kvm' | 'tcg'): Promise<BenchDaemon> {
   const socket = path.join(dir, 'vmlet.sock');
   const config = path.join(dir, 'config.yaml');
-  fs.writeFileSync(config, `cgroupParent: ${path.basename(dir)}\n`);
+  // Networking with names of its own (never the node's vmlet0), for the VMs that ask for a NIC.
+  fs.writeFileSync(config, [
+    `cgroupParent: ${path.basename(dir)}`,
+    'network:',
+    `  subnet: ${BENCH_NET.subnet}`,
+    `  bridge: ${BENCH_NET.bridge}`,
+    `  nftTable: ${BENCH_NET.nftTable}`,
+    '  netnsPrefix: vmb-',
+    '  vethPrefix: vbh-',
+    '  hostForwarding: false',
+    '',
+  ].join('\n'));
   const proc = spawn(process.execPath, [path.join(root, 'dist', 'cli', 'main.js'), 'daemon', '--config', config, '--socket', socket,
     '--state-dir', path.join(dir, 'state'), '--run-dir', path.join(dir, 'run'), '--accel', accel], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, VMLET_LOG_LEVEL: 'warn' } });
   const api = new ApiClient({ socketPath: socket });
@@ -133,6 +149,9 @@ export async function startDaemon(dir: string, accel: 'kvm' | 'tcg'): Promise<Be
       }
       await sleep(500);
       removeCgroups(path.basename(dir));
+      for (const [bin, args] of [['ip', ['link', 'del', BENCH_NET.bridge]], ['nft', ['delete', 'table', 'ip', BENCH_NET.nftTable]]] as const) {
+        try { execFileSync(bin, [...args], { stdio: 'ignore' }); } catch { /* gone */ }
+      }
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };
