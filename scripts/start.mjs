@@ -43,6 +43,7 @@ if (!(await waitForSocket(Date.now() + 30_000))) {
       'vmlet is running in standalone mode; the example VM "testguest" is booting.',
       `  watch it:        node dist/cli/main.js get vmis`,
       `  attach console:  node dist/cli/main.js console testguest   (Ctrl+] detaches)`,
+      '  its web server:  curl http://IP/   (IP: the IP column of get vmis, its sandbox address; port 80 goes to the guest)',
       'Ctrl+C stops the daemon; VMs keep running and are re-adopted on the next start.',
       '',
     ].join('\n'));
