@@ -343,14 +343,17 @@ export class NetManager {
       const sp = { names, bridge: this.bridge, address: lease.address, prefix: subnet.prefix, gateway: this.gateway, mtu };
       const pod: PodInterfaceState = { address: lease.address, prefix: subnet.prefix, gateway: this.gateway, mtu };
       const bindings = plan.interfaces.map((iface) => ({ iface, b: planBinding(iface, pod, req.tap ?? {}, this.nftTable) }));
-      // three processes in all: ip on the host, ip in the netns, nft in the netns
+      // three processes in all: ip on the host, then ip and nft in the netns side by side (the
+      // rulesets name interfaces only as strings, so they load before the links exist)
       await this.ipBatch(planSandboxHost(sp));
-      await this.ipBatch([...planSandboxInside(sp), ...bindings.flatMap(({ b }) => b.ip)], netnsPath);
       if (bindings.some(({ b }) => b.ipForward)) {
         withNetns(netnsPath, () => fs.writeFileSync(path.join(this.paths.proc, 'sys/net/ipv4/ip_forward'), '1'), { selfNetns: path.join(this.paths.proc, 'thread-self/ns/net') });
       }
       const rulesets = bindings.flatMap(({ b }) => (b.nft !== null ? [b.nft] : []));
-      if (rulesets.length > 0) await this.nft(rulesets.join(''), netnsPath);
+      const inside = this.ipBatch([...planSandboxInside(sp), ...bindings.flatMap(({ b }) => b.ip)], netnsPath);
+      const nat = rulesets.length > 0 ? this.nft(rulesets.join(''), netnsPath) : Promise.resolve();
+      const [r1, r2] = await Promise.allSettled([inside, nat]);
+      for (const r of [r1, r2]) if (r.status === 'rejected') throw r.reason;
       const interfaces: LeaseInterface[] = bindings.map(({ iface, b }) => ({
         name: iface.name,
         index: iface.index,

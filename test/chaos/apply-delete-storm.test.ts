@@ -1,10 +1,11 @@
-// Chaos: kill -9 the daemon at random moments during storms of apply/delete; after each restart store, run dirs and QEMUs agree exactly.
+// Chaos: kill -9 the daemon at random moments during storms of apply/delete; after each restart store, run dirs, QEMUs and network sandboxes agree exactly.
 import fs from 'node:fs';
 import path from 'node:path';
 import tap from 'tap';
 import { daemonSkipReason, httpRequest, processesMatching, qemuProcessesFor, sleep, startTestDaemon, vmiObject, waitFor } from '../support/daemon.js';
+import { daemonNetConfig, netSkipReason, scrubTestNet, testNet, testNetObjects } from '../support/net-env.js';
 
-const skip = daemonSkipReason();
+const skip = daemonSkipReason() || netSkipReason() || false;
 const VMIS = '/apis/vmlet.io/v1alpha1/namespaces/default/virtualmachineinstances';
 const ROUNDS = 3;
 const OPS = 50;
@@ -18,7 +19,13 @@ function prng(seed: number): () => number {
 interface Vmi { metadata: { name: string; uid: string; deletionTimestamp?: string }; status?: { phase?: string } }
 
 tap.test('apply/delete storm with the daemon killed at random moments', { skip }, async (t) => {
-  const d = await startTestDaemon(t);
+  // Every VMI gets the default masquerade NIC, so sandboxes are made and removed throughout the storm.
+  const tn = testNet();
+  t.teardown(() => {
+    scrubTestNet(tn);
+    tn.cleanup();
+  });
+  const d = await startTestDaemon(t, { config: { network: daemonNetConfig(tn) } });
   const rnd = prng(7);
   /** Per name: whether the last acknowledged operation left it existing; undefined = in doubt. */
   const expect = new Map<string, boolean | undefined>();
@@ -89,5 +96,25 @@ tap.test('apply/delete storm with the daemon killed at random moments', { skip }
       try { JSON.parse(fs.readFileSync(f, 'utf8')); return false; } catch { return true; }
     });
     t.same(torn, [], `round ${round}: every stored file parses`);
+
+    // Sandboxes: exactly the Running VMIs have one (a finished VMI's is removed right after its final
+    // status is written, so allow a moment), each with its own lease and address.
+    const running = settled.filter((v) => v.status?.phase === 'Running').map((v) => v.metadata.uid);
+    const ids = (uids: string[]): string[] => uids.map((u) => u.replace(/-/g, '').slice(0, 8)).sort();
+    const leaseFile = path.join(d.stateDir, 'net-leases.json');
+    const net = await waitFor(`round ${round}: sandboxes match the Running VMIs`, () => {
+      const objs = testNetObjects(tn);
+      const leases = (JSON.parse(fs.readFileSync(leaseFile, 'utf8')) as { leases: Record<string, { address: string }> }).leases;
+      const got = { netns: objs.netns.map((n) => n.slice(tn.opts.names!.netnsPrefix.length)).sort(), veths: objs.veths.length, leases: Object.keys(leases).sort() };
+      const agree = JSON.stringify(got.netns) === JSON.stringify(ids(running)) && got.veths === running.length && JSON.stringify(got.leases) === JSON.stringify([...running].sort());
+      return agree ? { ...got, addresses: Object.values(leases).map((l) => l.address) } : undefined;
+    }, 15_000, 250).catch((e: unknown) => {
+      t.fail(`${(e as Error).message}: ${JSON.stringify({ running: ids(running), ...testNetObjects(tn), leases: fs.readFileSync(leaseFile, 'utf8') })}`);
+      return undefined;
+    });
+    if (net) {
+      t.pass(`round ${round}: ${running.length} Running VMIs, ${net.netns.length} sandboxes, ${net.leases.length} leases`);
+      t.equal(new Set(net.addresses).size, net.addresses.length, `round ${round}: no address is leased twice`);
+    }
   }
 });
