@@ -1,4 +1,5 @@
-// Two VMs through the real daemon with networking on: DHCP from the daemon, masquerade and bridge reachability, the gateway, VM to VM, status.interfaces, a daemon kill -9, and a delete that leaves nothing.
+// Two VMs through the real daemon with networking on: DHCP from the daemon, masquerade and bridge reachability, the gateway, VM to VM, status.interfaces, a daemon kill -9, a QEMU that dies, and a delete that leaves nothing.
+import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
@@ -108,7 +109,15 @@ t.test('VMs on masquerade and bridge through the daemon', { skip, timeout: 300_0
     const pids = [a.status?.vmlet?.qemuPid, b.status?.vmlet?.qemuPid];
     await d.kill('SIGKILL');
     t.match((await httpGet(addrA, 80, 5000)).body, /VMLET-GUEST-HTTP-OK/, 'A answers while the daemon is down');
+    // Leftovers of a VMI that is gone: a sandbox netns and a host veth on the bridge with vmlet's prefixes.
+    const staleNs = `${tn.opts.names!.netnsPrefix}deadbeef`;
+    const staleVeth = `${tn.opts.names!.vethPrefix}deadbeef`;
+    execFileSync('ip', ['netns', 'add', staleNs]);
+    execFileSync('ip', ['link', 'add', staleVeth, 'type', 'veth', 'peer', 'name', `vx${tn.tag}`]);
+    execFileSync('ip', ['link', 'set', staleVeth, 'master', tn.opts.bridge!]);
     await d.restart();
+    t.notOk(fs.existsSync(path.join('/run/netns', staleNs)), 'a stale sandbox netns is removed at start-up');
+    t.notOk(testNetObjects(tn).veths.includes(staleVeth), 'and a stale host veth on the bridge');
     const [a2, b2] = await Promise.all([d.waitPhase('net-a', 'Running', 30_000), d.waitPhase('net-b', 'Running', 30_000)]);
     t.same([a2.status?.vmlet?.qemuPid, b2.status?.vmlet?.qemuPid], pids, 'the same QEMUs are re-adopted');
     t.same(a2.status?.interfaces?.[0]?.ipAddress, addrA, 'A keeps its address');
@@ -130,15 +139,26 @@ t.test('VMs on masquerade and bridge through the daemon', { skip, timeout: 300_0
     t.equal((await guestRun(d, 'net-b', b.metadata.uid, `ping -c 1 -W 3 ${gateway}`)).status, 0, 'B still reaches the gateway');
   });
 
+  await t.test('a QEMU that dies takes its sandbox with it', async (t) => {
+    const cur = await d.vmi('net-a');
+    process.kill(cur!.status!.vmlet!.qemuPid!, 'SIGKILL');
+    await d.waitPhase('net-a', 'Failed', 15_000);
+    const idA = a.metadata.uid.replace(/-/g, '').slice(0, 8);
+    await waitFor("A's sandbox to go", () => !testNetObjects(tn).netns.some((n) => n.endsWith(idA)), 10_000);
+    t.notOk(leases(d).leases[a.metadata.uid], "A's lease is released");
+    t.ok(leases(d).leases[b.metadata.uid], "B's lease stays");
+    t.match((await httpGet(addrB, 80, 5000)).body, /VMLET-GUEST-HTTP-OK/, 'B is unaffected');
+  });
+
   await t.test('delete leaves no netns, link, rule or lease', async (t) => {
     const netnsBefore = testNetObjects(tn).netns;
-    t.equal(netnsBefore.length, 2, 'two sandboxes exist before');
+    t.equal(netnsBefore.length, 1, "only B's sandbox exists before");
     await d.cliOk(['delete', 'vmi', 'net-a']);
     await d.cliOk(['delete', 'vmi', 'net-b']);
     await Promise.all([d.waitGone('vmi', 'net-a', 60_000), d.waitGone('vmi', 'net-b', 60_000)]);
     t.same(testNetObjects(tn), { netns: [], veths: [], bridgePorts: [] }, 'no netns, no host veth, nothing on the bridge');
     t.same(leases(d).leases, {}, 'no lease');
-    for (const ns of netnsBefore) t.notOk(fs.existsSync(path.join('/run/netns', ns)), `${ns} is gone, and its nft table with it`);
+    for (const ns of netnsBefore) t.notOk(fs.existsSync(path.join('/run/netns', ns)), `${ns} is gone, and its nft tables with it`);
     const status = await d.http('GET', '/healthz');
     t.equal(status.status, 200, 'the daemon is fine');
   });
