@@ -104,6 +104,25 @@ t.test('VMs on masquerade and bridge through the daemon', { skip, timeout: 300_0
     t.match(bToA.output, /VMLET-GUEST-HTTP-OK/, "B reaches A's httpd at A's sandbox address");
   });
 
+  await t.test('multiqueue: one tap queue per vCPU', async (t) => {
+    const o = vmiObject('net-mq');
+    const spec = o.spec as { domain: { cpu: unknown; devices: Record<string, unknown> } };
+    spec.domain.cpu = { cores: 2 };
+    spec.domain.devices.networkInterfaceMultiqueue = true;
+    await d.apply(YAML.stringify(o));
+    const mq = await d.waitPhase('net-mq', 'Running', 60_000);
+    const pid = mq.status!.vmlet!.qemuPid!;
+    const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
+    t.ok(argv.some((a) => /^tap,id=net0,fds=3:4$/.test(a)), 'QEMU gets two tap fds');
+    t.ok(argv.some((a) => /^virtio-net-pci,.*,mq=on,vectors=6$/.test(a)), 'and a multiqueue virtio NIC');
+    t.same(['3', '4'].map((fd) => fs.readlinkSync(`/proc/${pid}/fd/${fd}`)), ['/dev/net/tun', '/dev/net/tun'], 'fds 3 and 4 are the tap queues');
+    await waitFor('net-mq to bind by DHCP', () => BOUND_RE.test(d.consoleText(mq.metadata.uid)), 90_000);
+    const q = await guestRun(d, 'net-mq', mq.metadata.uid, 'ls /sys/class/net/eth0/queues');
+    t.match(q.output, /rx-0\s+rx-1\s+tx-0\s+tx-1/, 'the guest sees two queue pairs');
+    await d.cliOk(['delete', 'vmi', 'net-mq']);
+    await d.waitGone('vmi', 'net-mq', 60_000);
+  });
+
   await t.test('a daemon kill -9 keeps connectivity and leases', async (t) => {
     const before = leases(d);
     const pids = [a.status?.vmlet?.qemuPid, b.status?.vmlet?.qemuPid];
