@@ -145,14 +145,34 @@ export class Supervisor {
     } catch (e) {
       const code = e instanceof VmletError ? e.code : 'PREPARE_FAILED';
       await this.fail(code === 'KVM_UNAVAILABLE' ? 'KvmUnavailable' : 'LaunchFailed', e);
+      await this.releaseAfterLateStop();
       return;
     }
     if (this.stopRequested) {
       for (const fd of prepared.fds) closeFd(fd);
       await this.finish(undefined);
+      await this.releaseAfterLateStop();
       return;
     }
     await this.launch(prepared);
+  }
+
+  /**
+   * A stop while `prepare` ran finished the VMI at once, possibly before the sandbox was complete;
+   * what prepare made after that is released here (the sandbox teardown is idempotent).
+   */
+  private async releaseAfterLateStop(): Promise<void> {
+    if (!this.stopRequested) return;
+    this.dropPendingLaunch();
+    await this.releaseNetwork();
+  }
+
+  private async releaseNetwork(): Promise<void> {
+    try {
+      await this.deps.releaseNetwork?.();
+    } catch (e) {
+      this.log.warn({ err: e }, 'could not remove the network sandbox; the next daemon start removes it');
+    }
   }
 
   private async launch(prepared: PreparedLaunch): Promise<void> {
@@ -461,6 +481,7 @@ export class Supervisor {
       } catch (e) {
         await this.killProcesses();
         await this.fail('LaunchFailed', e);
+        await this.releaseAfterLateStop();
       }
       return;
     }
@@ -553,11 +574,7 @@ export class Supervisor {
     this.deps.event(phase === 'Failed' ? 'Warning' : 'Normal', phase, `${reason}: ${text}`);
     // After the final phase is written (it must be seen at once), before anyone waiting on done
     // (a delete) goes on: the sandbox is gone when the VMI is.
-    try {
-      await this.deps.releaseNetwork?.();
-    } catch (e) {
-      this.log.warn({ err: e }, 'could not remove the network sandbox; the next daemon start removes it');
-    }
+    await this.releaseNetwork();
     this.resolveDone(report);
     return report;
   }
