@@ -63,6 +63,7 @@ export interface ExitReport {
 }
 
 const QUIT_WAIT_MS = 5_000;
+const SOFTWARE_EMULATION_MESSAGE = 'QEMU runs with software emulation (TCG): expect it to be slow';
 const KILL_WAIT_MS = 5_000;
 
 export class Supervisor {
@@ -201,12 +202,17 @@ export class Supervisor {
       return;
     }
     this.dropPendingLaunch();
-    await this.deps.writeStatus((s) => withInterfaces(withRuntime(s, { qemuPid: this.qemuPid, launcherPid: this.launcherPid, runDir: this.deps.runDir, accel: prepared.accel, softwareEmulation: prepared.softwareEmulation }), prepared.interfaces));
-    if (prepared.softwareEmulation) {
-      await this.deps.writeStatus((s) => withCondition(s, 'SoftwareEmulation', true, this.iso(), 'KvmUnavailable', 'QEMU runs with software emulation (TCG): expect it to be slow'));
-    }
+    await this.deps.writeStatus((s) => this.launchedStatus(s, prepared, this.qemuPid));
     this.deps.event('Normal', 'Launched', `QEMU started with pid ${this.qemuPid}`);
     await this.connectAndRun(true);
+  }
+
+  /** What a launch records, in one (fsync'd) status write: pids, accel, interfaces, SoftwareEmulation. */
+  private launchedStatus(s: VirtualMachineInstanceStatus, prepared: PreparedLaunch, qemuPid: number | undefined): VirtualMachineInstanceStatus {
+    let out = withRuntime(s, { qemuPid, launcherPid: this.launcherPid, runDir: this.deps.runDir, accel: prepared.accel, softwareEmulation: prepared.softwareEmulation });
+    out = withInterfaces(out, prepared.interfaces);
+    if (prepared.softwareEmulation) out = withCondition(out, 'SoftwareEmulation', true, this.iso(), 'KvmUnavailable', SOFTWARE_EMULATION_MESSAGE);
+    return out;
   }
 
   /** QEMU has its fds (or will never get them): the daemon's copies are closed. */
@@ -457,7 +463,7 @@ export class Supervisor {
       const accel = await this.accelOf(this.qemuPid!);
       await this.deps.writeStatus((s) => {
         let out = withRuntime(s, { qemuPid: this.qemuPid, launcherPid: this.launcherPid, runDir: this.deps.runDir, ...(accel ? { accel, softwareEmulation: accel === 'tcg' } : {}) });
-        if (accel === 'tcg') out = withCondition(out, 'SoftwareEmulation', true, this.iso(), 'KvmUnavailable', 'QEMU runs with software emulation (TCG): expect it to be slow');
+        if (accel === 'tcg') out = withCondition(out, 'SoftwareEmulation', true, this.iso(), 'KvmUnavailable', SOFTWARE_EMULATION_MESSAGE);
         return out;
       });
       await this.connectAndRun(false);
@@ -475,8 +481,7 @@ export class Supervisor {
         const [pid] = await this.link!.waitFor('started', this.deps.startTimeoutMs ?? 30_000);
         this.qemuPid = pid;
         this.dropPendingLaunch();
-        await this.deps.writeStatus((s) => withInterfaces(withRuntime(s, { qemuPid: pid, launcherPid: this.launcherPid, runDir: this.deps.runDir, accel: prepared.accel, softwareEmulation: prepared.softwareEmulation }), prepared.interfaces));
-        if (prepared.softwareEmulation) await this.deps.writeStatus((s) => withCondition(s, 'SoftwareEmulation', true, this.iso(), 'KvmUnavailable'));
+        await this.deps.writeStatus((s) => this.launchedStatus(s, prepared, pid));
         await this.connectAndRun(true);
       } catch (e) {
         await this.killProcesses();
