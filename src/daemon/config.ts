@@ -50,6 +50,8 @@ export interface NetworkConfig {
   /** DNS servers handed out by DHCP; default: the host's resolv.conf. */
   dnsServers?: string[];
   dnsSearch?: string[];
+  /** DHCP option 15; default: the first search domain. */
+  dnsDomain?: string;
   leaseSeconds: number;
 }
 
@@ -71,7 +73,7 @@ const keys: Record<keyof DaemonConfig, KeyType> = {
 
 const networkKeys: Record<keyof NetworkConfig, KeyType> = {
   enabled: 'boolean', subnet: 'string', bridge: 'string', nftTable: 'string', netnsPrefix: 'string', vethPrefix: 'string',
-  uplink: 'string', mtu: 'number', hostForwarding: 'boolean', dnsServers: 'string[]', dnsSearch: 'string[]', leaseSeconds: 'number',
+  uplink: 'string', mtu: 'number', hostForwarding: 'boolean', dnsServers: 'string[]', dnsSearch: 'string[]', dnsDomain: 'string', leaseSeconds: 'number',
 };
 
 function hasType(v: unknown, want: KeyType): boolean {

@@ -77,7 +77,7 @@ export class VmNetwork {
       hostForwarding: c.hostForwarding,
       leaseSeconds: c.leaseSeconds,
       ...(c.uplink !== undefined ? { uplink: c.uplink } : {}),
-      ...(c.dnsServers !== undefined ? { dns: { nameservers: c.dnsServers, search: c.dnsSearch ?? [] } } : {}),
+      ...(c.dnsServers !== undefined ? { dns: { nameservers: c.dnsServers, search: c.dnsSearch ?? [], ...(c.dnsDomain !== undefined ? { domain: c.dnsDomain } : {}) } } : {}),
       ...(opts.runner ? { runner: opts.runner } : {}),
       paths: {
         netnsDir: this.netnsDir,

@@ -75,8 +75,10 @@ t.test('VMs on masquerade and bridge through the daemon', { skip, timeout: 300_0
     }, 10_000);
     t.equal(file.leases[a.metadata.uid]?.interfaces?.[0]?.dhcp?.clientMac, ifA?.mac, "A's lease is recorded with its MAC");
     t.equal(file.leases[b.metadata.uid]?.address, addrB, "B's lease holds its address");
-    const host = await guestRun(d, 'net-a', a.metadata.uid, 'hostname');
+    const host = await guestRun(d, 'net-a', a.metadata.uid, 'hostname; cat /etc/resolv.conf');
     t.match(host.output, /net-a/, 'the host name came with the lease');
+    t.match(host.output, new RegExp(`nameserver ${tn.opts.dns!.nameservers[0]!.replace(/\./g, '\\.')}`), 'DNS servers from the daemon config');
+    t.match(host.output, /search lab\.vmlet\.test/, 'the DNS domain from the daemon config');
   });
 
   await t.test('status.interfaces from the guest agent', async (t) => {

@@ -149,6 +149,7 @@ export function daemonNetConfig(tn: TestNet): Record<string, unknown> {
     hostForwarding: false,
     dnsServers: o.dns!.nameservers,
     dnsSearch: o.dns!.search,
+    dnsDomain: `lab.${o.dns!.search[0]}`,
     leaseSeconds: o.leaseSeconds,
   };
 }
