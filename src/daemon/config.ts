@@ -92,6 +92,9 @@ function mergeNetwork(base: NetworkConfig, doc: Record<string, unknown>, source:
     out[k] = v;
   }
   const net = out as unknown as NetworkConfig;
+  if (net.dnsServers === undefined && (net.dnsSearch !== undefined || net.dnsDomain !== undefined)) {
+    throw new VmletError('CONFIG_INVALID', `${source}: network.dnsSearch and network.dnsDomain need network.dnsServers (without it, all DNS settings come from the host's resolv.conf)`);
+  }
   if (!Number.isInteger(net.mtu) || net.mtu < 576 || net.mtu > 65535) throw new VmletError('CONFIG_INVALID', `${source}: network.mtu must be an integer 576-65535`);
   if (!Number.isInteger(net.leaseSeconds) || net.leaseSeconds < 60 || net.leaseSeconds > 31_536_000) {
     throw new VmletError('CONFIG_INVALID', `${source}: network.leaseSeconds must be an integer 60-31536000`);

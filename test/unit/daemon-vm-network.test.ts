@@ -32,7 +32,8 @@ t.test('network config: defaults, merge, refusals', async (t) => {
   t.equal(c.network.subnet, '10.50.0.0/24');
   t.same(c.network.dnsServers, ['192.0.2.53']);
   t.equal(c.network.enabled, false);
-  t.equal(mergeConfig(base, { network: { dnsDomain: 'lab.example' } }, 'f.yaml').network.dnsDomain, 'lab.example');
+  t.equal(mergeConfig(base, { network: { dnsServers: ['192.0.2.53'], dnsDomain: 'lab.example' } }, 'f.yaml').network.dnsDomain, 'lab.example');
+  t.equal(code(() => mergeConfig(base, { network: { dnsSearch: ['x.test'] } }, 'f.yaml')), 'CONFIG_INVALID', 'search domains without servers are refused, not ignored');
   t.equal(c.network.bridge, 'vmlet0', 'unset keys keep their defaults');
   t.equal(base.network.subnet, '10.213.0.0/16', 'the base is not changed');
   t.equal(code(() => mergeConfig(base, { network: { subnett: 'x' } }, 'f.yaml')), 'CONFIG_INVALID', 'unknown key');
