@@ -1,6 +1,6 @@
 // Test harness for the standalone daemon: spawns `vmlet daemon` on temp dirs, drives it through the CLI and the socket, and cleans up every process it started.
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, readdirSync, readlinkSync, rmSync, statSync } from 'node:fs';
+import { existsSync, mkdtempSync, openSync, closeSync, readFileSync, readdirSync, readlinkSync, rmSync, rmdirSync, statSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import os from 'node:os';
@@ -399,8 +399,9 @@ export async function startTestDaemon(t: TapLike, opts: TestDaemonOptions = {}):
   const runDir = path.join(root, 'run');
   const logFile = path.join(root, 'daemon.log');
   const configFile = path.join(root, 'vmlet.yaml');
-  // Networking is off unless a test asks for it (with names of its own: see netConfig()).
-  const cfg: Record<string, unknown> = { logLevel: opts.logLevel ?? 'info', network: { enabled: false }, ...opts.config };
+  // Networking is off unless a test asks for it (with names of its own: see daemonNetConfig()).
+  // VM cgroups go below a parent of this daemon's own, removed in teardown.
+  const cfg: Record<string, unknown> = { logLevel: opts.logLevel ?? 'info', network: { enabled: false }, cgroupParent: path.basename(root), ...opts.config };
   await import('node:fs/promises').then((fs) => fs.writeFile(configFile, YAML.stringify(cfg)));
 
   let child: ChildProcess | undefined;
@@ -552,12 +553,33 @@ export async function startTestDaemon(t: TapLike, opts: TestDaemonOptions = {}):
     if (child && child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
     await exited;
     await killEverythingUnder(root);
+    if (typeof cfg.cgroupParent === 'string' && cfg.cgroupParent === path.basename(root)) await removeCgroupParent(cfg.cgroupParent);
     rmSync(root, { recursive: true, force: true });
     live.delete(root);
   });
 
   await spawnDaemon();
   return d;
+}
+
+/** Removes `/sys/fs/cgroup/<hierarchy>/<parent>` and the empty groups below it (children first), retrying while the killed processes leave. */
+async function removeCgroupParent(parent: string): Promise<void> {
+  const base = '/sys/fs/cgroup';
+  const dirs = (existsSync(base) ? readdirSync(base) : []).map((h) => path.join(base, h, parent)).filter((d) => existsSync(d));
+  const rm = (d: string): boolean => {
+    for (const e of readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) rm(path.join(d, e.name));
+    try {
+      rmdirSync(d);
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  for (let i = 0; i < 20; i++) {
+    const left = dirs.filter((d) => existsSync(d) && !rm(d));
+    if (left.length === 0) return;
+    await sleep(100);
+  }
 }
 
 function tail(file: string, n: number): string {
