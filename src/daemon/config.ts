@@ -82,16 +82,23 @@ function hasType(v: unknown, want: KeyType): boolean {
   return typeof v === want;
 }
 
-/** Merges the `network:` mapping over the current network settings. */
-function mergeNetwork(base: NetworkConfig, doc: Record<string, unknown>, source: string): NetworkConfig {
-  const out: Record<string, unknown> = { ...base };
+const typeNames: Record<KeyType, string> = { string: 'string', boolean: 'boolean', number: 'number', object: 'mapping', 'string[]': 'list of strings' };
+
+/** Copies `doc`'s keys over `base`, refusing unknown keys and wrong types by name (`prefix`: the enclosing key, e.g. `network.`). */
+function mergeKeys<T extends object>(base: T, doc: object, types: Record<keyof T, KeyType>, source: string, prefix = ''): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...(base as Record<string, unknown>) };
   for (const [k, v] of Object.entries(doc)) {
-    const want = networkKeys[k as keyof NetworkConfig];
-    if (!want) throw new VmletError('CONFIG_INVALID', `${source}: unknown key "network.${k}" (known: ${Object.keys(networkKeys).join(', ')})`);
-    if (!hasType(v, want)) throw new VmletError('CONFIG_INVALID', `${source}: "network.${k}" must be a ${want === 'string[]' ? 'list of strings' : want}`);
+    const want = types[k as keyof T];
+    if (!want) throw new VmletError('CONFIG_INVALID', `${source}: unknown key "${prefix}${k}" (known: ${Object.keys(types).join(', ')})`);
+    if (!hasType(v, want)) throw new VmletError('CONFIG_INVALID', `${source}: "${prefix}${k}" must be a ${typeNames[want]}`);
     out[k] = v;
   }
-  const net = out as unknown as NetworkConfig;
+  return out;
+}
+
+/** Merges the `network:` mapping over the current network settings. */
+function mergeNetwork(base: NetworkConfig, doc: object, source: string): NetworkConfig {
+  const net = mergeKeys(base, doc, networkKeys, source, 'network.') as unknown as NetworkConfig;
   if (net.dnsServers === undefined && (net.dnsSearch !== undefined || net.dnsDomain !== undefined)) {
     throw new VmletError('CONFIG_INVALID', `${source}: network.dnsSearch and network.dnsDomain need network.dnsServers (without it, all DNS settings come from the host's resolv.conf)`);
   }
@@ -134,14 +141,8 @@ export function defaultConfig(repoRoot: string): DaemonConfig {
 export function mergeConfig(base: DaemonConfig, doc: unknown, source: string): DaemonConfig {
   if (doc === null || doc === undefined) return base;
   if (typeof doc !== 'object' || Array.isArray(doc)) throw new VmletError('CONFIG_INVALID', `${source}: the config must be a mapping`);
-  const out: Record<string, unknown> = { ...base };
-  for (const [k, v] of Object.entries(doc)) {
-    const want = keys[k as keyof DaemonConfig];
-    if (!want) throw new VmletError('CONFIG_INVALID', `${source}: unknown key "${k}" (known: ${Object.keys(keys).join(', ')})`);
-    if (!hasType(v, want)) throw new VmletError('CONFIG_INVALID', `${source}: "${k}" must be a ${want === 'object' ? 'mapping' : want}`);
-    out[k] = k === 'network' ? mergeNetwork(base.network, v as Record<string, unknown>, source) : v;
-  }
-  const cfg = out as unknown as DaemonConfig;
+  const cfg = mergeKeys(base, doc, keys, source) as unknown as DaemonConfig;
+  if ('network' in doc) cfg.network = mergeNetwork(base.network, cfg.network, source);
   if (!['auto', 'kvm', 'tcg'].includes(cfg.accel)) throw new VmletError('CONFIG_INVALID', `${source}: accel must be auto, kvm or tcg`);
   cfg.cgroupParent = cfg.cgroupParent.replace(/^\/+|\/+$/g, '');
   if (cfg.cgroupParent.split('/').some((seg) => seg === '.' || seg === '..' || (seg === '' && cfg.cgroupParent !== ''))) {

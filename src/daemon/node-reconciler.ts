@@ -67,11 +67,8 @@ export class NodeReconciler {
     const mine = vmis.filter((v) => v.status?.nodeName === this.opts.nodeName);
     const known = new Set(mine.map((v) => v.metadata.uid!));
     await this.removeStrays(known);
-    const live: VirtualMachineInstance[] = [];
-    for (const vmi of mine) {
-      const dirExists = await fs.access(this.vmDir(vmi.metadata.uid!)).then(() => true, () => false);
-      if (!FINAL.has(vmi.status?.phase ?? '') && dirExists) live.push(vmi);
-    }
+    const dirExists = await Promise.all(mine.map((vmi) => fs.access(this.vmDir(vmi.metadata.uid!)).then(() => true, () => false)));
+    const live = mine.filter((vmi, i) => !FINAL.has(vmi.status?.phase ?? '') && dirExists[i]);
     // Sandboxes of the VMIs being re-adopted stay (DHCP serves them again); every other one goes.
     if (this.opts.network) {
       try {

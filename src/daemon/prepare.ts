@@ -85,7 +85,7 @@ export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance,
     const argv = buildArgv(vmi, ctx);
     const prepared: PreparedLaunch = { argv, fds: [], accel: choice.accel, softwareEmulation: choice.softwareEmulation };
     // Last, so that nothing after it can fail and leave tap fds open.
-    const net = await opts.network?.prepare(vmi, { fdBase: 0, accel: choice.accel });
+    const net = await opts.network?.prepare(vmi, { fdBase: prepared.fds.length, accel: choice.accel });
     if (net) {
       prepared.argv = [...argv, ...net.args];
       prepared.fds = net.fds;

@@ -10,7 +10,7 @@ import { GUEST_AGENT_DEVICE_ID } from '../qemu/argv.js';
 import { QmpClient } from '../qmp/client.js';
 import { GuestAgentClient } from '../qmp/guest-agent.js';
 import type { GuestNetworkInterface } from '../qmp/guest-agent-types.js';
-import { closeFd } from '../sys/libc.js';
+import { closeFds } from '../sys/libc.js';
 import { SerialConsole } from './console.js';
 import type { VmCgroups } from './vm-cgroup.js';
 import { vmResources, vmSizing, type VmResources, type VmSizing } from './vm-resources.js';
@@ -63,8 +63,8 @@ export interface ExitReport {
 }
 
 const QUIT_WAIT_MS = 5_000;
-const SOFTWARE_EMULATION_MESSAGE = 'QEMU runs with software emulation (TCG): expect it to be slow';
 const KILL_WAIT_MS = 5_000;
+const SOFTWARE_EMULATION_MESSAGE = 'QEMU runs with software emulation (TCG): expect it to be slow';
 
 export class Supervisor {
   state: SupervisorState = 'New';
@@ -150,7 +150,7 @@ export class Supervisor {
       return;
     }
     if (this.stopRequested) {
-      for (const fd of prepared.fds) closeFd(fd);
+      closeFds(prepared.fds);
       await this.finish(undefined);
       await this.releaseAfterLateStop();
       return;
@@ -219,7 +219,7 @@ export class Supervisor {
   private dropPendingLaunch(): void {
     const p = this.pendingLaunch;
     this.pendingLaunch = undefined;
-    for (const fd of p?.fds ?? []) closeFd(fd);
+    if (p) closeFds(p.fds);
   }
 
   /** Creates the VM's group with its limits; returns the directories the launcher joins ([] without cgroups). */

@@ -27,7 +27,7 @@ export function wantsDedicatedCpus(vmi: VirtualMachineInstance): boolean {
 }
 
 /** The VMI's vCPU count (sockets × cores × threads; the API has defaulted them). */
-export function vcpuCount(vmi: VirtualMachineInstance): number {
+export function vcpuCount(vmi: Pick<VirtualMachineInstance, 'spec'>): number {
   const c = vmi.spec.domain.cpu ?? {};
   return (c.sockets ?? 1) * (c.cores ?? 1) * (c.threads ?? 1);
 }

@@ -5,10 +5,11 @@ import type { Logger } from 'pino';
 import type { VMIInterfaceStatus, VMISpec, VirtualMachineInstance } from '../api/types.js';
 import { VmletError } from '../errors.js';
 import { overlaps, parseCidr } from '../net/ipv4.js';
-import { DEFAULT_VM_NETWORK_CIDR, NetManager, planNetwork, qemuNicArgs, vhostAvailable, type AdoptResult, type CommandRunner, type InterfaceSpec, type NetworkSpec } from '../net/index.js';
+import { DEFAULT_VM_NETWORK_CIDR, NetManager, planNetwork, qemuNicArgs, vhostAvailable, type AdoptResult, type CommandRunner } from '../net/index.js';
 import type { GuestNetworkInterface } from '../qmp/guest-agent-types.js';
-import { closeFd } from '../sys/libc.js';
+import { closeFds } from '../sys/libc.js';
 import type { NetworkConfig } from './config.js';
+import { vcpuCount } from './vcpu-pinning.js';
 
 /** A placeholder uid for admission checks (names and MACs derived from it are never used). */
 const CHECK_UID = '00000000-0000-0000-0000-000000000000';
@@ -35,35 +36,15 @@ export interface VmNetworkLaunch {
   interfaces: VMIInterfaceStatus[];
 }
 
-function interfacesOf(spec: VMISpec): readonly InterfaceSpec[] | undefined {
-  return spec.domain.devices.interfaces as readonly InterfaceSpec[] | undefined;
-}
-
-function networksOf(spec: VMISpec): readonly NetworkSpec[] | undefined {
-  return spec.networks as readonly NetworkSpec[] | undefined;
-}
-
-function vcpus(spec: VMISpec): number {
-  const c = spec.domain.cpu;
-  return (c.cores ?? 1) * (c.sockets ?? 1) * (c.threads ?? 1);
-}
-
-/** Closes fds opened for a launch (they are only needed until the launcher has them). */
-export function closeFds(fds: readonly number[]): void {
-  for (const fd of fds) closeFd(fd);
-}
-
 export class VmNetwork {
   readonly enabled: boolean;
   private readonly mgr: NetManager | undefined;
-  private readonly log: Logger;
   private readonly netnsDir: string;
   private readonly devVhostNet: string;
 
   constructor(private readonly opts: VmNetworkOptions) {
     const c = opts.config;
     this.enabled = c.enabled;
-    this.log = opts.logger;
     this.netnsDir = opts.paths?.netnsDir ?? '/run/netns';
     this.devVhostNet = opts.paths?.devVhostNet ?? '/dev/vhost-net';
     if (!c.enabled) return;
@@ -100,8 +81,8 @@ export class VmNetwork {
    * interface or network when networking is off.
    */
   check(spec: VMISpec): void {
-    const ifaces = interfacesOf(spec);
-    const nets = networksOf(spec);
+    const ifaces = spec.domain.devices.interfaces;
+    const nets = spec.networks;
     if (!this.enabled) {
       if ((ifaces?.length ?? 0) > 0 || (nets?.length ?? 0) > 0) {
         throw new VmletError('NET_DISABLED', 'this daemon runs with network.enabled: false, so VMIs cannot have interfaces or networks; remove them or enable networking in the daemon config');
@@ -118,7 +99,7 @@ export class VmNetwork {
   }
 
   private queuesFor(spec: VMISpec): number {
-    return spec.domain.devices.networkInterfaceMultiqueue === true ? Math.min(Math.max(vcpus(spec), 1), MAX_QUEUES) : 1;
+    return spec.domain.devices.networkInterfaceMultiqueue === true ? Math.min(Math.max(vcpuCount({ spec }), 1), MAX_QUEUES) : 1;
   }
 
   private netnsExists(netns: string): boolean {
@@ -136,14 +117,14 @@ export class VmNetwork {
     const uid = vmi.metadata.uid!;
     const spec = vmi.spec;
     const autoattach = spec.domain.devices.autoattachPodInterface ?? true;
-    if ((interfacesOf(spec)?.length ?? 0) === 0 && (networksOf(spec)?.length ?? 0) === 0 && !autoattach) return undefined;
+    if ((spec.domain.devices.interfaces?.length ?? 0) === 0 && (spec.networks?.length ?? 0) === 0 && !autoattach) return undefined;
     let info = mgr.get(uid);
     if (!(info && info.interfaces.length > 0 && this.netnsExists(info.netns))) {
       info = await mgr.setup({
         uid,
         hostname: vmi.metadata.name,
-        interfaces: interfacesOf(spec),
-        networks: networksOf(spec),
+        interfaces: spec.domain.devices.interfaces,
+        networks: spec.networks,
         plan: { queues: this.queuesFor(spec), autoattachPodInterface: autoattach },
       });
     }
@@ -170,7 +151,7 @@ export class VmNetwork {
       closeFds(fds);
       throw e;
     }
-    return { args, fds, netnsPath: info.netnsPath, interfaces: mgr.interfacesStatus(uid).map((s) => ({ ...s, infoSource: 'domain' })) };
+    return { args, fds, netnsPath: info.netnsPath, interfaces: this.interfaces(uid) };
   }
 
   /** status.interfaces from the lease (the reachable address is the sandbox's). */
@@ -214,11 +195,6 @@ export class VmNetwork {
   /** After a restart: keep the sandboxes of live VMIs (DHCP serves them again), remove every other. */
   async adopt(liveUids: Iterable<string>): Promise<AdoptResult | undefined> {
     return this.mgr?.adopt(liveUids);
-  }
-
-  /** Waits for DHCP lease records to be written (tests, shutdown). */
-  async flush(): Promise<void> {
-    await this.mgr?.flushLeaseUpdates();
   }
 
   /** Stops DHCP; sandboxes stay for the VMs, which keep running. */

@@ -22,3 +22,8 @@ export function errnoName(n: number): string {
 
 /** close(2), for fds that koffi-bound calls hand back. */
 export const closeFd = libc.func('int close(int fd)') as (fd: number) => number;
+
+/** Closes each fd (e.g. the daemon's copies of fds handed to QEMU). */
+export function closeFds(fds: readonly number[]): void {
+  for (const fd of fds) closeFd(fd);
+}

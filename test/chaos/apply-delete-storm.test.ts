@@ -3,7 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import tap from 'tap';
 import { daemonSkipReason, httpRequest, processesMatching, qemuProcessesFor, sleep, startTestDaemon, vmiObject, waitFor } from '../support/daemon.js';
-import { daemonNetConfig, netSkipReason, scrubTestNet, testNet, testNetObjects } from '../support/net-env.js';
+import { daemonNetConfig, netSkipReason, testNetFor, testNetObjects } from '../support/net-env.js';
 
 const skip = daemonSkipReason() || netSkipReason() || false;
 const VMIS = '/apis/vmlet.io/v1alpha1/namespaces/default/virtualmachineinstances';
@@ -20,11 +20,7 @@ interface Vmi { metadata: { name: string; uid: string; deletionTimestamp?: strin
 
 tap.test('apply/delete storm with the daemon killed at random moments', { skip }, async (t) => {
   // Every VMI gets the default masquerade NIC, so sandboxes are made and removed throughout the storm.
-  const tn = testNet();
-  t.teardown(() => {
-    scrubTestNet(tn);
-    tn.cleanup();
-  });
+  const tn = testNetFor(t);
   const d = await startTestDaemon(t, { config: { network: daemonNetConfig(tn) } });
   const rnd = prng(7);
   /** Per name: whether the last acknowledged operation left it existing; undefined = in doubt. */

@@ -6,7 +6,7 @@ import path from 'node:path';
 import t from 'tap';
 import YAML from 'yaml';
 import { daemonSkipReason, distCli, snapshotDir, startTestDaemon, vmiObject, vmObject, type TestDaemon } from '../support/daemon.js';
-import { daemonNetConfig, ipJson, netSkipReason, scrubTestNet, testNet, testNetObjects } from '../support/net-env.js';
+import { daemonNetConfig, ipJson, netSkipReason, testNetFor, testNetObjects } from '../support/net-env.js';
 
 const skip = daemonSkipReason({ guest: false }) || netSkipReason() || false;
 const G = '/apis/vmlet.io/v1alpha1/namespaces/default';
@@ -50,11 +50,7 @@ const cases: Array<{ what: string; interfaces?: unknown; networks?: unknown; cod
 ];
 
 t.test('bad network specs are refused at apply, before anything exists', { skip, timeout: 120_000 }, async (t) => {
-  const tn = testNet();
-  t.teardown(() => {
-    scrubTestNet(tn);
-    tn.cleanup();
-  });
+  const tn = testNetFor(t);
   const d = await startTestDaemon(t, { config: { network: daemonNetConfig(tn) } });
   const before = snapshotDir(d.stateDir);
   for (const c of cases) {
@@ -87,7 +83,7 @@ t.test('with networking off, interfaces are refused by name', { skip, timeout: 6
 });
 
 t.test('a node subnet that clashes with a host route stops the daemon before it makes anything', { skip, timeout: 60_000 }, async (t) => {
-  const tn = testNet();
+  const tn = testNetFor(t);
   // an empty bridge carries no traffic; its connected route is the clash
   const link = `vmltd${tn.tag}`;
   const clash = tn.subnet.replace(/\.0\/24$/, '.0/25');
@@ -95,8 +91,6 @@ t.test('a node subnet that clashes with a host route stops the daemon before it 
   execFileSync('ip', ['link', 'add', link, 'type', 'bridge']);
   t.teardown(() => {
     try { execFileSync('ip', ['link', 'del', link]); } catch { /* gone */ }
-    scrubTestNet(tn);
-    tn.cleanup();
   });
   execFileSync('ip', ['addr', 'add', clash.replace(/\.0\/25$/, '.1/25'), 'dev', link]);
   execFileSync('ip', ['link', 'set', link, 'up']);

@@ -5,7 +5,7 @@ import path from 'node:path';
 import t from 'tap';
 import YAML from 'yaml';
 import { daemonSkipReason, startTestDaemon, vmiObject, waitFor, type KubeObj, type TestDaemon } from '../support/daemon.js';
-import { daemonNetConfig, httpGet, httpGetRetry, netSkipReason, scrubTestNet, testNet, testNetObjects } from '../support/net-env.js';
+import { daemonNetConfig, httpGet, httpGetRetry, netSkipReason, testNetFor, testNetObjects } from '../support/net-env.js';
 
 const skip = daemonSkipReason() || netSkipReason() || false;
 // busybox-static's wget crashes in the test guest (static glibc); nc does plain HTTP fine
@@ -43,11 +43,7 @@ function leases(d: TestDaemon): LeaseFile {
 }
 
 t.test('VMs on masquerade and bridge through the daemon', { skip, timeout: 300_000 }, async (t) => {
-  const tn = testNet();
-  t.teardown(() => {
-    scrubTestNet(tn);
-    tn.cleanup();
-  });
+  const tn = testNetFor(t);
   const d = await startTestDaemon(t, { config: { network: daemonNetConfig(tn) } });
 
   await d.apply(netVmi('net-a', { masquerade: {}, ports: [{ port: 80 }] }));

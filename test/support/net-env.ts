@@ -5,11 +5,10 @@ import fs from 'node:fs';
 import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
-import { libc } from '../../src/sys/libc.js';
+import { closeFds, libc } from '../../src/sys/libc.js';
 import type { NetManagerOptions } from '../../src/net/sandbox.js';
 
 const dupFn = libc.func('int dup(int fd)');
-const closeFn = libc.func('int close(int fd)');
 
 function has(bin: string): boolean {
   try {
@@ -65,6 +64,16 @@ export function testNet(): TestNet {
   };
 }
 
+/** testNet() whose objects (netns, links, bridge, table, state dir) the test's teardown removes. */
+export function testNetFor(t: { teardown(fn: () => void): void }): TestNet {
+  const tn = testNet();
+  t.teardown(() => {
+    scrubTestNet(tn);
+    tn.cleanup();
+  });
+  return tn;
+}
+
 /** Best-effort removal of everything carrying the tag (for teardown after a failed test). */
 export function scrubTestNet(t: TestNet): void {
   const o = t.opts;
@@ -89,12 +98,10 @@ function run(bin: string, args: string[]): void {
 export function inheritable(fds: number[]): { fds: number[]; close: () => void } {
   const out = fds.map((fd) => dupFn(fd) as number);
   if (out.some((fd) => fd < 0)) throw new Error('dup failed');
-  return { fds: out, close: () => out.forEach((fd) => closeFn(fd)) };
+  return { fds: out, close: () => closeFds(out) };
 }
 
-export function closeFds(fds: number[]): void {
-  for (const fd of fds) closeFn(fd);
-}
+export { closeFds };
 
 /** A QEMU "binary" that runs qemu-system-x86_64 inside the netns (for `ifname=` taps); the script holds only a checked path. */
 export function qemuInNetns(netnsPath: string, dir: string): string {
