@@ -3,9 +3,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { paths } from '../src/cli/client.js';
-import { checkKvm } from '../src/qemu/probe.js';
 import { startLibvirt } from './libvirt.js';
-import { avg, percentile, rssKiB, sleep, startDaemon, startPaused, vmPids } from './support.js';
+import { avg, benchAccel, percentile, progress, rssKiB, sleep, startDaemon, startPaused, vmPids } from './support.js';
 
 const BUDGET_KIB = 12 * 1024 * 1024;
 
@@ -24,7 +23,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
   const args = opts.args ?? [];
   const flag = (f: string): number | undefined => (args.includes(f) ? Number(args[args.indexOf(f) + 1]) : undefined);
   const idleMs = (flag('--idle-seconds') ?? 30) * 1000;
-  const accel: 'kvm' | 'tcg' = (await checkKvm()).usable ? 'kvm' : 'tcg';
+  const accel = await benchAccel();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-bench-density-'));
   const bd = await startDaemon(dir, accel);
   const { proc: daemon, api } = bd;
@@ -40,7 +39,12 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     const count = flag('--count') ?? Math.max(100, Math.min(300, Math.floor(BUDGET_KIB / perVm)));
     const todo = Array.from({ length: count - 1 }, (_, i) => `vm-${i}`);
     const t0 = performance.now();
-    await inBatches(todo, 10, async (n) => { await startPaused(api, n); names.push(n); });
+    progress(`density: starting ${count} paused VMs in batches of 10`);
+    await inBatches(todo, 10, async (n) => {
+      await startPaused(api, n);
+      names.push(n);
+      if (names.length % 10 === 0) progress(`density: ${names.length}/${count} paused`);
+    });
     const allUpMs = performance.now() - t0;
     await sleep(1000);
     const rssN = rssKiB(daemon.pid!);
@@ -54,6 +58,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
       await api.call('POST', paths.subresource('virtualmachineinstances', 'default', n, 'qmp'), { body: { execute: 'query-status' } });
       rtt.push(performance.now() - s);
     }
+    progress(`density: measuring the daemon's idle CPU for ${idleMs / 1000} s`);
     const c0 = cpuMs(daemon.pid!);
     await sleep(idleMs);
     const idleCpu = cpuMs(daemon.pid!) - c0;
@@ -77,6 +82,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     try {
       const rss0 = rssKiB(lv.pid);
       const t0 = performance.now();
+      progress(`density: ${n} paused libvirt domains`);
       await inBatches(doms, 10, async (d) => { await lv.start(d, { paused: true }); });
       const allUp = performance.now() - t0;
       await sleep(1000);

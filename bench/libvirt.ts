@@ -92,9 +92,11 @@ export async function startLibvirt(accel: 'kvm' | 'tcg'): Promise<Libvirt> {
       const t0 = performance.now();
       await virsh('create', xml, ...(opts.paused ? ['--paused'] : []));
       const want = opts.paused ? 'paused' : 'running';
+      const until = Date.now() + 60_000;
       for (;;) {
         const st = (await virsh('domstate', name)).stdout.trim();
         if (st === want) return performance.now() - t0;
+        if (Date.now() > until) throw new Error(`libvirt domain ${name} was not ${want} after 60 s (state: ${st}); see ${dir}/libvirtd.log`);
         await new Promise((r) => setTimeout(r, 5));
       }
     },

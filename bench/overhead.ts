@@ -2,14 +2,13 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { checkKvm } from '../src/qemu/probe.js';
-import { avg, rssKiB, sleep, startDaemon, startPaused, statusKiB, vmletDelete, vmPids } from './support.js';
+import { avg, benchAccel, progress, rssKiB, sleep, startDaemon, startPaused, statusKiB, vmletDelete, vmPids } from './support.js';
 
 export async function run(opts: { json: boolean; args?: string[] }): Promise<void> {
   const args = opts.args ?? [];
   const i = args.indexOf('--counts');
   const counts = (i >= 0 ? (args[i + 1] ?? '') : '1,10,50').split(',').map(Number).filter((n) => n > 0).sort((a, b) => a - b);
-  const accel: 'kvm' | 'tcg' = (await checkKvm()).usable ? 'kvm' : 'tcg';
+  const accel = await benchAccel();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-bench-overhead-'));
   const bd = await startDaemon(dir, accel);
   const { proc: daemon, api } = bd;
@@ -22,6 +21,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     const rss0 = rssKiB(daemon.pid!);
     const rows = [];
     for (const n of counts) {
+      progress(`overhead: ${n} paused VMs`);
       while (names.length < n) {
         const batch = Array.from({ length: Math.min(10, n - names.length) }, (_, k) => `vm-${names.length + k}`);
         await Promise.all(batch.map((name) => startPaused(api, name)));

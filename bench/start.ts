@@ -4,9 +4,8 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { QmpClient } from '../src/qmp/client.js';
-import { checkKvm } from '../src/qemu/probe.js';
 import { startLibvirt, type Libvirt } from './libvirt.js';
-import { percentile, rssKiB, startDaemon, vmletDelete, vmletStart } from './support.js';
+import { benchAccel, percentile, progress, rssKiB, startDaemon, vmletDelete, vmletStart } from './support.js';
 
 const QEMU = '/usr/bin/qemu-system-x86_64';
 
@@ -41,7 +40,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
   };
   const sequential = num('--sequential', 20);
   const concurrent = num('--concurrent', 50);
-  const accel: 'kvm' | 'tcg' = (await checkKvm()).usable ? 'kvm' : 'tcg';
+  const accel = await benchAccel();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-bench-start-'));
   const bd = await startDaemon(dir, accel);
   const { proc: daemon, api } = bd;
@@ -65,7 +64,9 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     const vml: number[] = [];
     const lv: number[] = [];
     const vmlNet: number[] = [];
+    progress(`sequential: ${sequential} rounds of ${libvirt ? 'libvirt, ' : ''}raw QEMU, vmlet, vmlet with a NIC`);
     for (let i = 0; i < sequential; i++) {
+      progress(`sequential ${i + 1}/${sequential}`);
       if (libvirt) {
         lv.push(await libvirt.start(`seq-${i}`));
         await libvirt.destroy(`seq-${i}`);
@@ -80,10 +81,12 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
       await vmletDelete(api, `net-${i}`);
     }
 
+    progress(`concurrent: ${concurrent} raw QEMU at once`);
     const t0 = performance.now();
     const rawC = await Promise.all(Array.from({ length: concurrent }, (_, i) => rawStart(dir, accel, 1000 + i)));
     const rawConcurrentWall = performance.now() - t0;
     await Promise.all(rawC.map((r) => stopRaw(r.proc)));
+    progress(`concurrent: ${concurrent} vmlet VMIs at once`);
     const t1 = performance.now();
     const vmlC = await Promise.all(Array.from({ length: concurrent }, (_, i) => vmletStart(api, `con-${i}`)));
     const vmletConcurrentWall = performance.now() - t1;
@@ -93,6 +96,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     let lvC: number[] = [];
     let libvirtConcurrentWall = NaN;
     if (libvirt) {
+      progress(`concurrent: ${concurrent} libvirt domains at once`);
       const t2 = performance.now();
       lvC = await Promise.all(Array.from({ length: concurrent }, (_, i) => libvirt.start(`con-${i}`)));
       libvirtConcurrentWall = performance.now() - t2;

@@ -4,9 +4,25 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ApiClient, paths } from '../src/cli/client.js';
+import { testAccel } from '../test/support/accel.js';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** How long one VM may take to reach a phase before the benchmark ends with its reason. */
+export const PHASE_DEADLINE_MS = Number(process.env['VMLET_BENCH_DEADLINE_MS'] ?? 120_000);
+
+/** Progress for the person waiting, on stderr, so --json output on stdout stays clean. */
+export function progress(msg: string): void {
+  process.stderr.write(`bench: ${msg}\n`);
+}
+
+/** The accelerator for both sides of a benchmark: VMLET_TEST_ACCEL, else vmlet's KVM probe (never "does /dev/kvm open"). */
+export async function benchAccel(): Promise<'kvm' | 'tcg'> {
+  const accel = await testAccel(undefined, (why) => progress(why));
+  progress(`accelerator: ${accel}`);
+  return accel;
+}
 
 export function percentile(xs: number[], p: number): number {
   const s = [...xs].sort((a, b) => a - b);
@@ -39,13 +55,33 @@ export function vmiManifest(name: string, net = false): unknown {
   };
 }
 
-export async function waitPhase(api: ApiClient, name: string, phase: string, signal: AbortSignal): Promise<void> {
-  const stream = await api.watch(`${paths.list('virtualmachineinstances', 'default')}?watch=true`, signal);
-  for await (const ev of stream) {
-    const e = ev as { type: string; object: { metadata: { name: string }; status?: { phase?: string } } };
-    if (e.object.metadata.name === name && e.object.status?.phase === phase) return;
-    if (e.object.metadata.name === name && e.object.status?.phase === 'Failed') throw new Error(`${name} failed`);
+interface PhaseView { metadata: { name: string }; status?: { phase?: string; reason?: string; message?: string } }
+
+/** "phase Failed (LaunchFailed): QEMU said …" for a VMI, as far as the daemon knows. */
+async function describeVmi(api: ApiClient, name: string): Promise<string> {
+  try {
+    const v = (await api.call('GET', paths.object('virtualmachineinstances', 'default', name))) as PhaseView;
+    const st = v.status ?? {};
+    return `phase ${st.phase ?? 'none'}${st.reason ? ` (${st.reason})` : ''}${st.message ? `: ${st.message}` : ''}`;
+  } catch (e) {
+    return `not readable: ${(e as Error).message}`;
   }
+}
+
+/** Waits until VMI `name` shows `phase`; a Failed VMI or the deadline ends the wait with the VMI's reason. */
+export async function waitPhase(api: ApiClient, name: string, phase: string, signal: AbortSignal, timeoutMs = PHASE_DEADLINE_MS): Promise<void> {
+  const deadline = AbortSignal.timeout(timeoutMs);
+  try {
+    const stream = await api.watch(`${paths.list('virtualmachineinstances', 'default')}?watch=true`, AbortSignal.any([signal, deadline]));
+    for await (const ev of stream) {
+      const e = ev as { type: string; object: PhaseView };
+      if (e.object.metadata.name === name && e.object.status?.phase === phase) return;
+      if (e.object.metadata.name === name && e.object.status?.phase === 'Failed') throw new Error(`${name} failed: ${await describeVmi(api, name)}`);
+    }
+  } catch (e) {
+    if (!deadline.aborted) throw e;
+  }
+  if (deadline.aborted) throw new Error(`${name} was not ${phase} after ${timeoutMs / 1000} s: ${await describeVmi(api, name)}`);
   throw new Error(`watch ended before ${name} was ${phase}`);
 }
 
@@ -63,12 +99,14 @@ export async function vmletStart(api: ApiClient, name: string, net = false): Pro
 
 export async function vmletDelete(api: ApiClient, name: string): Promise<void> {
   await api.call('DELETE', paths.object('virtualmachineinstances', 'default', name));
+  const until = Date.now() + PHASE_DEADLINE_MS;
   for (;;) {
     try {
       await api.call('GET', paths.object('virtualmachineinstances', 'default', name));
     } catch {
       return;
     }
+    if (Date.now() > until) throw new Error(`${name} was not deleted after ${PHASE_DEADLINE_MS / 1000} s: ${await describeVmi(api, name)}`);
     await sleep(20);
   }
 }
@@ -83,7 +121,7 @@ export async function startPaused(api: ApiClient, name: string): Promise<void> {
   for (;;) {
     const v = (await api.call('GET', paths.object('virtualmachineinstances', 'default', name))) as VmiView;
     if (v.status?.conditions?.some((c) => c.type === 'Paused' && c.status === 'True')) return;
-    if (Date.now() > until) throw new Error(`${name} did not pause`);
+    if (Date.now() > until) throw new Error(`${name} did not pause within 30 s: ${await describeVmi(api, name)}`);
     await sleep(50);
   }
 }

@@ -74,9 +74,37 @@ export function hasControlChars(s: string): boolean {
 
 class Collector {
   readonly details: FieldError[] = [];
+  /**
+   * `schemaFailed`: the schema refused the object, so the semantic checks run on shapes they cannot rely on.
+   * Each check still runs, so that every problem is reported at once; one that trips over a malformed
+   * shape is skipped (the schema error already names that field).
+   */
+  constructor(private readonly schemaFailed = false) {}
   add(field: string, code: string, message: string): void {
     if (!this.details.some((d) => d.field === field && d.message === message)) this.details.push({ field, code, message });
   }
+  /** Runs one semantic check; after a schema error, a crash of the check on a malformed shape skips it. */
+  check(run: () => void): void {
+    if (!this.schemaFailed) return run();
+    try {
+      run();
+    } catch (e) {
+      if (e instanceof VmletError) throw e;
+    }
+  }
+}
+
+/** True if `field` is `parent` or lies below it (`parent.x`, `parent[0]`). */
+function isAtOrBelow(field: string, parent: string): boolean {
+  return field === parent || field.startsWith(`${parent}.`) || field.startsWith(`${parent}[`);
+}
+
+/**
+ * Every problem, schema errors first (so the first code stays what it was when only those were reported),
+ * then the semantic ones that are not about a field the schema already refused.
+ */
+function allProblems(schema: readonly FieldError[], semantic: readonly FieldError[]): FieldError[] {
+  return [...schema, ...semantic.filter((d) => !schema.some((s) => s.field !== '' && isAtOrBelow(d.field, s.field)))];
 }
 
 function isRecord(v: unknown): v is Record<string, unknown> {
@@ -188,14 +216,15 @@ function preflight(input: unknown, kind: SchemaKind): Record<string, unknown> {
   return out;
 }
 
-function runSchema(obj: Record<string, unknown>, kind: SchemaKind, opts: ValidateOptions | undefined): void {
+/** The schema's verdict (ajv collects every error); defaults are filled in on the way. */
+function runSchema(obj: Record<string, unknown>, kind: SchemaKind, opts: ValidateOptions | undefined): FieldError[] {
   const schemas = opts?.schemas ?? defaultSchemas();
   const validate = schemas.validators[kind];
-  if (!validate(obj)) throw new ValidationError(subjectOf(kind, obj), mapSchemaErrors(validate.errors ?? []));
+  return validate(obj) ? [] : mapSchemaErrors(validate.errors ?? []);
 }
 
 // ---------------------------------------------------------------------------------------------
-// semantic checks (run after the schema passed, so shapes are known)
+// semantic checks (shapes are known when the schema passed; after a schema error each check runs guarded)
 
 interface LooseDomain {
   cpu?: Partial<CPU>;
@@ -488,15 +517,17 @@ const FREE_TEXT = /\.cloudInitNoCloud\.(userData|userDataBase64|networkData|netw
 
 /** Semantic checks and code defaults for a VMI spec (in place) at `path` (`spec` or `spec.template.spec`). */
 function checkVMISpec(spec: LooseSpec, path: string, col: Collector): void {
-  checkNoControlChars(spec, path, (p) => FREE_TEXT.test(p), col);
+  col.check(() => checkNoControlChars(spec, path, (p) => FREE_TEXT.test(p), col));
   const dom = `${path}.domain`;
-  checkResources(spec.domain, dom, col);
-  checkCpuAndMemory(spec.domain, dom, col);
-  if (!QEMU_NAME_RE.test(spec.domain.machine.type)) {
-    col.add(`${dom}.machine.type`, 'INVALID_FIELD', 'must be a QEMU machine type name (letters, digits, ".", "_", "-")');
-  }
-  checkFirmware(spec.domain, dom, col);
-  checkDisksAndVolumes(spec, path, col);
+  col.check(() => checkResources(spec.domain, dom, col));
+  col.check(() => checkCpuAndMemory(spec.domain, dom, col));
+  col.check(() => {
+    if (!QEMU_NAME_RE.test(spec.domain.machine.type)) {
+      col.add(`${dom}.machine.type`, 'INVALID_FIELD', 'must be a QEMU machine type name (letters, digits, ".", "_", "-")');
+    }
+  });
+  col.check(() => checkFirmware(spec.domain, dom, col));
+  col.check(() => checkDisksAndVolumes(spec, path, col));
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -508,11 +539,12 @@ function checkVMISpec(spec: LooseSpec, path: string, col: Collector): void {
  */
 export function validateVMI(input: unknown, opts?: ValidateOptions): VirtualMachineInstance {
   const obj = preflight(input, 'VirtualMachineInstance');
-  runSchema(obj, 'VirtualMachineInstance', opts);
-  const col = new Collector();
-  checkMetadata(obj['metadata'] as Record<string, unknown>, col);
-  checkVMISpec(obj['spec'] as LooseSpec, 'spec', col);
-  if (col.details.length > 0) throw new ValidationError(subjectOf('VirtualMachineInstance', obj), col.details);
+  const schema = runSchema(obj, 'VirtualMachineInstance', opts);
+  const col = new Collector(schema.length > 0);
+  col.check(() => checkMetadata(obj['metadata'] as Record<string, unknown>, col));
+  col.check(() => checkVMISpec(obj['spec'] as LooseSpec, 'spec', col));
+  const problems = allProblems(schema, col.details);
+  if (problems.length > 0) throw new ValidationError(subjectOf('VirtualMachineInstance', obj), problems);
   return obj as unknown as VirtualMachineInstance;
 }
 
@@ -522,25 +554,30 @@ export function validateVMI(input: unknown, opts?: ValidateOptions): VirtualMach
  */
 export function validateVM(input: unknown, opts?: ValidateOptions): VirtualMachine {
   const obj = preflight(input, 'VirtualMachine');
-  runSchema(obj, 'VirtualMachine', opts);
-  const col = new Collector();
-  checkMetadata(obj['metadata'] as Record<string, unknown>, col);
+  const schema = runSchema(obj, 'VirtualMachine', opts);
+  const col = new Collector(schema.length > 0);
+  col.check(() => checkMetadata(obj['metadata'] as Record<string, unknown>, col));
   const spec = obj['spec'] as { running?: boolean; runStrategy?: RunStrategy; template: { metadata?: Record<string, unknown>; spec: LooseSpec } };
-  if (spec.running !== undefined && spec.runStrategy !== undefined) {
-    col.add('spec.running', 'CONFLICTING_FIELDS', 'set either running or runStrategy, not both');
-  } else if (spec.running !== undefined) {
-    spec.runStrategy = spec.running ? 'Always' : 'Halted';
-    delete spec.running;
-  } else if (spec.runStrategy === undefined) {
-    col.add('spec.runStrategy', 'MISSING_FIELD', `required field missing (one of ${RUN_STRATEGIES.join(', ')})`);
-  }
-  const tmeta = spec.template.metadata;
-  if (tmeta !== undefined) {
-    checkLabels(tmeta['labels'] as Record<string, string> | undefined, 'spec.template.metadata.labels', col);
-    checkNoControlChars(tmeta, 'spec.template.metadata', (p) => p === 'spec.template.metadata.annotations', col);
-  }
-  checkVMISpec(spec.template.spec, 'spec.template.spec', col);
-  if (col.details.length > 0) throw new ValidationError(subjectOf('VirtualMachine', obj), col.details);
+  col.check(() => {
+    if (spec.running !== undefined && spec.runStrategy !== undefined) {
+      col.add('spec.running', 'CONFLICTING_FIELDS', 'set either running or runStrategy, not both');
+    } else if (spec.running !== undefined) {
+      spec.runStrategy = spec.running ? 'Always' : 'Halted';
+      delete spec.running;
+    } else if (spec.runStrategy === undefined) {
+      col.add('spec.runStrategy', 'MISSING_FIELD', `required field missing (one of ${RUN_STRATEGIES.join(', ')})`);
+    }
+  });
+  col.check(() => {
+    const tmeta = spec.template.metadata;
+    if (tmeta !== undefined) {
+      checkLabels(tmeta['labels'] as Record<string, string> | undefined, 'spec.template.metadata.labels', col);
+      checkNoControlChars(tmeta, 'spec.template.metadata', (p) => p === 'spec.template.metadata.annotations', col);
+    }
+  });
+  col.check(() => checkVMISpec(spec.template.spec, 'spec.template.spec', col));
+  const problems = allProblems(schema, col.details);
+  if (problems.length > 0) throw new ValidationError(subjectOf('VirtualMachine', obj), problems);
   return obj as unknown as VirtualMachine;
 }
 

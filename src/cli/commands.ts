@@ -5,7 +5,21 @@ import { VmletError } from '../errors.js';
 import { ApiError, paths, type ApiClient, type Plural } from './client.js';
 import { runConsole } from './console.js';
 import { readAll, type CliIo } from './io.js';
-import { EVENT_HEADER, EVENT_MIN_WIDTHS, eventRow, formatTable, metaOf, vmiTable, vmTable } from './output.js';
+import {
+  daemonVersionOf,
+  describeVm,
+  describeVmi,
+  EVENT_HEADER,
+  EVENT_MIN_WIDTHS,
+  eventRow,
+  formatTable,
+  metaOf,
+  versionText,
+  vmiTable,
+  vmTable,
+  type DaemonVersion,
+} from './output.js';
+import { vmletVersion } from './version.js';
 
 export interface Ctx {
   client: ApiClient;
@@ -143,7 +157,9 @@ async function applyOne(ctx: Ctx, m: Manifest): Promise<'created' | 'configured'
   try {
     await ctx.client.call('GET', objectPath);
   } catch (e) {
-    if (!isNotFound(e)) throw e;
+    // A name that cannot be in a path (not a DNS label) cannot exist: creating it lets the daemon's validation
+    // report it together with every other problem of the manifest.
+    if (!isNotFound(e) && !(e instanceof ApiError && e.code === 'INVALID_PATH')) throw e;
     exists = false;
   }
   if (!exists) {
@@ -293,9 +309,96 @@ function eventTime(e: unknown): number {
   return t ? Date.parse(t) || 0 : 0;
 }
 
-/** One line on stderr: `error: MESSAGE (CODE)`. */
+/** One problem of a refused request: Status `details.causes[]` (or a local error's `details[]`). */
+export interface Cause {
+  field: string;
+  code: string;
+  message: string;
+}
+
+/** The per-field causes an error carries: from the daemon's Status (`details.causes`) or a local ValidationError's `details`. */
+export function causesOf(e: unknown): Cause[] {
+  const status = e instanceof ApiError ? (e.status as { details?: { causes?: unknown } } | undefined) : undefined;
+  const list = status !== undefined ? status.details?.causes : e instanceof VmletError ? (e as { details?: unknown }).details : undefined;
+  if (!Array.isArray(list)) return [];
+  const fallback = e instanceof VmletError ? e.code : 'INTERNAL';
+  const out: Cause[] = [];
+  for (const c of list as unknown[]) {
+    if (typeof c !== 'object' || c === null) continue;
+    const { field, code, reason, message } = c as { field?: unknown; code?: unknown; reason?: unknown; message?: unknown };
+    out.push({
+      field: typeof field === 'string' ? field : '',
+      code: typeof code === 'string' && code !== '' ? code : typeof reason === 'string' && reason !== '' ? reason : fallback,
+      message: typeof message === 'string' ? message : String(message),
+    });
+  }
+  return out;
+}
+
+const oneLine = (s: string): string => s.replace(/\s*\n\s*/g, ' ');
+
+/**
+ * On stderr: `error: MESSAGE (CODE)`. A refusal with per-field causes prints what was refused
+ * (`error: VirtualMachine "default/x" is invalid:`), then every cause on its own line: `error: FIELD: MESSAGE (CODE)`.
+ */
 export function reportError(io: CliIo, e: unknown): void {
   const code = e instanceof VmletError ? e.code : 'INTERNAL';
   const message = e instanceof Error ? e.message : String(e);
-  io.stderr.write(`error: ${message.replace(/\s*\n\s*/g, ' ')} (${code})\n`);
+  const causes = causesOf(e);
+  if (causes.length === 0) {
+    io.stderr.write(`error: ${oneLine(message)} (${code})\n`);
+    return;
+  }
+  const invalid = message.indexOf(' is invalid: ');
+  if (invalid > 0) io.stderr.write(`error: ${oneLine(message.slice(0, invalid))} is invalid:\n`);
+  for (const c of causes) io.stderr.write(`error: ${c.field === '' ? '' : `${c.field}: `}${oneLine(c.message)} (${c.code})\n`);
+}
+
+/** `vmlet describe vmi|vm NAME`: the object, its events (and for a VM, its VMI), as text for a person. */
+export async function describe(ctx: Ctx, args: string[]): Promise<number> {
+  const [what, name, ...extra] = args;
+  const plural = resourceOf(what);
+  if (name === undefined || extra.length > 0) throw usageError('usage: vmlet describe vmi|vm NAME');
+  const o = await ctx.client.call('GET', paths.object(plural, ctx.namespace, name));
+  const list = await ctx.client.call('GET', `${paths.events(ctx.namespace)}?fieldSelector=${encodeURIComponent(`involvedObject.name=${name}`)}`);
+  const all = Array.isArray((list as { items?: unknown }).items) ? (list as { items: unknown[] }).items : [];
+  const involved = (e: unknown): { kind?: unknown; uid?: unknown } => (e as { involvedObject?: { kind?: unknown; uid?: unknown } }).involvedObject ?? {};
+  if (plural === 'virtualmachineinstances') {
+    // This VMI's own events: a VM's VMI of the same name that came before it had another uid.
+    const uid = (o as { metadata?: { uid?: unknown } }).metadata?.uid;
+    const mine = all.filter((e) => involved(e).kind === 'VirtualMachineInstance' && (uid === undefined || involved(e).uid === undefined || involved(e).uid === uid));
+    ctx.io.stdout.write(describeVmi(o, mine, now(ctx)));
+    return 0;
+  }
+  let vmi: unknown;
+  try {
+    vmi = await ctx.client.call('GET', paths.object('virtualmachineinstances', ctx.namespace, name));
+  } catch (e) {
+    if (!isNotFound(e)) throw e;
+  }
+  // The VM's events and those of every VMI it ran: why a VM is in CrashLoopBackOff is told by its VMIs.
+  const ours = all.filter((e) => involved(e).kind === 'VirtualMachine' || involved(e).kind === 'VirtualMachineInstance');
+  ctx.io.stdout.write(describeVm(o, vmi, ours, now(ctx)));
+  return 0;
+}
+
+/** `vmlet version`: the CLI's version first (so it is there even when the daemon is not), then the daemon's. */
+export async function version(ctx: Ctx, args: string[], opts: { output?: string }): Promise<number> {
+  if (args.length > 0) throw usageError('version takes no arguments');
+  if (opts.output !== undefined && !['json', 'yaml'].includes(opts.output)) throw usageError(`unknown output format "${opts.output}" (use json or yaml)`);
+  const client = vmletVersion();
+  let daemon: DaemonVersion | undefined;
+  let failure: unknown;
+  try {
+    daemon = daemonVersionOf(await ctx.client.call('GET', '/version'));
+  } catch (e) {
+    failure = e;
+  }
+  if (!print(ctx, opts.output, { client: { vmlet: client }, ...(daemon === undefined ? {} : { daemon }) })) ctx.io.stdout.write(versionText(client, daemon));
+  if (failure === undefined) return 0;
+  const why = oneLine(failure instanceof Error ? failure.message : String(failure));
+  const code = failure instanceof VmletError ? failure.code : 'INTERNAL';
+  const what = failure instanceof ApiError ? 'the daemon did not report its version' : 'the daemon is not reachable';
+  ctx.io.stderr.write(`error: ${what}: ${why} (${code})\n`);
+  return 1;
 }

@@ -17,15 +17,17 @@ export const EXIT_USAGE = 2;
 
 export const USAGE = `Usage: vmlet [--socket PATH] [-n NAMESPACE] VERB ...
 
-  vmlet daemon [--config FILE] [--socket PATH] [--state-dir DIR] [--run-dir DIR] [--accel auto|kvm|tcg]
+  vmlet daemon [--config FILE] [--socket PATH] [--state-dir DIR] [--run-dir DIR] [--accel auto|kvm|tcg] [--log-format text|json|auto]
   vmlet apply -f FILE                 VM and/or VMI, YAML or JSON, several documents per file (-f - = stdin)
   vmlet get vmis|vmi|vms|vm [NAME] [-o wide|json|yaml|name] [-A]
+  vmlet describe vmi|vm NAME          status, conditions, last QEMU error and events, for a person to read
   vmlet delete vmi|vm NAME [--wait]
   vmlet start|stop|restart NAME       VirtualMachine
   vmlet pause|unpause|softreboot|reset NAME   VirtualMachineInstance
   vmlet console NAME                  interactive; Ctrl+] detaches
   vmlet qmp NAME 'JSON'               raw QMP through the daemon's connection; prints the reply as JSON
   vmlet events [NAME] [--watch] [-o json|yaml] [-A]
+  vmlet version [-o json|yaml]        the CLI's version and the daemon's (QEMU, KVM, accelerator)
 
 Global options:
   --socket PATH        daemon socket (default ${DEFAULT_SOCKET}, or $VMLET_SOCKET)
@@ -46,6 +48,7 @@ const OPTIONS = {
   'state-dir': { type: 'string' },
   'run-dir': { type: 'string' },
   accel: { type: 'string' },
+  'log-format': { type: 'string' },
 } as const;
 
 type OptionName = keyof typeof OPTIONS;
@@ -53,9 +56,10 @@ const GLOBAL: OptionName[] = ['socket', 'namespace', 'help'];
 
 /** Verb → options it accepts besides the global ones. */
 const VERBS: Record<string, OptionName[]> = {
-  daemon: ['config', 'state-dir', 'run-dir', 'accel'],
+  daemon: ['config', 'state-dir', 'run-dir', 'accel', 'log-format'],
   apply: ['file'],
   get: ['output', 'all-namespaces'],
+  describe: [],
   delete: ['wait'],
   start: [],
   stop: [],
@@ -67,6 +71,7 @@ const VERBS: Record<string, OptionName[]> = {
   console: [],
   qmp: [],
   events: ['watch', 'output', 'all-namespaces'],
+  version: ['output'],
   help: [],
 };
 
@@ -117,6 +122,10 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
         return await cmd.apply(ctx, values.file);
       case 'get':
         return await cmd.get(ctx, args, { ...opt('output', values.output), allNamespaces: values['all-namespaces'] === true });
+      case 'describe':
+        return await cmd.describe(ctx, args);
+      case 'version':
+        return await cmd.version(ctx, args, opt('output', values.output));
       case 'delete':
         return await cmd.del(ctx, args, { wait: values.wait === true });
       case 'start':
@@ -147,10 +156,14 @@ function opt<K extends string, V>(key: K, value: V | undefined): { [P in K]?: V 
   return (value === undefined ? {} : { [key]: value }) as { [P in K]?: V };
 }
 
-async function daemon(args: string[], values: { socket?: string | boolean; config?: string | boolean; 'state-dir'?: string | boolean; 'run-dir'?: string | boolean; accel?: string | boolean }, env: CliIo['env']): Promise<number> {
+type DaemonValues = { socket?: string | boolean; config?: string | boolean; 'state-dir'?: string | boolean; 'run-dir'?: string | boolean; accel?: string | boolean; 'log-format'?: string | boolean };
+
+async function daemon(args: string[], values: DaemonValues, env: CliIo['env']): Promise<number> {
   if (args.length > 0) throw cmd.usageError('daemon takes no positional arguments');
   const accel = values.accel;
   if (accel !== undefined && accel !== 'auto' && accel !== 'kvm' && accel !== 'tcg') throw cmd.usageError('--accel must be auto, kvm or tcg');
+  const logFormat = values['log-format'];
+  if (logFormat !== undefined && logFormat !== 'auto' && logFormat !== 'json' && logFormat !== 'text') throw cmd.usageError('--log-format must be text, json or auto');
   const opts: DaemonRunOptions = {};
   const socket = typeof values.socket === 'string' ? values.socket : env.VMLET_SOCKET;
   if (socket !== undefined) opts.socket = socket;
@@ -158,6 +171,7 @@ async function daemon(args: string[], values: { socket?: string | boolean; confi
   if (typeof values['state-dir'] === 'string') opts.stateDir = values['state-dir'];
   if (typeof values['run-dir'] === 'string') opts.runDir = values['run-dir'];
   if (accel !== undefined) opts.accel = accel;
+  if (logFormat !== undefined) opts.logFormat = logFormat;
   // A computed specifier: the daemon (and its dependencies) load only for this verb.
   const spec = '../daemon/main.js';
   const mod = (await import(spec)) as DaemonModule;

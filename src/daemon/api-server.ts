@@ -8,19 +8,44 @@ import type { Logger } from 'pino';
 import YAML from 'yaml';
 import { VmletError } from '../errors.js';
 import type { Backend, ConsoleAttachment, Kind, ObjectRef, VmAction, VmiAction } from './backend.js';
-import { failure, statusFromError, success, type StatusContext, type StatusObject } from './status.js';
+import { failure, statusFromError, success, type StatusCause, type StatusContext, type StatusObject } from './status.js';
 
 export const API_GROUP = 'vmlet.io';
 export const SUBRESOURCE_GROUP = 'subresources.vmlet.io';
 export const API_VERSION = 'v1alpha1';
 export const CONSOLE_PROTOCOL = 'vmlet-console';
 
+/** What GET /version reports: this daemon's version, its QEMU and the accelerator settings VMs are started with. */
+export interface VersionInfo {
+  vmlet: string;
+  /** QEMU's own first line of `-version`. */
+  qemu: string;
+  /** Whether /dev/kvm is usable, and why not (`reason` is "ok" when it is). */
+  kvm: { usable: boolean; reason: string; durationMs?: number };
+  accel: 'auto' | 'kvm' | 'tcg';
+  useEmulation: boolean;
+}
+
+/** GET /version's answer when the server was started without a probe result (tests). */
+const UNPROBED: VersionInfo = { vmlet: 'unknown', qemu: 'unknown', kvm: { usable: false, reason: 'not probed' }, accel: 'auto', useEmulation: false };
+
+/** A Status cause with the vmlet error code under `code` as well as Kubernetes' `reason`. */
+export type ApiStatusCause = StatusCause & { code: string };
+
+/** Every `details.causes[]` entry also carries `code` (the same value as `reason`), so clients need not know Kubernetes' name for it. */
+export function withCauseCodes(status: StatusObject): StatusObject {
+  const causes = status.details?.causes;
+  if (causes === undefined) return status;
+  const coded: ApiStatusCause[] = causes.map((c) => ({ ...(c.field === undefined ? {} : { field: c.field }), code: c.reason, message: c.message, reason: c.reason }));
+  return { ...status, details: { ...status.details, causes: coded } };
+}
+
 export interface ApiServerOptions {
   backend: Backend;
   socketPath: string;
   logger: Logger;
   /** Reported by GET /version. */
-  version?: string;
+  version?: VersionInfo;
   /** Request body limit in bytes; default 1 MiB. */
   maxBodyBytes?: number;
   /** Time allowed to receive the request headers; default 10 s. */
@@ -357,7 +382,7 @@ export class ApiServer {
   }
 
   private sendError(req: http.IncomingMessage, res: http.ServerResponse, e: unknown, ctx: StatusContext, log: Logger): void {
-    const status = statusFromError(e, ctx);
+    const status = withCauseCodes(statusFromError(e, ctx));
     if (status.code >= 500) log.error({ err: e, code: status.reason }, 'request failed');
     else log.debug({ code: status.reason, message: status.message }, 'request refused');
     if (res.headersSent) {
@@ -409,7 +434,7 @@ export class ApiServer {
         res.end('ok');
         return;
       case 'version':
-        sendJson(res, 200, { version: this.opts.version ?? '0.0.0', apiVersion: `${API_GROUP}/${API_VERSION}`, node: process.version });
+        sendJson(res, 200, { ...(this.opts.version ?? UNPROBED), apiVersion: `${API_GROUP}/${API_VERSION}`, nodejs: process.version });
         return;
       case 'list': {
         if (method === 'POST') {
@@ -525,7 +550,7 @@ export class ApiServer {
         if (!res.write(`${JSON.stringify(ev)}\n`)) await waitWritable(res);
       }
     } catch (e) {
-      if (!ac.signal.aborted && !res.destroyed) res.write(`${JSON.stringify({ type: 'ERROR', object: statusFromError(e, ctx) })}\n`);
+      if (!ac.signal.aborted && !res.destroyed) res.write(`${JSON.stringify({ type: 'ERROR', object: withCauseCodes(statusFromError(e, ctx)) })}\n`);
     } finally {
       res.off('close', onClose);
       ac.abort();
@@ -557,7 +582,7 @@ export class ApiServer {
       const w = query.get('write');
       att = await this.opts.backend.console(route.ref, { write: w === 'true' || w === '1' });
     } catch (e) {
-      const status = statusFromError(e, ctx);
+      const status = withCauseCodes(statusFromError(e, ctx));
       log.debug({ code: status.reason }, 'console refused');
       if (socket.writable) socket.end(rawResponse(status));
       return;

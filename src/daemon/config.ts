@@ -6,6 +6,14 @@ import YAML from 'yaml';
 import { VmletError } from '../errors.js';
 
 export type Accel = 'auto' | 'kvm' | 'tcg';
+/** `text`: human-readable lines; `json`: pino's JSON lines; `auto`: text when stdout is a terminal, JSON otherwise. */
+export type LogFormat = 'auto' | 'json' | 'text';
+export const LOG_FORMATS: readonly LogFormat[] = ['auto', 'json', 'text'];
+
+/** Whether the daemon logs text lines: asked for, or `auto` with stdout on a terminal. */
+export function wantsTextLogs(format: LogFormat, stdoutIsTty: boolean): boolean {
+  return format === 'text' || (format === 'auto' && stdoutIsTty);
+}
 
 export interface DaemonConfig {
   socket: string;
@@ -21,6 +29,11 @@ export interface DaemonConfig {
   /** Request body limit of the API, in bytes. */
   maxBodyBytes: number;
   logLevel: string;
+  logFormat: LogFormat;
+  /** The KVM device the accelerator probe opens (tests point it at a plain file). */
+  kvmDevice: string;
+  /** How long the probe guest gets to run under KVM before KVM counts as unusable (docs/accelerator.md). */
+  kvmProbeDeadlineMs: number;
   /**
    * Parent of the per-VM cgroups (`<cgroupParent>/<uid>`), relative to each hierarchy root
    * (v1: every controller's mount; v2: the unified mount). "" = make no VM cgroups.
@@ -61,13 +74,15 @@ export interface DaemonFlags {
   stateDir?: string;
   runDir?: string;
   accel?: Accel;
+  logFormat?: LogFormat;
 }
 
 type KeyType = 'string' | 'boolean' | 'number' | 'object' | 'string[]';
 
 const keys: Record<keyof DaemonConfig, KeyType> = {
   socket: 'string', stateDir: 'string', runDir: 'string', accel: 'string', useEmulation: 'boolean',
-  nodeName: 'string', qemuBinary: 'string', launcherBinary: 'string', maxBodyBytes: 'number', logLevel: 'string',
+  nodeName: 'string', qemuBinary: 'string', launcherBinary: 'string', maxBodyBytes: 'number', logLevel: 'string', logFormat: 'string',
+  kvmDevice: 'string', kvmProbeDeadlineMs: 'number',
   cgroupParent: 'string', cgroupRoot: 'string', network: 'object',
 };
 
@@ -121,6 +136,9 @@ export function defaultConfig(repoRoot: string): DaemonConfig {
     launcherBinary: path.join(repoRoot, 'native', 'build', 'vmlet-launch'),
     maxBodyBytes: 1024 * 1024,
     logLevel: process.env.VMLET_LOG_LEVEL ?? 'info',
+    logFormat: 'auto',
+    kvmDevice: '/dev/kvm',
+    kvmProbeDeadlineMs: 500,
     cgroupParent: 'vmlet',
     cgroupRoot: '/sys/fs/cgroup',
     network: {
@@ -144,6 +162,10 @@ export function mergeConfig(base: DaemonConfig, doc: unknown, source: string): D
   const cfg = mergeKeys(base, doc, keys, source) as unknown as DaemonConfig;
   if ('network' in doc) cfg.network = mergeNetwork(base.network, cfg.network, source);
   if (!['auto', 'kvm', 'tcg'].includes(cfg.accel)) throw new VmletError('CONFIG_INVALID', `${source}: accel must be auto, kvm or tcg`);
+  if (!LOG_FORMATS.includes(cfg.logFormat)) throw new VmletError('CONFIG_INVALID', `${source}: logFormat must be json, text or auto`);
+  if (!Number.isInteger(cfg.kvmProbeDeadlineMs) || cfg.kvmProbeDeadlineMs < 50 || cfg.kvmProbeDeadlineMs > 60_000) {
+    throw new VmletError('CONFIG_INVALID', `${source}: kvmProbeDeadlineMs must be a whole number of milliseconds from 50 to 60000`);
+  }
   cfg.cgroupParent = cfg.cgroupParent.replace(/^\/+|\/+$/g, '');
   if (cfg.cgroupParent.split('/').some((seg) => seg === '.' || seg === '..' || (seg === '' && cfg.cgroupParent !== ''))) {
     throw new VmletError('CONFIG_INVALID', `${source}: cgroupParent must be a relative group path without "." or ".." segments (or "" for no VM cgroups)`);
@@ -173,5 +195,6 @@ export function loadConfig(repoRoot: string, flags: DaemonFlags): DaemonConfig {
   if (flags.stateDir) fromFlags.stateDir = flags.stateDir;
   if (flags.runDir) fromFlags.runDir = flags.runDir;
   if (flags.accel) fromFlags.accel = flags.accel;
+  if (flags.logFormat) fromFlags.logFormat = flags.logFormat;
   return mergeConfig(cfg, fromFlags, 'flags');
 }

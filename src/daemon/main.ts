@@ -4,14 +4,15 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino, { type Logger } from 'pino';
 import { detectCgroupLayout } from '../cgroups/index.js';
+import { vmletVersion } from '../cli/version.js';
 import { VmController, type ControllerSource } from '../controller/vm-controller.js';
 import { VmletError } from '../errors.js';
-import { describeCaps, probeQemu } from '../qemu/probe.js';
+import { describeCaps, probeQemu, type ProbeOptions } from '../qemu/probe.js';
 import { LauncherServer } from '../qemu/launcher-server.js';
 import { LocalStore } from '../source/local-store.js';
 import { sdNotify } from '../sys/sd-notify.js';
 import { ApiServer } from './api-server.js';
-import { loadConfig, type DaemonConfig, type DaemonFlags } from './config.js';
+import { loadConfig, wantsTextLogs, type DaemonConfig, type DaemonFlags } from './config.js';
 import { LocalBackend } from './local-backend.js';
 import { NodeReconciler } from './node-reconciler.js';
 import { makePrepare } from './prepare.js';
@@ -41,10 +42,16 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   } catch (e) {
     throw new VmletError('LAUNCHER_MISSING', `vmlet-launch not found at ${config.launcherBinary}; build it with "make -C native" (npm run setup does)`, { cause: e });
   }
-  const caps = await probeQemu(config.qemuBinary).catch((e: unknown) => {
+  // Probed once per daemon start (prepare reuses the cached result): KVM counts only if a guest ran under it.
+  const probeOptions: ProbeOptions = { devKvm: config.kvmDevice, kvmProbeDeadlineMs: config.kvmProbeDeadlineMs };
+  const caps = await probeQemu(config.qemuBinary, probeOptions).catch((e: unknown) => {
     throw new VmletError('QEMU_NOT_FOUND', `cannot use QEMU at ${config.qemuBinary}; install qemu-system-x86 (npm run setup does)`, { cause: e });
   });
-  logger.info({ qemu: describeCaps(caps), accel: config.accel, useEmulation: config.useEmulation }, 'QEMU probed');
+  logger.info({ qemu: describeCaps(caps), accel: config.accel, useEmulation: config.useEmulation, kvmProbeMs: caps.kvm.durationMs }, 'QEMU probed');
+  if (!caps.kvm.usable && config.accel !== 'tcg') {
+    const then = config.accel === 'auto' && config.useEmulation ? 'VMs run with software emulation (TCG, slow)' : 'VMs will fail to start until KVM works or software emulation is allowed (useEmulation: true or --accel tcg)';
+    logger.warn({ kvm: caps.kvm.reason, stage: caps.kvm.stage }, `KVM is not usable: ${then}`);
+  }
 
   let cgroups: VmCgroups | undefined;
   if (config.cgroupParent !== '') {
@@ -79,7 +86,7 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     launcherServer,
     launcherBinary: config.launcherBinary,
     launcherSocket,
-    prepare: makePrepare({ qemuBinary: config.qemuBinary, accel: config.accel, useEmulation: config.useEmulation, network }),
+    prepare: makePrepare({ qemuBinary: config.qemuBinary, accel: config.accel, useEmulation: config.useEmulation, probe: probeOptions, network }),
     logger: logger.child({ component: 'node' }),
     ...(cgroups ? { cgroups } : {}),
     network,
@@ -90,7 +97,13 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   await launcherServer.listen();
   controller.start();
   const backend = new LocalBackend({ store, node, controller, network });
-  const api = await ApiServer.listen({ backend, socketPath: config.socket, logger: logger.child({ component: 'api' }), maxBodyBytes: config.maxBodyBytes });
+  const api = await ApiServer.listen({
+    backend,
+    socketPath: config.socket,
+    logger: logger.child({ component: 'api' }),
+    maxBodyBytes: config.maxBodyBytes,
+    version: { vmlet: vmletVersion(), qemu: caps.version.text, kvm: caps.kvm, accel: config.accel, useEmulation: config.useEmulation },
+  });
   return {
     config, store, node, controller, api, launcherServer,
     async close() {
@@ -104,10 +117,22 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   };
 }
 
+/**
+ * The daemon's logger: pino JSON on stdout, or (logFormat text, or auto on a terminal) one human-readable line per
+ * entry. pino-pretty is loaded only then, and runs in this thread rather than as a worker transport (which would
+ * start a thread and lose lines written just before process.exit).
+ */
+async function makeLogger(config: DaemonConfig): Promise<Logger> {
+  const options = { level: config.logLevel, base: { node: config.nodeName } };
+  if (!wantsTextLogs(config.logFormat, process.stdout.isTTY === true)) return pino(options);
+  const { textLogDestination } = await import('./log-format.js');
+  return pino(options, textLogDestination({ out: process.stdout, colorize: process.stdout.isTTY === true && process.env.NO_COLOR === undefined }));
+}
+
 /** The `vmlet daemon` verb: runs in the foreground until SIGTERM/SIGINT. */
 export async function runDaemon(flags: DaemonFlags): Promise<void> {
   const config = loadConfig(repoRoot, flags);
-  const logger = pino({ level: config.logLevel, base: { node: config.nodeName } });
+  const logger = await makeLogger(config);
   let daemon: RunningDaemon;
   try {
     daemon = await startDaemon(config, logger);

@@ -7,7 +7,7 @@ import { promisify } from 'node:util';
 import type { VirtualMachineInstance } from '../api/types.js';
 import { VmletError } from '../errors.js';
 import { buildArgv } from '../qemu/argv.js';
-import { probeQemu, resolveAccel } from '../qemu/probe.js';
+import { probeQemu, resolveAccel, type ProbeOptions } from '../qemu/probe.js';
 import { planVolumes, type PreparedFile } from '../qemu/volumes.js';
 import type { PreparedLaunch } from './supervisor.js';
 import type { VmNetwork } from './vm-network.js';
@@ -18,7 +18,8 @@ export interface PrepareOptions {
   qemuBinary: string;
   accel: 'auto' | 'kvm' | 'tcg';
   useEmulation: boolean;
-  devKvm?: string;
+  /** The same options as the daemon's start-up probe, so both share one cached result. */
+  probe?: ProbeOptions;
   genisoimage?: string;
   /** Standalone networking; absent = VMs get no NIC. */
   network?: VmNetwork;
@@ -68,7 +69,7 @@ async function makeFile(f: PreparedFile, genisoimage: string): Promise<void> {
 /** The daemon's `prepare` step: probe (cached), choose the accelerator, create files, build argv, then the network sandbox and its tap fds. */
 export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance, runDir: string) => Promise<PreparedLaunch> {
   return async (vmi, runDir) => {
-    const caps = await probeQemu(opts.qemuBinary, opts.devKvm ? { devKvm: opts.devKvm } : {});
+    const caps = await probeQemu(opts.qemuBinary, opts.probe ?? {});
     const choice = resolveAccel(opts.accel, opts.useEmulation, caps);
     const plan = planVolumes(vmi, runDir, caps.ovmf ? { ovmf: caps.ovmf } : {});
     for (const f of plan.files) await makeFile(f, opts.genisoimage ?? 'genisoimage');
@@ -84,6 +85,9 @@ export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance,
     if (caps.ovmf) ctx.ovmf = caps.ovmf;
     const argv = buildArgv(vmi, ctx);
     const prepared: PreparedLaunch = { argv, fds: [], accel: choice.accel, softwareEmulation: choice.softwareEmulation };
+    if (choice.emulationReason !== undefined) {
+      prepared.emulation = { reason: choice.emulationReason, message: choice.emulationMessage ?? '' };
+    }
     // Last, so that nothing after it can fail and leave tap fds open.
     const net = await opts.network?.prepare(vmi, { fdBase: prepared.fds.length, accel: choice.accel });
     if (net) {

@@ -5,8 +5,9 @@ import type { Logger } from 'pino';
 import type { VMIInterfaceStatus, VirtualMachineInstance, VirtualMachineInstanceStatus } from '../api/types.js';
 import { VmletError } from '../errors.js';
 import { isLiveProcessFor, readRunDir, spawnLauncher, type ExitStatus } from '../qemu/launch.js';
+import { readQemuErrors } from '../qemu/qemu-log.js';
 import type { HelloDecision, LauncherHello, LauncherLink, LauncherServer } from '../qemu/launcher-server.js';
-import { GUEST_AGENT_DEVICE_ID } from '../qemu/argv.js';
+import { accelFromCmdline, GUEST_AGENT_DEVICE_ID } from '../qemu/argv.js';
 import { QmpClient } from '../qmp/client.js';
 import { GuestAgentClient } from '../qmp/guest-agent.js';
 import type { GuestNetworkInterface } from '../qmp/guest-agent-types.js';
@@ -24,6 +25,8 @@ export interface PreparedLaunch {
   fds: number[];
   accel: 'kvm' | 'tcg';
   softwareEmulation: boolean;
+  /** Why software emulation (the SoftwareEmulation condition's reason and message). */
+  emulation?: { reason: 'KvmUnusable' | 'EmulationRequested'; message: string };
   /** The network sandbox the launcher joins before it forks QEMU. */
   netnsPath?: string;
   /** status.interfaces as known before boot (from the lease). */
@@ -60,11 +63,20 @@ export interface ExitReport {
   phase: 'Succeeded' | 'Failed';
   reason?: FailureReason | 'Stopped' | 'GuestShutdown';
   exit?: ExitStatus;
+  /** QEMU's last stderr lines when it failed. */
+  qemuError?: string;
 }
 
 const QUIT_WAIT_MS = 5_000;
 const KILL_WAIT_MS = 5_000;
 const SOFTWARE_EMULATION_MESSAGE = 'QEMU runs with software emulation (TCG): expect it to be slow';
+
+/** The SoftwareEmulation condition's reason and message for a launch. */
+function emulationCondition(prepared: Pick<PreparedLaunch, 'emulation'>): { reason: string; message: string } {
+  const e = prepared.emulation;
+  if (e === undefined) return { reason: 'SoftwareEmulation', message: SOFTWARE_EMULATION_MESSAGE };
+  return { reason: e.reason, message: `${SOFTWARE_EMULATION_MESSAGE}; ${e.reason === 'KvmUnusable' ? `KVM is not usable: ${e.message}` : e.message}` };
+}
 
 export class Supervisor {
   state: SupervisorState = 'New';
@@ -83,6 +95,8 @@ export class Supervisor {
   private reconnecting = false;
   private guestShutdown = false;
   private panicked = false;
+  /** Why the launch failed, when QEMU came up but never answered (kept for the final status). */
+  private launchFailure: string | undefined;
   private readonly uid: string;
   private readonly log: Logger;
   private readonly now: () => number;
@@ -211,7 +225,10 @@ export class Supervisor {
   private launchedStatus(s: VirtualMachineInstanceStatus, prepared: PreparedLaunch, qemuPid: number | undefined): VirtualMachineInstanceStatus {
     let out = withRuntime(s, { qemuPid, launcherPid: this.launcherPid, runDir: this.deps.runDir, accel: prepared.accel, softwareEmulation: prepared.softwareEmulation });
     out = withInterfaces(out, prepared.interfaces);
-    if (prepared.softwareEmulation) out = withCondition(out, 'SoftwareEmulation', true, this.iso(), 'KvmUnavailable', SOFTWARE_EMULATION_MESSAGE);
+    if (prepared.softwareEmulation) {
+      const c = emulationCondition(prepared);
+      out = withCondition(out, 'SoftwareEmulation', true, this.iso(), c.reason, c.message);
+    }
     return out;
   }
 
@@ -280,8 +297,9 @@ export class Supervisor {
       this.log.info({ qemuPid: this.qemuPid }, fresh ? 'VMI running' : 'VMI re-adopted');
     } catch (e) {
       if (this.state === 'Exited' || this.state === 'Stopping') return;
-      this.log.warn({ err: e }, 'QEMU did not come up');
-      this.deps.event('Warning', 'LaunchFailed', `QEMU did not come up: ${(e as Error).message}`);
+      // One line in finish() says what happened, with QEMU's own words; the stack is for debugging only.
+      this.log.debug({ err: e }, 'QEMU did not come up');
+      this.launchFailure = `QEMU did not come up: ${(e as Error).message}`;
       await this.stop(0, 'LaunchFailed');
     }
   }
@@ -440,11 +458,10 @@ export class Supervisor {
     await this.finish(undefined, 'LauncherLost');
   }
 
-  /** The accelerator a running QEMU was started with, from its command line (`-machine …,accel=X`). */
+  /** The accelerator a running QEMU was started with, from its command line (`-accel X,…`, or `-machine …,accel=X` before tb-size was set). */
   private async accelOf(pid: number): Promise<'kvm' | 'tcg' | undefined> {
     const cmdline = await fs.readFile(path.join(this.deps.procRoot ?? '/proc', String(pid), 'cmdline'), 'utf8').catch(() => '');
-    const m = /(?:^|,)accel=(kvm|tcg)(?:,|\0|$)/m.exec(cmdline.split('\0').find((a) => a.includes('accel=')) ?? '');
-    return m ? (m[1] as 'kvm' | 'tcg') : undefined;
+    return accelFromCmdline(cmdline.split('\0'));
   }
 
   /** After a daemon restart: adopt what runs, record what ended, and never start a second QEMU. */
@@ -463,7 +480,10 @@ export class Supervisor {
       const accel = await this.accelOf(this.qemuPid!);
       await this.deps.writeStatus((s) => {
         let out = withRuntime(s, { qemuPid: this.qemuPid, launcherPid: this.launcherPid, runDir: this.deps.runDir, ...(accel ? { accel, softwareEmulation: accel === 'tcg' } : {}) });
-        if (accel === 'tcg') out = withCondition(out, 'SoftwareEmulation', true, this.iso(), 'KvmUnavailable', SOFTWARE_EMULATION_MESSAGE);
+        // The launch recorded why; only a daemon that died before that record leaves it to be guessed here.
+        if (accel === 'tcg' && !(s.conditions ?? []).some((c) => c.type === 'SoftwareEmulation')) {
+          out = withCondition(out, 'SoftwareEmulation', true, this.iso(), 'SoftwareEmulation', SOFTWARE_EMULATION_MESSAGE);
+        }
         return out;
       });
       await this.connectAndRun(false);
@@ -537,8 +557,8 @@ export class Supervisor {
 
   private async fail(reason: FailureReason, e: unknown): Promise<void> {
     const msg = e instanceof Error ? e.message : String(e);
-    this.log.warn({ err: e, reason }, 'VMI failed');
-    this.deps.event('Warning', reason, msg);
+    // finish() logs the one line; the stack is for debugging only.
+    this.log.debug({ err: e, reason }, 'VMI failed');
     await this.finish(undefined, reason, msg);
   }
 
@@ -560,12 +580,23 @@ export class Supervisor {
     void this.agent?.close().catch(() => undefined);
     this.agent = undefined;
     this.console?.close();
+    if (!failure && this.launchFailure !== undefined) {
+      failure = 'LaunchFailed';
+      message ??= this.launchFailure;
+    }
     let phase: 'Succeeded' | 'Failed' = failure ? 'Failed' : finalPhase(exit, this.stopRequested, this.guestShutdown) === 'Failed' ? 'Failed' : 'Succeeded';
     if (this.panicked && !this.stopRequested) phase = 'Failed';
     const reason: ExitReport['reason'] = failure ?? (phase === 'Failed' ? 'QemuCrashed' : this.stopRequested ? 'Stopped' : 'GuestShutdown');
     const report: ExitReport = { phase, reason };
     if (exit) report.exit = exit;
-    const text = message ?? `QEMU ended: ${describeExit(exit)}`;
+    let text = message ?? `QEMU ended: ${describeExit(exit)}`;
+    // QEMU's own last words say why far better than a closed socket does.
+    const qemuSaid = phase === 'Failed' ? await readQemuErrors(this.deps.runDir).catch(() => []) : [];
+    if (qemuSaid.length > 0) {
+      text = `${text}; QEMU said: ${qemuSaid.join(' | ')}`;
+      report.qemuError = qemuSaid.join('\n');
+    }
+    if (phase === 'Failed') this.log.warn({ reason, ...(exit ? { exit: describeExit(exit) } : {}) }, `VMI failed: ${text}`);
     try {
       await this.deps.writeStatus((s) => {
         let out = withPhase(s, phase, this.iso(), reason);
@@ -630,3 +661,4 @@ export class Supervisor {
     }
   }
 }
+

@@ -3,6 +3,7 @@ import type { VirtualMachineInstance } from '../api/types.js';
 import { parseQuantity } from '../api/quantity.js';
 import { resourcesFromSpec, type CgroupResources } from '../cgroups/index.js';
 import { VmletError } from '../errors.js';
+import { tcgTbSizeMiB } from '../qemu/tcg.js';
 
 const MiB = 1024 * 1024;
 
@@ -10,15 +11,16 @@ const MiB = 1024 * 1024;
  * The memory QEMU needs beyond guest RAM (docs/cgroups.md, "VM memory overhead"): a fixed base
  * (QEMU's binary, heap, device models, the firmware/kernel images it holds), a share per vCPU
  * (thread stack, vCPU state), a fraction of guest RAM (page tables, dirty bitmaps), and under TCG
- * the translation-block cache plus TCG's per-guest-page data, which KVM does not have.
+ * the translation-block cache (bounded by `tb-size`, src/qemu/tcg.ts) plus TCG's own data
+ * (per-page descriptors, TB hash tables, soft-MMU TLBs), which KVM does not have.
  */
 export const OVERHEAD = {
   baseBytes: 96 * MiB,
   perVcpuBytes: 8 * MiB,
   /** guest RAM / guestDivisor is added (1/64, as KubeVirt's pagetable estimate, rounded up). */
   guestDivisor: 64,
-  /** Extra under TCG: the translation cache QEMU fills as the guest runs. */
-  tcgBytes: 96 * MiB,
+  /** Extra under TCG besides the translation cache itself (whose size tcgTbSizeMiB gives). */
+  tcgBytes: 32 * MiB,
 } as const;
 
 /** Annotation that replaces the computed overhead with an exact quantity (e.g. "0" makes the limit the guest memory alone). */
@@ -98,7 +100,8 @@ export function vmSizing(vmi: VirtualMachineInstance): VmSizing {
 
 /** QEMU's memory beyond guest RAM, bytes, rounded up to whole MiB (the formula in docs/cgroups.md). */
 export function memoryOverhead(o: { guestBytes: number; vcpus: number; accel: 'kvm' | 'tcg' }): number {
-  const raw = OVERHEAD.baseBytes + o.vcpus * OVERHEAD.perVcpuBytes + Math.ceil(o.guestBytes / OVERHEAD.guestDivisor) + (o.accel === 'tcg' ? OVERHEAD.tcgBytes : 0);
+  const tcg = o.accel === 'tcg' ? OVERHEAD.tcgBytes + tcgTbSizeMiB(o.guestBytes) * MiB : 0;
+  const raw = OVERHEAD.baseBytes + o.vcpus * OVERHEAD.perVcpuBytes + Math.ceil(o.guestBytes / OVERHEAD.guestDivisor) + tcg;
   return Math.ceil(raw / MiB) * MiB;
 }
 

@@ -6,6 +6,7 @@ import { parseQuantity } from '../api/quantity.js';
 import type { Disk, DiskBus, VirtualMachineInstance } from '../api/types.js';
 import { VmletError } from '../errors.js';
 import { escapeOptValue, hasControlChars, qemuOpts } from './escape.js';
+import { tcgTbSizeMiB } from './tcg.js';
 import { efiVarsPath, planVolumes, usesEfi, type OvmfPaths, type ResolvedVolume } from './volumes.js';
 
 export type Accel = 'kvm' | 'tcg';
@@ -26,6 +27,8 @@ export interface ArgvContext {
   volumes?: Record<string, ResolvedVolume>;
   /** Add QEMU's seccomp sandbox (`-sandbox on,...`); default true. */
   sandbox?: boolean;
+  /** TCG translation cache in MiB; default tcgTbSizeMiB(guest memory). Ignored under KVM. */
+  tcgTbSizeMiB?: number;
 }
 
 /** Sockets QEMU listens on inside the run directory. */
@@ -70,6 +73,17 @@ export function cmdlineHasVmiUid(cmdline: readonly string[], uid: string): boole
   return cmdline.some((arg, i) => arg === want && cmdline[i - 1] === '-smbios');
 }
 
+/** The accelerator in a QEMU argv: `-accel kvm|tcg[,…]`, or the older `-machine …,accel=kvm|tcg`. Pure. */
+export function accelFromCmdline(argv: readonly string[]): 'kvm' | 'tcg' | undefined {
+  for (let i = 0; i + 1 < argv.length; i++) {
+    const a = argv[i];
+    const v = argv[i + 1] ?? '';
+    const m = a === '-accel' ? /^(kvm|tcg)(?:,|$)/.exec(v) : a === '-machine' ? /(?:^|,)accel=(kvm|tcg)(?:,|$)/.exec(v) : null;
+    if (m) return m[1] as 'kvm' | 'tcg';
+  }
+  return undefined;
+}
+
 /** QEMU's guest name: NAMESPACE_NAME (as KubeVirt's libvirt domain name). */
 export function guestName(vmi: VirtualMachineInstance): string {
   return `${vmi.metadata.namespace}_${vmi.metadata.name}`;
@@ -109,10 +123,16 @@ function cpuArg(vmi: VirtualMachineInstance, ctx: ArgvContext): string {
   return escapeOptValue(model);
 }
 
-function memoryArg(vmi: VirtualMachineInstance): string {
+function guestMiB(vmi: VirtualMachineInstance): bigint {
   const bytes = parseQuantity(vmi.spec.domain.memory.guest);
-  const mib = (bytes + (1n << 20n) - 1n) >> 20n; // rounded up to whole MiB
-  return `${mib}M`;
+  return (bytes + (1n << 20n) - 1n) >> 20n; // rounded up to whole MiB
+}
+
+/** `-accel`: under TCG with a bounded translation cache (QEMU's default would outgrow the VM's memory limit). */
+function accelArg(vmi: VirtualMachineInstance, ctx: ArgvContext): string {
+  if (ctx.accel === 'kvm') return 'kvm';
+  const tb = ctx.tcgTbSizeMiB ?? tcgTbSizeMiB(Number(guestMiB(vmi)) * 1024 * 1024);
+  return qemuOpts('tcg', [['tb-size', tb]]);
 }
 
 interface DiskPlan {
@@ -220,15 +240,15 @@ export function buildArgv(vmi: VirtualMachineInstance, ctx: ArgvContext): string
   args.push(
     '-machine',
     qemuOpts(machineType, [
-      ['accel', ctx.accel],
       ['usb', false],
       ['dump-guest-core', false],
       ['pflash0', efi ? 'pflash0' : undefined],
       ['pflash1', efi ? 'pflash1' : undefined],
     ]),
+    '-accel', accelArg(vmi, ctx),
     '-cpu', cpuArg(vmi, ctx),
     '-smp', qemuOpts(String(cpuSockets * cores * threads), [['sockets', cpuSockets], ['cores', cores], ['threads', threads]]),
-    '-m', memoryArg(vmi),
+    '-m', `${guestMiB(vmi)}M`,
     '-rtc', 'base=utc',
   );
   if (!graphics) args.push('-display', 'none');

@@ -2,10 +2,13 @@
 
 import { execFile } from 'node:child_process';
 import { constants as fsc } from 'node:fs';
-import { access, open, readdir, readFile, stat } from 'node:fs/promises';
+import { access, readdir, readFile, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { VmletError } from '../errors.js';
+import { checkKvm, probeKvm, type KvmProbeOptions } from './kvm-probe.js';
 import type { OvmfPaths } from './volumes.js';
+
+export { checkKvm } from './kvm-probe.js';
 
 export interface QemuVersion {
   major: number;
@@ -24,10 +27,20 @@ export interface MachineType {
   deprecated: boolean;
 }
 
+/**
+ * Where the KVM verdict was reached: 'device' (/dev/kvm does not open), 'binary' (QEMU lacks the kvm
+ * accelerator), 'payload' (the probe guest is not built), 'qemu' (QEMU died or would not start under
+ * KVM), 'guest' (QEMU ran, the probe guest did not finish in time or failed a check), 'ok'.
+ */
+export type KvmProbeStage = 'device' | 'binary' | 'payload' | 'qemu' | 'guest' | 'ok';
+
 export interface KvmStatus {
   usable: boolean;
   /** Why not, or 'ok'. */
   reason: string;
+  /** How long the check took, ms (the /dev/kvm open plus the probe guest's run). */
+  durationMs?: number;
+  stage?: KvmProbeStage;
 }
 
 export interface QemuCaps {
@@ -54,6 +67,14 @@ export interface ProbeOptions {
   ovmfCandidates?: readonly OvmfPaths[];
   /** Per QEMU invocation; default 10 s. */
   timeoutMs?: number;
+  /** The KVM probe guest (src/qemu/kvm-probe.ts); default native/build/kvm-probe.elf of this checkout. */
+  kvmProbePayload?: string;
+  /** How long the probe guest gets after `cont` under KVM; default 500 ms. */
+  kvmProbeDeadlineMs?: number;
+  /** Machine type the probe guest runs on; default 'q35' (as vmlet's VMs). */
+  kvmProbeMachine?: string;
+  /** CPU model the probe guest runs with; default 'host' (as vmlet's VMs under KVM). */
+  kvmProbeCpu?: string;
 }
 
 export const DEFAULT_FIRMWARE_DIRS: readonly string[] = ['/etc/qemu/firmware', '/usr/share/qemu/firmware'];
@@ -160,6 +181,10 @@ export function pickOvmf(descriptors: readonly unknown[]): OvmfPaths[] {
 export interface AccelChoice {
   accel: 'kvm' | 'tcg';
   softwareEmulation: boolean;
+  /** Why software emulation: KVM was wanted (`auto`) but is unusable, or tcg was asked for. */
+  emulationReason?: 'KvmUnusable' | 'EmulationRequested';
+  /** With 'KvmUnusable': why KVM is unusable (the probe's reason). */
+  emulationMessage?: string;
 }
 
 /**
@@ -174,17 +199,17 @@ export function resolveAccel(
 ): AccelChoice {
   const kvmOk = caps.kvm.usable && caps.accelerators.includes('kvm');
   const kvmWhy = caps.kvm.usable ? 'this QEMU binary has no KVM support' : caps.kvm.reason;
-  const tcg = (): AccelChoice => {
+  const tcg = (why: Pick<AccelChoice, 'emulationReason' | 'emulationMessage'>): AccelChoice => {
     if (!caps.accelerators.includes('tcg')) throw new VmletError('ACCEL_UNAVAILABLE', 'this QEMU binary has no tcg (software emulation) support');
-    return { accel: 'tcg', softwareEmulation: true };
+    return { accel: 'tcg', softwareEmulation: true, ...why };
   };
   if (config === 'kvm') {
     if (!kvmOk) throw new VmletError('KVM_UNAVAILABLE', `KVM is not usable (${kvmWhy}); fix KVM or run with --accel tcg for software emulation (slow)`);
     return { accel: 'kvm', softwareEmulation: false };
   }
-  if (config === 'tcg') return tcg();
+  if (config === 'tcg') return tcg({ emulationReason: 'EmulationRequested' });
   if (kvmOk) return { accel: 'kvm', softwareEmulation: false };
-  if (allowEmulation) return tcg();
+  if (allowEmulation) return tcg({ emulationReason: 'KvmUnusable', emulationMessage: kvmWhy });
   throw new VmletError(
     'KVM_UNAVAILABLE',
     `KVM is not usable (${kvmWhy}); set --accel tcg or allow software emulation to run VMs without KVM (slow)`,
@@ -209,20 +234,6 @@ function run(binary: string, args: readonly string[], timeoutMs: number): Promis
       },
     );
   });
-}
-
-/** Whether /dev/kvm can be opened read-write (no ioctls). */
-export async function checkKvm(devKvm = '/dev/kvm'): Promise<KvmStatus> {
-  try {
-    const fh = await open(devKvm, fsc.O_RDWR);
-    await fh.close();
-    return { usable: true, reason: 'ok' };
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') return { usable: false, reason: `${devKvm} does not exist: no KVM module loaded, or no hardware or nested virtualisation` };
-    if (code === 'EACCES' || code === 'EPERM') return { usable: false, reason: `no permission to open ${devKvm} read-write` };
-    return { usable: false, reason: `cannot open ${devKvm}: ${code ?? String(e)}` };
-  }
 }
 
 async function exists(path: string): Promise<boolean> {
@@ -274,15 +285,33 @@ export function clearProbeCache(): void {
   cache.clear();
 }
 
+/** KVM's verdict for this binary: the probe guest runs only if the binary lists kvm and /dev/kvm opens (probeKvm checks that first). */
+async function kvmStatus(binary: string, accelsP: Promise<{ ok: boolean; stdout: string }>, opts: ProbeOptions): Promise<KvmStatus> {
+  const accels = await accelsP;
+  if (!accels.ok || !parseAccelHelp(accels.stdout).includes('kvm')) {
+    const dev = await checkKvm(opts.devKvm);
+    return dev.usable ? { usable: false, reason: 'this QEMU binary has no KVM support', stage: 'binary' } : { ...dev, stage: 'device' };
+  }
+  const ko: KvmProbeOptions = { qemuBinary: binary };
+  if (opts.devKvm !== undefined) ko.devKvm = opts.devKvm;
+  if (opts.kvmProbePayload !== undefined) ko.payload = opts.kvmProbePayload;
+  if (opts.kvmProbeDeadlineMs !== undefined) ko.deadlineMs = opts.kvmProbeDeadlineMs;
+  if (opts.kvmProbeMachine !== undefined) ko.machine = opts.kvmProbeMachine;
+  if (opts.kvmProbeCpu !== undefined) ko.cpu = opts.kvmProbeCpu;
+  if (opts.timeoutMs !== undefined) ko.startTimeoutMs = opts.timeoutMs;
+  return probeKvm(ko);
+}
+
 async function probeUncached(binary: string, opts: ProbeOptions): Promise<QemuCaps> {
   const timeout = opts.timeoutMs ?? 10_000;
+  const accelsP = run(binary, ['-accel', 'help'], timeout);
   const [version, machines, cpus, accels, sandbox, kvm, ovmf] = await Promise.all([
     run(binary, ['-version'], timeout),
     run(binary, ['-machine', 'help'], timeout),
     run(binary, ['-cpu', 'help'], timeout),
-    run(binary, ['-accel', 'help'], timeout),
+    accelsP,
     run(binary, ['-sandbox', 'on', '-version'], timeout),
-    checkKvm(opts.devKvm),
+    kvmStatus(binary, accelsP, opts),
     findOvmf(opts.firmwareDirs ?? DEFAULT_FIRMWARE_DIRS, opts.ovmfCandidates ?? DEFAULT_OVMF_CANDIDATES),
   ]);
   if (!version.ok) throw new VmletError('QEMU_PROBE_FAILED', `${binary} -version failed: ${version.stderr.trim()}`);
@@ -312,7 +341,10 @@ export async function probeQemu(binary: string, opts: ProbeOptions = {}): Promis
   } catch (cause) {
     throw new VmletError('QEMU_NOT_FOUND', `QEMU binary ${binary} not found`, { cause });
   }
-  const key = JSON.stringify([binary, st.mtimeMs, st.size, opts.devKvm ?? '', opts.firmwareDirs ?? [], opts.ovmfCandidates ?? []]);
+  const key = JSON.stringify([
+    binary, st.mtimeMs, st.size, opts.devKvm ?? '', opts.firmwareDirs ?? [], opts.ovmfCandidates ?? [],
+    opts.kvmProbePayload ?? '', opts.kvmProbeDeadlineMs ?? 0, opts.kvmProbeMachine ?? '', opts.kvmProbeCpu ?? '',
+  ]);
   let p = cache.get(key);
   if (p === undefined) {
     p = probeUncached(binary, opts);
@@ -322,8 +354,9 @@ export async function probeQemu(binary: string, opts: ProbeOptions = {}): Promis
   return p;
 }
 
-/** A short description for logs: "QEMU 7.2.22 (kvm: no, /dev/kvm does not exist ...)". */
+/** A short description for logs: "QEMU 7.2.22 at qemu-system-x86_64 (kvm: no (qemu, probed in 37 ms): <reason>; ovmf: ...)" or "(kvm: yes, the probe guest ran, probed in 90 ms; ...)". */
 export function describeCaps(caps: QemuCaps): string {
-  const kvm = caps.kvm.usable ? 'yes' : `no, ${caps.kvm.reason}`;
+  const ms = caps.kvm.durationMs === undefined ? '' : `, probed in ${caps.kvm.durationMs} ms`;
+  const kvm = caps.kvm.usable ? `yes, the probe guest ran${ms}` : `no${caps.kvm.stage === undefined ? '' : ` (${caps.kvm.stage}${ms})`}: ${caps.kvm.reason}`;
   return `QEMU ${caps.version.major}.${caps.version.minor}.${caps.version.micro} at ${basename(caps.binary)} (kvm: ${kvm}; ovmf: ${caps.ovmf?.code ?? 'none'})`;
 }

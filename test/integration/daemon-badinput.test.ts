@@ -128,6 +128,35 @@ tap.test('refused input: own code, daemon up, store untouched', { skip: daemonSk
     const changed = [...new Set([...before.keys(), ...after.keys()])].filter((k) => before.get(k) !== after.get(k));
     t.same(changed, [], `${c.name}: nothing stored changed`);
   }
+  // Several problems in one manifest: all of them are reported, each with its field, as kubectl does.
+  await t.test('a manifest with an unknown field, a bad quantity and a bad name gets all three', async (t) => {
+    const three = vmObject('Bad_Name');
+    const domain = (three.spec as { template: { spec: { domain: Record<string, unknown> & { memory: { guest: string } } } } }).template.spec.domain;
+    domain.bogusField = true;
+    domain.memory.guest = 'lots';
+    const want = [
+      ['spec.template.spec.domain.bogusField', 'UNKNOWN_FIELD'],
+      ['metadata.name', 'INVALID_NAME'],
+      ['spec.template.spec.domain.memory.guest', 'INVALID_QUANTITY'],
+    ];
+    const before = snapshotDir(d.stateDir);
+    const r = await d.http('POST', `${G}/virtualmachines`, JSON.stringify(three), { 'content-type': 'application/json' });
+    t.equal(r.status, 422);
+    const st = r.json() as { reason?: string; details?: { causes?: Array<{ field?: string; code?: string; reason?: string; message?: string }> } };
+    t.equal(st.reason, 'UNKNOWN_FIELD', 'the top-level code is the first problem\'s, as before');
+    t.same(st.details?.causes?.map((c) => [c.field, c.code]), want, 'details.causes: every problem with its field and code');
+    t.ok(st.details?.causes?.every((c) => c.reason === c.code && typeof c.message === 'string' && c.message !== ''), 'each with a message, and Kubernetes\' reason');
+    const cli = await d.cli(['apply', '-f', '-'], { input: YAML.stringify(three) });
+    t.equal(cli.code, 1);
+    const lines = cli.stderr.trimEnd().split('\n');
+    t.equal(lines[0], 'error: VirtualMachine "default/Bad_Name" is invalid:', `the CLI says what was refused (${cli.stderr})`);
+    t.same(
+      lines.slice(1).map((l) => /^error: (\S+): .+ \(([A-Z_]+)\)$/.exec(l)?.slice(1)),
+      want,
+      'then one line per cause: error: FIELD: MESSAGE (CODE)',
+    );
+    t.same(snapshotDir(d.stateDir), before, 'nothing stored');
+  });
   // The vmlet CLI sends a manifest in one go; the daemon reads and drops the rest so the client sees the 413, not EPIPE.
   await t.test('vmlet apply of a manifest over 1 MiB reports BODY_TOO_LARGE', async (t) => {
     const codes: string[] = [];

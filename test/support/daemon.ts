@@ -280,8 +280,9 @@ export interface KubeObj {
   status?: {
     phase?: string;
     reason?: string;
+    message?: string;
     printableStatus?: string;
-    conditions?: Array<{ type: string; status: string; reason?: string }>;
+    conditions?: Array<{ type: string; status: string; reason?: string; message?: string }>;
     vmlet?: { qemuPid?: number; launcherPid?: number; runDir?: string };
     interfaces?: Array<{ name?: string; mac?: string; ipAddress?: string; ipAddresses?: string[]; interfaceName?: string; infoSource?: string }>;
   };
@@ -305,6 +306,8 @@ export interface TestDaemonOptions {
   /** Extra keys for the daemon's YAML config file (see src/daemon/config.ts). */
   config?: Record<string, unknown>;
   logLevel?: string;
+  /** The daemon's --accel; default tcg (tests boot guests under software emulation on every host). */
+  accel?: 'auto' | 'kvm' | 'tcg';
 }
 
 export interface TestDaemon {
@@ -413,7 +416,7 @@ export async function startTestDaemon(t: TapLike, opts: TestDaemonOptions = {}):
     const spawnedAt = Date.now();
     let c: ChildProcess;
     try {
-      c = spawn(process.execPath, [distCli, 'daemon', '--config', configFile, '--socket', socket, '--state-dir', stateDir, '--run-dir', runDir, '--accel', 'tcg'], {
+      c = spawn(process.execPath, [distCli, 'daemon', '--config', configFile, '--socket', socket, '--state-dir', stateDir, '--run-dir', runDir, '--accel', opts.accel ?? 'tcg'], {
         stdio: ['ignore', fd, fd],
         env: { ...process.env, VMLET_LOG_LEVEL: opts.logLevel ?? 'info' },
       });

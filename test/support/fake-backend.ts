@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { PassThrough } from 'node:stream';
 import pino from 'pino';
-import { ApiServer, type ApiServerOptions } from '../../src/daemon/api-server.js';
+import { ApiServer, type ApiServerOptions, type VersionInfo } from '../../src/daemon/api-server.js';
 import { VmletError } from '../../src/errors.js';
 import type { Backend, ConsoleAttachment, Kind, KubeObject, ObjectRef, VmAction, VmiAction, WatchEvent } from '../../src/daemon/backend.js';
 
@@ -110,16 +110,18 @@ export class FakeBackend implements Backend {
     return obj;
   }
 
-  addEvent(namespace: string, involved: { kind: Kind; name: string }, reason: string, message: string, type = 'Normal'): KubeObject {
+  /** `extra` overrides or adds fields, e.g. `{ count: 3, firstTimestamp, lastTimestamp }`; `involved.uid` names one incarnation. */
+  addEvent(namespace: string, involved: { kind: Kind; name: string; uid?: string }, reason: string, message: string, type = 'Normal', extra: Record<string, unknown> = {}): KubeObject {
     const ev: KubeObject = {
       apiVersion: 'v1',
       kind: 'Event',
       metadata: { name: `${involved.name}.${this.rv++}`, namespace, creationTimestamp: new Date().toISOString() },
-      involvedObject: { kind: involved.kind, name: involved.name, namespace },
+      involvedObject: { kind: involved.kind, name: involved.name, namespace, ...(involved.uid === undefined ? {} : { uid: involved.uid }) },
       reason,
       message,
       type,
       lastTimestamp: new Date().toISOString(),
+      ...extra,
     } as KubeObject;
     this.eventItems.push(ev);
     this.emit('Event', 'ADDED', ev);
@@ -309,12 +311,21 @@ export interface FakeServer {
   close(): Promise<void>;
 }
 
+/** What a fake server's GET /version reports unless a test gives its own: a host without KVM that allows emulation. */
+export const FAKE_VERSION: VersionInfo = {
+  vmlet: '9.9.9-fake',
+  qemu: 'QEMU emulator version 8.2.2 (fake)',
+  kvm: { usable: false, reason: '/dev/kvm does not exist: no KVM module loaded, or no hardware or nested virtualisation', durationMs: 3 },
+  accel: 'auto',
+  useEmulation: true,
+};
+
 /** A real ApiServer over a unix socket in a fresh temp dir, backed by a FakeBackend; `t.teardown(s.close)`. */
 export async function startFakeServer(opts: Partial<Omit<ApiServerOptions, 'backend' | 'logger'>> & { backend?: FakeBackend } = {}): Promise<FakeServer> {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vmlet-api-'));
   const backend = opts.backend ?? new FakeBackend();
   const socketPath = opts.socketPath ?? path.join(dir, 'vmlet.sock');
-  const server = await ApiServer.listen({ ...opts, backend, socketPath, logger: pino({ level: process.env.VMLET_TEST_LOG ?? 'silent' }) });
+  const server = await ApiServer.listen({ version: FAKE_VERSION, ...opts, backend, socketPath, logger: pino({ level: process.env.VMLET_TEST_LOG ?? 'silent' }) });
   return {
     backend,
     server,

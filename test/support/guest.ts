@@ -8,6 +8,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ensureGuestImage } from '../../scripts/build-guest-image.mjs';
+import { testAccel } from './accel.js';
 
 /** Printed by the guest's /init on the serial console, on a line of its own, once everything is up. */
 export const READY_MARKER = 'VMLET-GUEST-READY';
@@ -91,15 +92,6 @@ function findBinary(bin: string): string | null {
   return null;
 }
 
-function kvmUsable(): boolean {
-  try {
-    fs.accessSync('/dev/kvm', fs.constants.R_OK | fs.constants.W_OK);
-    return true;
-  } catch {
-    return false;
-  }
-}
-
 export interface HostForward {
   hostPort: number;
   guestPort: number;
@@ -112,7 +104,7 @@ export interface BootTestGuestOptions {
   memoryMiB?: number;
   /** default 1 */
   cpus?: number;
-  /** `auto` (default) uses KVM when /dev/kvm is usable, else TCG */
+  /** `auto` (default): VMLET_TEST_ACCEL, else KVM only when vmlet's probe saw guest code run under it (test/support/accel.ts) */
   accel?: 'auto' | 'tcg' | 'kvm';
   /** default true: a QMP socket (paths.qmp) */
   qmp?: boolean;
@@ -204,7 +196,7 @@ export async function bootTestGuest(opts: BootTestGuestOptions = {}): Promise<Te
     qmp: opts.qmp === false ? null : path.join(dir, 'qmp.sock'),
     qga: opts.guestAgent === false ? null : path.join(dir, 'qga.sock'),
   };
-  const accel = opts.accel === undefined || opts.accel === 'auto' ? (kvmUsable() ? 'kvm' : 'tcg') : opts.accel;
+  const accel = opts.accel === undefined || opts.accel === 'auto' ? await testAccel(opts.qemu ?? qemuBinary()) : opts.accel;
   const kernel = !opts.bzImage && image.kernelPvh ? image.kernelPvh : image.kernel;
   // the serial chardev comes first and waits for our connection, so no console output is lost
   const argv = [

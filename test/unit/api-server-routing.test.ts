@@ -2,7 +2,7 @@ import fs from 'node:fs/promises';
 import t from 'tap';
 import { ApiClient, paths } from '../../src/cli/client.js';
 import { VmletError } from '../../src/errors.js';
-import { startFakeServer } from '../support/fake-backend.js';
+import { FAKE_VERSION, startFakeServer } from '../support/fake-backend.js';
 
 const VMIS = '/apis/vmlet.io/v1alpha1/namespaces/default/virtualmachineinstances';
 const VMS = '/apis/vmlet.io/v1alpha1/namespaces/default/virtualmachines';
@@ -24,7 +24,12 @@ t.test('routes', async (t) => {
     t.equal(h.text, 'ok');
     const v = await c.request('GET', '/version');
     t.equal(v.status, 200);
-    t.match(v.body, { apiVersion: 'vmlet.io/v1alpha1' });
+    t.same(v.body, { ...FAKE_VERSION, apiVersion: 'vmlet.io/v1alpha1', nodejs: process.version }, 'what the daemon was started with, as given');
+    const bare = await startFakeServer({ version: { vmlet: '1.2.3', qemu: 'QEMU emulator version 9.0.0', kvm: { usable: true, reason: 'ok' }, accel: 'kvm', useEmulation: false } });
+    t.teardown(bare.close);
+    const b = await new ApiClient({ socketPath: bare.socketPath }).request('GET', '/version');
+    t.match(b.body, { vmlet: '1.2.3', qemu: 'QEMU emulator version 9.0.0', kvm: { usable: true, reason: 'ok' }, accel: 'kvm', useEmulation: false });
+    t.equal((await c.request('POST', '/version', { body: {} })).status, 405, 'GET only');
   });
 
   t.test('create, get, list, replace, delete', async (t) => {
@@ -215,7 +220,23 @@ t.test('hostile and wrong requests', async (t) => {
     t.match(r.body, { reason: 'INTERNAL', message: 'internal error' });
     const v = await c.request('POST', VMIS, { body: { kind: 'VirtualMachineInstance', metadata: {} } });
     t.equal(v.status, 422);
-    t.match(v.body, { reason: 'INVALID_FIELD', details: { causes: [{ field: 'metadata.name', message: 'required', reason: 'INVALID_FIELD' }] } });
+    t.same((v.body as { details: { causes: unknown } }).details.causes, [{ field: 'metadata.name', code: 'INVALID_FIELD', message: 'required', reason: 'INVALID_FIELD' }], 'each cause has its code (and Kubernetes\' reason)');
+    const several = Object.assign(new VmletError('UNKNOWN_FIELD', 'VirtualMachineInstance "default/c" is invalid: three problems'), {
+      details: [
+        { field: 'spec.x', code: 'UNKNOWN_FIELD', message: 'field not supported' },
+        { field: 'metadata.name', code: 'INVALID_NAME', message: 'must be a DNS-1123 label' },
+        { message: 'no field' },
+      ],
+    });
+    s.backend.failNext.set('create', several);
+    const all = await c.request('POST', VMIS, { body: vmi('c') });
+    t.equal(all.status, 422);
+    t.same((all.body as { reason: string; details: { causes: unknown } }).details.causes, [
+      { field: 'spec.x', code: 'UNKNOWN_FIELD', message: 'field not supported', reason: 'UNKNOWN_FIELD' },
+      { field: 'metadata.name', code: 'INVALID_NAME', message: 'must be a DNS-1123 label', reason: 'INVALID_NAME' },
+      { code: 'UNKNOWN_FIELD', message: 'no field', reason: 'UNKNOWN_FIELD' },
+    ], 'every cause, in order; one without its own code has the error\'s');
+    t.equal((all.body as { reason: string }).reason, 'UNKNOWN_FIELD', 'the top-level code is the first problem\'s');
   });
 
   t.test('still serving', async (t) => {

@@ -340,3 +340,73 @@ t.test('interfaces and networks: KubeVirt fields accepted and defaulted', async 
   refuses(t, set(baseVMI(), 'spec.domain.devices.interfaces', [{ name: 'default', bridge: {}, ports: [{ port: 80, protocol: 'SCTP' }] }]), 'spec.domain.devices.interfaces[0].ports[0].protocol', 'INVALID_FIELD');
   refuses(t, set(baseVMI(), 'spec.domain.devices.interfaces', [{ masquerade: {} }]), 'spec.domain.devices.interfaces[0].name', 'MISSING_FIELD');
 });
+
+t.test('every problem at once: schema errors first, then the semantic checks', async (t) => {
+  const v = baseVMI();
+  set(v, 'metadata.name', 'Bad_Name');
+  set(v, 'spec.domain.bogusField', true);
+  set(v, 'spec.domain.memory.guest', 'lots');
+  const e = t.throws(() => validateVMI(v)) as ValidationError;
+  t.ok(e instanceof ValidationError);
+  t.equal(e.code, 'UNKNOWN_FIELD', 'the top-level code is still the first problem (the schema error)');
+  t.same(
+    e.details.map((d) => [d.field, d.code]),
+    [
+      ['spec.domain.bogusField', 'UNKNOWN_FIELD'],
+      ['metadata.name', 'INVALID_NAME'],
+      ['spec.domain.memory.guest', 'INVALID_QUANTITY'],
+    ],
+  );
+  for (const d of e.details) t.ok(e.message.includes(`${d.field}: ${d.message}`), `the message names ${d.field}`);
+
+  const vm = baseVM();
+  set(vm, 'metadata.name', 'Bad_Name');
+  set(vm, 'spec.template.spec.domain.bogusField', true);
+  set(vm, 'spec.template.spec.domain.memory.guest', 'lots');
+  set(vm, 'spec.runStrategy', 'Sometimes');
+  const vmErr = t.throws(() => validateVM(vm)) as ValidationError;
+  t.same(
+    vmErr.details.map((d) => `${d.field} ${d.code}`).sort(),
+    [
+      'metadata.name INVALID_NAME',
+      'spec.runStrategy INVALID_FIELD',
+      'spec.template.spec.domain.bogusField UNKNOWN_FIELD',
+      'spec.template.spec.domain.memory.guest INVALID_QUANTITY',
+    ],
+    'a VM too',
+  );
+  t.same(vmErr.details.slice(2).map((d) => d.code), ['INVALID_NAME', 'INVALID_QUANTITY'], 'the schema errors come first');
+});
+
+t.test('a field the schema refused is not reported again by a semantic check', async (t) => {
+  const ds = details(() => validateVMI(set(set(baseVMI(), 'spec.domain.memory.guest', true), 'metadata.name', 'X')));
+  t.same(ds.filter((d) => d.field === 'spec.domain.memory.guest').map((d) => d.code), ['INVALID_QUANTITY'], 'one problem for memory.guest');
+  t.ok(ds.some((d) => d.field === 'metadata.name' && d.code === 'INVALID_NAME'), 'and the name is still checked');
+  const labels = details(() => validateVMI(set(baseVMI(), 'metadata.labels', { a: 1 })));
+  t.equal(labels.filter((d) => d.field === 'metadata.labels.a').length, 1);
+});
+
+t.test('malformed shapes still give field errors, never a crash', async (t) => {
+  const shapes: Array<[string, unknown]> = [
+    ['spec', 'nope'],
+    ['spec.domain', 7],
+    ['spec.domain.devices', []],
+    ['spec.domain.devices.disks', 'root'],
+    ['spec.domain.devices.disks', ['root']],
+    ['spec.volumes', [null]],
+    ['spec.domain.cpu', 'many'],
+    ['spec.domain.resources', { requests: 'x' }],
+    ['spec.domain.firmware', { kernelBoot: 'x' }],
+    ['metadata', 'x'],
+    ['metadata.labels', ['a']],
+  ];
+  for (const [path, value] of shapes) {
+    const v = set(baseVMI(), 'metadata.name', 'Bad_Name');
+    set(v, path, value);
+    const ds = details(() => validateVMI(v));
+    t.ok(ds.length > 0 && ds.every((d) => typeof d.field === 'string' && typeof d.code === 'string'), `${path} = ${JSON.stringify(value)}: ${ds.map((d) => `${d.field} ${d.code}`).join(', ')}`);
+    if (path !== 'metadata') t.ok(ds.some((d) => d.code === 'INVALID_NAME'), `${path}: the bad name is reported too`);
+  }
+  const vm = set(baseVM(), 'spec.template', 'x');
+  t.ok(details(() => validateVM(vm)).some((d) => d.field === 'spec.template'), 'a VM whose template is not an object');
+});

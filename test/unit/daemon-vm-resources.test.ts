@@ -4,6 +4,7 @@ import type { VirtualMachineInstance } from '../../src/api/types.js';
 import { defaultConfig, mergeConfig } from '../../src/daemon/config.js';
 import { OVERHEAD, OVERHEAD_ANNOTATION, memoryOverhead, vmGroupPath, vmResources, vmSizing } from '../../src/daemon/vm-resources.js';
 import { VmletError } from '../../src/errors.js';
+import { TCG_TB_CACHE, tcgTbSizeMiB } from '../../src/qemu/tcg.js';
 
 const MiB = 1024 * 1024;
 
@@ -31,7 +32,11 @@ t.test('memoryOverhead: base + per vCPU + guest/64, plus the TCG term, whole MiB
   const kvm = memoryOverhead({ guestBytes: 1024 * MiB, vcpus: 2, accel: 'kvm' });
   t.equal(kvm, OVERHEAD.baseBytes + 2 * OVERHEAD.perVcpuBytes + 16 * MiB);
   const tcg = memoryOverhead({ guestBytes: 1024 * MiB, vcpus: 2, accel: 'tcg' });
-  t.equal(tcg - kvm, OVERHEAD.tcgBytes, 'TCG adds its translation cache');
+  t.equal(tcg - kvm, OVERHEAD.tcgBytes + tcgTbSizeMiB(1024 * MiB) * MiB, 'TCG adds its bounded translation cache and its own data');
+  t.equal(tcgTbSizeMiB(1024 * MiB), 64, '1 GiB guest: a 64 MiB translation cache');
+  t.equal(tcgTbSizeMiB(128 * MiB), TCG_TB_CACHE.minMiB, 'small guests get the minimum');
+  t.equal(tcgTbSizeMiB(2048 * MiB), 128, '2 GiB guest: 1/16');
+  t.equal(tcgTbSizeMiB(64 * 1024 * MiB), TCG_TB_CACHE.maxMiB, 'large guests are capped');
   t.equal(memoryOverhead({ guestBytes: 128 * MiB, vcpus: 1, accel: 'tcg' }), (96 + 8 + 2 + 96) * MiB, '128Mi, 1 vCPU, TCG: 202 MiB');
   t.equal(memoryOverhead({ guestBytes: 100 * MiB + 1, vcpus: 1, accel: 'kvm' }) % MiB, 0, 'rounded up to a MiB');
   t.ok(memoryOverhead({ guestBytes: 8192 * MiB, vcpus: 8, accel: 'kvm' }) > memoryOverhead({ guestBytes: 1024 * MiB, vcpus: 1, accel: 'kvm' }), 'grows with size');

@@ -1,6 +1,7 @@
 import t from 'tap';
 import { validateVMI, type VirtualMachineInstance } from '../../src/api/index.js';
 import {
+  accelFromCmdline,
   buildArgv,
   cmdlineHasVmiUid,
   firmwareUuid,
@@ -195,7 +196,10 @@ t.test('machine types and memory rounding', async (t) => {
   spec.domain['machine'] = { type: 'pc-q35-7.2' };
   spec.domain['memory'] = { guest: '1G' };
   const argv = buildArgv(vmi(spec), ctx({ machineTypes: ['q35', 'pc-q35-7.2'] }));
-  t.match(values(argv, '-machine')[0], /^pc-q35-7\.2,accel=tcg,/);
+  t.match(values(argv, '-machine')[0], /^pc-q35-7\.2,usb=off,/);
+  t.same(values(argv, '-accel'), ['tcg,tb-size=64'], 'TCG with a bounded translation cache');
+  t.same(values(buildArgv(vmi(spec), ctx({ machineTypes: ['q35', 'pc-q35-7.2'], accel: 'kvm' })), '-accel'), ['kvm'], 'KVM takes no tb-size');
+  t.same(values(buildArgv(vmi(spec), ctx({ machineTypes: ['q35', 'pc-q35-7.2'], tcgTbSizeMiB: 100 })), '-accel'), ['tcg,tb-size=100'], 'an explicit size wins');
   t.same(values(argv, '-m'), ['954M'], '1G = 953.67 MiB, rounded up');
   t.throws(() => buildArgv(vmi(spec), ctx({ machineTypes: ['q35'] })), { code: 'UNSUPPORTED_MACHINE' });
 });
@@ -280,4 +284,12 @@ t.test('planVolumes', async (t) => {
     ],
   );
   t.throws(() => planVolumes(vmi(spec), RUN), { code: 'FIRMWARE_UNAVAILABLE' });
+});
+
+t.test('the accelerator is read back from a command line', async (t) => {
+  t.equal(accelFromCmdline(buildArgv(vmi(minimal), ctx())), 'tcg');
+  t.equal(accelFromCmdline(buildArgv(vmi(minimal), ctx({ accel: 'kvm' }))), 'kvm');
+  t.equal(accelFromCmdline(['qemu', '-machine', 'q35,accel=kvm,usb=off']), 'kvm', 'the older -machine accel= form');
+  t.equal(accelFromCmdline(['qemu', '-accel', 'hvf']), undefined);
+  t.equal(accelFromCmdline(['qemu', '-name', 'accel=kvm']), undefined, 'only -accel and -machine count');
 });

@@ -1,5 +1,6 @@
+// The probe's pure parts: QEMU help parsers, OVMF descriptor choice, the /dev/kvm open check, resolveAccel (with the KVM probe's reasons) and describeCaps.
 import t from 'tap';
-import { parseAccelHelp, parseCpuHelp, parseMachineHelp, parseVersion, pickOvmf, resolveAccel, checkKvm, findOvmf } from '../../src/qemu/probe.js';
+import { parseAccelHelp, parseCpuHelp, parseMachineHelp, parseVersion, pickOvmf, resolveAccel, checkKvm, findOvmf, describeCaps, type QemuCaps } from '../../src/qemu/probe.js';
 
 t.test('parseVersion', async (t) => {
   t.match(parseVersion('QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright (c) 2003-2022 Fabrice Bellard\n'), {
@@ -101,10 +102,45 @@ t.test('resolveAccel', async (t) => {
   const kvmOnly = { kvm: { usable: false, reason: 'x' }, accelerators: ['kvm'] };
   t.same(resolveAccel('auto', false, withKvm), { accel: 'kvm', softwareEmulation: false });
   t.same(resolveAccel('kvm', false, withKvm), { accel: 'kvm', softwareEmulation: false });
-  t.same(resolveAccel('tcg', false, withKvm), { accel: 'tcg', softwareEmulation: true }, 'explicit tcg is consent');
-  t.same(resolveAccel('auto', true, noKvm), { accel: 'tcg', softwareEmulation: true });
+  t.same(resolveAccel('tcg', false, withKvm), { accel: 'tcg', softwareEmulation: true, emulationReason: 'EmulationRequested' }, 'explicit tcg is consent');
+  t.same(resolveAccel('auto', true, noKvm), { accel: 'tcg', softwareEmulation: true, emulationReason: 'KvmUnusable', emulationMessage: '/dev/kvm does not exist' });
   t.throws(() => resolveAccel('auto', false, noKvm), { code: 'KVM_UNAVAILABLE', message: /--accel tcg/ });
   t.throws(() => resolveAccel('kvm', true, noKvm), { code: 'KVM_UNAVAILABLE', message: /does not exist/ });
   t.throws(() => resolveAccel('tcg', true, kvmOnly), { code: 'ACCEL_UNAVAILABLE' });
+  t.throws(() => resolveAccel('auto', true, kvmOnly), { code: 'ACCEL_UNAVAILABLE' });
   t.throws(() => resolveAccel('kvm', true, { kvm: { usable: true, reason: 'ok' }, accelerators: ['tcg'] }), { code: 'KVM_UNAVAILABLE', message: /no KVM support/ });
+  t.same(
+    resolveAccel('auto', true, { kvm: { usable: true, reason: 'ok' }, accelerators: ['tcg'] }),
+    { accel: 'tcg', softwareEmulation: true, emulationReason: 'KvmUnusable', emulationMessage: 'this QEMU binary has no KVM support' },
+  );
+});
+
+t.test('resolveAccel with a KVM that opens but does not run guest code', async (t) => {
+  const msr = 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69; qemu-system-x86_64: kvm.c:3183: kvm_buf_set_msrs: Assertion failed. (QEMU died by SIGABRT under -machine q35,accel=kvm -cpu host; reached: nothing)';
+  const caps = { kvm: { usable: false, reason: msr, stage: 'qemu' as const, durationMs: 40 }, accelerators: ['tcg', 'kvm'] };
+  t.same(resolveAccel('auto', true, caps), { accel: 'tcg', softwareEmulation: true, emulationReason: 'KvmUnusable', emulationMessage: msr });
+  t.throws(() => resolveAccel('kvm', true, caps), { code: 'KVM_UNAVAILABLE', message: /failed to set MSR 0x10a to 0x69/ });
+  t.throws(() => resolveAccel('auto', false, caps), { code: 'KVM_UNAVAILABLE', message: /failed to set MSR 0x10a.*--accel tcg/ });
+  const stalled = { kvm: { usable: false, reason: 'guest code did not run within 500 ms under -machine q35,accel=kvm -cpu host (reached: P32)', stage: 'guest' as const }, accelerators: ['tcg', 'kvm'] };
+  t.throws(() => resolveAccel('kvm', false, stalled), { code: 'KVM_UNAVAILABLE', message: /did not run within 500 ms .*reached: P32/ });
+});
+
+t.test('describeCaps shows the KVM verdict', async (t) => {
+  const base: QemuCaps = {
+    binary: '/usr/bin/qemu-system-x86_64',
+    version: { major: 7, minor: 2, micro: 22, text: 'QEMU emulator version 7.2.22' },
+    machineTypes: [],
+    machineTypeNames: [],
+    cpuModels: [],
+    accelerators: ['tcg', 'kvm'],
+    seccomp: true,
+    kvm: { usable: true, reason: 'ok', stage: 'ok', durationMs: 81 },
+    ovmf: undefined,
+  };
+  t.equal(describeCaps(base), 'QEMU 7.2.22 at qemu-system-x86_64 (kvm: yes, the probe guest ran, probed in 81 ms; ovmf: none)');
+  t.equal(
+    describeCaps({ ...base, kvm: { usable: false, reason: 'failed to set MSR 0x10a to 0x69', stage: 'qemu', durationMs: 37 } }),
+    'QEMU 7.2.22 at qemu-system-x86_64 (kvm: no (qemu, probed in 37 ms): failed to set MSR 0x10a to 0x69; ovmf: none)',
+  );
+  t.equal(describeCaps({ ...base, kvm: { usable: false, reason: '/dev/kvm does not exist' } }), 'QEMU 7.2.22 at qemu-system-x86_64 (kvm: no: /dev/kvm does not exist; ovmf: none)');
 });
