@@ -4,6 +4,7 @@ import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSy
 import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
+import { children, shortDir } from '../support/short-dir.js';
 import { DEFAULT_KVM_PROBE_PAYLOAD, probeKvm } from '../../src/qemu/kvm-probe.js';
 import { qemuErrorLines } from '../../src/qemu/qemu-log.js';
 import { which } from '../support/which.js';
@@ -13,33 +14,7 @@ const FAKES = path.join(root, 'test', 'support', 'fake-qemu');
 const QEMU = which('qemu-system-x86_64');
 const PAYLOAD = DEFAULT_KVM_PROBE_PAYLOAD;
 
-/** Children of this process (alive or zombie) whose command name matches `re`. */
-function children(re: RegExp): string[] {
-  const out: string[] = [];
-  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    } catch {
-      continue;
-    }
-    const close = stat.lastIndexOf(')');
-    const comm = stat.slice(stat.indexOf('(') + 1, close);
-    const [state, ppid] = stat.slice(close + 2).split(' ');
-    if (Number(ppid) === process.pid && re.test(comm)) out.push(`${pid} ${comm} ${state ?? '?'}`);
-  }
-  return out;
-}
-
 type Tap = Parameters<Parameters<typeof t.test>[0]>[0];
-
-/** A short temp dir (t.testdir paths are too long for the QMP unix socket), removed in teardown; `files` are written into it. */
-function shortDir(t: Tap, files: Record<string, string> = {}): string {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'vkp-'));
-  for (const [name, content] of Object.entries(files)) writeFileSync(path.join(dir, name), content);
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 /** Runs QEMU with the payload and no QMP, as a second opinion: console output, exit status, stderr. */
 function runPayload(args: { accel: 'kvm' | 'tcg'; cpu: string; timeoutMs: number }): Promise<{ console: string; code: number | null; signal: string | null; stderr: string }> {

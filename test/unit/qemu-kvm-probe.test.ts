@@ -3,36 +3,10 @@ import { existsSync, mkdirSync, mkdtempSync, readdirSync, readFileSync, rmSync, 
 import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
+import { children, shortDir } from '../support/short-dir.js';
 import { DEFAULT_KVM_PROBE_PAYLOAD, parseConsole, probeKvm, reachedText, stderrReason } from '../../src/qemu/kvm-probe.js';
 
 type Tap = Parameters<Parameters<typeof t.test>[0]>[0];
-
-/** A short temp dir (t.testdir paths are too long for the probe's QMP unix socket) holding `files` and an empty tmp/, removed in teardown. */
-function shortDir(t: Tap, files: Record<string, string>): string {
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'vkp-'));
-  for (const [name, content] of Object.entries(files)) writeFileSync(path.join(dir, name), content, { mode: name.startsWith('qemu') ? 0o755 : 0o644 });
-  mkdirSync(path.join(dir, 'tmp'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-/** Children of this process (alive or zombie) whose command name matches `re`. */
-function children(re: RegExp): string[] {
-  const out: string[] = [];
-  for (const pid of readdirSync('/proc').filter((d) => /^\d+$/.test(d))) {
-    let stat: string;
-    try {
-      stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-    } catch {
-      continue;
-    }
-    const close = stat.lastIndexOf(')');
-    const comm = stat.slice(stat.indexOf('(') + 1, close);
-    const [state, ppid] = stat.slice(close + 2).split(' ');
-    if (Number(ppid) === process.pid && re.test(comm)) out.push(`${pid} ${comm} ${state ?? '?'}`);
-  }
-  return out;
-}
 
 t.test('stderrReason keeps QEMU lines, drops -msg timestamp prefixes and blanks', async (t) => {
   const stderr = [
@@ -87,7 +61,7 @@ t.test('a binary that exits at once: its stderr is the reason; temp dir removed'
     kvm: '',
     'payload.elf': 'not really',
     'qemu-exits': '#!/bin/sh\necho "qemu-system-x86_64: -machine q35,accel=kvm: failed to initialize kvm: Permission denied" >&2\nexit 1\n',
-  });
+  }, { tmp: true });
   const st = await probeKvm({ qemuBinary: `${dir}/qemu-exits`, devKvm: `${dir}/kvm`, payload: `${dir}/payload.elf`, tmpDir: `${dir}/tmp` });
   t.equal(st.usable, false);
   t.equal(st.stage, 'qemu');
@@ -97,7 +71,7 @@ t.test('a binary that exits at once: its stderr is the reason; temp dir removed'
 });
 
 t.test('a binary that never answers QMP: killed after startTimeoutMs and reaped', async (t) => {
-  const dir = shortDir(t, { kvm: '', 'payload.elf': 'x', 'qemu-hangs': '#!/bin/sh\nexec sleep 30\n' });
+  const dir = shortDir(t, { kvm: '', 'payload.elf': 'x', 'qemu-hangs': '#!/bin/sh\nexec sleep 30\n' }, { tmp: true });
   const t0 = Date.now();
   const st = await probeKvm({ qemuBinary: `${dir}/qemu-hangs`, devKvm: `${dir}/kvm`, payload: `${dir}/payload.elf`, tmpDir: `${dir}/tmp`, startTimeoutMs: 200 });
   const took = Date.now() - t0;
@@ -110,7 +84,7 @@ t.test('a binary that never answers QMP: killed after startTimeoutMs and reaped'
 });
 
 t.test('a temp dir too deep for a unix socket path: KVM_PROBE_FAILED, nothing left behind', async (t) => {
-  const dir = shortDir(t, { kvm: '', 'payload.elf': 'x' });
+  const dir = shortDir(t, { kvm: '', 'payload.elf': 'x' }, { tmp: true });
   const deep = path.join(dir, 'tmp', 'd'.repeat(100));
   mkdirSync(deep);
   await t.rejects(probeKvm({ qemuBinary: '/bin/true', devKvm: `${dir}/kvm`, payload: `${dir}/payload.elf`, tmpDir: deep }), { code: 'KVM_PROBE_FAILED', message: /longer than a unix socket allows/ });
@@ -118,7 +92,7 @@ t.test('a temp dir too deep for a unix socket path: KVM_PROBE_FAILED, nothing le
 });
 
 t.test('a binary that cannot be spawned: KVM_PROBE_FAILED, temp dir removed', async (t) => {
-  const dir = shortDir(t, { kvm: '', 'payload.elf': 'x' });
+  const dir = shortDir(t, { kvm: '', 'payload.elf': 'x' }, { tmp: true });
   await t.rejects(probeKvm({ qemuBinary: `${dir}/missing-qemu`, devKvm: `${dir}/kvm`, payload: `${dir}/payload.elf`, tmpDir: `${dir}/tmp` }), { code: 'KVM_PROBE_FAILED' });
   t.same(readdirSync(`${dir}/tmp`), []);
   t.notOk(existsSync(`${dir}/tmp/qmp.sock`));
