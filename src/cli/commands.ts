@@ -19,7 +19,7 @@ import {
   vmTable,
   type DaemonVersion,
 } from './output.js';
-import { vmletVersion } from './version.js';
+import { vmletVersion } from '../version.js';
 
 export interface Ctx {
   client: ApiClient;

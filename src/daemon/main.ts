@@ -4,7 +4,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino, { type Logger } from 'pino';
 import { detectCgroupLayout } from '../cgroups/index.js';
-import { vmletVersion } from '../cli/version.js';
+import { vmletVersion } from '../version.js';
 import { VmController, type ControllerSource } from '../controller/vm-controller.js';
 import { VmletError } from '../errors.js';
 import { describeCaps, probeQemu, type ProbeOptions } from '../qemu/probe.js';

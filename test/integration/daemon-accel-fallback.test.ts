@@ -59,3 +59,12 @@ t.test('QEMU starts under KVM but the guest never runs', { skip }, async (t) => 
   t.equal(c?.reason, 'KvmUnusable');
   t.match(c?.message ?? '', /guest code did not run within 500 ms/, `the probe's verdict (${c?.message})`);
 });
+
+t.test('no KVM device at all: auto + useEmulation runs the VM under TCG and says so', { skip }, async (t) => {
+  const d = await startTestDaemon(t, { accel: 'auto', config: { useEmulation: true, kvmDevice: path.join(os.tmpdir(), 'vmlet-no-such-kvm') } });
+  await d.apply(manifestVMI('nokvm'));
+  const vmi = await d.waitPhase('nokvm', 'Running', 60_000);
+  const c = condition(vmi, 'SoftwareEmulation');
+  t.equal(c?.reason, 'KvmUnusable');
+  t.match(c?.message ?? '', /vmlet-no-such-kvm does not exist/, `the device check's reason (${c?.message})`);
+});

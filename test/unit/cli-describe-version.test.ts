@@ -4,7 +4,7 @@ import t from 'tap';
 import YAML from 'yaml';
 import { ApiClient, paths } from '../../src/cli/client.js';
 import { accelVerdict, humanDuration, type DaemonVersion } from '../../src/cli/output.js';
-import { vmletVersion } from '../../src/cli/version.js';
+import { vmletVersion } from '../../src/version.js';
 import { validateVM } from '../../src/api/validate.js';
 import { VmletError } from '../../src/errors.js';
 import { FAKE_VERSION, runCli, startFakeServer } from '../support/fake-backend.js';

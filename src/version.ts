@@ -1,4 +1,4 @@
-// vmlet's own version: the `version` field of this checkout's package.json (src/cli and dist/cli both sit two levels below it).
+// vmlet's own version: the `version` field of this checkout's package.json (src/ and dist/ both sit one level below it).
 import fs from 'node:fs';
 
 let cached: string | undefined;
@@ -7,7 +7,7 @@ let cached: string | undefined;
 export function vmletVersion(): string {
   if (cached !== undefined) return cached;
   try {
-    const pkg = JSON.parse(fs.readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version?: unknown };
+    const pkg = JSON.parse(fs.readFileSync(new URL('../package.json', import.meta.url), 'utf8')) as { version?: unknown };
     cached = typeof pkg.version === 'string' ? pkg.version : 'unknown';
   } catch {
     cached = 'unknown';
