@@ -13,7 +13,8 @@ export const LAUNCHER_PROTOCOL_VERSION = '1';
 export const MAX_ARGV_BYTES = 65536;
 /** Most fds one ARGV message may carry; they become QEMU's fds 3, 4, ... in order. */
 export const MAX_FDS = 64;
-const MAX_LINE = 1024;
+/** Longest protocol line either side sends (vmlet-launch's MAX_LINE). */
+export const MAX_LINE = 1024;
 const UID_RE = /^[A-Za-z0-9._-]{1,128}$/;
 
 /** What the launcher says about QEMU when it says HELLO. Pids are in the daemon's pid namespace. */
@@ -170,8 +171,8 @@ export function encodeArgvMessage(argv: readonly string[], nfds: number): Buffer
   return Buffer.concat([Buffer.from(`ARGV ${payload.length} ${nfds}\n`), payload]);
 }
 
-/** Stable codes for the launcher's ERROR reasons. */
-function failureCode(reason: string): string {
+/** Stable codes for the launcher's ERROR reasons (the first word after ERROR). */
+export function failureCode(reason: string): string {
   switch (reason) {
     case 'netns':
     case 'cgroup':
