@@ -1,11 +1,32 @@
-// Base error type for vmlet: every error carries a stable code (listed in docs/errors.md) and wraps its cause.
+// Base error type for vmlet: every error carries a stable code (listed in docs/errors.md), wraps its cause, and keeps machine-readable facts in fields rather than in its message.
+
+/** Facts about a failure that code may act on (never parse the message for them). */
+export interface ErrorFields {
+  cause?: unknown;
+  /** The errno name of the failed syscall (`EAGAIN`, `ENOENT`, …). */
+  errno?: string;
+  /** Exit code of a failed child process. */
+  exitCode?: number;
+  /** What a failed child process wrote to stderr (trimmed). */
+  stderr?: string;
+  /** Anything else structured: field lists, allowed methods, sizes. */
+  details?: unknown;
+}
 
 export class VmletError extends Error {
   readonly code: string;
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
-    super(message, options);
+  readonly errno: string | undefined;
+  readonly exitCode: number | undefined;
+  readonly stderr: string | undefined;
+  readonly details: unknown;
+  constructor(code: string, message: string, fields?: ErrorFields) {
+    super(message, fields?.cause === undefined ? undefined : { cause: fields.cause });
     this.name = 'VmletError';
     this.code = code;
+    this.errno = fields?.errno;
+    this.exitCode = fields?.exitCode;
+    this.stderr = fields?.stderr;
+    this.details = fields?.details;
   }
 }
 

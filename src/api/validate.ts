@@ -28,7 +28,7 @@ export interface FieldError {
 
 /** A manifest was refused. `code` is the first detail's code; `details` lists every problem found. */
 export class ValidationError extends VmletError {
-  readonly details: readonly FieldError[];
+  override readonly details: readonly FieldError[];
   constructor(subject: string, details: readonly FieldError[], options?: { cause?: unknown }) {
     const first = details[0];
     const list = details.map((d) => (d.field === '' ? d.message : `${d.field}: ${d.message}`)).join('; ');
