@@ -21,16 +21,14 @@ export {
   MAX_MEMORY_BYTES,
   MAX_VCPUS,
   MIN_MEMORY_BYTES,
-  ValidationError,
-  diskKind,
   hasControlChars,
   hostPathProblem,
   isDnsLabel,
-  joinPath,
-  mapSchemaErrors,
   validateObject,
   validateVM,
   validateVMI,
-  type FieldError,
   type ValidateOptions,
 } from './validate.js';
+export { ValidationError, type FieldError } from './field-errors.js';
+export { joinPath, mapSchemaErrors } from './schema-errors.js';
+export { diskKind } from './disk-kind.js';

@@ -1,42 +1,22 @@
-// Validates and defaults VirtualMachine / VirtualMachineInstance objects: CRD schema via ajv, then semantic checks ajv cannot express.
+// Validates VirtualMachine / VirtualMachineInstance objects: CRD schema via ajv, then semantic checks ajv cannot express.
 
 import { posix } from 'node:path';
-import { VmletError } from '../errors.js';
+import { applyRunStrategyDefault, applySpecDefaults, type DomainDefaults, type LooseDomain, type LooseSpec } from './defaults.js';
+import { allProblems, Collector, ValidationError, type FieldError } from './field-errors.js';
 import { parseMilliQuantity, parseQuantity } from './quantity.js';
-import { defaultSchemas, type CompiledSchemas, type ErrorObject, type SchemaKind } from './schema.js';
+import { defaultSchemas, type CompiledSchemas, type SchemaKind } from './schema.js';
+import { joinPath, mapSchemaErrors } from './schema-errors.js';
 import {
   ACCEPTED_API_VERSIONS,
   API_VERSION,
   RUN_STRATEGIES,
-  type CPU,
-  type Disk,
-  type DiskBus,
   type Quantity,
-  type ResourceList,
   type RunStrategy,
   type VirtualMachine,
   type VirtualMachineInstance,
-  type Volume,
 } from './types.js';
 
-/** One problem with one field of a manifest. `field` is a path like `spec.domain.devices.disks[0].name`. */
-export interface FieldError {
-  field: string;
-  code: string;
-  message: string;
-}
-
-/** A manifest was refused. `code` is the first detail's code; `details` lists every problem found. */
-export class ValidationError extends VmletError {
-  override readonly details: readonly FieldError[];
-  constructor(subject: string, details: readonly FieldError[], options?: { cause?: unknown }) {
-    const first = details[0];
-    const list = details.map((d) => (d.field === '' ? d.message : `${d.field}: ${d.message}`)).join('; ');
-    super(first?.code ?? 'INVALID_FIELD', `${subject} is invalid: ${list}`, options);
-    this.name = 'ValidationError';
-    this.details = details;
-  }
-}
+export { ValidationError } from './field-errors.js';
 
 export interface ValidateOptions {
   /** Compiled CRD schemas; default: deploy/crds of this checkout, loaded once. */
@@ -72,106 +52,8 @@ export function hasControlChars(s: string): boolean {
   return CONTROL_RE.test(s);
 }
 
-class Collector {
-  readonly details: FieldError[] = [];
-  /**
-   * `schemaFailed`: the schema refused the object, so the semantic checks run on shapes they cannot rely on.
-   * Each check still runs, so that every problem is reported at once; one that trips over a malformed
-   * shape is skipped (the schema error already names that field).
-   */
-  constructor(private readonly schemaFailed = false) {}
-  add(field: string, code: string, message: string): void {
-    if (!this.details.some((d) => d.field === field && d.message === message)) this.details.push({ field, code, message });
-  }
-  /** Runs one semantic check; after a schema error, a crash of the check on a malformed shape skips it. */
-  check(run: () => void): void {
-    if (!this.schemaFailed) return run();
-    try {
-      run();
-    } catch (e) {
-      if (e instanceof VmletError) throw e;
-    }
-  }
-}
-
-/** True if `field` is `parent` or lies below it (`parent.x`, `parent[0]`). */
-function isAtOrBelow(field: string, parent: string): boolean {
-  return field === parent || field.startsWith(`${parent}.`) || field.startsWith(`${parent}[`);
-}
-
-/**
- * Every problem, schema errors first (so the first code stays what it was when only those were reported),
- * then the semantic ones that are not about a field the schema already refused.
- */
-function allProblems(schema: readonly FieldError[], semantic: readonly FieldError[]): FieldError[] {
-  return [...schema, ...semantic.filter((d) => !schema.some((s) => s.field !== '' && isAtOrBelow(d.field, s.field)))];
-}
-
 function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
-// ---------------------------------------------------------------------------------------------
-// field paths
-
-const IDENT_RE = /^[A-Za-z_][A-Za-z0-9_-]*$/;
-
-/** Appends one segment to a field path: `a.b`, `a[0]`, `a["x.y/z"]`. */
-export function joinPath(base: string, seg: string | number): string {
-  if (typeof seg === 'number' || /^\d+$/.test(seg)) return `${base}[${seg}]`;
-  if (IDENT_RE.test(seg)) return base === '' ? seg : `${base}.${seg}`;
-  return `${base}[${JSON.stringify(seg)}]`;
-}
-
-function pointerToPath(pointer: string): string {
-  if (pointer === '') return '';
-  return pointer
-    .slice(1)
-    .split('/')
-    .map((s) => s.replace(/~1/g, '/').replace(/~0/g, '~'))
-    .reduce<string>((acc, seg) => joinPath(acc, seg), '');
-}
-
-/** Turns ajv errors into field errors with stable codes. Pure. */
-export function mapSchemaErrors(errors: readonly ErrorObject[]): FieldError[] {
-  const col = new Collector();
-  const anyOfPaths = errors.filter((e) => e.keyword === 'anyOf').map((e) => e.schemaPath + '/');
-  for (const e of errors) {
-    if (anyOfPaths.some((p) => e.schemaPath.startsWith(p))) continue;
-    const at = pointerToPath(e.instancePath);
-    const params = e.params as Record<string, unknown>;
-    switch (e.keyword) {
-      case 'additionalProperties':
-        col.add(joinPath(at, String(params['additionalProperty'])), 'UNKNOWN_FIELD', 'field not supported');
-        break;
-      case 'required':
-        col.add(joinPath(at, String(params['missingProperty'])), 'MISSING_FIELD', 'required field missing');
-        break;
-      case 'enum': {
-        const allowed = Array.isArray(params['allowedValues']) ? params['allowedValues'].map(String).join(', ') : '';
-        col.add(at, 'INVALID_FIELD', `must be one of: ${allowed}`);
-        break;
-      }
-      case 'type':
-        col.add(at, 'INVALID_FIELD', `must be ${String(params['type'])}`);
-        break;
-      case 'anyOf':
-        col.add(at, 'INVALID_QUANTITY', 'must be a quantity (a string like "128Mi" or an integer)');
-        break;
-      case 'minimum':
-      case 'maximum':
-      case 'exclusiveMinimum':
-      case 'exclusiveMaximum':
-        col.add(at, 'OUT_OF_RANGE', e.message ?? 'out of range');
-        break;
-      case 'pattern':
-        col.add(at, 'INVALID_FIELD', at.endsWith('uuid') ? 'must be a UUID' : `must match ${String(params['pattern'])}`);
-        break;
-      default:
-        col.add(at, 'INVALID_FIELD', e.message ?? `fails ${e.keyword}`);
-    }
-  }
-  return col.details;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -225,26 +107,6 @@ function runSchema(obj: Record<string, unknown>, kind: SchemaKind, opts: Validat
 
 // ---------------------------------------------------------------------------------------------
 // semantic checks (shapes are known when the schema passed; after a schema error each check runs guarded)
-
-interface LooseDomain {
-  cpu?: Partial<CPU>;
-  memory?: { guest?: Quantity };
-  resources?: { requests?: ResourceList; limits?: ResourceList };
-  machine: { type: string };
-  firmware?: {
-    uuid?: string;
-    serial?: string;
-    bootloader?: { bios?: object; efi?: { secureBoot: boolean } };
-    kernelBoot?: { kernelArgs?: string; hostPath?: { kernelPath: string; initrdPath?: string } };
-  };
-  devices: { autoattachSerialConsole: boolean; autoattachGraphicsDevice: boolean; disks?: Disk[] };
-}
-
-interface LooseSpec {
-  domain: LooseDomain;
-  volumes?: Volume[];
-  terminationGracePeriodSeconds: number;
-}
 
 function checkNoControlChars(value: unknown, path: string, skip: (path: string) => boolean, col: Collector): void {
   if (skip(path)) return;
@@ -359,23 +221,9 @@ function checkResources(domain: LooseDomain, path: string, col: Collector): void
   }
 }
 
-function checkCpuAndMemory(domain: LooseDomain, path: string, col: Collector): void {
+function checkCpuAndMemory(domain: LooseDomain, path: string, col: Collector, defaulted: DomainDefaults): void {
   const cpuPath = `${path}.cpu`;
-  if (domain.cpu === undefined) {
-    // KubeVirt: without a topology, the vCPU count follows the cpu limit (or request), rounded up.
-    const q = domain.resources?.limits?.cpu ?? domain.resources?.requests?.cpu;
-    let cores = 1;
-    if (q !== undefined) {
-      try {
-        const millis = parseMilliQuantity(q);
-        cores = Math.max(1, Number((millis + 999n) / 1000n));
-      } catch {
-        // reported by checkResources
-      }
-    }
-    domain.cpu = { cores, sockets: 1, threads: 1 };
-  }
-  const cpu = domain.cpu;
+  const cpu = domain.cpu ?? {};
   const total = (cpu.sockets ?? 1) * (cpu.cores ?? 1) * (cpu.threads ?? 1);
   if (total > MAX_VCPUS) col.add(cpuPath, 'OUT_OF_RANGE', `sockets*cores*threads is ${total}, at most ${MAX_VCPUS} vCPUs are supported`);
   if (cpu.model !== undefined && cpu.model !== 'host-passthrough' && cpu.model !== 'host-model' && !QEMU_NAME_RE.test(cpu.model)) {
@@ -384,14 +232,10 @@ function checkCpuAndMemory(domain: LooseDomain, path: string, col: Collector): v
 
   const memPath = `${path}.memory.guest`;
   if (domain.memory?.guest === undefined) {
-    const fallback = domain.resources?.requests?.memory ?? domain.resources?.limits?.memory;
-    if (fallback === undefined) {
-      col.add(memPath, 'MISSING_FIELD', 'guest memory must be given in domain.memory.guest or domain.resources.requests.memory');
-      return;
-    }
-    domain.memory = { ...(domain.memory ?? {}), guest: fallback };
-    return; // the resource quantity is checked by checkResources
+    col.add(memPath, 'MISSING_FIELD', 'guest memory must be given in domain.memory.guest or domain.resources.requests.memory');
+    return;
   }
+  if (defaulted.memoryFromResources) return; // the resource quantity is checked by checkResources
   const guest = quantity(domain.memory.guest, memPath, col);
   checkMemoryRange(guest, memPath, col);
   const limit = domain.resources?.limits?.memory;
@@ -445,7 +289,6 @@ function checkDisksAndVolumes(spec: LooseSpec, path: string, col: Collector): vo
     if (disk.disk !== undefined && disk.cdrom !== undefined) {
       col.add(at, 'CONFLICTING_FIELDS', 'set either disk or cdrom, not both');
     }
-    if (disk.disk === undefined && disk.cdrom === undefined) disk.disk = { bus: 'virtio', readonly: false };
     if (disk.cdrom !== undefined) {
       if (disk.cdrom.bus === 'virtio') col.add(`${at}.cdrom.bus`, 'INVALID_FIELD', 'a cdrom cannot use the virtio bus; use sata or scsi');
       if (!disk.cdrom.readonly) col.add(`${at}.cdrom.readonly`, 'INVALID_FIELD', 'a cdrom is always read-only');
@@ -517,10 +360,14 @@ const FREE_TEXT = /\.cloudInitNoCloud\.(userData|userDataBase64|networkData|netw
 
 /** Semantic checks and code defaults for a VMI spec (in place) at `path` (`spec` or `spec.template.spec`). */
 function checkVMISpec(spec: LooseSpec, path: string, col: Collector): void {
+  let defaulted: DomainDefaults = { memoryFromResources: false };
+  col.check(() => {
+    defaulted = applySpecDefaults(spec);
+  });
   col.check(() => checkNoControlChars(spec, path, (p) => FREE_TEXT.test(p), col));
   const dom = `${path}.domain`;
   col.check(() => checkResources(spec.domain, dom, col));
-  col.check(() => checkCpuAndMemory(spec.domain, dom, col));
+  col.check(() => checkCpuAndMemory(spec.domain, dom, col, defaulted));
   col.check(() => {
     if (!QEMU_NAME_RE.test(spec.domain.machine.type)) {
       col.add(`${dom}.machine.type`, 'INVALID_FIELD', 'must be a QEMU machine type name (letters, digits, ".", "_", "-")');
@@ -561,11 +408,10 @@ export function validateVM(input: unknown, opts?: ValidateOptions): VirtualMachi
   col.check(() => {
     if (spec.running !== undefined && spec.runStrategy !== undefined) {
       col.add('spec.running', 'CONFLICTING_FIELDS', 'set either running or runStrategy, not both');
-    } else if (spec.running !== undefined) {
-      spec.runStrategy = spec.running ? 'Always' : 'Halted';
-      delete spec.running;
-    } else if (spec.runStrategy === undefined) {
+    } else if (spec.running === undefined && spec.runStrategy === undefined) {
       col.add('spec.runStrategy', 'MISSING_FIELD', `required field missing (one of ${RUN_STRATEGIES.join(', ')})`);
+    } else {
+      applyRunStrategyDefault(spec);
     }
   });
   col.check(() => {
@@ -593,10 +439,4 @@ export function validateObject(input: unknown, opts?: ValidateOptions): VirtualM
       message: `${JSON.stringify(kind ?? null)} is not supported; use VirtualMachine or VirtualMachineInstance`,
     },
   ]);
-}
-
-/** Which bus a validated disk uses, and whether it is a cdrom. */
-export function diskKind(disk: Disk): { bus: DiskBus; cdrom: boolean; readonly: boolean } {
-  if (disk.cdrom !== undefined) return { bus: disk.cdrom.bus, cdrom: true, readonly: true };
-  return { bus: disk.disk?.bus ?? 'virtio', cdrom: false, readonly: disk.disk?.readonly ?? false };
 }

@@ -1,27 +1,18 @@
 // Daemon side of the launcher protocol: accepts vmlet-launch connections on a unix socket, checks who is calling, hands over QEMU's argv and fds, and relays each VMI's started/exited/disconnected events.
 import { EventEmitter } from 'node:events';
-import { readdir, readFile, unlink, chmod } from 'node:fs/promises';
+import { unlink, chmod } from 'node:fs/promises';
 import net from 'node:net';
-import path from 'node:path';
 import type { Logger } from 'pino';
 import { VmletError } from '../errors.js';
 import { peerCred, sendWithFds, socketFd, type PeerCred } from '../sys/scm.js';
-import { formatExitStatus, parseExitStatus, type ExitStatus } from './launch.js';
+import type { ExitStatus } from './launch.js';
+import { encodeArgvMessage, failureCode, LAUNCHER_PROTOCOL_VERSION, MAX_LINE, parseLauncherLine, type LauncherMessage, type LauncherState } from './launcher-codec.js';
+import { nsPids, translateChildPid } from './launcher-procfs.js';
 
-export const LAUNCHER_PROTOCOL_VERSION = '1';
-/** Largest ARGV payload (NUL-terminated strings) the launcher accepts. */
-export const MAX_ARGV_BYTES = 65536;
-/** Most fds one ARGV message may carry; they become QEMU's fds 3, 4, ... in order. */
-export const MAX_FDS = 64;
-/** Longest protocol line either side sends (vmlet-launch's MAX_LINE). */
-export const MAX_LINE = 1024;
-const UID_RE = /^[A-Za-z0-9._-]{1,128}$/;
-
-/** What the launcher says about QEMU when it says HELLO. Pids are in the daemon's pid namespace. */
-export type LauncherState =
-  | { kind: 'new' }
-  | { kind: 'running'; qemuPid: number }
-  | { kind: 'exited'; qemuPid: number; status: ExitStatus };
+export {
+  encodeArgvMessage, failureCode, LAUNCHER_PROTOCOL_VERSION, MAX_ARGV_BYTES, MAX_FDS, MAX_LINE, parseLauncherLine,
+  type LauncherMessage, type LauncherState,
+} from './launcher-codec.js';
 
 export interface LauncherHello {
   uid: string;
@@ -105,116 +96,6 @@ export interface LauncherServerOptions {
   /** Mode of the socket file (default 0o600: only root's launchers). */
   socketMode?: number;
   logger?: Logger;
-}
-
-/** A parsed launcher line. */
-export type LauncherMessage =
-  | { type: 'hello'; version: string; uid: string; launcherPid: number; state: LauncherState }
-  | { type: 'started'; qemuPid: number }
-  | { type: 'exited'; status: ExitStatus }
-  | { type: 'error'; reason: string; text: string };
-
-function parsePid(s: string | undefined): number {
-  const n = Number(s);
-  if (s === undefined || !/^\d{1,10}$/.test(s) || !(n > 0 && n <= 0x7fffffff)) {
-    throw new VmletError('LAUNCHER_BAD_MESSAGE', `not a pid: ${JSON.stringify(s)}`);
-  }
-  return n;
-}
-
-/** Parses one line (without its newline) from a launcher. Throws LAUNCHER_BAD_MESSAGE. */
-export function parseLauncherLine(line: string): LauncherMessage {
-  const t = line.split(' ');
-  const bad = (): VmletError => new VmletError('LAUNCHER_BAD_MESSAGE', `bad launcher message: ${JSON.stringify(line.slice(0, 80))}`);
-  try {
-    switch (t[0]) {
-      case 'HELLO': {
-        const [, version, uid, pid, st] = t;
-        if (version === undefined || uid === undefined || !UID_RE.test(uid)) throw bad();
-        const launcherPid = parsePid(pid);
-        let state: LauncherState;
-        if (st === 'NEW' && t.length === 5) state = { kind: 'new' };
-        else if (st === 'RUNNING' && t.length === 6) state = { kind: 'running', qemuPid: parsePid(t[5]) };
-        else if (st === 'EXITED' && t.length === 7) state = { kind: 'exited', qemuPid: parsePid(t[5]), status: parseExitStatus(t[6] ?? '') };
-        else throw bad();
-        return { type: 'hello', version, uid, launcherPid, state };
-      }
-      case 'STARTED':
-        if (t.length !== 2) throw bad();
-        return { type: 'started', qemuPid: parsePid(t[1]) };
-      case 'EXITED':
-        if (t.length !== 2) throw bad();
-        return { type: 'exited', status: parseExitStatus(t[1] ?? '') };
-      case 'ERROR':
-        if (t.length < 2 || !t[1]) throw bad();
-        return { type: 'error', reason: t[1], text: t.slice(2).join(' ') };
-      default:
-        throw bad();
-    }
-  } catch (e) {
-    if (e instanceof VmletError && e.code === 'LAUNCHER_BAD_MESSAGE') throw e;
-    throw new VmletError('LAUNCHER_BAD_MESSAGE', `bad launcher message: ${JSON.stringify(line.slice(0, 80))}`, { cause: e });
-  }
-}
-
-/** The ARGV message: `ARGV <nbytes> <nfds>\n` then the NUL-terminated argv strings. Throws LAUNCHER_BAD_ARGV. */
-export function encodeArgvMessage(argv: readonly string[], nfds: number): Buffer {
-  if (argv.length === 0) throw new VmletError('LAUNCHER_BAD_ARGV', 'argv is empty');
-  if (!argv[0]?.startsWith('/')) throw new VmletError('LAUNCHER_BAD_ARGV', 'argv[0] must be an absolute path');
-  if (argv.some((a) => a.includes('\0'))) throw new VmletError('LAUNCHER_BAD_ARGV', 'an argument contains NUL');
-  if (argv.length > 4096) throw new VmletError('LAUNCHER_BAD_ARGV', `${argv.length} arguments; at most 4096`);
-  if (!Number.isInteger(nfds) || nfds < 0 || nfds > MAX_FDS) throw new VmletError('LAUNCHER_BAD_ARGV', `${nfds} fds; at most ${MAX_FDS}`);
-  const payload = Buffer.from(argv.map((a) => `${a}\0`).join(''), 'utf8');
-  if (payload.length > MAX_ARGV_BYTES) {
-    throw new VmletError('LAUNCHER_BAD_ARGV', `argv is ${payload.length} bytes; at most ${MAX_ARGV_BYTES}`);
-  }
-  return Buffer.concat([Buffer.from(`ARGV ${payload.length} ${nfds}\n`), payload]);
-}
-
-/** Stable codes for the launcher's ERROR reasons (the first word after ERROR). */
-export function failureCode(reason: string): string {
-  switch (reason) {
-    case 'netns':
-    case 'cgroup':
-      return 'LAUNCHER_SANDBOX';
-    case 'exec':
-      return 'LAUNCHER_EXEC';
-    case 'fork':
-      return 'LAUNCHER_FORK';
-    case 'protocol':
-      return 'LAUNCHER_PROTOCOL';
-    default:
-      return 'LAUNCHER_FAILED';
-  }
-}
-
-/** pids of `pid` in each nested pid namespace, outermost (the procfs's) first; [] when unreadable. */
-async function nsPids(procRoot: string, pid: number): Promise<number[]> {
-  try {
-    const status = await readFile(path.join(procRoot, String(pid), 'status'), 'utf8');
-    const m = /^NSpid:\s*(.*)$/m.exec(status);
-    return m?.[1] ? m[1].trim().split(/\s+/).map(Number) : [];
-  } catch {
-    return [];
-  }
-}
-
-/** Finds the daemon-namespace pid of the child of `parentPid` that is `innerPid` inside its own namespace. */
-async function translateChildPid(procRoot: string, parentPid: number, innerPid: number): Promise<number | undefined> {
-  const candidates: number[] = [];
-  try {
-    const taskDir = path.join(procRoot, String(parentPid), 'task');
-    for (const tid of await readdir(taskDir)) {
-      const children = await readFile(path.join(taskDir, tid, 'children'), 'utf8').catch(() => '');
-      candidates.push(...children.split(/\s+/).filter(Boolean).map(Number));
-    }
-  } catch {
-    return undefined;
-  }
-  for (const c of candidates) {
-    if ((await nsPids(procRoot, c)).at(-1) === innerPid) return c;
-  }
-  return undefined;
 }
 
 type Reject = 'version' | 'bad-hello' | 'unknown-uid' | 'pid-mismatch' | 'duplicate' | 'denied' | 'no-argv' | 'internal';

@@ -22,7 +22,7 @@ t.test('limits and version', async (t) => {
 t.test('every word the launcher sends is one the daemon reads, and the other way round', async (t) => {
   const sent = new Set([...C.matchAll(/send_line\("([A-Z]+)/g)].map((m) => m[1]));
   t.same([...sent].sort(), ['ERROR', 'EXITED', 'HELLO', 'STARTED'], 'the launcher sends these');
-  const daemon = readFileSync(path.join(import.meta.dirname, '..', '..', 'src', 'qemu', 'launcher-server.ts'), 'utf8');
+  const daemon = readFileSync(path.join(import.meta.dirname, '..', '..', 'src', 'qemu', 'launcher-codec.ts'), 'utf8');
   for (const w of sent) t.match(daemon, `case '${w}':`, `the daemon parses ${w}`);
   for (const w of ['OK', 'REJECT', 'ARGV']) t.match(C, new RegExp(`str(n)?cmp\\(rbuf, "${w}`), `the launcher parses ${w}`);
 });
