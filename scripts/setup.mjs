@@ -39,6 +39,20 @@ const debs = [
   ['musl-tools', 'musl-gcc'],
 ];
 
+// The private test cluster (docs/cluster.md): only when its assets are set (VMLET_K8S_ASSETS) or for `npm run cluster`,
+// so that plain `npm start` does not pull them in.
+const clusterDebs = [
+  ['containerd', 'containerd'],
+  ['runc', 'runc'],
+  ['containernetworking-plugins', '/usr/lib/cni/bridge'],
+  ['buildah', 'buildah'],
+  ['busybox-static', '/bin/busybox'],
+  ['iptables', 'iptables'],
+  ['openssl', 'openssl'],
+  ['xz-utils', 'xz'],
+];
+if (purpose === 'cluster' || (process.env.VMLET_K8S_ASSETS ?? '') !== '') debs.push(...clusterDebs);
+
 function ensureDebs() {
   const missing = debs.filter(([, bin]) => !have(bin)).map(([pkg]) => pkg);
   if (missing.length === 0) return;
@@ -122,7 +136,7 @@ try {
   ensureNodeModules();
   ensureBuild();
   ensureNative();
-  if (purpose !== 'build') await ensureGuest();
+  if (purpose !== 'build' && purpose !== 'cluster') await ensureGuest();
   if (purpose === 'test' || purpose === 'all') await ensureDebianGuest();
 } catch (e) {
   process.stderr.write(`setup failed: ${e instanceof Error ? e.message : String(e)}\n`);
