@@ -13,7 +13,7 @@ export interface GuestImageFileMeta {
 
 export interface GuestImageManifest {
   format: number;
-  /** sha256 of the builder script: a changed recipe rebuilds the image */
+  /** sha256 of the builder, its lib modules and the guest scripts: a changed recipe rebuilds the image */
   recipe: string;
   builtAt: string;
   buildSeconds: number;

@@ -4,8 +4,9 @@
 // Plain Node with no npm dependencies: scripts/setup.mjs imports it before node_modules is guaranteed.
 // System tools used: apt-get, apt-cache, dpkg-deb (always present on Debian) and xz (package xz-utils,
 // installed with apt-get when missing) to unpack the kernel for direct PVH boot. The cpio archive, gzip
-// compression and ELF reading (shared-library and kernel-module dependencies) are done here in Node.
-// See docs/test-guest.md.
+// compression and ELF reading (shared-library and kernel-module dependencies) are done in Node:
+// scripts/lib/cpio.mjs and scripts/lib/elf.mjs. The guest's shell scripts are the files in scripts/guest/
+// (see GUEST_SCRIPTS). See docs/test-guest.md.
 //
 //   node scripts/build-guest-image.mjs [--force] [--out DIR]
 import { execFileSync } from 'node:child_process';
@@ -15,6 +16,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import zlib from 'node:zlib';
+import { cpioNewc } from './lib/cpio.mjs';
+import { elfDeps, elfPvhInfo, elfSection } from './lib/elf.mjs';
+import { GuestImageError } from './lib/guest-image-error.mjs';
+
+export { GuestImageError };
 
 /** Printed on the serial console, on a line of its own, once the guest is fully up. */
 export const READY_MARKER = 'VMLET-GUEST-READY';
@@ -23,6 +29,9 @@ export const READY_MARKER = 'VMLET-GUEST-READY';
 const FORMAT = 1;
 const SELF = fileURLToPath(import.meta.url);
 const DEFAULT_ROOT = path.resolve(path.dirname(SELF), '..');
+const GUEST_DIR = path.join(path.dirname(SELF), 'guest');
+/** The modules in scripts/lib/ this script imports: part of the recipe hash, like the guest scripts. */
+const LIB_MODULES = ['cpio.mjs', 'elf.mjs', 'guest-image-error.mjs'];
 const LIBDIR = 'lib/x86_64-linux-gnu';
 
 /**
@@ -44,19 +53,6 @@ const MODULES = [
   { name: 'sr_mod', required: false },
   { name: 'ahci', required: false, late: true },
 ];
-
-export class GuestImageError extends Error {
-  /**
-   * @param {string} code stable error code
-   * @param {string} message short message, without the code
-   * @param {unknown} [cause]
-   */
-  constructor(code, message, cause) {
-    super(`${code}: ${message}`, cause === undefined ? undefined : { cause });
-    this.name = 'GuestImageError';
-    this.code = code;
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // small helpers
@@ -101,8 +97,15 @@ function isRoot() {
 // ---------------------------------------------------------------------------------------------
 // cache check
 
+/** sha256 over everything that makes the image: this script, its modules in scripts/lib/ and the guest scripts. */
 function recipeHash() {
-  return crypto.createHash('sha256').update(`format ${FORMAT}\n`).update(fs.readFileSync(SELF)).digest('hex');
+  const h = crypto.createHash('sha256').update(`format ${FORMAT}\n`).update(fs.readFileSync(SELF));
+  const parts = [
+    ...LIB_MODULES.map((f) => path.join(path.dirname(SELF), 'lib', f)),
+    ...GUEST_SCRIPTS.map((g) => path.join(GUEST_DIR, g.src)),
+  ];
+  for (const f of parts) h.update(`\0${path.relative(path.dirname(SELF), f)}\0`).update(fs.readFileSync(f));
+  return h.digest('hex');
 }
 
 /** Returns the manifest when `out` holds a complete image made by this recipe, else null. */
@@ -128,81 +131,6 @@ function validCache(out) {
     if (st.size !== meta.size || st.mtimeMs !== meta.mtimeMs) return null;
   }
   return manifest;
-}
-
-// ---------------------------------------------------------------------------------------------
-// ELF reading (64-bit little-endian only: amd64)
-
-function elfHeader(buf, what) {
-  if (buf.length < 64 || buf.readUInt32BE(0) !== 0x7f454c46) throw new GuestImageError('GUEST_BAD_ELF', `${what} is not an ELF file`);
-  if (buf[4] !== 2 || buf[5] !== 1) throw new GuestImageError('GUEST_BAD_ELF', `${what} is not 64-bit little-endian ELF`);
-  return {
-    phoff: Number(buf.readBigUInt64LE(0x20)),
-    shoff: Number(buf.readBigUInt64LE(0x28)),
-    phentsize: buf.readUInt16LE(0x36),
-    phnum: buf.readUInt16LE(0x38),
-    shentsize: buf.readUInt16LE(0x3a),
-    shnum: buf.readUInt16LE(0x3c),
-    shstrndx: buf.readUInt16LE(0x3e),
-  };
-}
-
-function cstr(buf, off) {
-  const end = buf.indexOf(0, off);
-  return buf.toString('latin1', off, end < 0 ? buf.length : end);
-}
-
-/** Program interpreter and DT_NEEDED sonames of an executable or shared library. */
-function elfDeps(file) {
-  const buf = fs.readFileSync(file);
-  const h = elfHeader(buf, file);
-  const loads = [];
-  let interp = null;
-  let dyn = null;
-  for (let i = 0; i < h.phnum; i++) {
-    const o = h.phoff + i * h.phentsize;
-    const type = buf.readUInt32LE(o);
-    const offset = Number(buf.readBigUInt64LE(o + 8));
-    const vaddr = Number(buf.readBigUInt64LE(o + 16));
-    const filesz = Number(buf.readBigUInt64LE(o + 32));
-    if (type === 1) loads.push({ offset, vaddr, filesz });
-    else if (type === 2) dyn = { offset, filesz };
-    else if (type === 3) interp = cstr(buf, offset);
-  }
-  const needed = [];
-  if (dyn) {
-    const neededOffsets = [];
-    let strtab = null;
-    for (let o = dyn.offset; o + 16 <= dyn.offset + dyn.filesz; o += 16) {
-      const tag = buf.readBigInt64LE(o);
-      const val = Number(buf.readBigUInt64LE(o + 8));
-      if (tag === 0n) break;
-      if (tag === 1n) neededOffsets.push(val);
-      else if (tag === 5n) strtab = val;
-    }
-    if (neededOffsets.length > 0) {
-      const seg = loads.find((l) => strtab !== null && strtab >= l.vaddr && strtab < l.vaddr + l.filesz);
-      if (!seg) throw new GuestImageError('GUEST_BAD_ELF', `${file}: cannot locate its dynamic string table`);
-      const base = strtab - seg.vaddr + seg.offset;
-      for (const off of neededOffsets) needed.push(cstr(buf, base + off));
-    }
-  }
-  return { interp, needed };
-}
-
-/** Contents of a named section (used for a kernel module's .modinfo). */
-function elfSection(buf, name, what) {
-  const h = elfHeader(buf, what);
-  const sh = (i) => {
-    const o = h.shoff + i * h.shentsize;
-    return { name: buf.readUInt32LE(o), offset: Number(buf.readBigUInt64LE(o + 24)), size: Number(buf.readBigUInt64LE(o + 32)) };
-  };
-  const strs = sh(h.shstrndx);
-  for (let i = 0; i < h.shnum; i++) {
-    const s = sh(i);
-    if (cstr(buf, strs.offset + s.name) === name) return buf.subarray(s.offset, s.offset + s.size);
-  }
-  return null;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -454,219 +382,33 @@ function stageModules(stage, kroot, kver, log) {
 // ---------------------------------------------------------------------------------------------
 // the guest's scripts
 
-const INIT = `#!/bin/sh
-# vmlet test guest /init (PID 1): mounts, modules, DHCP, qemu-ga, acpid, httpd, ready marker, serial shell.
-export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root TERM=vt100
+/**
+ * The guest's shell scripts: files in scripts/guest/, copied into the initramfs as they are, except that
+ * each `@NAME@` listed in `subst` is replaced by its value at build time (init.sh prints the ready marker
+ * through `@READY_MARKER@`). A placeholder left over, or a listed one the file lacks, fails the build.
+ */
+const GUEST_SCRIPTS = [
+  { src: 'init.sh', dest: 'init', mode: 0o755, subst: { READY_MARKER } },
+  { src: 'udhcpc-default.sh', dest: 'etc/udhcpc/default.script', mode: 0o755 },
+  { src: 'shutdown.sh', dest: 'sbin/shutdown', mode: 0o755 },
+  { src: 'eatmem.sh', dest: 'bin/eatmem', mode: 0o755 },
+  // busybox acpid maps the power button to the action "PWRF/00000080", run relative to its -c directory
+  { src: 'acpi-power-button.sh', dest: 'etc/acpi/PWRF/00000080', mode: 0o755 },
+  { src: 'profile.sh', dest: 'etc/profile', mode: 0o644 },
+];
 
-mount -t proc -o nosuid,nodev,noexec proc /proc
-mount -t sysfs -o nosuid,nodev,noexec sysfs /sys
-mount -t devtmpfs -o mode=0755,nosuid devtmpfs /dev 2>/dev/null || { mount -t tmpfs -o mode=0755,nosuid tmpfs /dev; mdev -s; }
-mkdir -p /dev/pts /dev/shm /dev/virtio-ports
-mount -t devpts -o gid=5,mode=620,ptmxmode=666 devpts /dev/pts
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /dev/shm
-mount -t tmpfs -o mode=0755,nosuid,nodev tmpfs /run
-mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp
-mount -t cgroup2 -o nosuid,nodev,noexec cgroup2 /sys/fs/cgroup 2>/dev/null
-[ -e /dev/fd ] || ln -s /proc/self/fd /dev/fd
-
-debug=0
-console=ttyS0
-for arg in $(cat /proc/cmdline); do
-  case "$arg" in
-    vmlet.debug=1) debug=1 ;;
-    console=*) c=\${arg#console=}; console=\${c%%,*} ;;
-  esac
-done
-[ "$debug" = 1 ] && set -x
-# keep later kernel messages (module probes, link up) off the console unless debugging
-[ "$debug" = 1 ] || echo 1 > /proc/sys/kernel/printk
-
-hostname -F /etc/hostname
-ip link set lo up
-
-while read -r m; do insmod "$m" 2>/dev/null; done < /etc/vmlet/modules
-(while read -r m; do insmod "$m" 2>/dev/null; done < /etc/vmlet/modules.late) &
-
-# DHCP on every ethN: at most ~3 s in the foreground, then udhcpc keeps trying in the background
-dhcp_pids=
-for n in /sys/class/net/eth*; do
-  [ -e "$n" ] || continue
-  i=\${n##*/}
-  udhcpc -i "$i" -s /etc/udhcpc/default.script -O mtu -b -t 3 -T 1 -A 5 -p "/run/udhcpc.$i.pid" >"/run/udhcpc.$i.log" 2>&1 &
-  dhcp_pids="$dhcp_pids $!"
-done
-
-# virtio-serial ports: name them under /dev/virtio-ports as udev would (ports show up asynchronously)
-virtio_serial=0
-for d in /sys/bus/virtio/devices/*; do
-  [ "$(cat "$d/device" 2>/dev/null)" = 0x0003 ] && virtio_serial=1
-done
-if [ "$virtio_serial" = 1 ]; then
-  tries=0
-  while [ "$tries" -lt 40 ]; do
-    named=0 unnamed=0
-    for p in /sys/class/virtio-ports/*; do
-      [ -e "$p" ] || continue
-      name=$(cat "$p/name" 2>/dev/null)
-      if [ -n "$name" ]; then ln -sf "../\${p##*/}" "/dev/virtio-ports/$name"; named=$((named + 1)); else unnamed=$((unnamed + 1)); fi
-    done
-    [ "$named" -gt 0 ] && [ "$unnamed" = 0 ] && break
-    tries=$((tries + 1))
-    usleep 50000
-  done
-fi
-if [ -e /dev/virtio-ports/org.qemu.guest_agent.0 ]; then
-  mkdir -p /run/qemu-ga
-  setsid qemu-ga -m virtio-serial -p /dev/virtio-ports/org.qemu.guest_agent.0 -t /run/qemu-ga -f /run/qemu-ga.pid </dev/null >/run/qemu-ga.log 2>&1 &
-fi
-
-acpid -c /etc/acpi -l /run/acpid.log -p /run/acpid.pid
-httpd -p 80 -h /www
-
-for p in $dhcp_pids; do wait "$p"; done
-
-# shutdown, the way busybox init does it: halt/poweroff/reboot (without -f) signal PID 1
-stop() {
-  echo "vmlet-guest: $1"
-  kill -TERM -1 2>/dev/null
-  usleep 300000
-  kill -KILL -1 2>/dev/null
-  sync
-  "$1" -f
+/** The content of a guest script with its placeholders filled in. */
+function guestScript({ src, subst = {} }) {
+  let text = fs.readFileSync(path.join(GUEST_DIR, src), 'utf8');
+  for (const [name, value] of Object.entries(subst)) {
+    const placeholder = `@${name}@`;
+    if (!text.includes(placeholder)) throw new GuestImageError('GUEST_BUILD_FAILED', `scripts/guest/${src} has no ${placeholder}`);
+    text = text.split(placeholder).join(value);
+  }
+  const left = /@[A-Z][A-Z0-9_]*@/.exec(text);
+  if (left) throw new GuestImageError('GUEST_BUILD_FAILED', `scripts/guest/${src} has the unknown placeholder ${left[0]}`);
+  return text;
 }
-trap 'stop halt' USR1
-trap 'stop poweroff' USR2
-trap 'stop reboot' TERM INT
-
-read -r up _ < /proc/uptime
-echo "vmlet-guest: up in \${up}s, kernel $(uname -r)"
-printf '\\n${READY_MARKER}\\n'
-
-# a root shell on the console, respawned when it exits
-(
-  while :; do
-    setsid -c sh -l <"/dev/$console" >"/dev/$console" 2>&1
-    usleep 200000
-  done
-) &
-
-while :; do
-  wait
-  sleep 1
-done
-`;
-
-const UDHCPC_SCRIPT = `#!/bin/sh
-# udhcpc event handler: applies a DHCP lease (address, router, DNS, MTU, hostname) to $interface.
-case "$1" in
-  deconfig)
-    ip -4 addr flush dev "$interface"
-    ip link set "$interface" up
-    ;;
-  bound|renew)
-    [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
-    if [ "$1" = bound ] || ! ip -4 addr show dev "$interface" | grep -q "inet $ip/"; then
-      ip -4 addr flush dev "$interface"
-      ip addr add "$ip/\${mask:-24}" \${broadcast:+broadcast "$broadcast"} dev "$interface"
-    fi
-    if [ -n "$router" ]; then
-      while ip route del default dev "$interface" 2>/dev/null; do :; done
-      for r in $router; do ip route add default via "$r" dev "$interface" && break; done
-    fi
-    {
-      [ -n "$domain" ] && echo "search $domain"
-      for d in $dns; do echo "nameserver $d"; done
-    } > /etc/resolv.conf
-    [ -n "$hostname" ] && hostname "$hostname"
-    [ "$1" = bound ] && echo "vmlet-guest: $interface $ip/\${mask:-24} router \${router:-none} (dhcp)" > /dev/console
-    ;;
-  leasefail|nak)
-    ;;
-esac
-exit 0
-`;
-
-const SHUTDOWN = `#!/bin/sh
-# shutdown for qemu-ga (guest-shutdown runs "shutdown -P|-H|-r +0 msg"): hands over to PID 1 like busybox halt/poweroff/reboot.
-action=poweroff
-for a in "$@"; do
-  case "$a" in
-    -r) action=reboot ;;
-    -H|-h) action=halt ;;
-    -P) action=poweroff ;;
-  esac
-done
-"$action"
-`;
-
-const EATMEM = `#!/bin/sh
-# eatmem MB [SECONDS]: allocates MB MiB of anonymous memory in 16 MiB chunks, writes every page and
-# holds it (for SECONDS, default until killed or Ctrl-C). Prints, each on its own line:
-#   "eatmem: allocating MB MiB", then "eatmem: holding MB MiB" once all of it is resident,
-#   "eatmem: released" when SECONDS are over, or "eatmem: killed" if the guest's OOM killer (or anyone)
-#   killed a chunk, "eatmem: failed: ..." if a chunk could not be allocated at all.
-case "$1" in ''|*[!0-9]*) echo "usage: eatmem MB [SECONDS]" >&2; exit 2 ;; esac
-mb=$1
-hold=\${2:-}
-fifo=/tmp/eatmem.$$
-err=/tmp/eatmem.$$.err
-# each chunk is one dd that reads /dev/zero into a buffer of the chunk's size, then blocks writing it
-# into a pipe nobody reads: the memory stays resident until the pipe's reader (this script) goes away
-mkfifo "$fifo" || exit 1
-: > "$err"
-chunks=
-left=$mb
-while [ "$left" -gt 0 ]; do
-  c=16
-  [ "$left" -lt "$c" ] && c=$left
-  dd if=/dev/zero bs=$((c * 1048576)) count=1 2>>"$err" >"$fifo" &
-  chunks="$chunks $!:$c"
-  left=$((left - c))
-done
-exec 3<"$fifo"
-rm -f "$fifo"
-pids=
-for pc in $chunks; do pids="$pids \${pc%%:*}"; done
-cleanup() { kill $pids 2>/dev/null; rm -f "$err"; }
-trap 'cleanup; exit 0' INT TERM
-echo "eatmem: allocating $mb MiB"
-gone() {
-  if [ -s "$err" ]; then echo "eatmem: failed: $(head -n 1 "$err")"; else echo "eatmem: killed"; fi
-  cleanup
-  exit 1
-}
-while :; do
-  short=0
-  for pc in $chunks; do
-    p=\${pc%%:*}
-    c=\${pc#*:}
-    kill -0 "$p" 2>/dev/null || gone
-    r=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null)
-    [ "\${r:-0}" -ge $((c * 1024)) ] || short=1
-  done
-  [ "$short" = 0 ] && break
-  usleep 100000
-done
-echo "eatmem: holding $mb MiB"
-if [ -n "$hold" ]; then
-  end=$(( $(cut -d. -f1 /proc/uptime) + hold ))
-  while [ "$(cut -d. -f1 /proc/uptime)" -lt "$end" ]; do
-    for p in $pids; do kill -0 "$p" 2>/dev/null || gone; done
-    sleep 1
-  done
-  cleanup
-  echo "eatmem: released"
-  exit 0
-fi
-while :; do
-  for p in $pids; do kill -0 "$p" 2>/dev/null || gone; done
-  sleep 1
-done
-`;
-
-const PROFILE = `export PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
-export PS1='\\u@\\h:\\w# '
-`;
 
 const INDEX_HTML = `<!doctype html>
 <html><head><title>vmlet test guest</title></head>
@@ -694,60 +436,16 @@ function stageGuestFiles(stage, busyboxSrc, kver) {
   symlink(stage, 'var/run', '/run');
   symlink(stage, 'var/log', '/run');
   symlink(stage, 'var/tmp', '/tmp');
-  writeFile(stage, 'init', INIT, 0o755);
-  writeFile(stage, 'etc/udhcpc/default.script', UDHCPC_SCRIPT, 0o755);
-  writeFile(stage, 'sbin/shutdown', SHUTDOWN, 0o755);
-  writeFile(stage, 'bin/eatmem', EATMEM, 0o755);
-  // busybox acpid maps the power button to the action "PWRF/00000080", run relative to its -c directory
-  writeFile(stage, 'etc/acpi/PWRF/00000080', '#!/bin/sh\n# ACPI power button: orderly power-off through PID 1\nexec poweroff\n', 0o755);
+  for (const g of GUEST_SCRIPTS) writeFile(stage, g.dest, guestScript(g), g.mode);
   writeFile(stage, 'etc/hostname', 'vmlet-guest\n');
   writeFile(stage, 'etc/hosts', '127.0.0.1 localhost\n127.0.1.1 vmlet-guest\n::1 localhost\n');
   writeFile(stage, 'etc/passwd', 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n');
   writeFile(stage, 'etc/group', 'root:x:0:\ntty:x:5:\nnogroup:x:65534:\n');
   writeFile(stage, 'etc/shadow', 'root::0:0:99999:7:::\n', 0o600);
-  writeFile(stage, 'etc/profile', PROFILE);
   writeFile(stage, 'etc/resolv.conf', '');
   writeFile(stage, 'etc/nsswitch.conf', 'passwd: files\ngroup: files\nhosts: files dns\n');
   writeFile(stage, 'etc/vmlet/kernel', `${kver}\n`);
   writeFile(stage, 'www/index.html', INDEX_HTML);
-}
-
-// ---------------------------------------------------------------------------------------------
-// cpio (newc) writer
-
-/** Serialises the tree at `stage` into a newc cpio archive, owned by root, with fixed mtimes. */
-function cpioNewc(stage) {
-  const chunks = [];
-  let ino = 1;
-  const pad4 = (n) => (4 - (n % 4)) % 4;
-  const hex = (n) => n.toString(16).padStart(8, '0');
-  const entry = (name, mode, data, nlink = 1) => {
-    const nameBuf = Buffer.from(`${name}\0`, 'utf8');
-    const header =
-      '070701' + hex(ino++) + hex(mode) + hex(0) + hex(0) + hex(nlink) + hex(0) +
-      hex(data.length) + hex(0) + hex(0) + hex(0) + hex(0) + hex(nameBuf.length) + hex(0);
-    chunks.push(Buffer.from(header, 'latin1'), nameBuf, Buffer.alloc(pad4(110 + nameBuf.length)), data, Buffer.alloc(pad4(data.length)));
-  };
-  const walk = (rel) => {
-    const names = fs.readdirSync(path.join(stage, rel)).sort();
-    for (const n of names) {
-      const r = rel ? `${rel}/${n}` : n;
-      const p = path.join(stage, r);
-      const st = fs.lstatSync(p);
-      const perm = st.mode & 0o7777;
-      if (st.isSymbolicLink()) entry(r, 0o120000 | 0o777, Buffer.from(fs.readlinkSync(p), 'utf8'));
-      else if (st.isDirectory()) {
-        entry(r, 0o040000 | perm, Buffer.alloc(0), 2);
-        walk(r);
-      } else if (st.isFile()) entry(r, 0o100000 | perm, fs.readFileSync(p));
-      else throw new GuestImageError('GUEST_BUILD_FAILED', `unexpected file type in the initramfs tree: ${r}`);
-    }
-  };
-  entry('.', 0o040755, Buffer.alloc(0), 2);
-  walk('');
-  entry('TRAILER!!!', 0, Buffer.alloc(0));
-  const body = Buffer.concat(chunks);
-  return Buffer.concat([body, Buffer.alloc((512 - (body.length % 512)) % 512)]);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -847,26 +545,8 @@ function extractVmlinux(bzImage, dest, work, log) {
     log(`kernel payload compression ${payload.subarray(0, 4).toString('hex')} is not supported; no PVH vmlinux`);
     return false;
   }
-  const h = elfHeader(elf, 'the kernel payload');
   // the PVH entry is the Xen ELF note XEN_ELFNOTE_PHYS32_ENTRY (18)
-  let pvh = false;
-  let end = h.shoff + h.shnum * h.shentsize;
-  for (let i = 0; i < h.phnum; i++) {
-    const o = h.phoff + i * h.phentsize;
-    const type = elf.readUInt32LE(o);
-    const offset = Number(elf.readBigUInt64LE(o + 8));
-    const filesz = Number(elf.readBigUInt64LE(o + 32));
-    end = Math.max(end, offset + filesz);
-    if (type !== 4) continue;
-    for (let n = offset; n + 12 <= offset + filesz; ) {
-      const namesz = elf.readUInt32LE(n);
-      const descsz = elf.readUInt32LE(n + 4);
-      const ntype = elf.readUInt32LE(n + 8);
-      const name = elf.toString('latin1', n + 12, n + 12 + namesz).replace(/\0+$/, '');
-      if (name === 'Xen' && ntype === 18) pvh = true;
-      n += 12 + Math.ceil(namesz / 4) * 4 + Math.ceil(descsz / 4) * 4;
-    }
-  }
+  const { pvh, end } = elfPvhInfo(elf, 'the kernel payload');
   if (!pvh) {
     log('the kernel has no PVH entry point (CONFIG_PVH); no PVH vmlinux');
     return false;
