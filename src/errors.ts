@@ -1,4 +1,7 @@
-// Base error type for vmlet: every error carries a stable code (listed in docs/errors.md), wraps its cause, and keeps machine-readable facts in fields rather than in its message.
+// Base error type for vmlet: every error carries a stable code (registered in src/error-codes.ts, explained in docs/errors.md), wraps its cause, and keeps machine-readable facts in fields rather than in its message.
+import type { ErrorCode } from './error-codes.js';
+
+export type { ErrorCode } from './error-codes.js';
 
 /** Facts about a failure that code may act on (never parse the message for them). */
 export interface ErrorFields {
@@ -14,6 +17,7 @@ export interface ErrorFields {
 }
 
 export class VmletError extends Error {
+  /** A code of src/error-codes.ts (ErrorCode). Typed `string` until every place that builds a code at run time yields an ErrorCode; test/unit/docs-errors.test.ts checks the literal ones meanwhile. */
   readonly code: string;
   readonly errno: string | undefined;
   readonly exitCode: number | undefined;
@@ -30,6 +34,7 @@ export class VmletError extends Error {
   }
 }
 
-export function isVmletError(e: unknown, code?: string): e is VmletError {
+/** Whether `e` is a VmletError (of the given registered code). */
+export function isVmletError(e: unknown, code?: ErrorCode): e is VmletError {
   return e instanceof VmletError && (code === undefined || e.code === code);
 }

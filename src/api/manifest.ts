@@ -7,17 +7,24 @@ function isRecord(v: unknown): v is Record<string, unknown> {
   return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
+/** `details` of a MANIFEST_PARSE error: the 1-based document, and where in the text the problem is when known. */
+export interface ManifestErrorDetails {
+  document: number;
+  line: number | undefined;
+  col: number | undefined;
+}
+
 function parseError(message: string, e: YAMLError | undefined, docIndex: number): VmletError {
   const pos = e?.linePos?.[0];
   const where = pos !== undefined ? ` at line ${pos.line}, column ${pos.col}` : '';
-  const err = new VmletError('MANIFEST_PARSE', `malformed manifest (document ${docIndex + 1})${where}: ${message}`, { cause: e });
-  return Object.assign(err, { line: pos?.line, col: pos?.col });
+  const details: ManifestErrorDetails = { document: docIndex + 1, line: pos?.line, col: pos?.col };
+  return new VmletError('MANIFEST_PARSE', `malformed manifest (document ${docIndex + 1})${where}: ${message}`, { cause: e, details });
 }
 
 /**
  * Parses YAML or JSON text holding one or more documents. Empty documents are skipped; a
- * `kind: *List` document with `items` is flattened into its items. Throws MANIFEST_PARSE (with
- * `line` and `col` set when known) for malformed text or a document that is not an object.
+ * `kind: *List` document with `items` is flattened into its items. Throws MANIFEST_PARSE (its
+ * `details` are ManifestErrorDetails: `line` and `col` set when known) for malformed text or a document that is not an object.
  */
 export function parseManifests(text: string): unknown[] {
   const docs = parseAllDocuments(text, { uniqueKeys: true, prettyErrors: true });

@@ -13,19 +13,21 @@ import {
   planHostBridge,
   planSandboxHost,
   planSandboxInside,
-  toBatch,
   type HostNetParams,
   type PodInterfaceState,
-  type TapOptions,
 } from './commands.js';
 import { DhcpServer, type DhcpEvent, type DhcpLeaseConfig, type NetLogger } from './dhcp-server.js';
-import { execRunner, type CommandRunner } from './exec.js';
+import { execRunner } from './exec.js';
+import { IpTools, isGone } from './ip-tools.js';
 import { Ipam } from './ipam.js';
 import { parseCidr } from './ipv4.js';
 import { DEFAULT_NAMES, checkNameConfig, checkNftName, checkIfName, sandboxNames, type NameConfig } from './names.js';
-import { planNetwork, type PlanOptions } from './plan.js';
+import { planNetwork } from './plan.js';
 import { readHostDns, type DnsSettings } from './resolv.js';
-import type { InterfaceSpec, IpCommand, IpRoute, Lease, LeaseInterface, NetworkSpec, SandboxNames } from './types.js';
+import type { AdoptResult, InterfaceStatus, NetManagerOptions, NetPaths, SandboxInfo, SandboxRequest } from './sandbox-types.js';
+import type { IpRoute, Lease, LeaseInterface, SandboxNames } from './types.js';
+
+export type { AdoptResult, InterfaceStatus, NetManagerOptions, NetPaths, SandboxInfo, SandboxRequest } from './sandbox-types.js';
 
 /**
  * The default host subnet. 10.213.0.0/16 is not the default of any tool commonly found next to
@@ -38,84 +40,7 @@ export const DEFAULT_BRIDGE = 'vmlet0';
 export const DEFAULT_NFT_TABLE = 'vmlet';
 export const DEFAULT_LEASE_SECONDS = 86400;
 
-export interface NetPaths {
-  /** where `ip netns add` puts netns files; ip itself always uses /run/netns */
-  netnsDir: string;
-  proc: string;
-  sys: string;
-  tun: string;
-  /** resolv.conf files to take guest DNS from, first usable wins */
-  resolvConf: string[];
-}
-
-export interface NetManagerOptions {
-  /** holds the lease file (net-leases.json) */
-  stateDir: string;
-  subnet?: string;
-  bridge?: string;
-  /** nftables table name, on the host (family ip) and in each sandbox */
-  nftTable?: string;
-  names?: NameConfig;
-  /** masquerade only out of this interface; default: out of anything but the bridge */
-  uplink?: string;
-  mtu?: number;
-  /** set net.ipv4.ip_forward=1 on the host in ensureHost (needed for NAT to the uplink); default true */
-  hostForwarding?: boolean;
-  /** fixed DNS for guests instead of the host's resolv.conf */
-  dns?: DnsSettings & { domain?: string };
-  leaseSeconds?: number;
-  paths?: Partial<NetPaths>;
-  bins?: { ip?: string; nft?: string; nsenter?: string };
-  runner?: CommandRunner;
-  log?: NetLogger;
-  now?: () => Date;
-}
-
-export interface SandboxRequest {
-  uid: string;
-  /** the VMI name: the guest's DHCP hostname */
-  hostname?: string;
-  interfaces?: readonly InterfaceSpec[] | undefined;
-  networks?: readonly NetworkSpec[] | undefined;
-  plan?: Omit<PlanOptions, 'names'>;
-  /** owner of the taps (for a non-root QEMU that opens them by name) */
-  tap?: TapOptions;
-}
-
-export interface SandboxInfo {
-  uid: string;
-  netns: string;
-  netnsPath: string;
-  hostVeth: string;
-  /** the sandbox's address on the host bridge (reachable from the host and other sandboxes) */
-  address: string;
-  prefix: number;
-  gateway: string;
-  interfaces: LeaseInterface[];
-}
-
-export interface InterfaceStatus {
-  name: string;
-  mac: string;
-  ipAddress: string;
-  ipAddresses: string[];
-}
-
-export interface AdoptResult {
-  /** live uids whose sandbox is there (DHCP serves them again) */
-  kept: string[];
-  /** live uids with a lease but no (or an incomplete) netns: call setup() again (the address is kept) */
-  missing: string[];
-  /** what was removed: uids of stale leases, and netns / veth names without a live owner */
-  removed: string[];
-}
-
 const silent: NetLogger = { info: () => {}, warn: () => {}, debug: () => {} };
-
-function isGone(e: unknown): boolean {
-  const m = e instanceof Error ? e.message : String(e);
-  return /Cannot find device|No such file|does not exist|not found|No such device/i.test(m);
-}
 
 /**
  * Owns the node's standalone networking. Construction does nothing; `start()` loads the leases and
@@ -130,9 +55,8 @@ export class NetManager {
   private readonly opts: NetManagerOptions;
   private readonly names: NameConfig;
   private readonly paths: NetPaths;
-  private readonly run: CommandRunner;
+  private readonly tools: IpTools;
   private readonly log: NetLogger;
-  private readonly bin: { ip: string; nft: string; nsenter: string };
   private ipam: Ipam | null = null;
   private leaseUpdates: Promise<unknown> = Promise.resolve();
 
@@ -150,9 +74,8 @@ export class NetManager {
       tun: opts.paths?.tun ?? '/dev/net/tun',
       resolvConf: opts.paths?.resolvConf ?? ['/etc/resolv.conf', '/run/systemd/resolve/resolv.conf'],
     };
-    this.run = opts.runner ?? execRunner;
     this.log = opts.log ?? silent;
-    this.bin = { ip: opts.bins?.ip ?? 'ip', nft: opts.bins?.nft ?? 'nft', nsenter: opts.bins?.nsenter ?? 'nsenter' };
+    this.tools = new IpTools(opts.runner ?? execRunner, { ip: opts.bins?.ip ?? 'ip', nft: opts.bins?.nft ?? 'nft', nsenter: opts.bins?.nsenter ?? 'nsenter' });
     this.dhcp = new DhcpServer({
       log: this.log,
       ...(opts.now ? { now: opts.now } : {}),
@@ -190,30 +113,9 @@ export class NetManager {
     this.ipam ??= await Ipam.open({ stateDir: this.opts.stateDir, subnet: this.subnet, ...(this.opts.now ? { now: this.opts.now } : {}) });
   }
 
-  private async ip(args: string[]): Promise<string> {
-    return (await this.run(this.bin.ip, args)).stdout;
-  }
-
-  private async ipJson<T>(args: string[]): Promise<T> {
-    const out = await this.ip(['-json', ...args]);
-    return (out.trim() === '' ? [] : JSON.parse(out)) as T;
-  }
-
-  private async ipBatch(cmds: IpCommand[], netnsPath?: string): Promise<void> {
-    if (cmds.length === 0) return;
-    const text = toBatch(cmds);
-    if (netnsPath === undefined) await this.run(this.bin.ip, ['-batch', '-'], text);
-    else await this.run(this.bin.nsenter, [`--net=${netnsPath}`, '--', this.bin.ip, '-batch', '-'], text);
-  }
-
-  private async nft(ruleset: string, netnsPath?: string): Promise<void> {
-    if (netnsPath === undefined) await this.run(this.bin.nft, ['-f', '-'], ruleset);
-    else await this.run(this.bin.nsenter, [`--net=${netnsPath}`, '--', this.bin.nft, '-f', '-'], ruleset);
-  }
-
   /** Host routes (`ip -json route`) that a subnet must not overlap. */
   async hostRoutes(): Promise<IpRoute[]> {
-    return this.ipJson<IpRoute[]>(['route', 'show']);
+    return this.tools.ipJson<IpRoute[]>(['route', 'show']);
   }
 
   /**
@@ -225,7 +127,7 @@ export class NetManager {
     type Link = { ifname: string; flags?: string[]; linkinfo?: { info_kind?: string }; addr_info?: { family: string; local: string; prefixlen: number }[] };
     let links: Link[] = [];
     try {
-      links = await this.ipJson<Link[]>(['-details', 'addr', 'show', 'dev', this.bridge]);
+      links = await this.tools.ipJson<Link[]>(['-details', 'addr', 'show', 'dev', this.bridge]);
     } catch (e) {
       if (!isGone(e)) throw e;
     }
@@ -236,8 +138,8 @@ export class NetManager {
       bridgeAddresses: (br?.addr_info ?? []).filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`),
       bridgeUp: br?.flags?.includes('UP') ?? false,
     });
-    await this.ipBatch(cmds);
-    await this.nft(hostNftRuleset(this.params()));
+    await this.tools.ipBatch(cmds);
+    await this.tools.nft(hostNftRuleset(this.params()));
     if (this.opts.hostForwarding ?? true) {
       fs.writeFileSync(path.join(this.paths.proc, 'sys/net/ipv4/ip_forward'), '1');
     }
@@ -246,9 +148,9 @@ export class NetManager {
 
   /** Removes vmlet's NAT table and the bridge (other tables and links are not touched). */
   async removeHost(): Promise<void> {
-    await this.nft(deleteNftTableRuleset('ip', this.nftTable));
+    await this.tools.nft(deleteNftTableRuleset('ip', this.nftTable));
     try {
-      await this.ip(['link', 'del', this.bridge]);
+      await this.tools.ip(['link', 'del', this.bridge]);
     } catch (e) {
       if (!isGone(e)) throw e;
     }
@@ -345,13 +247,13 @@ export class NetManager {
       const bindings = plan.interfaces.map((iface) => ({ iface, b: planBinding(iface, pod, req.tap ?? {}, this.nftTable) }));
       // three processes in all: ip on the host, then ip and nft in the netns side by side (the
       // rulesets name interfaces only as strings, so they load before the links exist)
-      await this.ipBatch(planSandboxHost(sp));
+      await this.tools.ipBatch(planSandboxHost(sp));
       if (bindings.some(({ b }) => b.ipForward)) {
         withNetns(netnsPath, () => fs.writeFileSync(path.join(this.paths.proc, 'sys/net/ipv4/ip_forward'), '1'), { selfNetns: path.join(this.paths.proc, 'thread-self/ns/net') });
       }
       const rulesets = bindings.flatMap(({ b }) => (b.nft !== null ? [b.nft] : []));
-      const inside = this.ipBatch([...planSandboxInside(sp), ...bindings.flatMap(({ b }) => b.ip)], netnsPath);
-      const nat = rulesets.length > 0 ? this.nft(rulesets.join(''), netnsPath) : Promise.resolve();
+      const inside = this.tools.ipBatch([...planSandboxInside(sp), ...bindings.flatMap(({ b }) => b.ip)], netnsPath);
+      const nat = rulesets.length > 0 ? this.tools.nft(rulesets.join(''), netnsPath) : Promise.resolve();
       const [r1, r2] = await Promise.allSettled([inside, nat]);
       for (const r of [r1, r2]) if (r.status === 'rejected') throw r.reason;
       const interfaces: LeaseInterface[] = bindings.map(({ iface, b }) => ({
@@ -429,7 +331,7 @@ export class NetManager {
     for (const key of this.dhcp.keys()) if (key.startsWith(`${uid}/`)) await this.dhcp.remove(key);
     for (const args of [['link', 'del', checkIfName(names.hostVeth)], ['netns', 'del', names.netns]]) {
       try {
-        await this.ip(args);
+        await this.tools.ip(args);
         removed.push(args[2]!);
       } catch (e) {
         if (!isGone(e)) errors.push((e as Error).message);
@@ -488,7 +390,7 @@ export class NetManager {
     for (const ns of onDisk) {
       if (keptNetns.has(ns)) continue;
       try {
-        await this.ip(['netns', 'del', ns]);
+        await this.tools.ip(['netns', 'del', ns]);
         res.removed.push(ns);
       } catch (e) {
         if (!isGone(e)) throw e;
@@ -496,14 +398,14 @@ export class NetManager {
     }
     let ports: { ifname: string }[] = [];
     try {
-      ports = await this.ipJson<{ ifname: string }[]>(['link', 'show', 'master', this.bridge]);
+      ports = await this.tools.ipJson<{ ifname: string }[]>(['link', 'show', 'master', this.bridge]);
     } catch (e) {
       if (!isGone(e)) throw e;
     }
     for (const p of ports) {
       if (!p.ifname.startsWith(this.names.vethPrefix) || keptVeths.has(p.ifname)) continue;
       try {
-        await this.ip(['link', 'del', p.ifname]);
+        await this.tools.ip(['link', 'del', p.ifname]);
         res.removed.push(p.ifname);
       } catch (e) {
         if (!isGone(e)) throw e;

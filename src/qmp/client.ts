@@ -1,89 +1,17 @@
 // QMP client: one connection to a QEMU monitor socket, with id-matched commands, typed events, timeouts and fd passing.
 import type { Socket } from 'node:net';
+import type { ConnectCallOptions, ExecuteOptions, ExecuteParams, ExecuteResult, QmpClientOptions, QmpEventListener, QmpState } from './client-types.js';
 import { connectWithRetry, ConnectAttemptError } from './connect.js';
 import { QmpError } from './errors.js';
 import { BoundedQueue } from './event-queue.js';
 import { LineSplitter, parseObjectLine, excerpt, type JsonObject } from './framing.js';
 import { silentLogger, type QmpLogger } from './logger.js';
+import { isEventMessage, isGreetingBody, toEvent } from './messages.js';
+import { Outbox, type Pending } from './outbox.js';
 import { defaultTimeoutFor } from './timeouts.js';
-import type { QmpCommandMap, QmpCommandName, QmpEvent, QmpEventName, QmpGreeting } from './types.js';
+import type { QmpEvent, QmpEventName, QmpGreeting } from './types.js';
 
-export interface QmpClientOptions {
-  /** Path of QEMU's `-qmp unix:PATH,server=on,wait=off` socket. */
-  path: string;
-  /** How long connect() keeps retrying while the socket is missing or refuses (QEMU still starting). Default 10 000. */
-  connectTimeoutMs?: number;
-  /** Pause between connect attempts. Default 10: a refused connect on a unix socket costs microseconds, and QEMU creates its socket any moment after exec. */
-  retryIntervalMs?: number;
-  /** How long to wait for the greeting after connecting, and again for the qmp_capabilities reply. Default 5 000. */
-  greetingTimeoutMs?: number;
-  /** Per-command timeout overrides by name, on top of the default table (docs/qmp.md). */
-  timeouts?: Record<string, number>;
-  /** Longest accepted line from QEMU, in bytes. Default 16 MiB (query-qmp-schema is about 200 KiB). */
-  maxLineBytes?: number;
-  /** Default buffer size of each events() iterator. Default 1 000. */
-  eventBufferSize?: number;
-  /**
-   * What a command timeout does to the connection. true (default): the connection is closed and every
-   * other pending command fails with QMP_DISCONNECTED; QEMU's monitor is serial, so one stuck command
-   * blocks everything behind it anyway, and a fresh connection is an unambiguous state.
-   * false: only the timed-out command fails; its late reply is recognised by id and dropped.
-   */
-  closeOnTimeout?: boolean;
-  /** Ask for the `oob` capability when QEMU offers it. Default true. */
-  enableOob?: boolean;
-  logger?: QmpLogger;
-  /** Clock for deadlines; injectable for tests. Default Date.now. */
-  now?: () => number;
-  /** The SCM_RIGHTS sender; default is src/sys/scm.ts (loaded on first use). Injectable for tests. */
-  sendWithFds?: (socketFd: number, data: Buffer, fds: number[]) => void;
-  /** Finds the OS fd of the socket; default is src/sys/scm.ts socketFd. */
-  socketFd?: (sock: Socket) => number;
-}
-
-export interface ConnectCallOptions {
-  signal?: AbortSignal;
-}
-
-export interface ExecuteOptions {
-  /** Overrides the default timeout of this command. */
-  timeoutMs?: number;
-  /** File descriptors sent with the command's bytes in one sendmsg (getfd, add-fd need exactly one). */
-  fds?: number[];
-  /** Aborting rejects the call with QMP_ABORTED; QEMU may still run the command, its reply is dropped. */
-  signal?: AbortSignal;
-  /** Send as `exec-oob` (only for commands QEMU allows out-of-band, and only if oob was negotiated). */
-  oob?: boolean;
-}
-
-type ArgsOf<N extends QmpCommandName> = QmpCommandMap[N]['args'];
-/** The parameters after the command name: typed for known commands, a plain object otherwise. */
-export type ExecuteParams<N extends string> = N extends QmpCommandName
-  ? ArgsOf<N> extends undefined
-    ? [args?: undefined, opts?: ExecuteOptions]
-    : object extends ArgsOf<N>
-      ? [args?: ArgsOf<N>, opts?: ExecuteOptions]
-      : [args: ArgsOf<N>, opts?: ExecuteOptions]
-  : [args?: Record<string, unknown>, opts?: ExecuteOptions];
-export type ExecuteResult<N extends string> = N extends QmpCommandName ? QmpCommandMap[N]['ret'] : unknown;
-
-export type QmpEventListener<N extends string> = (data: QmpEvent<N>['data'], event: QmpEvent<N>) => void;
-
-export type QmpState = 'idle' | 'connecting' | 'ready' | 'closed';
-
-interface Pending {
-  id: number;
-  name: string;
-  line: string;
-  fds: number[] | undefined;
-  resolve: (v: unknown) => void;
-  reject: (e: QmpError) => void;
-  timer: NodeJS.Timeout | undefined;
-  written: boolean;
-  done: boolean;
-  signal: AbortSignal | undefined;
-  onAbort: (() => void) | undefined;
-}
+export type { ConnectCallOptions, ExecuteOptions, ExecuteParams, ExecuteResult, QmpClientOptions, QmpEventListener, QmpState } from './client-types.js';
 
 interface Subscription {
   queue: BoundedQueue<QmpEvent>;
@@ -107,21 +35,10 @@ export class QmpClient {
   private sock: Socket | undefined;
   private splitter: LineSplitter | undefined;
   private stateValue: QmpState = 'idle';
-  /**
-   * Ids are reused: an id is taken from `freeIds` (else a new one) and goes back only once QEMU can no
-   * longer answer it (its reply arrived, or it was never written). QEMU 7.2 reads the monitor socket one
-   * byte per recvmsg, so every byte of a request costs latency; small ids keep requests short.
-   */
-  private highId = 0;
-  private readonly freeIds: number[] = [];
   private readonly pending = new Map<number, Pending>();
   /** Ids whose caller gave up (timeout with closeOnTimeout=false, or abort): their late reply is dropped, never re-routed, and the id stays reserved until it comes. */
   private readonly abandoned = new Set<number>();
-  /** Commands not yet written because an fd-carrying command ahead of them is waiting; keeps the call order on the wire. */
-  private readonly outQueue: Pending[] = [];
-  /** The fd-carrying command written but not answered yet; QEMU keeps received fds per connection, so only one may be in flight. */
-  private fdInFlight: Pending | undefined;
-  private pumpTimer: NodeJS.Timeout | undefined;
+  private readonly outbox: Outbox;
   private readonly listeners = new Map<string, Set<QmpEventListener<string>>>();
   private readonly subscriptions = new Set<Subscription>();
   private greetingValue: QmpGreeting | undefined;
@@ -131,7 +48,6 @@ export class QmpClient {
   private closeResolve!: (reason: QmpError | undefined) => void;
   private lineHandler: (line: string) => void = () => {};
   private readonly closeListeners = new Set<(reason: QmpError | undefined) => void>();
-  private scm: { send: (fd: number, data: Buffer, fds: number[]) => void; fdOf: (s: Socket) => number } | undefined;
   private readonly onTimeoutBound = (p: Pending): void => this.onTimeout(p);
 
   /** Settles once the connection is gone: undefined after close(), else the error that ended it. */
@@ -143,6 +59,12 @@ export class QmpClient {
     this.now = opts.now ?? Date.now;
     this.closed = new Promise((resolve) => {
       this.closeResolve = resolve;
+    });
+    this.outbox = new Outbox({
+      sendWithFds: opts.sendWithFds,
+      socketFd: opts.socketFd,
+      fail: (p, err) => this.settle(p, err),
+      corrupted: (err) => this.teardown(err),
     });
   }
 
@@ -245,18 +167,19 @@ export class QmpClient {
       this.lineHandler = (line) => {
         const msg = parseObjectLine(line);
         const qmp = msg instanceof Error ? undefined : msg['QMP'];
-        if (msg instanceof Error || !isGreeting(qmp)) {
+        if (msg instanceof Error || !isGreetingBody(qmp)) {
           settle(() => reject(new QmpError('QMP_PROTOCOL', `expected the QMP greeting, got: ${excerpt(line)}`, { cause: msg instanceof Error ? msg : undefined })));
           return;
         }
         this.lineHandler = (l) => this.onLine(l);
-        settle(() => resolve(msg as unknown as QmpGreeting));
+        settle(() => resolve({ QMP: qmp }));
       };
     });
   }
 
   private attach(sock: Socket): void {
     this.sock = sock;
+    this.outbox.attach(sock);
     sock.setNoDelay?.(true);
     const maxLineBytes = this.opts.maxLineBytes ?? DEFAULTS.maxLineBytes;
     this.splitter = new LineSplitter({
@@ -303,7 +226,7 @@ export class QmpClient {
     }
     const signal = opts?.signal;
     if (signal?.aborted) return Promise.reject(new QmpError('QMP_ABORTED', `${name} aborted before it was sent`, { command: name, cause: signal.reason }));
-    const id = this.freeIds.pop() ?? ++this.highId;
+    const id = this.outbox.takeId();
     const key = opts?.oob ? 'exec-oob' : 'execute';
     const line = args === undefined
       ? `{"${key}":${JSON.stringify(name)},"id":${id}}\n`
@@ -320,85 +243,14 @@ export class QmpClient {
         signal.addEventListener('abort', p.onAbort, { once: true });
       }
       this.pending.set(id, p);
-      if (this.outQueue.length === 0 && p.fds === undefined) {
-        this.sock?.write(line);
-        p.written = true;
-      } else {
-        this.outQueue.push(p);
-        this.pump();
-      }
+      this.outbox.send(p);
     });
-  }
-
-  /** Writes queued commands in order; an fd-carrying one waits until the previous fd command is answered and Node's write buffer is empty. */
-  private pump(): void {
-    const sock = this.sock;
-    if (!sock || this.stateValue === 'closed') return;
-    while (this.outQueue.length > 0) {
-      const p = this.outQueue[0] as Pending;
-      if (p.done) {
-        this.outQueue.shift();
-        continue;
-      }
-      if (p.fds === undefined) {
-        sock.write(p.line);
-        p.written = true;
-        this.outQueue.shift();
-        continue;
-      }
-      if (this.fdInFlight !== undefined) return; // resumed when its reply arrives
-      if (sock.writableLength > 0) return this.schedulePump(1); // earlier bytes must reach the kernel first
-      try {
-        const scm = this.scmOrLoad();
-        if (!scm) return; // loading; pump() runs again when loaded
-        scm.send(scm.fdOf(sock), Buffer.from(p.line), p.fds);
-      } catch (e) {
-        if (/EAGAIN/.test((e as Error).message ?? '')) return this.schedulePump(2); // kernel buffer full, nothing written
-        this.outQueue.shift();
-        const err = new QmpError('QMP_SEND_FDS', `sending ${p.name} with ${p.fds.length} fd(s) failed: ${(e as Error).message}`, { command: p.name, cause: e });
-        this.settle(p, err);
-        // A short write leaves half a command on the wire: the stream can no longer be trusted.
-        if (/wrote \d+ of/.test((e as Error).message ?? '')) this.teardown(new QmpError('QMP_PROTOCOL', 'partial fd write corrupted the QMP stream', { cause: err }));
-        continue;
-      }
-      p.written = true;
-      this.fdInFlight = p;
-      this.outQueue.shift();
-    }
-  }
-
-  private schedulePump(ms: number): void {
-    if (this.pumpTimer) return;
-    this.pumpTimer = setTimeout(() => {
-      this.pumpTimer = undefined;
-      this.pump();
-    }, ms);
-  }
-
-  private scmLoading = false;
-  private scmOrLoad(): { send: (fd: number, data: Buffer, fds: number[]) => void; fdOf: (s: Socket) => number } | undefined {
-    if (this.scm) return this.scm;
-    if (this.opts.sendWithFds && this.opts.socketFd) {
-      this.scm = { send: this.opts.sendWithFds, fdOf: this.opts.socketFd };
-      return this.scm;
-    }
-    if (this.scmLoading) return undefined;
-    this.scmLoading = true;
-    // Loaded lazily so that QMP without fd passing never loads koffi.
-    import('../sys/scm.js').then((m) => {
-      this.scm = { send: this.opts.sendWithFds ?? m.sendWithFds, fdOf: this.opts.socketFd ?? m.socketFd };
-      this.pump();
-    }, (e: unknown) => {
-      const err = new QmpError('QMP_SEND_FDS', 'cannot load the SCM_RIGHTS helper (src/sys/scm.ts)', { cause: e });
-      for (const p of this.outQueue.splice(0)) this.settle(p, err);
-    });
-    return undefined;
   }
 
   private onLine(line: string): void {
     const msg = parseObjectLine(line);
     if (msg instanceof Error) return this.protocolError(`malformed line from QEMU: ${excerpt(line)}`, msg);
-    if (typeof msg['event'] === 'string') return this.onEvent(msg);
+    if (isEventMessage(msg)) return this.onEvent(msg);
     const id = msg['id'];
     const hasReturn = 'return' in msg;
     if (!hasReturn && !('error' in msg)) return this.protocolError(`unexpected message from QEMU: ${excerpt(line)}`);
@@ -409,7 +261,7 @@ export class QmpClient {
     if (p === undefined) {
       if (this.abandoned.delete(id)) {
         this.log.debug({ id }, 'qmp: dropped late reply of an abandoned command');
-        this.freeIds.push(id);
+        this.outbox.releaseId(id);
         return;
       }
       return this.protocolError(`reply with unknown id ${id}: ${excerpt(line)}`);
@@ -428,13 +280,10 @@ export class QmpClient {
     if (p.done) return;
     p.done = true;
     this.pending.delete(p.id);
-    if (!reserveId) this.freeIds.push(p.id);
+    if (!reserveId) this.outbox.releaseId(p.id);
     if (p.timer) clearTimeout(p.timer);
     if (p.onAbort) p.signal?.removeEventListener('abort', p.onAbort);
-    if (this.fdInFlight === p) {
-      this.fdInFlight = undefined;
-      if (this.outQueue.length > 0) queueMicrotask(() => this.pump());
-    }
+    this.outbox.settled(p);
     if (err) p.reject(err);
     else p.resolve(value);
   }
@@ -463,9 +312,8 @@ export class QmpClient {
     this.teardown(err);
   }
 
-  private onEvent(msg: JsonObject): void {
-    const ev = msg as unknown as QmpEvent;
-    if (ev.data === undefined) (ev as { data: unknown }).data = {};
+  private onEvent(msg: JsonObject & { event: string }): void {
+    const ev = toEvent(msg);
     this.emit(ev.event, ev);
     this.emit('*', ev);
     for (const s of this.subscriptions) {
@@ -550,11 +398,10 @@ export class QmpClient {
     this.stateValue = 'closed';
     this.closeReason = reason;
     this.splitter?.stop();
-    if (this.pumpTimer) clearTimeout(this.pumpTimer);
+    this.outbox.stop();
     this.sock?.destroy();
     if (reason) this.log.debug({ code: reason.code, msg: reason.message }, 'qmp connection closed');
     const cause = reason ?? new QmpError('QMP_DISCONNECTED', 'QMP client closed');
-    this.outQueue.length = 0;
     for (const p of [...this.pending.values()]) {
       // quit's job is to make QEMU go away; a disconnect after sending it is that job done.
       if (p.name === 'quit' && p.written && reason !== undefined) {
@@ -582,10 +429,4 @@ export class QmpClient {
     this.closeListeners.clear();
     this.closeResolve(reason);
   }
-}
-
-function isGreeting(v: unknown): boolean {
-  if (typeof v !== 'object' || v === null) return false;
-  const o = v as { version?: { qemu?: unknown }; capabilities?: unknown };
-  return typeof o.version?.qemu === 'object' && Array.isArray(o.capabilities);
 }

@@ -1,4 +1,5 @@
 // Loads libc once through koffi and exposes errno, so the few syscalls Node lacks share one binding.
+import os from 'node:os';
 import koffi from 'koffi';
 
 export const libc = koffi.load('libc.so.6');
@@ -18,6 +19,13 @@ export function errnoName(n: number): string {
     22: 'EINVAL', 24: 'EMFILE', 32: 'EPIPE', 88: 'ENOTSOCK', 95: 'EOPNOTSUPP', 104: 'ECONNRESET', 107: 'ENOTCONN',
   };
   return table[n] ?? `errno ${n}`;
+}
+
+const ERRNO_NAMES = new Map<number, string>(Object.entries(os.constants.errno).map(([name, n]) => [n, name]));
+
+/** The symbolic errno (`EAGAIN`, `EBUSY`, …) for an error's `errno` field: every errno the OS knows, `errno N` otherwise. */
+export function errnoCode(n: number): string {
+  return ERRNO_NAMES.get(n) ?? `errno ${n}`;
 }
 
 /** close(2), for fds that koffi-bound calls hand back. */

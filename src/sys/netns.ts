@@ -1,7 +1,7 @@
 // Runs a synchronous function with the calling (main JS) thread switched into another network namespace via setns(2), and switches back.
 import fs from 'node:fs';
 import { VmletError } from '../errors.js';
-import { libc, errno, errnoName } from './libc.js';
+import { libc, errno, errnoCode, errnoName } from './libc.js';
 
 export const CLONE_NEWNET = 0x40000000;
 
@@ -10,7 +10,8 @@ const setnsFn = libc.func('int setns(int fd, int nstype)');
 /** setns(fd, CLONE_NEWNET) for the calling thread; SYS_SETNS on failure. */
 export function setNetns(fd: number, what: string): void {
   if (setnsFn(fd, CLONE_NEWNET) !== 0) {
-    throw new VmletError('SYS_SETNS', `setns(${what}, CLONE_NEWNET) failed: ${errnoName(errno())}`);
+    const e = errno();
+    throw new VmletError('SYS_SETNS', `setns(${what}, CLONE_NEWNET) failed: ${errnoName(e)}`, { errno: errnoCode(e) });
   }
 }
 

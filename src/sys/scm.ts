@@ -2,7 +2,7 @@
 import type { Socket } from 'node:net';
 import koffi from 'koffi';
 import { VmletError } from '../errors.js';
-import { libc, errno, errnoName } from './libc.js';
+import { libc, errno, errnoCode, errnoName } from './libc.js';
 
 const SOL_SOCKET = 1;
 const SCM_RIGHTS = 1;
@@ -24,8 +24,8 @@ const getsockopt = libc.func('getsockopt', 'int', ['int', 'int', 'int', 'void *'
 
 /** The OS file descriptor behind a connected net.Socket (libuv keeps it on the handle). */
 export function socketFd(sock: Socket): number {
-  const handle: unknown = (sock as unknown as { _handle?: unknown })._handle;
-  const fd = typeof handle === 'object' && handle !== null ? (handle as { fd?: unknown }).fd : undefined;
+  const handle: unknown = '_handle' in sock ? sock._handle : undefined;
+  const fd = typeof handle === 'object' && handle !== null && 'fd' in handle ? handle.fd : undefined;
   if (typeof fd !== 'number' || fd < 0) {
     throw new VmletError('SYS_NO_FD', 'socket has no file descriptor: is it connected and not yet closed?');
   }
@@ -44,9 +44,16 @@ function rightsControl(fds: number[]): Buffer {
   return buf;
 }
 
+/** `details` of a SYS_SENDMSG error for a short write: part of `data` went out, so the stream holds half a message. */
+export interface ShortWrite {
+  written: number;
+  length: number;
+}
+
 /**
  * One sendmsg() of `data` with `fds` attached. The socket is non-blocking under libuv, so a
- * short write or EAGAIN is reported rather than retried: callers send small messages.
+ * short write (`details: ShortWrite`) or EAGAIN (`errno: 'EAGAIN'`, nothing sent) is reported
+ * rather than retried: callers send small messages.
  */
 export function sendWithFds(fd: number, data: Buffer, fds: number[]): void {
   if (data.length === 0) throw new VmletError('SYS_SENDMSG', 'sendmsg needs at least one byte to carry the fds');
@@ -63,10 +70,11 @@ export function sendWithFds(fd: number, data: Buffer, fds: number[]): void {
   const n = Number(sendmsg(fd, hdr, MSG_NOSIGNAL));
   if (n < 0) {
     const e = errno();
-    throw new VmletError('SYS_SENDMSG', `sendmsg with ${fds.length} fd(s) failed: ${errnoName(e)}`);
+    throw new VmletError('SYS_SENDMSG', `sendmsg with ${fds.length} fd(s) failed: ${errnoName(e)}`, { errno: errnoCode(e) });
   }
   if (n !== data.length) {
-    throw new VmletError('SYS_SENDMSG', `sendmsg wrote ${n} of ${data.length} bytes; the socket buffer is full`);
+    const details: ShortWrite = { written: n, length: data.length };
+    throw new VmletError('SYS_SENDMSG', `sendmsg wrote ${n} of ${data.length} bytes; the socket buffer is full`, { details });
   }
 }
 
@@ -77,7 +85,8 @@ export function peerCred(fd: number): PeerCred {
   const buf = Buffer.alloc(12);
   const len = [12];
   if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, buf, len) !== 0) {
-    throw new VmletError('SYS_PEERCRED', `getsockopt(SO_PEERCRED) failed: ${errnoName(errno())}`);
+    const e = errno();
+    throw new VmletError('SYS_PEERCRED', `getsockopt(SO_PEERCRED) failed: ${errnoName(e)}`, { errno: errnoCode(e) });
   }
   return { pid: buf.readInt32LE(0), uid: buf.readUInt32LE(4), gid: buf.readUInt32LE(8) };
 }

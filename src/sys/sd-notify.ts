@@ -1,7 +1,7 @@
 // Speaks systemd's sd_notify datagram protocol (READY=1, STATUS=…, STOPPING=1) through a unix datagram socket.
 import koffi from 'koffi';
 import { VmletError } from '../errors.js';
-import { libc, errno, errnoName, closeFd } from './libc.js';
+import { libc, errno, errnoCode, errnoName, closeFd } from './libc.js';
 
 const AF_UNIX = 1;
 const SOCK_DGRAM = 2;
@@ -30,11 +30,17 @@ export function sdNotify(state: string, env: NodeJS.ProcessEnv = process.env): b
   if (!target) return false;
   const addr = sockaddrUn(target);
   const fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0) as number;
-  if (fd < 0) throw new VmletError('SD_NOTIFY_FAILED', `socket(AF_UNIX, SOCK_DGRAM) failed: ${errnoName(errno())}`);
+  if (fd < 0) {
+    const e = errno();
+    throw new VmletError('SD_NOTIFY_FAILED', `socket(AF_UNIX, SOCK_DGRAM) failed: ${errnoName(e)}`, { errno: errnoCode(e) });
+  }
   try {
     const msg = Buffer.from(state);
     const n = Number(sendto(fd, msg, msg.length, MSG_NOSIGNAL, addr, addr.length));
-    if (n < 0) throw new VmletError('SD_NOTIFY_FAILED', `sendto ${target} failed: ${errnoName(errno())}`);
+    if (n < 0) {
+      const e = errno();
+      throw new VmletError('SD_NOTIFY_FAILED', `sendto ${target} failed: ${errnoName(e)}`, { errno: errnoCode(e) });
+    }
   } finally {
     closeFd(fd);
   }

@@ -1,7 +1,7 @@
 // Starts a detached program with posix_spawn (vfork-style: the daemon's page tables are not copied, unlike child_process.spawn's fork) and reaps it on SIGCHLD.
 import { constants } from 'node:os';
 import { VmletError } from '../errors.js';
-import { errnoName, libc } from './libc.js';
+import { errnoCode, errnoName, libc } from './libc.js';
 
 // glibc's values (spawn.h, fcntl.h, wait.h)
 const POSIX_SPAWN_SETSIGDEF = 0x04;
@@ -103,7 +103,7 @@ export function spawnDetached(o: SpawnDetachedOptions): SpawnedDetached {
       process.on('SIGCHLD', reap);
     }
     const err = posixSpawn(pid, o.file, fa, attr, [...o.argv, null], [...env, null]) as number;
-    if (err !== 0) throw new VmletError('SYS_SPAWN_FAILED', `cannot start ${o.file}: ${errnoName(err)}`);
+    if (err !== 0) throw new VmletError('SYS_SPAWN_FAILED', `cannot start ${o.file}: ${errnoName(err)}`, { errno: errnoCode(err) });
     const child = pid[0]!;
     const exited = new Promise<ExitInfo>((resolve) => waiting.set(child, resolve));
     reap(); // it may already be gone

@@ -1,6 +1,6 @@
 // Opens queues of a tap device inside another network namespace (open /dev/net/tun + TUNSETIFF there) and returns their fds for QEMU.
 import { VmletError } from '../errors.js';
-import { libc, errno, errnoName, closeFd } from './libc.js';
+import { libc, errno, errnoCode, errnoName, closeFd } from './libc.js';
 import { withNetns, type WithNetnsOptions } from './netns.js';
 
 const O_RDWR = 2;
@@ -57,11 +57,14 @@ export function openTap(opts: OpenTapOptions): number[] {
         for (let q = 0; q < queues; q++) {
           // the tun file's netns is the opener's: open it here, inside the sandbox
           const fd = openFn(opts.tunDevice ?? '/dev/net/tun', O_RDWR | O_CLOEXEC) as number;
-          if (fd < 0) throw new VmletError('SYS_TUN', `open(${opts.tunDevice ?? '/dev/net/tun'}) failed: ${errnoName(errno())}`);
+          if (fd < 0) {
+            const e = errno();
+            throw new VmletError('SYS_TUN', `open(${opts.tunDevice ?? '/dev/net/tun'}) failed: ${errnoName(e)}`, { errno: errnoCode(e) });
+          }
           fds.push(fd);
           if (ioctlFn(fd, TUNSETIFF, Buffer.from(req)) !== 0) {
             const e = errno();
-            throw new VmletError('SYS_TUN', `TUNSETIFF ${opts.name} (queue ${q}) in ${opts.netnsPath} failed: ${errnoName(e)}${e === 16 ? ' (busy: another process holds this single-queue tap)' : ''}`);
+            throw new VmletError('SYS_TUN', `TUNSETIFF ${opts.name} (queue ${q}) in ${opts.netnsPath} failed: ${errnoName(e)}${e === 16 ? ' (busy: another process holds this single-queue tap)' : ''}`, { errno: errnoCode(e) });
           }
         }
         return fds;

@@ -1,6 +1,6 @@
 // Creates a UDP socket inside another network namespace (bound to a port and a device) for Node's dgram to adopt by fd.
 import { VmletError } from '../errors.js';
-import { libc, errno, errnoName, closeFd } from './libc.js';
+import { libc, errno, errnoCode, errnoName, closeFd } from './libc.js';
 import { withNetns, type WithNetnsOptions } from './netns.js';
 
 const AF_INET = 2;
@@ -59,11 +59,14 @@ export function udpSocketInNetns(opts: UdpInNetnsOptions): number {
     opts.netnsPath,
     () => {
       const fd = socketFn(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0) as number;
-      if (fd < 0) throw new VmletError('SYS_SOCKET', `socket(AF_INET, SOCK_DGRAM) in ${opts.netnsPath} failed: ${errnoName(errno())}`);
+      if (fd < 0) {
+        const e = errno();
+        throw new VmletError('SYS_SOCKET', `socket(AF_INET, SOCK_DGRAM) in ${opts.netnsPath} failed: ${errnoName(e)}`, { errno: errnoCode(e) });
+      }
       const fail = (what: string): never => {
         const e = errno();
         closeFd(fd);
-        throw new VmletError('SYS_SOCKET', `${what} on a UDP socket in ${opts.netnsPath} failed: ${errnoName(e)}`);
+        throw new VmletError('SYS_SOCKET', `${what} on a UDP socket in ${opts.netnsPath} failed: ${errnoName(e)}`, { errno: errnoCode(e) });
       };
       if (setsockoptFn(fd, SOL_SOCKET, SO_REUSEADDR, int(1), 4) !== 0) fail('SO_REUSEADDR');
       if ((opts.broadcast ?? true) && setsockoptFn(fd, SOL_SOCKET, SO_BROADCAST, int(1), 4) !== 0) fail('SO_BROADCAST');

@@ -1,5 +1,6 @@
 import t from 'tap';
 import { parseManifests } from '../../src/api/index.js';
+import type { ManifestErrorDetails } from '../../src/api/manifest.js';
 import { VmletError } from '../../src/errors.js';
 
 t.test('several YAML documents, empty ones skipped', async (t) => {
@@ -38,15 +39,15 @@ t.test('empty text', async (t) => {
 
 t.test('malformed YAML has line and column', async (t) => {
   const text = 'apiVersion: v1\nkind: VirtualMachine\nmetadata:\n  name: [unclosed\n';
-  const e = t.throws(() => parseManifests(text)) as VmletError & { line?: number; col?: number };
+  const e = t.throws(() => parseManifests(text)) as VmletError & { details: ManifestErrorDetails };
   t.equal(e.code, 'MANIFEST_PARSE');
   t.match(e.message, /line \d+, column \d+/);
-  t.type(e.line, 'number');
-  t.type(e.col, 'number');
+  t.type(e.details.line, 'number');
+  t.type(e.details.col, 'number');
 
-  const bad = t.throws(() => parseManifests('a: 1\n  b: 2\n')) as VmletError & { line?: number };
+  const bad = t.throws(() => parseManifests('a: 1\n  b: 2\n')) as VmletError & { details: ManifestErrorDetails };
   t.equal(bad.code, 'MANIFEST_PARSE');
-  t.equal(bad.line, 1);
+  t.equal(bad.details.line, 1);
   t.notMatch(bad.message, /column \d+.*column \d+/, 'position given once');
   t.throws(() => parseManifests('a: 1\na: 2\n'), { code: 'MANIFEST_PARSE' }, 'duplicate keys');
   t.throws(() => parseManifests('{"a": 1,}x'), { code: 'MANIFEST_PARSE' }, 'bad JSON');
