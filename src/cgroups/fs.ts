@@ -76,6 +76,12 @@ export function resolveDeps(d: ManagerDeps = {}): ResolvedDeps {
   };
 }
 
+/** `{ errno }` for a syscall error, so callers test the field and not the message. */
+function errnoField(e: unknown): { errno?: string } {
+  const errno = errnoOf(e);
+  return errno === undefined ? {} : { errno };
+}
+
 export function errnoOf(e: unknown): string | undefined {
   return typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'string' ? e.code : undefined;
 }
@@ -84,7 +90,7 @@ export async function writeValue(fs: CgroupFs, path: string, value: string, code
   try {
     await fs.writeFile(path, value);
   } catch (e) {
-    throw new VmletError(code, `cannot write ${JSON.stringify(value)} to ${path} (${errnoOf(e) ?? 'error'})`, { cause: e });
+    throw new VmletError(code, `cannot write ${JSON.stringify(value)} to ${path} (${errnoOf(e) ?? 'error'})`, { cause: e, ...errnoField(e) });
   }
 }
 
@@ -92,7 +98,7 @@ export async function readValue(fs: CgroupFs, path: string): Promise<string> {
   try {
     return await fs.readFile(path);
   } catch (e) {
-    throw new VmletError('CGROUP_READ_FAILED', `cannot read ${path} (${errnoOf(e) ?? 'error'})`, { cause: e });
+    throw new VmletError('CGROUP_READ_FAILED', `cannot read ${path} (${errnoOf(e) ?? 'error'})`, { cause: e, ...errnoField(e) });
   }
 }
 
@@ -102,7 +108,7 @@ export async function readOptional(fs: CgroupFs, path: string): Promise<string |
     return await fs.readFile(path);
   } catch (e) {
     if (errnoOf(e) === 'ENOENT') return undefined;
-    throw new VmletError('CGROUP_READ_FAILED', `cannot read ${path} (${errnoOf(e) ?? 'error'})`, { cause: e });
+    throw new VmletError('CGROUP_READ_FAILED', `cannot read ${path} (${errnoOf(e) ?? 'error'})`, { cause: e, ...errnoField(e) });
   }
 }
 
@@ -113,7 +119,7 @@ export async function mkdirOnce(fs: CgroupFs, path: string): Promise<boolean> {
     return true;
   } catch (e) {
     if (errnoOf(e) === 'EEXIST') return false;
-    throw new VmletError('CGROUP_CREATE_FAILED', `cannot create ${path} (${errnoOf(e) ?? 'error'})`, { cause: e });
+    throw new VmletError('CGROUP_CREATE_FAILED', `cannot create ${path} (${errnoOf(e) ?? 'error'})`, { cause: e, ...errnoField(e) });
   }
 }
 
@@ -134,7 +140,7 @@ export async function removeTree(deps: ResolvedDeps, dir: string): Promise<void>
     children = await deps.fs.subdirs(dir);
   } catch (e) {
     if (errnoOf(e) === 'ENOENT') return;
-    throw new VmletError('CGROUP_DELETE_FAILED', `cannot list ${dir} (${errnoOf(e) ?? 'error'})`, { cause: e });
+    throw new VmletError('CGROUP_DELETE_FAILED', `cannot list ${dir} (${errnoOf(e) ?? 'error'})`, { cause: e, ...errnoField(e) });
   }
   for (const c of children) await removeTree(deps, join(dir, c));
   let delay = 10;
@@ -146,7 +152,7 @@ export async function removeTree(deps: ResolvedDeps, dir: string): Promise<void>
       const code = errnoOf(e);
       if (code === 'ENOENT') return;
       if (code !== 'EBUSY' || attempt >= deps.deleteAttempts) {
-        throw new VmletError('CGROUP_DELETE_FAILED', `cannot remove ${dir} (${code ?? 'error'}${code === 'EBUSY' ? `, still busy after ${attempt} attempts` : ''})`, { cause: e });
+        throw new VmletError('CGROUP_DELETE_FAILED', `cannot remove ${dir} (${code ?? 'error'}${code === 'EBUSY' ? `, still busy after ${attempt} attempts` : ''})`, { cause: e, ...errnoField(e) });
       }
       await deps.sleep(delay);
       delay = Math.min(delay * 2, 500);

@@ -111,7 +111,7 @@ export async function pinVcpus(o: PinOptions): Promise<PinningPlan> {
     for (const tid of emulatorThreads(tids, threads)) {
       await emu.addThread(tid).catch((e: unknown) => {
         // A short-lived worker thread may be gone already.
-        if (!(e instanceof Error && /ESRCH|No such process/.test(`${e.message} ${String((e as { cause?: unknown }).cause)}`))) throw e;
+        if (!(e instanceof VmletError && e.errno === 'ESRCH')) throw e;
       });
     }
   } catch (e) {
