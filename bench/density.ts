@@ -83,7 +83,9 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
       const rss0 = rssKiB(lv.pid);
       const t0 = performance.now();
       progress(`density: ${n} paused libvirt domains`);
-      await inBatches(doms, 10, async (d) => { await lv.start(d, { paused: true }); });
+      await inBatches(doms, 10, async (d) => {
+        await lv.start(d, { paused: true });
+      });
       const allUp = performance.now() - t0;
       await sleep(1000);
       const rssN = rssKiB(lv.pid);

@@ -22,13 +22,25 @@ function ensureInstalled(): void {
   if (!fs.existsSync('/usr/sbin/libvirtd') || !fs.existsSync('/usr/bin/virsh')) {
     const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
     execFileSync('apt-get', ['update', '-qq'], { stdio: 'inherit', env });
-    execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'libvirt-daemon', 'libvirt-daemon-driver-qemu', 'libvirt-clients'], { stdio: 'inherit', env });
+    execFileSync('apt-get', ['install', '-y', '-qq', '--no-install-recommends', 'libvirt-daemon', 'libvirt-daemon-driver-qemu', 'libvirt-clients'], {
+      stdio: 'inherit',
+      env,
+    });
   }
   // The QEMU driver looks up its build-time user and group before it reads qemu.conf.
   for (const [check, create] of [
-    [['group', 'kvm'], ['groupadd', '-r', 'kvm']],
-    [['group', 'libvirt-qemu'], ['groupadd', '-r', 'libvirt-qemu']],
-    [['passwd', 'libvirt-qemu'], ['useradd', '-r', '-g', 'kvm', '-d', '/var/lib/libvirt', '-s', '/usr/sbin/nologin', 'libvirt-qemu']],
+    [
+      ['group', 'kvm'],
+      ['groupadd', '-r', 'kvm'],
+    ],
+    [
+      ['group', 'libvirt-qemu'],
+      ['groupadd', '-r', 'libvirt-qemu'],
+    ],
+    [
+      ['passwd', 'libvirt-qemu'],
+      ['useradd', '-r', '-g', 'kvm', '-d', '/var/lib/libvirt', '-s', '/usr/sbin/nologin', 'libvirt-qemu'],
+    ],
   ] as const) {
     try {
       execFileSync('getent', [...check], { stdio: 'ignore' });
@@ -70,7 +82,9 @@ export async function startLibvirt(accel: 'kvm' | 'tcg'): Promise<Libvirt> {
   ensureInstalled();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-bench-libvirt-'));
   fs.writeFileSync(path.join(dir, 'libvirtd.conf'), `unix_sock_dir = "${dir}"\nlisten_tls = 0\nlisten_tcp = 0\nauth_unix_rw = "none"\nauth_unix_ro = "none"\n`);
-  const daemon: ChildProcess = spawn('/usr/sbin/libvirtd', ['-f', path.join(dir, 'libvirtd.conf')], { stdio: ['ignore', 'ignore', fs.openSync(path.join(dir, 'libvirtd.log'), 'a')] });
+  const daemon: ChildProcess = spawn('/usr/sbin/libvirtd', ['-f', path.join(dir, 'libvirtd.conf')], {
+    stdio: ['ignore', 'ignore', fs.openSync(path.join(dir, 'libvirtd.log'), 'a')],
+  });
   const uri = `qemu:///system?socket=${dir}/libvirt-sock`;
   const virsh = (...args: string[]): Promise<{ stdout: string }> => run('virsh', ['-q', '-c', uri, ...args]);
   const until = Date.now() + 30_000;

@@ -7,7 +7,11 @@ import { avg, benchAccel, progress, rssKiB, sleep, startDaemon, startPaused, sta
 export async function run(opts: { json: boolean; args?: string[] }): Promise<void> {
   const args = opts.args ?? [];
   const i = args.indexOf('--counts');
-  const counts = (i >= 0 ? (args[i + 1] ?? '') : '1,10,50').split(',').map(Number).filter((n) => n > 0).sort((a, b) => a - b);
+  const counts = (i >= 0 ? (args[i + 1] ?? '') : '1,10,50')
+    .split(',')
+    .map(Number)
+    .filter((n) => n > 0)
+    .sort((a, b) => a - b);
   const accel = await benchAccel();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-bench-overhead-'));
   const bd = await startDaemon(dir, accel);
@@ -56,7 +60,9 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
       console.log(`daemon RSS with 0 VMs: ${rss0} KiB`);
       console.log('  VMs  daemon KiB  growth/VM  launcher  mgmt/VM   QEMU RSS  anon      file');
       for (const r of rows) {
-        console.log(`${String(r.vms).padStart(5)}  ${String(r.daemon_rss_kib).padStart(10)}  ${String(r.daemon_growth_per_vm_kib).padStart(9)}  ${String(r.launcher_rss_kib).padStart(8)}  ${String(r.management_per_vm_kib).padStart(7)}  ${String(r.qemu_rss_kib).padStart(9)}  ${String(r.qemu_rss_anon_kib).padStart(8)}  ${String(r.qemu_rss_file_kib).padStart(8)}`);
+        console.log(
+          `${String(r.vms).padStart(5)}  ${String(r.daemon_rss_kib).padStart(10)}  ${String(r.daemon_growth_per_vm_kib).padStart(9)}  ${String(r.launcher_rss_kib).padStart(8)}  ${String(r.management_per_vm_kib).padStart(7)}  ${String(r.qemu_rss_kib).padStart(9)}  ${String(r.qemu_rss_anon_kib).padStart(8)}  ${String(r.qemu_rss_file_kib).padStart(8)}`,
+        );
       }
       console.log('(KiB; mgmt/VM = launcher RSS + daemon growth per VM; KubeVirt reserves 240 MiB per VM for its management processes)');
     }

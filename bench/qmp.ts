@@ -84,11 +84,26 @@ export async function run(opts: { json: boolean }): Promise<void> {
   const dir = mkdtempSync(path.join(tmpdir(), 'vmlet-bench-qmp-'));
   const clientSock = path.join(dir, 'qmp-client.sock');
   const rawSock = path.join(dir, 'qmp-raw.sock');
-  const proc = spawn(qemu, [
-    '-accel', 'tcg', '-S', '-nodefaults', '-display', 'none', '-machine', 'q35', '-m', '64',
-    '-qmp', `unix:${clientSock},server=on,wait=off`,
-    '-qmp', `unix:${rawSock},server=on,wait=off`,
-  ], { stdio: 'ignore' });
+  const proc = spawn(
+    qemu,
+    [
+      '-accel',
+      'tcg',
+      '-S',
+      '-nodefaults',
+      '-display',
+      'none',
+      '-machine',
+      'q35',
+      '-m',
+      '64',
+      '-qmp',
+      `unix:${clientSock},server=on,wait=off`,
+      '-qmp',
+      `unix:${rawSock},server=on,wait=off`,
+    ],
+    { stdio: 'ignore' },
+  );
   const qmp = new QmpClient({ path: clientSock });
   const raw = new RawLoop();
   try {

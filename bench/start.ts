@@ -13,9 +13,31 @@ const QEMU = '/usr/bin/qemu-system-x86_64';
 async function rawStart(dir: string, accel: 'kvm' | 'tcg', i: number): Promise<{ ms: number; proc: ChildProcess }> {
   const sock = path.join(dir, `raw-${i}.qmp`);
   const t0 = performance.now();
-  const proc = spawn(QEMU, ['-S', '-nodefaults', '-no-user-config', '-display', 'none', '-machine', `q35,accel=${accel}`, '-m', '64M', '-smp', '1',
-    '-chardev', `socket,id=qmp,path=${sock},server=on,wait=off`, '-mon', 'chardev=qmp,mode=control',
-    '-chardev', `socket,id=serial0,path=${sock}.serial,server=on,wait=off`, '-device', 'isa-serial,chardev=serial0'], { stdio: 'ignore' });
+  const proc = spawn(
+    QEMU,
+    [
+      '-S',
+      '-nodefaults',
+      '-no-user-config',
+      '-display',
+      'none',
+      '-machine',
+      `q35,accel=${accel}`,
+      '-m',
+      '64M',
+      '-smp',
+      '1',
+      '-chardev',
+      `socket,id=qmp,path=${sock},server=on,wait=off`,
+      '-mon',
+      'chardev=qmp,mode=control',
+      '-chardev',
+      `socket,id=serial0,path=${sock}.serial,server=on,wait=off`,
+      '-device',
+      'isa-serial,chardev=serial0',
+    ],
+    { stdio: 'ignore' },
+  );
   const qmp = new QmpClient({ path: sock, connectTimeoutMs: 10_000 });
   await qmp.connect();
   await qmp.execute('cont');
@@ -108,24 +130,43 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
       accel,
       sequential: {
         n: sequential,
-        vmlet_p50_ms: +med(vml).toFixed(1), vmlet_p95_ms: +percentile(vml, 95).toFixed(1),
-        raw_p50_ms: +med(raw).toFixed(1), raw_p95_ms: +percentile(raw, 95).toFixed(1),
+        vmlet_p50_ms: +med(vml).toFixed(1),
+        vmlet_p95_ms: +percentile(vml, 95).toFixed(1),
+        raw_p50_ms: +med(raw).toFixed(1),
+        raw_p95_ms: +percentile(raw, 95).toFixed(1),
         ratio_vs_raw: +(med(vml) / med(raw)).toFixed(2),
-        ...(libvirt ? { libvirt_p50_ms: +med(lv).toFixed(1), libvirt_p95_ms: +percentile(lv, 95).toFixed(1), ratio_vs_libvirt: +(med(vml) / med(lv)).toFixed(2) } : {}),
+        ...(libvirt
+          ? { libvirt_p50_ms: +med(lv).toFixed(1), libvirt_p95_ms: +percentile(lv, 95).toFixed(1), ratio_vs_libvirt: +(med(vml) / med(lv)).toFixed(2) }
+          : {}),
       },
       sequential_with_nic: {
         n: sequential,
-        vmlet_p50_ms: +med(vmlNet).toFixed(1), vmlet_p95_ms: +percentile(vmlNet, 95).toFixed(1),
+        vmlet_p50_ms: +med(vmlNet).toFixed(1),
+        vmlet_p95_ms: +percentile(vmlNet, 95).toFixed(1),
         sandbox_added_p50_ms: +(med(vmlNet) - med(vml)).toFixed(1),
         ratio_vs_raw: +(med(vmlNet) / med(raw)).toFixed(2),
         ...(libvirt ? { ratio_vs_libvirt: +(med(vmlNet) / med(lv)).toFixed(2) } : {}),
       },
       concurrent: {
         n: concurrent,
-        vmlet_p50_ms: +med(vmlC).toFixed(1), vmlet_p95_ms: +percentile(vmlC, 95).toFixed(1), vmlet_wall_ms: +vmletConcurrentWall.toFixed(1),
-        raw_p50_ms: +med(rawC.map((r) => r.ms)).toFixed(1), raw_p95_ms: +percentile(rawC.map((r) => r.ms), 95).toFixed(1), raw_wall_ms: +rawConcurrentWall.toFixed(1),
+        vmlet_p50_ms: +med(vmlC).toFixed(1),
+        vmlet_p95_ms: +percentile(vmlC, 95).toFixed(1),
+        vmlet_wall_ms: +vmletConcurrentWall.toFixed(1),
+        raw_p50_ms: +med(rawC.map((r) => r.ms)).toFixed(1),
+        raw_p95_ms: +percentile(
+          rawC.map((r) => r.ms),
+          95,
+        ).toFixed(1),
+        raw_wall_ms: +rawConcurrentWall.toFixed(1),
         ratio_vs_raw: +(med(vmlC) / med(rawC.map((r) => r.ms))).toFixed(2),
-        ...(libvirt ? { libvirt_p50_ms: +med(lvC).toFixed(1), libvirt_p95_ms: +percentile(lvC, 95).toFixed(1), libvirt_wall_ms: +libvirtConcurrentWall.toFixed(1), ratio_vs_libvirt: +(med(vmlC) / med(lvC)).toFixed(2) } : {}),
+        ...(libvirt
+          ? {
+              libvirt_p50_ms: +med(lvC).toFixed(1),
+              libvirt_p95_ms: +percentile(lvC, 95).toFixed(1),
+              libvirt_wall_ms: +libvirtConcurrentWall.toFixed(1),
+              ratio_vs_libvirt: +(med(vmlC) / med(lvC)).toFixed(2),
+            }
+          : {}),
       },
       daemon_rss_kib: { vms_0: rss0, [`vms_${concurrent}`]: rssN, per_vm: +((rssN - rss0) / concurrent).toFixed(1) },
       libvirt: libvirt ? 'virsh create until domstate is running, private libvirtd' : 'skipped (--no-libvirt)',
@@ -134,14 +175,26 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     else {
       console.log(`create → Running, ${accel}, same VM (64 MiB, 1 vCPU, no disk; no NIC unless +NIC)`);
       console.log('                    p50 ms    p95 ms   ratio vs raw');
-      console.log(`sequential vmlet  ${result.sequential.vmlet_p50_ms.toString().padStart(8)}  ${result.sequential.vmlet_p95_ms.toString().padStart(8)}   ${result.sequential.ratio_vs_raw}`);
+      console.log(
+        `sequential vmlet  ${result.sequential.vmlet_p50_ms.toString().padStart(8)}  ${result.sequential.vmlet_p95_ms.toString().padStart(8)}   ${result.sequential.ratio_vs_raw}`,
+      );
       console.log(`sequential raw    ${result.sequential.raw_p50_ms.toString().padStart(8)}  ${result.sequential.raw_p95_ms.toString().padStart(8)}`);
-      console.log(`sequential vmlet+NIC ${result.sequential_with_nic.vmlet_p50_ms.toString().padStart(5)}  ${result.sequential_with_nic.vmlet_p95_ms.toString().padStart(8)}   ${result.sequential_with_nic.ratio_vs_raw}   (sandbox adds ${result.sequential_with_nic.sandbox_added_p50_ms} ms at p50)`);
-      console.log(`${concurrent} concurrent vmlet ${result.concurrent.vmlet_p50_ms.toString().padStart(7)}  ${result.concurrent.vmlet_p95_ms.toString().padStart(8)}   ${result.concurrent.ratio_vs_raw}`);
-      console.log(`${concurrent} concurrent raw   ${result.concurrent.raw_p50_ms.toString().padStart(7)}  ${result.concurrent.raw_p95_ms.toString().padStart(8)}`);
+      console.log(
+        `sequential vmlet+NIC ${result.sequential_with_nic.vmlet_p50_ms.toString().padStart(5)}  ${result.sequential_with_nic.vmlet_p95_ms.toString().padStart(8)}   ${result.sequential_with_nic.ratio_vs_raw}   (sandbox adds ${result.sequential_with_nic.sandbox_added_p50_ms} ms at p50)`,
+      );
+      console.log(
+        `${concurrent} concurrent vmlet ${result.concurrent.vmlet_p50_ms.toString().padStart(7)}  ${result.concurrent.vmlet_p95_ms.toString().padStart(8)}   ${result.concurrent.ratio_vs_raw}`,
+      );
+      console.log(
+        `${concurrent} concurrent raw   ${result.concurrent.raw_p50_ms.toString().padStart(7)}  ${result.concurrent.raw_p95_ms.toString().padStart(8)}`,
+      );
       if (libvirt) {
-        console.log(`sequential libvirt ${med(lv).toFixed(1).padStart(7)}  ${percentile(lv, 95).toFixed(1).padStart(8)}   vmlet/libvirt ${(med(vml) / med(lv)).toFixed(2)}`);
-        console.log(`${concurrent} concurrent libvirt ${med(lvC).toFixed(1).padStart(5)}  ${percentile(lvC, 95).toFixed(1).padStart(8)}   vmlet/libvirt ${(med(vmlC) / med(lvC)).toFixed(2)}`);
+        console.log(
+          `sequential libvirt ${med(lv).toFixed(1).padStart(7)}  ${percentile(lv, 95).toFixed(1).padStart(8)}   vmlet/libvirt ${(med(vml) / med(lv)).toFixed(2)}`,
+        );
+        console.log(
+          `${concurrent} concurrent libvirt ${med(lvC).toFixed(1).padStart(5)}  ${percentile(lvC, 95).toFixed(1).padStart(8)}   vmlet/libvirt ${(med(vmlC) / med(lvC)).toFixed(2)}`,
+        );
       }
       console.log(`daemon RSS: ${rss0} KiB with 0 VMs, ${rssN} KiB with ${concurrent} VMs`);
     }

@@ -55,7 +55,10 @@ export function vmiManifest(name: string, net = false): unknown {
   };
 }
 
-interface PhaseView { metadata: { name: string }; status?: { phase?: string; reason?: string; message?: string } }
+interface PhaseView {
+  metadata: { name: string };
+  status?: { phase?: string; reason?: string; message?: string };
+}
 
 /** "phase Failed (LaunchFailed): QEMU said …" for a VMI, as far as the daemon knows. */
 async function describeVmi(api: ApiClient, name: string): Promise<string> {
@@ -111,7 +114,9 @@ export async function vmletDelete(api: ApiClient, name: string): Promise<void> {
   }
 }
 
-interface VmiView { status?: { conditions?: { type: string; status: string }[]; vmlet?: { qemuPid?: number; launcherPid?: number } } }
+interface VmiView {
+  status?: { conditions?: { type: string; status: string }[]; vmlet?: { qemuPid?: number; launcherPid?: number } };
+}
 
 /** Creates VMI `name`, waits for Running, pauses it and waits until the Paused condition shows. */
 export async function startPaused(api: ApiClient, name: string): Promise<void> {
@@ -149,19 +154,38 @@ export async function startDaemon(dir: string, accel: 'kvm' | 'tcg'): Promise<Be
   const socket = path.join(dir, 'vmlet.sock');
   const config = path.join(dir, 'config.yaml');
   // Networking with names of its own (never the node's vmlet0), for the VMs that ask for a NIC.
-  fs.writeFileSync(config, [
-    `cgroupParent: ${path.basename(dir)}`,
-    'network:',
-    `  subnet: ${BENCH_NET.subnet}`,
-    `  bridge: ${BENCH_NET.bridge}`,
-    `  nftTable: ${BENCH_NET.nftTable}`,
-    '  netnsPrefix: vmb-',
-    '  vethPrefix: vbh-',
-    '  hostForwarding: false',
-    '',
-  ].join('\n'));
-  const proc = spawn(process.execPath, [path.join(root, 'dist', 'cli', 'main.js'), 'daemon', '--config', config, '--socket', socket,
-    '--state-dir', path.join(dir, 'state'), '--run-dir', path.join(dir, 'run'), '--accel', accel], { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, VMLET_LOG_LEVEL: 'warn' } });
+  fs.writeFileSync(
+    config,
+    [
+      `cgroupParent: ${path.basename(dir)}`,
+      'network:',
+      `  subnet: ${BENCH_NET.subnet}`,
+      `  bridge: ${BENCH_NET.bridge}`,
+      `  nftTable: ${BENCH_NET.nftTable}`,
+      '  netnsPrefix: vmb-',
+      '  vethPrefix: vbh-',
+      '  hostForwarding: false',
+      '',
+    ].join('\n'),
+  );
+  const proc = spawn(
+    process.execPath,
+    [
+      path.join(root, 'dist', 'cli', 'main.js'),
+      'daemon',
+      '--config',
+      config,
+      '--socket',
+      socket,
+      '--state-dir',
+      path.join(dir, 'state'),
+      '--run-dir',
+      path.join(dir, 'run'),
+      '--accel',
+      accel,
+    ],
+    { stdio: ['ignore', 'ignore', 'inherit'], env: { ...process.env, VMLET_LOG_LEVEL: 'warn' } },
+  );
   const api = new ApiClient({ socketPath: socket });
   const until = Date.now() + 30_000;
   for (;;) {
@@ -174,7 +198,9 @@ export async function startDaemon(dir: string, accel: 'kvm' | 'tcg'): Promise<Be
     }
   }
   return {
-    proc, api, dir,
+    proc,
+    api,
+    dir,
     async close(names) {
       await Promise.race([Promise.all(names.map((n) => vmletDelete(api, n).catch(() => undefined))), sleep(60_000)]);
       proc.kill('SIGTERM');
@@ -183,12 +209,21 @@ export async function startDaemon(dir: string, accel: 'kvm' | 'tcg'): Promise<Be
       for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
         try {
           if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir)) process.kill(Number(pid), 'SIGKILL');
-        } catch { /* gone */ }
+        } catch {
+          /* gone */
+        }
       }
       await sleep(500);
       removeCgroups(path.basename(dir));
-      for (const [bin, args] of [['ip', ['link', 'del', BENCH_NET.bridge]], ['nft', ['delete', 'table', 'ip', BENCH_NET.nftTable]]] as const) {
-        try { execFileSync(bin, [...args], { stdio: 'ignore' }); } catch { /* gone */ }
+      for (const [bin, args] of [
+        ['ip', ['link', 'del', BENCH_NET.bridge]],
+        ['nft', ['delete', 'table', 'ip', BENCH_NET.nftTable]],
+      ] as const) {
+        try {
+          execFileSync(bin, [...args], { stdio: 'ignore' });
+        } catch {
+          /* gone */
+        }
       }
       fs.rmSync(dir, { recursive: true, force: true });
     },
@@ -203,7 +238,11 @@ function removeCgroups(parent: string): void {
     if (!fs.existsSync(dir)) continue;
     const rm = (d: string): void => {
       for (const e of fs.readdirSync(d, { withFileTypes: true })) if (e.isDirectory()) rm(path.join(d, e.name));
-      try { fs.rmdirSync(d); } catch { /* busy or gone */ }
+      try {
+        fs.rmdirSync(d);
+      } catch {
+        /* busy or gone */
+      }
     };
     rm(dir);
   }

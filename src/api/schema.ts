@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { Ajv, type ErrorObject, type ValidateFunction } from 'ajv';
 import { parse as parseYaml } from 'yaml';
 import { VmletError } from '../errors.js';
+import type { VirtualMachine, VirtualMachineInstance } from './types.js';
 
 /** deploy/crds of this checkout: src/api/schema.ts and dist/api/schema.js both sit two levels below the repo root. */
 export const DEFAULT_CRD_DIR = fileURLToPath(new URL('../../deploy/crds/', import.meta.url));
@@ -94,11 +95,7 @@ export function strictify(schema: unknown): unknown {
       out[k] = strictify(v);
     }
   }
-  if (
-    isObject(out['properties']) &&
-    out['additionalProperties'] === undefined &&
-    out['x-kubernetes-preserve-unknown-fields'] !== true
-  ) {
+  if (isObject(out['properties']) && out['additionalProperties'] === undefined && out['x-kubernetes-preserve-unknown-fields'] !== true) {
     out['additionalProperties'] = false;
   }
   return out;
@@ -130,9 +127,15 @@ export function runtimeSchema(crdSchema: JsonSchema): JsonSchema {
   return strict;
 }
 
+/** One validator per kind; each is a type guard for the kind's object once it passes. */
+export interface SchemaValidators {
+  VirtualMachine: ValidateFunction<VirtualMachine>;
+  VirtualMachineInstance: ValidateFunction<VirtualMachineInstance>;
+}
+
 export interface CompiledSchemas {
   dir: string;
-  validators: Record<SchemaKind, ValidateFunction>;
+  validators: SchemaValidators;
   schemas: Record<SchemaKind, JsonSchema>;
 }
 
@@ -146,17 +149,19 @@ export function compileSchemas(dir: string = DEFAULT_CRD_DIR): CompiledSchemas {
     removeAdditional: false,
   });
   ajv.addVocabulary(K8S_KEYWORDS);
-  const schemas = {} as Record<SchemaKind, JsonSchema>;
-  const validators = {} as Record<SchemaKind, ValidateFunction>;
-  for (const kind of Object.keys(CRD_FILES) as SchemaKind[]) {
-    const schema = runtimeSchema(readCrdSchema(join(dir, CRD_FILES[kind])));
+  const load = (kind: SchemaKind): JsonSchema => runtimeSchema(readCrdSchema(join(dir, CRD_FILES[kind])));
+  const compile = <T>(kind: SchemaKind, schema: JsonSchema): ValidateFunction<T> => {
     try {
-      validators[kind] = ajv.compile(schema);
+      return ajv.compile<T>(schema);
     } catch (cause) {
       throw new VmletError('SCHEMA_LOAD', `cannot compile the ${kind} schema from ${dir}`, { cause });
     }
-    schemas[kind] = schema;
-  }
+  };
+  const schemas: Record<SchemaKind, JsonSchema> = { VirtualMachine: load('VirtualMachine'), VirtualMachineInstance: load('VirtualMachineInstance') };
+  const validators: SchemaValidators = {
+    VirtualMachine: compile<VirtualMachine>('VirtualMachine', schemas.VirtualMachine),
+    VirtualMachineInstance: compile<VirtualMachineInstance>('VirtualMachineInstance', schemas.VirtualMachineInstance),
+  };
   return { dir, validators, schemas };
 }
 

@@ -4,7 +4,7 @@ import { posix } from 'node:path';
 import { applyRunStrategyDefault, applySpecDefaults, type DomainDefaults, type LooseDomain, type LooseSpec } from './defaults.js';
 import { allProblems, Collector, ValidationError, type FieldError } from './field-errors.js';
 import { parseMilliQuantity, parseQuantity } from './quantity.js';
-import { defaultSchemas, type CompiledSchemas, type SchemaKind } from './schema.js';
+import { defaultSchemas, type CompiledSchemas, type SchemaKind, type SchemaValidators } from './schema.js';
 import { joinPath, mapSchemaErrors } from './schema-errors.js';
 import {
   ACCEPTED_API_VERSIONS,
@@ -39,7 +39,6 @@ const DISK_SERIAL_RE = /^[A-Za-z0-9_.+-]+$/;
 const UID_RE = /^[A-Za-z0-9][A-Za-z0-9-]{0,63}$/;
 const BASE64_RE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
 // C0 and C1 control characters, DEL, and the Unicode line/paragraph separators.
-// eslint-disable-next-line no-control-regex
 const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
 
 /** True if `name` is a DNS-1123 label (lower-case alphanumerics and '-', at most 63 characters). */
@@ -98,11 +97,9 @@ function preflight(input: unknown, kind: SchemaKind): Record<string, unknown> {
   return out;
 }
 
-/** The schema's verdict (ajv collects every error); defaults are filled in on the way. */
-function runSchema(obj: Record<string, unknown>, kind: SchemaKind, opts: ValidateOptions | undefined): FieldError[] {
-  const schemas = opts?.schemas ?? defaultSchemas();
-  const validate = schemas.validators[kind];
-  return validate(obj) ? [] : mapSchemaErrors(validate.errors ?? []);
+/** The schema's validator for `kind`: a type guard that fills in defaults and collects every error. */
+function validatorsOf(opts: ValidateOptions | undefined): SchemaValidators {
+  return (opts?.schemas ?? defaultSchemas()).validators;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -144,7 +141,11 @@ function checkLabels(labels: Record<string, string> | undefined, path: string, c
 function checkMetadata(meta: Record<string, unknown>, col: Collector): void {
   const name = meta['name'];
   if (typeof name === 'string' && !isDnsLabel(name)) {
-    col.add('metadata.name', 'INVALID_NAME', 'must be a DNS-1123 label: at most 63 lower-case letters, digits or "-", starting and ending with a letter or digit');
+    col.add(
+      'metadata.name',
+      'INVALID_NAME',
+      'must be a DNS-1123 label: at most 63 lower-case letters, digits or "-", starting and ending with a letter or digit',
+    );
   }
   const ns = meta['namespace'];
   if (typeof ns === 'string' && !isDnsLabel(ns)) col.add('metadata.namespace', 'INVALID_NAME', 'must be a DNS-1123 label');
@@ -386,13 +387,15 @@ function checkVMISpec(spec: LooseSpec, path: string, col: Collector): void {
  */
 export function validateVMI(input: unknown, opts?: ValidateOptions): VirtualMachineInstance {
   const obj = preflight(input, 'VirtualMachineInstance');
-  const schema = runSchema(obj, 'VirtualMachineInstance', opts);
+  const validate = validatorsOf(opts).VirtualMachineInstance;
+  const typed = validate(obj) ? obj : undefined;
+  const schema = typed ? [] : mapSchemaErrors(validate.errors ?? []);
   const col = new Collector(schema.length > 0);
   col.check(() => checkMetadata(obj['metadata'] as Record<string, unknown>, col));
   col.check(() => checkVMISpec(obj['spec'] as LooseSpec, 'spec', col));
   const problems = allProblems(schema, col.details);
-  if (problems.length > 0) throw new ValidationError(subjectOf('VirtualMachineInstance', obj), problems);
-  return obj as unknown as VirtualMachineInstance;
+  if (problems.length > 0 || typed === undefined) throw new ValidationError(subjectOf('VirtualMachineInstance', obj), problems);
+  return typed;
 }
 
 /**
@@ -401,7 +404,9 @@ export function validateVMI(input: unknown, opts?: ValidateOptions): VirtualMach
  */
 export function validateVM(input: unknown, opts?: ValidateOptions): VirtualMachine {
   const obj = preflight(input, 'VirtualMachine');
-  const schema = runSchema(obj, 'VirtualMachine', opts);
+  const validate = validatorsOf(opts).VirtualMachine;
+  const typed = validate(obj) ? obj : undefined;
+  const schema = typed ? [] : mapSchemaErrors(validate.errors ?? []);
   const col = new Collector(schema.length > 0);
   col.check(() => checkMetadata(obj['metadata'] as Record<string, unknown>, col));
   const spec = obj['spec'] as { running?: boolean; runStrategy?: RunStrategy; template: { metadata?: Record<string, unknown>; spec: LooseSpec } };
@@ -423,8 +428,8 @@ export function validateVM(input: unknown, opts?: ValidateOptions): VirtualMachi
   });
   col.check(() => checkVMISpec(spec.template.spec, 'spec.template.spec', col));
   const problems = allProblems(schema, col.details);
-  if (problems.length > 0) throw new ValidationError(subjectOf('VirtualMachine', obj), problems);
-  return obj as unknown as VirtualMachine;
+  if (problems.length > 0 || typed === undefined) throw new ValidationError(subjectOf('VirtualMachine', obj), problems);
+  return typed;
 }
 
 /** Validates a VirtualMachine or a VirtualMachineInstance, chosen by `kind`. Throws ValidationError. */

@@ -152,7 +152,11 @@ export async function removeTree(deps: ResolvedDeps, dir: string): Promise<void>
       const code = errnoOf(e);
       if (code === 'ENOENT') return;
       if (code !== 'EBUSY' || attempt >= deps.deleteAttempts) {
-        throw new VmletError('CGROUP_DELETE_FAILED', `cannot remove ${dir} (${code ?? 'error'}${code === 'EBUSY' ? `, still busy after ${attempt} attempts` : ''})`, { cause: e, ...errnoField(e) });
+        throw new VmletError(
+          'CGROUP_DELETE_FAILED',
+          `cannot remove ${dir} (${code ?? 'error'}${code === 'EBUSY' ? `, still busy after ${attempt} attempts` : ''})`,
+          { cause: e, ...errnoField(e) },
+        );
       }
       await deps.sleep(delay);
       delay = Math.min(delay * 2, 500);
@@ -181,7 +185,8 @@ export function normaliseGroupPath(group: string): string {
   const segs = group.split('/').filter((s) => s !== '');
   if (segs.length === 0) throw new VmletError('CGROUP_INVALID_PATH', 'the group path must name a group below the root');
   for (const s of segs) {
-    if (s === '.' || s === '..' || !SEGMENT_RE.test(s) || s.length > 255) throw new VmletError('CGROUP_INVALID_PATH', `bad group path segment ${JSON.stringify(s)} in ${JSON.stringify(group)}`);
+    if (s === '.' || s === '..' || !SEGMENT_RE.test(s) || s.length > 255)
+      throw new VmletError('CGROUP_INVALID_PATH', `bad group path segment ${JSON.stringify(s)} in ${JSON.stringify(group)}`);
   }
   return segs.join('/');
 }

@@ -16,9 +16,7 @@ export interface ApplyResult {
 }
 
 /** Where a group lives: v2 = one directory; v1 = one directory per hierarchy. */
-export type CgroupPaths =
-  | { version: 2; dir: string; dirs: string[] }
-  | { version: 1; byController: Readonly<Record<string, string>>; dirs: string[] };
+export type CgroupPaths = { version: 2; dir: string; dirs: string[] } | { version: 1; byController: Readonly<Record<string, string>>; dirs: string[] };
 
 /** A handle on one group. Creating a handle does nothing; every effect is an explicit call. */
 export interface CgroupManager {

@@ -28,7 +28,20 @@ export interface CgroupLayout {
 
 /** The v1 controllers the kernel knows (a super option of a `cgroup` mount names each one it carries). */
 export const V1_CONTROLLERS: ReadonlySet<string> = new Set([
-  'cpu', 'cpuacct', 'cpuset', 'memory', 'devices', 'freezer', 'net_cls', 'blkio', 'perf_event', 'net_prio', 'hugetlb', 'pids', 'rdma', 'misc',
+  'cpu',
+  'cpuacct',
+  'cpuset',
+  'memory',
+  'devices',
+  'freezer',
+  'net_cls',
+  'blkio',
+  'perf_event',
+  'net_prio',
+  'hugetlb',
+  'pids',
+  'rdma',
+  'misc',
 ]);
 
 export const CGROUP2_SUPER_MAGIC = 0x63677270;

@@ -100,7 +100,8 @@ export function sharesFromWeight(weight: number): number {
  */
 export function quotaFromMillis(millis: number, period: number = DEFAULT_PERIOD_US): Limit {
   if (!isInt(millis) || millis < 0) throw invalid(`CPU millicores must be a non-negative integer, got ${String(millis)}`);
-  if (!isInt(period) || period < MIN_PERIOD_US || period > MAX_PERIOD_US) throw invalid(`cpu period must be an integer in [${MIN_PERIOD_US}, ${MAX_PERIOD_US}] µs, got ${String(period)}`);
+  if (!isInt(period) || period < MIN_PERIOD_US || period > MAX_PERIOD_US)
+    throw invalid(`cpu period must be an integer in [${MIN_PERIOD_US}, ${MAX_PERIOD_US}] µs, got ${String(period)}`);
   if (millis === 0) return 'max';
   return Math.max(MIN_QUOTA_US, Math.floor((millis * period) / 1000));
 }

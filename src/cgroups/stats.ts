@@ -49,7 +49,14 @@ function set<K extends keyof CgroupStats>(s: CgroupStats, k: K, v: CgroupStats[K
 export type StatFiles = Readonly<Record<string, string | undefined>>;
 
 export const V2_STAT_FILES = ['cpu.stat', 'memory.current', 'memory.peak', 'memory.events', 'pids.current'] as const;
-export const V1_STAT_FILES = ['cpuacct.usage', 'memory.usage_in_bytes', 'memory.max_usage_in_bytes', 'memory.oom_control', 'memory.failcnt', 'pids.current'] as const;
+export const V1_STAT_FILES = [
+  'cpuacct.usage',
+  'memory.usage_in_bytes',
+  'memory.max_usage_in_bytes',
+  'memory.oom_control',
+  'memory.failcnt',
+  'pids.current',
+] as const;
 
 export function v2StatsFromFiles(f: StatFiles): CgroupStats {
   const s: CgroupStats = {};

@@ -75,7 +75,11 @@ export class V1Manager implements CgroupManager {
 
   private need(controller: string): string {
     const d = this.dirOf(controller);
-    if (d === undefined) throw new VmletError('CGROUP_CONTROLLER_UNAVAILABLE', `no ${controller} hierarchy for ${this.group} (mounted: ${Object.keys(this.hierarchies).join(', ') || 'none'})`);
+    if (d === undefined)
+      throw new VmletError(
+        'CGROUP_CONTROLLER_UNAVAILABLE',
+        `no ${controller} hierarchy for ${this.group} (mounted: ${Object.keys(this.hierarchies).join(', ') || 'none'})`,
+      );
     return d;
   }
 

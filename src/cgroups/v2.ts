@@ -94,7 +94,11 @@ export class V2Manager implements CgroupManager {
     const parent = join(this.dir, '..');
     if (this.threaded) {
       const bad = needed.filter((c) => !V2_THREADED_CONTROLLERS.includes(c));
-      if (bad.length > 0) throw new VmletError('CGROUP_INVALID_RESOURCES', `a threaded group can only take ${V2_THREADED_CONTROLLERS.join(', ')} resources, not ${bad.join(', ')}`);
+      if (bad.length > 0)
+        throw new VmletError(
+          'CGROUP_INVALID_RESOURCES',
+          `a threaded group can only take ${V2_THREADED_CONTROLLERS.join(', ')} resources, not ${bad.join(', ')}`,
+        );
       const available = await this.controllersOf(parent);
       this.requireAvailable(needed, available, parent);
       await mkdirOnce(this.deps.fs, this.dir);
@@ -121,7 +125,10 @@ export class V2Manager implements CgroupManager {
   private requireAvailable(needed: readonly string[], available: readonly string[], where: string): void {
     const missing = needed.filter((c) => !available.includes(c));
     if (missing.length > 0) {
-      throw new VmletError('CGROUP_CONTROLLER_UNAVAILABLE', `controller(s) ${missing.join(', ')} not available in ${where} (offered: ${available.join(' ') || 'none'})`);
+      throw new VmletError(
+        'CGROUP_CONTROLLER_UNAVAILABLE',
+        `controller(s) ${missing.join(', ')} not available in ${where} (offered: ${available.join(' ') || 'none'})`,
+      );
     }
   }
 
@@ -146,7 +153,11 @@ export class V2Manager implements CgroupManager {
           continue;
         }
         if (code === 'ENOENT') {
-          throw new VmletError('CGROUP_CONTROLLER_UNAVAILABLE', `${path} does not exist: controller ${file.split('.')[0] ?? file} is not enabled for ${this.group}`, { cause: e });
+          throw new VmletError(
+            'CGROUP_CONTROLLER_UNAVAILABLE',
+            `${path} does not exist: controller ${file.split('.')[0] ?? file} is not enabled for ${this.group}`,
+            { cause: e },
+          );
         }
         throw new VmletError('CGROUP_WRITE_FAILED', `cannot write ${JSON.stringify(value)} to ${path} (${code ?? 'error'})`, { cause: e });
       }

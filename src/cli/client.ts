@@ -106,7 +106,9 @@ export class ApiClient {
       const { req, payload } = this.open(method, path, opts);
       let connected = false;
       req.on('socket', (s: net.Socket) => s.once('connect', () => (connected = true)));
-      req.on('error', (e: NodeJS.ErrnoException) => reject(connected ? new VmletError('DAEMON_CONNECTION_LOST', `connection to the vmlet daemon failed: ${e.message}`, { cause: e }) : this.unreachable(e)));
+      req.on('error', (e: NodeJS.ErrnoException) =>
+        reject(connected ? new VmletError('DAEMON_CONNECTION_LOST', `connection to the vmlet daemon failed: ${e.message}`, { cause: e }) : this.unreachable(e)),
+      );
       req.on('response', (res) => {
         const chunks: Buffer[] = [];
         res.on('data', (c: Buffer) => chunks.push(c));
@@ -141,7 +143,9 @@ export class ApiClient {
       const { req } = this.open('GET', `${path}${sep}watch=true`, {});
       let connected = false;
       req.on('socket', (s: net.Socket) => s.once('connect', () => (connected = true)));
-      req.on('error', (e: NodeJS.ErrnoException) => reject(connected ? new VmletError('DAEMON_CONNECTION_LOST', `connection to the vmlet daemon failed: ${e.message}`, { cause: e }) : this.unreachable(e)));
+      req.on('error', (e: NodeJS.ErrnoException) =>
+        reject(connected ? new VmletError('DAEMON_CONNECTION_LOST', `connection to the vmlet daemon failed: ${e.message}`, { cause: e }) : this.unreachable(e)),
+      );
       req.on('response', resolve);
       if (signal.aborted) req.destroy();
       else signal.addEventListener('abort', () => req.destroy(), { once: true });
@@ -177,7 +181,9 @@ export class ApiClient {
       const { req } = this.open('GET', path, { headers: { Connection: 'Upgrade', Upgrade: protocol } });
       let connected = false;
       req.on('socket', (s: net.Socket) => s.once('connect', () => (connected = true)));
-      req.on('error', (e: NodeJS.ErrnoException) => reject(connected ? new VmletError('DAEMON_CONNECTION_LOST', `connection to the vmlet daemon failed: ${e.message}`, { cause: e }) : this.unreachable(e)));
+      req.on('error', (e: NodeJS.ErrnoException) =>
+        reject(connected ? new VmletError('DAEMON_CONNECTION_LOST', `connection to the vmlet daemon failed: ${e.message}`, { cause: e }) : this.unreachable(e)),
+      );
       req.on('upgrade', (res: http.IncomingMessage, socket: net.Socket, head: Buffer) => resolve({ socket, head, headers: res.headers }));
       req.on('response', (res) => {
         const chunks: Buffer[] = [];

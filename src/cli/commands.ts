@@ -69,7 +69,8 @@ export async function get(ctx: Ctx, args: string[], opts: { output?: string; all
   const [what, name, ...extra] = args;
   const plural = resourceOf(what);
   if (extra.length > 0) throw usageError('get takes at most one NAME');
-  if (opts.output !== undefined && !['wide', 'json', 'yaml', 'name'].includes(opts.output)) throw usageError(`unknown output format "${opts.output}" (use wide, json, yaml or name)`);
+  if (opts.output !== undefined && !['wide', 'json', 'yaml', 'name'].includes(opts.output))
+    throw usageError(`unknown output format "${opts.output}" (use wide, json, yaml or name)`);
   if (name !== undefined && opts.allNamespaces) throw usageError('a NAME cannot be combined with --all-namespaces');
   const table = { wide: opts.output === 'wide', allNamespaces: opts.allNamespaces === true, now: now(ctx) };
   const render = plural === 'virtualmachineinstances' ? vmiTable : vmTable;
@@ -80,7 +81,7 @@ export async function get(ctx: Ctx, args: string[], opts: { output?: string; all
     return 0;
   }
   const list = await ctx.client.call('GET', paths.list(plural, opts.allNamespaces ? undefined : ctx.namespace));
-  const items = Array.isArray((list as { items?: unknown }).items) ? ((list as { items: unknown[] }).items) : [];
+  const items = Array.isArray((list as { items?: unknown }).items) ? (list as { items: unknown[] }).items : [];
   if (print(ctx, opts.output, list)) return 0;
   if (items.length === 0) {
     ctx.io.stderr.write(opts.allNamespaces ? 'No resources found\n' : `No resources found in ${ctx.namespace} namespace.\n`);
@@ -116,7 +117,8 @@ export function parseManifests(text: string, source: string, defaultNamespace: s
     if (typeof value !== 'object' || Array.isArray(value)) throw new VmletError('MANIFEST_PARSE', `${where}: a manifest must be a mapping`);
     const body = value as Record<string, unknown>;
     const plural = typeof body.kind === 'string' ? KIND_PLURAL[body.kind] : undefined;
-    if (!plural) throw new VmletError('UNSUPPORTED_KIND', `${where}: kind ${JSON.stringify(body.kind ?? null)} is not VirtualMachine or VirtualMachineInstance`);
+    if (!plural)
+      throw new VmletError('UNSUPPORTED_KIND', `${where}: kind ${JSON.stringify(body.kind ?? null)} is not VirtualMachine or VirtualMachineInstance`);
     const md = body.metadata as { name?: unknown; namespace?: unknown } | undefined;
     if (typeof md?.name !== 'string' || md.name === '') throw new VmletError('INVALID_FIELD', `${where}: metadata.name is required`);
     const namespace = typeof md.namespace === 'string' && md.namespace !== '' ? md.namespace : defaultNamespace;
@@ -257,7 +259,10 @@ export async function qmp(ctx: Ctx, args: string[]): Promise<number> {
 export async function consoleCmd(ctx: Ctx, args: string[]): Promise<number> {
   const [name, ...extra] = args;
   if (name === undefined || extra.length > 0) throw usageError('usage: vmlet console NAME');
-  const { socket, head } = await ctx.client.upgrade(`${paths.subresource('virtualmachineinstances', ctx.namespace, name, 'console')}?write=true`, 'vmlet-console');
+  const { socket, head } = await ctx.client.upgrade(
+    `${paths.subresource('virtualmachineinstances', ctx.namespace, name, 'console')}?write=true`,
+    'vmlet-console',
+  );
   ctx.io.stderr.write(`Successfully connected to ${name} console. The escape sequence is ^]\n`);
   return runConsole(socket, head, ctx.io);
 }
@@ -278,7 +283,12 @@ export async function events(ctx: Ctx, args: string[], opts: { watch?: boolean; 
       return 0;
     }
     const sorted = [...items].sort((a, b) => eventTime(a) - eventTime(b));
-    ctx.io.stdout.write(formatTable(EVENT_HEADER, sorted.map((e) => eventRow(e, now(ctx)))));
+    ctx.io.stdout.write(
+      formatTable(
+        EVENT_HEADER,
+        sorted.map((e) => eventRow(e, now(ctx))),
+      ),
+    );
     return 0;
   }
   const ac = new AbortController();
@@ -366,7 +376,9 @@ export async function describe(ctx: Ctx, args: string[]): Promise<number> {
   if (plural === 'virtualmachineinstances') {
     // This VMI's own events: a VM's VMI of the same name that came before it had another uid.
     const uid = (o as { metadata?: { uid?: unknown } }).metadata?.uid;
-    const mine = all.filter((e) => involved(e).kind === 'VirtualMachineInstance' && (uid === undefined || involved(e).uid === undefined || involved(e).uid === uid));
+    const mine = all.filter(
+      (e) => involved(e).kind === 'VirtualMachineInstance' && (uid === undefined || involved(e).uid === undefined || involved(e).uid === uid),
+    );
     ctx.io.stdout.write(describeVmi(o, mine, now(ctx)));
     return 0;
   }

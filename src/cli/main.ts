@@ -156,14 +156,22 @@ function opt<K extends string, V>(key: K, value: V | undefined): { [P in K]?: V 
   return (value === undefined ? {} : { [key]: value }) as { [P in K]?: V };
 }
 
-type DaemonValues = { socket?: string | boolean; config?: string | boolean; 'state-dir'?: string | boolean; 'run-dir'?: string | boolean; accel?: string | boolean; 'log-format'?: string | boolean };
+type DaemonValues = {
+  socket?: string | boolean;
+  config?: string | boolean;
+  'state-dir'?: string | boolean;
+  'run-dir'?: string | boolean;
+  accel?: string | boolean;
+  'log-format'?: string | boolean;
+};
 
 async function daemon(args: string[], values: DaemonValues, env: CliIo['env']): Promise<number> {
   if (args.length > 0) throw cmd.usageError('daemon takes no positional arguments');
   const accel = values.accel;
   if (accel !== undefined && accel !== 'auto' && accel !== 'kvm' && accel !== 'tcg') throw cmd.usageError('--accel must be auto, kvm or tcg');
   const logFormat = values['log-format'];
-  if (logFormat !== undefined && logFormat !== 'auto' && logFormat !== 'json' && logFormat !== 'text') throw cmd.usageError('--log-format must be text, json or auto');
+  if (logFormat !== undefined && logFormat !== 'auto' && logFormat !== 'json' && logFormat !== 'text')
+    throw cmd.usageError('--log-format must be text, json or auto');
   const opts: DaemonRunOptions = {};
   const socket = typeof values.socket === 'string' ? values.socket : env.VMLET_SOCKET;
   if (socket !== undefined) opts.socket = socket;

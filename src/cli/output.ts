@@ -58,7 +58,9 @@ function str(v: unknown): string {
 }
 
 function condition(status: Obj, type: string): string | undefined {
-  const c = arr(status.conditions).map(obj).find((x) => x.type === type);
+  const c = arr(status.conditions)
+    .map(obj)
+    .find((x) => x.type === type);
   return typeof c?.status === 'string' ? c.status : undefined;
 }
 
@@ -78,8 +80,15 @@ export interface TableOptions {
 }
 
 function withNamespace(opts: TableOptions, header: Row, rows: { ns: string; row: Row }[]): string {
-  if (!opts.allNamespaces) return formatTable(header, rows.map((r) => r.row));
-  return formatTable(['NAMESPACE', ...header], rows.map((r) => [r.ns, ...r.row]));
+  if (!opts.allNamespaces)
+    return formatTable(
+      header,
+      rows.map((r) => r.row),
+    );
+  return formatTable(
+    ['NAMESPACE', ...header],
+    rows.map((r) => [r.ns, ...r.row]),
+  );
 }
 
 export function vmiTable(items: unknown[], opts: TableOptions): string {
@@ -145,18 +154,24 @@ export function eventRow(e: unknown, now: number): Row {
 /** `Label:   value` lines, the values aligned; a multi-line value continues on indented lines. */
 function fieldLines(rows: Array<[string, string]>): string {
   const width = Math.max(...rows.map(([label]) => label.length + 1)) + 2;
-  return rows
-    .map(([label, value]) => {
-      const [first = '', ...rest] = value.split('\n');
-      return [`${`${label}:`.padEnd(width)}${first}`.trimEnd(), ...rest.map((l) => `${' '.repeat(width)}${l}`.trimEnd())].join('\n');
-    })
-    .join('\n') + '\n';
+  return (
+    rows
+      .map(([label, value]) => {
+        const [first = '', ...rest] = value.split('\n');
+        return [`${`${label}:`.padEnd(width)}${first}`.trimEnd(), ...rest.map((l) => `${' '.repeat(width)}${l}`.trimEnd())].join('\n');
+      })
+      .join('\n') + '\n'
+  );
 }
 
 /** A section: `Title:` then the body indented by two, or `Title:  <none>` when there is nothing. */
 function section(title: string, body: string | undefined): string {
   if (body === undefined || body.trim() === '') return `${title}:  <none>\n`;
-  return `${title}:\n${body.trimEnd().split('\n').map((l) => `  ${l}`.trimEnd()).join('\n')}\n`;
+  return `${title}:\n${body
+    .trimEnd()
+    .split('\n')
+    .map((l) => `  ${l}`.trimEnd())
+    .join('\n')}\n`;
 }
 
 function oneLine(v: unknown): string {
@@ -165,7 +180,9 @@ function oneLine(v: unknown): string {
 
 /** The conditions as a TYPE/STATUS/REASON/MESSAGE table, or undefined when there are none. */
 export function conditionsTable(conditions: unknown): string | undefined {
-  const rows = arr(conditions).map(obj).map((c) => [str(c.type), str(c.status), typeof c.reason === 'string' ? c.reason : '', oneLine(c.message)]);
+  const rows = arr(conditions)
+    .map(obj)
+    .map((c) => [str(c.type), str(c.status), typeof c.reason === 'string' ? c.reason : '', oneLine(c.message)]);
   return rows.length === 0 ? undefined : formatTable(['TYPE', 'STATUS', 'REASON', 'MESSAGE'], rows);
 }
 
@@ -188,7 +205,8 @@ export function eventsTable(events: unknown[], now: number, withObject: boolean)
   const sorted = events.map(obj).sort((a, b) => (Date.parse(eventWhen(a) ?? '') || 0) - (Date.parse(eventWhen(b) ?? '') || 0));
   const rows = sorted.map((e) => {
     const inv = obj(e.involvedObject);
-    const kind = inv.kind === 'VirtualMachineInstance' ? 'vmi' : inv.kind === 'VirtualMachine' ? 'vm' : typeof inv.kind === 'string' ? inv.kind.toLowerCase() : 'object';
+    const kind =
+      inv.kind === 'VirtualMachineInstance' ? 'vmi' : inv.kind === 'VirtualMachine' ? 'vm' : typeof inv.kind === 'string' ? inv.kind.toLowerCase() : 'object';
     const row = [eventAge(e, now), str(e.type), str(e.reason)];
     if (withObject) row.push(`${kind}/${str(inv.name)}`);
     row.push(oneLine(e.message));
@@ -266,7 +284,12 @@ export function describeVm(vm: unknown, vmi: unknown, events: unknown[], now: nu
     const reason = typeof vmiStatus.reason === 'string' && vmiStatus.reason !== '' ? ` (${vmiStatus.reason})` : '';
     rows.push(['VMI', `${str(vmiStatus.phase)}${reason}`], ['Accelerator', acceleratorOf(vmiStatus)]);
   } else rows.push(['VMI', '<none>']);
-  return [fieldLines(rows), section('Conditions', conditionsTable(status.conditions)), vmi === undefined ? '' : messageSection(vmiStatus), section('Events', eventsTable(events, now, true))].join('');
+  return [
+    fieldLines(rows),
+    section('Conditions', conditionsTable(status.conditions)),
+    vmi === undefined ? '' : messageSection(vmiStatus),
+    section('Events', eventsTable(events, now, true)),
+  ].join('');
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -304,7 +327,8 @@ export function accelVerdict(v: DaemonVersion): string {
   if (v.accel === 'tcg') verdict = tcg;
   else if (v.kvm.usable) verdict = 'VMs run with KVM';
   else if (v.accel === 'auto' && v.useEmulation) verdict = tcg;
-  else if (v.accel === 'kvm' || v.accel === 'auto') verdict = 'VMs fail to start (KVM_UNAVAILABLE): fix KVM, or allow software emulation (useEmulation: true or --accel tcg)';
+  else if (v.accel === 'kvm' || v.accel === 'auto')
+    verdict = 'VMs fail to start (KVM_UNAVAILABLE): fix KVM, or allow software emulation (useEmulation: true or --accel tcg)';
   else verdict = 'unknown';
   return `${settings} → ${verdict}`;
 }

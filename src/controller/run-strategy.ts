@@ -19,11 +19,7 @@ export interface StartFailure {
   retryAfterTimestamp?: string;
 }
 
-export type Decision =
-  | { action: 'none' }
-  | { action: 'create' }
-  | { action: 'wait'; untilMs: number }
-  | { action: 'delete'; reason: 'halted' | 'restart' };
+export type Decision = { action: 'none' } | { action: 'create' } | { action: 'wait'; untilMs: number } | { action: 'delete'; reason: 'halted' | 'restart' };
 
 /** Failures closer together than this count as one crash loop. */
 export const STABLE_RUN_MS = 60_000;

@@ -2,23 +2,41 @@
 import type { Logger } from 'pino';
 import type { RunStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceStatus, VirtualMachineStatus } from '../api/types.js';
 import { API_VERSION } from '../api/types.js';
+import { isRecord } from '../api/vocabulary.js';
 import { VmletError } from '../errors.js';
+import type { Kind, KubeObject, Source, WatchEvent } from '../source/source.js';
 import { decide, printableStatus, recordFailure, type DecideInput, type StartFailure, type VmiView } from './run-strategy.js';
 
 /** The finalizer that keeps a VMI in the source until its QEMU is gone and its node cleaned up. */
 export const VMI_FINALIZER = 'vmlet.io/vmi-cleanup';
 
-type Obj = { apiVersion: string; kind: string; metadata: { name: string; namespace: string; uid: string; resourceVersion: string; deletionTimestamp?: string; finalizers?: string[]; [k: string]: unknown }; spec?: unknown; status?: unknown };
+/** What the controller needs of a source (the local store or the API server): plain object CRUD, status, watch and events. */
+export type ControllerSource = Pick<Source, 'get' | 'list' | 'create' | 'updateStatus' | 'delete' | 'watch' | 'recordEvent'>;
 
-/** What the controller needs of a source (the local store or the API server): plain object CRUD, status and watch. */
-export interface ControllerSource {
-  get(kind: 'VirtualMachine' | 'VirtualMachineInstance', ns: string, name: string): Promise<Obj | undefined>;
-  list(kind: 'VirtualMachine' | 'VirtualMachineInstance', ns?: string): Promise<Obj[]>;
-  create(obj: { apiVersion: string; kind: string; metadata: { name: string; namespace: string; labels?: Record<string, string>; annotations?: Record<string, string>; finalizers?: string[] }; spec?: unknown; status?: unknown }): Promise<Obj>;
-  updateStatus<S>(kind: 'VirtualMachine' | 'VirtualMachineInstance', ns: string, name: string, mutate: (s: S | undefined) => S | undefined): Promise<Obj>;
-  delete(kind: 'VirtualMachine' | 'VirtualMachineInstance', ns: string, name: string, opts?: { expectedUid?: string }): Promise<Obj>;
-  watch(kind: 'VirtualMachine' | 'VirtualMachineInstance', ns?: string, name?: string, opts?: { sendInitialEvents?: boolean }): AsyncIterableIterator<{ type: string; object: Obj }> & { close(): void };
-  recordEvent(input: { involvedObject: { kind: string; namespace: string; name: string; uid: string }; type: 'Normal' | 'Warning'; reason: string; message: string }): Promise<unknown>;
+/** A VirtualMachine as a source holds it, seen as the API type. */
+export type StoredVm = KubeObject<'VirtualMachine'> & VirtualMachine;
+/** A VirtualMachineInstance as a source holds it, seen as the API type. */
+export type StoredVmi = KubeObject<'VirtualMachineInstance'> & VirtualMachineInstance;
+
+/** Sources hold what the API validated, so the kind and the spec's outline are what is checked here. */
+export function isStoredVm(o: KubeObject): o is StoredVm {
+  return o.kind === 'VirtualMachine' && isRecord(o.spec) && isRecord(o.spec['template']) && (o.status === undefined || isRecord(o.status));
+}
+
+export function isStoredVmi(o: KubeObject): o is StoredVmi {
+  return o.kind === 'VirtualMachineInstance' && isRecord(o.spec) && (o.status === undefined || isRecord(o.status));
+}
+
+/** The object as a VirtualMachine; STORE_INVALID_OBJECT when the source holds something else under that kind. */
+export function asVm(o: KubeObject<'VirtualMachine'>): StoredVm {
+  if (isStoredVm(o)) return o;
+  throw new VmletError('STORE_INVALID_OBJECT', `VirtualMachine ${o.metadata.namespace}/${o.metadata.name} has no spec.template`);
+}
+
+/** The object as a VirtualMachineInstance; STORE_INVALID_OBJECT when the source holds something else under that kind. */
+export function asVmi(o: KubeObject<'VirtualMachineInstance'>): StoredVmi {
+  if (isStoredVmi(o)) return o;
+  throw new VmletError('STORE_INVALID_OBJECT', `VirtualMachineInstance ${o.metadata.namespace}/${o.metadata.name} has no spec`);
 }
 
 export interface ControllerOptions {
@@ -59,7 +77,11 @@ export class VmController {
     this.watches = [vms, vmis];
     void this.consume(vms, (o) => this.enqueue(o.metadata.namespace, o.metadata.name));
     void this.consume(vmis, (o) => {
-      const vmi = o as unknown as VirtualMachineInstance;
+      if (!isStoredVmi(o)) {
+        this.log.warn({ vmi: key(o.metadata.namespace, o.metadata.name) }, 'ignoring a VirtualMachineInstance without a spec');
+        return;
+      }
+      const vmi = o;
       void this.schedule(vmi);
       const owner = vmi.metadata.ownerReferences?.find((r) => r.kind === 'VirtualMachine');
       if (owner) this.enqueue(vmi.metadata.namespace, owner.name);
@@ -73,7 +95,7 @@ export class VmController {
     this.timers.clear();
   }
 
-  private async consume(w: AsyncIterable<{ type: string; object: Obj }>, fn: (o: Obj) => void): Promise<void> {
+  private async consume<K extends Kind>(w: AsyncIterable<WatchEvent<K>>, fn: (o: KubeObject<K>) => void): Promise<void> {
     try {
       for await (const ev of w) fn(ev.object);
     } catch (e) {
@@ -87,7 +109,9 @@ export class VmController {
 
   enqueue(ns: string, name: string): void {
     this.queue.add(key(ns, name));
-    this.draining ??= this.drain().finally(() => { this.draining = undefined; });
+    this.draining ??= this.drain().finally(() => {
+      this.draining = undefined;
+    });
   }
 
   /** Resolves when every queued VM has been reconciled (tests and shutdown use it). */
@@ -112,7 +136,16 @@ export class VmController {
   private later(ns: string, name: string, atMs: number): void {
     const k = key(ns, name);
     clearTimeout(this.timers.get(k));
-    this.timers.set(k, setTimeout(() => { this.timers.delete(k); this.enqueue(ns, name); }, Math.max(0, atMs - this.now())));
+    this.timers.set(
+      k,
+      setTimeout(
+        () => {
+          this.timers.delete(k);
+          this.enqueue(ns, name);
+        },
+        Math.max(0, atMs - this.now()),
+      ),
+    );
   }
 
   /** Standalone scheduling: every unassigned VMI goes to this node. */
@@ -137,8 +170,9 @@ export class VmController {
   }
 
   private async reconcile(ns: string, name: string): Promise<void> {
-    const vm = (await this.source.get('VirtualMachine', ns, name)) as unknown as VirtualMachine | undefined;
-    const vmiObj = (await this.source.get('VirtualMachineInstance', ns, name)) as unknown as VirtualMachineInstance | undefined;
+    const vm = await this.getVm(ns, name);
+    const vmiRaw = await this.source.get('VirtualMachineInstance', ns, name);
+    const vmiObj = vmiRaw && asVmi(vmiRaw);
     const owned = vmiObj && vm && vmiObj.metadata.ownerReferences?.some((r) => r.uid === vm.metadata.uid) ? vmiObj : undefined;
     if (!vm) {
       // The VM is gone: its VMI goes too (cascading deletion).
@@ -182,32 +216,55 @@ export class VmController {
 
   /** For a Manual VM's start/restart: creates its VMI now. */
   async createFor(ns: string, name: string): Promise<void> {
-    const vm = (await this.source.get('VirtualMachine', ns, name)) as unknown as VirtualMachine | undefined;
+    const vm = await this.getVm(ns, name);
     if (!vm) throw new VmletError('NOT_FOUND', `virtualmachines "${name}" not found in namespace ${ns}`);
     await this.createVmi(vm);
   }
 
+  private async getVm(ns: string, name: string): Promise<StoredVm | undefined> {
+    const o = await this.source.get('VirtualMachine', ns, name);
+    return o && asVm(o);
+  }
+
   private async createVmi(vm: VirtualMachine): Promise<void> {
     const tmpl = vm.spec.template;
-    const meta: { name: string; namespace: string; labels?: Record<string, string>; annotations?: Record<string, string>; finalizers: string[]; ownerReferences: unknown[] } = {
+    const meta: {
+      name: string;
+      namespace: string;
+      labels?: Record<string, string>;
+      annotations?: Record<string, string>;
+      finalizers: string[];
+      ownerReferences: unknown[];
+    } = {
       name: vm.metadata.name,
       namespace: vm.metadata.namespace,
       finalizers: [VMI_FINALIZER],
-      ownerReferences: [{ apiVersion: API_VERSION, kind: 'VirtualMachine', name: vm.metadata.name, uid: vm.metadata.uid, controller: true, blockOwnerDeletion: true }],
+      ownerReferences: [
+        { apiVersion: API_VERSION, kind: 'VirtualMachine', name: vm.metadata.name, uid: vm.metadata.uid, controller: true, blockOwnerDeletion: true },
+      ],
     };
     if (tmpl.metadata?.labels) meta.labels = tmpl.metadata.labels;
     if (tmpl.metadata?.annotations) meta.annotations = tmpl.metadata.annotations;
     await this.source.create({ apiVersion: API_VERSION, kind: 'VirtualMachineInstance', metadata: meta, spec: tmpl.spec, status: { phase: 'Pending' } });
     await this.source.recordEvent({
       involvedObject: { kind: 'VirtualMachine', namespace: vm.metadata.namespace, name: vm.metadata.name, uid: vm.metadata.uid! },
-      type: 'Normal', reason: 'SuccessfulCreate', message: `created VirtualMachineInstance ${vm.metadata.name}`,
+      type: 'Normal',
+      reason: 'SuccessfulCreate',
+      message: `created VirtualMachineInstance ${vm.metadata.name}`,
     });
   }
 
   private async writeStatus(vm: VirtualMachine, input: DecideInput, startFailure: StartFailure | undefined, ranOnce: boolean): Promise<void> {
     const printable = printableStatus(input);
     await this.source.updateStatus<VmStatus>('VirtualMachine', vm.metadata.namespace, vm.metadata.name, (s) => {
-      const out: VmStatus = { ...s, printableStatus: printable, ready: printable === 'Running', created: input.vmi !== undefined, runStrategy: input.runStrategy, ranOnce };
+      const out: VmStatus = {
+        ...s,
+        printableStatus: printable,
+        ready: printable === 'Running',
+        created: input.vmi !== undefined,
+        runStrategy: input.runStrategy,
+        ranOnce,
+      };
       if (startFailure) out.startFailure = startFailure;
       else delete out.startFailure;
       return out;

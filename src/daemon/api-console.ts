@@ -23,8 +23,10 @@ export async function serveConsole(backend: Backend, req: http.IncomingMessage, 
     const { route, query } = parseRequestUrl(req.url ?? '/');
     ctx = contextOf(route);
     if (route.type !== 'console') throw new VmletError('BAD_REQUEST', 'only the console subresource can be upgraded');
-    if (req.method !== 'GET') throw new VmletError('METHOD_NOT_ALLOWED', `method ${req.method ?? ''} is not allowed here (allowed: GET)`, { details: { allow: ['GET'] } });
-    if ((req.headers.upgrade ?? '').toLowerCase() !== CONSOLE_PROTOCOL) throw new VmletError('BAD_REQUEST', `unsupported upgrade protocol (use ${CONSOLE_PROTOCOL})`);
+    if (req.method !== 'GET')
+      throw new VmletError('METHOD_NOT_ALLOWED', `method ${req.method ?? ''} is not allowed here (allowed: GET)`, { details: { allow: ['GET'] } });
+    if ((req.headers.upgrade ?? '').toLowerCase() !== CONSOLE_PROTOCOL)
+      throw new VmletError('BAD_REQUEST', `unsupported upgrade protocol (use ${CONSOLE_PROTOCOL})`);
     const w = query.get('write');
     att = await backend.console(route.ref, { write: w === 'true' || w === '1' });
   } catch (e) {

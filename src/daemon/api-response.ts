@@ -9,7 +9,12 @@ export type ApiStatusCause = StatusCause & { code: string };
 export function withCauseCodes(status: StatusObject): StatusObject {
   const causes = status.details?.causes;
   if (causes === undefined) return status;
-  const coded: ApiStatusCause[] = causes.map((c) => ({ ...(c.field === undefined ? {} : { field: c.field }), code: c.reason, message: c.message, reason: c.reason }));
+  const coded: ApiStatusCause[] = causes.map((c) => ({
+    ...(c.field === undefined ? {} : { field: c.field }),
+    code: c.reason,
+    message: c.message,
+    reason: c.reason,
+  }));
   return { ...status, details: { ...status.details, causes: coded } };
 }
 

@@ -53,13 +53,16 @@ export function parseRequestUrl(url: string): ParsedRequest {
   const q = url.indexOf('?');
   const rawPath = q < 0 ? url : url.slice(0, q);
   const query = new URLSearchParams(q < 0 ? '' : url.slice(q + 1));
-  const seg = rawPath.slice(1).split('/').map((s) => {
-    try {
-      return decodeURIComponent(s);
-    } catch {
-      throw new VmletError('INVALID_PATH', 'malformed percent-encoding in path');
-    }
-  });
+  const seg = rawPath
+    .slice(1)
+    .split('/')
+    .map((s) => {
+      try {
+        return decodeURIComponent(s);
+      } catch {
+        throw new VmletError('INVALID_PATH', 'malformed percent-encoding in path');
+      }
+    });
   if (seg.some((s) => s === '')) throw notFound();
   const [a, b, c, ...rest] = seg;
   if (seg.length === 1 && a === 'healthz') return { route: { type: 'healthz' }, query };

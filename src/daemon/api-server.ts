@@ -108,7 +108,10 @@ export class ApiServer {
         reject(
           e.code === 'EADDRINUSE'
             ? new VmletError('SOCKET_IN_USE', `another process is listening on ${p}`, { cause: e, errno: e.code })
-            : new VmletError('LISTEN_FAILED', `cannot listen on ${p}: ${e.code ?? e.message}`, { cause: e, ...(e.code === undefined ? {} : { errno: e.code }) }),
+            : new VmletError('LISTEN_FAILED', `cannot listen on ${p}: ${e.code ?? e.message}`, {
+                cause: e,
+                ...(e.code === undefined ? {} : { errno: e.code }),
+              }),
         );
       };
       this.server.once('error', onError);
@@ -290,7 +293,8 @@ async function removeStaleSocket(p: string): Promise<void> {
   });
   if (err === undefined) throw new VmletError('SOCKET_IN_USE', `another vmlet daemon is listening on ${p}`);
   if (err.code === 'ENOENT') return;
-  if (err.code !== 'ECONNREFUSED') throw new VmletError('SOCKET_PATH_INVALID', `cannot tell whether ${p} is in use: ${err.code ?? err.message}`, { cause: err });
+  if (err.code !== 'ECONNREFUSED')
+    throw new VmletError('SOCKET_PATH_INVALID', `cannot tell whether ${p} is in use: ${err.code ?? err.message}`, { cause: err });
   await fs.unlink(p).catch((e: NodeJS.ErrnoException) => {
     if (e.code !== 'ENOENT') throw new VmletError('LISTEN_FAILED', `cannot remove the stale socket ${p}`, { cause: e });
   });

@@ -80,15 +80,38 @@ export interface DaemonFlags {
 type KeyType = 'string' | 'boolean' | 'number' | 'object' | 'string[]';
 
 const keys: Record<keyof DaemonConfig, KeyType> = {
-  socket: 'string', stateDir: 'string', runDir: 'string', accel: 'string', useEmulation: 'boolean',
-  nodeName: 'string', qemuBinary: 'string', launcherBinary: 'string', maxBodyBytes: 'number', logLevel: 'string', logFormat: 'string',
-  kvmDevice: 'string', kvmProbeDeadlineMs: 'number',
-  cgroupParent: 'string', cgroupRoot: 'string', network: 'object',
+  socket: 'string',
+  stateDir: 'string',
+  runDir: 'string',
+  accel: 'string',
+  useEmulation: 'boolean',
+  nodeName: 'string',
+  qemuBinary: 'string',
+  launcherBinary: 'string',
+  maxBodyBytes: 'number',
+  logLevel: 'string',
+  logFormat: 'string',
+  kvmDevice: 'string',
+  kvmProbeDeadlineMs: 'number',
+  cgroupParent: 'string',
+  cgroupRoot: 'string',
+  network: 'object',
 };
 
 const networkKeys: Record<keyof NetworkConfig, KeyType> = {
-  enabled: 'boolean', subnet: 'string', bridge: 'string', nftTable: 'string', netnsPrefix: 'string', vethPrefix: 'string',
-  uplink: 'string', mtu: 'number', hostForwarding: 'boolean', dnsServers: 'string[]', dnsSearch: 'string[]', dnsDomain: 'string', leaseSeconds: 'number',
+  enabled: 'boolean',
+  subnet: 'string',
+  bridge: 'string',
+  nftTable: 'string',
+  netnsPrefix: 'string',
+  vethPrefix: 'string',
+  uplink: 'string',
+  mtu: 'number',
+  hostForwarding: 'boolean',
+  dnsServers: 'string[]',
+  dnsSearch: 'string[]',
+  dnsDomain: 'string',
+  leaseSeconds: 'number',
 };
 
 function hasType(v: unknown, want: KeyType): boolean {
@@ -100,24 +123,29 @@ function hasType(v: unknown, want: KeyType): boolean {
 const typeNames: Record<KeyType, string> = { string: 'string', boolean: 'boolean', number: 'number', object: 'mapping', 'string[]': 'list of strings' };
 
 /** Copies `doc`'s keys over `base`, refusing unknown keys and wrong types by name (`prefix`: the enclosing key, e.g. `network.`). */
-function mergeKeys<T extends object>(base: T, doc: object, types: Record<keyof T, KeyType>, source: string, prefix = ''): Record<string, unknown> {
-  const out: Record<string, unknown> = { ...(base as Record<string, unknown>) };
+function mergeKeys<T extends object>(base: T, doc: object, types: Record<keyof T, KeyType>, source: string, prefix = ''): T {
+  const out: T = { ...base };
   for (const [k, v] of Object.entries(doc)) {
     const want = types[k as keyof T];
     if (!want) throw new VmletError('CONFIG_INVALID', `${source}: unknown key "${prefix}${k}" (known: ${Object.keys(types).join(', ')})`);
     if (!hasType(v, want)) throw new VmletError('CONFIG_INVALID', `${source}: "${prefix}${k}" must be a ${typeNames[want]}`);
-    out[k] = v;
+    // The value's type was checked against the key's declared type just above.
+    Object.assign(out, { [k]: v });
   }
   return out;
 }
 
 /** Merges the `network:` mapping over the current network settings. */
 function mergeNetwork(base: NetworkConfig, doc: object, source: string): NetworkConfig {
-  const net = mergeKeys(base, doc, networkKeys, source, 'network.') as unknown as NetworkConfig;
+  const net = mergeKeys(base, doc, networkKeys, source, 'network.');
   if (net.dnsServers === undefined && (net.dnsSearch !== undefined || net.dnsDomain !== undefined)) {
-    throw new VmletError('CONFIG_INVALID', `${source}: network.dnsSearch and network.dnsDomain need network.dnsServers (without it, all DNS settings come from the host's resolv.conf)`);
+    throw new VmletError(
+      'CONFIG_INVALID',
+      `${source}: network.dnsSearch and network.dnsDomain need network.dnsServers (without it, all DNS settings come from the host's resolv.conf)`,
+    );
   }
-  if (!Number.isInteger(net.mtu) || net.mtu < 576 || net.mtu > 65535) throw new VmletError('CONFIG_INVALID', `${source}: network.mtu must be an integer 576-65535`);
+  if (!Number.isInteger(net.mtu) || net.mtu < 576 || net.mtu > 65535)
+    throw new VmletError('CONFIG_INVALID', `${source}: network.mtu must be an integer 576-65535`);
   if (!Number.isInteger(net.leaseSeconds) || net.leaseSeconds < 60 || net.leaseSeconds > 31_536_000) {
     throw new VmletError('CONFIG_INVALID', `${source}: network.leaseSeconds must be an integer 60-31536000`);
   }
@@ -159,7 +187,7 @@ export function defaultConfig(repoRoot: string): DaemonConfig {
 export function mergeConfig(base: DaemonConfig, doc: unknown, source: string): DaemonConfig {
   if (doc === null || doc === undefined) return base;
   if (typeof doc !== 'object' || Array.isArray(doc)) throw new VmletError('CONFIG_INVALID', `${source}: the config must be a mapping`);
-  const cfg = mergeKeys(base, doc, keys, source) as unknown as DaemonConfig;
+  const cfg = mergeKeys(base, doc, keys, source);
   if ('network' in doc) cfg.network = mergeNetwork(base.network, cfg.network, source);
   if (!['auto', 'kvm', 'tcg'].includes(cfg.accel)) throw new VmletError('CONFIG_INVALID', `${source}: accel must be auto, kvm or tcg`);
   if (!LOG_FORMATS.includes(cfg.logFormat)) throw new VmletError('CONFIG_INVALID', `${source}: logFormat must be json, text or auto`);

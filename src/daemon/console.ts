@@ -80,7 +80,10 @@ export class SerialConsole {
       try {
         this.sock = await new Promise<net.Socket>((resolve, reject) => {
           const s = net.connect(this.opts.socketPath);
-          s.once('connect', () => { s.off('error', reject); resolve(s); });
+          s.once('connect', () => {
+            s.off('error', reject);
+            resolve(s);
+          });
           s.once('error', reject);
         });
         break;
@@ -92,9 +95,15 @@ export class SerialConsole {
         await new Promise((r) => setTimeout(r, 10));
       }
     }
-    try { this.logBytes = fs.statSync(this.opts.logFile).size; } catch { this.logBytes = 0; }
+    try {
+      this.logBytes = fs.statSync(this.opts.logFile).size;
+    } catch {
+      this.logBytes = 0;
+    }
     this.log = fs.createWriteStream(this.opts.logFile, { flags: 'a' });
-    this.log.on('error', () => { this.log = undefined; });
+    this.log.on('error', () => {
+      this.log = undefined;
+    });
     this.sock.on('data', (chunk: Buffer) => this.onData(chunk));
     this.sock.on('error', () => undefined);
     this.sock.on('close', () => this.onClose());
@@ -114,9 +123,15 @@ export class SerialConsole {
 
   private rotateLog(): void {
     this.log?.end();
-    try { fs.renameSync(this.opts.logFile, `${this.opts.logFile}.1`); } catch { /* the old log may be gone with the run dir */ }
+    try {
+      fs.renameSync(this.opts.logFile, `${this.opts.logFile}.1`);
+    } catch {
+      /* the old log may be gone with the run dir */
+    }
     this.log = fs.createWriteStream(this.opts.logFile, { flags: 'a' });
-    this.log.on('error', () => { this.log = undefined; });
+    this.log.on('error', () => {
+      this.log = undefined;
+    });
     this.logBytes = 0;
   }
 
@@ -172,12 +187,23 @@ export class SerialConsole {
     await new Promise<void>((resolve, reject) => {
       const reader: Reader = {
         push: (chunk) => {
-          if (chunk === null) { cleanup(); reject(new VmletError('CONSOLE_UNAVAILABLE', 'the console closed before the output appeared')); }
-          else if (matches()) { cleanup(); resolve(); }
+          if (chunk === null) {
+            cleanup();
+            reject(new VmletError('CONSOLE_UNAVAILABLE', 'the console closed before the output appeared'));
+          } else if (matches()) {
+            cleanup();
+            resolve();
+          }
         },
       };
-      const timer = setTimeout(() => { cleanup(); reject(new VmletError('CONSOLE_TIMEOUT', `console output ${String(pattern)} did not appear within ${timeoutMs} ms`)); }, timeoutMs);
-      const cleanup = (): void => { clearTimeout(timer); this.readers.delete(reader); };
+      const timer = setTimeout(() => {
+        cleanup();
+        reject(new VmletError('CONSOLE_TIMEOUT', `console output ${String(pattern)} did not appear within ${timeoutMs} ms`));
+      }, timeoutMs);
+      const cleanup = (): void => {
+        clearTimeout(timer);
+        this.readers.delete(reader);
+      };
       this.readers.add(reader);
     });
   }

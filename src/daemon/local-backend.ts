@@ -2,16 +2,17 @@
 import { isDeepStrictEqual } from 'node:util';
 import type { VirtualMachine, VirtualMachineInstance } from '../api/types.js';
 import { ValidationError, validateVM, validateVMI } from '../api/validate.js';
-import { VMI_FINALIZER, type VmController } from '../controller/vm-controller.js';
+import { asVm, asVmi, isStoredVmi, VMI_FINALIZER, type VmController } from '../controller/vm-controller.js';
 import { VmletError } from '../errors.js';
-import type { LocalStore, StoredObject } from '../source/local-store.js';
+import type { Source } from '../source/source.js';
 import type { Backend, ConsoleAttachment, Kind, KubeObject, ObjectRef, VmAction, VmiAction, WatchEvent } from './backend.js';
 import type { NodeReconciler } from './node-reconciler.js';
 import type { Supervisor } from './supervisor.js';
 import type { VmNetwork } from './vm-network.js';
 
 export interface LocalBackendOptions {
-  store: LocalStore;
+  /** Where objects live (the local store in standalone mode). */
+  store: Source;
   node: NodeReconciler;
   controller: VmController;
   /** Admission of interfaces and networks (absent: any are refused by nothing here). */
@@ -43,12 +44,12 @@ function withNamespace(body: unknown, namespace: string): unknown {
 export class LocalBackend implements Backend {
   constructor(private readonly opts: LocalBackendOptions) {}
 
-  private get store(): LocalStore {
+  private get store(): Source {
     return this.opts.store;
   }
 
   async list(kind: Kind, namespace?: string): Promise<KubeObject[]> {
-    return (await this.store.list(kind, namespace)) as unknown as KubeObject[];
+    return this.store.list(kind, namespace);
   }
 
   /** A VMI comes with live statistics of its cgroup in status.vmlet.stats (read now; nothing polls). */
@@ -57,12 +58,10 @@ export class LocalBackend implements Backend {
     if (!o) throw notFound(ref);
     if (ref.kind === 'VirtualMachineInstance' && o.metadata.uid) {
       const stats = await this.opts.node.vmStats(o.metadata.uid).catch(() => undefined);
-      if (stats) {
-        const status = (o.status ?? {}) as { vmlet?: Record<string, unknown> };
-        return { ...o, status: { ...status, vmlet: { ...status.vmlet, stats } } } as unknown as KubeObject;
-      }
+      const status = isStoredVmi(o) ? o.status : undefined;
+      if (stats) return { ...o, status: { ...status, vmlet: { ...status?.vmlet, stats } } };
     }
-    return o as unknown as KubeObject;
+    return o;
   }
 
   /** Schema and semantic checks, then the node's own: what the network sandbox would refuse is refused before anything is stored. */
@@ -76,7 +75,10 @@ export class LocalBackend implements Backend {
         network.check(spec);
       } catch (e) {
         if (!(e instanceof VmletError)) throw e;
-        const field = e.code === 'NET_NETWORK_WITHOUT_INTERFACE' || e.code === 'NET_UNSUPPORTED_NETWORK' || e.code === 'NET_INVALID_SUBNET' || e.code === 'NET_SUBNET_CLASH' ? `${at}.networks` : `${at}.domain.devices.interfaces`;
+        const field =
+          e.code === 'NET_NETWORK_WITHOUT_INTERFACE' || e.code === 'NET_UNSUPPORTED_NETWORK' || e.code === 'NET_INVALID_SUBNET' || e.code === 'NET_SUBNET_CLASH'
+            ? `${at}.networks`
+            : `${at}.domain.devices.interfaces`;
         throw new ValidationError(`${kind} "${namespace}/${obj.metadata.name}"`, [{ field, code: e.code, message: e.message }], { cause: e });
       }
     }
@@ -86,13 +88,32 @@ export class LocalBackend implements Backend {
   async create(kind: Kind, namespace: string, body: unknown): Promise<KubeObject> {
     checkTarget(kind, namespace, body);
     const obj = this.validate(kind, body, namespace);
-    const meta = { name: obj.metadata.name, namespace, ...(obj.metadata.labels ? { labels: obj.metadata.labels } : {}), ...(obj.metadata.annotations ? { annotations: obj.metadata.annotations } : {}) };
+    const meta = {
+      name: obj.metadata.name,
+      namespace,
+      ...(obj.metadata.labels ? { labels: obj.metadata.labels } : {}),
+      ...(obj.metadata.annotations ? { annotations: obj.metadata.annotations } : {}),
+    };
     try {
-      const created = kind === 'VirtualMachine'
-        ? await this.store.create({ apiVersion: obj.apiVersion, kind, metadata: meta, spec: obj.spec, status: {} })
-        : await this.store.create({ apiVersion: obj.apiVersion, kind, metadata: { ...meta, finalizers: [VMI_FINALIZER] }, spec: obj.spec, status: { phase: 'Pending' } });
-      void this.store.recordEvent({ involvedObject: { kind, namespace, name: created.metadata.name, uid: created.metadata.uid }, type: 'Normal', reason: 'Created', message: `${kind} created` }).catch(() => undefined);
-      return created as unknown as KubeObject;
+      const created =
+        kind === 'VirtualMachine'
+          ? await this.store.create({ apiVersion: obj.apiVersion, kind, metadata: meta, spec: obj.spec, status: {} })
+          : await this.store.create({
+              apiVersion: obj.apiVersion,
+              kind,
+              metadata: { ...meta, finalizers: [VMI_FINALIZER] },
+              spec: obj.spec,
+              status: { phase: 'Pending' },
+            });
+      void this.store
+        .recordEvent({
+          involvedObject: { kind, namespace, name: created.metadata.name, uid: created.metadata.uid },
+          type: 'Normal',
+          reason: 'Created',
+          message: `${kind} created`,
+        })
+        .catch(() => undefined);
+      return created;
     } catch (e) {
       if (e instanceof VmletError && e.code === 'STORE_ALREADY_EXISTS') {
         throw new VmletError('ALREADY_EXISTS', `${plural[kind]} "${obj.metadata.name}" already exists in namespace ${namespace}`, { cause: e });
@@ -106,12 +127,16 @@ export class LocalBackend implements Backend {
     const cur = await this.store.get(ref.kind, ref.namespace, ref.name);
     if (!cur) throw notFound(ref);
     const obj = this.validate(ref.kind, body, ref.namespace);
-    if (obj.metadata.name !== ref.name) throw new VmletError('BAD_REQUEST', `metadata.name "${obj.metadata.name}" does not match "${ref.name}" of the request path`);
+    if (obj.metadata.name !== ref.name)
+      throw new VmletError('BAD_REQUEST', `metadata.name "${obj.metadata.name}" does not match "${ref.name}" of the request path`);
     // A VMI's spec is fixed once it exists, as in KubeVirt: change the VM, or delete and re-create.
     if (ref.kind === 'VirtualMachineInstance' && !isDeepStrictEqual(obj.spec, cur.spec)) {
-      throw new VmletError('VMI_SPEC_IMMUTABLE', `the spec of VirtualMachineInstance "${ref.name}" cannot change; delete it and create it again, or edit its VirtualMachine`);
+      throw new VmletError(
+        'VMI_SPEC_IMMUTABLE',
+        `the spec of VirtualMachineInstance "${ref.name}" cannot change; delete it and create it again, or edit its VirtualMachine`,
+      );
     }
-    const next: StoredObject = { ...cur, spec: obj.spec, metadata: { ...cur.metadata } };
+    const next = { ...cur, spec: obj.spec, metadata: { ...cur.metadata } };
     if (obj.metadata.labels) next.metadata.labels = obj.metadata.labels;
     else delete next.metadata.labels;
     if (obj.metadata.annotations) next.metadata.annotations = obj.metadata.annotations;
@@ -119,12 +144,12 @@ export class LocalBackend implements Backend {
     const rv = (body as { metadata?: { resourceVersion?: unknown } }).metadata?.resourceVersion;
     const updated = await this.store.update(next, typeof rv === 'string' ? { expectedResourceVersion: rv } : {});
     if (ref.kind === 'VirtualMachine') this.opts.controller.enqueue(ref.namespace, ref.name);
-    return updated as unknown as KubeObject;
+    return updated;
   }
 
   async delete(ref: ObjectRef): Promise<KubeObject> {
     try {
-      return (await this.store.delete(ref.kind, ref.namespace, ref.name)) as unknown as KubeObject;
+      return await this.store.delete(ref.kind, ref.namespace, ref.name);
     } catch (e) {
       if (e instanceof VmletError && e.code === 'STORE_NOT_FOUND') throw notFound(ref);
       throw e;
@@ -141,10 +166,14 @@ export class LocalBackend implements Backend {
   async vmiAction(ref: ObjectRef, action: VmiAction): Promise<void> {
     const sup = await this.supervisorOf(ref);
     switch (action) {
-      case 'pause': return sup.pause();
-      case 'unpause': return sup.unpause();
-      case 'reset': return sup.reset();
-      case 'softreboot': return sup.softreboot();
+      case 'pause':
+        return sup.pause();
+      case 'unpause':
+        return sup.unpause();
+      case 'reset':
+        return sup.reset();
+      case 'softreboot':
+        return sup.softreboot();
     }
   }
 
@@ -153,18 +182,22 @@ export class LocalBackend implements Backend {
    * on Manual and Once they act on the VMI directly.
    */
   async vmAction(ref: ObjectRef, action: VmAction): Promise<void> {
-    const vm = (await this.get({ ...ref, kind: 'VirtualMachine' })) as unknown as VirtualMachine;
-    const vmi = (await this.store.get('VirtualMachineInstance', ref.namespace, ref.name)) as unknown as VirtualMachineInstance | undefined;
+    const vmObj = await this.store.get('VirtualMachine', ref.namespace, ref.name);
+    if (!vmObj) throw notFound({ ...ref, kind: 'VirtualMachine' });
+    const vm = asVm(vmObj);
+    const vmiObj = await this.store.get('VirtualMachineInstance', ref.namespace, ref.name);
+    const vmi = vmiObj && asVmi(vmiObj);
     const strategy = vm.spec.runStrategy;
     const setStrategy = async (runStrategy: VirtualMachine['spec']['runStrategy']): Promise<void> => {
-      await this.store.update({ ...(vm as unknown as StoredObject), spec: { ...vm.spec, runStrategy } });
+      await this.store.update({ ...vm, spec: { ...vm.spec, runStrategy } });
     };
     const deleteVmi = async (): Promise<void> => {
       if (vmi) await this.store.delete('VirtualMachineInstance', ref.namespace, ref.name, { expectedUid: vmi.metadata.uid! });
     };
     switch (action) {
       case 'start':
-        if (vmi && !['Succeeded', 'Failed'].includes(vmi.status?.phase ?? '')) throw new VmletError('VM_ALREADY_RUNNING', `VirtualMachine "${ref.name}" is already running`);
+        if (vmi && !['Succeeded', 'Failed'].includes(vmi.status?.phase ?? ''))
+          throw new VmletError('VM_ALREADY_RUNNING', `VirtualMachine "${ref.name}" is already running`);
         if (strategy === 'Halted') await setStrategy('Always');
         else if (strategy === 'Manual' || strategy === 'Once' || strategy === 'RerunOnFailure') {
           await deleteVmi();
@@ -200,7 +233,7 @@ export class LocalBackend implements Backend {
 
   async qmp(ref: ObjectRef, command: unknown): Promise<unknown> {
     const sup = await this.supervisorOf(ref);
-    const qmp = sup.requireRunning();
+    const qmp = sup.qmpClient();
     if (typeof command !== 'object' || command === null || typeof (command as { execute?: unknown }).execute !== 'string') {
       throw new VmletError('BAD_REQUEST', 'a QMP command is an object like {"execute": "query-status", "arguments": {...}}');
     }
@@ -215,8 +248,13 @@ export class LocalBackend implements Backend {
 
   async console(ref: ObjectRef, opts: { write: boolean }): Promise<ConsoleAttachment> {
     const sup = await this.supervisorOf(ref);
-    if (!sup.console) throw new VmletError('CONSOLE_UNAVAILABLE', `VirtualMachineInstance "${ref.name}" has no serial console (autoattachSerialConsole is false, or it is not running)`);
-    return sup.console.attach(opts);
+    const serial = sup.serialConsole();
+    if (!serial)
+      throw new VmletError(
+        'CONSOLE_UNAVAILABLE',
+        `VirtualMachineInstance "${ref.name}" has no serial console (autoattachSerialConsole is false, or it is not running)`,
+      );
+    return serial.attach(opts);
   }
 
   async *watch(kind: Kind | 'Event', namespace: string | undefined, name: string | undefined, signal: AbortSignal): AsyncIterable<WatchEvent> {
@@ -224,7 +262,7 @@ export class LocalBackend implements Backend {
     const onAbort = (): void => w.close();
     signal.addEventListener('abort', onAbort, { once: true });
     try {
-      for await (const ev of w) yield { type: ev.type, object: ev.object as unknown as KubeObject };
+      for await (const ev of w) yield { type: ev.type, object: ev.object };
     } finally {
       signal.removeEventListener('abort', onAbort);
       w.close();
@@ -232,6 +270,6 @@ export class LocalBackend implements Backend {
   }
 
   async events(namespace: string | undefined, name: string | undefined): Promise<KubeObject[]> {
-    return (await this.store.listEvents(namespace, name)) as unknown as unknown as KubeObject[];
+    return this.store.listEvents(namespace, name);
   }
 }

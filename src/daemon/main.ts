@@ -5,7 +5,7 @@ import { fileURLToPath } from 'node:url';
 import pino, { type Logger } from 'pino';
 import { detectCgroupLayout } from '../cgroups/index.js';
 import { vmletVersion } from '../version.js';
-import { VmController, type ControllerSource } from '../controller/vm-controller.js';
+import { VmController } from '../controller/vm-controller.js';
 import { VmletError } from '../errors.js';
 import { describeCaps, probeQemu, type ProbeOptions } from '../qemu/probe.js';
 import { LauncherServer } from '../qemu/launcher-server.js';
@@ -40,7 +40,9 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   try {
     await fs.access(config.launcherBinary);
   } catch (e) {
-    throw new VmletError('LAUNCHER_MISSING', `vmlet-launch not found at ${config.launcherBinary}; build it with "make -C native" (npm run setup does)`, { cause: e });
+    throw new VmletError('LAUNCHER_MISSING', `vmlet-launch not found at ${config.launcherBinary}; build it with "make -C native" (npm run setup does)`, {
+      cause: e,
+    });
   }
   // Probed once per daemon start (prepare reuses the cached result): KVM counts only if a guest ran under it.
   const probeOptions: ProbeOptions = { devKvm: config.kvmDevice, kvmProbeDeadlineMs: config.kvmProbeDeadlineMs };
@@ -49,7 +51,10 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   });
   logger.info({ qemu: describeCaps(caps), accel: config.accel, useEmulation: config.useEmulation, kvmProbeMs: caps.kvm.durationMs }, 'QEMU probed');
   if (!caps.kvm.usable && config.accel !== 'tcg') {
-    const then = config.accel === 'auto' && config.useEmulation ? 'VMs run with software emulation (TCG, slow)' : 'VMs will fail to start until KVM works or software emulation is allowed (useEmulation: true or --accel tcg)';
+    const then =
+      config.accel === 'auto' && config.useEmulation
+        ? 'VMs run with software emulation (TCG, slow)'
+        : 'VMs will fail to start until KVM works or software emulation is allowed (useEmulation: true or --accel tcg)';
     logger.warn({ kvm: caps.kvm.reason, stage: caps.kvm.stage }, `KVM is not usable: ${then}`);
   }
 
@@ -76,7 +81,7 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   const launcherSocket = path.join(config.runDir, 'launcher.sock');
   const launcherServer = new LauncherServer({
     socketPath: launcherSocket,
-    onHello: (h) => node ? node.onHello(h) : { action: 'reject', reason: 'the daemon is starting' },
+    onHello: (h) => (node ? node.onHello(h) : { action: 'reject', reason: 'the daemon is starting' }),
     logger: logger.child({ component: 'launcher-server' }),
   });
   node = new NodeReconciler({
@@ -91,7 +96,7 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     ...(cgroups ? { cgroups } : {}),
     network,
   });
-  const controller = new VmController({ source: store as unknown as ControllerSource, nodeName: config.nodeName, logger: logger.child({ component: 'controller' }) });
+  const controller = new VmController({ source: store, nodeName: config.nodeName, logger: logger.child({ component: 'controller' }) });
   // Supervisors of running VMs exist before launchers reconnect, so none of them is turned away.
   await node.start();
   await launcherServer.listen();
@@ -105,7 +110,12 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     version: { vmlet: vmletVersion(), qemu: caps.version.text, kvm: caps.kvm, accel: config.accel, useEmulation: config.useEmulation },
   });
   return {
-    config, store, node, controller, api, launcherServer,
+    config,
+    store,
+    node,
+    controller,
+    api,
+    launcherServer,
     async close() {
       controller.stop();
       node.stop();

@@ -4,20 +4,24 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import type { VMIInterfaceStatus, VirtualMachineInstance, VirtualMachineInstanceStatus } from '../api/types.js';
 import type { GuestNetworkInterface } from '../qmp/guest-agent-types.js';
-import { VMI_FINALIZER } from '../controller/vm-controller.js';
+import { isStoredVmi, VMI_FINALIZER, type StoredVmi } from '../controller/vm-controller.js';
 import { VmletError } from '../errors.js';
 import { isLiveProcessFor, readRunDir } from '../qemu/launch.js';
 import type { HelloDecision, LauncherHello, LauncherServer } from '../qemu/launcher-server.js';
 import type { QmpClient } from '../qmp/client.js';
-import type { LocalStore, StoredObject } from '../source/local-store.js';
+import type { KubeObject, Source } from '../source/source.js';
 import { Supervisor, type PreparedLaunch } from './supervisor.js';
 import { groupCpus, pinVcpus, readCpuListFile, vcpuCount, wantsDedicatedCpus } from './vcpu-pinning.js';
 import type { VmCgroups, VmStats } from './vm-cgroup.js';
 import type { VmNetwork } from './vm-network.js';
 import { planDedicatedCpus } from '../cgroups/index.js';
 
+/** What the node reconciler needs of a source: the VMIs, their status, watch, the finalizer, events. */
+export type NodeSource = Pick<Source, 'get' | 'list' | 'update' | 'updateStatus' | 'watch' | 'recordEvent'>;
+
 export interface NodeReconcilerOptions {
-  store: LocalStore;
+  /** Where VMIs come from and their status goes (the local store, or the API server in cluster mode). */
+  store: NodeSource;
   nodeName: string;
   /** Parent of the per-VMI run directories (`<runDir>/vms/<uid>`). */
   runDir: string;
@@ -63,17 +67,28 @@ export class NodeReconciler {
 
   /** Re-adopts live VMIs and removes what belongs to no VMI; then follows the store. */
   async start(): Promise<void> {
-    const vmis = (await this.opts.store.list('VirtualMachineInstance')) as unknown as VirtualMachineInstance[];
+    const listed = await this.opts.store.list('VirtualMachineInstance');
+    const vmis = listed.filter(isStoredVmi);
     const mine = vmis.filter((v) => v.status?.nodeName === this.opts.nodeName);
-    const known = new Set(mine.map((v) => v.metadata.uid!));
+    const known = new Set(mine.map((v) => v.metadata.uid));
+    // A VMI without a spec is not run, but not taken for a stray either: its run dir and processes stay.
+    for (const o of listed) if (!isStoredVmi(o)) known.add(o.metadata.uid);
     await this.removeStrays(known);
-    const dirExists = await Promise.all(mine.map((vmi) => fs.access(this.vmDir(vmi.metadata.uid!)).then(() => true, () => false)));
+    const dirExists = await Promise.all(
+      mine.map((vmi) =>
+        fs.access(this.vmDir(vmi.metadata.uid!)).then(
+          () => true,
+          () => false,
+        ),
+      ),
+    );
     const live = mine.filter((vmi, i) => !FINAL.has(vmi.status?.phase ?? '') && dirExists[i]);
     // Sandboxes of the VMIs being re-adopted stay (DHCP serves them again); every other one goes.
     if (this.opts.network) {
       try {
         const res = await this.opts.network.adopt(live.map((v) => v.metadata.uid!));
-        if (res && res.missing.length > 0) this.log.warn({ uids: res.missing }, 'VMIs with a lease but no whole sandbox; they get a new one if they are launched again');
+        if (res && res.missing.length > 0)
+          this.log.warn({ uids: res.missing }, 'VMIs with a lease but no whole sandbox; they get a new one if they are launched again');
       } catch (e) {
         this.log.error({ err: e }, 'could not adopt the network sandboxes');
       }
@@ -106,7 +121,11 @@ export class NodeReconciler {
       for (const pid of [rd?.qemuPid, rd?.launcherPid]) {
         if (pid && (await isLiveProcessFor(pid, uid, this.opts.procRoot))) {
           this.log.warn({ uid, pid }, 'killing a process of a VMI that no longer exists');
-          try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+          try {
+            process.kill(pid, 'SIGKILL');
+          } catch {
+            /* gone */
+          }
         }
       }
       await fs.rm(dir, { recursive: true, force: true });
@@ -139,7 +158,13 @@ export class NodeReconciler {
         }
         // An empty group made moments ago may be another daemon's (sharing the parent) between create and launcher start.
         const dir = m.paths().dirs[0];
-        const mtime = dir === undefined ? 0 : await fs.stat(dir).then((st) => st.mtimeMs, () => 0);
+        const mtime =
+          dir === undefined
+            ? 0
+            : await fs.stat(dir).then(
+                (st) => st.mtimeMs,
+                () => 0,
+              );
         if (pids.length === 0 && Date.now() - mtime < STRAY_CGROUP_MIN_AGE_MS) {
           this.log.info({ uid, cgroup: m.group }, 'a fresh empty VM cgroup of no VMI here; left for the next start');
           continue;
@@ -174,19 +199,26 @@ export class NodeReconciler {
       ...this.pinningFor(vmi),
       ...this.networkFor(uid),
       writeStatus: async (mutate) => {
-        await store.updateStatus<VirtualMachineInstanceStatus>('VirtualMachineInstance', namespace, name, (s) => {
-          return mutate(s ?? {});
-        }).catch((e: unknown) => {
-          if (!(e instanceof VmletError && e.code === 'STORE_NOT_FOUND')) throw e;
-        });
+        await store
+          .updateStatus<VirtualMachineInstanceStatus>('VirtualMachineInstance', namespace, name, (s) => {
+            return mutate(s ?? {});
+          })
+          .catch((e: unknown) => {
+            if (!(e instanceof VmletError && e.code === 'STORE_NOT_FOUND')) throw e;
+          });
       },
       event: (type, reason, message) => {
-        void store.recordEvent({ involvedObject: { kind: 'VirtualMachineInstance', namespace, name, uid }, type, reason, message })
-          .catch(() => undefined);
+        void store.recordEvent({ involvedObject: { kind: 'VirtualMachineInstance', namespace, name, uid }, type, reason, message }).catch(() => undefined);
         // A VMI's events go with it; how its run ended is kept on the VM that owns it too.
         const owner = vmi.metadata.ownerReferences?.find((r) => r.kind === 'VirtualMachine');
         if (owner && (reason === 'Succeeded' || reason === 'Failed')) {
-          void store.recordEvent({ involvedObject: { kind: 'VirtualMachine', namespace, name: owner.name, uid: owner.uid }, type, reason: `VMI${reason}`, message: `VirtualMachineInstance ${name} (${uid}): ${message}` })
+          void store
+            .recordEvent({
+              involvedObject: { kind: 'VirtualMachine', namespace, name: owner.name, uid: owner.uid },
+              type,
+              reason: `VMI${reason}`,
+              message: `VirtualMachineInstance ${name} (${uid}): ${message}`,
+            })
             .catch(() => undefined);
         }
       },
@@ -216,7 +248,10 @@ export class NodeReconciler {
     };
   }
 
-  private networkFor(uid: string): { releaseNetwork?: () => Promise<void>; guestInterfaces?: (g: GuestNetworkInterface[]) => VMIInterfaceStatus[] | undefined } {
+  private networkFor(uid: string): {
+    releaseNetwork?: () => Promise<void>;
+    guestInterfaces?: (g: GuestNetworkInterface[]) => VMIInterfaceStatus[] | undefined;
+  } {
     const network = this.opts.network;
     if (!network?.enabled) return {};
     return {
@@ -250,11 +285,17 @@ export class NodeReconciler {
     const prev = this.busy.get(uid) ?? Promise.resolve();
     const next = prev.then(() => work).catch((e: unknown) => this.log.error({ err: e, uid }, 'VMI work failed'));
     this.busy.set(uid, next);
-    void next.finally(() => { if (this.busy.get(uid) === next) this.busy.delete(uid); });
+    void next.finally(() => {
+      if (this.busy.get(uid) === next) this.busy.delete(uid);
+    });
   }
 
-  private reconcile(obj: StoredObject): void {
-    const vmi = obj as unknown as VirtualMachineInstance;
+  private reconcile(obj: KubeObject<'VirtualMachineInstance'>): void {
+    if (!isStoredVmi(obj)) {
+      this.log.warn({ vmi: { namespace: obj.metadata.namespace, name: obj.metadata.name } }, 'ignoring a VirtualMachineInstance without a spec');
+      return;
+    }
+    const vmi = obj;
     const uid = vmi.metadata.uid!;
     if (vmi.status?.nodeName !== this.opts.nodeName) return;
     const sup = this.supervisors.get(uid);
@@ -271,7 +312,7 @@ export class NodeReconciler {
   }
 
   /** Deletion: stop QEMU within the grace period, remove its run dir, then let the object go. */
-  private async finalize(vmi: VirtualMachineInstance, sup: Supervisor | undefined): Promise<void> {
+  private async finalize(vmi: StoredVmi, sup: Supervisor | undefined): Promise<void> {
     const uid = vmi.metadata.uid!;
     try {
       if (sup) {

@@ -26,7 +26,10 @@ export interface PrepareOptions {
 }
 
 async function exists(p: string): Promise<boolean> {
-  return fs.access(p).then(() => true, () => false);
+  return fs.access(p).then(
+    () => true,
+    () => false,
+  );
 }
 
 /** A sparse file of `size` bytes; O_EXCL when `fresh` is false so an existing disk is never truncated. */

@@ -1,4 +1,5 @@
-// Maps vmlet error codes to HTTP statuses (one table) and renders errors as Kubernetes Status objects.
+// Renders errors as Kubernetes Status objects, with the HTTP status the error registry (src/error-codes.ts) gives their code.
+import { httpStatusOf } from '../error-codes.js';
 import { isVmletError } from '../errors.js';
 
 export interface StatusCause {
@@ -19,85 +20,9 @@ export interface StatusObject {
   details?: { name?: string; kind?: string; causes?: StatusCause[] };
 }
 
-const VALIDATION = 422;
-
-/** The one code → HTTP status table. Codes not listed (and non-vmlet errors) are 500; QMP_* fall back to 502. */
-export const httpStatusByCode: Readonly<Record<string, number>> = {
-  BAD_REQUEST: 400,
-  INVALID_PATH: 400,
-  NAME_MISMATCH: 400,
-  NAMESPACE_MISMATCH: 400,
-  NOT_FOUND: 404,
-  STORE_NOT_FOUND: 404,
-  METHOD_NOT_ALLOWED: 405,
-  ALREADY_EXISTS: 409,
-  STORE_ALREADY_EXISTS: 409,
-  STORE_CONFLICT: 409,
-  CONFLICT: 409,
-  CONSOLE_BUSY: 409,
-  CONSOLE_UNAVAILABLE: 409,
-  VMI_NOT_RUNNING: 409,
-  VMI_NOT_PAUSED: 409,
-  VMI_ALREADY_PAUSED: 409,
-  VM_NOT_RUNNING: 409,
-  VM_ALREADY_RUNNING: 409,
-  BODY_TOO_LARGE: 413,
-  UNSUPPORTED_MEDIA_TYPE: 415,
-  UPGRADE_REQUIRED: 426,
-  INVALID_FIELD: VALIDATION,
-  UNKNOWN_FIELD: VALIDATION,
-  MISSING_FIELD: VALIDATION,
-  INVALID_QUANTITY: VALIDATION,
-  INVALID_NAME: VALIDATION,
-  MISSING_VOLUME: VALIDATION,
-  MANIFEST_PARSE: VALIDATION,
-  UNSUPPORTED_API_VERSION: VALIDATION,
-  UNSUPPORTED_KIND: VALIDATION,
-  VALIDATION_FAILED: VALIDATION,
-  OUT_OF_RANGE: VALIDATION,
-  INVALID_RESOURCES: VALIDATION,
-  UNUSED_VOLUME: VALIDATION,
-  DUPLICATE_NAME: VALIDATION,
-  CONFLICTING_FIELDS: VALIDATION,
-  INVALID_HOST_PATH: VALIDATION,
-  UNSAFE_VALUE: VALIDATION,
-  UNSUPPORTED_MACHINE: VALIDATION,
-  UNSUPPORTED_CPU_MODEL: VALIDATION,
-  // what the network admission refuses (daemon/vm-network.ts)
-  NET_DISABLED: VALIDATION,
-  NET_UNKNOWN_BINDING: VALIDATION,
-  NET_INTERFACE_WITHOUT_NETWORK: VALIDATION,
-  NET_NETWORK_WITHOUT_INTERFACE: VALIDATION,
-  NET_DUPLICATE_MAC: VALIDATION,
-  NET_DUPLICATE_NAME: VALIDATION,
-  NET_INVALID_MAC: VALIDATION,
-  NET_INVALID_NAME: VALIDATION,
-  NET_INVALID_PORT: VALIDATION,
-  NET_INVALID_QUEUES: VALIDATION,
-  NET_INVALID_SUBNET: VALIDATION,
-  NET_SUBNET_CLASH: VALIDATION,
-  NET_UNSUPPORTED_MODEL: VALIDATION,
-  NET_UNSUPPORTED_NETWORK: VALIDATION,
-  STORE_INVALID_OBJECT: VALIDATION,
-  STORE_INVALID_KEY: 400,
-  STORE_WATCH_OVERFLOW: 410,
-  STORE_CLOSED: 503,
-  VMI_SPEC_IMMUTABLE: VALIDATION,
-  VMI_AGENT_UNAVAILABLE: 409,
-  QMP_UNAVAILABLE: 503,
-  STORE_WRITE_FAILED: 507,
-  TIMEOUT: 504,
-  INTERNAL: 500,
-  QMP_TIMEOUT: 504,
-  CONSOLE_TIMEOUT: 504,
-  SHUTTING_DOWN: 503,
-};
-
+/** The HTTP status of an error code: httpStatusOf of the registry (src/error-codes.ts). */
 export function httpStatusFor(code: string): number {
-  const direct = httpStatusByCode[code];
-  if (direct !== undefined) return direct;
-  if (code.startsWith('QMP_') || code.startsWith('QGA_')) return code.endsWith('_TIMEOUT') ? 504 : 502;
-  return 500;
+  return httpStatusOf(code);
 }
 
 /** Context of the request, used to name the object in `details` and in Kubernetes-style messages. */
@@ -125,7 +50,7 @@ function causesOf(e: unknown, code: string): StatusCause[] | undefined {
 
 /** Errors of the libraries that may not import VmletError (src/qmp) still carry a stable upper-case code. */
 function isCodedError(e: unknown): e is Error & { code: string } {
-  return e instanceof Error && typeof (e as { code?: unknown }).code === 'string' && /^(QMP|QGA|SYS)_[A-Z0-9_]+$/.test((e as unknown as { code: string }).code);
+  return e instanceof Error && 'code' in e && typeof e.code === 'string' && /^(QMP|QGA|SYS)_[A-Z0-9_]+$/.test(e.code);
 }
 
 /** Renders any thrown value (a per-field `details: {field, message, code|reason}[]` becomes `details.causes`) as a Failure Status; unknown errors become INTERNAL without leaking their message. */

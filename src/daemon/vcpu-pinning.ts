@@ -40,7 +40,8 @@ export function vcpuThreads(cpus: readonly { 'cpu-index': number; 'thread-id': n
       throw new VmletError('VCPU_PINNING_FAILED', `query-cpus-fast returned a bad vCPU entry (cpu-index ${String(v.index)}, thread-id ${String(v.tid)})`);
     }
   }
-  if (new Set(out.map((v) => v.tid)).size !== out.length) throw new VmletError('VCPU_PINNING_FAILED', 'query-cpus-fast returned one thread for several vCPUs (TCG without MTTCG?)');
+  if (new Set(out.map((v) => v.tid)).size !== out.length)
+    throw new VmletError('VCPU_PINNING_FAILED', 'query-cpus-fast returned one thread for several vCPUs (TCG without MTTCG?)');
   return out.sort((a, b) => a.index - b.index);
 }
 
@@ -75,7 +76,12 @@ export async function readCpuListFile(file: string): Promise<number[]> {
 /** The CPUs a VM's group may use: its cpuset (v1 `cpuset.cpus`, v2 `cpuset.cpus.effective`), undefined when unreadable. */
 export async function groupCpus(cg: CgroupManager): Promise<number[] | undefined> {
   const p = cg.paths();
-  const file = p.version === 2 ? path.join(p.dirs[0] ?? '', 'cpuset.cpus.effective') : p.byController.cpuset === undefined ? undefined : path.join(p.byController.cpuset, 'cpuset.cpus');
+  const file =
+    p.version === 2
+      ? path.join(p.dirs[0] ?? '', 'cpuset.cpus.effective')
+      : p.byController.cpuset === undefined
+        ? undefined
+        : path.join(p.byController.cpuset, 'cpuset.cpus');
   if (file === undefined) return undefined;
   const cpus = await readCpuListFile(file).catch(() => [] as number[]);
   return cpus.length > 0 ? cpus : undefined;
@@ -118,6 +124,13 @@ export async function pinVcpus(o: PinOptions): Promise<PinningPlan> {
     if (e instanceof VmletError && e.code === 'VCPU_PINNING_FAILED') throw e;
     throw new VmletError('VCPU_PINNING_FAILED', `could not place the vCPU threads in ${o.cgroup.group}`, { cause: e });
   }
-  o.log?.info({ vcpus: plan.vcpus.map((v) => ({ vcpu: v.index, tid: v.tid, cpu: v.cpu })), emulatorCpus: formatCpuList(plan.emulatorCpus), emulatorShared: plan.emulatorShared }, 'vCPUs pinned');
+  o.log?.info(
+    {
+      vcpus: plan.vcpus.map((v) => ({ vcpu: v.index, tid: v.tid, cpu: v.cpu })),
+      emulatorCpus: formatCpuList(plan.emulatorCpus),
+      emulatorShared: plan.emulatorShared,
+    },
+    'vCPUs pinned',
+  );
   return plan;
 }

@@ -79,7 +79,12 @@ export class VmCgroups {
 
   private async memoryLimit(m: CgroupManager): Promise<number | undefined> {
     const p = m.paths();
-    const file = p.version === 2 ? path.join(p.dirs[0] ?? '', 'memory.max') : p.byController.memory === undefined ? undefined : path.join(p.byController.memory, 'memory.limit_in_bytes');
+    const file =
+      p.version === 2
+        ? path.join(p.dirs[0] ?? '', 'memory.max')
+        : p.byController.memory === undefined
+          ? undefined
+          : path.join(p.byController.memory, 'memory.limit_in_bytes');
     if (file === undefined) return undefined;
     const text = (await fs.readFile(file, 'utf8').catch(() => '')).trim();
     if (!/^\d+$/.test(text)) return undefined;

@@ -58,7 +58,9 @@ export class VmNetwork {
       hostForwarding: c.hostForwarding,
       leaseSeconds: c.leaseSeconds,
       ...(c.uplink !== undefined ? { uplink: c.uplink } : {}),
-      ...(c.dnsServers !== undefined ? { dns: { nameservers: c.dnsServers, search: c.dnsSearch ?? [], ...(c.dnsDomain !== undefined ? { domain: c.dnsDomain } : {}) } } : {}),
+      ...(c.dnsServers !== undefined
+        ? { dns: { nameservers: c.dnsServers, search: c.dnsSearch ?? [], ...(c.dnsDomain !== undefined ? { domain: c.dnsDomain } : {}) } }
+        : {}),
       ...(opts.runner ? { runner: opts.runner } : {}),
       paths: {
         netnsDir: this.netnsDir,
@@ -85,15 +87,24 @@ export class VmNetwork {
     const nets = spec.networks;
     if (!this.enabled) {
       if ((ifaces?.length ?? 0) > 0 || (nets?.length ?? 0) > 0) {
-        throw new VmletError('NET_DISABLED', 'this daemon runs with network.enabled: false, so VMIs cannot have interfaces or networks; remove them or enable networking in the daemon config');
+        throw new VmletError(
+          'NET_DISABLED',
+          'this daemon runs with network.enabled: false, so VMIs cannot have interfaces or networks; remove them or enable networking in the daemon config',
+        );
       }
       return;
     }
-    const plan = planNetwork(ifaces, nets, CHECK_UID, { queues: this.queuesFor(spec), autoattachPodInterface: spec.domain.devices.autoattachPodInterface ?? true });
+    const plan = planNetwork(ifaces, nets, CHECK_UID, {
+      queues: this.queuesFor(spec),
+      autoattachPodInterface: spec.domain.devices.autoattachPodInterface ?? true,
+    });
     const node = parseCidr(this.opts.config.subnet);
     for (const i of plan.interfaces) {
       if (i.guestNetwork && overlaps(parseCidr(i.guestNetwork.cidr), node)) {
-        throw new VmletError('NET_SUBNET_CLASH', `interface ${i.name}: vmNetworkCIDR ${i.guestNetwork.cidr} overlaps the node's sandbox subnet ${this.opts.config.subnet}; pick another range (default ${DEFAULT_VM_NETWORK_CIDR})`);
+        throw new VmletError(
+          'NET_SUBNET_CLASH',
+          `interface ${i.name}: vmNetworkCIDR ${i.guestNetwork.cidr} overlaps the node's sandbox subnet ${this.opts.config.subnet}; pick another range (default ${DEFAULT_VM_NETWORK_CIDR})`,
+        );
       }
     }
   }
@@ -138,14 +149,16 @@ export class VmNetwork {
         const tapFds = mgr.openTapFds(uid, li.name);
         const first = o.fdBase + fds.length + 3;
         fds.push(...tapFds);
-        args.push(...qemuNicArgs({
-          index: li.index,
-          mac: li.mac,
-          model: li.model,
-          tap: { fds: tapFds.map((_, i) => first + i) },
-          queues: li.queues,
-          ...(li.model === 'virtio' ? { vhost } : {}),
-        }));
+        args.push(
+          ...qemuNicArgs({
+            index: li.index,
+            mac: li.mac,
+            model: li.model,
+            tap: { fds: tapFds.map((_, i) => first + i) },
+            queues: li.queues,
+            ...(li.model === 'virtio' ? { vhost } : {}),
+          }),
+        );
       }
     } catch (e) {
       closeFds(fds);
@@ -173,7 +186,9 @@ export class VmNetwork {
       const binding = info.interfaces.find((i) => i.name === s.name)?.binding;
       const out: VMIInterfaceStatus = { ...s, interfaceName: g.name, infoSource: 'domain, guest-agent' };
       if (binding === 'bridge') {
-        const ips = (g['ip-addresses'] ?? []).filter((a) => a['ip-address-type'] === 'ipv4' || !a['ip-address'].startsWith('fe80:')).map((a) => a['ip-address']);
+        const ips = (g['ip-addresses'] ?? [])
+          .filter((a) => a['ip-address-type'] === 'ipv4' || !a['ip-address'].startsWith('fe80:'))
+          .map((a) => a['ip-address']);
         if (ips.length > 0) {
           out.ipAddresses = ips;
           out.ipAddress = ips[0]!;

@@ -2,14 +2,14 @@
 import type { ExitStatus } from '../qemu/launch.js';
 
 export type SupervisorState =
-  | 'New'          // created, nothing done yet
-  | 'Preparing'    // run dir, volumes, argv
-  | 'Launching'    // launcher spawned, waiting for QEMU's pid
-  | 'Starting'     // QEMU paused (-S): QMP negotiation, set-action, cont
-  | 'Reattaching'  // after a daemon restart: checking and reconnecting to a QEMU that runs
+  | 'New' // created, nothing done yet
+  | 'Preparing' // run dir, volumes, argv
+  | 'Launching' // launcher spawned, waiting for QEMU's pid
+  | 'Starting' // QEMU paused (-S): QMP negotiation, set-action, cont
+  | 'Reattaching' // after a daemon restart: checking and reconnecting to a QEMU that runs
   | 'Running'
-  | 'Stopping'     // ACPI power-down, grace period, quit, SIGKILL
-  | 'Exited';      // QEMU is gone; final
+  | 'Stopping' // ACPI power-down, grace period, quit, SIGKILL
+  | 'Exited'; // QEMU is gone; final
 
 const allowed: Record<SupervisorState, readonly SupervisorState[]> = {
   New: ['Preparing', 'Reattaching', 'Exited'],
@@ -22,19 +22,21 @@ const allowed: Record<SupervisorState, readonly SupervisorState[]> = {
   Exited: [],
 };
 
+/** Every state, in the order a VMI goes through them. */
+export const SUPERVISOR_STATES = Object.keys(allowed) as readonly SupervisorState[];
+
 export function canTransition(from: SupervisorState, to: SupervisorState): boolean {
   return allowed[from].includes(to);
 }
 
 export type VmiPhase = 'Pending' | 'Scheduled' | 'Running' | 'Succeeded' | 'Failed';
 
-
 export type FailureReason =
-  | 'QemuCrashed'      // QEMU exited non-zero or by a signal nobody asked for
-  | 'LauncherLost'     // vmlet-launch died; QEMU dies with it (PDEATHSIG)
-  | 'LaunchFailed'     // QEMU never came up
-  | 'Lost'             // after a restart, neither launcher nor QEMU nor an exit status was found
-  | 'OOMKilled'        // QEMU was killed by the OOM killer: the VM's cgroup hit its memory limit
+  | 'QemuCrashed' // QEMU exited non-zero or by a signal nobody asked for
+  | 'LauncherLost' // vmlet-launch died; QEMU dies with it (PDEATHSIG)
+  | 'LaunchFailed' // QEMU never came up
+  | 'Lost' // after a restart, neither launcher nor QEMU nor an exit status was found
+  | 'OOMKilled' // QEMU was killed by the OOM killer: the VM's cgroup hit its memory limit
   | 'InvalidResources' // CPU/memory values of the VMI that cannot become cgroup limits
   | 'KvmUnavailable';
 

@@ -24,7 +24,7 @@ export function withCondition(
   const prev = conditions.find((c) => c.type === type);
   const value = status ? 'True' : 'False';
   if (prev && prev.status === value && prev.reason === reason && prev.message === message) return s;
-  const next: Condition = { type, status: value, lastProbeTime: null, lastTransitionTime: prev?.status === value ? prev.lastTransitionTime ?? now : now };
+  const next: Condition = { type, status: value, lastProbeTime: null, lastTransitionTime: prev?.status === value ? (prev.lastTransitionTime ?? now) : now };
   if (reason !== undefined) next.reason = reason;
   if (message !== undefined) next.message = message;
   return { ...s, conditions: [...conditions.filter((c) => c.type !== type), next] };

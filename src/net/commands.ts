@@ -11,14 +11,16 @@ const TOKEN_RE = /^[A-Za-z0-9_.:/-]+$/;
 
 /** One `ip -batch` line per command; every token is checked, so no quoting is ever needed. */
 export function toBatch(cmds: readonly IpCommand[]): string {
-  return cmds
-    .map((c) => {
-      for (const tok of c) {
-        if (!TOKEN_RE.test(tok)) throw new VmletError('NET_INVALID_NAME', `refusing to pass ${JSON.stringify(tok)} to ip`);
-      }
-      return c.join(' ');
-    })
-    .join('\n') + (cmds.length > 0 ? '\n' : '');
+  return (
+    cmds
+      .map((c) => {
+        for (const tok of c) {
+          if (!TOKEN_RE.test(tok)) throw new VmletError('NET_INVALID_NAME', `refusing to pass ${JSON.stringify(tok)} to ip`);
+        }
+        return c.join(' ');
+      })
+      .join('\n') + (cmds.length > 0 ? '\n' : '')
+  );
 }
 
 /** The route as `ip route` would print it, for messages. */
@@ -90,7 +92,10 @@ export function planHostBridge(p: HostNetParams, st: HostNetState): IpCommand[] 
   } else {
     const others = st.bridgeAddresses.filter((a) => a !== want);
     if (others.length > 0) {
-      throw new VmletError('NET_BRIDGE_CONFLICT', `${p.bridge} has address ${others.join(', ')}, not ${want}: another subnet was configured; delete the bridge or set network.subnet back`);
+      throw new VmletError(
+        'NET_BRIDGE_CONFLICT',
+        `${p.bridge} has address ${others.join(', ')}, not ${want}: another subnet was configured; delete the bridge or set network.subnet back`,
+      );
     }
   }
   if (!st.bridgeAddresses.includes(want)) cmds.push(['addr', 'add', want, 'dev', p.bridge]);
@@ -195,10 +200,7 @@ export interface BindingPlan {
 }
 
 function tapCommands(iface: PlannedInterface, mtu: number, tap: TapOptions): IpCommand[] {
-  const owner = [
-    ...(tap.user !== undefined ? ['user', String(tap.user)] : []),
-    ...(tap.group !== undefined ? ['group', String(tap.group)] : []),
-  ];
+  const owner = [...(tap.user !== undefined ? ['user', String(tap.user)] : []), ...(tap.group !== undefined ? ['group', String(tap.group)] : [])];
   return [
     ['tuntap', 'add', 'dev', checkIfName(iface.tap), 'mode', 'tap', ...owner, ...(iface.queues > 1 ? ['multi_queue'] : []), 'vnet_hdr'],
     ['link', 'set', iface.tap, 'mtu', String(mtu), 'master', iface.bridge, 'up'],

@@ -197,7 +197,8 @@ export function encodeDhcpReply(r: DhcpReplyFields): Buffer {
   head.writeUInt32BE(MAGIC_COOKIE, 236);
   const opts: Buffer[] = [];
   for (const [code, value] of r.options) {
-    if (code === DhcpOption.PAD || code === DhcpOption.END || code < 0 || code > 254) throw new VmletError('DHCP_BAD_OPTION', `option code ${code} cannot be encoded`);
+    if (code === DhcpOption.PAD || code === DhcpOption.END || code < 0 || code > 254)
+      throw new VmletError('DHCP_BAD_OPTION', `option code ${code} cannot be encoded`);
     if (value.length === 0) {
       opts.push(Buffer.from([code, 0]));
       continue;
@@ -213,8 +214,23 @@ export function encodeDhcpReply(r: DhcpReplyFields): Buffer {
 }
 
 /** Encodes a BOOTREQUEST (for tests and probes): the client side of the exchange. */
-export function encodeDhcpRequest(r: { xid: number; chaddr: string; ciaddr?: string; flags?: number; options: ReadonlyArray<readonly [number, Buffer]> }): Buffer {
-  const b = encodeDhcpReply({ xid: r.xid, flags: r.flags ?? 0, ciaddr: r.ciaddr ?? '0.0.0.0', yiaddr: '0.0.0.0', siaddr: '0.0.0.0', giaddr: '0.0.0.0', chaddr: r.chaddr, options: r.options });
+export function encodeDhcpRequest(r: {
+  xid: number;
+  chaddr: string;
+  ciaddr?: string;
+  flags?: number;
+  options: ReadonlyArray<readonly [number, Buffer]>;
+}): Buffer {
+  const b = encodeDhcpReply({
+    xid: r.xid,
+    flags: r.flags ?? 0,
+    ciaddr: r.ciaddr ?? '0.0.0.0',
+    yiaddr: '0.0.0.0',
+    siaddr: '0.0.0.0',
+    giaddr: '0.0.0.0',
+    chaddr: r.chaddr,
+    options: r.options,
+  });
   b[0] = BOOTREQUEST;
   return b;
 }

@@ -19,7 +19,6 @@ import {
 } from './dhcp-codec.js';
 import { broadcastOf, formatIPv4, maskToString, parseCidr } from './ipv4.js';
 
-
 /** What the server hands out on one sandbox bridge. */
 export interface DhcpLeaseConfig {
   /** address of the server on the bridge (option 54, and the source of replies) */
@@ -62,16 +61,28 @@ export function sanitizeHostname(name: string): string | null {
   const labels = name
     .toLowerCase()
     .split('.')
-    .map((l) => l.replace(/[^a-z0-9-]/g, '-').replace(/^-+|-+$/g, '').slice(0, 63))
+    .map((l) =>
+      l
+        .replace(/[^a-z0-9-]/g, '-')
+        .replace(/^-+|-+$/g, '')
+        .slice(0, 63),
+    )
     .filter(Boolean);
   const h = labels.join('.').slice(0, 253).replace(/\.$/, '');
   return h === '' ? null : h;
 }
 
 function leaseOptions(cfg: DhcpLeaseConfig, type: number, withLease: boolean): [number, Buffer][] {
-  const opts: [number, Buffer][] = [[O.MESSAGE_TYPE, Buffer.from([type])], [O.SERVER_ID, optIps([cfg.serverIp])]];
+  const opts: [number, Buffer][] = [
+    [O.MESSAGE_TYPE, Buffer.from([type])],
+    [O.SERVER_ID, optIps([cfg.serverIp])],
+  ];
   if (withLease) {
-    opts.push([O.LEASE_TIME, optU32(cfg.leaseSeconds)], [O.RENEWAL_T1, optU32(Math.floor(cfg.leaseSeconds / 2))], [O.REBINDING_T2, optU32(Math.floor((cfg.leaseSeconds * 7) / 8))]);
+    opts.push(
+      [O.LEASE_TIME, optU32(cfg.leaseSeconds)],
+      [O.RENEWAL_T1, optU32(Math.floor(cfg.leaseSeconds / 2))],
+      [O.REBINDING_T2, optU32(Math.floor((cfg.leaseSeconds * 7) / 8))],
+    );
   }
   const net = parseCidr(`${cfg.clientIp}/${cfg.prefix}`, false);
   opts.push([O.SUBNET_MASK, optIps([maskToString(cfg.prefix)])], [O.BROADCAST, optIps([formatIPv4(broadcastOf(net))])]);
@@ -102,7 +113,8 @@ export function answerDhcp(req: DhcpPacket, cfg: DhcpLeaseConfig, key: string, n
   if (req.giaddr !== '0.0.0.0') return none('relayed requests are not served');
   const type = messageType(req);
   const base = { xid: req.xid, flags: req.flags, giaddr: '0.0.0.0', chaddr: req.chaddr, siaddr: cfg.serverIp };
-  const replyTo = (ackType: number): string => (ackType !== T.NAK && cfg.unicast && req.ciaddr !== '0.0.0.0' && (req.flags & 0x8000) === 0 ? req.ciaddr : BROADCAST);
+  const replyTo = (ackType: number): string =>
+    ackType !== T.NAK && cfg.unicast && req.ciaddr !== '0.0.0.0' && (req.flags & 0x8000) === 0 ? req.ciaddr : BROADCAST;
   switch (type) {
     case T.DISCOVER:
       return {
@@ -116,7 +128,17 @@ export function answerDhcp(req: DhcpPacket, cfg: DhcpLeaseConfig, key: string, n
       const wanted = optionIp(req, O.REQUESTED_IP) ?? (req.ciaddr !== '0.0.0.0' ? req.ciaddr : null);
       if (wanted !== cfg.clientIp) {
         return {
-          reply: encodeDhcpReply({ ...base, siaddr: '0.0.0.0', ciaddr: '0.0.0.0', yiaddr: '0.0.0.0', options: [[O.MESSAGE_TYPE, Buffer.from([T.NAK])], [O.SERVER_ID, optIps([cfg.serverIp])], [O.MESSAGE, optString(`address ${wanted ?? 'none'} is not yours; ask again`)]] }),
+          reply: encodeDhcpReply({
+            ...base,
+            siaddr: '0.0.0.0',
+            ciaddr: '0.0.0.0',
+            yiaddr: '0.0.0.0',
+            options: [
+              [O.MESSAGE_TYPE, Buffer.from([T.NAK])],
+              [O.SERVER_ID, optIps([cfg.serverIp])],
+              [O.MESSAGE, optString(`address ${wanted ?? 'none'} is not yours; ask again`)],
+            ],
+          }),
           to: BROADCAST,
           event: null,
         };

@@ -54,7 +54,8 @@ function checkFile(v: unknown, file: string): IpamFile {
   if (typeof v !== 'object' || v === null) return bad('not a JSON object');
   const o = v as Partial<IpamFile>;
   if (o.version !== 1) return bad(`unknown version ${JSON.stringify(o.version)}`);
-  if (typeof o.subnet !== 'string' || typeof o.next !== 'string' || typeof o.leases !== 'object' || o.leases === null) return bad('missing subnet, next or leases');
+  if (typeof o.subnet !== 'string' || typeof o.next !== 'string' || typeof o.leases !== 'object' || o.leases === null)
+    return bad('missing subnet, next or leases');
   const seen = new Map<string, string>();
   for (const [uid, l] of Object.entries(o.leases)) {
     if (typeof l !== 'object' || l === null || l.uid !== uid || typeof l.address !== 'string') bad(`lease ${uid} is malformed`);
@@ -107,7 +108,10 @@ export class Ipam {
       state = checkFile(parsed, file);
       if (state.subnet !== opts.subnet) {
         if (Object.keys(state.leases).length > 0) {
-          throw new VmletError('IPAM_SUBNET_CHANGED', `${file} holds leases in ${state.subnet} but the subnet is now ${opts.subnet}; delete those VMs first, or set the subnet back`);
+          throw new VmletError(
+            'IPAM_SUBNET_CHANGED',
+            `${file} holds leases in ${state.subnet} but the subnet is now ${opts.subnet}; delete those VMs first, or set the subnet back`,
+          );
         }
         state = { version: 1, subnet: opts.subnet, next: formatIPv4(first + 1), leases: {} };
       }

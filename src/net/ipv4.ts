@@ -59,14 +59,14 @@ export function broadcastOf(c: Cidr): number {
 }
 
 export function contains(c: Cidr, addr: number): boolean {
-  return ((addr & prefixMask(c.prefix)) >>> 0) === c.network;
+  return (addr & prefixMask(c.prefix)) >>> 0 === c.network;
 }
 
 /** True if the two ranges share at least one address. */
 export function overlaps(a: Cidr, b: Cidr): boolean {
   const p = Math.min(a.prefix, b.prefix);
   const m = prefixMask(p);
-  return ((a.network & m) >>> 0) === ((b.network & m) >>> 0);
+  return (a.network & m) >>> 0 === (b.network & m) >>> 0;
 }
 
 /** Usable host addresses of a subnet: [first, last] (network and broadcast excluded below /31). */

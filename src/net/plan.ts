@@ -54,7 +54,8 @@ function portsOf(iface: InterfaceSpec, binding: BindingKind): PortForward[] | nu
       bad('NET_INVALID_PORT', `interface ${iface.name}: ports[${i}].port must be an integer 1-65535`);
     }
     const proto = (p.protocol ?? 'TCP').toUpperCase();
-    if (proto !== 'TCP' && proto !== 'UDP') bad('NET_INVALID_PORT', `interface ${iface.name}: ports[${i}].protocol ${JSON.stringify(p.protocol)} is not TCP or UDP`);
+    if (proto !== 'TCP' && proto !== 'UDP')
+      bad('NET_INVALID_PORT', `interface ${iface.name}: ports[${i}].protocol ${JSON.stringify(p.protocol)} is not TCP or UDP`);
     const key = `${proto}/${p.port}`;
     if (seen.has(key)) bad('NET_INVALID_PORT', `interface ${iface.name}: port ${key} is listed twice`);
     seen.add(key);
@@ -98,7 +99,8 @@ export function planNetwork(
 
   const netByName = new Map<string, NetworkSpec>();
   for (const n of nets) {
-    if (typeof n?.name !== 'string' || !NAME_RE.test(n.name) || n.name.length > 63) bad('NET_INVALID_NAME', `network name ${JSON.stringify(n?.name)} is not a DNS label`);
+    if (typeof n?.name !== 'string' || !NAME_RE.test(n.name) || n.name.length > 63)
+      bad('NET_INVALID_NAME', `network name ${JSON.stringify(n?.name)} is not a DNS label`);
     if (netByName.has(n.name)) bad('NET_DUPLICATE_NAME', `network ${n.name} is listed twice`);
     if (n.multus !== undefined) bad('NET_UNSUPPORTED_NETWORK', `network ${n.name}: multus networks are not supported; use pod: {}`);
     if (n.pod === undefined) bad('NET_UNSUPPORTED_NETWORK', `network ${n.name}: no network source; set pod: {}`);
@@ -109,7 +111,8 @@ export function planNetwork(
   const macs = new Map<string, string>();
   const planned: PlannedInterface[] = [];
   ifaces.forEach((iface, index) => {
-    if (typeof iface?.name !== 'string' || !NAME_RE.test(iface.name) || iface.name.length > 63) bad('NET_INVALID_NAME', `interface name ${JSON.stringify(iface?.name)} is not a DNS label`);
+    if (typeof iface?.name !== 'string' || !NAME_RE.test(iface.name) || iface.name.length > 63)
+      bad('NET_INVALID_NAME', `interface name ${JSON.stringify(iface?.name)} is not a DNS label`);
     if (seenIface.has(iface.name)) bad('NET_DUPLICATE_NAME', `interface ${iface.name} is listed twice`);
     seenIface.add(iface.name);
     const net = netByName.get(iface.name);
@@ -120,7 +123,8 @@ export function planNetwork(
     if (other !== undefined) bad('NET_DUPLICATE_MAC', `interfaces ${other} and ${iface.name} have the same MAC ${mac}`);
     macs.set(mac, iface.name);
     const model = (iface.model ?? 'virtio') as NicModel;
-    if (!NIC_MODELS.includes(model)) bad('NET_UNSUPPORTED_MODEL', `interface ${iface.name}: model ${JSON.stringify(iface.model)} is not one of ${NIC_MODELS.join(', ')}`);
+    if (!NIC_MODELS.includes(model))
+      bad('NET_UNSUPPORTED_MODEL', `interface ${iface.name}: model ${JSON.stringify(iface.model)} is not one of ${NIC_MODELS.join(', ')}`);
     if (queues > 1 && model !== 'virtio') bad('NET_INVALID_QUEUES', `interface ${iface.name}: multiqueue needs model virtio, not ${model}`);
     planned.push({
       name: iface.name,

@@ -77,7 +77,8 @@ export function qemuNicArgs(n: NicArgsInput): string[] {
       nd.push(queues === 1 ? `vhostfd=${vfds[0]}` : `vhostfds=${vfds.join(':')}`);
     }
   } else {
-    if (!/^[A-Za-z0-9_.-]{1,15}$/.test(n.tap.ifname)) throw new VmletError('NET_INVALID_NAME', `tap name ${JSON.stringify(n.tap.ifname)} is not a valid interface name`);
+    if (!/^[A-Za-z0-9_.-]{1,15}$/.test(n.tap.ifname))
+      throw new VmletError('NET_INVALID_NAME', `tap name ${JSON.stringify(n.tap.ifname)} is not a valid interface name`);
     queues = n.queues ?? 1;
     nd.push(`ifname=${qemuOptValue(n.tap.ifname)}`, 'script=no', 'downscript=no');
     if (queues > 1) nd.push(`queues=${queues}`);

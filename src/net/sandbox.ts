@@ -205,7 +205,10 @@ export class NetManager {
         if (li.name !== name) return li;
         const { dhcp: _old, ...rest } = li;
         if (e.type === 'release') return rest;
-        return { ...rest, dhcp: { acquiredAt: e.at.toISOString(), expiresAt: new Date(e.at.getTime() + e.leaseSeconds * 1000).toISOString(), clientMac: e.clientMac } };
+        return {
+          ...rest,
+          dhcp: { acquiredAt: e.at.toISOString(), expiresAt: new Date(e.at.getTime() + e.leaseSeconds * 1000).toISOString(), clientMac: e.clientMac },
+        };
       });
       await this.ipam?.update(uid, { interfaces });
     });
@@ -238,7 +241,11 @@ export class NetManager {
       await this.removeObjects(req.uid, names);
     }
     const subnet = parseCidr(this.subnet);
-    const lease = await ipam.allocate(req.uid, { netns: names.netns, hostVeth: names.hostVeth, ...(req.hostname !== undefined ? { hostname: req.hostname } : {}) });
+    const lease = await ipam.allocate(req.uid, {
+      netns: names.netns,
+      hostVeth: names.hostVeth,
+      ...(req.hostname !== undefined ? { hostname: req.hostname } : {}),
+    });
     const netnsPath = this.netnsPath(names.netns);
     const mtu = this.opts.mtu ?? 1500;
     try {
@@ -249,7 +256,9 @@ export class NetManager {
       // rulesets name interfaces only as strings, so they load before the links exist)
       await this.tools.ipBatch(planSandboxHost(sp));
       if (bindings.some(({ b }) => b.ipForward)) {
-        withNetns(netnsPath, () => fs.writeFileSync(path.join(this.paths.proc, 'sys/net/ipv4/ip_forward'), '1'), { selfNetns: path.join(this.paths.proc, 'thread-self/ns/net') });
+        withNetns(netnsPath, () => fs.writeFileSync(path.join(this.paths.proc, 'sys/net/ipv4/ip_forward'), '1'), {
+          selfNetns: path.join(this.paths.proc, 'thread-self/ns/net'),
+        });
       }
       const rulesets = bindings.flatMap(({ b }) => (b.nft !== null ? [b.nft] : []));
       const inside = this.tools.ipBatch([...planSandboxInside(sp), ...bindings.flatMap(({ b }) => b.ip)], netnsPath);
@@ -314,7 +323,13 @@ export class NetManager {
     if (!info) throw new VmletError('NET_SANDBOX_NOT_FOUND', `no sandbox for uid ${uid}`);
     const li = ifaceName === undefined ? info.interfaces[0] : info.interfaces.find((i) => i.name === ifaceName);
     if (!li) throw new VmletError('NET_SANDBOX_NOT_FOUND', `sandbox of ${uid} has no interface ${ifaceName ?? '(none)'}`);
-    return openTap({ netnsPath: info.netnsPath, name: li.tap, queues: li.queues, tunDevice: this.paths.tun, selfNetns: path.join(this.paths.proc, 'thread-self/ns/net') });
+    return openTap({
+      netnsPath: info.netnsPath,
+      name: li.tap,
+      queues: li.queues,
+      tunDevice: this.paths.tun,
+      selfNetns: path.join(this.paths.proc, 'thread-self/ns/net'),
+    });
   }
 
   /** KubeVirt-style `status.interfaces` entries: the reachable address of each interface is the sandbox's. */
@@ -329,7 +344,10 @@ export class NetManager {
     const errors: string[] = [];
     const removed: string[] = [];
     for (const key of this.dhcp.keys()) if (key.startsWith(`${uid}/`)) await this.dhcp.remove(key);
-    for (const args of [['link', 'del', checkIfName(names.hostVeth)], ['netns', 'del', names.netns]]) {
+    for (const args of [
+      ['link', 'del', checkIfName(names.hostVeth)],
+      ['netns', 'del', names.netns],
+    ]) {
       try {
         await this.tools.ip(args);
         removed.push(args[2]!);

@@ -144,6 +144,7 @@ interface DiskPlan {
   volume: ResolvedVolume;
 }
 
+// Calls marked prettier-ignore keep each QEMU flag on one line with its value.
 function diskArgs(plans: readonly DiskPlan[]): string[] {
   const args: string[] = [];
   const scsi = plans.filter((p) => p.bus === 'scsi');
@@ -154,6 +155,7 @@ function diskArgs(plans: readonly DiskPlan[]): string[] {
   for (const p of plans) {
     const node = `vol${p.index}`;
     const rw = !p.readOnly;
+    // prettier-ignore
     args.push(
       '-blockdev',
       qemuOpts(undefined, [
@@ -187,13 +189,7 @@ function diskArgs(plans: readonly DiskPlan[]): string[] {
       device = qemuOpts(p.cdrom ? 'ide-cd' : 'ide-hd', [['bus', bus], ...common]);
     } else {
       const target = scsi.indexOf(p);
-      device = qemuOpts(p.cdrom ? 'scsi-cd' : 'scsi-hd', [
-        ['bus', 'scsi0.0'],
-        ['channel', 0],
-        ['scsi-id', target],
-        ['lun', 0],
-        ...common,
-      ]);
+      device = qemuOpts(p.cdrom ? 'scsi-cd' : 'scsi-hd', [['bus', 'scsi0.0'], ['channel', 0], ['scsi-id', target], ['lun', 0], ...common]);
     }
     args.push('-device', device);
   }
@@ -225,6 +221,7 @@ export function buildArgv(vmi: VirtualMachineInstance, ctx: ArgvContext): string
   const graphics = domain.devices.autoattachGraphicsDevice;
   const { sockets: cpuSockets, cores, threads } = domain.cpu;
 
+  // prettier-ignore
   const args: string[] = [
     ctx.qemuBinary,
     '-name', qemuOpts(undefined, [['guest', guestName(vmi)], ['debug-threads', true]]),
@@ -237,6 +234,7 @@ export function buildArgv(vmi: VirtualMachineInstance, ctx: ArgvContext): string
   if (ctx.sandbox ?? true) {
     args.push('-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');
   }
+  // prettier-ignore
   args.push(
     '-machine',
     qemuOpts(machineType, [
@@ -252,6 +250,7 @@ export function buildArgv(vmi: VirtualMachineInstance, ctx: ArgvContext): string
     '-rtc', 'base=utc',
   );
   if (!graphics) args.push('-display', 'none');
+  // prettier-ignore
   args.push(
     '-smbios',
     qemuOpts(undefined, [
@@ -268,18 +267,21 @@ export function buildArgv(vmi: VirtualMachineInstance, ctx: ArgvContext): string
     '-mon', 'chardev=qmp,mode=control',
   );
   if (domain.devices.autoattachSerialConsole) {
+    // prettier-ignore
     args.push(
       '-chardev', qemuOpts('socket', [['id', 'serial0'], ['path', sockets.serial], ['server', true], ['wait', false]]),
       '-device', 'isa-serial,chardev=serial0,id=serial0',
     );
   }
   // guest agent channel
+  // prettier-ignore
   args.push(
     '-device', 'virtio-serial-pci,id=virtio-serial0',
     '-chardev', qemuOpts('socket', [['id', 'qga0'], ['path', sockets.qga], ['server', true], ['wait', false]]),
     '-device', `virtserialport,bus=virtio-serial0.0,nr=1,chardev=qga0,id=${GUEST_AGENT_DEVICE_ID},name=${GUEST_AGENT_CHANNEL}`,
   );
   if (graphics) {
+    // prettier-ignore
     args.push(
       '-device', 'VGA,id=video0',
       '-device', 'qemu-xhci,id=usb0',
@@ -288,6 +290,7 @@ export function buildArgv(vmi: VirtualMachineInstance, ctx: ArgvContext): string
     );
   }
   if (efi && ctx.ovmf !== undefined) {
+    // prettier-ignore
     args.push(
       '-blockdev', qemuOpts(undefined, [['driver', 'file'], ['node-name', 'pflash0-file'], ['filename', ctx.ovmf.code], ['read-only', true]]),
       '-blockdev', qemuOpts(undefined, [['driver', 'raw'], ['node-name', 'pflash0'], ['file', 'pflash0-file'], ['read-only', true]]),

@@ -2,7 +2,6 @@
 
 import { VmletError } from '../errors.js';
 
-// eslint-disable-next-line no-control-regex
 const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
 
 /** True if `s` holds a control character (C0, DEL, C1, U+2028/2029). */

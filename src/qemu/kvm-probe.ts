@@ -154,8 +154,12 @@ async function runGuest(opts: KvmProbeOptions, accel: 'kvm' | 'tcg', payload: st
   const setup = describeSetup(machine, accel, cpu);
   const qmpPath = path.join(dir, 'qmp.sock');
   if (Buffer.byteLength(qmpPath) > 107) {
-    throw new VmletError('KVM_PROBE_FAILED', `the KVM probe's QMP socket path ${qmpPath} is longer than a unix socket allows (107 bytes); use a shorter tmpDir/TMPDIR`);
+    throw new VmletError(
+      'KVM_PROBE_FAILED',
+      `the KVM probe's QMP socket path ${qmpPath} is longer than a unix socket allows (107 bytes); use a shorter tmpDir/TMPDIR`,
+    );
   }
+  // prettier-ignore
   const args = [
     '-no-user-config', '-nodefaults', '-display', 'none', '-S', '-no-reboot',
     '-machine', `${escapeOptValue(machine)},accel=${accel}`,

@@ -188,7 +188,10 @@ export async function isLiveProcessFor(pid: number, uid: string, procRoot = '/pr
     throw new VmletError('LAUNCH_PROC_UNREADABLE', `cannot read ${dir}`, { cause: e });
   }
   // stat is "PID (COMM) S ..."; COMM may hold spaces and parentheses, the state follows the last ')'.
-  const state = statText.slice(statText.lastIndexOf(')') + 1).trim().charAt(0);
+  const state = statText
+    .slice(statText.lastIndexOf(')') + 1)
+    .trim()
+    .charAt(0);
   if (state === 'Z' || state === 'X' || state === 'x' || state === '') return false;
   return cmdline.split('\0').some((arg) => arg.includes(uid));
 }

@@ -12,10 +12,7 @@ export const MAX_LINE = 1024;
 const UID_RE = /^[A-Za-z0-9._-]{1,128}$/;
 
 /** What the launcher says about QEMU when it says HELLO. Pids are in the daemon's pid namespace. */
-export type LauncherState =
-  | { kind: 'new' }
-  | { kind: 'running'; qemuPid: number }
-  | { kind: 'exited'; qemuPid: number; status: ExitStatus };
+export type LauncherState = { kind: 'new' } | { kind: 'running'; qemuPid: number } | { kind: 'exited'; qemuPid: number; status: ExitStatus };
 
 /** A parsed launcher line. */
 export type LauncherMessage =

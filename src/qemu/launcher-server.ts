@@ -6,12 +6,27 @@ import type { Logger } from 'pino';
 import { VmletError } from '../errors.js';
 import { peerCred, sendWithFds, socketFd, type PeerCred } from '../sys/scm.js';
 import type { ExitStatus } from './launch.js';
-import { encodeArgvMessage, failureCode, LAUNCHER_PROTOCOL_VERSION, MAX_LINE, parseLauncherLine, type LauncherMessage, type LauncherState } from './launcher-codec.js';
+import {
+  encodeArgvMessage,
+  failureCode,
+  LAUNCHER_PROTOCOL_VERSION,
+  MAX_LINE,
+  parseLauncherLine,
+  type LauncherMessage,
+  type LauncherState,
+} from './launcher-codec.js';
 import { nsPids, translateChildPid } from './launcher-procfs.js';
 
 export {
-  encodeArgvMessage, failureCode, LAUNCHER_PROTOCOL_VERSION, MAX_ARGV_BYTES, MAX_FDS, MAX_LINE, parseLauncherLine,
-  type LauncherMessage, type LauncherState,
+  encodeArgvMessage,
+  failureCode,
+  LAUNCHER_PROTOCOL_VERSION,
+  MAX_ARGV_BYTES,
+  MAX_FDS,
+  MAX_LINE,
+  parseLauncherLine,
+  type LauncherMessage,
+  type LauncherState,
 } from './launcher-codec.js';
 
 export interface LauncherHello {
@@ -24,10 +39,7 @@ export interface LauncherHello {
 }
 
 /** The daemon's answer to a HELLO: argv + fds for a NEW launcher, acceptance otherwise, or a rejection. */
-export type HelloDecision =
-  | { action: 'launch'; argv: readonly string[]; fds: readonly number[] }
-  | { action: 'accept' }
-  | { action: 'reject'; reason: string };
+export type HelloDecision = { action: 'launch'; argv: readonly string[]; fds: readonly number[] } | { action: 'accept' } | { action: 'reject'; reason: string };
 
 /** Failure the launcher reported with an ERROR line. */
 export interface LauncherFailure {
@@ -125,8 +137,7 @@ export class LauncherServer {
     });
     const server = net.createServer((sock) => this.#onConnection(sock));
     await new Promise<void>((resolve, reject) => {
-      server.once('error', (cause) =>
-        reject(new VmletError('LAUNCHER_LISTEN_FAILED', `cannot listen on ${this.#opts.socketPath}`, { cause })));
+      server.once('error', (cause) => reject(new VmletError('LAUNCHER_LISTEN_FAILED', `cannot listen on ${this.#opts.socketPath}`, { cause })));
       server.listen(this.#opts.socketPath, () => resolve());
     });
     server.on('error', (err) => this.#opts.logger?.error({ err }, 'launcher socket error'));
@@ -202,9 +213,16 @@ export class LauncherServer {
       }
       if (!link) {
         if (msg.type !== 'hello') return reject('bad-hello', `expected HELLO, got ${msg.type.toUpperCase()}`);
-        return this.#hello(sock, peer, msg, reject, (l) => {
-          link = l;
-        }, log);
+        return this.#hello(
+          sock,
+          peer,
+          msg,
+          reject,
+          (l) => {
+            link = l;
+          },
+          log,
+        );
       }
       const l = link;
       if (l.conn !== sock) return; // superseded by a newer connection of the same launcher
@@ -241,10 +259,12 @@ export class LauncherServer {
       while ((nl = buf.indexOf('\n')) >= 0) {
         const line = buf.slice(0, nl);
         buf = buf.slice(nl + 1);
-        chain = chain.then(() => handle(line)).catch((err: unknown) => {
-          log?.error({ err }, 'launcher message handling failed');
-          sock.destroy();
-        });
+        chain = chain
+          .then(() => handle(line))
+          .catch((err: unknown) => {
+            log?.error({ err }, 'launcher message handling failed');
+            sock.destroy();
+          });
       }
       if (buf.length > MAX_LINE) {
         buf = '';
@@ -311,9 +331,10 @@ export class LauncherServer {
         const message = encodeArgvMessage(decision.argv, decision.fds.length);
         sendWithFds(socketFd(sock), message, [...decision.fds]);
       } catch (err) {
-        const error = err instanceof VmletError && err.code === 'LAUNCHER_BAD_ARGV'
-          ? err
-          : new VmletError('LAUNCHER_SEND_FAILED', `cannot hand argv and fds to the launcher of ${msg.uid}`, { cause: err });
+        const error =
+          err instanceof VmletError && err.code === 'LAUNCHER_BAD_ARGV'
+            ? err
+            : new VmletError('LAUNCHER_SEND_FAILED', `cannot hand argv and fds to the launcher of ${msg.uid}`, { cause: err });
         link.emit('failed', { reason: 'handover', error });
         sock.destroy();
         return;

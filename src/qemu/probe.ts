@@ -192,11 +192,7 @@ export interface AccelChoice {
  * emulation; `auto` takes KVM when usable and falls back to tcg only if allowEmulation. Pure;
  * throws KVM_UNAVAILABLE or ACCEL_UNAVAILABLE.
  */
-export function resolveAccel(
-  config: 'auto' | 'kvm' | 'tcg',
-  allowEmulation: boolean,
-  caps: Pick<QemuCaps, 'kvm' | 'accelerators'>,
-): AccelChoice {
+export function resolveAccel(config: 'auto' | 'kvm' | 'tcg', allowEmulation: boolean, caps: Pick<QemuCaps, 'kvm' | 'accelerators'>): AccelChoice {
   const kvmOk = caps.kvm.usable && caps.accelerators.includes('kvm');
   const kvmWhy = caps.kvm.usable ? 'this QEMU binary has no KVM support' : caps.kvm.reason;
   const tcg = (why: Pick<AccelChoice, 'emulationReason' | 'emulationMessage'>): AccelChoice => {
@@ -210,10 +206,7 @@ export function resolveAccel(
   if (config === 'tcg') return tcg({ emulationReason: 'EmulationRequested' });
   if (kvmOk) return { accel: 'kvm', softwareEmulation: false };
   if (allowEmulation) return tcg({ emulationReason: 'KvmUnusable', emulationMessage: kvmWhy });
-  throw new VmletError(
-    'KVM_UNAVAILABLE',
-    `KVM is not usable (${kvmWhy}); set --accel tcg or allow software emulation to run VMs without KVM (slow)`,
-  );
+  throw new VmletError('KVM_UNAVAILABLE', `KVM is not usable (${kvmWhy}); set --accel tcg or allow software emulation to run VMs without KVM (slow)`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -342,8 +335,16 @@ export async function probeQemu(binary: string, opts: ProbeOptions = {}): Promis
     throw new VmletError('QEMU_NOT_FOUND', `QEMU binary ${binary} not found`, { cause });
   }
   const key = JSON.stringify([
-    binary, st.mtimeMs, st.size, opts.devKvm ?? '', opts.firmwareDirs ?? [], opts.ovmfCandidates ?? [],
-    opts.kvmProbePayload ?? '', opts.kvmProbeDeadlineMs ?? 0, opts.kvmProbeMachine ?? '', opts.kvmProbeCpu ?? '',
+    binary,
+    st.mtimeMs,
+    st.size,
+    opts.devKvm ?? '',
+    opts.firmwareDirs ?? [],
+    opts.ovmfCandidates ?? [],
+    opts.kvmProbePayload ?? '',
+    opts.kvmProbeDeadlineMs ?? 0,
+    opts.kvmProbeMachine ?? '',
+    opts.kvmProbeCpu ?? '',
   ]);
   let p = cache.get(key);
   if (p === undefined) {

@@ -119,8 +119,9 @@ export class QmpClient {
       });
     } catch (e) {
       const aborted = e instanceof ConnectAttemptError && e.aborted;
-      const err = new QmpError(aborted ? 'QMP_ABORTED' : 'QMP_CONNECT_FAILED',
-        e instanceof Error ? e.message : `connect to ${path} failed`, { cause: e instanceof ConnectAttemptError ? e.lastError : e });
+      const err = new QmpError(aborted ? 'QMP_ABORTED' : 'QMP_CONNECT_FAILED', e instanceof Error ? e.message : `connect to ${path} failed`, {
+        cause: e instanceof ConnectAttemptError ? e.lastError : e,
+      });
       this.finish(err);
       throw err;
     }
@@ -157,18 +158,30 @@ export class QmpClient {
         this.closeListeners.delete(onClose);
         fn();
       };
-      const timer = setTimeout(() => settle(() => reject(new QmpError('QMP_GREETING_TIMEOUT',
-        `no QMP greeting from ${this.opts.path} within ${ms} ms (is another client holding the monitor, or is this not a QMP socket?)`))), ms);
+      const timer = setTimeout(
+        () =>
+          settle(() =>
+            reject(
+              new QmpError(
+                'QMP_GREETING_TIMEOUT',
+                `no QMP greeting from ${this.opts.path} within ${ms} ms (is another client holding the monitor, or is this not a QMP socket?)`,
+              ),
+            ),
+          ),
+        ms,
+      );
       const onAbort = (): void => settle(() => reject(new QmpError('QMP_ABORTED', 'connect aborted', { cause: signal?.reason })));
       signal?.addEventListener('abort', onAbort, { once: true });
-      const onClose = (reason: QmpError | undefined): void => settle(() => reject(new QmpError('QMP_CONNECT_FAILED',
-        `QMP socket ${this.opts.path} closed before the greeting`, { cause: reason })));
+      const onClose = (reason: QmpError | undefined): void =>
+        settle(() => reject(new QmpError('QMP_CONNECT_FAILED', `QMP socket ${this.opts.path} closed before the greeting`, { cause: reason })));
       this.closeListeners.add(onClose);
       this.lineHandler = (line) => {
         const msg = parseObjectLine(line);
         const qmp = msg instanceof Error ? undefined : msg['QMP'];
         if (msg instanceof Error || !isGreetingBody(qmp)) {
-          settle(() => reject(new QmpError('QMP_PROTOCOL', `expected the QMP greeting, got: ${excerpt(line)}`, { cause: msg instanceof Error ? msg : undefined })));
+          settle(() =>
+            reject(new QmpError('QMP_PROTOCOL', `expected the QMP greeting, got: ${excerpt(line)}`, { cause: msg instanceof Error ? msg : undefined })),
+          );
           return;
         }
         this.lineHandler = (l) => this.onLine(l);
@@ -214,8 +227,12 @@ export class QmpClient {
   private send(name: string, args: Record<string, unknown> | undefined, opts: ExecuteOptions | undefined): Promise<unknown> {
     if (this.stateValue !== 'ready') {
       const reason = this.closeReason;
-      return Promise.reject(new QmpError(this.stateValue === 'closed' ? 'QMP_DISCONNECTED' : 'QMP_NOT_CONNECTED',
-        `cannot run ${name}: the QMP client is ${this.stateValue}`, { command: name, cause: reason }));
+      return Promise.reject(
+        new QmpError(this.stateValue === 'closed' ? 'QMP_DISCONNECTED' : 'QMP_NOT_CONNECTED', `cannot run ${name}: the QMP client is ${this.stateValue}`, {
+          command: name,
+          cause: reason,
+        }),
+      );
     }
     const fds = opts?.fds;
     if (FD_COMMANDS.has(name) && fds?.length !== 1) {
@@ -228,13 +245,20 @@ export class QmpClient {
     if (signal?.aborted) return Promise.reject(new QmpError('QMP_ABORTED', `${name} aborted before it was sent`, { command: name, cause: signal.reason }));
     const id = this.outbox.takeId();
     const key = opts?.oob ? 'exec-oob' : 'execute';
-    const line = args === undefined
-      ? `{"${key}":${JSON.stringify(name)},"id":${id}}\n`
-      : `${JSON.stringify({ [key]: name, arguments: args, id })}\n`;
+    const line = args === undefined ? `{"${key}":${JSON.stringify(name)},"id":${id}}\n` : `${JSON.stringify({ [key]: name, arguments: args, id })}\n`;
     return new Promise((resolve, reject) => {
       const p: Pending = {
-        id, name, line, fds: fds && fds.length > 0 ? fds : undefined, resolve, reject,
-        timer: undefined, written: false, done: false, signal, onAbort: undefined,
+        id,
+        name,
+        line,
+        fds: fds && fds.length > 0 ? fds : undefined,
+        resolve,
+        reject,
+        timer: undefined,
+        written: false,
+        done: false,
+        signal,
+        onAbort: undefined,
       };
       const ms = opts?.timeoutMs ?? this.opts.timeouts?.[name] ?? defaultTimeoutFor(name);
       p.timer = setTimeout(this.onTimeoutBound, ms, p);
@@ -298,7 +322,9 @@ export class QmpClient {
   private onTimeout(p: Pending): void {
     if (p.done) return;
     p.timer = undefined;
-    const err = new QmpError('QMP_TIMEOUT', `${p.name} got no reply within its timeout${p.written ? '' : ' (it was still queued, never sent)'}`, { command: p.name });
+    const err = new QmpError('QMP_TIMEOUT', `${p.name} got no reply within its timeout${p.written ? '' : ' (it was still queued, never sent)'}`, {
+      command: p.name,
+    });
     this.log.warn({ command: p.name, id: p.id, closeOnTimeout: this.opts.closeOnTimeout ?? true }, 'qmp command timed out');
     this.abandon(p, err);
     if (this.opts.closeOnTimeout ?? true) {

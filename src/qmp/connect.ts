@@ -15,7 +15,12 @@ export interface ConnectOptions {
 const RETRYABLE = new Set(['ENOENT', 'ECONNREFUSED', 'EAGAIN']);
 
 export class ConnectAttemptError extends Error {
-  constructor(message: string, readonly lastError: unknown, readonly attempts: number, readonly aborted: boolean) {
+  constructor(
+    message: string,
+    readonly lastError: unknown,
+    readonly attempts: number,
+    readonly aborted: boolean,
+  ) {
     super(message, { cause: lastError });
   }
 }

@@ -1,7 +1,14 @@
 // Wire types of the QEMU guest agent (qemu-ga) commands the daemon uses, following qga/qapi-schema.json.
 
-export interface GuestAgentCommandInfo { name: string; enabled: boolean; 'success-response': boolean }
-export interface GuestAgentInfo { version: string; 'supported_commands': GuestAgentCommandInfo[] }
+export interface GuestAgentCommandInfo {
+  name: string;
+  enabled: boolean;
+  'success-response': boolean;
+}
+export interface GuestAgentInfo {
+  version: string;
+  supported_commands: GuestAgentCommandInfo[];
+}
 
 export interface GuestOSInfo {
   'kernel-release'?: string;
@@ -16,10 +23,20 @@ export interface GuestOSInfo {
   'variant-id'?: string;
 }
 
-export interface GuestIpAddress { 'ip-address': string; 'ip-address-type': 'ipv4' | 'ipv6'; prefix: number }
+export interface GuestIpAddress {
+  'ip-address': string;
+  'ip-address-type': 'ipv4' | 'ipv6';
+  prefix: number;
+}
 export interface GuestNetworkInterfaceStat {
-  'rx-bytes': number; 'rx-packets': number; 'rx-errs': number; 'rx-dropped': number;
-  'tx-bytes': number; 'tx-packets': number; 'tx-errs': number; 'tx-dropped': number;
+  'rx-bytes': number;
+  'rx-packets': number;
+  'rx-errs': number;
+  'rx-dropped': number;
+  'tx-bytes': number;
+  'tx-packets': number;
+  'tx-errs': number;
+  'tx-dropped': number;
 }
 export interface GuestNetworkInterface {
   name: string;
@@ -28,7 +45,15 @@ export interface GuestNetworkInterface {
   statistics?: GuestNetworkInterfaceStat;
 }
 
-export interface GuestDiskAddress { 'bus-type': string; bus: number; target: number; unit: number; serial?: string; dev?: string; [field: string]: unknown }
+export interface GuestDiskAddress {
+  'bus-type': string;
+  bus: number;
+  target: number;
+  unit: number;
+  serial?: string;
+  dev?: string;
+  [field: string]: unknown;
+}
 export interface GuestFilesystemInfo {
   name: string;
   mountpoint: string;

@@ -194,8 +194,9 @@ export class GuestAgentClient {
       });
     } catch (e) {
       const aborted = e instanceof ConnectAttemptError && e.aborted;
-      throw new QmpError(aborted ? 'QGA_ABORTED' : 'QGA_CONNECT_FAILED', e instanceof Error ? e.message : 'connect failed',
-        { cause: e instanceof ConnectAttemptError ? e.lastError : e });
+      throw new QmpError(aborted ? 'QGA_ABORTED' : 'QGA_CONNECT_FAILED', e instanceof Error ? e.message : 'connect failed', {
+        cause: e instanceof ConnectAttemptError ? e.lastError : e,
+      });
     }
     if (this.closedByUser) {
       sock.destroy();
@@ -245,8 +246,10 @@ export class GuestAgentClient {
       await this.request(Buffer.concat([Buffer.from([0xff]), Buffer.from(line)]), { id, sync: true }, ms, 'guest-sync-delimited', signal);
     } catch (e) {
       if (e instanceof QmpError && e.code === 'QGA_TIMEOUT') {
-        throw new QmpError('QGA_TIMEOUT', `guest agent did not answer guest-sync-delimited within ${ms} ms (is qemu-ga running in the guest?)`,
-          { command: 'guest-sync-delimited', cause: e });
+        throw new QmpError('QGA_TIMEOUT', `guest agent did not answer guest-sync-delimited within ${ms} ms (is qemu-ga running in the guest?)`, {
+          command: 'guest-sync-delimited',
+          cause: e,
+        });
       }
       throw e;
     }

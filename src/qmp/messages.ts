@@ -21,8 +21,9 @@ export function isEventMessage(msg: JsonObject): msg is JsonObject & { event: st
 export function toEvent(msg: JsonObject & { event: string }): QmpEvent {
   const data = msg['data'];
   const ts = msg['timestamp'];
-  const timestamp: QmpTimestamp = isRecord(ts) && typeof ts['seconds'] === 'number' && typeof ts['microseconds'] === 'number'
-    ? { seconds: ts['seconds'], microseconds: ts['microseconds'] }
-    : { seconds: 0, microseconds: 0 };
+  const timestamp: QmpTimestamp =
+    isRecord(ts) && typeof ts['seconds'] === 'number' && typeof ts['microseconds'] === 'number'
+      ? { seconds: ts['seconds'], microseconds: ts['microseconds'] }
+      : { seconds: 0, microseconds: 0 };
   return { event: msg.event, data: isRecord(data) ? data : {}, timestamp };
 }

@@ -10,13 +10,35 @@ export const DEVICE_TIMEOUT_MS = 30_000;
 export const DEFAULT_TIMEOUT_MS = 30_000;
 
 const CONTROL = [
-  'qmp_capabilities', 'cont', 'stop', 'system_powerdown', 'system_reset', 'set-action', 'balloon',
-  'getfd', 'closefd', 'add-fd', 'remove-fd', 'migrate', 'migrate_cancel', 'migrate-set-capabilities',
+  'qmp_capabilities',
+  'cont',
+  'stop',
+  'system_powerdown',
+  'system_reset',
+  'set-action',
+  'balloon',
+  'getfd',
+  'closefd',
+  'add-fd',
+  'remove-fd',
+  'migrate',
+  'migrate_cancel',
+  'migrate-set-capabilities',
   'migrate-set-parameters',
 ];
 const DEVICE = [
-  'quit', 'device_add', 'device_del', 'blockdev-add', 'blockdev-del', 'netdev_add', 'netdev_del',
-  'chardev-add', 'chardev-remove', 'object-add', 'object-del', 'human-monitor-command',
+  'quit',
+  'device_add',
+  'device_del',
+  'blockdev-add',
+  'blockdev-del',
+  'netdev_add',
+  'netdev_del',
+  'chardev-add',
+  'chardev-remove',
+  'object-add',
+  'object-del',
+  'human-monitor-command',
 ];
 
 const table = new Map<string, number>();

@@ -15,8 +15,20 @@ export function errno(): number {
 /** Name of an errno value (ENOENT, EBADF, ...) for messages, or the number when unknown. */
 export function errnoName(n: number): string {
   const table: Record<number, string> = {
-    1: 'EPERM', 2: 'ENOENT', 9: 'EBADF', 11: 'EAGAIN', 12: 'ENOMEM', 13: 'EACCES', 14: 'EFAULT',
-    22: 'EINVAL', 24: 'EMFILE', 32: 'EPIPE', 88: 'ENOTSOCK', 95: 'EOPNOTSUPP', 104: 'ECONNRESET', 107: 'ENOTCONN',
+    1: 'EPERM',
+    2: 'ENOENT',
+    9: 'EBADF',
+    11: 'EAGAIN',
+    12: 'ENOMEM',
+    13: 'EACCES',
+    14: 'EFAULT',
+    22: 'EINVAL',
+    24: 'EMFILE',
+    32: 'EPIPE',
+    88: 'ENOTSOCK',
+    95: 'EOPNOTSUPP',
+    104: 'ECONNRESET',
+    107: 'ENOTCONN',
   };
   return table[n] ?? `errno ${n}`;
 }

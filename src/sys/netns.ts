@@ -52,7 +52,9 @@ export function withNetns<T>(netnsPath: string, fn: () => T, opts: WithNetnsOpti
       try {
         setNetns(self, selfPath);
       } catch (e) {
-        throw new VmletError('SYS_SETNS_RESTORE', `the main thread is stuck in ${netnsPath}: cannot return to its own netns; the process must exit`, { cause: e });
+        throw new VmletError('SYS_SETNS_RESTORE', `the main thread is stuck in ${netnsPath}: cannot return to its own netns; the process must exit`, {
+          cause: e,
+        });
       }
     }
   } finally {

@@ -78,7 +78,11 @@ export function sendWithFds(fd: number, data: Buffer, fds: number[]): void {
   }
 }
 
-export interface PeerCred { pid: number; uid: number; gid: number }
+export interface PeerCred {
+  pid: number;
+  uid: number;
+  gid: number;
+}
 
 /** SO_PEERCRED of a connected unix socket: who is on the other end, as the kernel saw it at connect(). */
 export function peerCred(fd: number): PeerCred {

@@ -113,4 +113,3 @@ export function spawnDetached(o: SpawnDetachedOptions): SpawnedDetached {
     attrDestroy(attr);
   }
 }
-

@@ -64,7 +64,11 @@ export function openTap(opts: OpenTapOptions): number[] {
           fds.push(fd);
           if (ioctlFn(fd, TUNSETIFF, Buffer.from(req)) !== 0) {
             const e = errno();
-            throw new VmletError('SYS_TUN', `TUNSETIFF ${opts.name} (queue ${q}) in ${opts.netnsPath} failed: ${errnoName(e)}${e === 16 ? ' (busy: another process holds this single-queue tap)' : ''}`, { errno: errnoCode(e) });
+            throw new VmletError(
+              'SYS_TUN',
+              `TUNSETIFF ${opts.name} (queue ${q}) in ${opts.netnsPath} failed: ${errnoName(e)}${e === 16 ? ' (busy: another process holds this single-queue tap)' : ''}`,
+              { errno: errnoCode(e) },
+            );
           }
         }
         return fds;

@@ -10,7 +10,7 @@ const VMIS = '/apis/vmlet.io/v1alpha1/namespaces/default/virtualmachineinstances
 /** A small deterministic PRNG, so a failing case can be replayed from its seed. */
 function prng(seed: number): () => number {
   let s = seed >>> 0;
-  return () => ((s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32);
+  return () => (s = (s * 1664525 + 1013904223) >>> 0) / 2 ** 32;
 }
 
 function mutate(obj: unknown, rnd: () => number, depth = 0): unknown {
@@ -48,7 +48,8 @@ tap.test('1000 hostile requests', { skip }, async (t) => {
   const bodyReq = (what: string, method: string, p: string, body?: string): void => {
     reqs.push({ what, run: () => httpRequest(d.socket, method, p, body) });
   };
-  for (let i = 0; i < 250; i++) bodyReq('bad JSON', 'POST', VMIS, ['{', '{"kind":', 'null', '[]', '"str"', '{"a":1}}', '\u0000\u0001', '{"apiVersion":1}'][i % 8]!);
+  for (let i = 0; i < 250; i++)
+    bodyReq('bad JSON', 'POST', VMIS, ['{', '{"kind":', 'null', '[]', '"str"', '{"a":1}}', '\u0000\u0001', '{"apiVersion":1}'][i % 8]!);
   for (let i = 0; i < 350; i++) {
     const m = mutate(vmiObject(`fuzz-${i}`), rnd) as { metadata?: { name?: unknown } };
     bodyReq('fuzzed manifest', 'POST', VMIS, JSON.stringify(m));
@@ -56,8 +57,21 @@ tap.test('1000 hostile requests', { skip }, async (t) => {
   const names = ['..', '..%2F..%2Fetc', '%2e%2e', 'a%00b', 'UPPER', 'x'.repeat(300), 'a/b', '%2F', '-bad', 'name%0Aheader'];
   for (let i = 0; i < 150; i++) bodyReq('hostile name', ['GET', 'DELETE', 'PUT'][i % 3]!, `${VMIS}/${names[i % names.length]}`, i % 3 === 2 ? '{}' : undefined);
   for (let i = 0; i < 100; i++) bodyReq('wrong method', ['PATCH', 'DELETE', 'POST', 'TRACE'][i % 4]!, i % 2 ? VMIS : '/healthz');
-  for (let i = 0; i < 140; i++) bodyReq('unknown path', 'GET', ['/', '/apis', '/apis/vmlet.io/v9/x', '/api/v1/namespaces/default/pods', '/../../etc/passwd', '/apis/vmlet.io/v1alpha1/namespaces/default/virtualmachineinstances/x/console/../../y'][i % 6]!);
-  for (let i = 0; i < 10; i++) reqs.push({ what: 'huge body', run: () => rawHttpRequest(d.socket, 'POST', VMIS, Buffer.alloc(2 * 1024 * 1024, 0x61), { chunked: i % 2 === 1 }) });
+  for (let i = 0; i < 140; i++)
+    bodyReq(
+      'unknown path',
+      'GET',
+      [
+        '/',
+        '/apis',
+        '/apis/vmlet.io/v9/x',
+        '/api/v1/namespaces/default/pods',
+        '/../../etc/passwd',
+        '/apis/vmlet.io/v1alpha1/namespaces/default/virtualmachineinstances/x/console/../../y',
+      ][i % 6]!,
+    );
+  for (let i = 0; i < 10; i++)
+    reqs.push({ what: 'huge body', run: () => rawHttpRequest(d.socket, 'POST', VMIS, Buffer.alloc(2 * 1024 * 1024, 0x61), { chunked: i % 2 === 1 }) });
   t.equal(reqs.length, 1000, '1000 requests');
 
   // Three slow-loris clients trickle headers the whole time; they must not block anyone.
@@ -68,7 +82,12 @@ tap.test('1000 hostile requests', { skip }, async (t) => {
     const timer = setInterval(() => s.write('X-Slow: 1\r\n'), 500);
     return { s, timer };
   });
-  t.teardown(() => { for (const l of loris) { clearInterval(l.timer); l.s.destroy(); } });
+  t.teardown(() => {
+    for (const l of loris) {
+      clearInterval(l.timer);
+      l.s.destroy();
+    }
+  });
 
   // Two rounds with the same mix (even and odd requests): a leak grows RSS in both, while V8's
   // lazily collected heap and buffers mostly grow in the first.
@@ -78,26 +97,33 @@ tap.test('1000 hostile requests', { skip }, async (t) => {
   let created = 0;
   for (const round of rounds) {
     let next = 0;
-    await Promise.all(Array.from({ length: 16 }, async () => {
-      while (next < round.length) {
-        const r = round[next++]!;
-        let ans: { status: number; text: string };
-        try {
-          ans = await r.run();
-        } catch (e) {
-          bad.push(`${r.what}: no answer (${(e as Error).message})`);
-          continue;
+    await Promise.all(
+      Array.from({ length: 16 }, async () => {
+        while (next < round.length) {
+          const r = round[next++]!;
+          let ans: { status: number; text: string };
+          try {
+            ans = await r.run();
+          } catch (e) {
+            bad.push(`${r.what}: no answer (${(e as Error).message})`);
+            continue;
+          }
+          if (ans.status >= 200 && ans.status < 300) {
+            created++;
+            continue;
+          }
+          let body: { kind?: string; status?: string; reason?: string } | undefined;
+          try {
+            body = JSON.parse(ans.text) as typeof body;
+          } catch {
+            /* not JSON */
+          }
+          if (body?.kind !== 'Status' || body.status !== 'Failure' || !body.reason)
+            bad.push(`${r.what}: HTTP ${ans.status} without a Status: ${ans.text.slice(0, 120)}`);
+          if (ans.status >= 500) bad.push(`${r.what}: server error ${ans.status}: ${ans.text.slice(0, 160)}`);
         }
-        if (ans.status >= 200 && ans.status < 300) {
-          created++;
-          continue;
-        }
-        let body: { kind?: string; status?: string; reason?: string } | undefined;
-        try { body = JSON.parse(ans.text) as typeof body; } catch { /* not JSON */ }
-        if (body?.kind !== 'Status' || body.status !== 'Failure' || !body.reason) bad.push(`${r.what}: HTTP ${ans.status} without a Status: ${ans.text.slice(0, 120)}`);
-        if (ans.status >= 500) bad.push(`${r.what}: server error ${ans.status}: ${ans.text.slice(0, 160)}`);
-      }
-    }));
+      }),
+    );
     rss.push(rssKiB(pid));
   }
   t.same(bad.slice(0, 10), [], `every refusal is a Kubernetes Status, no 5xx (${bad.length} bad)`);

@@ -8,7 +8,7 @@ import { daemonSkipReason, isAlive, sleep, startTestDaemon, vmiObject, waitFor, 
 const skip = daemonSkipReason();
 
 const vmletStatus = (o: KubeObj | undefined): { qemuPid?: number; launcherPid?: number } =>
-  ((o?.status as { vmlet?: { qemuPid?: number; launcherPid?: number } } | undefined)?.vmlet) ?? {};
+  (o?.status as { vmlet?: { qemuPid?: number; launcherPid?: number } } | undefined)?.vmlet ?? {};
 const phaseOf = (o: KubeObj | undefined): string | undefined => (o?.status as { phase?: string } | undefined)?.phase;
 const reasonOf = (o: KubeObj | undefined): string | undefined => (o?.status as { reason?: string } | undefined)?.reason;
 
@@ -19,10 +19,15 @@ tap.test('kill -9 of QEMU: the VMI is Failed within 1 s', { skip }, async (t) =>
   const { qemuPid } = vmletStatus(vmi);
   const t0 = Date.now();
   process.kill(qemuPid!, 'SIGKILL');
-  const failed = await waitFor('Failed', async () => {
-    const o = await d.vmi('victim');
-    return phaseOf(o) === 'Failed' ? o : undefined;
-  }, 5_000, 20);
+  const failed = await waitFor(
+    'Failed',
+    async () => {
+      const o = await d.vmi('victim');
+      return phaseOf(o) === 'Failed' ? o : undefined;
+    },
+    5_000,
+    20,
+  );
   const ms = Date.now() - t0;
   t.ok(ms <= 1_000, `Failed after ${ms} ms`);
   t.equal(reasonOf(failed), 'QemuCrashed', 'reason QemuCrashed');
@@ -35,10 +40,15 @@ tap.test('kill -9 of the launcher: reported, and QEMU goes with it', { skip }, a
   const { qemuPid, launcherPid } = vmletStatus(vmi);
   t.ok(qemuPid && launcherPid, 'pids recorded');
   process.kill(launcherPid!, 'SIGKILL');
-  const failed = await waitFor('Failed', async () => {
-    const o = await d.vmi('orphan');
-    return phaseOf(o) === 'Failed' ? o : undefined;
-  }, 10_000, 50);
+  const failed = await waitFor(
+    'Failed',
+    async () => {
+      const o = await d.vmi('orphan');
+      return phaseOf(o) === 'Failed' ? o : undefined;
+    },
+    10_000,
+    50,
+  );
   t.ok(['LauncherLost', 'QemuCrashed'].includes(reasonOf(failed) ?? ''), `reason ${reasonOf(failed)}`);
   await waitFor('QEMU gone', () => !isAlive(qemuPid!), 5_000);
   t.notOk(isAlive(qemuPid!), 'QEMU died with its launcher (PDEATHSIG), no orphan');
@@ -53,22 +63,36 @@ tap.test('a full state directory: clear error, no torn files, recovery', { skip 
   const objects = `${d.stateDir}/objects`;
   fs.mkdirSync(d.stateDir, { recursive: true });
   execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=256k', 'vmlet-chaos', d.stateDir]);
-  t.teardown(() => { try { execFileSync('umount', ['-l', d.stateDir]); } catch { /* already */ } });
+  t.teardown(() => {
+    try {
+      execFileSync('umount', ['-l', d.stateDir]);
+    } catch {
+      /* already */
+    }
+  });
   await d.restart();
   await d.apply(YAML.stringify(vmiObject('first')));
   await d.waitPhase('first', 'Running', 60_000);
   const filler = `${d.stateDir}/filler`;
-  try { execFileSync('dd', ['if=/dev/zero', `of=${filler}`, 'bs=4k', 'count=1000'], { stdio: 'ignore' }); } catch { /* ENOSPC is the point */ }
+  try {
+    execFileSync('dd', ['if=/dev/zero', `of=${filler}`, 'bs=4k', 'count=1000'], { stdio: 'ignore' });
+  } catch {
+    /* ENOSPC is the point */
+  }
   const r = await d.cli(['apply', '-f', '-'], { input: YAML.stringify(vmiObject('second')) });
   t.not(r.code, 0, 'apply fails on a full disk');
   t.match(r.stderr, /STORE_WRITE_FAILED/, `with STORE_WRITE_FAILED (${r.stderr.trim()})`);
   const leftovers = (function walk(dir: string): string[] {
-    return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => e.isDirectory() ? walk(`${dir}/${e.name}`) : [`${dir}/${e.name}`]);
+    return fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) => (e.isDirectory() ? walk(`${dir}/${e.name}`) : [`${dir}/${e.name}`]));
   })(objects);
   for (const f of leftovers.filter((f) => f.endsWith('.json'))) {
     t.doesNotThrow(() => JSON.parse(fs.readFileSync(f, 'utf8')), `${f.slice(objects.length)} parses`);
   }
-  t.same(leftovers.filter((f) => /\.tmp|~|\.vmlet-tmp/.test(f)), [], 'no temp files left');
+  t.same(
+    leftovers.filter((f) => /\.tmp|~|\.vmlet-tmp/.test(f)),
+    [],
+    'no temp files left',
+  );
   t.equal((await d.http('GET', '/healthz')).status, 200, 'the daemon is still up');
   fs.rmSync(filler);
   await sleep(100);

@@ -18,7 +18,13 @@ tap.test('a stopped QEMU times out, is reported, and recovers', { skip }, async 
   const pid = (frozen.status as { vmlet?: { qemuPid?: number } }).vmlet?.qemuPid;
   t.ok(pid, 'QEMU pid recorded');
   process.kill(pid!, 'SIGSTOP');
-  t.teardown(() => { try { process.kill(pid!, 'SIGCONT'); } catch { /* gone */ } });
+  t.teardown(() => {
+    try {
+      process.kill(pid!, 'SIGCONT');
+    } catch {
+      /* gone */
+    }
+  });
 
   const t0 = Date.now();
   const stuck = d.cli(['qmp', 'frozen', '{"execute":"query-status"}'], { timeoutMs: 30_000 });
@@ -35,10 +41,14 @@ tap.test('a stopped QEMU times out, is reported, and recovers', { skip }, async 
   t.match(r.stderr, /QMP_TIMEOUT/, `with QMP_TIMEOUT (${r.stderr.trim()})`);
   t.ok(Date.now() - t0 < 15_000, 'within the query timeout, no hang');
 
-  const reported = await waitFor('QmpResponsive=False', async () => {
-    const o = await d.vmi('frozen');
-    return condition(o, 'QmpResponsive') === 'False' ? o : undefined;
-  }, 20_000);
+  const reported = await waitFor(
+    'QmpResponsive=False',
+    async () => {
+      const o = await d.vmi('frozen');
+      return condition(o, 'QmpResponsive') === 'False' ? o : undefined;
+    },
+    20_000,
+  );
   t.equal(reported.status && (reported.status as { phase?: string }).phase, 'Running', 'the VMI stays Running (QEMU is alive)');
   const later = await d.cli(['qmp', 'frozen', '{"execute":"query-status"}']);
   t.match(later.stderr, /QMP_UNAVAILABLE|QMP_TIMEOUT/, 'further commands fail fast while it is stopped');

@@ -12,32 +12,53 @@ t.test('simulated nodes', { skip: reason ?? false }, async (t) => {
   const snapCfg = defaultConfig({ root: ROOT, binDir: `${REPO_ROOT}/.cache/k8s/bin` });
   const before = await snapshot(snapCfg);
   const c = await Cluster.up({ root: ROOT, simulatedNodes: 50, log: (m) => t.comment(m) });
-  t.teardown(async () => { await c.down(); });
+  t.teardown(async () => {
+    await c.down();
+  });
 
   await t.test('51 Nodes Ready', async (t) => {
     const ready = await c.readyNodes();
     t.equal(ready.length, 51, '50 simulated + the real node');
     t.ok(ready.includes(c.config.node), 'the real node is among them');
-    const nodes = JSON.parse(await c.kubectl(['get', 'nodes', '-l', 'type=kwok', '-o', 'json'])) as { items: Array<{ spec: { taints?: Array<{ key: string }> }; status: { capacity: Record<string, string> } }> };
+    const nodes = JSON.parse(await c.kubectl(['get', 'nodes', '-l', 'type=kwok', '-o', 'json'])) as {
+      items: Array<{ spec: { taints?: Array<{ key: string }> }; status: { capacity: Record<string, string> } }>;
+    };
     t.equal(nodes.items.length, 50);
-    t.ok(nodes.items.every((n) => n.spec.taints?.some((x) => x.key === 'kwok.x-k8s.io/node') && n.status.capacity.cpu === '32'), 'tainted, with capacity');
+    t.ok(
+      nodes.items.every((n) => n.spec.taints?.some((x) => x.key === 'kwok.x-k8s.io/node') && n.status.capacity.cpu === '32'),
+      'tainted, with capacity',
+    );
   });
 
   await t.test('a pod assigned to a simulated node runs; an ordinary pod stays off them', async (t) => {
-    await c.kubectl(['apply', '-f', '-'], JSON.stringify({
-      apiVersion: 'v1', kind: 'Pod', metadata: { name: 'fake', namespace: 'default' },
-      spec: {
-        nodeSelector: { type: 'kwok', 'kubernetes.io/hostname': 'kwok-node-17' },
-        tolerations: [{ key: 'kwok.x-k8s.io/node', operator: 'Exists', effect: 'NoSchedule' }],
-        containers: [{ name: 'c', image: 'localhost/vmlet-busybox:1', imagePullPolicy: 'Never' }],
-      },
-    }));
+    await c.kubectl(
+      ['apply', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { name: 'fake', namespace: 'default' },
+        spec: {
+          nodeSelector: { type: 'kwok', 'kubernetes.io/hostname': 'kwok-node-17' },
+          tolerations: [{ key: 'kwok.x-k8s.io/node', operator: 'Exists', effect: 'NoSchedule' }],
+          containers: [{ name: 'c', image: 'localhost/vmlet-busybox:1', imagePullPolicy: 'Never' }],
+        },
+      }),
+    );
     await c.kubectl(['wait', '--for=jsonpath={.status.phase}=Running', 'pod/fake', '--timeout=60s']);
-    t.equal((await c.kubectl(['get', 'pod', 'fake', '-o', 'jsonpath={.spec.nodeName}'])).trim(), 'kwok-node-17', 'bound by the scheduler to the simulated node');
-    await c.kubectl(['apply', '-f', '-'], JSON.stringify({
-      apiVersion: 'v1', kind: 'Pod', metadata: { name: 'real', namespace: 'default' },
-      spec: { restartPolicy: 'Never', containers: [{ name: 'c', image: 'localhost/vmlet-busybox:1', imagePullPolicy: 'Never', command: ['true'] }] },
-    }));
+    t.equal(
+      (await c.kubectl(['get', 'pod', 'fake', '-o', 'jsonpath={.spec.nodeName}'])).trim(),
+      'kwok-node-17',
+      'bound by the scheduler to the simulated node',
+    );
+    await c.kubectl(
+      ['apply', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'Pod',
+        metadata: { name: 'real', namespace: 'default' },
+        spec: { restartPolicy: 'Never', containers: [{ name: 'c', image: 'localhost/vmlet-busybox:1', imagePullPolicy: 'Never', command: ['true'] }] },
+      }),
+    );
     await c.kubectl(['wait', '--for=jsonpath={.status.phase}=Succeeded', 'pod/real', '--timeout=60s']);
     t.equal((await c.kubectl(['get', 'pod', 'real', '-o', 'jsonpath={.spec.nodeName}'])).trim(), c.config.node, 'the untolerated pod ran on the real node');
   });

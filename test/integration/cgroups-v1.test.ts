@@ -66,7 +66,11 @@ if (typeof found === 'string') {
       t.ok(res.skipped.includes('memory.memsw.limit_in_bytes'), 'no swap accounting: skipped');
     }
     t.equal(file('pids', 'pids.max'), '64');
-    t.same(parseCpuList(file('cpuset', 'cpuset.cpus')), parseCpuList(readFileSync(join(h['cpuset'] as string, 'cpuset.cpus'), 'utf8')), 'cpuset.cpus seeded from the parent');
+    t.same(
+      parseCpuList(file('cpuset', 'cpuset.cpus')),
+      parseCpuList(readFileSync(join(h['cpuset'] as string, 'cpuset.cpus'), 'utf8')),
+      'cpuset.cpus seeded from the parent',
+    );
     t.equal(file('cpuset', 'cpuset.mems'), readFileSync(join(h['cpuset'] as string, 'cpuset.mems'), 'utf8').trim());
     if (existsSync(join(h['blkio'] ?? '/nonexistent', name, 'blkio.weight'))) t.equal(file('blkio', 'blkio.weight'), '20');
     else t.ok(res.skipped.includes('blkio.weight'), 'no blkio.weight on this kernel: skipped');

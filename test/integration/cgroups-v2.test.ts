@@ -24,10 +24,15 @@ if (typeof found !== 'string') {
   t.plan(0, `skip: ${found.reason}`);
 } else {
   const mount = found;
-  const offered = readFileSync(join(mount, 'cgroup.controllers'), 'utf8').split(/\s+/).filter((w) => w !== '');
+  const offered = readFileSync(join(mount, 'cgroup.controllers'), 'utf8')
+    .split(/\s+/)
+    .filter((w) => w !== '');
   const resourceControllers = ['cpu', 'memory', 'pids'];
   const missing = resourceControllers.filter((c) => !offered.includes(c));
-  const noResources = missing.length > 0 ? `the cgroup2 mount ${mount} offers no ${missing.join('/')} controller (offered: ${offered.join(' ') || 'none'}; a hybrid host keeps them on v1)` : undefined;
+  const noResources =
+    missing.length > 0
+      ? `the cgroup2 mount ${mount} offers no ${missing.join('/')} controller (offered: ${offered.join(' ') || 'none'}; a hybrid host keeps them on v1)`
+      : undefined;
   const children: Child[] = [];
   const groups: V2Manager[] = [];
   const track = (c: Child): Child => (children.push(c), c);

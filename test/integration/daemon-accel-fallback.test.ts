@@ -22,7 +22,10 @@ function fakeKvmDevice(t: { teardown(fn: () => void): void }): string {
 
 t.test('QEMU aborts under KVM (failed to set MSR)', { skip }, async (t) => {
   await t.test('auto + useEmulation: the VM runs under TCG and says why', async (t) => {
-    const d = await startTestDaemon(t, { accel: 'auto', config: { qemuBinary: path.join(FAKES, 'qemu-msr-abort'), useEmulation: true, kvmDevice: fakeKvmDevice(t) } });
+    const d = await startTestDaemon(t, {
+      accel: 'auto',
+      config: { qemuBinary: path.join(FAKES, 'qemu-msr-abort'), useEmulation: true, kvmDevice: fakeKvmDevice(t) },
+    });
     t.comment(`daemon start (with the KVM probe) took ${d.startMs} ms`);
     await d.apply(manifestVMI('fallback'));
     const vmi = await d.waitPhase('fallback', 'Running', 60_000);
@@ -38,7 +41,7 @@ t.test('QEMU aborts under KVM (failed to set MSR)', { skip }, async (t) => {
     t.match(warned[0] ?? '', /software emulation/);
   });
 
-  await t.test('accel kvm: VMIs fail with the probe\'s reason', async (t) => {
+  await t.test("accel kvm: VMIs fail with the probe's reason", async (t) => {
     const d = await startTestDaemon(t, { accel: 'kvm', config: { qemuBinary: path.join(FAKES, 'qemu-msr-abort'), kvmDevice: fakeKvmDevice(t) } });
     await d.apply(manifestVMI('needkvm'));
     const vmi = await d.waitPhase('needkvm', 'Failed', 60_000);
@@ -51,7 +54,10 @@ t.test('QEMU aborts under KVM (failed to set MSR)', { skip }, async (t) => {
 });
 
 t.test('QEMU starts under KVM but the guest never runs', { skip }, async (t) => {
-  const d = await startTestDaemon(t, { accel: 'auto', config: { qemuBinary: path.join(FAKES, 'qemu-guest-never-runs'), useEmulation: true, kvmDevice: fakeKvmDevice(t) } });
+  const d = await startTestDaemon(t, {
+    accel: 'auto',
+    config: { qemuBinary: path.join(FAKES, 'qemu-guest-never-runs'), useEmulation: true, kvmDevice: fakeKvmDevice(t) },
+  });
   t.comment(`daemon start (with the KVM probe waiting out its deadline) took ${d.startMs} ms`);
   await d.apply(manifestVMI('stall'));
   const vmi = await d.waitPhase('stall', 'Running', 60_000);

@@ -3,7 +3,19 @@ import { readdirSync, readlinkSync } from 'node:fs';
 import path from 'node:path';
 import tap from 'tap';
 import YAML from 'yaml';
-import { daemonSkipReason, isAlive, manifestVM, qemuProcessesFor, rawHttpRequest, snapshotDir, startTestDaemon, vmiObject, vmObject, waitFor, type TestDaemon } from '../support/daemon.js';
+import {
+  daemonSkipReason,
+  isAlive,
+  manifestVM,
+  qemuProcessesFor,
+  rawHttpRequest,
+  snapshotDir,
+  startTestDaemon,
+  vmiObject,
+  vmObject,
+  waitFor,
+  type TestDaemon,
+} from '../support/daemon.js';
 
 const skip = daemonSkipReason();
 
@@ -22,8 +34,10 @@ async function post(d: TestDaemon, urlPath: string, body: string | Buffer, conte
   let st: { kind?: string; reason?: string; message?: string } = {};
   try {
     st = r.json() as typeof st;
-  } catch { /* not JSON: the assertion below says so */ }
-  return { via: 'http', http: r.status, code: st.kind === 'Status' ? st.reason ?? '' : `(not a Status: ${r.text.slice(0, 80)})`, message: st.message ?? '' };
+  } catch {
+    /* not JSON: the assertion below says so */
+  }
+  return { via: 'http', http: r.status, code: st.kind === 'Status' ? (st.reason ?? '') : `(not a Status: ${r.text.slice(0, 80)})`, message: st.message ?? '' };
 }
 
 /** Over the limit: written on a raw socket, since the daemon answers 413 and closes before reading it all. */
@@ -32,8 +46,10 @@ async function postRaw(d: TestDaemon, body: string, chunked: boolean): Promise<R
   let st: { kind?: string; reason?: string; message?: string } = {};
   try {
     st = JSON.parse(r.text) as typeof st;
-  } catch { /* not JSON */ }
-  return { via: 'http', http: r.status, code: st.kind === 'Status' ? st.reason ?? '' : `(not a Status: ${r.text.slice(0, 80)})`, message: st.message ?? '' };
+  } catch {
+    /* not JSON */
+  }
+  return { via: 'http', http: r.status, code: st.kind === 'Status' ? (st.reason ?? '') : `(not a Status: ${r.text.slice(0, 80)})`, message: st.message ?? '' };
 }
 
 async function apply(d: TestDaemon, text: string): Promise<Refusal & { exit: number | null }> {
@@ -77,10 +93,12 @@ tap.test('refused input: own code, daemon up, store untouched', { skip: daemonSk
   const missingVolume = vmObject('novolume');
   const badName = vmObject('Bad_Name');
   const huge = vmObject('huge');
-  ((bigMemory.spec as { template: { spec: { domain: { memory: { guest: string } } } } }).template.spec.domain.memory.guest) = '64Ei';
-  ((negMemory.spec as { template: { spec: { domain: { memory: { guest: string } } } } }).template.spec.domain.memory.guest) = '-128Mi';
-  ((unknownField.spec as { template: { spec: { domain: Record<string, unknown> } } }).template.spec.domain).bogusField = true;
-  ((missingVolume.spec as { template: { spec: { domain: { devices: Record<string, unknown> } } } }).template.spec.domain.devices).disks = [{ name: 'data', disk: { bus: 'virtio' } }];
+  (bigMemory.spec as { template: { spec: { domain: { memory: { guest: string } } } } }).template.spec.domain.memory.guest = '64Ei';
+  (negMemory.spec as { template: { spec: { domain: { memory: { guest: string } } } } }).template.spec.domain.memory.guest = '-128Mi';
+  (unknownField.spec as { template: { spec: { domain: Record<string, unknown> } } }).template.spec.domain.bogusField = true;
+  (missingVolume.spec as { template: { spec: { domain: { devices: Record<string, unknown> } } } }).template.spec.domain.devices.disks = [
+    { name: 'data', disk: { bus: 'virtio' } },
+  ];
   (huge.metadata as { annotations?: Record<string, string> }).annotations = { padding: 'x'.repeat(1536 * 1024) };
   const keepNow = await d.vm('keep');
   const keepUnknown = structuredClone(keepNow!) as unknown as { spec: { template: { spec: { domain: Record<string, unknown> } } }; status?: unknown };
@@ -88,18 +106,73 @@ tap.test('refused input: own code, daemon up, store untouched', { skip: daemonSk
   delete keepUnknown.status;
 
   const cases: Array<{ name: string; category: string; want: { code: string | RegExp; http?: number }; send: () => Promise<Refusal> }> = [
-    { name: 'malformed YAML (vmlet apply)', category: 'parse', want: { code: 'MANIFEST_PARSE' }, send: () => apply(d, 'apiVersion: vmlet.io/v1alpha1\nkind: VirtualMachine\nmetadata: {name: x\n  spec: [\n') },
-    { name: 'malformed YAML body (HTTP)', category: 'parse-http', want: { code: 'BAD_REQUEST', http: 400 }, send: () => post(d, `${G}/virtualmachines`, 'kind: VirtualMachine\nmetadata: {name: [x\n', 'application/yaml') },
-    { name: 'unknown field (HTTP)', category: 'unknown', want: { code: 'UNKNOWN_FIELD', http: 422 }, send: () => post(d, `${G}/virtualmachines`, JSON.stringify(unknownField)) },
+    {
+      name: 'malformed YAML (vmlet apply)',
+      category: 'parse',
+      want: { code: 'MANIFEST_PARSE' },
+      send: () => apply(d, 'apiVersion: vmlet.io/v1alpha1\nkind: VirtualMachine\nmetadata: {name: x\n  spec: [\n'),
+    },
+    {
+      name: 'malformed YAML body (HTTP)',
+      category: 'parse-http',
+      want: { code: 'BAD_REQUEST', http: 400 },
+      send: () => post(d, `${G}/virtualmachines`, 'kind: VirtualMachine\nmetadata: {name: [x\n', 'application/yaml'),
+    },
+    {
+      name: 'unknown field (HTTP)',
+      category: 'unknown',
+      want: { code: 'UNKNOWN_FIELD', http: 422 },
+      send: () => post(d, `${G}/virtualmachines`, JSON.stringify(unknownField)),
+    },
     { name: 'unknown field (vmlet apply)', category: 'unknown', want: { code: 'UNKNOWN_FIELD' }, send: () => apply(d, YAML.stringify(unknownField)) },
-    { name: 'unknown field on replace of a stored VM', category: 'unknown', want: { code: 'UNKNOWN_FIELD', http: 422 }, send: () => post(d, `${G}/virtualmachines/keep`, JSON.stringify(keepUnknown), 'application/json', 'PUT') },
-    { name: 'negative memory', category: 'memory', want: { code: /^(INVALID_QUANTITY|OUT_OF_RANGE)$/, http: 422 }, send: () => post(d, `${G}/virtualmachines`, JSON.stringify(negMemory)) },
-    { name: 'absurd memory (64Ei)', category: 'memory', want: { code: /^(INVALID_QUANTITY|OUT_OF_RANGE)$/, http: 422 }, send: () => post(d, `${G}/virtualmachines`, JSON.stringify(bigMemory)) },
-    { name: 'a disk without its volume', category: 'volume', want: { code: 'MISSING_VOLUME', http: 422 }, send: () => post(d, `${G}/virtualmachines`, JSON.stringify(missingVolume)) },
-    { name: 'a name that is not a DNS label (body)', category: 'name', want: { code: 'INVALID_NAME', http: 422 }, send: () => post(d, `${G}/virtualmachines`, JSON.stringify(badName)) },
-    { name: 'a name that is not a DNS label (path)', category: 'path', want: { code: 'INVALID_PATH', http: 400 }, send: () => post(d, `${G}/virtualmachines/Bad_Name`, JSON.stringify(badName), 'application/json', 'PUT') },
-    { name: 'a name that is not a DNS label (vmlet apply)', category: 'name-cli', want: { code: /^(INVALID_NAME|INVALID_PATH)$/ }, send: () => apply(d, YAML.stringify(badName)) },
-    { name: 'a body over 1 MiB (Content-Length)', category: 'size', want: { code: 'BODY_TOO_LARGE', http: 413 }, send: () => postRaw(d, JSON.stringify(huge), false) },
+    {
+      name: 'unknown field on replace of a stored VM',
+      category: 'unknown',
+      want: { code: 'UNKNOWN_FIELD', http: 422 },
+      send: () => post(d, `${G}/virtualmachines/keep`, JSON.stringify(keepUnknown), 'application/json', 'PUT'),
+    },
+    {
+      name: 'negative memory',
+      category: 'memory',
+      want: { code: /^(INVALID_QUANTITY|OUT_OF_RANGE)$/, http: 422 },
+      send: () => post(d, `${G}/virtualmachines`, JSON.stringify(negMemory)),
+    },
+    {
+      name: 'absurd memory (64Ei)',
+      category: 'memory',
+      want: { code: /^(INVALID_QUANTITY|OUT_OF_RANGE)$/, http: 422 },
+      send: () => post(d, `${G}/virtualmachines`, JSON.stringify(bigMemory)),
+    },
+    {
+      name: 'a disk without its volume',
+      category: 'volume',
+      want: { code: 'MISSING_VOLUME', http: 422 },
+      send: () => post(d, `${G}/virtualmachines`, JSON.stringify(missingVolume)),
+    },
+    {
+      name: 'a name that is not a DNS label (body)',
+      category: 'name',
+      want: { code: 'INVALID_NAME', http: 422 },
+      send: () => post(d, `${G}/virtualmachines`, JSON.stringify(badName)),
+    },
+    {
+      name: 'a name that is not a DNS label (path)',
+      category: 'path',
+      want: { code: 'INVALID_PATH', http: 400 },
+      send: () => post(d, `${G}/virtualmachines/Bad_Name`, JSON.stringify(badName), 'application/json', 'PUT'),
+    },
+    {
+      name: 'a name that is not a DNS label (vmlet apply)',
+      category: 'name-cli',
+      want: { code: /^(INVALID_NAME|INVALID_PATH)$/ },
+      send: () => apply(d, YAML.stringify(badName)),
+    },
+    {
+      name: 'a body over 1 MiB (Content-Length)',
+      category: 'size',
+      want: { code: 'BODY_TOO_LARGE', http: 413 },
+      send: () => postRaw(d, JSON.stringify(huge), false),
+    },
     { name: 'a body over 1 MiB (chunked)', category: 'size', want: { code: 'BODY_TOO_LARGE', http: 413 }, send: () => postRaw(d, JSON.stringify(huge), true) },
   ];
 
@@ -143,9 +216,16 @@ tap.test('refused input: own code, daemon up, store untouched', { skip: daemonSk
     const r = await d.http('POST', `${G}/virtualmachines`, JSON.stringify(three), { 'content-type': 'application/json' });
     t.equal(r.status, 422);
     const st = r.json() as { reason?: string; details?: { causes?: Array<{ field?: string; code?: string; reason?: string; message?: string }> } };
-    t.equal(st.reason, 'UNKNOWN_FIELD', 'the top-level code is the first problem\'s, as before');
-    t.same(st.details?.causes?.map((c) => [c.field, c.code]), want, 'details.causes: every problem with its field and code');
-    t.ok(st.details?.causes?.every((c) => c.reason === c.code && typeof c.message === 'string' && c.message !== ''), 'each with a message, and Kubernetes\' reason');
+    t.equal(st.reason, 'UNKNOWN_FIELD', "the top-level code is the first problem's, as before");
+    t.same(
+      st.details?.causes?.map((c) => [c.field, c.code]),
+      want,
+      'details.causes: every problem with its field and code',
+    );
+    t.ok(
+      st.details?.causes?.every((c) => c.reason === c.code && typeof c.message === 'string' && c.message !== ''),
+      "each with a message, and Kubernetes' reason",
+    );
     const cli = await d.cli(['apply', '-f', '-'], { input: YAML.stringify(three) });
     t.equal(cli.code, 1);
     const lines = cli.stderr.trimEnd().split('\n');
@@ -189,9 +269,18 @@ tap.test('a comma in a disk path reaches QEMU escaped, not as an option', { skip
   const withPath = qemu.argv.filter((a) => a.includes('file.driver=null-co'));
   t.equal(withPath.length, 1, `one argument names the disk: ${withPath.join(' | ')}`);
   const parts = qemuSplit(withPath[0] ?? '');
-  t.notOk(parts.some((p) => p.startsWith('file.driver=')), 'QEMU parses no file.driver option out of it');
+  t.notOk(
+    parts.some((p) => p.startsWith('file.driver=')),
+    'QEMU parses no file.driver option out of it',
+  );
   t.ok(parts.includes(`filename=${diskPath}`), 'QEMU parses the whole path as the filename');
-  const opened = readdirSync(`/proc/${qemu.pid}/fd`).map((fd) => { try { return readlinkSync(`/proc/${qemu.pid}/fd/${fd}`); } catch { return ''; } });
+  const opened = readdirSync(`/proc/${qemu.pid}/fd`).map((fd) => {
+    try {
+      return readlinkSync(`/proc/${qemu.pid}/fd/${fd}`);
+    } catch {
+      return '';
+    }
+  });
   t.ok(opened.includes(diskPath), 'QEMU opened the file with the comma in its name (not a null-co device)');
 });
 

@@ -65,8 +65,18 @@ t.teardown(async () => {
   for (const c of new Set(Object.values(layout.hierarchies))) {
     const dir = path.join(c, parent);
     if (!existsSync(dir)) continue;
-    for (const e of readdirSync(dir, { withFileTypes: true })) if (e.isDirectory()) try { rmdirSync(path.join(dir, e.name)); } catch { /* busy */ }
-    try { rmdirSync(dir); } catch { /* busy */ }
+    for (const e of readdirSync(dir, { withFileTypes: true }))
+      if (e.isDirectory())
+        try {
+          rmdirSync(path.join(dir, e.name));
+        } catch {
+          /* busy */
+        }
+    try {
+      rmdirSync(dir);
+    } catch {
+      /* busy */
+    }
   }
 });
 
@@ -180,7 +190,7 @@ t.test('VM cgroups through the daemon', { skip }, async (t) => {
     await d.restart();
     await waitFor('the stray group to be removed', () => CONTROLLERS.every((c) => !existsSync(dirOf(c, stray))), 15_000);
     t.pass('a group of no VMI is removed at start');
-    t.ok(existsSync(dirOf('memory', young)), 'a brand-new empty one is left (it may be another daemon\'s, about to be used)');
+    t.ok(existsSync(dirOf('memory', young)), "a brand-new empty one is left (it may be another daemon's, about to be used)");
     for (const c of CONTROLLERS) rmdirSync(dirOf(c, young));
     const again = await d.waitPhase('cg', 'Running', 30_000);
     t.equal(again.status?.vmlet?.qemuPid, qemuPid, 'the same QEMU is adopted');
@@ -192,7 +202,12 @@ t.test('VM cgroups through the daemon', { skip }, async (t) => {
   await t.test('nothing is left after delete', async (t) => {
     await d.cliOk(['delete', 'vmi', 'cg', '--wait'], { timeoutMs: 30_000 });
     for (const c of CONTROLLERS) t.notOk(existsSync(dirOf(c, uid)), `no ${c} group left`);
-    for (const c of CONTROLLERS) t.same(readdirSync(dirOf(c)).filter((n) => statIsDir(dirOf(c, n))), [], `nothing under ${parent} in ${c}`);
+    for (const c of CONTROLLERS)
+      t.same(
+        readdirSync(dirOf(c)).filter((n) => statIsDir(dirOf(c, n))),
+        [],
+        `nothing under ${parent} in ${c}`,
+      );
   });
 });
 

@@ -19,7 +19,11 @@ t.test('a VM from apply to delete', { skip }, async (t) => {
   const uid = vmi.metadata.uid;
   const qemuPid = vmi.status?.vmlet?.qemuPid;
   t.ok(qemuPid && isAlive(qemuPid), 'status.vmlet.qemuPid is a live process');
-  t.same(qemuProcessesFor(uid).map((p) => p.pid), [qemuPid], 'exactly one QEMU carries the VMI uid, the recorded one');
+  t.same(
+    qemuProcessesFor(uid).map((p) => p.pid),
+    [qemuPid],
+    'exactly one QEMU carries the VMI uid, the recorded one',
+  );
   t.equal(cond(vmi, 'Ready'), 'True', 'Ready');
   t.equal(cond(vmi, 'SoftwareEmulation'), 'True', 'SoftwareEmulation condition under --accel tcg');
 
@@ -44,10 +48,16 @@ t.test('a VM from apply to delete', { skip }, async (t) => {
     t.equal(obj.status?.vmlet?.qemuPid, qemuPid, 'with the runtime block');
     const vmObj = JSON.parse(await d.cliOk(['get', 'vm', name, '-o', 'json'])) as KubeObj;
     t.equal(vmObj.status?.printableStatus, 'Running', 'VM printableStatus Running');
-    t.ok(obj.metadata.ownerReferences?.some((r) => r.uid === vmObj.metadata.uid), 'the VMI is owned by the VM');
+    t.ok(
+      obj.metadata.ownerReferences?.some((r) => r.uid === vmObj.metadata.uid),
+      'the VMI is owned by the VM',
+    );
     const table = await d.cliOk(['get', 'vmis']);
     t.match(table, new RegExp(`^${name}\\s+\\S+\\s+Running\\s`, 'm'), 'table row shows Running');
-    const ev = JSON.parse(await d.cliOk(['events', name, '-o', 'json'])) as { kind: string; items: Array<{ reason: string; involvedObject: { kind: string } }> };
+    const ev = JSON.parse(await d.cliOk(['events', name, '-o', 'json'])) as {
+      kind: string;
+      items: Array<{ reason: string; involvedObject: { kind: string } }>;
+    };
     t.equal(ev.kind, 'EventList');
     const reasons = ev.items.map((e) => `${e.involvedObject.kind}/${e.reason}`);
     for (const want of ['VirtualMachine/Created', 'VirtualMachine/SuccessfulCreate', 'VirtualMachineInstance/Launched']) {
@@ -78,9 +88,14 @@ t.test('a VM from apply to delete', { skip }, async (t) => {
   });
 
   await t.test('softreboot reboots the guest through the agent', async (t) => {
-    const agentUp = await waitFor('AgentConnected', async () => cond(await d.vmi(name), 'AgentConnected') === 'True', 45_000, 500).then(() => true, () => false);
+    const agentUp = await waitFor('AgentConnected', async () => cond(await d.vmi(name), 'AgentConnected') === 'True', 45_000, 500).then(
+      () => true,
+      () => false,
+    );
     if (!agentUp) {
-      t.fail('the guest agent never connected (condition AgentConnected is not True after 45 s): softreboot needs qemu-ga running in the test guest (scripts/build-guest-image.mjs); see the guest\'s /run/qemu-ga.log');
+      t.fail(
+        "the guest agent never connected (condition AgentConnected is not True after 45 s): softreboot needs qemu-ga running in the test guest (scripts/build-guest-image.mjs); see the guest's /run/qemu-ga.log",
+      );
       return;
     }
     const r = await d.cli(['softreboot', name]);
@@ -89,7 +104,10 @@ t.test('a VM from apply to delete', { skip }, async (t) => {
     await d.waitConsole(uid, READY_MARKER, 2, 90_000);
     t.pass('the ready marker appeared a second time: the guest rebooted');
     const ev = JSON.parse(await d.cliOk(['events', name, '-o', 'json'])) as { items: Array<{ reason: string }> };
-    t.ok(ev.items.some((e) => e.reason === 'Reset'), 'a Reset event was recorded (QMP RESET)');
+    t.ok(
+      ev.items.some((e) => e.reason === 'Reset'),
+      'a Reset event was recorded (QMP RESET)',
+    );
     const after = await d.vmi(name);
     t.equal(after?.metadata.uid, uid, 'same VMI');
     t.equal(after?.status?.vmlet?.qemuPid, qemuPid, 'same QEMU: a guest reboot, not a restart');
@@ -107,11 +125,21 @@ t.test('a VM from apply to delete', { skip }, async (t) => {
     const succeeded = w.events.find((e) => e.object.status?.phase === 'Succeeded');
     t.ok(succeeded, `the VMI went through Succeeded (phases seen: ${phases.join(' → ')})`);
     t.equal(succeeded?.object.status?.reason, 'Stopped', 'reason Stopped');
-    t.notOk(w.events.some((e) => e.object.status?.phase === 'Failed'), 'never Failed');
+    t.notOk(
+      w.events.some((e) => e.object.status?.phase === 'Failed'),
+      'never Failed',
+    );
     t.notOk(existsSync(d.vmRunDir(uid)), 'the run directory is gone');
     t.same(qemuProcessesFor(uid), [], 'no QEMU with the VMI uid remains');
     t.notOk(qemuPid && isAlive(qemuPid), 'the old QEMU pid is gone');
-    const vm = await waitFor('VM Stopped', async () => { const v = await d.vm(name); return v?.status?.printableStatus === 'Stopped' ? v : undefined; }, 10_000);
+    const vm = await waitFor(
+      'VM Stopped',
+      async () => {
+        const v = await d.vm(name);
+        return v?.status?.printableStatus === 'Stopped' ? v : undefined;
+      },
+      10_000,
+    );
     t.equal(vm.spec.runStrategy, 'Halted', 'stop on an Always VM sets runStrategy Halted');
     await new Promise((r) => setTimeout(r, 1500));
     t.equal(await d.vmi(name), undefined, 'no new VMI appears');

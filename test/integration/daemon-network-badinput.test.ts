@@ -14,14 +14,20 @@ const G = '/apis/vmlet.io/v1alpha1/namespaces/default';
 type Spec = { domain: { devices: Record<string, unknown> }; networks?: unknown };
 
 function withNet(o: Record<string, unknown>, interfaces: unknown, networks: unknown): Record<string, unknown> {
-  const spec = (o.kind === 'VirtualMachine' ? ((o.spec as { template: { spec: Spec } }).template.spec) : o.spec) as Spec;
+  const spec = (o.kind === 'VirtualMachine' ? (o.spec as { template: { spec: Spec } }).template.spec : o.spec) as Spec;
   if (interfaces !== undefined) spec.domain.devices.interfaces = interfaces;
   if (networks !== undefined) spec.networks = networks;
   return o;
 }
 
-async function refusal(d: TestDaemon, kind: 'vmi' | 'vm', body: Record<string, unknown>): Promise<{ http: number; code: string; message: string; field?: string }> {
-  const r = await d.http('POST', `${G}/${kind === 'vmi' ? 'virtualmachineinstances' : 'virtualmachines'}`, JSON.stringify(body), { 'content-type': 'application/json' });
+async function refusal(
+  d: TestDaemon,
+  kind: 'vmi' | 'vm',
+  body: Record<string, unknown>,
+): Promise<{ http: number; code: string; message: string; field?: string }> {
+  const r = await d.http('POST', `${G}/${kind === 'vmi' ? 'virtualmachineinstances' : 'virtualmachines'}`, JSON.stringify(body), {
+    'content-type': 'application/json',
+  });
   const st = r.json() as { reason?: string; message?: string; details?: { causes?: Array<{ field?: string }> } };
   const out: { http: number; code: string; message: string; field?: string } = { http: r.status, code: st.reason ?? '', message: st.message ?? '' };
   const field = st.details?.causes?.[0]?.field;
@@ -31,22 +37,117 @@ async function refusal(d: TestDaemon, kind: 'vmi' | 'vm', body: Record<string, u
 
 const pod = [{ name: 'default', pod: {} }];
 const cases: Array<{ what: string; interfaces?: unknown; networks?: unknown; code: string; message: RegExp }> = [
-  { what: 'an interface without a matching network', interfaces: [{ name: 'default', masquerade: {} }], networks: [{ name: 'other', pod: {} }], code: 'NET_INTERFACE_WITHOUT_NETWORK', message: /interface default has no network of the same name/ },
-  { what: 'an interface and no networks at all', interfaces: [{ name: 'default', masquerade: {} }], code: 'NET_INTERFACE_WITHOUT_NETWORK', message: /spec\.networks/ },
-  { what: 'two interfaces with the same MAC', interfaces: [{ name: 'a', bridge: {}, macAddress: '02:00:00:00:00:01' }, { name: 'b', bridge: {}, macAddress: '02-00-00-00-00-01' }], networks: [{ name: 'a', pod: {} }, { name: 'b', pod: {} }], code: 'NET_DUPLICATE_MAC', message: /same MAC 02:00:00:00:00:01/ },
-  { what: 'an invalid MAC', interfaces: [{ name: 'default', masquerade: {}, macAddress: '02:00:00:00:00:zz' }], networks: pod, code: 'NET_INVALID_MAC', message: /not six hex octets/ },
-  { what: 'a multicast MAC', interfaces: [{ name: 'default', masquerade: {}, macAddress: '01:00:5e:00:00:01' }], networks: pod, code: 'NET_INVALID_MAC', message: /multicast/ },
-  { what: 'a MAC carrying QEMU options', interfaces: [{ name: 'default', masquerade: {}, macAddress: '02:00:00:00:00:01,romfile=/etc/shadow' }], networks: pod, code: 'NET_INVALID_MAC', message: /not six hex octets/ },
-  { what: 'a binding vmlet does not implement', interfaces: [{ name: 'default', slirp: {} }], networks: pod, code: 'NET_UNKNOWN_BINDING', message: /binding slirp is not supported by vmlet; use masquerade or bridge/ },
+  {
+    what: 'an interface without a matching network',
+    interfaces: [{ name: 'default', masquerade: {} }],
+    networks: [{ name: 'other', pod: {} }],
+    code: 'NET_INTERFACE_WITHOUT_NETWORK',
+    message: /interface default has no network of the same name/,
+  },
+  {
+    what: 'an interface and no networks at all',
+    interfaces: [{ name: 'default', masquerade: {} }],
+    code: 'NET_INTERFACE_WITHOUT_NETWORK',
+    message: /spec\.networks/,
+  },
+  {
+    what: 'two interfaces with the same MAC',
+    interfaces: [
+      { name: 'a', bridge: {}, macAddress: '02:00:00:00:00:01' },
+      { name: 'b', bridge: {}, macAddress: '02-00-00-00-00-01' },
+    ],
+    networks: [
+      { name: 'a', pod: {} },
+      { name: 'b', pod: {} },
+    ],
+    code: 'NET_DUPLICATE_MAC',
+    message: /same MAC 02:00:00:00:00:01/,
+  },
+  {
+    what: 'an invalid MAC',
+    interfaces: [{ name: 'default', masquerade: {}, macAddress: '02:00:00:00:00:zz' }],
+    networks: pod,
+    code: 'NET_INVALID_MAC',
+    message: /not six hex octets/,
+  },
+  {
+    what: 'a multicast MAC',
+    interfaces: [{ name: 'default', masquerade: {}, macAddress: '01:00:5e:00:00:01' }],
+    networks: pod,
+    code: 'NET_INVALID_MAC',
+    message: /multicast/,
+  },
+  {
+    what: 'a MAC carrying QEMU options',
+    interfaces: [{ name: 'default', masquerade: {}, macAddress: '02:00:00:00:00:01,romfile=/etc/shadow' }],
+    networks: pod,
+    code: 'NET_INVALID_MAC',
+    message: /not six hex octets/,
+  },
+  {
+    what: 'a binding vmlet does not implement',
+    interfaces: [{ name: 'default', slirp: {} }],
+    networks: pod,
+    code: 'NET_UNKNOWN_BINDING',
+    message: /binding slirp is not supported by vmlet; use masquerade or bridge/,
+  },
   { what: 'no binding', interfaces: [{ name: 'default' }], networks: pod, code: 'NET_UNKNOWN_BINDING', message: /no binding/ },
-  { what: 'two bindings', interfaces: [{ name: 'default', bridge: {}, masquerade: {} }], networks: pod, code: 'NET_UNKNOWN_BINDING', message: /several bindings/ },
-  { what: 'a made-up binding key', interfaces: [{ name: 'default', tunnel: {} }], networks: pod, code: 'UNKNOWN_FIELD', message: /interfaces\[0\]\.tunnel: field not supported/ },
-  { what: 'a vmNetworkCIDR inside the node subnet', interfaces: [{ name: 'default', masquerade: {} }], networks: [{ name: 'default', pod: { vmNetworkCIDR: 'NODE' } }], code: 'NET_SUBNET_CLASH', message: /overlaps the node's sandbox subnet/ },
-  { what: 'a vmNetworkCIDR that is no CIDR', interfaces: [{ name: 'default', masquerade: {} }], networks: [{ name: 'default', pod: { vmNetworkCIDR: '10.0.2.0/33' } }], code: 'NET_INVALID_SUBNET', message: /not an IPv4 CIDR/ },
-  { what: 'a multus network', interfaces: [{ name: 'default', bridge: {} }], networks: [{ name: 'default', multus: { networkName: 'x' } }], code: 'NET_UNSUPPORTED_NETWORK', message: /multus/ },
-  { what: 'an unknown NIC model', interfaces: [{ name: 'default', masquerade: {}, model: 'ne2k_pci' }], networks: pod, code: 'NET_UNSUPPORTED_MODEL', message: /ne2k_pci/ },
-  { what: 'ports on a bridge binding', interfaces: [{ name: 'default', bridge: {}, ports: [{ port: 80 }] }], networks: pod, code: 'NET_INVALID_PORT', message: /only used with the masquerade binding/ },
-  { what: 'a port listed twice', interfaces: [{ name: 'default', masquerade: {}, ports: [{ port: 80 }, { port: 80, protocol: 'TCP' }] }], networks: pod, code: 'NET_INVALID_PORT', message: /listed twice/ },
+  {
+    what: 'two bindings',
+    interfaces: [{ name: 'default', bridge: {}, masquerade: {} }],
+    networks: pod,
+    code: 'NET_UNKNOWN_BINDING',
+    message: /several bindings/,
+  },
+  {
+    what: 'a made-up binding key',
+    interfaces: [{ name: 'default', tunnel: {} }],
+    networks: pod,
+    code: 'UNKNOWN_FIELD',
+    message: /interfaces\[0\]\.tunnel: field not supported/,
+  },
+  {
+    what: 'a vmNetworkCIDR inside the node subnet',
+    interfaces: [{ name: 'default', masquerade: {} }],
+    networks: [{ name: 'default', pod: { vmNetworkCIDR: 'NODE' } }],
+    code: 'NET_SUBNET_CLASH',
+    message: /overlaps the node's sandbox subnet/,
+  },
+  {
+    what: 'a vmNetworkCIDR that is no CIDR',
+    interfaces: [{ name: 'default', masquerade: {} }],
+    networks: [{ name: 'default', pod: { vmNetworkCIDR: '10.0.2.0/33' } }],
+    code: 'NET_INVALID_SUBNET',
+    message: /not an IPv4 CIDR/,
+  },
+  {
+    what: 'a multus network',
+    interfaces: [{ name: 'default', bridge: {} }],
+    networks: [{ name: 'default', multus: { networkName: 'x' } }],
+    code: 'NET_UNSUPPORTED_NETWORK',
+    message: /multus/,
+  },
+  {
+    what: 'an unknown NIC model',
+    interfaces: [{ name: 'default', masquerade: {}, model: 'ne2k_pci' }],
+    networks: pod,
+    code: 'NET_UNSUPPORTED_MODEL',
+    message: /ne2k_pci/,
+  },
+  {
+    what: 'ports on a bridge binding',
+    interfaces: [{ name: 'default', bridge: {}, ports: [{ port: 80 }] }],
+    networks: pod,
+    code: 'NET_INVALID_PORT',
+    message: /only used with the masquerade binding/,
+  },
+  {
+    what: 'a port listed twice',
+    interfaces: [{ name: 'default', masquerade: {}, ports: [{ port: 80 }, { port: 80, protocol: 'TCP' }] }],
+    networks: pod,
+    code: 'NET_INVALID_PORT',
+    message: /listed twice/,
+  },
 ];
 
 t.test('bad network specs are refused at apply, before anything exists', { skip, timeout: 120_000 }, async (t) => {
@@ -64,7 +165,9 @@ t.test('bad network specs are refused at apply, before anything exists', { skip,
       t.match(r.field ?? '', kind === 'vm' ? /^spec\.template\.spec\./ : /^spec\./, `${kind}: the cause names a field (${r.field})`);
     }
   }
-  const cli = await d.cli(['apply', '-f', '-'], { input: YAML.stringify(withNet(vmiObject('badnet'), [{ name: 'default', masquerade: {}, macAddress: 'nope' }], pod)) });
+  const cli = await d.cli(['apply', '-f', '-'], {
+    input: YAML.stringify(withNet(vmiObject('badnet'), [{ name: 'default', masquerade: {}, macAddress: 'nope' }], pod)),
+  });
   t.not(cli.code, 0, 'the CLI fails');
   t.match(cli.stderr, /NET_INVALID_MAC/, 'and names the code');
   t.same(await d.vmis(), [], 'no VMI was stored');
@@ -90,7 +193,11 @@ t.test('a node subnet that clashes with a host route stops the daemon before it 
   const { execFileSync } = await import('node:child_process');
   execFileSync('ip', ['link', 'add', link, 'type', 'bridge']);
   t.teardown(() => {
-    try { execFileSync('ip', ['link', 'del', link]); } catch { /* gone */ }
+    try {
+      execFileSync('ip', ['link', 'del', link]);
+    } catch {
+      /* gone */
+    }
   });
   execFileSync('ip', ['addr', 'add', clash.replace(/\.0\/25$/, '.1/25'), 'dev', link]);
   execFileSync('ip', ['link', 'set', link, 'up']);
@@ -98,13 +205,34 @@ t.test('a node subnet that clashes with a host route stops the daemon before it 
   t.teardown(() => fs.rmSync(root, { recursive: true, force: true }));
   const cfg = path.join(root, 'vmlet.yaml');
   fs.writeFileSync(cfg, YAML.stringify({ network: daemonNetConfig(tn), cgroupParent: '' }));
-  const child = spawn(process.execPath, [distCli, 'daemon', '--config', cfg, '--socket', path.join(root, 's.sock'), '--state-dir', path.join(root, 'state'), '--run-dir', path.join(root, 'run'), '--accel', 'tcg'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(
+    process.execPath,
+    [
+      distCli,
+      'daemon',
+      '--config',
+      cfg,
+      '--socket',
+      path.join(root, 's.sock'),
+      '--state-dir',
+      path.join(root, 'state'),
+      '--run-dir',
+      path.join(root, 'run'),
+      '--accel',
+      'tcg',
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   let stderr = '';
   child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
   const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
   t.equal(code, 1, 'the daemon exits 1');
   t.match(stderr, /NET_SUBNET_CLASH/, 'with NET_SUBNET_CLASH');
   t.match(stderr, new RegExp(`overlaps the host route "${clash.replace(/\./g, '\\.')} dev ${link}`), 'naming the route it clashes with');
-  t.same(ipJson<unknown[]>(['link', 'show']).filter((l) => (l as { ifname: string }).ifname === tn.opts.bridge), [], 'no bridge was made');
+  t.same(
+    ipJson<unknown[]>(['link', 'show']).filter((l) => (l as { ifname: string }).ifname === tn.opts.bridge),
+    [],
+    'no bridge was made',
+  );
   t.notOk(fs.existsSync(path.join(root, 's.sock')), 'no API socket');
 });

@@ -65,10 +65,14 @@ t.test('VMs on masquerade and bridge through the daemon', { skip, timeout: 300_0
     ]);
     t.same(BOUND_RE.exec(d.consoleText(a.metadata.uid))?.slice(1), ['10.0.2.2', '24', '10.0.2.1'], 'A (masquerade) got 10.0.2.2/24 via 10.0.2.1');
     t.same(BOUND_RE.exec(d.consoleText(b.metadata.uid))?.slice(1), [addrB, '24', gateway], 'B (bridge) got the sandbox address itself');
-    const file = await waitFor('both DHCP leases in the lease file', () => {
-      const f = leases(d);
-      return f.leases[a.metadata.uid]?.interfaces?.[0]?.dhcp && f.leases[b.metadata.uid]?.interfaces?.[0]?.dhcp ? f : undefined;
-    }, 10_000);
+    const file = await waitFor(
+      'both DHCP leases in the lease file',
+      () => {
+        const f = leases(d);
+        return f.leases[a.metadata.uid]?.interfaces?.[0]?.dhcp && f.leases[b.metadata.uid]?.interfaces?.[0]?.dhcp ? f : undefined;
+      },
+      10_000,
+    );
     t.equal(file.leases[a.metadata.uid]?.interfaces?.[0]?.dhcp?.clientMac, ifA?.mac, "A's lease is recorded with its MAC");
     t.equal(file.leases[b.metadata.uid]?.address, addrB, "B's lease holds its address");
     const host = await guestRun(d, 'net-a', a.metadata.uid, 'hostname; cat /etc/resolv.conf');
@@ -79,7 +83,11 @@ t.test('VMs on masquerade and bridge through the daemon', { skip, timeout: 300_0
 
   await t.test('status.interfaces from the guest agent', async (t) => {
     const withAgent = await d.waitPhase('net-b', 'Running', 60_000, (o) => o.status?.interfaces?.[0]?.interfaceName !== undefined);
-    t.match(withAgent.status?.interfaces?.[0], { interfaceName: 'eth0', infoSource: 'domain, guest-agent', ipAddress: addrB }, 'B: the guest names eth0 and holds the sandbox address');
+    t.match(
+      withAgent.status?.interfaces?.[0],
+      { interfaceName: 'eth0', infoSource: 'domain, guest-agent', ipAddress: addrB },
+      'B: the guest names eth0 and holds the sandbox address',
+    );
   });
 
   await t.test('host → sandbox address', async (t) => {
@@ -111,9 +119,19 @@ t.test('VMs on masquerade and bridge through the daemon', { skip, timeout: 300_0
     const mq = await d.waitPhase('net-mq', 'Running', 60_000);
     const pid = mq.status!.vmlet!.qemuPid!;
     const argv = fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0');
-    t.ok(argv.some((a) => /^tap,id=net0,fds=3:4$/.test(a)), 'QEMU gets two tap fds');
-    t.ok(argv.some((a) => /^virtio-net-pci,.*,mq=on,vectors=6$/.test(a)), 'and a multiqueue virtio NIC');
-    t.same(['3', '4'].map((fd) => fs.readlinkSync(`/proc/${pid}/fd/${fd}`)), ['/dev/net/tun', '/dev/net/tun'], 'fds 3 and 4 are the tap queues');
+    t.ok(
+      argv.some((a) => /^tap,id=net0,fds=3:4$/.test(a)),
+      'QEMU gets two tap fds',
+    );
+    t.ok(
+      argv.some((a) => /^virtio-net-pci,.*,mq=on,vectors=6$/.test(a)),
+      'and a multiqueue virtio NIC',
+    );
+    t.same(
+      ['3', '4'].map((fd) => fs.readlinkSync(`/proc/${pid}/fd/${fd}`)),
+      ['/dev/net/tun', '/dev/net/tun'],
+      'fds 3 and 4 are the tap queues',
+    );
     await waitFor('net-mq to bind by DHCP', () => BOUND_RE.test(d.consoleText(mq.metadata.uid)), 90_000);
     const q = await guestRun(d, 'net-mq', mq.metadata.uid, 'ls /sys/class/net/eth0/queues');
     t.match(q.output, /rx-0\s+rx-1\s+tx-0\s+tx-1/, 'the guest sees two queue pairs');
@@ -147,10 +165,14 @@ t.test('VMs on masquerade and bridge through the daemon', { skip, timeout: 300_0
     const acquired = before.leases[b.metadata.uid]?.interfaces?.[0]?.dhcp?.acquiredAt;
     const renew = await guestRun(d, 'net-b', b.metadata.uid, 'kill -USR1 $(cat /run/udhcpc.eth0.pid)');
     t.equal(renew.status, 0, 'udhcpc in B asked to renew');
-    const renewed = await waitFor("B's renewal in the lease file", () => {
-      const l = leases(d).leases[b.metadata.uid]?.interfaces?.[0]?.dhcp;
-      return l && l.acquiredAt !== acquired ? l : undefined;
-    }, 20_000);
+    const renewed = await waitFor(
+      "B's renewal in the lease file",
+      () => {
+        const l = leases(d).leases[b.metadata.uid]?.interfaces?.[0]?.dhcp;
+        return l && l.acquiredAt !== acquired ? l : undefined;
+      },
+      20_000,
+    );
     t.equal(renewed.clientMac, '02:00:00:aa:bb:cc', 'the renewal was acknowledged for B');
     t.equal(leases(d).leases[b.metadata.uid]?.address, addrB, 'with the same address');
     t.equal((await guestRun(d, 'net-b', b.metadata.uid, `ping -c 1 -W 3 ${gateway}`)).status, 0, 'B still reaches the gateway');

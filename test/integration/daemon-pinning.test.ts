@@ -51,10 +51,24 @@ t.teardown(async () => {
     for (const e of readdirSync(dir, { withFileTypes: true })) {
       if (!e.isDirectory()) continue;
       const vm = path.join(dir, e.name);
-      for (const s of readdirSync(vm, { withFileTypes: true })) if (s.isDirectory()) try { rmdirSync(path.join(vm, s.name)); } catch { /* busy */ }
-      try { rmdirSync(vm); } catch { /* busy */ }
+      for (const s of readdirSync(vm, { withFileTypes: true }))
+        if (s.isDirectory())
+          try {
+            rmdirSync(path.join(vm, s.name));
+          } catch {
+            /* busy */
+          }
+      try {
+        rmdirSync(vm);
+      } catch {
+        /* busy */
+      }
     }
-    try { rmdirSync(dir); } catch { /* busy */ }
+    try {
+      rmdirSync(dir);
+    } catch {
+      /* busy */
+    }
   }
 });
 
@@ -72,7 +86,10 @@ t.test('dedicated CPU placement through the daemon', { skip }, async (t) => {
     t.same(qemuProcessesFor(v.metadata.uid), [], 'no QEMU was started');
   });
 
-  for (const [name, vcpus] of [['one', 1], ['two', 2]] as const) {
+  for (const [name, vcpus] of [
+    ['one', 1],
+    ['two', 2],
+  ] as const) {
     await t.test(`${vcpus} vCPU(s): each vCPU thread in vcpuN on its own CPU, the rest in emulator`, async (t) => {
       const v = await d.waitPhase(name, 'Running', 60_000);
       const uid = v.metadata.uid;
@@ -94,11 +111,17 @@ t.test('dedicated CPU placement through the daemon', { skip }, async (t) => {
       }
       const emuCpus = host.length > vcpus ? host.slice(vcpus) : [host[0]!];
       t.same(parseCpuList(readFileSync(cpusetDir(uid, 'emulator', 'cpuset.cpus'), 'utf8').trim()), emuCpus, `emulator cpuset = ${emuCpus.join(',')}`);
-      const others = readdirSync(`/proc/${pid}/task`).map(Number).filter((tid) => !vcpuTids.has(tid));
+      const others = readdirSync(`/proc/${pid}/task`)
+        .map(Number)
+        .filter((tid) => !vcpuTids.has(tid));
       t.ok(others.length > 0, `${others.length} emulator threads`);
       for (const tid of others) {
         let g: string | undefined;
-        try { g = cpusetGroupOf(pid!, tid); } catch { continue; } // ended meanwhile
+        try {
+          g = cpusetGroupOf(pid!, tid);
+        } catch {
+          continue;
+        } // ended meanwhile
         t.equal(g, `/${parent}/${uid}/emulator`, `thread ${tid} in emulator`);
         t.same(cpusAllowed(pid!, tid), emuCpus, `thread ${tid} may run on ${emuCpus.join(',')}`);
       }

@@ -21,13 +21,13 @@ t.test('a QEMU that refuses to start: its message in status, event and log', { s
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
   const d = await startTestDaemon(t);
 
-  await t.test('a VMI fails with QEMU\'s error in status.message', async (t) => {
+  await t.test("a VMI fails with QEMU's error in status.message", async (t) => {
     await d.apply(YAML.stringify(vmiObject('refused', brokenDisk(dir))));
     const vmi = await d.waitPhase('refused', 'Failed', 60_000);
     const msg = vmi.status?.message ?? '';
     t.match(msg, /QEMU said: /, `the message quotes QEMU (${msg})`);
-    t.match(msg, `Could not open '${dir}': Is a directory`, 'QEMU\'s own reason, not a socket error');
-    t.notMatch(msg, /^\d{4}-\d\d-\d\dT/m, 'without QEMU\'s timestamps');
+    t.match(msg, `Could not open '${dir}': Is a directory`, "QEMU's own reason, not a socket error");
+    t.notMatch(msg, /^\d{4}-\d\d-\d\dT/m, "without QEMU's timestamps");
     const ev = JSON.parse(await d.cliOk(['events', 'refused', '-o', 'json'])) as { items: Array<{ type: string; reason: string; message: string }> };
     const warn = ev.items.find((e) => e.type === 'Warning' && e.message.includes('Is a directory'));
     t.ok(warn, `a Warning event carries QEMU's words (${ev.items.map((e) => `${e.type}/${e.reason}: ${e.message}`).join('; ')})`);
@@ -35,15 +35,23 @@ t.test('a QEMU that refuses to start: its message in status, event and log', { s
 
   await t.test('a VM that keeps failing: one log line per failure, no stack traces', async (t) => {
     await d.apply(YAML.stringify(vmObject('crashloop', { runStrategy: 'Always', ...brokenDisk(dir) })));
-    const failedLines = (): string[] => readFileSync(d.logFile, 'utf8').split('\n').filter((l) => l.includes('"msg":"VMI failed') && l.includes('crashloop'));
+    const failedLines = (): string[] =>
+      readFileSync(d.logFile, 'utf8')
+        .split('\n')
+        .filter((l) => l.includes('"msg":"VMI failed') && l.includes('crashloop'));
     await waitFor('two failed starts of the VM', () => failedLines().length >= 2, 90_000, 200);
     const lines = failedLines();
     for (const l of lines) {
-      t.match(l, /Is a directory/, 'each failure line says why in QEMU\'s words');
+      t.match(l, /Is a directory/, "each failure line says why in QEMU's words");
       t.notMatch(l, /"stack"/, 'without a stack trace');
     }
-    const all = readFileSync(d.logFile, 'utf8').split('\n').filter((l) => l.includes('crashloop'));
-    t.notOk(all.some((l) => l.includes('"stack"') && /"level":(40|50)/.test(l)), 'no warning or error line about the VM carries a stack');
+    const all = readFileSync(d.logFile, 'utf8')
+      .split('\n')
+      .filter((l) => l.includes('crashloop'));
+    t.notOk(
+      all.some((l) => l.includes('"stack"') && /"level":(40|50)/.test(l)),
+      'no warning or error line about the VM carries a stack',
+    );
     await waitFor('the VM to show CrashLoopBackOff', async () => (await d.vm('crashloop'))?.status?.printableStatus === 'CrashLoopBackOff', 60_000, 200);
     t.pass('the VM backs off');
   });

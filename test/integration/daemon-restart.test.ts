@@ -3,7 +3,23 @@ import { spawn } from 'node:child_process';
 import { closeSync, openSync, rmSync } from 'node:fs';
 import path from 'node:path';
 import tap from 'tap';
-import { daemonSkipReason, httpRequest, isAlive, launcherBinary, manifestVM, manifestVMI, processesMatching, qemuProcessesFor, READY_MARKER, sleep, startTestDaemon, vmObject, waitFor, type KubeObj, type TestDaemon } from '../support/daemon.js';
+import {
+  daemonSkipReason,
+  httpRequest,
+  isAlive,
+  launcherBinary,
+  manifestVM,
+  manifestVMI,
+  processesMatching,
+  qemuProcessesFor,
+  READY_MARKER,
+  sleep,
+  startTestDaemon,
+  vmObject,
+  waitFor,
+  type KubeObj,
+  type TestDaemon,
+} from '../support/daemon.js';
 
 const skip = daemonSkipReason();
 
@@ -13,25 +29,39 @@ const VMIS_PATH = '/apis/vmlet.io/v1alpha1/namespaces/default/virtualmachineinst
 
 /** Every VM of the daemon has a Running VMI; returns the VMIs. */
 async function allRunning(d: TestDaemon, names: string[], timeoutMs: number): Promise<KubeObj[]> {
-  return waitFor(`VMIs ${names.join(', ')} to be Running`, async () => {
-    const vmis = await d.vmis();
-    const running = names.map((n) => vmis.find((v) => v.metadata.name === n && v.status?.phase === 'Running' && !v.metadata.deletionTimestamp));
-    return running.every(Boolean) ? (running as KubeObj[]) : undefined;
-  }, timeoutMs, 200).catch(async (e: unknown) => {
+  return waitFor(
+    `VMIs ${names.join(', ')} to be Running`,
+    async () => {
+      const vmis = await d.vmis();
+      const running = names.map((n) => vmis.find((v) => v.metadata.name === n && v.status?.phase === 'Running' && !v.metadata.deletionTimestamp));
+      return running.every(Boolean) ? (running as KubeObj[]) : undefined;
+    },
+    timeoutMs,
+    200,
+  ).catch(async (e: unknown) => {
     const vmis = await d.vmis().catch(() => []);
-    throw new Error(`${(e as Error).message}; have: ${vmis.map((v) => `${v.metadata.name}=${v.status?.phase}/${v.status?.reason ?? ''}`).join(' ')}\n--- daemon log ---\n${d.logTail(25)}`);
+    throw new Error(
+      `${(e as Error).message}; have: ${vmis.map((v) => `${v.metadata.name}=${v.status?.phase}/${v.status?.reason ?? ''}`).join(' ')}\n--- daemon log ---\n${d.logTail(25)}`,
+    );
   });
 }
 
 /** Exactly one QEMU per VMI uid, and no QEMU of this daemon that belongs to none of them. */
 function checkOneQemuEach(t: T, d: TestDaemon, vmis: KubeObj[], label: string): void {
   const perUid = vmis.map((v) => `${v.metadata.name}:${qemuProcessesFor(v.metadata.uid).length}`);
-  t.same(perUid, vmis.map((v) => `${v.metadata.name}:1`), `${label}: exactly one qemu-system per VMI uid`);
+  t.same(
+    perUid,
+    vmis.map((v) => `${v.metadata.name}:1`),
+    `${label}: exactly one qemu-system per VMI uid`,
+  );
   const all = d.vmProcesses().filter((p) => p.argv[0]?.includes('qemu-system'));
   t.equal(all.length, vmis.length, `${label}: no other QEMU runs under the run dir (${all.length} for ${vmis.length} VMIs)`);
   for (const v of vmis) {
     const pid = v.status?.vmlet?.qemuPid;
-    t.ok(pid !== undefined && qemuProcessesFor(v.metadata.uid).some((p) => p.pid === pid), `${label}: ${v.metadata.name}'s recorded qemuPid ${pid} is its live QEMU`);
+    t.ok(
+      pid !== undefined && qemuProcessesFor(v.metadata.uid).some((p) => p.pid === pid),
+      `${label}: ${v.metadata.name}'s recorded qemuPid ${pid} is its live QEMU`,
+    );
   }
 }
 
@@ -54,17 +84,27 @@ tap.test('three VMs survive kill -9 of the daemon and are re-adopted', { skip },
     const { spawnedAt, healthyAt } = await d.restart();
     // The API must answer real requests at once, not only /healthz.
     let firstListAt = 0;
-    await waitFor('GET vmis to answer', async () => {
-      const r = await httpRequest(d.socket, 'GET', VMIS_PATH, undefined, {}, 5_000);
-      if (r.status === 200) firstListAt = Date.now();
-      return r.status === 200;
-    }, 10_000, 10);
+    await waitFor(
+      'GET vmis to answer',
+      async () => {
+        const r = await httpRequest(d.socket, 'GET', VMIS_PATH, undefined, {}, 5_000);
+        if (r.status === 200) firstListAt = Date.now();
+        return r.status === 200;
+      },
+      10_000,
+      10,
+    );
     const cliStart = Date.now();
     const cli = await d.cli(['get', 'vmis']);
     const cliMs = Date.now() - cliStart;
-    t.comment(`${how}: spawn → /healthz ${healthyAt - spawnedAt} ms; /healthz → first GET vmis ${firstListAt - healthyAt} ms; CLI get vmis ${cliMs} ms (process start included)`);
+    t.comment(
+      `${how}: spawn → /healthz ${healthyAt - spawnedAt} ms; /healthz → first GET vmis ${firstListAt - healthyAt} ms; CLI get vmis ${cliMs} ms (process start included)`,
+    );
     t.ok(firstListAt - healthyAt <= 1_000, `${how}: GET vmis answers within 1 s of the socket being up (${firstListAt - healthyAt} ms)`);
-    t.ok(healthyAt - spawnedAt <= 10_000, `${how}: the daemon serves within 10 s of its spawn (${healthyAt - spawnedAt} ms; mostly node start-up and the QEMU probe)`);
+    t.ok(
+      healthyAt - spawnedAt <= 10_000,
+      `${how}: the daemon serves within 10 s of its spawn (${healthyAt - spawnedAt} ms; mostly node start-up and the QEMU probe)`,
+    );
     t.equal(cli.code, 0, `${how}: vmlet get vmis works right after the restart (${cli.stderr.trim()})`);
     t.ok(cliMs <= 3_000, `${how}: vmlet get vmis (a fresh node process) finishes in ${cliMs} ms`);
 
@@ -73,7 +113,11 @@ tap.test('three VMs survive kill -9 of the daemon and are re-adopted', { skip },
       const p = pids.get(v.metadata.name)!;
       t.equal(v.metadata.uid, p.uid, `${how}: ${v.metadata.name} is the same VMI`);
       t.equal(v.status?.vmlet?.qemuPid, p.qemu, `${how}: ${v.metadata.name} keeps QEMU pid ${p.qemu}`);
-      t.same(qemuProcessesFor(p.uid).map((x) => x.pid), [p.qemu], `${how}: /proc shows the same single QEMU for ${v.metadata.name}`);
+      t.same(
+        qemuProcessesFor(p.uid).map((x) => x.pid),
+        [p.qemu],
+        `${how}: /proc shows the same single QEMU for ${v.metadata.name}`,
+      );
     }
     checkOneQemuEach(t, d, after, how);
     // QMP reconnected: a command goes through the re-adopted connection.
@@ -88,7 +132,10 @@ tap.test('three VMs survive kill -9 of the daemon and are re-adopted', { skip },
     await waitFor(`the guest to echo ${word}`, () => d.consoleText(pids.get('ra')!.uid).includes(`${word}-42`), 15_000);
     t.pass(`${how}: console input reaches the re-adopted guest`);
     const ev = JSON.parse(await d.cliOk(['events', '-o', 'json'])) as { items: Array<{ reason: string; involvedObject: { name: string } }> };
-    const launched = ev.items.filter((e) => e.reason === 'Launched').map((e) => e.involvedObject.name).sort();
+    const launched = ev.items
+      .filter((e) => e.reason === 'Launched')
+      .map((e) => e.involvedObject.name)
+      .sort();
     t.same(launched, names, `${how}: each VMI was launched once, never again`);
   }
 });
@@ -104,7 +151,10 @@ tap.test('kill -9 during apply never starts a QEMU twice', { skip }, async (t) =
     const afterStored = i % 2 === 1;
     const delay = Math.round(Math.random() * 300);
     const body = JSON.stringify(vmObject(name, { runStrategy: 'Always' }));
-    const req = httpRequest(d.socket, 'POST', '/apis/vmlet.io/v1alpha1/namespaces/default/virtualmachines', body).then((r) => `${r.status}`, (e: unknown) => `error: ${(e as Error).message}`);
+    const req = httpRequest(d.socket, 'POST', '/apis/vmlet.io/v1alpha1/namespaces/default/virtualmachines', body).then(
+      (r) => `${r.status}`,
+      (e: unknown) => `error: ${(e as Error).message}`,
+    );
     if (afterStored) await req;
     await sleep(delay);
     await d.kill('SIGKILL');
@@ -127,7 +177,11 @@ tap.test('kill -9 during apply never starts a QEMU twice', { skip }, async (t) =
   const launchers = d.vmProcesses().filter((p) => p.argv[0]?.endsWith('vmlet-launch'));
   t.equal(launchers.length, names.length, `one launcher per VMI (${launchers.map((p) => p.pid).join(', ')})`);
   const strays = processesMatching(d.runDir).filter((p) => !vmis.some((v) => p.argv.join(' ').includes(v.metadata.uid)) && p.pid !== d.pid);
-  t.same(strays.map((p) => p.argv.slice(0, 3).join(' ')), [], 'no process under the run dir that belongs to no VMI');
+  t.same(
+    strays.map((p) => p.argv.slice(0, 3).join(' ')),
+    [],
+    'no process under the run dir that belongs to no VMI',
+  );
 });
 
 tap.test('a launcher still waiting for its argv when the daemon restarts is handed it: one QEMU', { skip }, async (t) => {
@@ -145,7 +199,10 @@ tap.test('a launcher still waiting for its argv when the daemon restarts is hand
   const dir = d.vmRunDir(uid);
   for (const f of ['qemu.pid', 'exit-status', 'launcher.pid']) rmSync(path.join(dir, f), { force: true });
   const log = openSync(path.join(dir, 'launcher.log'), 'a');
-  const launcher = spawn(launcherBinary, ['--uid', uid, '--socket', path.join(d.runDir, 'launcher.sock'), '--run-dir', dir], { detached: true, stdio: ['ignore', log, log] });
+  const launcher = spawn(launcherBinary, ['--uid', uid, '--socket', path.join(d.runDir, 'launcher.sock'), '--run-dir', dir], {
+    detached: true,
+    stdio: ['ignore', log, log],
+  });
   launcher.unref();
   closeSync(log);
   await sleep(800); // the launcher retries with backoff while nobody listens

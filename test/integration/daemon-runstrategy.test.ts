@@ -1,7 +1,18 @@
 // runStrategy against the real daemon: Always restarts a killed QEMU, RerunOnFailure restarts a crash but not a guest power-off, Halted and Manual only run on start.
 import { existsSync } from 'node:fs';
 import tap from 'tap';
-import { daemonSkipReason, isAlive, manifestVM, qemuProcessesFor, READY_MARKER, sleep, startTestDaemon, waitFor, type KubeObj, type TestDaemon } from '../support/daemon.js';
+import {
+  daemonSkipReason,
+  isAlive,
+  manifestVM,
+  qemuProcessesFor,
+  READY_MARKER,
+  sleep,
+  startTestDaemon,
+  waitFor,
+  type KubeObj,
+  type TestDaemon,
+} from '../support/daemon.js';
 
 const skip = daemonSkipReason();
 
@@ -38,7 +49,11 @@ tap.test('runStrategy', { skip }, async (t) => {
     await d.apply(manifestVM(name, { runStrategy: 'Always' }));
     const first = await d.waitPhase(name, 'Running', 30_000);
     const pid1 = pidOf(first);
-    t.same(qemuProcessesFor(first.metadata.uid).map((p) => p.pid), [pid1], 'one QEMU, the recorded one');
+    t.same(
+      qemuProcessesFor(first.metadata.uid).map((p) => p.pid),
+      [pid1],
+      'one QEMU, the recorded one',
+    );
     const killedAt = Date.now();
     process.kill(pid1, 'SIGKILL');
     const second = await d.waitPhase(name, 'Running', 30_000, (o) => o.metadata.uid !== first.metadata.uid);
@@ -47,11 +62,22 @@ tap.test('runStrategy', { skip }, async (t) => {
     t.not(pid2, pid1, 'a new QEMU pid');
     t.ok(isAlive(pid2), 'the new QEMU lives');
     t.notOk(isAlive(pid1), 'the old one is gone');
-    t.same(qemuProcessesFor(second.metadata.uid).map((p) => p.pid), [pid2], 'exactly one QEMU for the new VMI');
+    t.same(
+      qemuProcessesFor(second.metadata.uid).map((p) => p.pid),
+      [pid2],
+      'exactly one QEMU for the new VMI',
+    );
     t.same(qemuProcessesFor(first.metadata.uid), [], 'none for the old VMI');
     await waitFor('the old run dir to go', () => !existsSync(d.vmRunDir(first.metadata.uid)), 15_000);
-    t.pass('the old VMI\'s run dir is removed');
-    const vm = await waitFor('VM Running', async () => { const v = await d.vm(name); return v?.status?.printableStatus === 'Running' ? v : undefined; }, 10_000);
+    t.pass("the old VMI's run dir is removed");
+    const vm = await waitFor(
+      'VM Running',
+      async () => {
+        const v = await d.vm(name);
+        return v?.status?.printableStatus === 'Running' ? v : undefined;
+      },
+      10_000,
+    );
     t.ok(vm, 'VM printableStatus Running again');
   });
 
@@ -80,7 +106,11 @@ tap.test('runStrategy', { skip }, async (t) => {
     const name = 'halted';
     await d.apply(manifestVM(name, { runStrategy: 'Halted' }));
     await staysDown(t, d, name, {});
-    t.same(d.vmProcesses().filter((p) => p.argv.some((a) => a.includes(`guest=${name}`))), [], 'no process for it');
+    t.same(
+      d.vmProcesses().filter((p) => p.argv.some((a) => a.includes(`guest=${name}`))),
+      [],
+      'no process for it',
+    );
     t.equal((await d.vm(name))?.status?.printableStatus, 'Stopped', 'VM printableStatus Stopped');
     const stop = await d.cli(['stop', name]);
     t.equal(stop.code, 1, 'stop of a halted VM fails');

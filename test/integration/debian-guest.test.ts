@@ -9,7 +9,14 @@ import { memoryOverhead } from '../../src/daemon/vm-resources.js';
 import { GuestAgentClient } from '../../src/qmp/guest-agent.js';
 import { daemonSkipReason, isAlive, sleep, startTestDaemon, waitFor, type KubeObj, type TestDaemon } from '../support/daemon.js';
 import {
-  CLOUDINIT_MARKER, CLOUDINIT_MARKER_RE, copyDebianDisk, debianGuestImage, debianGuestSkipReason, debianUserData, debianVmiYaml, makeSshKey,
+  CLOUDINIT_MARKER,
+  CLOUDINIT_MARKER_RE,
+  copyDebianDisk,
+  debianGuestImage,
+  debianGuestSkipReason,
+  debianUserData,
+  debianVmiYaml,
+  makeSshKey,
 } from '../support/debian-guest.js';
 import { daemonNetConfig, netSkipReason, testNetFor } from '../support/net-env.js';
 import { which } from '../support/which.js';
@@ -98,7 +105,10 @@ function readBanner(host: string, port: number, timeoutMs: number): Promise<stri
   return new Promise((resolve, reject) => {
     const s = net.connect({ host, port });
     let buf = '';
-    const timer = setTimeout(() => { s.destroy(); reject(new Error(`no banner from ${host}:${port} within ${timeoutMs} ms`)); }, timeoutMs);
+    const timer = setTimeout(() => {
+      s.destroy();
+      reject(new Error(`no banner from ${host}:${port} within ${timeoutMs} ms`));
+    }, timeoutMs);
     s.setEncoding('latin1');
     s.on('data', (d: string) => {
       buf += d;
@@ -109,8 +119,14 @@ function readBanner(host: string, port: number, timeoutMs: number): Promise<stri
         resolve(buf.slice(0, nl).replace(/\r$/, ''));
       }
     });
-    s.on('error', (e) => { clearTimeout(timer); reject(e); });
-    s.on('close', () => { clearTimeout(timer); reject(new Error(`${host}:${port} closed before a banner (got ${JSON.stringify(buf)})`)); });
+    s.on('error', (e) => {
+      clearTimeout(timer);
+      reject(e);
+    });
+    s.on('close', () => {
+      clearTimeout(timer);
+      reject(new Error(`${host}:${port} closed before a banner (got ${JSON.stringify(buf)})`));
+    });
   });
 }
 
@@ -129,7 +145,9 @@ function condition(o: KubeObj | undefined, type: string): string | undefined {
 
 t.test('Debian 12 (systemd, cloud-init, qemu-ga, sshd) through the daemon under TCG', { skip, timeout: (HOLD_SECONDS + 480) * 1000 }, async (t) => {
   const img = image!;
-  t.comment(`image: Debian ${img.manifest.debianVersion}, kernel ${img.manifest.kernelVersion}, disk ${mib(img.manifest.disk.allocatedBytes)} used of ${mib(img.manifest.disk.size)}`);
+  t.comment(
+    `image: Debian ${img.manifest.debianVersion}, kernel ${img.manifest.kernelVersion}, disk ${mib(img.manifest.disk.allocatedBytes)} used of ${mib(img.manifest.disk.size)}`,
+  );
   const tn = testNetFor(t);
   const d: TestDaemon = await startTestDaemon(t, { config: { network: daemonNetConfig(tn) } });
   const diskPath = copyDebianDisk(img, (fn) => t.teardown(fn));
@@ -192,14 +210,30 @@ t.test('Debian 12 (systemd, cloud-init, qemu-ga, sshd) through the daemon under 
 
   await t.test('ssh login with the key cloud-init installed', { skip: !key ? 'ssh-keygen is missing' : !which('ssh') ? 'no ssh client' : false }, async (t) => {
     const args = [
-      '-i', key!.privateKey, '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
-      '-o', 'ConnectTimeout=30', '-o', 'LogLevel=ERROR', `debian@${ip}`,
+      '-i',
+      key!.privateKey,
+      '-o',
+      'BatchMode=yes',
+      '-o',
+      'StrictHostKeyChecking=no',
+      '-o',
+      'UserKnownHostsFile=/dev/null',
+      '-o',
+      'ConnectTimeout=30',
+      '-o',
+      'LogLevel=ERROR',
+      `debian@${ip}`,
       '. /etc/os-release; echo "os=$ID-$VERSION_ID"; echo "state=$(timeout 60 systemctl is-system-running --wait)"; systemctl --failed --no-legend --plain',
     ];
-    const r = await waitFor('an ssh login as debian', async () => {
-      const x = await run('ssh', args, 90_000);
-      return /os=/.test(x.stdout) ? x : undefined;
-    }, 120_000, 2_000);
+    const r = await waitFor(
+      'an ssh login as debian',
+      async () => {
+        const x = await run('ssh', args, 90_000);
+        return /os=/.test(x.stdout) ? x : undefined;
+      },
+      120_000,
+      2_000,
+    );
     t.match(r.stdout, /os=debian-12/, 'logged in as the cloud-init default user: the guest is Debian 12');
     t.match(r.stdout, /state=running/, `systemd is up with no failed unit${/state=running/.test(r.stdout) ? '' : `: ${r.stdout.trim()}`}`);
   });
@@ -228,25 +262,50 @@ t.test('Debian 12 (systemd, cloud-init, qemu-ga, sshd) through the daemon under 
   // Guests use their RAM: without this an idle guest touches only ~300 of its 1024 MiB and the
   // limit is never approached. Reads every file (page cache), then holds all but 128 MiB of what
   // the guest has available in anonymous memory, written with non-zero bytes.
-  await t.test('the guest fills its memory (page cache, then anonymous memory)', { skip: !key ? 'ssh-keygen is missing' : !which('ssh') ? 'no ssh client' : false }, async (t) => {
-    const py = [
-      'import time',
-      "avail = int([l.split()[1] for l in open('/proc/meminfo') if l.startswith('MemAvailable:')][0]) * 1024",
-      'n = avail - 128 * 2**20',
-      "b = bytearray(b'\\x01') * n",
-      "print('held=%d' % (n >> 20), flush=True)",
-      'time.sleep(5)',
-    ].join('; ');
-    const before = readMemSafe(group);
-    const r = await run('ssh', [
-      '-i', key!.privateKey, '-o', 'BatchMode=yes', '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
-      '-o', 'ConnectTimeout=30', '-o', 'LogLevel=ERROR', `debian@${ip}`,
-      `find / -xdev -type f -print0 2>/dev/null | xargs -0 cat >/dev/null 2>&1; python3 -c "${py}"; free -m | sed -n 2p`,
-    ], 240_000);
-    const after = readMemSafe(group);
-    t.comment(`guest workload: ${r.stdout.trim().replace(/\s+/g, ' ')}; VM group usage ${mib(before?.usage ?? NaN)} → ${mib(after?.usage ?? NaN)}, peak ${mib(after?.peak ?? NaN)} of ${mib(after?.limit ?? NaN)}`);
-    t.match(r.stdout, /held=\d+/, `the guest held its memory${/held=/.test(r.stdout) ? '' : ` (ssh exit ${r.code}: ${r.stderr.trim()}; ${await oomHint()})`}`);
-  });
+  await t.test(
+    'the guest fills its memory (page cache, then anonymous memory)',
+    { skip: !key ? 'ssh-keygen is missing' : !which('ssh') ? 'no ssh client' : false },
+    async (t) => {
+      const py = [
+        'import time',
+        "avail = int([l.split()[1] for l in open('/proc/meminfo') if l.startswith('MemAvailable:')][0]) * 1024",
+        'n = avail - 128 * 2**20',
+        "b = bytearray(b'\\x01') * n",
+        "print('held=%d' % (n >> 20), flush=True)",
+        'time.sleep(5)',
+      ].join('; ');
+      const before = readMemSafe(group);
+      const r = await run(
+        'ssh',
+        [
+          '-i',
+          key!.privateKey,
+          '-o',
+          'BatchMode=yes',
+          '-o',
+          'StrictHostKeyChecking=no',
+          '-o',
+          'UserKnownHostsFile=/dev/null',
+          '-o',
+          'ConnectTimeout=30',
+          '-o',
+          'LogLevel=ERROR',
+          `debian@${ip}`,
+          `find / -xdev -type f -print0 2>/dev/null | xargs -0 cat >/dev/null 2>&1; python3 -c "${py}"; free -m | sed -n 2p`,
+        ],
+        240_000,
+      );
+      const after = readMemSafe(group);
+      t.comment(
+        `guest workload: ${r.stdout.trim().replace(/\s+/g, ' ')}; VM group usage ${mib(before?.usage ?? NaN)} → ${mib(after?.usage ?? NaN)}, peak ${mib(after?.peak ?? NaN)} of ${mib(after?.limit ?? NaN)}`,
+      );
+      t.match(
+        r.stdout,
+        /held=\d+/,
+        `the guest held its memory${/held=/.test(r.stdout) ? '' : ` (ssh exit ${r.code}: ${r.stderr.trim()}; ${await oomHint()})`}`,
+      );
+    },
+  );
 
   await t.test(`still Running ${HOLD_SECONDS} s after boot, within its memory limit`, async (t) => {
     const until = runningAt + HOLD_SECONDS * 1000;
@@ -262,8 +321,15 @@ t.test('Debian 12 (systemd, cloud-init, qemu-ga, sshd) through the daemon under 
     } catch {
       /* gone */
     }
-    t.comment(`memory after ${((Date.now() - runningAt) / 1000).toFixed(0)} s: peak ${mib(peak)} (max_usage, page cache included) of limit ${mib(last.limit)}; now ${mib(last.usage)} = anon ${mib(last.anon)} + cache ${mib(last.file)}; QEMU VmHWM ${hwm ? mib(Number(hwm) * 1024) : '-'}; oom kills ${last.oomKills}`);
-    t.comment(`usage every 30 s (MiB): ${samples.filter((_, i) => i % 6 === 0).map((s) => `${((s.at - runningAt) / 1000).toFixed(0)}s:${(s.usage / MiB).toFixed(0)}`).join(' ')}; peak reached by ${peakAt ? ((peakAt.at - runningAt) / 1000).toFixed(0) : '?'} s`);
+    t.comment(
+      `memory after ${((Date.now() - runningAt) / 1000).toFixed(0)} s: peak ${mib(peak)} (max_usage, page cache included) of limit ${mib(last.limit)}; now ${mib(last.usage)} = anon ${mib(last.anon)} + cache ${mib(last.file)}; QEMU VmHWM ${hwm ? mib(Number(hwm) * 1024) : '-'}; oom kills ${last.oomKills}`,
+    );
+    t.comment(
+      `usage every 30 s (MiB): ${samples
+        .filter((_, i) => i % 6 === 0)
+        .map((s) => `${((s.at - runningAt) / 1000).toFixed(0)}s:${(s.usage / MiB).toFixed(0)}`)
+        .join(' ')}; peak reached by ${peakAt ? ((peakAt.at - runningAt) / 1000).toFixed(0) : '?'} s`,
+    );
     t.equal(cur?.status?.phase, 'Running', `still Running (${await oomHint()})`);
     t.equal(cur?.status?.vmlet?.qemuPid, qemuPid, 'the same QEMU');
     t.ok(isAlive(qemuPid), 'which is alive');

@@ -14,7 +14,6 @@ import { which } from '../support/which.js';
 const nativeDir = fileURLToPath(new URL('../../native/', import.meta.url));
 const launcherBinary = path.join(nativeDir, 'build', 'vmlet-launch');
 
-
 function skipReason(): string | false {
   if (!existsSync(launcherBinary)) {
     if (!which('cc') || !which('make')) return 'vmlet-launch is not built and cc/make are missing';
@@ -67,7 +66,10 @@ t.test('launcher protocol refusals and failures', { skip }, async (t) => {
     const uid = randomUUID();
     const reply = await rawExchange(socketPath, [`HELLO 1 ${uid} ${process.pid} NEW`]);
     t.match(reply, /^REJECT unknown-uid .*\n$/);
-    t.notOk(hellos.some((h) => h.uid === uid), 'onHello is not even asked');
+    t.notOk(
+      hellos.some((h) => h.uid === uid),
+      'onHello is not even asked',
+    );
 
     const runDir = path.join(dir, uid);
     const l = await spawnLauncher({ launcherBinary, uid, socket: socketPath, runDir, lingerSeconds: 5 });
@@ -82,7 +84,10 @@ t.test('launcher protocol refusals and failures', { skip }, async (t) => {
     decide.set(uid, () => ({ action: 'accept' }));
     const reply = await rawExchange(socketPath, [`HELLO 1 ${uid} 1 RUNNING 4242`]);
     t.match(reply, /^REJECT pid-mismatch claimed pid 1 but the socket peer is pid \d+\n$/);
-    t.notOk(hellos.some((h) => h.uid === uid), 'onHello is not asked');
+    t.notOk(
+      hellos.some((h) => h.uid === uid),
+      'onHello is not asked',
+    );
     const ok = await rawExchange(socketPath, [`HELLO 1 ${uid} ${process.pid} RUNNING 4242`]).catch(() => '');
     t.equal(ok, 'OK\n', 'the same HELLO with the true pid is accepted');
     server.detach(uid);
@@ -135,7 +140,11 @@ t.test('launcher protocol refusals and failures', { skip }, async (t) => {
     decide.set(uid, () => ({ action: 'launch', argv: ['/bin/true'], fds: [] }));
     const failed = link.waitFor('failed', 10000);
     const l = await spawnLauncher({
-      launcherBinary, uid, socket: socketPath, runDir: path.join(dir, uid), lingerSeconds: 5,
+      launcherBinary,
+      uid,
+      socket: socketPath,
+      runDir: path.join(dir, uid),
+      lingerSeconds: 5,
       netns: path.join(dir, 'no-such-netns'),
     });
     const [failure] = await failed;
@@ -150,7 +159,11 @@ t.test('launcher protocol refusals and failures', { skip }, async (t) => {
   await t.test('a daemon that never answers: the launcher gives up after --linger with 124', async (t) => {
     const uid = randomUUID();
     const l = await spawnLauncher({
-      launcherBinary, uid, socket: path.join(dir, 'nobody-listens.sock'), runDir: path.join(dir, uid), lingerSeconds: 1,
+      launcherBinary,
+      uid,
+      socket: path.join(dir, 'nobody-listens.sock'),
+      runDir: path.join(dir, uid),
+      lingerSeconds: 1,
     });
     const keep = setInterval(() => undefined, 1000);
     t.same(await l.exited, { code: 124, signal: null });

@@ -14,7 +14,6 @@ import { which } from '../support/which.js';
 const nativeDir = fileURLToPath(new URL('../../native/', import.meta.url));
 const launcherBinary = path.join(nativeDir, 'build', 'vmlet-launch');
 
-
 const qemuBinary = which('qemu-system-x86_64');
 
 function skipReason(): string | false {
@@ -42,9 +41,20 @@ async function waitUntil(what: string, cond: () => boolean | Promise<boolean>, t
 function qemuArgv(uid: string, runDir: string, extra: string[] = []): string[] {
   return [
     qemuBinary ?? '/usr/bin/qemu-system-x86_64',
-    '-accel', 'tcg', '-S', '-nodefaults', '-display', 'none', '-machine', 'none',
-    '-uuid', uid, '-name', `guest=vmi-${uid}`,
-    '-qmp', `unix:${runDir}/qmp.sock,server=on,wait=off`,
+    '-accel',
+    'tcg',
+    '-S',
+    '-nodefaults',
+    '-display',
+    'none',
+    '-machine',
+    'none',
+    '-uuid',
+    uid,
+    '-name',
+    `guest=vmi-${uid}`,
+    '-qmp',
+    `unix:${runDir}/qmp.sock,server=on,wait=off`,
     ...extra,
   ];
 }
@@ -75,7 +85,12 @@ async function qmp(sockPath: string, commands: Array<{ execute: string; argument
     }
     waiter?.();
   });
-  const closed = new Promise<void>((r) => sock.on('close', () => { waiter?.(); r(); }));
+  const closed = new Promise<void>((r) =>
+    sock.on('close', () => {
+      waiter?.();
+      r();
+    }),
+  );
   sock.on('error', () => undefined);
   const conn = sock;
   const next = async (): Promise<Record<string, unknown>> => {
@@ -87,7 +102,9 @@ async function qmp(sockPath: string, commands: Array<{ execute: string; argument
         continue;
       }
       if (conn.destroyed) throw new Error('QMP closed');
-      await new Promise<void>((r) => { waiter = r; });
+      await new Promise<void>((r) => {
+        waiter = r;
+      });
     }
   };
   await next(); // greeting
@@ -112,7 +129,9 @@ function fdTargets(pid: number): Map<number, string> {
   for (const fd of readdirSync(`/proc/${pid}/fd`)) {
     try {
       out.set(Number(fd), readlinkSync(`/proc/${pid}/fd/${fd}`));
-    } catch { /* closed meanwhile */ }
+    } catch {
+      /* closed meanwhile */
+    }
   }
   return out;
 }
@@ -140,7 +159,11 @@ t.test('vmlet-launch with real QEMU', { skip }, async (t) => {
     clearInterval(keepAlive);
     await server.close();
     for (const pid of pids) {
-      try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ }
+      try {
+        process.kill(pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
     }
     rmSync(dir, { recursive: true, force: true });
   });
@@ -149,13 +172,17 @@ t.test('vmlet-launch with real QEMU', { skip }, async (t) => {
   async function launch(opts: { extra?: string[]; fds?: number[]; netns?: string; cgroups?: string[]; linger?: number } = {}) {
     const uid = randomUUID();
     const runDir = path.join(dir, uid);
-    decide.set(uid, (h) => h.state.kind === 'new'
-      ? { action: 'launch', argv: qemuArgv(uid, runDir, opts.extra), fds: opts.fds ?? [] }
-      : { action: 'accept' });
+    decide.set(uid, (h) =>
+      h.state.kind === 'new' ? { action: 'launch', argv: qemuArgv(uid, runDir, opts.extra), fds: opts.fds ?? [] } : { action: 'accept' },
+    );
     const link = server.attach(uid);
     const started = link.waitFor('started', 15000);
     const launcher: SpawnedLauncher = await spawnLauncher({
-      launcherBinary, uid, socket: socketPath, runDir, lingerSeconds: opts.linger ?? 10,
+      launcherBinary,
+      uid,
+      socket: socketPath,
+      runDir,
+      lingerSeconds: opts.linger ?? 10,
       ...(opts.netns !== undefined ? { netns: opts.netns } : {}),
       ...(opts.cgroups !== undefined ? { cgroups: opts.cgroups } : {}),
     });
@@ -297,11 +324,19 @@ t.test('vmlet-launch with real QEMU', { skip }, async (t) => {
   });
 
   await t.test('joins a network namespace', async (t) => {
-    if (!which('ip')) { t.plan(0, 'ip(8) is missing'); return; }
+    if (!which('ip')) {
+      t.plan(0, 'ip(8) is missing');
+      return;
+    }
     const name = `vmlet-test-${process.pid}`;
     const add = spawnSync('ip', ['netns', 'add', name]);
-    if (add.status !== 0) { t.plan(0, `ip netns add failed: ${add.stderr.toString().trim()}`); return; }
-    t.teardown(() => { spawnSync('ip', ['netns', 'del', name]); });
+    if (add.status !== 0) {
+      t.plan(0, `ip netns add failed: ${add.stderr.toString().trim()}`);
+      return;
+    }
+    t.teardown(() => {
+      spawnSync('ip', ['netns', 'del', name]);
+    });
     const nsPath = `/run/netns/${name}`;
     const { link, launcher, qemuPid } = await launch({ netns: nsPath });
     t.equal(statSync(`/proc/${qemuPid}/ns/net`).ino, statSync(nsPath).ino, 'QEMU is in the netns');
@@ -315,10 +350,12 @@ t.test('vmlet-launch with real QEMU', { skip }, async (t) => {
 
   await t.test('joins cgroups (v1 controller and, if mounted, the v2 hierarchy)', async (t) => {
     const name = `vmlet-test-${process.pid}`;
-    const candidates = ['/sys/fs/cgroup/pids', '/sys/fs/cgroup/unified', '/sys/fs/cgroup']
-      .filter((root) => existsSync(path.join(root, 'cgroup.procs')));
+    const candidates = ['/sys/fs/cgroup/pids', '/sys/fs/cgroup/unified', '/sys/fs/cgroup'].filter((root) => existsSync(path.join(root, 'cgroup.procs')));
     const roots = candidates.includes('/sys/fs/cgroup/pids') ? candidates.filter((r) => r !== '/sys/fs/cgroup') : candidates;
-    if (roots.length === 0) { t.plan(0, 'no writable cgroup hierarchy found'); return; }
+    if (roots.length === 0) {
+      t.plan(0, 'no writable cgroup hierarchy found');
+      return;
+    }
     const dirs: string[] = [];
     for (const root of roots) {
       const d = path.join(root, name);
@@ -329,11 +366,18 @@ t.test('vmlet-launch with real QEMU', { skip }, async (t) => {
         t.comment(`cannot create ${d}: ${(e as Error).message}`);
       }
     }
-    if (dirs.length === 0) { t.plan(0, 'cannot create test cgroups'); return; }
+    if (dirs.length === 0) {
+      t.plan(0, 'cannot create test cgroups');
+      return;
+    }
     t.teardown(async () => {
       for (const d of dirs) {
         await waitUntil(`${d} to empty`, () => readFileSync(path.join(d, 'cgroup.procs'), 'utf8').trim() === '', 5000).catch(() => undefined);
-        try { rmdirSync(d); } catch { /* still busy */ }
+        try {
+          rmdirSync(d);
+        } catch {
+          /* still busy */
+        }
       }
     });
     const { link, launcher, qemuPid } = await launch({ cgroups: dirs });

@@ -90,7 +90,9 @@ t.test('guests on masquerade and bridge sandboxes', { skip: skip ?? false, timeo
   t.match(hostA.output, new RegExp(`nameserver ${tn.opts.dns!.nameservers[0]!.replace(/\./g, '\\.')}`), 'DNS from DHCP');
 
   await mgr.flushLeaseUpdates();
-  const file = JSON.parse(fs.readFileSync(path.join(tn.stateDir, IPAM_FILE), 'utf8')) as { leases: Record<string, { interfaces: { dhcp?: { clientMac: string } }[] }> };
+  const file = JSON.parse(fs.readFileSync(path.join(tn.stateDir, IPAM_FILE), 'utf8')) as {
+    leases: Record<string, { interfaces: { dhcp?: { clientMac: string } }[] }>;
+  };
   t.equal(file.leases[uidA]?.interfaces[0]?.dhcp?.clientMac, ifA.mac, 'DHCP lease of A recorded in the lease file');
   t.equal(file.leases[uidB]?.interfaces[0]?.dhcp?.clientMac, ifB.mac, 'DHCP lease of B recorded in the lease file');
 
@@ -121,9 +123,17 @@ t.test('guests on masquerade and bridge sandboxes', { skip: skip ?? false, timeo
   await mgr.teardown(uidA);
   await mgr.teardown(uidB);
   const netns = fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : [];
-  t.same(netns.filter((n) => n === a.netns || n === b.netns), [], 'no netns left');
+  t.same(
+    netns.filter((n) => n === a.netns || n === b.netns),
+    [],
+    'no netns left',
+  );
   const links = ipJson<{ ifname: string }[]>(['link', 'show']).map((l) => l.ifname);
-  t.same(links.filter((l) => l === a.hostVeth || l === b.hostVeth || l === 'tap0' || l === 'k6t-eth0'), [], 'no veth, tap or sandbox bridge left on the host');
+  t.same(
+    links.filter((l) => l === a.hostVeth || l === b.hostVeth || l === 'tap0' || l === 'k6t-eth0'),
+    [],
+    'no veth, tap or sandbox bridge left on the host',
+  );
   t.same(ipJson<unknown[]>(['link', 'show', 'master', tn.opts.bridge!]), [], 'nothing on the host bridge');
   const after = JSON.parse(fs.readFileSync(path.join(tn.stateDir, IPAM_FILE), 'utf8')) as { leases: object };
   t.same(after.leases, {}, 'no lease left');

@@ -35,15 +35,25 @@ t.test('subnet clash is refused before anything is created', { skip: skip ?? fal
     two.cleanup();
   });
   const mgr2 = new NetManager(two.opts);
-  const err = await mgr2.start().then(() => null, (e: unknown) => e);
+  const err = await mgr2.start().then(
+    () => null,
+    (e: unknown) => e,
+  );
   t.ok(isVmletError(err, 'NET_SUBNET_CLASH'), 'NET_SUBNET_CLASH');
   t.match((err as Error).message, new RegExp(`${one.subnet.replace(/[./]/g, '\\$&')} dev ${one.opts.bridge}`), 'the message names the route');
-  t.same(ipJson<unknown[]>(['link', 'show']).filter((l) => (l as { ifname: string }).ifname === two.opts.bridge), [], 'no bridge created');
-  t.notOk(tables().some((l) => l.endsWith(` ${two.opts.nftTable}`)), 'no nft table created');
+  t.same(
+    ipJson<unknown[]>(['link', 'show']).filter((l) => (l as { ifname: string }).ifname === two.opts.bridge),
+    [],
+    'no bridge created',
+  );
+  t.notOk(
+    tables().some((l) => l.endsWith(` ${two.opts.nftTable}`)),
+    'no nft table created',
+  );
   await mgr.removeHost();
 });
 
-t.test('removing vmlet\'s NAT table leaves other tables alone', { skip: skip ?? false }, async (t) => {
+t.test("removing vmlet's NAT table leaves other tables alone", { skip: skip ?? false }, async (t) => {
   const tn = testNet();
   const other = `vmlet-test-other-${tn.tag}`;
   execFileSync('nft', ['-f', '-'], { input: `table inet ${other} {\n  chain c { type filter hook input priority 0; policy accept; }\n}\n` });
@@ -61,13 +71,25 @@ t.test('removing vmlet\'s NAT table leaves other tables alone', { skip: skip ?? 
   await mgr.start();
   await mgr.start(); // idempotent: the table is replaced, the bridge kept
   const ruleset = execFileSync('nft', ['list', 'table', 'ip', tn.opts.nftTable!]).toString();
-  t.match(ruleset, new RegExp(`ip saddr ${tn.subnet.replace(/[./]/g, '\\$&')} ip daddr != ${tn.subnet.replace(/[./]/g, '\\$&')} oifname != "${tn.opts.bridge}" masquerade`), 'masquerade rule');
+  t.match(
+    ruleset,
+    new RegExp(`ip saddr ${tn.subnet.replace(/[./]/g, '\\$&')} ip daddr != ${tn.subnet.replace(/[./]/g, '\\$&')} oifname != "${tn.opts.bridge}" masquerade`),
+    'masquerade rule',
+  );
   const br = ipJson<{ addr_info: { local: string; prefixlen: number }[] }[]>(['addr', 'show', 'dev', tn.opts.bridge!]);
-  t.same(br[0]?.addr_info.filter((a) => a.local.startsWith('10.')).map((a) => `${a.local}/${a.prefixlen}`), [tn.subnet.replace('.0/24', '.1/24')], 'bridge has the gateway address once');
+  t.same(
+    br[0]?.addr_info.filter((a) => a.local.startsWith('10.')).map((a) => `${a.local}/${a.prefixlen}`),
+    [tn.subnet.replace('.0/24', '.1/24')],
+    'bridge has the gateway address once',
+  );
   await mgr.removeHost();
   t.same(tables(), before, 'table list as before');
   t.ok(tables().includes(`table inet ${other}`), 'the other table survives');
-  t.same(ipJson<unknown[]>(['link', 'show']).filter((l) => (l as { ifname: string }).ifname === tn.opts.bridge), [], 'bridge removed');
+  t.same(
+    ipJson<unknown[]>(['link', 'show']).filter((l) => (l as { ifname: string }).ifname === tn.opts.bridge),
+    [],
+    'bridge removed',
+  );
 });
 
 t.test('sandboxes, multiqueue taps, bad specs and adopt after a restart', { skip: skip ?? false }, async (t) => {
@@ -83,9 +105,16 @@ t.test('sandboxes, multiqueue taps, bad specs and adopt after a restart', { skip
 
   // bad input: nothing is created
   const bad = randomUUID();
-  await t.rejects(mgr.setup({ uid: bad, interfaces: [{ name: 'x', masquerade: {} }], networks: [{ name: 'default', pod: {} }] }), { code: 'NET_INTERFACE_WITHOUT_NETWORK' });
-  await t.rejects(mgr.setup({ uid: bad, interfaces: [{ name: 'default', slirp: {} }], networks: [{ name: 'default', pod: {} }] }), { code: 'NET_UNKNOWN_BINDING' });
-  await t.rejects(mgr.setup({ uid: bad, interfaces: [{ name: 'default', masquerade: {}, macAddress: '01:00:5e:00:00:01' }], networks: [{ name: 'default', pod: {} }] }), { code: 'NET_INVALID_MAC' });
+  await t.rejects(mgr.setup({ uid: bad, interfaces: [{ name: 'x', masquerade: {} }], networks: [{ name: 'default', pod: {} }] }), {
+    code: 'NET_INTERFACE_WITHOUT_NETWORK',
+  });
+  await t.rejects(mgr.setup({ uid: bad, interfaces: [{ name: 'default', slirp: {} }], networks: [{ name: 'default', pod: {} }] }), {
+    code: 'NET_UNKNOWN_BINDING',
+  });
+  await t.rejects(
+    mgr.setup({ uid: bad, interfaces: [{ name: 'default', masquerade: {}, macAddress: '01:00:5e:00:00:01' }], networks: [{ name: 'default', pod: {} }] }),
+    { code: 'NET_INVALID_MAC' },
+  );
   t.equal(mgr.get(bad), undefined, 'no lease for a refused spec');
   t.notOk(fs.existsSync(`/run/netns/${tn.opts.names!.netnsPrefix}${bad.slice(0, 8)}`), 'no netns for a refused spec');
 
@@ -110,7 +139,11 @@ t.test('sandboxes, multiqueue taps, bad specs and adopt after a restart', { skip
   t.equal(fs.readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8'), forwardBefore, 'host forwarding untouched (hostForwarding: false)');
   const eth3 = JSON.parse(nsExec(s3.netnsPath, ['ip', '-json', 'addr', 'show', 'dev', 'eth0'])) as { master?: string; addr_info: { family: string }[] }[];
   t.equal(eth3[0]?.master, 'k6t-eth0', 'bridge binding: eth0 on k6t-eth0');
-  t.same(eth3[0]?.addr_info.filter((a) => a.family === 'inet'), [], 'bridge binding: eth0 has no IPv4 address any more');
+  t.same(
+    eth3[0]?.addr_info.filter((a) => a.family === 'inet'),
+    [],
+    'bridge binding: eth0 has no IPv4 address any more',
+  );
   const fds = mgr.openTapFds(u3);
   t.equal(fds.length, 2, 'two queues → two tap fds');
   closeFds(fds);
@@ -134,13 +167,23 @@ t.test('sandboxes, multiqueue taps, bad specs and adopt after a restart', { skip
   t.same(res.removed.sort(), [u2, strayNs, strayVeth].sort(), 'stale lease, stray netns and stray veth removed');
   t.same(again.dhcp.keys().sort(), [`${u1}/default`, `${u3}/default`].sort(), 'DHCP serves the kept sandboxes again');
   t.ok(fs.existsSync(s1.netnsPath) && fs.existsSync(s3.netnsPath), 'kept netns still there');
-  t.same(ipJson<{ ifname: string }[]>(['link', 'show', 'master', tn.opts.bridge!]).map((l) => l.ifname).sort(), [s1.hostVeth, s3.hostVeth].sort(), 'only the kept veths on the bridge');
+  t.same(
+    ipJson<{ ifname: string }[]>(['link', 'show', 'master', tn.opts.bridge!])
+      .map((l) => l.ifname)
+      .sort(),
+    [s1.hostVeth, s3.hostVeth].sort(),
+    'only the kept veths on the bridge',
+  );
   t.equal(again.get(u1)?.address, s1.address, 'address survives the restart');
 
   await again.teardown(u1);
   await again.teardown(u3);
   await again.teardown(u3); // idempotent
   t.same(ipJson<unknown[]>(['link', 'show', 'master', tn.opts.bridge!]), [], 'bridge empty');
-  t.same((fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : []).filter((n) => n.startsWith(tn.opts.names!.netnsPrefix)), [], 'no netns left');
+  t.same(
+    (fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns') : []).filter((n) => n.startsWith(tn.opts.names!.netnsPrefix)),
+    [],
+    'no netns left',
+  );
   await again.removeHost();
 });

@@ -82,12 +82,7 @@ function start(argv: readonly string[]): Started {
 }
 
 /** Starts QEMU with the argv, checks it is paused in prelaunch, runs `check`, quits. */
-async function runPaused(
-  t: Asserts,
-  argv: readonly string[],
-  runDir: string,
-  check?: (qmp: Qmp) => Promise<void>,
-): Promise<void> {
+async function runPaused(t: Asserts, argv: readonly string[], runDir: string, check?: (qmp: Qmp) => Promise<void>): Promise<void> {
   const q = start(argv);
   const early = q.exited.then((code) => {
     throw new Error(`QEMU exited (${String(code)}) early: ${q.stderr()}`);
@@ -110,7 +105,6 @@ async function runPaused(
     early.catch(() => undefined);
   }
 }
-
 
 if (!existsSync(QEMU)) {
   t.plan(0, `skip: no QEMU binary at ${QEMU}`);
@@ -187,7 +181,10 @@ if (!existsSync(QEMU)) {
       const file = nodes.find((x) => x['node-name'] === 'vol0-file');
       t.equal(file?.drv, 'file', 'protocol driver is file, not null-co');
       t.equal(file?.file, evil, 'QEMU opened the literal file name');
-      t.notOk(nodes.some((x) => x.drv === 'null-co'), 'no null-co node was injected');
+      t.notOk(
+        nodes.some((x) => x.drv === 'null-co'),
+        'no null-co node was injected',
+      );
       const uuid = (await qmp.cmd('query-uuid')) as { UUID: string };
       t.not(uuid.UUID, '00000000-0000-0000-0000-000000000000', 'serial did not inject a uuid');
     });

@@ -17,14 +17,37 @@ const PAYLOAD = DEFAULT_KVM_PROBE_PAYLOAD;
 type Tap = Parameters<Parameters<typeof t.test>[0]>[0];
 
 /** Runs QEMU with the payload and no QMP, as a second opinion: console output, exit status, stderr. */
-function runPayload(args: { accel: 'kvm' | 'tcg'; cpu: string; timeoutMs: number }): Promise<{ console: string; code: number | null; signal: string | null; stderr: string }> {
+function runPayload(args: {
+  accel: 'kvm' | 'tcg';
+  cpu: string;
+  timeoutMs: number;
+}): Promise<{ console: string; code: number | null; signal: string | null; stderr: string }> {
   return new Promise((resolve) => {
-    const child = spawn(QEMU ?? 'qemu-system-x86_64', [
-      '-no-user-config', '-nodefaults', '-display', 'none', '-no-reboot',
-      '-machine', `q35,accel=${args.accel}`, '-cpu', args.cpu, '-m', '32M',
-      '-chardev', 'stdio,id=dbg', '-device', 'isa-debugcon,iobase=0x402,chardev=dbg,readback=0',
-      '-device', 'isa-debug-exit,iobase=0xf4,iosize=0x04', '-kernel', PAYLOAD,
-    ], { stdio: ['ignore', 'pipe', 'pipe'] });
+    const child = spawn(
+      QEMU ?? 'qemu-system-x86_64',
+      [
+        '-no-user-config',
+        '-nodefaults',
+        '-display',
+        'none',
+        '-no-reboot',
+        '-machine',
+        `q35,accel=${args.accel}`,
+        '-cpu',
+        args.cpu,
+        '-m',
+        '32M',
+        '-chardev',
+        'stdio,id=dbg',
+        '-device',
+        'isa-debugcon,iobase=0x402,chardev=dbg,readback=0',
+        '-device',
+        'isa-debug-exit,iobase=0xf4,iosize=0x04',
+        '-kernel',
+        PAYLOAD,
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
     let out = '';
     let err = '';
     child.stdout.on('data', (d: Buffer) => (out += d.toString()));
@@ -37,11 +60,12 @@ function runPayload(args: { accel: 'kvm' | 'tcg'; cpu: string; timeoutMs: number
   });
 }
 
-const skip = QEMU === undefined
-  ? 'qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)'
-  : !existsSync(PAYLOAD)
-    ? `the probe payload ${PAYLOAD} is not built (make -C native)`
-    : false;
+const skip =
+  QEMU === undefined
+    ? 'qemu-system-x86_64 is not installed (apt-get install qemu-system-x86)'
+    : !existsSync(PAYLOAD)
+      ? `the probe payload ${PAYLOAD} is not built (make -C native)`
+      : false;
 
 if (skip !== false) {
   t.plan(0, `skip: ${skip}`);
@@ -69,7 +93,11 @@ if (skip !== false) {
     const st = await probeKvm({ qemuBinary: qemu, accel: 'tcg', payload: `${tmp}/not-elf`, deadlineMs: 300, tmpDir: tmp });
     t.equal(st.usable, false);
     t.equal(st.stage, 'qemu', 'QEMU refuses the file');
-    t.match(st.reason, /^[^:]*kernel.* \(QEMU exited with status 1 under -machine q35,accel=tcg -cpu max; reached: nothing\)$/, 'QEMU\'s complaint (7.2: "qemu: invalid kernel header")');
+    t.match(
+      st.reason,
+      /^[^:]*kernel.* \(QEMU exited with status 1 under -machine q35,accel=tcg -cpu max; reached: nothing\)$/,
+      'QEMU\'s complaint (7.2: "qemu: invalid kernel header")',
+    );
     t.same(readdirSync(tmp), ['not-elf']);
   });
 
@@ -78,7 +106,7 @@ if (skip !== false) {
     const st = await probeKvm({ qemuBinary: path.join(FAKES, 'qemu-msr-abort'), devKvm: `${tmp}/kvm`, tmpDir: tmp });
     t.equal(st.usable, false);
     t.equal(st.stage, 'qemu');
-    t.match(st.reason, /^error: failed to set MSR 0x10a to 0x69; /, 'QEMU\'s own line first, without its program name');
+    t.match(st.reason, /^error: failed to set MSR 0x10a to 0x69; /, "QEMU's own line first, without its program name");
     t.match(st.reason, /kvm_buf_set_msrs: Assertion/);
     t.match(st.reason, /QEMU died by SIGABRT under -machine q35,accel=kvm -cpu host; reached: nothing/);
     t.comment(`verdict in ${st.durationMs} ms`);
@@ -92,7 +120,10 @@ if (skip !== false) {
     const st = await probeKvm({ qemuBinary: path.join(FAKES, 'qemu-guest-never-runs'), devKvm: `${tmp}/kvm`, tmpDir: tmp, deadlineMs: 800 });
     t.equal(st.usable, false);
     t.equal(st.stage, 'guest');
-    t.match(st.reason, /^guest code did not run within 800 ms under -machine q35,accel=kvm -cpu host \(reached: (nothing|firmware output only, payload not entered)\)$/);
+    t.match(
+      st.reason,
+      /^guest code did not run within 800 ms under -machine q35,accel=kvm -cpu host \(reached: (nothing|firmware output only, payload not entered)\)$/,
+    );
     t.ok((st.durationMs ?? 0) >= 800, `took ${st.durationMs} ms, at least the deadline`);
     t.same(readdirSync(tmp), ['kvm'], 'temp dir removed');
     t.same(children(/qemu/), [], 'QEMU killed and reaped');
@@ -106,7 +137,7 @@ if (skip !== false) {
     t.match(st.reason, /is missing; build it with "make -C native"/);
   });
 
-  t.test('this host\'s /dev/kvm: the verdict agrees with a plain run of the payload', async (t) => {
+  t.test("this host's /dev/kvm: the verdict agrees with a plain run of the payload", async (t) => {
     const tmp = shortDir(t);
     const st = await probeKvm({ qemuBinary: qemu, tmpDir: tmp });
     t.comment(`this host: ${JSON.stringify(st)}`);
@@ -123,7 +154,9 @@ if (skip !== false) {
     }
     // Second opinion without QMP or deadline games: the same machine, CPU and payload.
     const plain = await runPayload({ accel: 'kvm', cpu: 'host', timeoutMs: 30_000 });
-    t.comment(`plain run: status ${plain.code} signal ${plain.signal}, console ${JSON.stringify(plain.console.slice(-40))}, stderr ${JSON.stringify(plain.stderr.slice(0, 200))}`);
+    t.comment(
+      `plain run: status ${plain.code} signal ${plain.signal}, console ${JSON.stringify(plain.console.slice(-40))}, stderr ${JSON.stringify(plain.stderr.slice(0, 200))}`,
+    );
     if (st.usable) {
       t.equal(st.stage, 'ok');
       t.equal(plain.code, 85, 'a usable KVM runs the payload to its end');

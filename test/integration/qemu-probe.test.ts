@@ -30,7 +30,10 @@ if (!existsSync(QEMU)) {
     t.ok(caps.version.major >= 6, `version ${caps.version.text}`);
     t.ok(caps.machineTypeNames.includes('q35'), 'q35');
     t.ok(caps.machineTypeNames.includes('pc'), 'pc');
-    t.ok(caps.machineTypes.some((m) => m.name === 'q35' && m.aliasOf?.startsWith('pc-q35-')), 'q35 is an alias');
+    t.ok(
+      caps.machineTypes.some((m) => m.name === 'q35' && m.aliasOf?.startsWith('pc-q35-')),
+      'q35 is an alias',
+    );
     t.ok(caps.cpuModels.includes('max'), 'cpu model max');
     t.ok(caps.accelerators.includes('tcg'), 'tcg');
     t.type(caps.seccomp, 'boolean');
@@ -65,7 +68,12 @@ if (!existsSync(QEMU)) {
     t.equal(caps.kvm.stage, 'qemu');
     t.match(caps.kvm.reason, /failed to set MSR 0x10a to 0x69/);
     t.match(describeCaps(caps), /kvm: no \(qemu, probed in \d+ ms\): error: failed to set MSR 0x10a/);
-    t.match(resolveAccel('auto', true, caps), { accel: 'tcg', softwareEmulation: true, emulationReason: 'KvmUnusable', emulationMessage: /failed to set MSR 0x10a/ });
+    t.match(resolveAccel('auto', true, caps), {
+      accel: 'tcg',
+      softwareEmulation: true,
+      emulationReason: 'KvmUnusable',
+      emulationMessage: /failed to set MSR 0x10a/,
+    });
     t.throws(() => resolveAccel('kvm', true, caps), { code: 'KVM_UNAVAILABLE', message: /failed to set MSR 0x10a to 0x69/ });
     t.throws(() => resolveAccel('auto', false, caps), { code: 'KVM_UNAVAILABLE', message: /failed to set MSR 0x10a to 0x69/ });
   });

@@ -30,7 +30,10 @@ t.test('guest agent in the test guest', { skip: skip ?? false }, async (t) => {
 
   const info = await agent.info();
   t.match(info.version, /^\d+\.\d+/, 'guest-info reports the agent version');
-  t.ok(info.supported_commands.some((c) => c.name === 'guest-shutdown' && c.enabled), 'guest-shutdown is supported');
+  t.ok(
+    info.supported_commands.some((c) => c.name === 'guest-shutdown' && c.enabled),
+    'guest-shutdown is supported',
+  );
 
   const os = await agent.osInfo();
   t.match(os['kernel-release'] ?? '', /^\d+\.\d+/, 'OS info has the kernel release');
@@ -47,7 +50,10 @@ t.test('guest agent in the test guest', { skip: skip ?? false }, async (t) => {
     await new Promise((r) => setTimeout(r, 500));
   }
   t.ok(addrs.includes('lo:127.0.0.1'), 'loopback listed');
-  t.ok(addrs.some((a) => a.startsWith('eth0:10.0.2.')), `eth0 has its DHCP address (${addrs.join(' ')})`);
+  t.ok(
+    addrs.some((a) => a.startsWith('eth0:10.0.2.')),
+    `eth0 has its DHCP address (${addrs.join(' ')})`,
+  );
 
   const shutdown = new Promise<{ guest: boolean; reason: string }>((resolve) => qmp.on('SHUTDOWN', (d) => resolve(d)));
   await agent.shutdown('powerdown');
@@ -64,12 +70,18 @@ t.test('a guest without an agent gives a clean timeout', { skip: skip ?? false }
   await guest.waitReady(60_000);
   // qemu-ga may still be starting: wait for it, then stop it.
   // Under load qemu-ga can take seconds to start and to die: wait for each, bounded.
-  const r = await guest.shell('i=0; while [ $i -lt 50 ] && ! pidof qemu-ga >/dev/null; do usleep 200000; i=$((i+1)); done; killall -9 qemu-ga; i=0; while [ $i -lt 30 ] && pidof qemu-ga >/dev/null; do usleep 100000; i=$((i+1)); done; pidof qemu-ga || echo agent-gone', 30_000);
+  const r = await guest.shell(
+    'i=0; while [ $i -lt 50 ] && ! pidof qemu-ga >/dev/null; do usleep 200000; i=$((i+1)); done; killall -9 qemu-ga; i=0; while [ $i -lt 30 ] && pidof qemu-ga >/dev/null; do usleep 100000; i=$((i+1)); done; pidof qemu-ga || echo agent-gone',
+    30_000,
+  );
   t.match(r.output, /agent-gone/, 'qemu-ga is stopped in the guest');
   const agent = new GuestAgentClient({ path: guest.paths.qga!, syncTimeoutMs: 1_000 });
   t.teardown(() => agent.close());
   const t0 = Date.now();
-  const err = await agent.ping({ timeoutMs: 1_000 }).then(() => undefined, (e: unknown) => e);
+  const err = await agent.ping({ timeoutMs: 1_000 }).then(
+    () => undefined,
+    (e: unknown) => e,
+  );
   t.ok(isQmpError(err) && err.code === 'QGA_TIMEOUT', `QGA_TIMEOUT (${String(err)})`);
   t.ok(Date.now() - t0 < 5_000, 'fails within the sync timeout, no hang');
 });

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { QmpClient } from '../../src/qmp/client.js';
-import { QmpError, isQmpError } from '../../src/qmp/errors.js';
+import { type QmpError, isQmpError } from '../../src/qmp/errors.js';
 import { which } from '../support/which.js';
 
 type Tap = Parameters<Parameters<typeof t.test>[0]>[0];
@@ -25,10 +25,11 @@ interface Qemu {
 function startQemu(t: Tap, extra: string[] = []): Qemu {
   const dir = mkdtempSync(path.join(tmpdir(), 'vmlet-qmp-it-'));
   const qmpPath = path.join(dir, 'qmp.sock');
-  const proc = spawn(qemuBinary ?? 'qemu-system-x86_64', [
-    '-accel', 'tcg', '-S', '-nodefaults', '-display', 'none', '-machine', 'q35', '-m', '64',
-    '-qmp', `unix:${qmpPath},server=on,wait=off`, ...extra,
-  ], { stdio: ['ignore', 'ignore', 'pipe'] });
+  const proc = spawn(
+    qemuBinary ?? 'qemu-system-x86_64',
+    ['-accel', 'tcg', '-S', '-nodefaults', '-display', 'none', '-machine', 'q35', '-m', '64', '-qmp', `unix:${qmpPath},server=on,wait=off`, ...extra],
+    { stdio: ['ignore', 'ignore', 'pipe'] },
+  );
   let err = '';
   proc.stderr?.on('data', (d: Buffer) => (err += d.toString()));
   const exited = new Promise<void>((resolve) => proc.once('exit', () => resolve()));
@@ -51,10 +52,7 @@ async function connect(t: Tap, q: Qemu, opts: Partial<ConstructorParameters<type
 
 t.test('real QEMU', { skip }, async (t) => {
   t.test('negotiation and the typed commands', async (t) => {
-    const q = startQemu(t, [
-      '-device', 'pcie-root-port,id=rp1,bus=pcie.0,chassis=1',
-      '-device', 'virtio-balloon-pci,id=balloon0',
-    ]);
+    const q = startQemu(t, ['-device', 'pcie-root-port,id=rp1,bus=pcie.0,chassis=1', '-device', 'virtio-balloon-pci,id=balloon0']);
     const qmp = await connect(t, q);
     t.equal(qmp.oob, true, 'QEMU 7.2 offers oob and we enabled it');
     const v = await qmp.execute('query-version');
@@ -113,10 +111,13 @@ t.test('real QEMU', { skip }, async (t) => {
       await qmp.execute('object-add', { 'qom-type': 'memory-backend-ram', id: `m${k}`, size: (k + 1) * 4096 * 16 });
     }
     const n = 1000;
-    const calls = Array.from({ length: n }, (_, i) => (i % 5 === 4
-      ? qmp.execute('query-status').then((s) => (s.status === 'prelaunch' ? 'ok' : `bad status ${JSON.stringify(s)}`))
-      : qmp.execute('qom-get', { path: `/objects/m${i % objects}`, property: 'size' })
-        .then((v) => (v === ((i % objects) + 1) * 4096 * 16 ? 'ok' : `call ${i} got ${String(v)}`))));
+    const calls = Array.from({ length: n }, (_, i) =>
+      i % 5 === 4
+        ? qmp.execute('query-status').then((s) => (s.status === 'prelaunch' ? 'ok' : `bad status ${JSON.stringify(s)}`))
+        : qmp
+            .execute('qom-get', { path: `/objects/m${i % objects}`, property: 'size' })
+            .then((v) => (v === ((i % objects) + 1) * 4096 * 16 ? 'ok' : `call ${i} got ${String(v)}`)),
+    );
     const results = await Promise.all(calls);
     const bad = results.filter((r) => r !== 'ok');
     t.same(bad, [], 'zero mismatched replies');
@@ -155,7 +156,10 @@ t.test('real QEMU', { skip }, async (t) => {
     q.proc.kill('SIGKILL');
     const errors = await Promise.all(pending);
     const took = performance.now() - killedAt;
-    t.ok(errors.every((e) => isQmpError(e, 'QMP_DISCONNECTED')), 'all rejected with QMP_DISCONNECTED');
+    t.ok(
+      errors.every((e) => isQmpError(e, 'QMP_DISCONNECTED')),
+      'all rejected with QMP_DISCONNECTED',
+    );
     t.ok(took < 100, `rejected ${took.toFixed(1)} ms after SIGKILL`);
     t.equal((await qmp.closed)?.code, 'QMP_DISCONNECTED');
   });
@@ -190,7 +194,11 @@ t.test('real QEMU', { skip }, async (t) => {
     t.type(out, 'string', 'qemu-io prints its summary to QEMU stdout, not to the monitor');
     await qmp.execute('blockdev-del', { 'node-name': 'disk0' });
     const data = readFileSync(file);
-    t.equal(data.subarray(4096, 4096 + 512).every((b) => b === 0x5a), true, 'QEMU wrote 0x5a into our file through the passed fd');
+    t.equal(
+      data.subarray(4096, 4096 + 512).every((b) => b === 0x5a),
+      true,
+      'QEMU wrote 0x5a into our file through the passed fd',
+    );
     t.equal(data[4095], 0);
     t.equal(data[4096 + 512], 0);
   });
@@ -206,10 +214,12 @@ t.test('real QEMU', { skip }, async (t) => {
       closeSync(fd);
     }
     const statuses: string[] = [];
-    const done = new Promise<void>((resolve) => qmp.on('MIGRATION', (d) => {
-      statuses.push(d.status);
-      if (d.status === 'completed' || d.status === 'failed') resolve();
-    }));
+    const done = new Promise<void>((resolve) =>
+      qmp.on('MIGRATION', (d) => {
+        statuses.push(d.status);
+        if (d.status === 'completed' || d.status === 'failed') resolve();
+      }),
+    );
     await qmp.execute('migrate-set-capabilities', { capabilities: [{ capability: 'events', state: true }] });
     await qmp.execute('migrate', { uri: 'fd:mig' });
     await done;
@@ -227,10 +237,9 @@ t.test('real QEMU', { skip }, async (t) => {
       writeFileSync(f, Buffer.alloc(65536));
       return openSync(f, 'r+');
     });
-    const infos = await Promise.all(fds.map((fd, i) => Promise.all([
-      qmp.execute('add-fd', { opaque: `f${i}` }, { fds: [fd] }),
-      qmp.execute('query-status'),
-    ]).then(([info]) => info)));
+    const infos = await Promise.all(
+      fds.map((fd, i) => Promise.all([qmp.execute('add-fd', { opaque: `f${i}` }, { fds: [fd] }), qmp.execute('query-status')]).then(([info]) => info)),
+    );
     for (const fd of fds) closeSync(fd);
     for (const [i, info] of infos.entries()) {
       await qmp.execute('blockdev-add', { driver: 'file', 'node-name': `f${i}`, filename: `/dev/fdset/${info['fdset-id']}` });

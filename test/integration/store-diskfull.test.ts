@@ -89,7 +89,16 @@ t.test('a full disk fails writes cleanly with STORE_WRITE_FAILED, and the store 
     ['updateStatus', () => s.updateStatus('VirtualMachine', 'default', 'a', () => ({ phase: 'Stopped', pad: 'z'.repeat(6000) }))],
     ['create', () => s.create(vm('b', 'default', big))],
     ['create in a new namespace', () => s.create(vm('c', 'fresh', big))],
-    ['recordEvent', () => s.recordEvent({ involvedObject: { kind: 'VirtualMachine', namespace: 'default', name: 'a', uid: a.metadata.uid }, type: 'Normal', reason: 'R', message: 'm'.repeat(900) })],
+    [
+      'recordEvent',
+      () =>
+        s.recordEvent({
+          involvedObject: { kind: 'VirtualMachine', namespace: 'default', name: 'a', uid: a.metadata.uid },
+          type: 'Normal',
+          reason: 'R',
+          message: 'm'.repeat(900),
+        }),
+    ],
     ['delete', () => s.delete('VirtualMachine', 'default', 'a')],
   ] as const;
   for (const [what, op] of failures) {
@@ -116,7 +125,10 @@ t.test('a full disk fails writes cleanly with STORE_WRITE_FAILED, and the store 
 
   const reopened = await LocalStore.open({ dir, logger: captureLogger().logger });
   store = reopened;
-  t.same((await reopened.list('VirtualMachine')).map((o) => `${o.metadata.namespace}/${o.metadata.name}`), ['default/a', 'fresh/c']);
+  t.same(
+    (await reopened.list('VirtualMachine')).map((o) => `${o.metadata.namespace}/${o.metadata.name}`),
+    ['default/a', 'fresh/c'],
+  );
   t.same((await reopened.get('VirtualMachine', 'default', 'a'))?.spec, big);
   t.ok(Number(reopened.resourceVersion) > Number(a2.metadata.resourceVersion));
 });

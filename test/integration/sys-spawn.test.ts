@@ -53,5 +53,9 @@ t.test('spawnDetached', { skip }, async (t) => {
   process.kill(b.pid, 'SIGKILL');
   t.same(await b.exited, { code: null, signal: 'SIGKILL' }, 'a signal is reported by name');
 
-  t.throws(() => spawnDetached({ file: path.join(dir, 'missing'), argv: ['x'], env: {}, outputFd: 2 }), { code: 'SYS_SPAWN_FAILED', message: /ENOENT/ }, 'a missing program fails at once with its errno');
+  t.throws(
+    () => spawnDetached({ file: path.join(dir, 'missing'), argv: ['x'], env: {}, outputFd: 2 }),
+    { code: 'SYS_SPAWN_FAILED', message: /ENOENT/ },
+    'a missing program fails at once with its errno',
+  );
 });

@@ -256,7 +256,8 @@ export class FakeCgroupTree implements CgroupFs {
           if (tok.startsWith('+')) {
             if (!available.includes(c)) throw errno('ENOENT', `${c} not in cgroup.controllers`);
             if (!V2_THREADED.has(c) && (threadedKids.length > 0 || selfThreaded)) throw errno('EOPNOTSUPP', `${c} is not threaded`);
-            if (!V2_THREADED.has(c) && !this.isRoot(dir) && (await this.words(join(dir, 'cgroup.procs'))).length > 0) throw errno('EBUSY', 'internal processes');
+            if (!V2_THREADED.has(c) && !this.isRoot(dir) && (await this.words(join(dir, 'cgroup.procs'))).length > 0)
+              throw errno('EBUSY', 'internal processes');
             enabled.add(c);
           } else if (tok.startsWith('-')) enabled.delete(c);
           else throw errno('EINVAL', tok);
@@ -407,7 +408,12 @@ export class FakeCgroupTree implements CgroupFs {
       for (const top of tops) {
         for (const g of await this.allGroups(top)) {
           if (!(await this.words(join(g, 'cgroup.procs'))).includes(String(pid))) continue;
-          if (this.opts.version === 1 && (await this.exists(join(g, 'freezer.state'))) && (await readFile(join(g, 'freezer.state'), 'utf8')).trim() !== 'THAWED') frozen = true;
+          if (
+            this.opts.version === 1 &&
+            (await this.exists(join(g, 'freezer.state'))) &&
+            (await readFile(join(g, 'freezer.state'), 'utf8')).trim() !== 'THAWED'
+          )
+            frozen = true;
         }
       }
       if (frozen) continue;
@@ -416,7 +422,14 @@ export class FakeCgroupTree implements CgroupFs {
         for (const g of await this.allGroups(top)) {
           for (const f of ['cgroup.procs', 'cgroup.threads', 'tasks']) {
             const file = join(g, f);
-            if (await this.exists(file)) await writeFile(file, (await this.words(file)).filter((p) => p !== String(pid)).map((p) => `${p}\n`).join(''));
+            if (await this.exists(file))
+              await writeFile(
+                file,
+                (await this.words(file))
+                  .filter((p) => p !== String(pid))
+                  .map((p) => `${p}\n`)
+                  .join(''),
+              );
           }
         }
         await this.refreshPopulated(top);

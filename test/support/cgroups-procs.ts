@@ -27,7 +27,24 @@ export function sleeper(): Child {
 /** A process with several threads: QEMU paused (-S, TCG, 2 vCPUs) if there is one, else node. */
 export function threaded(): Child {
   if (existsSync(QEMU)) {
-    return start(QEMU, ['-S', '-accel', 'tcg', '-machine', 'q35', '-smp', '2', '-m', '64', '-nodefaults', '-display', 'none', '-serial', 'none', '-monitor', 'none']);
+    return start(QEMU, [
+      '-S',
+      '-accel',
+      'tcg',
+      '-machine',
+      'q35',
+      '-smp',
+      '2',
+      '-m',
+      '64',
+      '-nodefaults',
+      '-display',
+      'none',
+      '-serial',
+      'none',
+      '-monitor',
+      'none',
+    ]);
   }
   return start(process.execPath, ['-e', 'setTimeout(() => {}, 300000)']);
 }
@@ -39,14 +56,13 @@ export function busy(): Child {
 
 /** A process that, once it reads a line on stdin, allocates and touches memory until it dies. */
 export function hog(): Child {
-  return start(process.execPath, [
-    '-e',
-    "process.stdin.once('data', () => { const a = []; for (;;) a.push(Buffer.alloc(8 << 20, 1)); })",
-  ]);
+  return start(process.execPath, ['-e', "process.stdin.once('data', () => { const a = []; for (;;) a.push(Buffer.alloc(8 << 20, 1)); })"]);
 }
 
 export function tids(pid: number): number[] {
-  return readdirSync(`/proc/${pid}/task`).map(Number).sort((a, b) => a - b);
+  return readdirSync(`/proc/${pid}/task`)
+    .map(Number)
+    .sort((a, b) => a - b);
 }
 
 /** /proc/PID/cgroup (or /proc/PID/task/TID/cgroup) as hierarchy-key → path, key = controllers list or "" for v2. */

@@ -23,16 +23,24 @@ function attached(): Cluster {
 
 async function main(argv: string[]): Promise<number> {
   const [cmd, ...rest] = argv;
-  const log = (m: string): void => { process.stderr.write(`cluster: ${m}\n`); };
+  const log = (m: string): void => {
+    process.stderr.write(`cluster: ${m}\n`);
+  };
   switch (cmd) {
     case 'up': {
       const i = rest.indexOf('--simulated-nodes');
       const n = i >= 0 ? Number(rest[i + 1]) : 0;
-      if (!Number.isInteger(n) || n < 0) { process.stderr.write(`--simulated-nodes wants a whole number\n${USAGE}\n`); return 2; }
+      if (!Number.isInteger(n) || n < 0) {
+        process.stderr.write(`--simulated-nodes wants a whole number\n${USAGE}\n`);
+        return 2;
+      }
       const dir = assetsDir();
       if (dir) process.env.VMLET_K8S_ASSETS = dir;
       const reason = clusterSkipReason();
-      if (reason) { process.stderr.write(`cannot start the cluster: ${reason}\n`); return 1; }
+      if (reason) {
+        process.stderr.write(`cannot start the cluster: ${reason}\n`);
+        return 1;
+      }
       const c = await Cluster.up({ simulatedNodes: n, log });
       for (const s of c.status()) process.stdout.write(`${s.name.padEnd(24)} ${s.running ? `running, pid ${s.pid}` : 'not running'}\n`);
       process.stdout.write(`${c.kubeconfigPath}\n`);
@@ -45,7 +53,10 @@ async function main(argv: string[]): Promise<number> {
     }
     case 'status': {
       const c = Cluster.attach(DEFAULT_ROOT);
-      if (!c) { process.stdout.write(`down (nothing at ${DEFAULT_ROOT})\n`); return 0; }
+      if (!c) {
+        process.stdout.write(`down (nothing at ${DEFAULT_ROOT})\n`);
+        return 0;
+      }
       for (const s of c.status()) process.stdout.write(`${s.name.padEnd(24)} ${s.running ? `running, pid ${s.pid}` : 'not running'}\n`);
       const ready = await c.readyNodes();
       process.stdout.write(`nodes Ready: ${ready.length ? ready.length : 'none (API server down?)'}\nkubeconfig: ${c.kubeconfigPath}\n`);
@@ -55,7 +66,10 @@ async function main(argv: string[]): Promise<number> {
       process.stdout.write(`${attached().kubeconfigPath}\n`);
       return 0;
     case 'load': {
-      if (!rest[0]) { process.stderr.write(`${USAGE}\n`); return 2; }
+      if (!rest[0]) {
+        process.stderr.write(`${USAGE}\n`);
+        return 2;
+      }
       process.stdout.write(`${await attached().load(rest[0])}\n`);
       return 0;
     }
@@ -65,8 +79,11 @@ async function main(argv: string[]): Promise<number> {
   }
 }
 
-main(process.argv.slice(2)).then((code) => process.exit(code), (e: unknown) => {
-  process.stderr.write(`cluster: ${e instanceof Error ? e.message : String(e)}${isClusterError(e) ? ` (${e.code})` : ''}\n`);
-  if (e instanceof Error && e.cause) process.stderr.write(`  cause: ${e.cause instanceof Error ? e.cause.message : String(e.cause)}\n`);
-  process.exit(1);
-});
+main(process.argv.slice(2)).then(
+  (code) => process.exit(code),
+  (e: unknown) => {
+    process.stderr.write(`cluster: ${e instanceof Error ? e.message : String(e)}${isClusterError(e) ? ` (${e.code})` : ''}\n`);
+    if (e instanceof Error && e.cause) process.stderr.write(`  cause: ${e.cause instanceof Error ? e.cause.message : String(e.cause)}\n`);
+    process.exit(1);
+  },
+);

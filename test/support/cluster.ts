@@ -6,13 +6,39 @@ import { fileURLToPath } from 'node:url';
 import { ClusterError } from './cluster/errors.js';
 import { assetsSkipReason, ensureAssets, type Assets } from './cluster/assets.js';
 import {
-  componentSpecs, containerdConfig, cniConflist, defaultConfig, kubeconfig, KUBECONFIGS, kubeletConfig, layout, PORTS, simulatedNodes,
-  type ClusterConfig, type ComponentSpec, type Layout,
+  componentSpecs,
+  containerdConfig,
+  cniConflist,
+  defaultConfig,
+  kubeconfig,
+  KUBECONFIGS,
+  kubeletConfig,
+  layout,
+  PORTS,
+  simulatedNodes,
+  type ClusterConfig,
+  type ComponentSpec,
+  type Layout,
 } from './cluster/config.js';
 import { run, runStatus, sleep, waitFor, withSbin } from './cluster/exec.js';
 import {
-  cleanFirewall, clusterProcesses, ensureNodeLink, HOST_DIRS, hostRoutes, listeningPorts, logTail, rangeClashes, readPid, readSysctls,
-  removeHostDirs, removeKubepods, removeLinks, restoreSysctls, startProcess, stopProcess, unmountUnder,
+  cleanFirewall,
+  clusterProcesses,
+  ensureNodeLink,
+  HOST_DIRS,
+  hostRoutes,
+  listeningPorts,
+  logTail,
+  rangeClashes,
+  readPid,
+  readSysctls,
+  removeHostDirs,
+  removeKubepods,
+  removeLinks,
+  restoreSysctls,
+  startProcess,
+  stopProcess,
+  unmountUnder,
 } from './cluster/host.js';
 import { clientImage, ensureImage, isStaticElf, loadImage, pauseImage } from './cluster/images.js';
 import { certSpecs, ensurePki } from './cluster/pki.js';
@@ -46,7 +72,17 @@ export function clusterSkipReason(env: NodeJS.ProcessEnv = process.env): string 
   const saved = process.env.PATH;
   process.env.PATH = e.PATH;
   try {
-    for (const [bin, pkg] of [['containerd', 'containerd'], ['runc', 'runc'], ['ctr', 'containerd'], ['buildah', 'buildah'], ['iptables', 'iptables'], ['openssl', 'openssl'], ['xz', 'xz-utils'], ['ip', 'iproute2'], ['make', 'make']] as const) {
+    for (const [bin, pkg] of [
+      ['containerd', 'containerd'],
+      ['runc', 'runc'],
+      ['ctr', 'containerd'],
+      ['buildah', 'buildah'],
+      ['iptables', 'iptables'],
+      ['openssl', 'openssl'],
+      ['xz', 'xz-utils'],
+      ['ip', 'iproute2'],
+      ['make', 'make'],
+    ] as const) {
       if (!which(bin)) return `${bin} is not installed (apt-get install ${pkg}; npm run setup installs it when VMLET_K8S_ASSETS is set)`;
     }
   } finally {
@@ -57,9 +93,17 @@ export function clusterSkipReason(env: NodeJS.ProcessEnv = process.env): string 
   return null;
 }
 
-interface Tls { ca: Buffer; cert: Buffer; key: Buffer }
+interface Tls {
+  ca: Buffer;
+  cert: Buffer;
+  key: Buffer;
+}
 
-export interface ComponentStatus { name: string; pid: number | undefined; running: boolean }
+export interface ComponentStatus {
+  name: string;
+  pid: number | undefined;
+  running: boolean;
+}
 
 export class Cluster {
   readonly config: ClusterConfig;
@@ -104,12 +148,17 @@ export class Cluster {
     const t0 = Date.now();
     const assets: Assets = await ensureAssets({ assetsDir: path.resolve(REPO_ROOT, assetsDir), cacheDir: path.join(REPO_ROOT, '.cache', 'k8s'), log });
     const config = defaultConfig({ root, binDir: assets.binDir, kwokStages: assets.kwokStages, simulatedNodes: opts.simulatedNodes ?? 0 });
-    if (config.simulatedNodes > 0 && !config.kwokStages) throw new ClusterError('CLUSTER_ASSETS_MISSING', `${assetsDir} has no kwok-stages.yaml (kwok 0.8 exits with "no stages found" without it)`);
+    if (config.simulatedNodes > 0 && !config.kwokStages)
+      throw new ClusterError('CLUSTER_ASSETS_MISSING', `${assetsDir} has no kwok-stages.yaml (kwok 0.8 exits with "no stages found" without it)`);
     const clashes = rangeClashes(config, await hostRoutes());
     if (clashes.length) throw new ClusterError('CLUSTER_RANGE_CLASH', `the cluster's address ranges clash: ${clashes.join('; ')}`);
     const busy = listeningPorts();
     const taken = Object.entries(PORTS).filter(([, port]) => busy.has(port));
-    if (taken.length) throw new ClusterError('CLUSTER_PORT_BUSY', `ports already in use: ${taken.map(([n, p]) => `${p} (${n})`).join(', ')}; is another cluster up (npm run cluster -- down)?`);
+    if (taken.length)
+      throw new ClusterError(
+        'CLUSTER_PORT_BUSY',
+        `ports already in use: ${taken.map(([n, p]) => `${p} (${n})`).join(', ')}; is another cluster up (npm run cluster -- down)?`,
+      );
     const l = layout(root);
     fs.mkdirSync(root, { recursive: true, mode: 0o700 });
     const state: SavedState = {
@@ -163,11 +212,18 @@ export class Cluster {
     await this.startComponent('kubelet');
     this.mark('node Ready', t0);
     await this.startComponent('kube-proxy');
-    await waitFor('the default ServiceAccount', 60_000, async () => ((await this.api('GET', '/api/v1/namespaces/default/serviceaccounts/default')).status === 200 ? true : undefined));
+    await waitFor('the default ServiceAccount', 60_000, async () =>
+      (await this.api('GET', '/api/v1/namespaces/default/serviceaccounts/default')).status === 200 ? true : undefined,
+    );
     if (cfg.simulatedNodes > 0) {
       await this.startComponent('kwok');
       await this.kubectl(['apply', '-f', '-'], simulatedNodes(cfg.simulatedNodes));
-      await waitFor(`${cfg.simulatedNodes} simulated nodes Ready`, 120_000, async () => ((await this.readyNodes()).length >= cfg.simulatedNodes + 1 ? true : undefined), 500);
+      await waitFor(
+        `${cfg.simulatedNodes} simulated nodes Ready`,
+        120_000,
+        async () => ((await this.readyNodes()).length >= cfg.simulatedNodes + 1 ? true : undefined),
+        500,
+      );
       this.mark('simulated nodes Ready', t0);
     }
     this.mark('up', t0);
@@ -193,24 +249,52 @@ export class Cluster {
   private async startComponent(name: string): Promise<void> {
     const rec = startProcess(this.paths, this.spec(name), withSbin(process.env));
     const alive = (): void => {
-      if (!readPid(this.paths, name)) throw new ClusterError('CLUSTER_COMPONENT_EXITED', `${name} (pid ${rec.pid}) exited; its log ends:\n${logTail(this.paths, name)}`);
+      if (!readPid(this.paths, name))
+        throw new ClusterError('CLUSTER_COMPONENT_EXITED', `${name} (pid ${rec.pid}) exited; its log ends:\n${logTail(this.paths, name)}`);
     };
     const until = async (what: string, ms: number, check: () => Promise<boolean>): Promise<void> => {
       try {
-        await waitFor(`${name}: ${what}`, ms, async () => { alive(); return (await check()) ? true : undefined; }, 100);
+        await waitFor(
+          `${name}: ${what}`,
+          ms,
+          async () => {
+            alive();
+            return (await check()) ? true : undefined;
+          },
+          100,
+        );
       } catch (e) {
-        if (e instanceof ClusterError && e.code === 'CLUSTER_TIMEOUT') throw new ClusterError('CLUSTER_TIMEOUT', `${e.message}; its log ends:\n${logTail(this.paths, name)}`, { cause: e.cause });
+        if (e instanceof ClusterError && e.code === 'CLUSTER_TIMEOUT')
+          throw new ClusterError('CLUSTER_TIMEOUT', `${e.message}; its log ends:\n${logTail(this.paths, name)}`, { cause: e.cause });
         throw e;
       }
     };
-    const httpOk = async (url: string): Promise<boolean> => { try { return (await fetch(url)).ok; } catch { return false; } };
+    const httpOk = async (url: string): Promise<boolean> => {
+      try {
+        return (await fetch(url)).ok;
+      } catch {
+        return false;
+      }
+    };
     switch (name) {
-      case 'etcd': await until('/health', 30_000, () => httpOk(`http://127.0.0.1:${PORTS.etcd}/health`)); break;
-      case 'kube-apiserver': await until('/readyz', 60_000, async () => (await this.api('GET', '/readyz')).status === 200); break;
-      case 'containerd': await until('its socket', 30_000, async () => (await runStatus('ctr', ['--address', this.paths.containerdSock, 'version'])).code === 0); break;
-      case 'kubelet': await until('node Ready', 90_000, async () => (await this.readyNodes()).includes(this.config.node)); break;
-      case 'kube-proxy': await until('/healthz', 30_000, () => httpOk(`http://127.0.0.1:${PORTS.proxyHealthz}/healthz`)); break;
-      default: await sleep(200); alive();
+      case 'etcd':
+        await until('/health', 30_000, () => httpOk(`http://127.0.0.1:${PORTS.etcd}/health`));
+        break;
+      case 'kube-apiserver':
+        await until('/readyz', 60_000, async () => (await this.api('GET', '/readyz')).status === 200);
+        break;
+      case 'containerd':
+        await until('its socket', 30_000, async () => (await runStatus('ctr', ['--address', this.paths.containerdSock, 'version'])).code === 0);
+        break;
+      case 'kubelet':
+        await until('node Ready', 90_000, async () => (await this.readyNodes()).includes(this.config.node));
+        break;
+      case 'kube-proxy':
+        await until('/healthz', 30_000, () => httpOk(`http://127.0.0.1:${PORTS.proxyHealthz}/healthz`));
+        break;
+      default:
+        await sleep(200);
+        alive();
     }
     this.log(`${name} running (pid ${rec.pid})`);
   }
@@ -228,18 +312,26 @@ export class Cluster {
   api(method: string, urlPath: string, body?: unknown): Promise<{ status: number; body: string; json: () => unknown }> {
     const tls = this.tlsFiles();
     return new Promise((resolve) => {
-      const req = https.request({
-        host: this.config.nodeIp, port: PORTS.apiserver, path: urlPath, method, ...tls, timeout: 10_000,
-        headers: body === undefined ? {} : { 'content-type': 'application/json' },
-      }, (res) => {
-        const chunks: Buffer[] = [];
-        res.on('data', (c: Buffer) => chunks.push(c));
-        res.on('end', () => {
-          const text = Buffer.concat(chunks).toString('utf8');
-          resolve({ status: res.statusCode ?? 0, body: text, json: () => JSON.parse(text) as unknown });
-        });
-        res.on('error', () => resolve({ status: 0, body: '', json: () => null }));
-      });
+      const req = https.request(
+        {
+          host: this.config.nodeIp,
+          port: PORTS.apiserver,
+          path: urlPath,
+          method,
+          ...tls,
+          timeout: 10_000,
+          headers: body === undefined ? {} : { 'content-type': 'application/json' },
+        },
+        (res) => {
+          const chunks: Buffer[] = [];
+          res.on('data', (c: Buffer) => chunks.push(c));
+          res.on('end', () => {
+            const text = Buffer.concat(chunks).toString('utf8');
+            resolve({ status: res.statusCode ?? 0, body: text, json: () => JSON.parse(text) as unknown });
+          });
+          res.on('error', () => resolve({ status: 0, body: '', json: () => null }));
+        },
+      );
       req.on('error', () => resolve({ status: 0, body: '', json: () => null }));
       req.on('timeout', () => req.destroy());
       req.end(body === undefined ? undefined : JSON.stringify(body));
@@ -306,30 +398,46 @@ export class Cluster {
     const t0 = Date.now();
     const problems: string[] = [];
     let saved: SavedState | undefined;
-    try { saved = JSON.parse(fs.readFileSync(l.state, 'utf8')) as SavedState; } catch { /* no state: clean what we can */ }
+    try {
+      saved = JSON.parse(fs.readFileSync(l.state, 'utf8')) as SavedState;
+    } catch {
+      /* no state: clean what we can */
+    }
     // Nothing may recreate or reschedule pods while they go; then delete them so that CNI DEL removes each veth, netns and rule.
     await stopProcess(l, 'kube-controller-manager', 5000);
     await stopProcess(l, 'kube-scheduler', 5000);
     if (readPid(l, 'kube-apiserver') && readPid(l, 'kubelet') && (await this.api('GET', '/readyz')).status === 200) {
-      await runStatus(path.join(cfg.binDir, 'kubectl'), ['--kubeconfig', this.kubeconfigPath, 'delete', 'pods', '--all', '--all-namespaces', '--grace-period=1', '--wait=true', '--timeout=30s'], { timeoutMs: 40_000 });
+      await runStatus(
+        path.join(cfg.binDir, 'kubectl'),
+        ['--kubeconfig', this.kubeconfigPath, 'delete', 'pods', '--all', '--all-namespaces', '--grace-period=1', '--wait=true', '--timeout=30s'],
+        { timeoutMs: 40_000 },
+      );
       await waitFor('pod sandboxes gone', 15_000, async () => {
         const r = await runStatus('ip', ['-j', 'link', 'show', 'master', cfg.cniBridge]);
         return r.code !== 0 || (JSON.parse(r.stdout || '[]') as unknown[]).length === 0 ? true : undefined;
-      }).catch(() => { /* forced below */ });
+      }).catch(() => {
+        /* forced below */
+      });
     }
     for (const s of componentSpecs(cfg).reverse()) if (s.name !== 'etcd') await stopProcess(l, s.name);
     await stopProcess(l, 'etcd');
     if (fs.existsSync(path.join(cfg.binDir, 'kube-proxy'))) await runStatus(path.join(cfg.binDir, 'kube-proxy'), ['--cleanup', '--proxy-mode=iptables']);
     // Shims detach from containerd and containers outlive a killed shim: end both.
-    for (const p of clusterProcesses(cfg)) { try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ } }
-    problems.push(...await removeKubepods());
+    for (const p of clusterProcesses(cfg)) {
+      try {
+        process.kill(p.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
+    }
+    problems.push(...(await removeKubepods()));
     await sleep(100);
     const still = clusterProcesses(cfg);
     if (still.length) problems.push(...still.map((p) => `process ${p.pid} ${p.comm} is still running`));
-    problems.push(...await unmountUnder(cfg.root));
-    problems.push(...await unmountUnder('/run/containerd'));
-    problems.push(...await removeLinks(cfg));
-    problems.push(...await cleanFirewall());
+    problems.push(...(await unmountUnder(cfg.root)));
+    problems.push(...(await unmountUnder('/run/containerd')));
+    problems.push(...(await removeLinks(cfg)));
+    problems.push(...(await cleanFirewall()));
     if (saved) {
       problems.push(...removeHostDirs(saved.absentHostDirs));
       problems.push(...restoreSysctls(saved.sysctls));
@@ -362,11 +470,19 @@ export async function testCluster(
   opts: Omit<UpOptions, 'root'> = {},
 ): Promise<Cluster | undefined> {
   const reason = clusterSkipReason();
-  if (reason) { t.skip(reason); return undefined; }
+  if (reason) {
+    t.skip(reason);
+    return undefined;
+  }
   const root = `${DEFAULT_ROOT}-test`;
   const busy = listeningPorts();
-  if (busy.has(PORTS.apiserver) && !Cluster.attach(root)) { t.skip(`port ${PORTS.apiserver} is taken: another cluster is up (npm run cluster -- down)`); return undefined; }
+  if (busy.has(PORTS.apiserver) && !Cluster.attach(root)) {
+    t.skip(`port ${PORTS.apiserver} is taken: another cluster is up (npm run cluster -- down)`);
+    return undefined;
+  }
   const c = await Cluster.up({ ...opts, root, log: (m) => t.comment(m) });
-  t.teardown(async () => { await c.down(); });
+  t.teardown(async () => {
+    await c.down();
+  });
   return c;
 }

@@ -20,7 +20,6 @@ export const guestInitrd = path.join(guestDir, 'initrd.img');
 export { READY_MARKER };
 export const GUEST_KERNEL_ARGS = guestKernelArgs();
 
-
 /** Why the daemon tests cannot run here, or false. `guest`: they also boot the test guest. */
 export function daemonSkipReason(opts: { guest?: boolean } = {}): string | false {
   if (process.platform !== 'linux') return 'needs Linux';
@@ -37,7 +36,12 @@ export function daemonSkipReason(opts: { guest?: boolean } = {}): string | false
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** Polls `cond` until it returns a value other than undefined/false; the error names `what` and the last value seen. */
-export async function waitFor<T>(what: string, cond: () => T | undefined | false | Promise<T | undefined | false>, timeoutMs = 30_000, everyMs = 100): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  cond: () => T | undefined | false | Promise<T | undefined | false>,
+  timeoutMs = 30_000,
+  everyMs = 100,
+): Promise<T> {
   const end = Date.now() + timeoutMs;
   let lastErr: unknown;
   for (;;) {
@@ -178,7 +182,14 @@ export interface HttpAnswer {
   json(): unknown;
 }
 
-export function httpRequest(socketPath: string, method: string, urlPath: string, body?: string | Buffer, headers: Record<string, string> = {}, timeoutMs = 15_000): Promise<HttpAnswer> {
+export function httpRequest(
+  socketPath: string,
+  method: string,
+  urlPath: string,
+  body?: string | Buffer,
+  headers: Record<string, string> = {},
+  timeoutMs = 15_000,
+): Promise<HttpAnswer> {
   return new Promise((resolve, reject) => {
     const h: Record<string, string | number> = { ...headers };
     if (body !== undefined) {
@@ -207,12 +218,21 @@ export function httpRequest(socketPath: string, method: string, urlPath: string,
  * Content-Length it waits for an answer after the headers (the limit is checked on them) before
  * sending the body; chunked, it stops sending once `limitBytes` were sent and waits for the answer.
  */
-export function rawHttpRequest(socketPath: string, method: string, urlPath: string, body: Buffer, opts: { chunked?: boolean; contentType?: string; limitBytes?: number; timeoutMs?: number } = {}): Promise<{ status: number; text: string }> {
+export function rawHttpRequest(
+  socketPath: string,
+  method: string,
+  urlPath: string,
+  body: Buffer,
+  opts: { chunked?: boolean; contentType?: string; limitBytes?: number; timeoutMs?: number } = {},
+): Promise<{ status: number; text: string }> {
   return new Promise((resolve, reject) => {
     const sock = net.connect(socketPath);
     const got: Buffer[] = [];
     const limit = opts.limitBytes ?? 1024 * 1024;
-    const timer = setTimeout(() => { sock.destroy(); reject(new Error(`${method} ${urlPath}: no answer within ${opts.timeoutMs ?? 15_000} ms`)); }, opts.timeoutMs ?? 15_000);
+    const timer = setTimeout(() => {
+      sock.destroy();
+      reject(new Error(`${method} ${urlPath}: no answer within ${opts.timeoutMs ?? 15_000} ms`));
+    }, opts.timeoutMs ?? 15_000);
     sock.on('data', (b: Buffer) => got.push(b));
     sock.on('error', () => undefined);
     sock.on('close', () => {
@@ -239,18 +259,25 @@ export function rawHttpRequest(socketPath: string, method: string, urlPath: stri
       }
       resolve({ status: Number(m[1]), text: payload });
     });
-    const write = (b: string | Buffer): Promise<void> => new Promise((r) => { if (sock.destroyed) r(); else sock.write(b, () => r()); });
+    const write = (b: string | Buffer): Promise<void> =>
+      new Promise((r) => {
+        if (sock.destroyed) r();
+        else sock.write(b, () => r());
+      });
     const answered = (): boolean => got.length > 0 || sock.destroyed;
     sock.on('connect', () => {
       void (async () => {
-        await write([
-          `${method} ${urlPath} HTTP/1.1`,
-          'Host: localhost',
-          `Content-Type: ${opts.contentType ?? 'application/json'}`,
-          opts.chunked ? 'Transfer-Encoding: chunked' : `Content-Length: ${body.length}`,
-          'Connection: close',
-          '', '',
-        ].join('\r\n'));
+        await write(
+          [
+            `${method} ${urlPath} HTTP/1.1`,
+            'Host: localhost',
+            `Content-Type: ${opts.contentType ?? 'application/json'}`,
+            opts.chunked ? 'Transfer-Encoding: chunked' : `Content-Length: ${body.length}`,
+            'Connection: close',
+            '',
+            '',
+          ].join('\r\n'),
+        );
         if (!opts.chunked && body.length > limit) {
           await waitFor('an answer to the headers', answered, 2_000, 20).catch(() => undefined);
         }
@@ -366,7 +393,11 @@ async function killEverythingUnder(root: string): Promise<void> {
     const procs = processesMatching(root);
     if (procs.length === 0) return;
     for (const p of procs) {
-      try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ }
+      try {
+        process.kill(p.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
     }
     if (Date.now() > end) throw new Error(`processes under ${root} survive SIGKILL: ${procs.map((p) => p.pid).join(', ')}`);
     await sleep(50);
@@ -375,7 +406,11 @@ async function killEverythingUnder(root: string): Promise<void> {
 
 function killEverythingUnderSync(root: string): void {
   for (const p of processesMatching(root)) {
-    try { process.kill(p.pid, 'SIGKILL'); } catch { /* gone */ }
+    try {
+      process.kill(p.pid, 'SIGKILL');
+    } catch {
+      /* gone */
+    }
   }
 }
 
@@ -416,21 +451,35 @@ export async function startTestDaemon(t: TapLike, opts: TestDaemonOptions = {}):
     const spawnedAt = Date.now();
     let c: ChildProcess;
     try {
-      c = spawn(process.execPath, [distCli, 'daemon', '--config', configFile, '--socket', socket, '--state-dir', stateDir, '--run-dir', runDir, '--accel', opts.accel ?? 'tcg'], {
-        stdio: ['ignore', fd, fd],
-        env: { ...process.env, VMLET_LOG_LEVEL: opts.logLevel ?? 'info' },
-      });
+      c = spawn(
+        process.execPath,
+        [distCli, 'daemon', '--config', configFile, '--socket', socket, '--state-dir', stateDir, '--run-dir', runDir, '--accel', opts.accel ?? 'tcg'],
+        {
+          stdio: ['ignore', fd, fd],
+          env: { ...process.env, VMLET_LOG_LEVEL: opts.logLevel ?? 'info' },
+        },
+      );
     } finally {
       closeSync(fd);
     }
     child = c;
     let gone = false;
-    exited = new Promise((resolve) => c.once('exit', () => { gone = true; resolve(); }));
-    await waitFor('the daemon to answer /healthz', async () => {
-      if (gone) throw new Error(`the daemon exited during start-up:\n${tail(logFile, 20)}`);
-      const r = await httpRequest(socket, 'GET', '/healthz', undefined, {}, 2_000);
-      return r.status === 200;
-    }, 30_000, 20).catch((e: unknown) => {
+    exited = new Promise((resolve) =>
+      c.once('exit', () => {
+        gone = true;
+        resolve();
+      }),
+    );
+    await waitFor(
+      'the daemon to answer /healthz',
+      async () => {
+        if (gone) throw new Error(`the daemon exited during start-up:\n${tail(logFile, 20)}`);
+        const r = await httpRequest(socket, 'GET', '/healthz', undefined, {}, 2_000);
+        return r.status === 200;
+      },
+      30_000,
+      20,
+    ).catch((e: unknown) => {
       throw gone ? e : new Error(`${(e as Error).message}\n${tail(logFile, 20)}`);
     });
     const healthyAt = Date.now();
@@ -438,21 +487,28 @@ export async function startTestDaemon(t: TapLike, opts: TestDaemonOptions = {}):
     return { spawnedAt, healthyAt };
   };
 
-  const runCli = (args: string[], o: { input?: string | Buffer; timeoutMs?: number } = {}): Promise<CliResult> => new Promise((resolve, reject) => {
-    const c = spawn(process.execPath, [distCli, '--socket', socket, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: { ...process.env, VMLET_SOCKET: socket } });
-    const out: Buffer[] = [];
-    const err: Buffer[] = [];
-    c.stdout.on('data', (b: Buffer) => out.push(b));
-    c.stderr.on('data', (b: Buffer) => err.push(b));
-    const timer = setTimeout(() => c.kill('SIGKILL'), o.timeoutMs ?? 60_000);
-    c.on('error', (e) => { clearTimeout(timer); reject(e); });
-    c.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
+  const runCli = (args: string[], o: { input?: string | Buffer; timeoutMs?: number } = {}): Promise<CliResult> =>
+    new Promise((resolve, reject) => {
+      const c = spawn(process.execPath, [distCli, '--socket', socket, ...args], {
+        stdio: ['pipe', 'pipe', 'pipe'],
+        env: { ...process.env, VMLET_SOCKET: socket },
+      });
+      const out: Buffer[] = [];
+      const err: Buffer[] = [];
+      c.stdout.on('data', (b: Buffer) => out.push(b));
+      c.stderr.on('data', (b: Buffer) => err.push(b));
+      const timer = setTimeout(() => c.kill('SIGKILL'), o.timeoutMs ?? 60_000);
+      c.on('error', (e) => {
+        clearTimeout(timer);
+        reject(e);
+      });
+      c.on('close', (code) => {
+        clearTimeout(timer);
+        resolve({ code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') });
+      });
+      c.stdin.on('error', () => undefined);
+      c.stdin.end(o.input);
     });
-    c.stdin.on('error', () => undefined);
-    c.stdin.end(o.input);
-  });
 
   const api = (kind: 'vmi' | 'vm', ns: string, name?: string): string =>
     `/apis/vmlet.io/v1alpha1/namespaces/${ns}/${kind === 'vmi' ? 'virtualmachineinstances' : 'virtualmachines'}${name ? `/${name}` : ''}`;
@@ -465,9 +521,17 @@ export async function startTestDaemon(t: TapLike, opts: TestDaemonOptions = {}):
   };
 
   const d: TestDaemon = {
-    root, socket, stateDir, runDir, logFile,
-    get pid() { return child?.pid ?? -1; },
-    get startMs() { return startMs; },
+    root,
+    socket,
+    stateDir,
+    runDir,
+    logFile,
+    get pid() {
+      return child?.pid ?? -1;
+    },
+    get startMs() {
+      return startMs;
+    },
     cli: runCli,
     async cliOk(args, o) {
       const r = await runCli(args, o);
@@ -488,12 +552,19 @@ export async function startTestDaemon(t: TapLike, opts: TestDaemonOptions = {}):
     async waitPhase(name, phase, timeoutMs = 60_000, pred) {
       let last: KubeObj | undefined;
       try {
-        return await waitFor(`VMI ${name} to be ${phase}`, async () => {
-          last = await getObj('vmi', name);
-          return last?.status?.phase === phase && (!pred || pred(last)) ? last : undefined;
-        }, timeoutMs, 100);
+        return await waitFor(
+          `VMI ${name} to be ${phase}`,
+          async () => {
+            last = await getObj('vmi', name);
+            return last?.status?.phase === phase && (!pred || pred(last)) ? last : undefined;
+          },
+          timeoutMs,
+          100,
+        );
       } catch (e) {
-        throw new Error(`${(e as Error).message}; last seen: ${last ? `phase ${last.status?.phase ?? '-'} reason ${last.status?.reason ?? '-'}` : 'no VMI'}\n--- daemon log ---\n${d.logTail(15)}`);
+        throw new Error(
+          `${(e as Error).message}; last seen: ${last ? `phase ${last.status?.phase ?? '-'} reason ${last.status?.reason ?? '-'}` : 'no VMI'}\n--- daemon log ---\n${d.logTail(15)}`,
+        );
       }
     },
     async waitGone(kind, name, timeoutMs = 60_000) {
@@ -588,7 +659,10 @@ async function removeCgroupParent(parent: string): Promise<void> {
 function tail(file: string, n: number): string {
   try {
     const lines = readFileSync(file, 'utf8').trimEnd().split('\n');
-    return lines.slice(-n).map((l) => l.length > 400 ? `${l.slice(0, 400)}…` : l).join('\n');
+    return lines
+      .slice(-n)
+      .map((l) => (l.length > 400 ? `${l.slice(0, 400)}…` : l))
+      .join('\n');
   } catch {
     return '(no log)';
   }

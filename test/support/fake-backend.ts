@@ -86,7 +86,12 @@ export class FakeBackend implements Backend {
   }
 
   /** Adds an object as the daemon would hold it (uid, resourceVersion, creationTimestamp, and a status). */
-  seed(kind: Kind, namespace: string, body: { metadata: { name: string; [k: string]: unknown }; spec?: unknown; status?: unknown }, created = new Date(Date.now() - 90_000)): KubeObject {
+  seed(
+    kind: Kind,
+    namespace: string,
+    body: { metadata: { name: string; [k: string]: unknown }; spec?: unknown; status?: unknown },
+    created = new Date(Date.now() - 90_000),
+  ): KubeObject {
     const obj: KubeObject = {
       apiVersion: 'vmlet.io/v1alpha1',
       kind,
@@ -111,7 +116,14 @@ export class FakeBackend implements Backend {
   }
 
   /** `extra` overrides or adds fields, e.g. `{ count: 3, firstTimestamp, lastTimestamp }`; `involved.uid` names one incarnation. */
-  addEvent(namespace: string, involved: { kind: Kind; name: string; uid?: string }, reason: string, message: string, type = 'Normal', extra: Record<string, unknown> = {}): KubeObject {
+  addEvent(
+    namespace: string,
+    involved: { kind: Kind; name: string; uid?: string },
+    reason: string,
+    message: string,
+    type = 'Normal',
+    extra: Record<string, unknown> = {},
+  ): KubeObject {
     const ev: KubeObject = {
       apiVersion: 'v1',
       kind: 'Event',
@@ -325,7 +337,13 @@ export async function startFakeServer(opts: Partial<Omit<ApiServerOptions, 'back
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vmlet-api-'));
   const backend = opts.backend ?? new FakeBackend();
   const socketPath = opts.socketPath ?? path.join(dir, 'vmlet.sock');
-  const server = await ApiServer.listen({ version: FAKE_VERSION, ...opts, backend, socketPath, logger: pino({ level: process.env.VMLET_TEST_LOG ?? 'silent' }) });
+  const server = await ApiServer.listen({
+    version: FAKE_VERSION,
+    ...opts,
+    backend,
+    socketPath,
+    logger: pino({ level: process.env.VMLET_TEST_LOG ?? 'silent' }),
+  });
   return {
     backend,
     server,
@@ -345,7 +363,10 @@ export interface CliRun {
 }
 
 /** Runs the CLI in-process with captured output; `stdin` is a string (piped, ended) or a stream the test feeds. */
-export async function runCli(argv: string[], opts: { socketPath?: string; stdin?: string | PassThrough; env?: Record<string, string>; now?: number } = {}): Promise<CliRun> {
+export async function runCli(
+  argv: string[],
+  opts: { socketPath?: string; stdin?: string | PassThrough; env?: Record<string, string>; now?: number } = {},
+): Promise<CliRun> {
   const { main } = await import('../../src/cli/main.js');
   const stdout = new PassThrough();
   const stderr = new PassThrough();

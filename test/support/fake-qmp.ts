@@ -169,12 +169,15 @@ export class FakeQmpServer extends FakeServerBase {
       const g = this.opts.greeting;
       if (typeof g === 'string') conn.sendRaw(g);
       else if (g !== false) conn.send(g ?? defaultGreeting(this.opts.capabilities));
-      conn.socket.on('data', lineReader((msg) => {
-        if (msg instanceof Error) return conn.error(null, 'GenericError', 'JSON parse error');
-        conn.received.push(msg);
-        this.opts.onCommand?.(msg, conn);
-        void this.handle(msg, conn);
-      }, false));
+      conn.socket.on(
+        'data',
+        lineReader((msg) => {
+          if (msg instanceof Error) return conn.error(null, 'GenericError', 'JSON parse error');
+          conn.received.push(msg);
+          this.opts.onCommand?.(msg, conn);
+          void this.handle(msg, conn);
+        }, false),
+      );
     });
     return this;
   }

@@ -199,6 +199,7 @@ export async function bootTestGuest(opts: BootTestGuestOptions = {}): Promise<Te
   const accel = opts.accel === undefined || opts.accel === 'auto' ? await testAccel(opts.qemu ?? qemuBinary()) : opts.accel;
   const kernel = !opts.bzImage && image.kernelPvh ? image.kernelPvh : image.kernel;
   // the serial chardev comes first and waits for our connection, so no console output is lost
+  // prettier-ignore
   const argv = [
     '-name', 'vmlet-test-guest',
     '-accel', accel,
@@ -216,9 +217,12 @@ export async function bootTestGuest(opts: BootTestGuestOptions = {}): Promise<Te
   if (paths.qmp) argv.push('-chardev', `socket,id=qmp0,path=${paths.qmp},server=on,wait=off`, '-mon', 'chardev=qmp0,mode=control');
   if (paths.qga) {
     argv.push(
-      '-chardev', `socket,id=qga0,path=${paths.qga},server=on,wait=off`,
-      '-device', 'virtio-serial-pci,id=vser0',
-      '-device', 'virtserialport,bus=vser0.0,nr=1,chardev=qga0,name=org.qemu.guest_agent.0',
+      '-chardev',
+      `socket,id=qga0,path=${paths.qga},server=on,wait=off`,
+      '-device',
+      'virtio-serial-pci,id=vser0',
+      '-device',
+      'virtserialport,bus=vser0.0,nr=1,chardev=qga0,name=org.qemu.guest_agent.0',
     );
   }
   if (opts.net) {

@@ -165,7 +165,9 @@ export function daemonNetConfig(tn: TestNet): Record<string, unknown> {
 export function testNetObjects(tn: TestNet): { netns: string[]; veths: string[]; bridgePorts: string[] } {
   const o = tn.opts;
   const netns = fs.existsSync('/run/netns') ? fs.readdirSync('/run/netns').filter((n) => n.startsWith(o.names!.netnsPrefix)) : [];
-  const veths = ipJson<{ ifname: string }[]>(['link', 'show']).map((l) => l.ifname).filter((n) => n.startsWith(o.names!.vethPrefix));
+  const veths = ipJson<{ ifname: string }[]>(['link', 'show'])
+    .map((l) => l.ifname)
+    .filter((n) => n.startsWith(o.names!.vethPrefix));
   let bridgePorts: string[] = [];
   try {
     bridgePorts = ipJson<{ ifname: string }[]>(['link', 'show', 'master', o.bridge!]).map((l) => l.ifname);

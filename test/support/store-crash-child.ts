@@ -52,7 +52,10 @@ async function worker(w: number): Promise<never> {
       say(`A ${w} event ${name} ${e.metadata.resourceVersion}`);
     } else if (dice < 0.6) {
       say(`B ${w} update ${name}`);
-      const o = await store.update({ ...cur, spec: { n, pad: 'y'.repeat(Math.floor(Math.random() * 4000)) } }, { expectedResourceVersion: cur.metadata.resourceVersion });
+      const o = await store.update(
+        { ...cur, spec: { n, pad: 'y'.repeat(Math.floor(Math.random() * 4000)) } },
+        { expectedResourceVersion: cur.metadata.resourceVersion },
+      );
       say(`A ${w} update ${name} ${o.metadata.resourceVersion}`);
     } else {
       say(`B ${w} status ${name}`);

@@ -11,11 +11,14 @@ export interface CapturedLog {
 /** A pino logger that keeps its records in memory. */
 export function captureLogger(): CapturedLog {
   const lines: Array<Record<string, unknown>> = [];
-  const logger = pino({ level: 'info' }, {
-    write(s: string): void {
-      lines.push(JSON.parse(s) as Record<string, unknown>);
+  const logger = pino(
+    { level: 'info' },
+    {
+      write(s: string): void {
+        lines.push(JSON.parse(s) as Record<string, unknown>);
+      },
     },
-  });
+  );
   return { logger, lines };
 }
 

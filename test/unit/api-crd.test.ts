@@ -32,7 +32,11 @@ t.test('CRDs are structural Kubernetes CRDs', async (t) => {
     const crd = parse(readFileSync(join(DEFAULT_CRD_DIR, file), 'utf8')) as {
       apiVersion: string;
       kind: string;
-      spec: { group: string; scope: string; versions: Array<{ name: string; subresources?: { status?: object }; additionalPrinterColumns?: unknown[]; schema: { openAPIV3Schema: unknown } }> };
+      spec: {
+        group: string;
+        scope: string;
+        versions: Array<{ name: string; subresources?: { status?: object }; additionalPrinterColumns?: unknown[]; schema: { openAPIV3Schema: unknown } }>;
+      };
     };
     t.equal(crd.apiVersion, 'apiextensions.k8s.io/v1');
     t.equal(crd.kind, 'CustomResourceDefinition');

@@ -1,7 +1,7 @@
 import t from 'tap';
 import { parseManifests } from '../../src/api/index.js';
 import type { ManifestErrorDetails } from '../../src/api/manifest.js';
-import { VmletError } from '../../src/errors.js';
+import { type VmletError } from '../../src/errors.js';
 
 t.test('several YAML documents, empty ones skipped', async (t) => {
   const text = `---

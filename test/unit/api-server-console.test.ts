@@ -4,7 +4,8 @@ import t from 'tap';
 import { ApiClient, paths } from '../../src/cli/client.js';
 import { startFakeServer } from '../support/fake-backend.js';
 
-const consolePath = (name: string, write: boolean): string => `${paths.subresource('virtualmachineinstances', 'default', name, 'console')}${write ? '?write=true' : ''}`;
+const consolePath = (name: string, write: boolean): string =>
+  `${paths.subresource('virtualmachineinstances', 'default', name, 'console')}${write ? '?write=true' : ''}`;
 
 async function until(cond: () => boolean, what: string, ms = 2000): Promise<void> {
   const end = Date.now() + ms;
@@ -64,7 +65,11 @@ t.test('console refusals are Status responses', async (t) => {
   const s = await startFakeServer();
   t.teardown(s.close);
   const c = new ApiClient({ socketPath: s.socketPath });
-  await t.rejects(c.upgrade(consolePath('missing', true), 'vmlet-console'), { code: 'NOT_FOUND', httpStatus: 404, message: 'virtualmachineinstances "missing" not found' });
+  await t.rejects(c.upgrade(consolePath('missing', true), 'vmlet-console'), {
+    code: 'NOT_FOUND',
+    httpStatus: 404,
+    message: 'virtualmachineinstances "missing" not found',
+  });
   await t.rejects(c.upgrade(consolePath('..%2Fx', true), 'vmlet-console'), { code: 'INVALID_PATH', httpStatus: 400 });
   await t.rejects(c.upgrade(paths.object('virtualmachineinstances', 'default', 'a'), 'vmlet-console'), { code: 'BAD_REQUEST' });
   s.backend.seed('VirtualMachineInstance', 'default', { metadata: { name: 'a' } });

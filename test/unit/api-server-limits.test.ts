@@ -50,7 +50,11 @@ t.test('body limit', async (t) => {
     if (!(r instanceof Error)) t.equal(r.status, 413);
     else t.pass('connection closed while the client was still writing');
     t.equal((await c.request('GET', '/healthz')).status, 200);
-    t.same(s.backend.calls.filter((x) => x.op === 'create'), [], 'nothing reached the backend');
+    t.same(
+      s.backend.calls.filter((x) => x.op === 'create'),
+      [],
+      'nothing reached the backend',
+    );
   });
 });
 
@@ -58,7 +62,11 @@ t.test('slow-loris headers are cut off in bounded time', async (t) => {
   const s = await startFakeServer({ headersTimeoutMs: 600, requestTimeoutMs: 1200 });
   t.teardown(s.close);
   const req = `GET ${VMIS} HTTP/1.1\r\nHost: x\r\nX-Slow: ${'a'.repeat(200)}\r\n\r\n`;
-  const r = await raw(s.socketPath, [...req].map((ch) => ch), 100);
+  const r = await raw(
+    s.socketPath,
+    [...req].map((ch) => ch),
+    100,
+  );
   t.ok(r.ms < 4000, `closed after ${r.ms} ms`);
   t.notMatch(r.text, /^HTTP\/1\.1 200/, 'never answered');
   t.match(r.text, /^(HTTP\/1\.1 408 |$)/, 'a 408 or just a close');

@@ -25,7 +25,9 @@ t.test('routes', async (t) => {
     const v = await c.request('GET', '/version');
     t.equal(v.status, 200);
     t.same(v.body, { ...FAKE_VERSION, apiVersion: 'vmlet.io/v1alpha1', nodejs: process.version }, 'what the daemon was started with, as given');
-    const bare = await startFakeServer({ version: { vmlet: '1.2.3', qemu: 'QEMU emulator version 9.0.0', kvm: { usable: true, reason: 'ok' }, accel: 'kvm', useEmulation: false } });
+    const bare = await startFakeServer({
+      version: { vmlet: '1.2.3', qemu: 'QEMU emulator version 9.0.0', kvm: { usable: true, reason: 'ok' }, accel: 'kvm', useEmulation: false },
+    });
     t.teardown(bare.close);
     const b = await new ApiClient({ socketPath: bare.socketPath }).request('GET', '/version');
     t.match(b.body, { vmlet: '1.2.3', qemu: 'QEMU emulator version 9.0.0', kvm: { usable: true, reason: 'ok' }, accel: 'kvm', useEmulation: false });
@@ -94,12 +96,15 @@ t.test('routes', async (t) => {
       const v = await c.request('PUT', `${prefix}/namespaces/default/virtualmachines/vm1/restart`);
       t.equal(v.status, 202, prefix);
     }
-    t.match(s.backend.calls.filter((x) => x.op === 'vmiAction' || x.op === 'vmAction'), [
-      { op: 'vmiAction', action: 'pause', ref: { kind: 'VirtualMachineInstance', name: 'd' } },
-      { op: 'vmAction', action: 'restart', ref: { kind: 'VirtualMachine', name: 'vm1' } },
-      { op: 'vmiAction', action: 'pause' },
-      { op: 'vmAction', action: 'restart' },
-    ]);
+    t.match(
+      s.backend.calls.filter((x) => x.op === 'vmiAction' || x.op === 'vmAction'),
+      [
+        { op: 'vmiAction', action: 'pause', ref: { kind: 'VirtualMachineInstance', name: 'd' } },
+        { op: 'vmAction', action: 'restart', ref: { kind: 'VirtualMachine', name: 'vm1' } },
+        { op: 'vmiAction', action: 'pause' },
+        { op: 'vmAction', action: 'restart' },
+      ],
+    );
     t.equal((await c.request('PUT', paths.subresource('virtualmachines', 'default', 'vm1', 'pause'))).status, 404, 'pause is not a VM verb');
     t.equal((await c.request('PUT', paths.subresource('virtualmachineinstances', 'default', 'd', 'start'))).status, 404, 'start is not a VMI verb');
     t.equal((await c.request('POST', paths.subresource('virtualmachineinstances', 'default', 'd', 'pause'))).status, 405);
@@ -113,7 +118,10 @@ t.test('routes', async (t) => {
     const r = await c.request('POST', paths.subresource('virtualmachineinstances', 'default', 'd', 'qmp'), { body: { execute: 'query-status' } });
     t.equal(r.status, 200);
     t.same(r.body, { return: { echo: { execute: 'query-status' } } });
-    const bad = await c.request('POST', paths.subresource('virtualmachineinstances', 'default', 'd', 'qmp'), { body: '[1,2]', contentType: 'application/json' });
+    const bad = await c.request('POST', paths.subresource('virtualmachineinstances', 'default', 'd', 'qmp'), {
+      body: '[1,2]',
+      contentType: 'application/json',
+    });
     t.equal(bad.status, 400);
     s.backend.failNext.set('qmp', new VmletError('QMP_TIMEOUT', 'no reply'));
     t.equal((await c.request('POST', paths.subresource('virtualmachineinstances', 'default', 'd', 'qmp'), { body: { execute: 'x' } })).status, 504);
@@ -220,7 +228,11 @@ t.test('hostile and wrong requests', async (t) => {
     t.match(r.body, { reason: 'INTERNAL', message: 'internal error' });
     const v = await c.request('POST', VMIS, { body: { kind: 'VirtualMachineInstance', metadata: {} } });
     t.equal(v.status, 422);
-    t.same((v.body as { details: { causes: unknown } }).details.causes, [{ field: 'metadata.name', code: 'INVALID_FIELD', message: 'required', reason: 'INVALID_FIELD' }], 'each cause has its code (and Kubernetes\' reason)');
+    t.same(
+      (v.body as { details: { causes: unknown } }).details.causes,
+      [{ field: 'metadata.name', code: 'INVALID_FIELD', message: 'required', reason: 'INVALID_FIELD' }],
+      "each cause has its code (and Kubernetes' reason)",
+    );
     const several = Object.assign(new VmletError('UNKNOWN_FIELD', 'VirtualMachineInstance "default/c" is invalid: three problems'), {
       details: [
         { field: 'spec.x', code: 'UNKNOWN_FIELD', message: 'field not supported' },
@@ -231,12 +243,16 @@ t.test('hostile and wrong requests', async (t) => {
     s.backend.failNext.set('create', several);
     const all = await c.request('POST', VMIS, { body: vmi('c') });
     t.equal(all.status, 422);
-    t.same((all.body as { reason: string; details: { causes: unknown } }).details.causes, [
-      { field: 'spec.x', code: 'UNKNOWN_FIELD', message: 'field not supported', reason: 'UNKNOWN_FIELD' },
-      { field: 'metadata.name', code: 'INVALID_NAME', message: 'must be a DNS-1123 label', reason: 'INVALID_NAME' },
-      { code: 'UNKNOWN_FIELD', message: 'no field', reason: 'UNKNOWN_FIELD' },
-    ], 'every cause, in order; one without its own code has the error\'s');
-    t.equal((all.body as { reason: string }).reason, 'UNKNOWN_FIELD', 'the top-level code is the first problem\'s');
+    t.same(
+      (all.body as { reason: string; details: { causes: unknown } }).details.causes,
+      [
+        { field: 'spec.x', code: 'UNKNOWN_FIELD', message: 'field not supported', reason: 'UNKNOWN_FIELD' },
+        { field: 'metadata.name', code: 'INVALID_NAME', message: 'must be a DNS-1123 label', reason: 'INVALID_NAME' },
+        { code: 'UNKNOWN_FIELD', message: 'no field', reason: 'UNKNOWN_FIELD' },
+      ],
+      "every cause, in order; one without its own code has the error's",
+    );
+    t.equal((all.body as { reason: string }).reason, 'UNKNOWN_FIELD', "the top-level code is the first problem's");
   });
 
   t.test('still serving', async (t) => {

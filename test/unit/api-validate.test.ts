@@ -104,10 +104,19 @@ t.test('code defaults: disk type, cdrom, cpu and memory from resources', async (
 });
 
 t.test('unknown and unsupported fields are refused, naming the field', async (t) => {
-  refuses(t, set(baseVMI(), 'spec.domain.devices.interfaces', [{ name: 'default', masquerade: {}, foo: {} }]), 'spec.domain.devices.interfaces[0].foo', 'UNKNOWN_FIELD');
+  refuses(
+    t,
+    set(baseVMI(), 'spec.domain.devices.interfaces', [{ name: 'default', masquerade: {}, foo: {} }]),
+    'spec.domain.devices.interfaces[0].foo',
+    'UNKNOWN_FIELD',
+  );
   refuses(t, set(baseVMI(), 'spec.networks', [{ name: 'default', pod: { vmNetworkCIDR: '10.0.2.0/24', x: 1 } }]), 'spec.networks[0].pod.x', 'UNKNOWN_FIELD');
   refuses(t, set(baseVMI(), 'spec.domain.cpu.isolateEmulatorThread', true), 'spec.domain.cpu.isolateEmulatorThread', 'UNKNOWN_FIELD');
-  t.equal(validateVMI(set(baseVMI(), 'spec.domain.cpu.dedicatedCpuPlacement', true)).spec.domain.cpu?.dedicatedCpuPlacement, true, 'dedicatedCpuPlacement is accepted');
+  t.equal(
+    validateVMI(set(baseVMI(), 'spec.domain.cpu.dedicatedCpuPlacement', true)).spec.domain.cpu?.dedicatedCpuPlacement,
+    true,
+    'dedicatedCpuPlacement is accepted',
+  );
   refuses(t, set(baseVMI(), 'spec.domain.firmware.bootloader.bios.useSerial', true), 'spec.domain.firmware.bootloader.bios.useSerial', 'UNKNOWN_FIELD');
   refuses(t, set(baseVMI(), 'spec.nodeSelector', { a: 'b' }), 'spec.nodeSelector', 'UNKNOWN_FIELD');
   refuses(t, set(baseVMI(), 'spec.domain.resources.requests.nvidia', '1'), 'spec.domain.resources.requests.nvidia', 'UNKNOWN_FIELD');
@@ -186,7 +195,12 @@ t.test('quantities and memory bounds', async (t) => {
 });
 
 t.test('limits below requests', async (t) => {
-  refuses(t, set(baseVMI(), 'spec.domain.resources', { requests: { cpu: '2' }, limits: { cpu: '1' } }), 'spec.domain.resources.limits.cpu', 'INVALID_RESOURCES');
+  refuses(
+    t,
+    set(baseVMI(), 'spec.domain.resources', { requests: { cpu: '2' }, limits: { cpu: '1' } }),
+    'spec.domain.resources.limits.cpu',
+    'INVALID_RESOURCES',
+  );
   refuses(
     t,
     set(baseVMI(), 'spec.domain.resources', { requests: { memory: '1Gi' }, limits: { memory: '512Mi' } }),
@@ -205,7 +219,10 @@ t.test('cpu', async (t) => {
   }
   for (const model of ['max,+vmx', 'a b', '-x', 'host\n']) {
     const ds = details(() => validateVMI(set(baseVMI(), 'spec.domain.cpu', { model })));
-    t.ok(ds.some((d) => d.field === 'spec.domain.cpu.model'), JSON.stringify(model));
+    t.ok(
+      ds.some((d) => d.field === 'spec.domain.cpu.model'),
+      JSON.stringify(model),
+    );
   }
   refuses(t, set(baseVMI(), 'spec.domain.machine.type', 'q35,accel=kvm'), 'spec.domain.machine.type', 'INVALID_FIELD');
 });
@@ -222,12 +239,30 @@ t.test('disks and volumes', async (t) => {
   (dupv['spec'] as { volumes: unknown[] }).volumes.push({ name: 'root', emptyDisk: { capacity: '1Gi' } });
   refuses(t, dupv, 'spec.volumes[1].name', 'DUPLICATE_NAME');
   refuses(t, set(baseVMI(), 'spec.domain.devices.disks.0.cdrom', {}), 'spec.domain.devices.disks[0]', 'CONFLICTING_FIELDS');
-  refuses(t, set(baseVMI(), 'spec.domain.devices.disks.0', { name: 'root', cdrom: { bus: 'virtio' } }), 'spec.domain.devices.disks[0].cdrom.bus', 'INVALID_FIELD');
-  refuses(t, set(baseVMI(), 'spec.domain.devices.disks.0', { name: 'root', cdrom: { readonly: false } }), 'spec.domain.devices.disks[0].cdrom.readonly', 'INVALID_FIELD');
-  refuses(t, set(baseVMI(), 'spec.domain.devices.disks.0', { name: 'root', disk: { bus: 'sata', readonly: true } }), 'spec.domain.devices.disks[0].disk.readonly', 'INVALID_FIELD');
+  refuses(
+    t,
+    set(baseVMI(), 'spec.domain.devices.disks.0', { name: 'root', cdrom: { bus: 'virtio' } }),
+    'spec.domain.devices.disks[0].cdrom.bus',
+    'INVALID_FIELD',
+  );
+  refuses(
+    t,
+    set(baseVMI(), 'spec.domain.devices.disks.0', { name: 'root', cdrom: { readonly: false } }),
+    'spec.domain.devices.disks[0].cdrom.readonly',
+    'INVALID_FIELD',
+  );
+  refuses(
+    t,
+    set(baseVMI(), 'spec.domain.devices.disks.0', { name: 'root', disk: { bus: 'sata', readonly: true } }),
+    'spec.domain.devices.disks[0].disk.readonly',
+    'INVALID_FIELD',
+  );
   refuses(t, set(baseVMI(), 'spec.domain.devices.disks.0.serial', 'has space'), 'spec.domain.devices.disks[0].serial', 'INVALID_FIELD');
   const boot = baseVMI();
-  set(boot, 'spec.domain.devices.disks', [{ name: 'root', bootOrder: 1 }, { name: 'b', bootOrder: 1 }]);
+  set(boot, 'spec.domain.devices.disks', [
+    { name: 'root', bootOrder: 1 },
+    { name: 'b', bootOrder: 1 },
+  ]);
   (boot['spec'] as { volumes: unknown[] }).volumes.push({ name: 'b', emptyDisk: { capacity: '1Gi' } });
   refuses(t, boot, 'spec.domain.devices.disks[1].bootOrder', 'INVALID_FIELD');
   refuses(t, set(baseVMI(), 'spec.volumes.0', { name: 'root' }), 'spec.volumes[0]', 'MISSING_FIELD');
@@ -242,7 +277,10 @@ t.test('disks and volumes', async (t) => {
 t.test('host paths', async (t) => {
   for (const p of ['relative.img', '/a/../etc/shadow', '/a//b', '/a/./b', '/a/', '/', '/a\u0000b']) {
     const ds = details(() => validateVMI(set(baseVMI(), 'spec.volumes.0.hostDisk.path', p)));
-    t.ok(ds.some((d) => d.field === 'spec.volumes[0].hostDisk.path' && (d.code === 'INVALID_HOST_PATH' || d.code === 'UNSAFE_VALUE')), JSON.stringify(p));
+    t.ok(
+      ds.some((d) => d.field === 'spec.volumes[0].hostDisk.path' && (d.code === 'INVALID_HOST_PATH' || d.code === 'UNSAFE_VALUE')),
+      JSON.stringify(p),
+    );
   }
   refuses(t, set(baseVMI(), 'spec.volumes.0.hostDisk.path', '/a/b\nc'), 'spec.volumes[0].hostDisk.path', 'UNSAFE_VALUE');
   t.ok(validateVMI(set(baseVMI(), 'spec.volumes.0.hostDisk.path', '/srv/with,comma,file.driver=null-co.img')), 'commas are fine (escaped later)');
@@ -257,7 +295,12 @@ t.test('host paths', async (t) => {
 
 t.test('control characters anywhere in the spec', async (t) => {
   refuses(t, set(baseVMI(), 'spec.domain.firmware.serial', 'abc\ndef'), 'spec.domain.firmware.serial', 'UNSAFE_VALUE');
-  refuses(t, set(baseVMI(), 'spec.domain.firmware.kernelBoot', { kernelArgs: 'a\rb', hostPath: { kernelPath: '/k' } }), 'spec.domain.firmware.kernelBoot.kernelArgs', 'UNSAFE_VALUE');
+  refuses(
+    t,
+    set(baseVMI(), 'spec.domain.firmware.kernelBoot', { kernelArgs: 'a\rb', hostPath: { kernelPath: '/k' } }),
+    'spec.domain.firmware.kernelBoot.kernelArgs',
+    'UNSAFE_VALUE',
+  );
   refuses(t, set(baseVMI(), 'metadata.labels', { a: 'b\tc' }), 'metadata.labels.a', 'UNSAFE_VALUE');
 });
 
@@ -269,14 +312,24 @@ t.test('firmware', async (t) => {
   });
   t.ok(validateVMI(kb));
   refuses(t, set(baseVMI(), 'spec.domain.firmware.kernelBoot', { kernelArgs: 'x' }), 'spec.domain.firmware.kernelBoot.hostPath', 'MISSING_FIELD');
-  refuses(t, set(baseVMI(), 'spec.domain.firmware.kernelBoot', { hostPath: { kernelPath: 'vmlinuz' } }), 'spec.domain.firmware.kernelBoot.hostPath.kernelPath', 'INVALID_HOST_PATH');
+  refuses(
+    t,
+    set(baseVMI(), 'spec.domain.firmware.kernelBoot', { hostPath: { kernelPath: 'vmlinuz' } }),
+    'spec.domain.firmware.kernelBoot.hostPath.kernelPath',
+    'INVALID_HOST_PATH',
+  );
   refuses(
     t,
     set(baseVMI(), 'spec.domain.firmware.kernelBoot', { hostPath: { kernelPath: '/k', initrdPath: '/i,/etc/shadow' } }),
     'spec.domain.firmware.kernelBoot.hostPath.initrdPath',
     'INVALID_HOST_PATH',
   );
-  refuses(t, set(baseVMI(), 'spec.domain.firmware.bootloader', { efi: { secureBoot: true } }), 'spec.domain.firmware.bootloader.efi.secureBoot', 'INVALID_FIELD');
+  refuses(
+    t,
+    set(baseVMI(), 'spec.domain.firmware.bootloader', { efi: { secureBoot: true } }),
+    'spec.domain.firmware.bootloader.efi.secureBoot',
+    'INVALID_FIELD',
+  );
   refuses(t, set(baseVMI(), 'spec.domain.firmware.bootloader', { efi: {}, bios: {} }), 'spec.domain.firmware.bootloader', 'CONFLICTING_FIELDS');
   const efi = validateVMI(set(baseVMI(), 'spec.domain.firmware.bootloader', { efi: {} }));
   t.same(efi.spec.domain.firmware?.bootloader?.efi, { secureBoot: false });
@@ -332,12 +385,44 @@ t.test('ValidationError shape', async (t) => {
 });
 
 t.test('interfaces and networks: KubeVirt fields accepted and defaulted', async (t) => {
-  const v = set(set(baseVMI(), 'spec.domain.devices.interfaces', [{ name: 'default', masquerade: {}, macAddress: '02:00:00:00:00:01', model: 'e1000', ports: [{ name: 'http', port: 80 }, { port: 53, protocol: 'UDP' }] }]), 'spec.networks', [{ name: 'default', pod: { vmNetworkCIDR: '10.11.0.0/24' } }]);
+  const v = set(
+    set(baseVMI(), 'spec.domain.devices.interfaces', [
+      {
+        name: 'default',
+        masquerade: {},
+        macAddress: '02:00:00:00:00:01',
+        model: 'e1000',
+        ports: [
+          { name: 'http', port: 80 },
+          { port: 53, protocol: 'UDP' },
+        ],
+      },
+    ]),
+    'spec.networks',
+    [{ name: 'default', pod: { vmNetworkCIDR: '10.11.0.0/24' } }],
+  );
   const out = validateVMI(v);
-  t.same(out.spec.domain.devices.interfaces?.[0]?.ports, [{ name: 'http', port: 80, protocol: 'TCP' }, { port: 53, protocol: 'UDP' }], 'protocol defaults to TCP');
+  t.same(
+    out.spec.domain.devices.interfaces?.[0]?.ports,
+    [
+      { name: 'http', port: 80, protocol: 'TCP' },
+      { port: 53, protocol: 'UDP' },
+    ],
+    'protocol defaults to TCP',
+  );
   t.same(out.spec.networks, [{ name: 'default', pod: { vmNetworkCIDR: '10.11.0.0/24' } }]);
-  refuses(t, set(baseVMI(), 'spec.domain.devices.interfaces', [{ name: 'default', bridge: {}, ports: [{ port: 70000 }] }]), 'spec.domain.devices.interfaces[0].ports[0].port', 'OUT_OF_RANGE');
-  refuses(t, set(baseVMI(), 'spec.domain.devices.interfaces', [{ name: 'default', bridge: {}, ports: [{ port: 80, protocol: 'SCTP' }] }]), 'spec.domain.devices.interfaces[0].ports[0].protocol', 'INVALID_FIELD');
+  refuses(
+    t,
+    set(baseVMI(), 'spec.domain.devices.interfaces', [{ name: 'default', bridge: {}, ports: [{ port: 70000 }] }]),
+    'spec.domain.devices.interfaces[0].ports[0].port',
+    'OUT_OF_RANGE',
+  );
+  refuses(
+    t,
+    set(baseVMI(), 'spec.domain.devices.interfaces', [{ name: 'default', bridge: {}, ports: [{ port: 80, protocol: 'SCTP' }] }]),
+    'spec.domain.devices.interfaces[0].ports[0].protocol',
+    'INVALID_FIELD',
+  );
   refuses(t, set(baseVMI(), 'spec.domain.devices.interfaces', [{ masquerade: {} }]), 'spec.domain.devices.interfaces[0].name', 'MISSING_FIELD');
 });
 
@@ -375,13 +460,24 @@ t.test('every problem at once: schema errors first, then the semantic checks', a
     ],
     'a VM too',
   );
-  t.same(vmErr.details.slice(2).map((d) => d.code), ['INVALID_NAME', 'INVALID_QUANTITY'], 'the schema errors come first');
+  t.same(
+    vmErr.details.slice(2).map((d) => d.code),
+    ['INVALID_NAME', 'INVALID_QUANTITY'],
+    'the schema errors come first',
+  );
 });
 
 t.test('a field the schema refused is not reported again by a semantic check', async (t) => {
   const ds = details(() => validateVMI(set(set(baseVMI(), 'spec.domain.memory.guest', true), 'metadata.name', 'X')));
-  t.same(ds.filter((d) => d.field === 'spec.domain.memory.guest').map((d) => d.code), ['INVALID_QUANTITY'], 'one problem for memory.guest');
-  t.ok(ds.some((d) => d.field === 'metadata.name' && d.code === 'INVALID_NAME'), 'and the name is still checked');
+  t.same(
+    ds.filter((d) => d.field === 'spec.domain.memory.guest').map((d) => d.code),
+    ['INVALID_QUANTITY'],
+    'one problem for memory.guest',
+  );
+  t.ok(
+    ds.some((d) => d.field === 'metadata.name' && d.code === 'INVALID_NAME'),
+    'and the name is still checked',
+  );
   const labels = details(() => validateVMI(set(baseVMI(), 'metadata.labels', { a: 1 })));
   t.equal(labels.filter((d) => d.field === 'metadata.labels.a').length, 1);
 });
@@ -404,9 +500,19 @@ t.test('malformed shapes still give field errors, never a crash', async (t) => {
     const v = set(baseVMI(), 'metadata.name', 'Bad_Name');
     set(v, path, value);
     const ds = details(() => validateVMI(v));
-    t.ok(ds.length > 0 && ds.every((d) => typeof d.field === 'string' && typeof d.code === 'string'), `${path} = ${JSON.stringify(value)}: ${ds.map((d) => `${d.field} ${d.code}`).join(', ')}`);
-    if (path !== 'metadata') t.ok(ds.some((d) => d.code === 'INVALID_NAME'), `${path}: the bad name is reported too`);
+    t.ok(
+      ds.length > 0 && ds.every((d) => typeof d.field === 'string' && typeof d.code === 'string'),
+      `${path} = ${JSON.stringify(value)}: ${ds.map((d) => `${d.field} ${d.code}`).join(', ')}`,
+    );
+    if (path !== 'metadata')
+      t.ok(
+        ds.some((d) => d.code === 'INVALID_NAME'),
+        `${path}: the bad name is reported too`,
+      );
   }
   const vm = set(baseVM(), 'spec.template', 'x');
-  t.ok(details(() => validateVM(vm)).some((d) => d.field === 'spec.template'), 'a VM whose template is not an object');
+  t.ok(
+    details(() => validateVM(vm)).some((d) => d.field === 'spec.template'),
+    'a VM whose template is not an object',
+  );
 });

@@ -28,7 +28,9 @@ const HYBRID = `22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
 `;
 
 // Legacy: like hybrid without the cgroup2 mount
-const V1 = HYBRID.split('\n').filter((l) => !l.includes('cgroup2')).join('\n');
+const V1 = HYBRID.split('\n')
+  .filter((l) => !l.includes('cgroup2'))
+  .join('\n');
 
 // Debian 12 default: pure v2
 const V2 = `22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
@@ -48,7 +50,15 @@ t.test('parseMountinfo', async (t) => {
   const m = parseMountinfo(HYBRID);
   t.equal(m.length, 12);
   const cpu = m.find((e) => e.mountPoint === '/sys/fs/cgroup/cpu,cpuacct');
-  t.same(cpu, { mountId: 33, parentId: 30, root: '/', mountPoint: '/sys/fs/cgroup/cpu,cpuacct', fsType: 'cgroup', source: 'cgroup', superOptions: ['rw', 'cpu', 'cpuacct'] });
+  t.same(cpu, {
+    mountId: 33,
+    parentId: 30,
+    root: '/',
+    mountPoint: '/sys/fs/cgroup/cpu,cpuacct',
+    fsType: 'cgroup',
+    source: 'cgroup',
+    superOptions: ['rw', 'cpu', 'cpuacct'],
+  });
   const esc = parseMountinfo('40 30 0:37 / /mnt/with\\040space rw - cgroup2 cgroup2 rw\ngarbage line\n');
   t.equal(esc.length, 1);
   t.equal(esc[0]?.mountPoint, '/mnt/with space');

@@ -75,7 +75,12 @@ t.test('io weight ↔ blkio weight follows runc', async (t) => {
   t.equal(ioWeightFromBlkio(0), 0);
   t.equal(blkioFromIoWeight(1), 10);
   t.equal(blkioFromIoWeight(100), 20);
-  for (const b of [10, 11, 100, 500, 999, 1000]) t.equal(blkioFromIoWeight(ioWeightFromBlkio(b)) <= b && ioWeightFromBlkio(blkioFromIoWeight(ioWeightFromBlkio(b))) === ioWeightFromBlkio(b), true, `round trip ${b}`);
+  for (const b of [10, 11, 100, 500, 999, 1000])
+    t.equal(
+      blkioFromIoWeight(ioWeightFromBlkio(b)) <= b && ioWeightFromBlkio(blkioFromIoWeight(ioWeightFromBlkio(b))) === ioWeightFromBlkio(b),
+      true,
+      `round trip ${b}`,
+    );
   t.equal(blkioFromIoWeight(10000), 1000);
   t.equal(blkioFromIoWeight(4950), 500);
 });
@@ -122,7 +127,14 @@ t.test('validateResources refuses out-of-range values', async (t) => {
     ['blkio weight 5', { io: { blkioWeight: 5 } }],
   ];
   for (const [name, r] of bad) t.throws(() => validateResources(r), { code: 'CGROUP_INVALID_RESOURCES' }, name);
-  t.doesNotThrow(() => validateResources({ cpu: { shares: 2, weight: 10000, quota: 'max', period: 1000000, cpus: '0-1', mems: '0' }, memory: { max: 'max', high: 1, swapMax: 0 }, pids: { max: 'max' }, io: { weight: 1 } }));
+  t.doesNotThrow(() =>
+    validateResources({
+      cpu: { shares: 2, weight: 10000, quota: 'max', period: 1000000, cpus: '0-1', mems: '0' },
+      memory: { max: 'max', high: 1, swapMax: 0 },
+      pids: { max: 'max' },
+      io: { weight: 1 },
+    }),
+  );
 });
 
 t.test('controllersFor', async (t) => {
@@ -155,7 +167,11 @@ t.test('v2 writes', async (t) => {
   t.same(v2Writes({ cpu: { weight: 250, shares: 1024 } }), [['cpu.weight', '250']], 'explicit weight wins');
   t.same(v2Writes({ cpu: { quota: 'max' } }), [['cpu.max', 'max 100000']]);
   t.same(v2Writes({ cpu: { period: 50000 } }), [['cpu.max', 'max 50000']], 'period alone: no quota');
-  t.same(v2Writes({ memory: { max: 'max', swapMax: 0 }, pids: { max: 'max' } }), [['memory.max', 'max'], ['memory.swap.max', '0'], ['pids.max', 'max']]);
+  t.same(v2Writes({ memory: { max: 'max', swapMax: 0 }, pids: { max: 'max' } }), [
+    ['memory.max', 'max'],
+    ['memory.swap.max', '0'],
+    ['pids.max', 'max'],
+  ]);
   t.same(v2Writes({ io: { blkioWeight: 500 } }), [['io.weight', 'default 4950']]);
   t.throws(() => v2Writes({ cpu: { shares: 0 } }), { code: 'CGROUP_INVALID_RESOURCES' });
 });
@@ -173,7 +189,10 @@ t.test('v1 writes', async (t) => {
     ['blkio.weight', '20'],
   ]);
   t.same(v1Writes({ cpu: { weight: 100 } }), [['cpu.shares', '2598']], 'weight converted to shares');
-  t.same(v1Writes({ cpu: { quota: 'max' } }), [['cpu.cfs_period_us', '100000'], ['cpu.cfs_quota_us', '-1']]);
+  t.same(v1Writes({ cpu: { quota: 'max' } }), [
+    ['cpu.cfs_period_us', '100000'],
+    ['cpu.cfs_quota_us', '-1'],
+  ]);
   t.same(v1Writes({ io: { blkioWeight: 300, weight: 1 } }), [['blkio.weight', '300']]);
   t.same(v1Writes({ io: { weight: 100 } }, { blkioWeight: false }), [], 'no blkio.weight on this kernel');
   t.same(v1Writes({ memory: { high: 5 } }), [], 'memory.high has no v1 counterpart');
@@ -231,7 +250,10 @@ t.test('resourcesFromSpec errors', async (t) => {
   t.throws(() => resourcesFromSpec({ limits: { cpu: '0' } }), { code: 'CGROUP_INVALID_QUANTITY' });
   t.throws(() => resourcesFromSpec({ limits: { memory: '1E' } }), { code: 'CGROUP_INVALID_QUANTITY', message: /too large/ });
   t.throws(() => resourcesFromSpec({ requests: { cpu: '2' }, limits: { cpu: '1' } }), { code: 'CGROUP_LIMIT_BELOW_REQUEST', message: /limits\.cpu/ });
-  t.throws(() => resourcesFromSpec({ requests: { memory: '2Gi' }, limits: { memory: '1Gi' } }), { code: 'CGROUP_LIMIT_BELOW_REQUEST', message: /limits\.memory/ });
+  t.throws(() => resourcesFromSpec({ requests: { memory: '2Gi' }, limits: { memory: '1Gi' } }), {
+    code: 'CGROUP_LIMIT_BELOW_REQUEST',
+    message: /limits\.memory/,
+  });
   t.doesNotThrow(() => resourcesFromSpec({ requests: { cpu: '1', memory: '1Gi' }, limits: { cpu: '1000m', memory: '1024Mi' } }), 'equal is fine');
 });
 
@@ -247,7 +269,13 @@ t.test('planDedicatedCpus', async (t) => {
 });
 
 t.test('stats parsing', async (t) => {
-  t.same([...parseKeyValues('usage_usec 1234\nuser_usec 1000\n\nbad\n').entries()], [['usage_usec', 1234], ['user_usec', 1000]]);
+  t.same(
+    [...parseKeyValues('usage_usec 1234\nuser_usec 1000\n\nbad\n').entries()],
+    [
+      ['usage_usec', 1234],
+      ['user_usec', 1000],
+    ],
+  );
   t.same(
     v2StatsFromFiles({
       'cpu.stat': 'usage_usec 1234\nuser_usec 1000\nsystem_usec 234\n',

@@ -45,13 +45,22 @@ t.test('create makes the group in every hierarchy, seeds cpuset, writes resource
   // growing memory later: memsw must go first or the kernel refuses
   fake.writes.length = 0;
   await m.apply({ memory: { max: 2 * 1024 ** 3, swapMax: 0 } });
-  t.same(fake.writes.map((w) => w.file), ['memory/vmlet/vm-1/memory.memsw.limit_in_bytes', 'memory/vmlet/vm-1/memory.limit_in_bytes']);
+  t.same(
+    fake.writes.map((w) => w.file),
+    ['memory/vmlet/vm-1/memory.memsw.limit_in_bytes', 'memory/vmlet/vm-1/memory.limit_in_bytes'],
+  );
   fake.writes.length = 0;
   await m.apply({ memory: { max: 1 << 29, swapMax: 0 } });
-  t.same(fake.writes.map((w) => w.file), ['memory/vmlet/vm-1/memory.limit_in_bytes', 'memory/vmlet/vm-1/memory.memsw.limit_in_bytes']);
+  t.same(
+    fake.writes.map((w) => w.file),
+    ['memory/vmlet/vm-1/memory.limit_in_bytes', 'memory/vmlet/vm-1/memory.memsw.limit_in_bytes'],
+  );
   fake.writes.length = 0;
   await m.apply({ memory: { max: 'max' } });
-  t.same(fake.writes.map((w) => `${w.file}=${w.value}`), ['memory/vmlet/vm-1/memory.memsw.limit_in_bytes=-1', 'memory/vmlet/vm-1/memory.limit_in_bytes=-1']);
+  t.same(
+    fake.writes.map((w) => `${w.file}=${w.value}`),
+    ['memory/vmlet/vm-1/memory.memsw.limit_in_bytes=-1', 'memory/vmlet/vm-1/memory.limit_in_bytes=-1'],
+  );
 });
 
 t.test('co-mounted hierarchies share one directory', async (t) => {
@@ -68,7 +77,10 @@ t.test('without swap accounting or blkio.weight, those writes are skipped', asyn
   const fake = await setup(t, { swap: false, ioWeight: false });
   const res = await manager(fake, 'vm').create({ resources: { memory: { max: 4096 * 1000, swapMax: 0 }, io: { weight: 500 } } });
   t.same(res.skipped, ['memory.memsw.limit_in_bytes', 'blkio.weight']);
-  t.same(res.written.map((w) => w[1]), ['4096000']);
+  t.same(
+    res.written.map((w) => w[1]),
+    ['4096000'],
+  );
 });
 
 t.test('errors before anything is created', async (t) => {
@@ -90,11 +102,17 @@ t.test('processes and threads join every hierarchy; per-thread groups only cpu/c
   t.same(await vm.procs(), [100]);
   const v0 = await vm.createThreadedChild('vcpu0', { resources: { cpu: { cpus: '1' } } });
   t.equal(v0.threaded, true);
-  t.same(v0.paths().dirs, ['cpu', 'cpuacct', 'cpuset'].map((h) => join(fake.root, h, 'vm/vcpu0')));
+  t.same(
+    v0.paths().dirs,
+    ['cpu', 'cpuacct', 'cpuset'].map((h) => join(fake.root, h, 'vm/vcpu0')),
+  );
   t.equal(await fake.read('cpuset/vm/vcpu0/cpuset.cpus'), '1');
   t.equal(await fake.read('cpuset/vm/vcpu0/cpuset.mems'), '0', 'mems seeded from the parent');
   await v0.addThread(101);
-  t.same(fake.writesTo('tasks').map((w) => w.file), ['cpu/vm/vcpu0/tasks', 'cpuacct/vm/vcpu0/tasks', 'cpuset/vm/vcpu0/tasks']);
+  t.same(
+    fake.writesTo('tasks').map((w) => w.file),
+    ['cpu/vm/vcpu0/tasks', 'cpuacct/vm/vcpu0/tasks', 'cpuset/vm/vcpu0/tasks'],
+  );
   t.same(await v0.threads(), [101]);
   await t.rejects(vm.createThreadedChild('x', { resources: { pids: { max: 5 } } }), { code: 'CGROUP_INVALID_RESOURCES' });
   await t.rejects(v0.kill(), { code: 'CGROUP_UNSUPPORTED' });
@@ -128,8 +146,14 @@ t.test('kill: freeze, SIGKILL each pid of the group and below, thaw, wait until 
   await sub.addProcess(11);
   fake.writes.length = 0;
   await m.kill();
-  t.same(fake.writesTo('freezer.state').map((w) => w.value), ['FROZEN', 'THAWED']);
-  t.same(fake.signals.sort(), [[10, 'SIGKILL'], [11, 'SIGKILL']]);
+  t.same(
+    fake.writesTo('freezer.state').map((w) => w.value),
+    ['FROZEN', 'THAWED'],
+  );
+  t.same(fake.signals.sort(), [
+    [10, 'SIGKILL'],
+    [11, 'SIGKILL'],
+  ]);
   t.same(await m.procs(), []);
   t.same(await sub.procs(), []);
 });
@@ -163,7 +187,11 @@ t.test('stats', async (t) => {
 t.test('the factory picks V1Manager for v1 and hybrid', async (t) => {
   const fake = await setup(t);
   for (const mode of ['v1', 'hybrid'] as const) {
-    const m = cgroupManager({ mode, root: fake.root, hierarchies: fake.hierarchies(), ...(mode === 'hybrid' ? { unified: join(fake.root, 'unified') } : {}) }, 'x', { fs: fake });
+    const m = cgroupManager(
+      { mode, root: fake.root, hierarchies: fake.hierarchies(), ...(mode === 'hybrid' ? { unified: join(fake.root, 'unified') } : {}) },
+      'x',
+      { fs: fake },
+    );
     t.equal(m.version, 1, mode);
   }
 });

@@ -57,7 +57,10 @@ t.test('create enables controllers from the root down, then writes the resources
 t.test('only the controllers the root offers are enabled', async (t) => {
   const fake = await setup(t, { rootControllers: ['cpu', 'pids'] });
   await manager(fake, 'a/b').create({ resources: { cpu: { weight: 50 } } });
-  t.same(fake.writesTo('cgroup.subtree_control').map((w) => w.value), ['+cpu +pids', '+cpu +pids']);
+  t.same(
+    fake.writesTo('cgroup.subtree_control').map((w) => w.value),
+    ['+cpu +pids', '+cpu +pids'],
+  );
 });
 
 t.test('already enabled controllers are not written again', async (t) => {
@@ -69,7 +72,10 @@ t.test('already enabled controllers are not written again', async (t) => {
 
 t.test('errors come before anything is created', async (t) => {
   const fake = await setup(t, { rootControllers: ['cpu', 'pids'] });
-  await t.rejects(manager(fake, 'vmlet/vm-1').create({ resources: { memory: { max: 1 << 20 } } }), { code: 'CGROUP_CONTROLLER_UNAVAILABLE', message: /memory/ });
+  await t.rejects(manager(fake, 'vmlet/vm-1').create({ resources: { memory: { max: 1 << 20 } } }), {
+    code: 'CGROUP_CONTROLLER_UNAVAILABLE',
+    message: /memory/,
+  });
   await t.rejects(manager(fake, 'vmlet/vm-1').create({ resources: { cpu: { weight: 0 } } }), { code: 'CGROUP_INVALID_RESOURCES' });
   t.same(fake.writes, []);
   t.equal(await fake.exists(join(fake.root, 'vmlet')), false, 'no directory made');
@@ -99,7 +105,10 @@ t.test('missing optional files are skipped, missing controllers are errors', asy
   const m = manager(fake, 'vm');
   const res = await m.create({ resources: { io: { weight: 100 }, memory: { max: 1 << 30, swapMax: 0 } } });
   t.same(res.skipped, ['memory.swap.max', 'io.weight']);
-  t.same(res.written.map((w) => w[1]), ['1073741824']);
+  t.same(
+    res.written.map((w) => w[1]),
+    ['1073741824'],
+  );
   // a controller that is not enabled for the group
   const fake2 = await setup(t);
   const m2 = manager(fake2, 'vm');
@@ -126,19 +135,26 @@ t.test('threaded children for vCPU placement', async (t) => {
   t.equal(await fake.read('vmlet/vm-1/vcpu0/cgroup.type'), 'threaded');
   fake.writes.length = 0;
   const v1 = await vm.createThreadedChild('vcpu1', { resources: { cpu: { cpus: '1', weight: 100 } } });
-  t.same(fake.writes, [
-    { file: 'vmlet/vm-1/vcpu1/cgroup.type', value: 'threaded' },
-    { file: 'vmlet/vm-1/vcpu1/cpu.weight', value: '100' },
-    { file: 'vmlet/vm-1/vcpu1/cpuset.cpus', value: '1' },
-  ], 'controllers already enabled on the parent');
+  t.same(
+    fake.writes,
+    [
+      { file: 'vmlet/vm-1/vcpu1/cgroup.type', value: 'threaded' },
+      { file: 'vmlet/vm-1/vcpu1/cpu.weight', value: '100' },
+      { file: 'vmlet/vm-1/vcpu1/cpuset.cpus', value: '1' },
+    ],
+    'controllers already enabled on the parent',
+  );
   await v0.addThread(101);
   await v1.addThread(102);
   t.same(await v0.threads(), [101]);
   t.same(await v1.threads(), [102]);
-  t.same(fake.writesTo('cgroup.threads').map((w) => [w.file, w.value]), [
-    ['vmlet/vm-1/vcpu0/cgroup.threads', '101'],
-    ['vmlet/vm-1/vcpu1/cgroup.threads', '102'],
-  ]);
+  t.same(
+    fake.writesTo('cgroup.threads').map((w) => [w.file, w.value]),
+    [
+      ['vmlet/vm-1/vcpu0/cgroup.threads', '101'],
+      ['vmlet/vm-1/vcpu1/cgroup.threads', '102'],
+    ],
+  );
   await t.rejects(vm.createThreadedChild('bad', { resources: { memory: { max: 4096 } } }), { code: 'CGROUP_INVALID_RESOURCES' });
   t.equal(await fake.exists(join(fake.root, 'vmlet/vm-1/bad')), false);
   await t.rejects(v0.kill(), { code: 'CGROUP_UNSUPPORTED' });
@@ -151,7 +167,11 @@ t.test('processes: add, list, pid checks', async (t) => {
   await m.addProcess(10);
   await m.addProcess(11);
   t.same(await m.procs(), [10, 11]);
-  t.same(fake.writesTo('cgroup.procs').map((w) => w.value), ['10', '11'], 'one pid per write');
+  t.same(
+    fake.writesTo('cgroup.procs').map((w) => w.value),
+    ['10', '11'],
+    'one pid per write',
+  );
   await t.rejects(m.addProcess(0), { code: 'CGROUP_ADD_FAILED' });
   await t.rejects(m.addProcess(1.5), { code: 'CGROUP_ADD_FAILED' });
   await t.rejects(manager(fake, 'nope').addProcess(10), { code: 'CGROUP_ADD_FAILED' });
@@ -165,7 +185,10 @@ t.test('freeze and thaw', async (t) => {
   t.match(await fake.read('vm/cgroup.events'), /frozen 1/);
   await m.thaw();
   t.match(await fake.read('vm/cgroup.events'), /frozen 0/);
-  t.same(fake.writesTo('cgroup.freeze').map((w) => w.value), ['1', '0']);
+  t.same(
+    fake.writesTo('cgroup.freeze').map((w) => w.value),
+    ['1', '0'],
+  );
 });
 
 t.test('freeze that never completes times out and thaws back', async (t) => {
@@ -173,7 +196,10 @@ t.test('freeze that never completes times out and thaws back', async (t) => {
   const m = manager(fake, 'vm', 100);
   await m.create();
   await t.rejects(m.freeze(), { code: 'CGROUP_FREEZE_TIMEOUT' });
-  t.same(fake.writesTo('cgroup.freeze').map((w) => w.value), ['1', '0']);
+  t.same(
+    fake.writesTo('cgroup.freeze').map((w) => w.value),
+    ['1', '0'],
+  );
 });
 
 t.test('kill with cgroup.kill', async (t) => {
@@ -183,7 +209,10 @@ t.test('kill with cgroup.kill', async (t) => {
   await m.addProcess(10);
   t.match(await fake.read('vm/cgroup.events'), /populated 1/);
   await m.kill();
-  t.same(fake.writesTo('cgroup.kill').map((w) => w.value), ['1']);
+  t.same(
+    fake.writesTo('cgroup.kill').map((w) => w.value),
+    ['1'],
+  );
   t.same(fake.signals, [], 'no signals needed');
   t.same(await m.procs(), []);
 });
@@ -200,8 +229,15 @@ t.test('kill without cgroup.kill: freeze, SIGKILL each pid (children too), thaw'
   await b.addProcess(11);
   fake.writes.length = 0;
   await m.kill();
-  t.same(fake.writes.map((w) => `${w.file}=${w.value}`), ['vm/cgroup.freeze=1', 'vm/cgroup.freeze=0']);
-  t.same(fake.signals.sort(), [[10, 'SIGKILL'], [11, 'SIGKILL'], [12, 'SIGKILL']]);
+  t.same(
+    fake.writes.map((w) => `${w.file}=${w.value}`),
+    ['vm/cgroup.freeze=1', 'vm/cgroup.freeze=0'],
+  );
+  t.same(fake.signals.sort(), [
+    [10, 'SIGKILL'],
+    [11, 'SIGKILL'],
+    [12, 'SIGKILL'],
+  ]);
   t.same(await a.procs(), []);
   t.same(await b.procs(), []);
   t.match(await fake.read('vm/cgroup.events'), /populated 0/);
@@ -235,8 +271,7 @@ t.test('delete removes children first, rmdir only', async (t) => {
 t.test('delete retries EBUSY with bounded backoff', async (t) => {
   const fake = await setup(t);
   const slept: number[] = [];
-  const mk = (attempts: number): V2Manager =>
-    new V2Manager(fake.root, 'vm', { fs: fake, sleep: async (ms) => void slept.push(ms), deleteAttempts: attempts });
+  const mk = (attempts: number): V2Manager => new V2Manager(fake.root, 'vm', { fs: fake, sleep: async (ms) => void slept.push(ms), deleteAttempts: attempts });
   await mk(8).create();
   fake.busy.set('vm', 3);
   await mk(8).delete();

@@ -30,16 +30,27 @@ t.test('describe', async (t) => {
         vmlet: { accel: 'tcg', softwareEmulation: true },
         conditions: [
           { type: 'Ready', status: 'False', reason: 'QemuExited' },
-          { type: 'SoftwareEmulation', status: 'True', reason: 'KvmUnusable', message: 'QEMU runs with software emulation (TCG): expect it to be slow;\nKVM is not usable: /dev/kvm does not exist' },
+          {
+            type: 'SoftwareEmulation',
+            status: 'True',
+            reason: 'KvmUnusable',
+            message: 'QEMU runs with software emulation (TCG): expect it to be slow;\nKVM is not usable: /dev/kvm does not exist',
+          },
         ],
-        message: 'QEMU ended: exit status 1\nqemu-system-x86_64: -drive file=/nope.img: Could not open \'/nope.img\': No such file or directory',
+        message: "QEMU ended: exit status 1\nqemu-system-x86_64: -drive file=/nope.img: Could not open '/nope.img': No such file or directory",
       },
     },
     new Date(NOW - 300_000),
   );
   b.addEvent('default', { kind: 'VirtualMachineInstance', name: 'web', uid: 'uid-web' }, 'Started', 'QEMU started', 'Normal', { lastTimestamp: ago(200) });
-  b.addEvent('default', { kind: 'VirtualMachineInstance', name: 'web', uid: 'uid-web' }, 'Failed', 'QEMU exited with status 1', 'Warning', { lastTimestamp: ago(30), firstTimestamp: ago(180), count: 3 });
-  b.addEvent('default', { kind: 'VirtualMachineInstance', name: 'web', uid: 'uid-older' }, 'Failed', 'an earlier VMI of this name', 'Warning', { lastTimestamp: ago(600) });
+  b.addEvent('default', { kind: 'VirtualMachineInstance', name: 'web', uid: 'uid-web' }, 'Failed', 'QEMU exited with status 1', 'Warning', {
+    lastTimestamp: ago(30),
+    firstTimestamp: ago(180),
+    count: 3,
+  });
+  b.addEvent('default', { kind: 'VirtualMachineInstance', name: 'web', uid: 'uid-older' }, 'Failed', 'an earlier VMI of this name', 'Warning', {
+    lastTimestamp: ago(600),
+  });
   b.addEvent('default', { kind: 'VirtualMachine', name: 'web', uid: 'uid-vm' }, 'SuccessfulCreate', 'created VMI web', 'Normal', { lastTimestamp: ago(250) });
 
   t.test('vmi: fields, conditions table, the last QEMU error and its own events', async (t) => {
@@ -57,23 +68,34 @@ t.test('describe', async (t) => {
       ['IP', '10.213.0.7'],
       ['Accelerator', 'tcg (software emulation, slow)'],
     ]) {
-      t.ok(lines.some((l) => new RegExp(`^${label}:\\s+${value!.replace(/[()]/g, '\\$&')}$`).test(l)), `${label}: ${value}`);
+      t.ok(
+        lines.some((l) => new RegExp(`^${label}:\\s+${value!.replace(/[()]/g, '\\$&')}$`).test(l)),
+        `${label}: ${value}`,
+      );
     }
     const conditions = lines.indexOf('Conditions:');
     t.match(lines[conditions + 1], /^ {2}TYPE\s+STATUS\s+REASON\s+MESSAGE$/, 'conditions as a table');
     t.match(lines[conditions + 2], /^ {2}Ready\s+False\s+QemuExited$/);
-    t.match(lines[conditions + 3], /^ {2}SoftwareEmulation\s+True\s+KvmUnusable\s+QEMU runs with software emulation \(TCG\): expect it to be slow; KVM is not usable: \/dev\/kvm does not exist$/, 'a multi-line message stays on its row');
+    t.match(
+      lines[conditions + 3],
+      /^ {2}SoftwareEmulation\s+True\s+KvmUnusable\s+QEMU runs with software emulation \(TCG\): expect it to be slow; KVM is not usable: \/dev\/kvm does not exist$/,
+      'a multi-line message stays on its row',
+    );
     const err = lines.indexOf('Last QEMU error:');
-    t.ok(err > conditions, 'the failed VMI\'s message is labelled as the last QEMU error');
+    t.ok(err > conditions, "the failed VMI's message is labelled as the last QEMU error");
     t.equal(lines[err + 1], '  QEMU ended: exit status 1');
-    t.equal(lines[err + 2], "  qemu-system-x86_64: -drive file=/nope.img: Could not open '/nope.img': No such file or directory", 'each QEMU line on its own line');
+    t.equal(
+      lines[err + 2],
+      "  qemu-system-x86_64: -drive file=/nope.img: Could not open '/nope.img': No such file or directory",
+      'each QEMU line on its own line',
+    );
     const events = lines.indexOf('Events:');
     t.ok(events > err);
     t.match(lines[events + 1], /^ {2}AGE\s+TYPE\s+REASON\s+MESSAGE$/);
     t.match(lines[events + 2], /^ {2}3m20s\s+Normal\s+Started\s+QEMU started$/, 'oldest first');
     t.match(lines[events + 3], /^ {2}30s \(x3 over 3m\)\s+Warning\s+Failed\s+QEMU exited with status 1$/, 'a repeated event with its count');
     t.notMatch(r.stdout, 'an earlier VMI of this name', 'not the events of an earlier VMI of the same name');
-    t.notMatch(r.stdout, 'SuccessfulCreate', 'not the VM\'s events');
+    t.notMatch(r.stdout, 'SuccessfulCreate', "not the VM's events");
   });
 
   t.test('vmi: a running one has no error section, and says <none> where there is nothing', async (t) => {
@@ -87,7 +109,11 @@ t.test('describe', async (t) => {
     t.match(r.stdout, /^Events:\s+<none>$/m);
     t.notMatch(r.stdout, /Last QEMU error|Message:/);
     b.seed('VirtualMachineInstance', 'default', { metadata: { name: 'note' }, status: { phase: 'Running', message: 'guest agent not connected' } });
-    t.match((await cli(['describe', 'vmi', 'note'])).stdout, /^Message:\n {2}guest agent not connected$/m, 'a message on a VMI that did not fail is just "Message"');
+    t.match(
+      (await cli(['describe', 'vmi', 'note'])).stdout,
+      /^Message:\n {2}guest agent not connected$/m,
+      'a message on a VMI that did not fail is just "Message"',
+    );
   });
 
   t.test('vm: status, start failures, its VMI and the events of both', async (t) => {
@@ -140,13 +166,19 @@ t.test('version', async (t) => {
   const s = await startFakeServer();
   t.teardown(s.close);
   const pkg = JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string };
-  t.equal(vmletVersion(), pkg.version, 'the CLI reports package.json\'s version');
+  t.equal(vmletVersion(), pkg.version, "the CLI reports package.json's version");
 
   t.test('with a daemon', async (t) => {
     const r = await runCli(['version'], { socketPath: s.socketPath });
     t.equal(r.code, 0, r.stderr);
     t.comment(`\n${r.stdout}`);
-    t.same(r.stdout.split('\n').filter(Boolean).map((l) => l.split(/:\s+/)[0]), ['Client', 'Daemon', 'QEMU', 'KVM', 'Accelerator']);
+    t.same(
+      r.stdout
+        .split('\n')
+        .filter(Boolean)
+        .map((l) => l.split(/:\s+/)[0]),
+      ['Client', 'Daemon', 'QEMU', 'KVM', 'Accelerator'],
+    );
     t.match(r.stdout, new RegExp(`^Client:\\s+vmlet ${pkg.version.replace(/\./g, '\\.')}$`, 'm'));
     t.match(r.stdout, /^Daemon:\s+vmlet 9\.9\.9-fake$/m);
     t.match(r.stdout, /^QEMU:\s+QEMU emulator version 8\.2\.2 \(fake\)$/m);
@@ -154,7 +186,10 @@ t.test('version', async (t) => {
     t.match(r.stdout, /^Accelerator:\s+auto, useEmulation true → VMs run with software emulation \(TCG, slow\)$/m);
     const json = await runCli(['version', '-o', 'json'], { socketPath: s.socketPath });
     t.same(JSON.parse(json.stdout), { client: { vmlet: pkg.version }, daemon: FAKE_VERSION });
-    t.same(YAML.parse((await runCli(['version', '-o', 'yaml'], { socketPath: s.socketPath })).stdout), { client: { vmlet: pkg.version }, daemon: FAKE_VERSION });
+    t.same(YAML.parse((await runCli(['version', '-o', 'yaml'], { socketPath: s.socketPath })).stdout), {
+      client: { vmlet: pkg.version },
+      daemon: FAKE_VERSION,
+    });
     t.equal((await runCli(['version', '-o', 'wide'], { socketPath: s.socketPath })).code, 2);
     t.equal((await runCli(['version', 'x'], { socketPath: s.socketPath })).code, 2);
   });
@@ -169,7 +204,7 @@ t.test('version', async (t) => {
     t.same(JSON.parse(json.stdout), { client: { vmlet: pkg.version } });
   });
 
-  t.test('the accelerator verdict follows the daemon\'s rule', async (t) => {
+  t.test("the accelerator verdict follows the daemon's rule", async (t) => {
     const v = (accel: string, usable: boolean, useEmulation: boolean): string =>
       accelVerdict({ vmlet: 'x', qemu: 'q', kvm: { usable, reason: 'r' }, accel, useEmulation } satisfies DaemonVersion);
     t.equal(v('auto', true, false), 'auto, useEmulation false → VMs run with KVM');
@@ -223,9 +258,12 @@ t.test('a refused manifest: every cause, each on its own line, through the API a
         ['metadata.name', 'INVALID_NAME', 'INVALID_NAME'],
         ['spec.template.spec.domain.memory.guest', 'INVALID_QUANTITY', 'INVALID_QUANTITY'],
       ],
-      'field, code (and Kubernetes\' reason) of each',
+      "field, code (and Kubernetes' reason) of each",
     );
-    t.ok(causes.every((c) => typeof c.message === 'string' && c.message !== ''), 'each with a message');
+    t.ok(
+      causes.every((c) => typeof c.message === 'string' && c.message !== ''),
+      'each with a message',
+    );
   });
 
   t.test('vmlet apply prints each cause as error: FIELD: MESSAGE (CODE)', async (t) => {

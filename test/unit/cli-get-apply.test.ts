@@ -20,7 +20,16 @@ t.test('humanAge and formatTable', async (t) => {
   t.equal(at(3 * 86400 + 3600), '3d1h');
   t.equal(at(400 * 86400), '400d');
   t.equal(humanAge(undefined, NOW), '<unknown>');
-  t.equal(formatTable(['A', 'BB'], [['xxx', 'y'], ['z', '']]), 'A     BB\nxxx   y\nz\n');
+  t.equal(
+    formatTable(
+      ['A', 'BB'],
+      [
+        ['xxx', 'y'],
+        ['z', ''],
+      ],
+    ),
+    'A     BB\nxxx   y\nz\n',
+  );
 });
 
 t.test('get', async (t) => {
@@ -42,12 +51,7 @@ t.test('get', async (t) => {
       { metadata: { name: 'testguest' }, spec: { domain: { cpu: { cores: 2 }, memory: { guest: '512Mi' } } } },
       ago(300),
     );
-    s.backend.seed(
-      'VirtualMachineInstance',
-      'default',
-      { metadata: { name: 'pending-one' }, status: { phase: 'Scheduling', conditions: [] } },
-      ago(30),
-    );
+    s.backend.seed('VirtualMachineInstance', 'default', { metadata: { name: 'pending-one' }, status: { phase: 'Scheduling', conditions: [] } }, ago(30));
     s.backend.seed('VirtualMachineInstance', 'other', { metadata: { name: 'elsewhere' } }, ago(30));
     s.backend.seed('VirtualMachine', 'default', { metadata: { name: 'testguest' }, spec: { runStrategy: 'Always' } }, ago(4000));
   });
@@ -123,9 +127,11 @@ t.test('get', async (t) => {
 t.test('apply', async (t) => {
   const s = await startFakeServer();
   t.teardown(s.close);
-  const cli = (argv: string[], stdin?: string): ReturnType<typeof runCli> => runCli(argv, { socketPath: s.socketPath, ...(stdin === undefined ? {} : { stdin }) });
+  const cli = (argv: string[], stdin?: string): ReturnType<typeof runCli> =>
+    runCli(argv, { socketPath: s.socketPath, ...(stdin === undefined ? {} : { stdin }) });
   const file = path.join(s.dir, 'vm.yaml');
-  const doc = (kind: string, name: string, extra = ''): string => `apiVersion: vmlet.io/v1alpha1\nkind: ${kind}\nmetadata:\n  name: ${name}\n${extra}spec:\n  runStrategy: Always\n`;
+  const doc = (kind: string, name: string, extra = ''): string =>
+    `apiVersion: vmlet.io/v1alpha1\nkind: ${kind}\nmetadata:\n  name: ${name}\n${extra}spec:\n  runStrategy: Always\n`;
   await fs.writeFile(file, `${doc('VirtualMachine', 'vm1')}---\n${doc('VirtualMachineInstance', 'vmi1')}\n---\n# only a comment\n`);
 
   t.test('multi-document: created, then configured', async (t) => {
@@ -146,7 +152,10 @@ t.test('apply', async (t) => {
     t.equal(r.code, 0, r.stderr);
     t.equal(r.stdout, 'virtualmachine.vmlet.io/fromjson created\n');
     t.ok(s.backend.objects.has('VirtualMachine/team/fromjson'));
-    const r2 = await cli(['apply', '-f', '-'], doc('VirtualMachine', 'inns', 'metadata:\n  name: inns\n  namespace: blue\n').replace(/metadata:\n {2}name: inns\n(?=metadata)/, ''));
+    const r2 = await cli(
+      ['apply', '-f', '-'],
+      doc('VirtualMachine', 'inns', 'metadata:\n  name: inns\n  namespace: blue\n').replace(/metadata:\n {2}name: inns\n(?=metadata)/, ''),
+    );
     t.equal(r2.code, 0, r2.stderr);
     t.ok(s.backend.objects.has('VirtualMachine/blue/inns'));
   });

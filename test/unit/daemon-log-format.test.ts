@@ -34,7 +34,10 @@ t.test('one line per entry: time, level, component, VM, message, error and its c
   t.comment(`\n${c.raw()}`);
   t.equal(lines.length, 5, 'five entries, five lines (no stack traces, no multi-line objects)');
   for (const l of lines.slice(0, 3)) {
-    t.match(l, /^\[\d\d:\d\d:\d\d\.\d{3}\] WARN: \[node\] default\/web: VMI failed: QEMU exited with status 1: Could not open '\/nope\.img' No such file \(QEMU_EXITED\) \{"reason":"QemuExited"\}$/);
+    t.match(
+      l,
+      /^\[\d\d:\d\d:\d\d\.\d{3}\] WARN: \[node\] default\/web: VMI failed: QEMU exited with status 1: Could not open '\/nope\.img' No such file \(QEMU_EXITED\) \{"reason":"QemuExited"\}$/,
+    );
   }
   t.match(lines[3], /WARN: \[controller\] default\/db: VM reconcile failed; retrying in 1 s: busy \(STORE_CONFLICT\)$/);
   t.match(lines[4], /INFO: vmlet daemon ready \{"socket":"\/run\/vmlet\/vmlet\.sock"\}$/);

@@ -10,7 +10,12 @@ import type { LauncherServer } from '../../src/qemu/launcher-server.js';
 import { Supervisor, type PreparedLaunch } from '../../src/daemon/supervisor.js';
 
 function vmi(): VirtualMachineInstance {
-  const v = validateVMI({ apiVersion: 'vmlet.io/v1alpha1', kind: 'VirtualMachineInstance', metadata: { name: 'late', namespace: 'default' }, spec: { domain: { memory: { guest: '64Mi' }, devices: {} } } });
+  const v = validateVMI({
+    apiVersion: 'vmlet.io/v1alpha1',
+    kind: 'VirtualMachineInstance',
+    metadata: { name: 'late', namespace: 'default' },
+    spec: { domain: { memory: { guest: '64Mi' }, devices: {} } },
+  });
   return { ...v, metadata: { ...v.metadata, uid: '5a1e5a1e-0000-4000-8000-000000000001' } };
 }
 
@@ -24,7 +29,12 @@ function isOpen(fd: number): boolean {
 }
 
 /** A supervisor whose prepare waits until the test settles it; nothing past prepare is reached. */
-function setup(t: { teardown(fn: () => void): void }): { sup: Supervisor; settle: { resolve(p: PreparedLaunch): void; reject(e: Error): void }; released: () => number; status: () => VirtualMachineInstanceStatus } {
+function setup(t: { teardown(fn: () => void): void }): {
+  sup: Supervisor;
+  settle: { resolve(p: PreparedLaunch): void; reject(e: Error): void };
+  released: () => number;
+  status: () => VirtualMachineInstanceStatus;
+} {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-late-'));
   t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
   let settle!: { resolve(p: PreparedLaunch): void; reject(e: Error): void };
@@ -40,9 +50,13 @@ function setup(t: { teardown(fn: () => void): void }): { sup: Supervisor; settle
     launcherBinary: path.join(dir, 'no-launcher'),
     launcherSocket: path.join(dir, 'no.sock'),
     prepare: () => prepared,
-    writeStatus: async (mutate) => { status = mutate(status); },
+    writeStatus: async (mutate) => {
+      status = mutate(status);
+    },
     event: () => undefined,
-    releaseNetwork: async () => { releases++; },
+    releaseNetwork: async () => {
+      releases++;
+    },
   });
   return { sup, settle, released: () => releases, status: () => status };
 }

@@ -39,7 +39,10 @@ t.test('memoryOverhead: base + per vCPU + guest/64, plus the TCG term, whole MiB
   t.equal(tcgTbSizeMiB(64 * 1024 * MiB), TCG_TB_CACHE.maxMiB, 'large guests are capped');
   t.equal(memoryOverhead({ guestBytes: 128 * MiB, vcpus: 1, accel: 'tcg' }), (96 + 8 + 2 + 96) * MiB, '128Mi, 1 vCPU, TCG: 202 MiB');
   t.equal(memoryOverhead({ guestBytes: 100 * MiB + 1, vcpus: 1, accel: 'kvm' }) % MiB, 0, 'rounded up to a MiB');
-  t.ok(memoryOverhead({ guestBytes: 8192 * MiB, vcpus: 8, accel: 'kvm' }) > memoryOverhead({ guestBytes: 1024 * MiB, vcpus: 1, accel: 'kvm' }), 'grows with size');
+  t.ok(
+    memoryOverhead({ guestBytes: 8192 * MiB, vcpus: 8, accel: 'kvm' }) > memoryOverhead({ guestBytes: 1024 * MiB, vcpus: 1, accel: 'kvm' }),
+    'grows with size',
+  );
 });
 
 t.test('vmResources: memory limit and CPU from the spec', async (t) => {
@@ -48,7 +51,10 @@ t.test('vmResources: memory limit and CPU from the spec', async (t) => {
   t.equal(plain.memoryLimitBytes, 128 * MiB + plain.overheadBytes);
   t.same(plain.resources, { memory: { max: plain.memoryLimitBytes } }, 'no CPU resources without requests/limits');
 
-  const withCpu = vmResources(vmSizing(vmi({ cpu: { sockets: 1, cores: 2, threads: 1 }, resources: { requests: { cpu: '500m' }, limits: { cpu: '2' } } })), 'kvm');
+  const withCpu = vmResources(
+    vmSizing(vmi({ cpu: { sockets: 1, cores: 2, threads: 1 }, resources: { requests: { cpu: '500m' }, limits: { cpu: '2' } } })),
+    'kvm',
+  );
   t.equal(withCpu.vcpus, 2);
   t.same(withCpu.resources.cpu, { shares: 512, quota: 200000, period: 100000 }, 'shares from the request, quota from the limit');
   t.equal(withCpu.overheadBytes, memoryOverhead({ guestBytes: 128 * MiB, vcpus: 2, accel: 'kvm' }));
@@ -80,7 +86,12 @@ t.test('bad input is refused with a clear error', async (t) => {
     ['zero guest memory', { memory: { guest: '0' } }, 'CGROUP_INVALID_QUANTITY', /memory\.guest/],
     ['cpu limit below request', { resources: { requests: { cpu: '2' }, limits: { cpu: '1' } } }, 'CGROUP_LIMIT_BELOW_REQUEST', /limits\.cpu/],
     ['memory limit below request', { resources: { requests: { memory: '1Gi' }, limits: { memory: '512Mi' } } }, 'CGROUP_LIMIT_BELOW_REQUEST', /limits\.memory/],
-    ['memory limit below guest memory', { memory: { guest: '1Gi' }, resources: { limits: { memory: '512Mi' } } }, 'CGROUP_LIMIT_BELOW_REQUEST', /memory\.guest/],
+    [
+      'memory limit below guest memory',
+      { memory: { guest: '1Gi' }, resources: { limits: { memory: '512Mi' } } },
+      'CGROUP_LIMIT_BELOW_REQUEST',
+      /memory\.guest/,
+    ],
     ['zero vCPUs', { cpu: { sockets: 1, cores: 0, threads: 1 } }, 'CGROUP_INVALID_RESOURCES', /sockets/],
   ];
   for (const [what, domain, c, msg] of cases) {

@@ -53,16 +53,25 @@ t.test('every registered code is explained in docs/errors-<its area>.md', async 
 t.test('every documented code is registered, with the HTTP status the docs give', async (t) => {
   const rows = docRows();
   t.same([...new Set(rows.filter((r) => !isErrorCode(r.code)).map((r) => r.code))].sort(), [], `documented codes missing from src/error-codes.ts (${HINT})`);
-  const wrong = rows.filter((r) => r.http !== undefined && r.http !== httpStatusOf(r.code)).map((r) => `${r.code}: docs/errors-${r.area}.md says ${r.http}, the registry ${httpStatusOf(r.code)}`);
+  const wrong = rows
+    .filter((r) => r.http !== undefined && r.http !== httpStatusOf(r.code))
+    .map((r) => `${r.code}: docs/errors-${r.area}.md says ${r.http}, the registry ${httpStatusOf(r.code)}`);
   t.same(wrong, [], 'HTTP statuses agree');
   const areas = new Set<ErrorArea>(errorCodes().map((c) => ERROR_CODES[c].area));
   for (const a of areas) t.ok(fs.existsSync(path.join(docsDir, `errors-${a}.md`)), `docs/errors-${a}.md exists`);
 });
 
 t.test('docs/errors.md is merged from the current parts', async (t) => {
-  t.doesNotThrow(() => execFileSync(process.execPath, [path.join(root, 'scripts', 'merge-error-docs.mjs'), '--check'], { stdio: 'pipe' }), 'node scripts/merge-error-docs.mjs --check');
+  t.doesNotThrow(
+    () => execFileSync(process.execPath, [path.join(root, 'scripts', 'merge-error-docs.mjs'), '--check'], { stdio: 'pipe' }),
+    'node scripts/merge-error-docs.mjs --check',
+  );
   const doc = fs.readFileSync(path.join(docsDir, 'errors.md'), 'utf8');
-  t.same(errorCodes().filter((c) => !doc.includes(`\`${c}\``)), [], 'every registered code is in docs/errors.md');
+  t.same(
+    errorCodes().filter((c) => !doc.includes(`\`${c}\``)),
+    [],
+    'every registered code is in docs/errors.md',
+  );
 });
 
 t.test('every code written literally in src/ is registered', async (t) => {

@@ -7,20 +7,39 @@ import t from 'tap';
 import { encodeArgvMessage, LauncherServer, MAX_FDS, parseLauncherLine, type LauncherHello } from '../../src/qemu/launcher-server.js';
 
 t.test('parseLauncherLine', async (t) => {
-  t.same(parseLauncherLine('HELLO 1 abc-1 42 NEW'),
-    { type: 'hello', version: '1', uid: 'abc-1', launcherPid: 42, state: { kind: 'new' } });
-  t.same(parseLauncherLine('HELLO 1 abc 42 RUNNING 43'),
-    { type: 'hello', version: '1', uid: 'abc', launcherPid: 42, state: { kind: 'running', qemuPid: 43 } });
-  t.same(parseLauncherLine('HELLO 1 abc 42 EXITED 43 signal=9'),
-    { type: 'hello', version: '1', uid: 'abc', launcherPid: 42, state: { kind: 'exited', qemuPid: 43, status: { kind: 'signal', signal: 9 } } });
+  t.same(parseLauncherLine('HELLO 1 abc-1 42 NEW'), { type: 'hello', version: '1', uid: 'abc-1', launcherPid: 42, state: { kind: 'new' } });
+  t.same(parseLauncherLine('HELLO 1 abc 42 RUNNING 43'), { type: 'hello', version: '1', uid: 'abc', launcherPid: 42, state: { kind: 'running', qemuPid: 43 } });
+  t.same(parseLauncherLine('HELLO 1 abc 42 EXITED 43 signal=9'), {
+    type: 'hello',
+    version: '1',
+    uid: 'abc',
+    launcherPid: 42,
+    state: { kind: 'exited', qemuPid: 43, status: { kind: 'signal', signal: 9 } },
+  });
   t.same(parseLauncherLine('STARTED 43'), { type: 'started', qemuPid: 43 });
   t.same(parseLauncherLine('EXITED exit=1'), { type: 'exited', status: { kind: 'exit', code: 1 } });
-  t.same(parseLauncherLine('ERROR netns setns /run/netns/x: Operation not permitted'),
-    { type: 'error', reason: 'netns', text: 'setns /run/netns/x: Operation not permitted' });
+  t.same(parseLauncherLine('ERROR netns setns /run/netns/x: Operation not permitted'), {
+    type: 'error',
+    reason: 'netns',
+    text: 'setns /run/netns/x: Operation not permitted',
+  });
   for (const bad of [
-    '', 'HELLO', 'HELLO 1 abc 42', 'HELLO 1 abc 42 NEW extra', 'HELLO 1 a/b 42 NEW', 'HELLO 1 abc -1 NEW',
-    'HELLO 1 abc 42 RUNNING', 'HELLO 1 abc 42 EXITED 43', 'HELLO 1 abc 42 EXITED 43 exit=x', 'STARTED', 'STARTED 0',
-    'EXITED', 'EXITED 3', 'ERROR', 'OK', 'started 1',
+    '',
+    'HELLO',
+    'HELLO 1 abc 42',
+    'HELLO 1 abc 42 NEW extra',
+    'HELLO 1 a/b 42 NEW',
+    'HELLO 1 abc -1 NEW',
+    'HELLO 1 abc 42 RUNNING',
+    'HELLO 1 abc 42 EXITED 43',
+    'HELLO 1 abc 42 EXITED 43 exit=x',
+    'STARTED',
+    'STARTED 0',
+    'EXITED',
+    'EXITED 3',
+    'ERROR',
+    'OK',
+    'started 1',
   ]) {
     t.throws(() => parseLauncherLine(bad), { code: 'LAUNCHER_BAD_MESSAGE' }, JSON.stringify(bad));
   }
@@ -54,7 +73,10 @@ t.test('a launcher in its own pid namespace (kubernetes): pids are translated th
   const server = new LauncherServer({
     socketPath: path.join(dir, 'l.sock'),
     procRoot: proc,
-    onHello: (h) => { hellos.push(h); return { action: 'accept' }; },
+    onHello: (h) => {
+      hellos.push(h);
+      return { action: 'accept' };
+    },
   });
   await server.listen();
   t.teardown(() => server.close());

@@ -3,9 +3,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t from 'tap';
-import {
-  exitStatusCode, formatExitStatus, isLiveProcessFor, launcherArgv, parseExitStatus, readRunDir,
-} from '../../src/qemu/launch.js';
+import { exitStatusCode, formatExitStatus, isLiveProcessFor, launcherArgv, parseExitStatus, readRunDir } from '../../src/qemu/launch.js';
 
 const tmp = mkdtempSync(path.join(tmpdir(), 'vmlet-unit-launch-'));
 t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
@@ -23,10 +21,30 @@ t.test('exit statuses', async (t) => {
 });
 
 t.test('launcherArgv', async (t) => {
-  t.same(launcherArgv({ uid: 'u-1', socket: '/run/vmlet/launcher.sock', runDir: '/run/vmlet/vms/u-1' }),
-    ['--uid', 'u-1', '--socket', '/run/vmlet/launcher.sock', '--run-dir', '/run/vmlet/vms/u-1']);
-  t.same(launcherArgv({ uid: 'u', socket: '/s', runDir: '/r', netns: '/run/netns/x', cgroups: ['/cg/a', '/cg/b'], lingerSeconds: 0 }),
-    ['--uid', 'u', '--socket', '/s', '--run-dir', '/r', '--netns', '/run/netns/x', '--cgroup', '/cg/a', '--cgroup', '/cg/b', '--linger', '0']);
+  t.same(launcherArgv({ uid: 'u-1', socket: '/run/vmlet/launcher.sock', runDir: '/run/vmlet/vms/u-1' }), [
+    '--uid',
+    'u-1',
+    '--socket',
+    '/run/vmlet/launcher.sock',
+    '--run-dir',
+    '/run/vmlet/vms/u-1',
+  ]);
+  t.same(launcherArgv({ uid: 'u', socket: '/s', runDir: '/r', netns: '/run/netns/x', cgroups: ['/cg/a', '/cg/b'], lingerSeconds: 0 }), [
+    '--uid',
+    'u',
+    '--socket',
+    '/s',
+    '--run-dir',
+    '/r',
+    '--netns',
+    '/run/netns/x',
+    '--cgroup',
+    '/cg/a',
+    '--cgroup',
+    '/cg/b',
+    '--linger',
+    '0',
+  ]);
   t.throws(() => launcherArgv({ uid: 'a b', socket: '/s', runDir: '/r' }), { code: 'LAUNCH_BAD_ARGUMENT' });
   t.throws(() => launcherArgv({ uid: '', socket: '/s', runDir: '/r' }), { code: 'LAUNCH_BAD_ARGUMENT' });
   t.throws(() => launcherArgv({ uid: 'u', socket: '/s', runDir: '/r', lingerSeconds: 1.5 }), { code: 'LAUNCH_BAD_ARGUMENT' });

@@ -44,7 +44,9 @@ t.test('planHostBridge', async (t) => {
   t.same(planHostBridge(p, { bridgeExists: true, bridgeAddresses: [], bridgeUp: true }), [['addr', 'add', '10.213.0.1/16', 'dev', 'vmlet0']]);
   t.throws(() => planHostBridge(p, { bridgeExists: true, bridgeAddresses: ['10.99.0.1/24'], bridgeUp: true }), { code: 'NET_BRIDGE_CONFLICT' });
   t.throws(() => planHostBridge(p, { bridgeExists: true, bridgeWrongKind: true, bridgeAddresses: [], bridgeUp: true }), { code: 'NET_BRIDGE_CONFLICT' });
-  t.throws(() => planHostBridge({ ...p, subnet: '10.0.0.0/30' }, { bridgeExists: false, bridgeAddresses: [], bridgeUp: false }), { code: 'NET_INVALID_SUBNET' });
+  t.throws(() => planHostBridge({ ...p, subnet: '10.0.0.0/30' }, { bridgeExists: false, bridgeAddresses: [], bridgeUp: false }), {
+    code: 'NET_INVALID_SUBNET',
+  });
 });
 
 t.test('host NAT ruleset', async (t) => {
@@ -74,7 +76,10 @@ t.test('sandbox commands', async (t) => {
     ['route', 'add', 'default', 'via', '10.213.0.1', 'dev', 'eth0'],
   ]);
   t.same(planSandboxDelete(names), [[['link', 'del', 'vmh-3f2a9c1e']], [['netns', 'del', 'vmlet-3f2a9c1e']]]);
-  t.equal(toBatch(planSandboxHost(sp)), 'netns add vmlet-3f2a9c1e\nlink add vmh-3f2a9c1e mtu 1500 type veth peer name eth0 netns vmlet-3f2a9c1e\nlink set vmh-3f2a9c1e master vmlet0 up\n');
+  t.equal(
+    toBatch(planSandboxHost(sp)),
+    'netns add vmlet-3f2a9c1e\nlink add vmh-3f2a9c1e mtu 1500 type veth peer name eth0 netns vmlet-3f2a9c1e\nlink set vmh-3f2a9c1e master vmlet0 up\n',
+  );
   t.throws(() => toBatch([['link', 'add', 'a b']]), { code: 'NET_INVALID_NAME' });
   t.throws(() => toBatch([['link', 'add', 'a\nlink del eth0']]), { code: 'NET_INVALID_NAME' });
   t.equal(toBatch([]), '');
@@ -98,7 +103,11 @@ t.test('masquerade binding', async (t) => {
   t.match(b.nft, /ip saddr 10\.0\.2\.0\/24 oifname "eth0" masquerade/);
   t.match(b.nft, /^table ip vmlet \{\}\ndelete table ip vmlet\n/);
 
-  const listed = planNetwork([{ name: 'default', masquerade: {}, ports: [{ port: 80 }, { port: 443 }, { port: 53, protocol: 'UDP' }] }], [{ name: 'default', pod: {} }], UID).interfaces[0]!;
+  const listed = planNetwork(
+    [{ name: 'default', masquerade: {}, ports: [{ port: 80 }, { port: 443 }, { port: 53, protocol: 'UDP' }] }],
+    [{ name: 'default', pod: {} }],
+    UID,
+  ).interfaces[0]!;
   const l = planBinding(listed, pod);
   t.match(l.nft, /iifname "eth0" ip daddr 10\.213\.0\.5 tcp dport \{ 80, 443 \} dnat to 10\.0\.2\.2\n/);
   t.match(l.nft, /iifname "eth0" ip daddr 10\.213\.0\.5 udp dport \{ 53 \} dnat to 10\.0\.2\.2\n/);

@@ -1,23 +1,41 @@
 // DHCP codec on fixed packets and the server's answers (OFFER/ACK/NAK/INFORM/RELEASE), without sockets.
 import t from 'tap';
-import { decodeDhcp, encodeDhcpReply, encodeDhcpRequest, messageType, optDomainSearch, DhcpOption as O, DhcpMessageType as T } from '../../src/net/dhcp-codec.js';
+import {
+  decodeDhcp,
+  encodeDhcpReply,
+  encodeDhcpRequest,
+  messageType,
+  optDomainSearch,
+  DhcpOption as O,
+  DhcpMessageType as T,
+} from '../../src/net/dhcp-codec.js';
 import { answerDhcp, sanitizeHostname, type DhcpLeaseConfig } from '../../src/net/dhcp-server.js';
 import { parseResolvConf } from '../../src/net/resolv.js';
 
 const zeros = (n: number): string => '00'.repeat(n);
 /** A DISCOVER as udhcpc sends it, written out byte by byte (independent of the encoder). */
 const DISCOVER_HEX =
-  '01' + '01' + '06' + '00' + // op, htype, hlen, hops
+  '01' +
+  '01' +
+  '06' +
+  '00' + // op, htype, hlen, hops
   '3903f326' + // xid
-  '0003' + '0000' + // secs 3, flags 0
-  zeros(4) + zeros(4) + zeros(4) + zeros(4) + // ciaddr yiaddr siaddr giaddr
-  '525400123456' + zeros(10) + // chaddr
-  zeros(64) + zeros(128) + // sname, file
+  '0003' +
+  '0000' + // secs 3, flags 0
+  zeros(4) +
+  zeros(4) +
+  zeros(4) +
+  zeros(4) + // ciaddr yiaddr siaddr giaddr
+  '525400123456' +
+  zeros(10) + // chaddr
+  zeros(64) +
+  zeros(128) + // sname, file
   '63825363' + // magic
   '350101' + // 53: DISCOVER
   '3d0701525400123456' + // 61: client id
   '370a0103060c0f1a1c333677' + // 55: 1 3 6 12 15 26 28 51 54 119
-  '3902' + '0240' + // 57: 576
+  '3902' +
+  '0240' + // 57: 576
   '0c056775657374' + // 12: "guest"
   '00' + // pad
   'ff';
@@ -63,7 +81,14 @@ t.test('malformed packets', async (t) => {
 
 t.test('long options are split and joined (RFC 3396); overload is read', async (t) => {
   const long = Buffer.alloc(300, 0x61);
-  const b = encodeDhcpRequest({ xid: 1, chaddr: '02:00:00:00:00:01', options: [[O.MESSAGE_TYPE, Buffer.from([T.DISCOVER])], [O.HOSTNAME, long]] });
+  const b = encodeDhcpRequest({
+    xid: 1,
+    chaddr: '02:00:00:00:00:01',
+    options: [
+      [O.MESSAGE_TYPE, Buffer.from([T.DISCOVER])],
+      [O.HOSTNAME, long],
+    ],
+  });
   t.equal(b[240 + 3], O.HOSTNAME);
   t.equal(b[240 + 4], 255, 'first chunk 255 bytes');
   t.same(decodeDhcp(b).options.get(O.HOSTNAME), long);
@@ -155,7 +180,9 @@ t.test('INFORM, RELEASE, DECLINE, BOOTP', async (t) => {
   t.equal(dec.event?.type, 'decline');
   const bootp = decodeDhcp(encodeDhcpRequest({ xid: 1, chaddr: '52:54:00:12:34:56', options: [] }));
   t.equal(answerDhcp(bootp, cfg, 'k', NOW).reply, null, 'plain BOOTP is not served');
-  const reply = decodeDhcp(encodeDhcpReply({ xid: 1, flags: 0, ciaddr: '0.0.0.0', yiaddr: '0.0.0.0', siaddr: '0.0.0.0', giaddr: '0.0.0.0', chaddr: '52:54:00:12:34:56', options: [] }));
+  const reply = decodeDhcp(
+    encodeDhcpReply({ xid: 1, flags: 0, ciaddr: '0.0.0.0', yiaddr: '0.0.0.0', siaddr: '0.0.0.0', giaddr: '0.0.0.0', chaddr: '52:54:00:12:34:56', options: [] }),
+  );
   t.equal(answerDhcp(reply, cfg, 'k', NOW).reply, null, 'replies are not answered');
 });
 

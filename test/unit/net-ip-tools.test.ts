@@ -32,6 +32,10 @@ t.test('a program that cannot start carries its errno', async (t) => {
 t.test('isGone reads the stderr field, never the message', async (t) => {
   t.notOk(isGone(new VmletError('NET_COMMAND_FAILED', 'ip link del x: Cannot find device "x"')), 'message only');
   t.notOk(isGone(new Error('Cannot find device "x"')));
-  t.ok(isGone(new VmletError('NET_COMMAND_FAILED', 'ip netns del x', { exitCode: 1, stderr: 'Cannot remove namespace file "/run/netns/x": No such file or directory' })));
+  t.ok(
+    isGone(
+      new VmletError('NET_COMMAND_FAILED', 'ip netns del x', { exitCode: 1, stderr: 'Cannot remove namespace file "/run/netns/x": No such file or directory' }),
+    ),
+  );
   t.notOk(isGone(new VmletError('NET_COMMAND_FAILED', 'ip link del x', { exitCode: 2, stderr: 'RTNETLINK answers: Operation not permitted' })));
 });

@@ -57,9 +57,20 @@ t.test('corrupt or foreign state is refused', async (t) => {
   const d = dir(t);
   fs.writeFileSync(path.join(d, IPAM_FILE), '{not json');
   await t.rejects(Ipam.open({ stateDir: d, subnet: '10.0.0.0/24' }), { code: 'IPAM_STATE_CORRUPT' });
-  fs.writeFileSync(path.join(d, IPAM_FILE), JSON.stringify({ version: 1, subnet: '10.0.0.0/24', next: '10.0.0.2', leases: { a: { uid: 'a', address: '10.0.0.2' }, b: { uid: 'b', address: '10.0.0.2' } } }));
+  fs.writeFileSync(
+    path.join(d, IPAM_FILE),
+    JSON.stringify({
+      version: 1,
+      subnet: '10.0.0.0/24',
+      next: '10.0.0.2',
+      leases: { a: { uid: 'a', address: '10.0.0.2' }, b: { uid: 'b', address: '10.0.0.2' } },
+    }),
+  );
   await t.rejects(Ipam.open({ stateDir: d, subnet: '10.0.0.0/24' }), { code: 'IPAM_STATE_CORRUPT', message: /leased to both/ });
-  fs.writeFileSync(path.join(d, IPAM_FILE), JSON.stringify({ version: 1, subnet: '10.0.0.0/24', next: '10.0.0.3', leases: { a: { uid: 'a', address: '10.0.0.2' } } }));
+  fs.writeFileSync(
+    path.join(d, IPAM_FILE),
+    JSON.stringify({ version: 1, subnet: '10.0.0.0/24', next: '10.0.0.3', leases: { a: { uid: 'a', address: '10.0.0.2' } } }),
+  );
   await t.rejects(Ipam.open({ stateDir: d, subnet: '10.1.0.0/24' }), { code: 'IPAM_SUBNET_CHANGED' });
   await t.rejects(Ipam.open({ stateDir: d, subnet: '10.1.0.1/24' }), { code: 'NET_INVALID_SUBNET' });
 });
@@ -79,7 +90,11 @@ t.test('a failed write leaves memory and disk unchanged', async (t) => {
   }
   await t.rejects(ipam.allocate('b'), { code: 'IPAM_WRITE_FAILED' });
   t.equal(ipam.get('b'), undefined, 'not allocated in memory');
-  t.same(fs.readdirSync(d).filter((f) => f.includes('.tmp-')), [], 'temp file removed');
+  t.same(
+    fs.readdirSync(d).filter((f) => f.includes('.tmp-')),
+    [],
+    'temp file removed',
+  );
 });
 
 t.test('writeFileAtomic replaces the file', async (t) => {

@@ -46,8 +46,16 @@ t.test('bridge, ports, model, mac, vmNetworkCIDR, queues', async (t) => {
   t.equal(b.interfaces[0]!.mac, 'aa:bb:cc:dd:ee:f0', 'MAC normalised');
   t.equal(b.interfaces[0]!.model, 'e1000');
   t.equal(b.interfaces[0]!.guestNetwork, null);
-  const m = planNetwork([{ name: 'default', masquerade: {}, ports: [{ port: 80 }, { name: 'dns', port: 53, protocol: 'UDP' }] }], [{ name: 'default', pod: { vmNetworkCIDR: '192.168.50.0/28' } }], UID, { queues: 4 });
-  t.same(m.interfaces[0]!.ports, [{ port: 80, protocol: 'tcp' }, { port: 53, protocol: 'udp' }]);
+  const m = planNetwork(
+    [{ name: 'default', masquerade: {}, ports: [{ port: 80 }, { name: 'dns', port: 53, protocol: 'UDP' }] }],
+    [{ name: 'default', pod: { vmNetworkCIDR: '192.168.50.0/28' } }],
+    UID,
+    { queues: 4 },
+  );
+  t.same(m.interfaces[0]!.ports, [
+    { port: 80, protocol: 'tcp' },
+    { port: 53, protocol: 'udp' },
+  ]);
   t.same(m.interfaces[0]!.guestNetwork, { cidr: '192.168.50.0/28', gateway: '192.168.50.1', address: '192.168.50.2', prefix: 28 });
   t.equal(m.interfaces[0]!.queues, 4);
 });
@@ -68,12 +76,34 @@ t.test('bad input is refused with a clear code', async (t) => {
         { name: 'a', masquerade: {}, macAddress: '02:00:00:00:00:01' },
         { name: 'b', bridge: {}, macAddress: '02:00:00:00:00:01' },
       ],
-      [{ name: 'a', pod: {} }, { name: 'b', pod: {} }],
+      [
+        { name: 'a', pod: {} },
+        { name: 'b', pod: {} },
+      ],
       'NET_DUPLICATE_MAC',
     ],
-    ['two pod networks', [{ name: 'a', masquerade: {} }, { name: 'b', masquerade: {} }], [{ name: 'a', pod: {} }, { name: 'b', pod: {} }], 'NET_UNSUPPORTED_NETWORK'],
+    [
+      'two pod networks',
+      [
+        { name: 'a', masquerade: {} },
+        { name: 'b', masquerade: {} },
+      ],
+      [
+        { name: 'a', pod: {} },
+        { name: 'b', pod: {} },
+      ],
+      'NET_UNSUPPORTED_NETWORK',
+    ],
     ['multus', [{ name: 'default', bridge: {} }], [{ name: 'default', multus: { networkName: 'x' } }], 'NET_UNSUPPORTED_NETWORK'],
-    ['duplicate interface', [{ name: 'default', bridge: {} }, { name: 'default', bridge: {} }], pod, 'NET_DUPLICATE_NAME'],
+    [
+      'duplicate interface',
+      [
+        { name: 'default', bridge: {} },
+        { name: 'default', bridge: {} },
+      ],
+      pod,
+      'NET_DUPLICATE_NAME',
+    ],
     ['bad name', [{ name: 'Default_1', bridge: {} }], pod, 'NET_INVALID_NAME'],
     ['unknown model', [{ name: 'default', bridge: {}, model: 'ne2k_isa' }], pod, 'NET_UNSUPPORTED_MODEL'],
     ['ports with bridge', [{ name: 'default', bridge: {}, ports: [{ port: 80 }] }], pod, 'NET_INVALID_PORT'],
@@ -84,9 +114,17 @@ t.test('bad input is refused with a clear code', async (t) => {
     ['multiqueue on e1000', [{ name: 'default', masquerade: {}, model: 'e1000' }], pod, 'NET_INVALID_QUEUES', { queues: 2 }],
   ];
   for (const [what, ifs, nets, want, opts] of cases) {
-    t.equal(code(() => planNetwork(ifs, nets, UID, opts ?? {})), want, what);
+    t.equal(
+      code(() => planNetwork(ifs, nets, UID, opts ?? {})),
+      want,
+      what,
+    );
   }
-  t.equal(code(() => planNetwork(undefined, undefined, '')), 'NET_INVALID_UID', 'empty uid');
+  t.equal(
+    code(() => planNetwork(undefined, undefined, '')),
+    'NET_INVALID_UID',
+    'empty uid',
+  );
 });
 
 t.test('names', async (t) => {
@@ -94,8 +132,21 @@ t.test('names', async (t) => {
   t.equal(sandboxId('not-a-uuid'), sandboxId('not-a-uuid'), 'other strings: stable hash');
   t.match(sandboxId('not-a-uuid'), /^[0-9a-f]{8}$/);
   t.same(sandboxNames(UID, { netnsPrefix: 'vt-', vethPrefix: 'vh' }), { id: '3f2a9c1e', netns: 'vt-3f2a9c1e', hostVeth: 'vh3f2a9c1e' });
-  t.equal(code(() => sandboxNames(UID, { netnsPrefix: 'much-too-long-', vethPrefix: 'v' })), 'NET_INVALID_NAME');
-  for (const bad of ['', 'a b', 'x;rm', 'sixteen-chars-xx', '..', 'a"b']) t.equal(code(() => checkIfName(bad)), 'NET_INVALID_NAME', `ifname ${JSON.stringify(bad)}`);
-  for (const bad of ['1abc', 'a b', 'a;b', 'a"b', '']) t.equal(code(() => checkNftName(bad)), 'NET_INVALID_NAME', `nft ${JSON.stringify(bad)}`);
+  t.equal(
+    code(() => sandboxNames(UID, { netnsPrefix: 'much-too-long-', vethPrefix: 'v' })),
+    'NET_INVALID_NAME',
+  );
+  for (const bad of ['', 'a b', 'x;rm', 'sixteen-chars-xx', '..', 'a"b'])
+    t.equal(
+      code(() => checkIfName(bad)),
+      'NET_INVALID_NAME',
+      `ifname ${JSON.stringify(bad)}`,
+    );
+  for (const bad of ['1abc', 'a b', 'a;b', 'a"b', ''])
+    t.equal(
+      code(() => checkNftName(bad)),
+      'NET_INVALID_NAME',
+      `nft ${JSON.stringify(bad)}`,
+    );
   t.equal(checkNftName('vmlet-test-other'), 'vmlet-test-other');
 });

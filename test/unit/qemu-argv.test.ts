@@ -1,14 +1,6 @@
 import t from 'tap';
 import { validateVMI, type VirtualMachineInstance } from '../../src/api/index.js';
-import {
-  accelFromCmdline,
-  buildArgv,
-  cmdlineHasVmiUid,
-  firmwareUuid,
-  uuidV5,
-  vmiUidSmbios,
-  type ArgvContext,
-} from '../../src/qemu/argv.js';
+import { accelFromCmdline, buildArgv, cmdlineHasVmiUid, firmwareUuid, uuidV5, vmiUidSmbios, type ArgvContext } from '../../src/qemu/argv.js';
 import { splitOpts } from '../../src/qemu/escape.js';
 import { planVolumes } from '../../src/qemu/volumes.js';
 
@@ -169,7 +161,10 @@ t.test('snapshot: names and values with commas are escaped', async (t) => {
   t.ok(file);
   const parts = splitOpts(file ?? '');
   t.same(parts, ['driver=file', 'node-name=vol0-file', `filename=${evil}`, 'read-only=off', 'discard=unmap'], 'the path stays one option');
-  t.notOk(parts.some((p) => p.startsWith('file.driver')), 'no injected option');
+  t.notOk(
+    parts.some((p) => p.startsWith('file.driver')),
+    'no injected option',
+  );
   const smbios = splitOpts(values(argv, '-smbios')[0] ?? '');
   t.equal(smbios.filter((p) => p.startsWith('uuid=')).length, 1, 'serial cannot add a second uuid');
   t.ok(smbios.includes('serial=serial,uuid=00000000-0000-0000-0000-000000000000'));
@@ -214,7 +209,10 @@ t.test('identity: uid, uuid, name', async (t) => {
   t.equal(uuid, uuidV5('ns1/testvm'));
   t.match(uuid, /^[0-9a-f]{8}-[0-9a-f]{4}-5[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$/);
   t.not(firmwareUuid(vmi(minimal, 'other')), uuid, 'differs per name');
-  const fixed = vmi({ ...structuredClone(minimal), domain: { ...structuredClone(minimal.domain), firmware: { uuid: '5D307CA9-B3EF-428C-8861-06E72D69F223' } } });
+  const fixed = vmi({
+    ...structuredClone(minimal),
+    domain: { ...structuredClone(minimal.domain), firmware: { uuid: '5D307CA9-B3EF-428C-8861-06E72D69F223' } },
+  });
   t.same(values(buildArgv(fixed, ctx()), '-uuid'), ['5d307ca9-b3ef-428c-8861-06e72d69f223']);
   const noUid = structuredClone(vmi(minimal));
   delete noUid.metadata.uid;
@@ -275,14 +273,11 @@ t.test('planVolumes', async (t) => {
     { kind: 'efiVars', path: `${RUN}/efi-vars.fd`, template: OVMF.vars },
   ]);
   const ci = plan.files.find((f) => f.kind === 'cloudInitIso');
-  t.same(
-    ci?.kind === 'cloudInitIso' ? ci.files.map((f) => [f.name, f.data.toString('utf8')]) : [],
-    [
-      ['meta-data', 'instance-id: testvm.ns1\nlocal-hostname: testvm\n'],
-      ['user-data', '#cloud-config\n'],
-      ['network-data', 'version: 2\n'],
-    ],
-  );
+  t.same(ci?.kind === 'cloudInitIso' ? ci.files.map((f) => [f.name, f.data.toString('utf8')]) : [], [
+    ['meta-data', 'instance-id: testvm.ns1\nlocal-hostname: testvm\n'],
+    ['user-data', '#cloud-config\n'],
+    ['network-data', 'version: 2\n'],
+  ]);
   t.throws(() => planVolumes(vmi(spec), RUN), { code: 'FIRMWARE_UNAVAILABLE' });
 });
 

@@ -16,9 +16,24 @@ t.test('escapeOptValue refuses control characters and empty values', async (t) =
 });
 
 t.test('qemuOpts', async (t) => {
-  t.equal(qemuOpts('virtio-blk-pci', [['drive', 'vol0'], ['serial', 'a,b'], ['bootindex', 1], ['x', undefined], ['ro', true], ['rw', false]]),
-    'virtio-blk-pci,drive=vol0,serial=a,,b,bootindex=1,ro=on,rw=off');
-  t.equal(qemuOpts(undefined, [['type', 11], ['value', 'k=v,w']]), 'type=11,value=k=v,,w');
+  t.equal(
+    qemuOpts('virtio-blk-pci', [
+      ['drive', 'vol0'],
+      ['serial', 'a,b'],
+      ['bootindex', 1],
+      ['x', undefined],
+      ['ro', true],
+      ['rw', false],
+    ]),
+    'virtio-blk-pci,drive=vol0,serial=a,,b,bootindex=1,ro=on,rw=off',
+  );
+  t.equal(
+    qemuOpts(undefined, [
+      ['type', 11],
+      ['value', 'k=v,w'],
+    ]),
+    'type=11,value=k=v,,w',
+  );
   t.equal(qemuOpts('dr,iver', []), 'dr,,iver');
   t.throws(() => qemuOpts(undefined, [['bad key', 'x']]), { code: 'UNSAFE_VALUE' });
   t.throws(() => qemuOpts(undefined, [['k', 'a\nb']]), { code: 'UNSAFE_VALUE' });
@@ -26,7 +41,11 @@ t.test('qemuOpts', async (t) => {
 
 t.test('splitOpts undoes the escaping: an escaped value stays one option', async (t) => {
   const evil = '/srv/a,file.driver=null-co,b,,c';
-  const opts = qemuOpts(undefined, [['driver', 'file'], ['filename', evil], ['read-only', false]]);
+  const opts = qemuOpts(undefined, [
+    ['driver', 'file'],
+    ['filename', evil],
+    ['read-only', false],
+  ]);
   t.same(splitOpts(opts), ['driver=file', `filename=${evil}`, 'read-only=off']);
   t.same(splitOpts('a,b,,c,d'), ['a', 'b,c', 'd']);
 });

@@ -57,15 +57,22 @@ t.test('missing payload: unusable with the build hint, no crash', async (t) => {
 });
 
 t.test('a binary that exits at once: its stderr is the reason; temp dir removed', async (t) => {
-  const dir = shortDir(t, {
-    kvm: '',
-    'payload.elf': 'not really',
-    'qemu-exits': '#!/bin/sh\necho "qemu-system-x86_64: -machine q35,accel=kvm: failed to initialize kvm: Permission denied" >&2\nexit 1\n',
-  }, { tmp: true });
+  const dir = shortDir(
+    t,
+    {
+      kvm: '',
+      'payload.elf': 'not really',
+      'qemu-exits': '#!/bin/sh\necho "qemu-system-x86_64: -machine q35,accel=kvm: failed to initialize kvm: Permission denied" >&2\nexit 1\n',
+    },
+    { tmp: true },
+  );
   const st = await probeKvm({ qemuBinary: `${dir}/qemu-exits`, devKvm: `${dir}/kvm`, payload: `${dir}/payload.elf`, tmpDir: `${dir}/tmp` });
   t.equal(st.usable, false);
   t.equal(st.stage, 'qemu');
-  t.match(st.reason, /^-machine q35,accel=kvm: failed to initialize kvm: Permission denied \(QEMU exited with status 1 under -machine q35,accel=kvm -cpu host; reached: nothing\)$/);
+  t.match(
+    st.reason,
+    /^-machine q35,accel=kvm: failed to initialize kvm: Permission denied \(QEMU exited with status 1 under -machine q35,accel=kvm -cpu host; reached: nothing\)$/,
+  );
   t.same(readdirSync(`${dir}/tmp`), [], 'temp dir removed');
   t.same(children(/qemu/), [], 'reaped');
 });
@@ -73,7 +80,13 @@ t.test('a binary that exits at once: its stderr is the reason; temp dir removed'
 t.test('a binary that never answers QMP: killed after startTimeoutMs and reaped', async (t) => {
   const dir = shortDir(t, { kvm: '', 'payload.elf': 'x', 'qemu-hangs': '#!/bin/sh\nexec sleep 30\n' }, { tmp: true });
   const t0 = Date.now();
-  const st = await probeKvm({ qemuBinary: `${dir}/qemu-hangs`, devKvm: `${dir}/kvm`, payload: `${dir}/payload.elf`, tmpDir: `${dir}/tmp`, startTimeoutMs: 200 });
+  const st = await probeKvm({
+    qemuBinary: `${dir}/qemu-hangs`,
+    devKvm: `${dir}/kvm`,
+    payload: `${dir}/payload.elf`,
+    tmpDir: `${dir}/tmp`,
+    startTimeoutMs: 200,
+  });
   const took = Date.now() - t0;
   t.equal(st.usable, false);
   t.equal(st.stage, 'qemu');
@@ -87,13 +100,18 @@ t.test('a temp dir too deep for a unix socket path: KVM_PROBE_FAILED, nothing le
   const dir = shortDir(t, { kvm: '', 'payload.elf': 'x' }, { tmp: true });
   const deep = path.join(dir, 'tmp', 'd'.repeat(100));
   mkdirSync(deep);
-  await t.rejects(probeKvm({ qemuBinary: '/bin/true', devKvm: `${dir}/kvm`, payload: `${dir}/payload.elf`, tmpDir: deep }), { code: 'KVM_PROBE_FAILED', message: /longer than a unix socket allows/ });
+  await t.rejects(probeKvm({ qemuBinary: '/bin/true', devKvm: `${dir}/kvm`, payload: `${dir}/payload.elf`, tmpDir: deep }), {
+    code: 'KVM_PROBE_FAILED',
+    message: /longer than a unix socket allows/,
+  });
   t.same(readdirSync(deep), []);
 });
 
 t.test('a binary that cannot be spawned: KVM_PROBE_FAILED, temp dir removed', async (t) => {
   const dir = shortDir(t, { kvm: '', 'payload.elf': 'x' }, { tmp: true });
-  await t.rejects(probeKvm({ qemuBinary: `${dir}/missing-qemu`, devKvm: `${dir}/kvm`, payload: `${dir}/payload.elf`, tmpDir: `${dir}/tmp` }), { code: 'KVM_PROBE_FAILED' });
+  await t.rejects(probeKvm({ qemuBinary: `${dir}/missing-qemu`, devKvm: `${dir}/kvm`, payload: `${dir}/payload.elf`, tmpDir: `${dir}/tmp` }), {
+    code: 'KVM_PROBE_FAILED',
+  });
   t.same(readdirSync(`${dir}/tmp`), []);
   t.notOk(existsSync(`${dir}/tmp/qmp.sock`));
 });

@@ -1,6 +1,17 @@
 // The probe's pure parts: QEMU help parsers, OVMF descriptor choice, the /dev/kvm open check, resolveAccel (with the KVM probe's reasons) and describeCaps.
 import t from 'tap';
-import { parseAccelHelp, parseCpuHelp, parseMachineHelp, parseVersion, pickOvmf, resolveAccel, checkKvm, findOvmf, describeCaps, type QemuCaps } from '../../src/qemu/probe.js';
+import {
+  parseAccelHelp,
+  parseCpuHelp,
+  parseMachineHelp,
+  parseVersion,
+  pickOvmf,
+  resolveAccel,
+  checkKvm,
+  findOvmf,
+  describeCaps,
+  type QemuCaps,
+} from '../../src/qemu/probe.js';
 
 t.test('parseVersion', async (t) => {
   t.match(parseVersion('QEMU emulator version 7.2.22 (Debian 1:7.2+dfsg-7+deb12u18+b3)\nCopyright (c) 2003-2022 Fabrice Bellard\n'), {
@@ -25,7 +36,10 @@ pc-q35-7.2           Standard PC (Q35 + ICH9, 2009)
 none                 empty machine
 `;
   const m = parseMachineHelp(out);
-  t.same(m.map((x) => x.name), ['microvm', 'pc', 'pc-i440fx-7.2', 'pc-i440fx-1.4', 'q35', 'pc-q35-7.2', 'none']);
+  t.same(
+    m.map((x) => x.name),
+    ['microvm', 'pc', 'pc-i440fx-7.2', 'pc-i440fx-1.4', 'q35', 'pc-q35-7.2', 'none'],
+  );
   t.same(m[1], { name: 'pc', description: 'Standard PC (i440FX + PIIX, 1996)', isDefault: false, deprecated: false, aliasOf: 'pc-i440fx-7.2' });
   t.equal(m[2]?.isDefault, true);
   t.equal(m[3]?.deprecated, true);
@@ -53,7 +67,11 @@ t.test('parseAccelHelp', async (t) => {
 t.test('pickOvmf', async (t) => {
   const desc = (file: string, features: string[], machines = ['pc-q35-*'], extra: Record<string, unknown> = {}): unknown => ({
     'interface-types': ['uefi'],
-    mapping: { device: 'flash', executable: { filename: `/fw/${file}_CODE.fd`, format: 'raw' }, 'nvram-template': { filename: `/fw/${file}_VARS.fd`, format: 'raw' } },
+    mapping: {
+      device: 'flash',
+      executable: { filename: `/fw/${file}_CODE.fd`, format: 'raw' },
+      'nvram-template': { filename: `/fw/${file}_VARS.fd`, format: 'raw' },
+    },
     targets: [{ architecture: 'x86_64', machines }],
     features,
     ...extra,
@@ -103,25 +121,39 @@ t.test('resolveAccel', async (t) => {
   t.same(resolveAccel('auto', false, withKvm), { accel: 'kvm', softwareEmulation: false });
   t.same(resolveAccel('kvm', false, withKvm), { accel: 'kvm', softwareEmulation: false });
   t.same(resolveAccel('tcg', false, withKvm), { accel: 'tcg', softwareEmulation: true, emulationReason: 'EmulationRequested' }, 'explicit tcg is consent');
-  t.same(resolveAccel('auto', true, noKvm), { accel: 'tcg', softwareEmulation: true, emulationReason: 'KvmUnusable', emulationMessage: '/dev/kvm does not exist' });
+  t.same(resolveAccel('auto', true, noKvm), {
+    accel: 'tcg',
+    softwareEmulation: true,
+    emulationReason: 'KvmUnusable',
+    emulationMessage: '/dev/kvm does not exist',
+  });
   t.throws(() => resolveAccel('auto', false, noKvm), { code: 'KVM_UNAVAILABLE', message: /--accel tcg/ });
   t.throws(() => resolveAccel('kvm', true, noKvm), { code: 'KVM_UNAVAILABLE', message: /does not exist/ });
   t.throws(() => resolveAccel('tcg', true, kvmOnly), { code: 'ACCEL_UNAVAILABLE' });
   t.throws(() => resolveAccel('auto', true, kvmOnly), { code: 'ACCEL_UNAVAILABLE' });
-  t.throws(() => resolveAccel('kvm', true, { kvm: { usable: true, reason: 'ok' }, accelerators: ['tcg'] }), { code: 'KVM_UNAVAILABLE', message: /no KVM support/ });
-  t.same(
-    resolveAccel('auto', true, { kvm: { usable: true, reason: 'ok' }, accelerators: ['tcg'] }),
-    { accel: 'tcg', softwareEmulation: true, emulationReason: 'KvmUnusable', emulationMessage: 'this QEMU binary has no KVM support' },
-  );
+  t.throws(() => resolveAccel('kvm', true, { kvm: { usable: true, reason: 'ok' }, accelerators: ['tcg'] }), {
+    code: 'KVM_UNAVAILABLE',
+    message: /no KVM support/,
+  });
+  t.same(resolveAccel('auto', true, { kvm: { usable: true, reason: 'ok' }, accelerators: ['tcg'] }), {
+    accel: 'tcg',
+    softwareEmulation: true,
+    emulationReason: 'KvmUnusable',
+    emulationMessage: 'this QEMU binary has no KVM support',
+  });
 });
 
 t.test('resolveAccel with a KVM that opens but does not run guest code', async (t) => {
-  const msr = 'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69; qemu-system-x86_64: kvm.c:3183: kvm_buf_set_msrs: Assertion failed. (QEMU died by SIGABRT under -machine q35,accel=kvm -cpu host; reached: nothing)';
+  const msr =
+    'qemu-system-x86_64: error: failed to set MSR 0x10a to 0x69; qemu-system-x86_64: kvm.c:3183: kvm_buf_set_msrs: Assertion failed. (QEMU died by SIGABRT under -machine q35,accel=kvm -cpu host; reached: nothing)';
   const caps = { kvm: { usable: false, reason: msr, stage: 'qemu' as const, durationMs: 40 }, accelerators: ['tcg', 'kvm'] };
   t.same(resolveAccel('auto', true, caps), { accel: 'tcg', softwareEmulation: true, emulationReason: 'KvmUnusable', emulationMessage: msr });
   t.throws(() => resolveAccel('kvm', true, caps), { code: 'KVM_UNAVAILABLE', message: /failed to set MSR 0x10a to 0x69/ });
   t.throws(() => resolveAccel('auto', false, caps), { code: 'KVM_UNAVAILABLE', message: /failed to set MSR 0x10a.*--accel tcg/ });
-  const stalled = { kvm: { usable: false, reason: 'guest code did not run within 500 ms under -machine q35,accel=kvm -cpu host (reached: P32)', stage: 'guest' as const }, accelerators: ['tcg', 'kvm'] };
+  const stalled = {
+    kvm: { usable: false, reason: 'guest code did not run within 500 ms under -machine q35,accel=kvm -cpu host (reached: P32)', stage: 'guest' as const },
+    accelerators: ['tcg', 'kvm'],
+  };
   t.throws(() => resolveAccel('kvm', false, stalled), { code: 'KVM_UNAVAILABLE', message: /did not run within 500 ms .*reached: P32/ });
 });
 
@@ -142,5 +174,8 @@ t.test('describeCaps shows the KVM verdict', async (t) => {
     describeCaps({ ...base, kvm: { usable: false, reason: 'failed to set MSR 0x10a to 0x69', stage: 'qemu', durationMs: 37 } }),
     'QEMU 7.2.22 at qemu-system-x86_64 (kvm: no (qemu, probed in 37 ms): failed to set MSR 0x10a to 0x69; ovmf: none)',
   );
-  t.equal(describeCaps({ ...base, kvm: { usable: false, reason: '/dev/kvm does not exist' } }), 'QEMU 7.2.22 at qemu-system-x86_64 (kvm: no: /dev/kvm does not exist; ovmf: none)');
+  t.equal(
+    describeCaps({ ...base, kvm: { usable: false, reason: '/dev/kvm does not exist' } }),
+    'QEMU 7.2.22 at qemu-system-x86_64 (kvm: no: /dev/kvm does not exist; ovmf: none)',
+  );
 });

@@ -1,7 +1,8 @@
 // Tests the QMP client against a fake monitor on a real unix socket: negotiation, id matching, events, timeouts, protocol errors, disconnects.
+import type { Socket } from 'node:net';
 import t from 'tap';
 import { QmpClient, type QmpClientOptions } from '../../src/qmp/client.js';
-import { QmpError, isQmpError } from '../../src/qmp/errors.js';
+import { type QmpError, isQmpError } from '../../src/qmp/errors.js';
 import type { QmpEvent, ShutdownCause, StatusInfo } from '../../src/qmp/types.js';
 import pino from 'pino';
 import { FakeQmpServer, defaultGreeting, type FakeQmpOptions } from '../support/fake-qmp.js';
@@ -33,7 +34,6 @@ async function rejectsCode(t: Tap, p: Promise<unknown>, code: string, msg?: stri
   throw new Error('unreachable');
 }
 
-
 t.test('negotiates capabilities, enabling oob when offered', async (t) => {
   const { fake, qmp } = await setup(t);
   t.equal(qmp.state, 'idle', 'constructor does nothing');
@@ -42,7 +42,11 @@ t.test('negotiates capabilities, enabling oob when offered', async (t) => {
   t.same(fake.received[0], { execute: 'qmp_capabilities', arguments: { enable: ['oob'] }, id: 1 });
   await qmp.execute('query-status');
   await qmp.execute('query-status');
-  t.same(fake.received.map((c) => c.id), [1, 1, 1], 'ids are reused once answered: sequential use keeps requests short');
+  t.same(
+    fake.received.map((c) => c.id),
+    [1, 1, 1],
+    'ids are reused once answered: sequential use keeps requests short',
+  );
   t.equal(qmp.oob, true);
   t.same(qmp.capabilities, ['oob']);
   t.equal(qmp.greeting?.QMP.version.qemu.major, 7);
@@ -146,7 +150,10 @@ t.test('raw execute of an unknown command, and executeRaw', async (t) => {
   const r = await qmp.execute('x-custom', { a: 1 });
   t.same(r, { echo: { a: 1 } });
   t.same(await qmp.executeRaw('x-custom', { b: 2 }), { echo: { b: 2 } });
-  t.same(fake.received.slice(1).map((c) => c.arguments), [{ a: 1 }, { b: 2 }]);
+  t.same(
+    fake.received.slice(1).map((c) => c.arguments),
+    [{ a: 1 }, { b: 2 }],
+  );
 });
 
 t.test('every in-flight command has a unique id; 500 concurrent replies answered out of order reach the right callers', async (t) => {
@@ -237,7 +244,10 @@ t.test('events() iterator: filtered, ends when the connection closes', async (t)
   setTimeout(() => conn?.destroy(), 30);
   const got: QmpEvent[] = [];
   for await (const ev of it) got.push(ev);
-  t.same(got.map((e) => e.event), ['RESET', 'BALLOON_CHANGE']);
+  t.same(
+    got.map((e) => e.event),
+    ['RESET', 'BALLOON_CHANGE'],
+  );
   t.equal((await qmp.closed)?.code, 'QMP_DISCONNECTED');
   const late = qmp.events();
   t.same(await late.next(), { value: undefined, done: true }, 'events() after close is already done');
@@ -302,14 +312,18 @@ t.test('a reply split across many 1-byte chunks, with an event in the middle', a
 });
 
 t.test('oversized line: QMP_PROTOCOL without waiting for its end', async (t) => {
-  const { qmp } = await setup(t, {
-    handlers: {
-      'query-qmp-schema': (_c, conn) => {
-        conn.sendRaw(`[${'"x",'.repeat(2000)}`); // 10 kB and no newline, ever
-        return undefined;
+  const { qmp } = await setup(
+    t,
+    {
+      handlers: {
+        'query-qmp-schema': (_c, conn) => {
+          conn.sendRaw(`[${'"x",'.repeat(2000)}`); // 10 kB and no newline, ever
+          return undefined;
+        },
       },
     },
-  }, { maxLineBytes: 4096 });
+    { maxLineBytes: 4096 },
+  );
   await qmp.connect();
   const err = await rejectsCode(t, qmp.execute('query-qmp-schema'), 'QMP_DISCONNECTED');
   t.equal((err.cause as QmpError).code, 'QMP_PROTOCOL');
@@ -317,7 +331,7 @@ t.test('oversized line: QMP_PROTOCOL without waiting for its end', async (t) => 
 });
 
 t.test('stalled peer: QMP_TIMEOUT, then (default) the connection closes and other pending fail', async (t) => {
-  const { qmp } = await setup(t, { handlers: { 'query-status': () => 'stall', 'device_add': () => 'stall' } });
+  const { qmp } = await setup(t, { handlers: { 'query-status': () => 'stall', device_add: () => 'stall' } });
   await qmp.connect();
   const started = Date.now();
   const a = qmp.execute('query-status', undefined, { timeoutMs: 100 });
@@ -333,19 +347,23 @@ t.test('stalled peer: QMP_TIMEOUT, then (default) the connection closes and othe
 
 t.test('per-command timeouts option and closeOnTimeout=false: a late reply is dropped, never handed to a later caller', async (t) => {
   let first = true;
-  const { fake, qmp } = await setup(t, {
-    handlers: {
-      'query-status': (c, conn) => {
-        if (first) {
-          first = false;
-          // answers after the caller gave up
-          setTimeout(() => conn.reply(c.id, { running: true, status: 'running', late: true }), 150);
-          return undefined;
-        }
-        return { return: { running: false, status: 'paused' } };
+  const { fake, qmp } = await setup(
+    t,
+    {
+      handlers: {
+        'query-status': (c, conn) => {
+          if (first) {
+            first = false;
+            // answers after the caller gave up
+            setTimeout(() => conn.reply(c.id, { running: true, status: 'running', late: true }), 150);
+            return undefined;
+          }
+          return { return: { running: false, status: 'paused' } };
+        },
       },
     },
-  }, { closeOnTimeout: false, timeouts: { 'query-status': 50 } });
+    { closeOnTimeout: false, timeouts: { 'query-status': 50 } },
+  );
   await qmp.connect();
   await rejectsCode(t, qmp.execute('query-status'), 'QMP_TIMEOUT');
   t.equal(qmp.state, 'ready');
@@ -410,35 +428,52 @@ t.test('usage errors: not connected, missing fd, close() fails pending', async (
 t.test('fd commands: sent with sendmsg in call order; the next fd command waits for the previous reply', async (t) => {
   const sent: Array<{ line: string; fds: number[] }> = [];
   const releases: Array<() => void> = [];
-  const { fake, qmp } = await setup(t, {
-    handlers: {
-      getfd: (c, conn) => (releases.push(() => conn.reply(c.id, {})), undefined),
+  const { fake, qmp } = await setup(
+    t,
+    {
+      handlers: {
+        getfd: (c, conn) => (releases.push(() => conn.reply(c.id, {})), undefined),
+      },
     },
-  }, {
-    // records the call and writes the bytes through a second route, like sendmsg would
-    socketFd: () => 42,
-    sendWithFds: (_fd, data, fds) => {
-      sent.push({ line: data.toString(), fds });
-      sockRef?.write(data);
+    {
+      // records the call and writes the bytes through a second route, like sendmsg would
+      socketFd: () => 42,
+      sendWithFds: (_fd, data, fds) => {
+        sent.push({ line: data.toString(), fds });
+        sockRef?.write(data);
+      },
     },
-  });
-  let sockRef: import('node:net').Socket | undefined;
+  );
+  let sockRef: Socket | undefined;
   await qmp.connect();
-  sockRef = (qmp as unknown as { sock: import('node:net').Socket }).sock;
+  sockRef = (qmp as unknown as { sock: Socket }).sock;
   const a = qmp.execute('getfd', { fdname: 'a' }, { fds: [10] });
   const b = qmp.execute('query-status');
   const c = qmp.execute('getfd', { fdname: 'c' }, { fds: [11] });
   const d = qmp.execute('query-status');
   await fake.waitForCommands(3);
   await sleep(30);
-  t.same(fake.received.map((x) => x.execute), ['qmp_capabilities', 'getfd', 'query-status'], 'second getfd (and what follows) waits');
-  t.same(sent.map((s) => s.fds), [[10]]);
+  t.same(
+    fake.received.map((x) => x.execute),
+    ['qmp_capabilities', 'getfd', 'query-status'],
+    'second getfd (and what follows) waits',
+  );
+  t.same(
+    sent.map((s) => s.fds),
+    [[10]],
+  );
   releases.shift()?.();
   await a;
   await b;
   await fake.waitForCommands(5);
-  t.same(fake.received.map((x) => x.execute), ['qmp_capabilities', 'getfd', 'query-status', 'getfd', 'query-status']);
-  t.same(sent.map((s) => s.fds), [[10], [11]]);
+  t.same(
+    fake.received.map((x) => x.execute),
+    ['qmp_capabilities', 'getfd', 'query-status', 'getfd', 'query-status'],
+  );
+  t.same(
+    sent.map((s) => s.fds),
+    [[10], [11]],
+  );
   t.match(sent[1]?.line, /"fdname":"c"/);
   releases.shift()?.();
   await c;
@@ -447,7 +482,10 @@ t.test('fd commands: sent with sendmsg in call order; the next fd command waits 
 
 t.test('pino-shaped logger receives warnings', async (t) => {
   const logs: string[] = [];
-  const fn = (level: string) => (_o: object, msg?: string): void => void logs.push(`${level}:${msg ?? ''}`);
+  const fn =
+    (level: string) =>
+    (_o: object, msg?: string): void =>
+      void logs.push(`${level}:${msg ?? ''}`);
   const logger = { trace: fn('trace'), debug: fn('debug'), info: fn('info'), warn: fn('warn'), error: fn('error') };
   const { qmp } = await setup(t, { handlers: { stop: () => 'stall' } }, { logger });
   await qmp.connect();

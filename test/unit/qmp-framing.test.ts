@@ -15,7 +15,10 @@ t.test('whole lines, several per chunk, blank lines skipped, \\r kept for JSON.p
   s.push(Buffer.from('{"a":1}\r\n\r\n{"b":2}\n  \n{"c"'));
   s.push(Buffer.from(':3}\n'));
   t.same(lines, ['{"a":1}\r', '{"b":2}', '{"c":3}']);
-  t.same(lines.map((l) => JSON.parse(l) as unknown), [{ a: 1 }, { b: 2 }, { c: 3 }]);
+  t.same(
+    lines.map((l) => JSON.parse(l) as unknown),
+    [{ a: 1 }, { b: 2 }, { c: 3 }],
+  );
 });
 
 t.test('a line split into single bytes, including a multi-byte UTF-8 character', async (t) => {
@@ -71,7 +74,11 @@ t.test('skipToSentinel called from inside onLine applies to the rest of the same
 t.test('BoundedQueue drops the oldest when full and counts it; ends after draining', async (t) => {
   let dropped = 0;
   let returned = false;
-  const q = new BoundedQueue<number>(3, (n) => (dropped += n), () => (returned = true));
+  const q = new BoundedQueue<number>(
+    3,
+    (n) => (dropped += n),
+    () => (returned = true),
+  );
   for (let i = 0; i < 10; i++) q.push(i);
   t.equal(q.size, 3);
   t.equal(q.dropped, 7);
@@ -85,7 +92,11 @@ t.test('BoundedQueue drops the oldest when full and counts it; ends after draini
 
 t.test('BoundedQueue hands items straight to a waiting consumer; break unsubscribes', async (t) => {
   let returned = false;
-  const q = new BoundedQueue<string>(2, () => {}, () => (returned = true));
+  const q = new BoundedQueue<string>(
+    2,
+    () => {},
+    () => (returned = true),
+  );
   const p = q.next();
   q.push('a');
   t.same(await p, { value: 'a', done: false });

@@ -1,13 +1,17 @@
 // Tests the guest-agent client against a fake qemu-ga on a real unix socket: 0xFF resync, stale data, absent agent, no-reply shutdown, reconnect.
 import t from 'tap';
 import { GuestAgentClient, type GuestAgentClientOptions } from '../../src/qmp/guest-agent.js';
-import { QmpError, isQmpError } from '../../src/qmp/errors.js';
+import { type QmpError, isQmpError } from '../../src/qmp/errors.js';
 import { FakeGuestAgent, type FakeGuestAgentOptions } from '../support/fake-qmp.js';
 
 type Tap = Parameters<Parameters<typeof t.test>[0]>[0];
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
-async function setup(t: Tap, fakeOpts: FakeGuestAgentOptions = {}, opts: Partial<GuestAgentClientOptions> = {}): Promise<{ fake: FakeGuestAgent; ga: GuestAgentClient }> {
+async function setup(
+  t: Tap,
+  fakeOpts: FakeGuestAgentOptions = {},
+  opts: Partial<GuestAgentClientOptions> = {},
+): Promise<{ fake: FakeGuestAgent; ga: GuestAgentClient }> {
   const fake = await new FakeGuestAgent(fakeOpts).start();
   const ga = new GuestAgentClient({ path: fake.path, connectTimeoutMs: 500, syncTimeoutMs: 300, ...opts });
   t.teardown(async () => {
@@ -35,7 +39,10 @@ t.test('first command connects, sends 0xFF + guest-sync-delimited, then the comm
   await ga.ping();
   t.equal(ga.state, 'connected');
   t.equal(fake.resets, 1);
-  t.same(fake.received.map((c) => c.execute), ['guest-sync-delimited', 'guest-ping']);
+  t.same(
+    fake.received.map((c) => c.execute),
+    ['guest-sync-delimited', 'guest-ping'],
+  );
   await ga.ping();
   t.equal(fake.resets, 1, 'no resync while in sync');
 });
@@ -47,7 +54,9 @@ t.test('typed commands and helpers', async (t) => {
       'guest-get-osinfo': () => ({ return: { id: 'debian', 'kernel-release': '6.1.0' } }),
       'guest-get-host-name': () => ({ return: { 'host-name': 'vm1' } }),
       'guest-network-get-interfaces': () => ({
-        return: [{ name: 'eth0', 'hardware-address': '52:54:00:12:34:56', 'ip-addresses': [{ 'ip-address': '10.0.2.15', 'ip-address-type': 'ipv4', prefix: 24 }] }],
+        return: [
+          { name: 'eth0', 'hardware-address': '52:54:00:12:34:56', 'ip-addresses': [{ 'ip-address': '10.0.2.15', 'ip-address-type': 'ipv4', prefix: 24 }] },
+        ],
       }),
       'guest-get-fsinfo': () => ({ return: [{ name: 'vda1', mountpoint: '/', type: 'ext4', disk: [] }] }),
       'guest-fsfreeze-status': () => ({ return: 'thawed' }),
@@ -77,11 +86,7 @@ t.test('command errors carry the agent class and desc', async (t) => {
 });
 
 t.test('stale output from an earlier session, including an old 0xFF reply, is skipped', async (t) => {
-  const stale = Buffer.concat([
-    Buffer.from('{"return": {}, "id": 7}\n{"half": '),
-    Buffer.from([0xff]),
-    Buffer.from('{"return": 12345}\n'),
-  ]);
+  const stale = Buffer.concat([Buffer.from('{"return": {}, "id": 7}\n{"half": '), Buffer.from([0xff]), Buffer.from('{"return": 12345}\n')]);
   const { fake, ga } = await setup(t, {
     staleOnConnect: stale,
     handlers: { 'guest-get-host-name': () => ({ return: { 'host-name': 'right' } }) },
@@ -170,7 +175,10 @@ t.test('commands are serialised: concurrent callers each get their own reply', a
   });
   const calls = Array.from({ length: 20 }, (_, i) => ga.execute('guest-exec-status', { pid: i }));
   const results = await Promise.all(calls);
-  t.same(results.map((r) => (r as { pid: number }).pid), Array.from({ length: 20 }, (_, i) => i));
+  t.same(
+    results.map((r) => (r as { pid: number }).pid),
+    Array.from({ length: 20 }, (_, i) => i),
+  );
   t.equal(maxInFlight, 1, 'one request at a time');
 });
 
@@ -201,9 +209,13 @@ t.test('malformed reply: QGA_PROTOCOL, then a resync', async (t) => {
 
 t.test('oversized reply: QGA_PROTOCOL, reconnect', async (t) => {
   let n = 0;
-  const { fake, ga } = await setup(t, {
-    handlers: { 'guest-get-fsinfo': () => (++n === 1 ? { raw: `[${'"x",'.repeat(1000)}` } : { return: [] }) },
-  }, { maxLineBytes: 1024 });
+  const { fake, ga } = await setup(
+    t,
+    {
+      handlers: { 'guest-get-fsinfo': () => (++n === 1 ? { raw: `[${'"x",'.repeat(1000)}` } : { return: [] }) },
+    },
+    { maxLineBytes: 1024 },
+  );
   await rejectsCode(t, ga.fsInfo(), 'QGA_PROTOCOL');
   t.same(await ga.fsInfo(), []);
   t.equal(fake.connections.length, 2);

@@ -30,7 +30,10 @@ t.test('create assigns system metadata and writes one file per object', async (t
 t.test('create ignores caller-supplied system metadata', async (t) => {
   const s = await open(t.testdir({}));
   t.teardown(() => s.close());
-  const fake = { ...vm('x'), metadata: { name: 'x', namespace: 'default', uid: 'mine', resourceVersion: '999', generation: 7, deletionTimestamp: 'yesterday' } };
+  const fake = {
+    ...vm('x'),
+    metadata: { name: 'x', namespace: 'default', uid: 'mine', resourceVersion: '999', generation: 7, deletionTimestamp: 'yesterday' },
+  };
   const x = await s.create(fake);
   t.not(x.metadata.uid, 'mine');
   t.equal(x.metadata.resourceVersion, '1');
@@ -44,8 +47,14 @@ t.test('list is sorted and filters by namespace; results are private copies', as
   await s.create(vm('b', 'ns2'));
   await s.create(vm('b', 'ns1'));
   await s.create(vm('a', 'ns2'));
-  t.same((await s.list('VirtualMachine')).map((o) => `${o.metadata.namespace}/${o.metadata.name}`), ['ns1/b', 'ns2/a', 'ns2/b']);
-  t.same((await s.list('VirtualMachine', 'ns2')).map((o) => o.metadata.name), ['a', 'b']);
+  t.same(
+    (await s.list('VirtualMachine')).map((o) => `${o.metadata.namespace}/${o.metadata.name}`),
+    ['ns1/b', 'ns2/a', 'ns2/b'],
+  );
+  t.same(
+    (await s.list('VirtualMachine', 'ns2')).map((o) => o.metadata.name),
+    ['a', 'b'],
+  );
   t.same(await s.list('VirtualMachine', 'empty'), []);
   const got = await s.get('VirtualMachine', 'ns1', 'b');
   if (got === undefined) throw new Error('missing');
@@ -84,7 +93,9 @@ t.test('optimistic concurrency: a stale resourceVersion is a conflict', async (t
   // Two racing writers from the same read: exactly one wins.
   const cur = await s.get('VirtualMachine', 'default', 'a');
   if (cur === undefined) throw new Error('missing');
-  const results = await Promise.allSettled([1, 2, 3].map((i) => s.update({ ...cur, spec: { n: i } }, { expectedResourceVersion: cur.metadata.resourceVersion })));
+  const results = await Promise.allSettled(
+    [1, 2, 3].map((i) => s.update({ ...cur, spec: { n: i } }, { expectedResourceVersion: cur.metadata.resourceVersion })),
+  );
   t.equal(results.filter((r) => r.status === 'fulfilled').length, 1);
   t.equal(results.filter((r) => r.status === 'rejected' && isVmletError(r.reason, 'STORE_CONFLICT')).length, 2);
 });
@@ -99,14 +110,21 @@ t.test('updateStatus serialises concurrent writers and skips no-ops', async (t) 
     ),
   );
   const after = await s.get('VirtualMachineInstance', 'default', 'a');
-  t.same((after?.status as { seen: number[] }).seen.slice().sort((x, y) => x - y), Array.from({ length: 25 }, (_, i) => i), 'no update lost');
+  t.same(
+    (after?.status as { seen: number[] }).seen.slice().sort((x, y) => x - y),
+    Array.from({ length: 25 }, (_, i) => i),
+    'no update lost',
+  );
   t.equal(after?.metadata.generation, 1, 'status writes keep generation');
   t.same(after?.spec, a.spec);
   const again = await s.updateStatus('VirtualMachineInstance', 'default', 'a', (st) => st);
   t.equal(again.metadata.resourceVersion, after?.metadata.resourceVersion, 'unchanged status writes nothing');
   const cleared = await s.updateStatus('VirtualMachineInstance', 'default', 'a', () => undefined);
   t.notOk('status' in cleared);
-  await t.rejects(s.updateStatus('VirtualMachineInstance', 'default', 'zz', (st) => st), code('STORE_NOT_FOUND'));
+  await t.rejects(
+    s.updateStatus('VirtualMachineInstance', 'default', 'zz', (st) => st),
+    code('STORE_NOT_FOUND'),
+  );
   await t.rejects(
     s.updateStatus('VirtualMachineInstance', 'default', 'a', () => {
       throw new Error('boom');
@@ -219,6 +237,10 @@ t.test('different objects are written in parallel, one object strictly in order'
   const writes = Array.from({ length: 10 }, (_, i) => s.update({ ...a, spec: { n: i } }));
   const done = await Promise.all(writes);
   const rvs = done.map((o) => Number(o.metadata.resourceVersion));
-  t.same(rvs, [...rvs].sort((x, y) => x - y), 'each write to one object gets a higher resourceVersion, in call order');
+  t.same(
+    rvs,
+    [...rvs].sort((x, y) => x - y),
+    'each write to one object gets a higher resourceVersion, in call order',
+  );
   t.same((await s.get('VirtualMachine', 'default', 'vm0'))?.spec, { n: 9 }, 'the last call wins');
 });

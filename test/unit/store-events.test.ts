@@ -60,7 +60,10 @@ t.test('at most maxEventsPerObject are kept; the least recently seen go first', 
   await s.recordEvent({ involvedObject: ref(a), type: 'Normal', reason: 'Step', message: 'step 3' });
   await s.recordEvent({ involvedObject: ref(a), type: 'Normal', reason: 'Step', message: 'step 8' });
   const mine = await s.listEvents('default', 'web');
-  t.same(mine.map((e) => e.message), ['step 5', 'step 6', 'step 7', 'step 3', 'step 8']);
+  t.same(
+    mine.map((e) => e.message),
+    ['step 5', 'step 6', 'step 7', 'step 3', 'step 8'],
+  );
   t.equal((await s.listEvents('default', 'db')).length, 1, "another object's events are not touched");
   t.equal((await s.list('Event')).length, 6);
 });
@@ -74,9 +77,18 @@ t.test('listEvents filters by namespace, object name and kind', async (t) => {
   await s.recordEvent({ involvedObject: ref(v), type: 'Normal', reason: 'A', message: 'vm' });
   await s.recordEvent({ involvedObject: ref(i), type: 'Normal', reason: 'B', message: 'vmi' });
   await s.recordEvent({ involvedObject: ref(o), type: 'Normal', reason: 'C', message: 'prod' });
-  t.same((await s.listEvents()).map((e) => e.reason), ['A', 'B', 'C']);
-  t.same((await s.listEvents('default')).map((e) => e.reason), ['A', 'B']);
-  t.same((await s.listEvents('default', 'web', { kind: 'VirtualMachineInstance' })).map((e) => e.reason), ['B']);
+  t.same(
+    (await s.listEvents()).map((e) => e.reason),
+    ['A', 'B', 'C'],
+  );
+  t.same(
+    (await s.listEvents('default')).map((e) => e.reason),
+    ['A', 'B'],
+  );
+  t.same(
+    (await s.listEvents('default', 'web', { kind: 'VirtualMachineInstance' })).map((e) => e.reason),
+    ['B'],
+  );
   t.same(await s.listEvents('default', 'nobody'), []);
 });
 
@@ -97,7 +109,11 @@ t.test('events appear on watch and are deleted with their object', async (t) => 
     evs.push(`${r.value.type} ${r.value.object.metadata.name === e1.metadata.name ? 'e1' : 'other'}`);
   }
   t.same(evs, ['ADDED e1', 'MODIFIED e1', 'ADDED other', 'DELETED e1']);
-  t.same((await s.listEvents('default')).map((e) => e.involvedObject.kind), ['VirtualMachine'], "the VM's events stay");
+  t.same(
+    (await s.listEvents('default')).map((e) => e.involvedObject.kind),
+    ['VirtualMachine'],
+    "the VM's events stay",
+  );
 });
 
 t.test('events of objects that vanished while the store was down are pruned on open', async (t) => {

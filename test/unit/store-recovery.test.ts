@@ -22,7 +22,10 @@ t.test('a file that does not parse is quarantined with a log line, the rest load
   const log = captureLogger();
   const s = await LocalStore.open({ dir, logger: log.logger });
   t.teardown(() => s.close());
-  t.same((await s.list('VirtualMachine')).map((o) => o.metadata.name), ['good']);
+  t.same(
+    (await s.list('VirtualMachine')).map((o) => o.metadata.name),
+    ['good'],
+  );
   const q = (await readdir(path.join(dir, 'quarantine'))).sort();
   t.equal(q.length, 2);
   t.match(q[0], /^virtualmachines__default__other\.json\.[0-9a-f]+$/);
@@ -31,7 +34,11 @@ t.test('a file that does not parse is quarantined with a log line, the rest load
   const warns = log.lines.filter((l) => l['msg'] === 'store: quarantined a file that is not a valid object');
   t.equal(warns.length, 2);
   t.match(warns.map((w) => w['reason']).sort(), ['not valid JSON', 'not valid JSON']);
-  t.equal(await readFile(path.join(dir, 'quarantine', q[1] ?? ''), 'utf8'), '{"apiVersion": "vmlet.io/v1alpha1", "kind": "Virtual', 'content kept for inspection');
+  t.equal(
+    await readFile(path.join(dir, 'quarantine', q[1] ?? ''), 'utf8'),
+    '{"apiVersion": "vmlet.io/v1alpha1", "kind": "Virtual',
+    'content kept for inspection',
+  );
   t.ok(await s.create(vm('torn')), 'the name is usable again');
 });
 
@@ -50,7 +57,10 @@ t.test('valid JSON that is not a valid object, or sits at the wrong path, is qua
   const log = captureLogger();
   const s = await LocalStore.open({ dir, logger: log.logger });
   t.teardown(() => s.close());
-  t.same((await s.list('VirtualMachine')).map((o) => o.metadata.name), ['good', 'other']);
+  t.same(
+    (await s.list('VirtualMachine')).map((o) => o.metadata.name),
+    ['good', 'other'],
+  );
   t.same((await readdir(vmDir(dir))).sort(), ['good.json', 'other.json']);
   const q = await readdir(path.join(dir, 'quarantine'));
   t.equal(q.length, 8, 'moved, norv, array, notes, subdir, stray-file, bad..ns, link');

@@ -15,7 +15,8 @@ async function take(w: StoreWatch, n: number): Promise<WatchEvent[]> {
   return out;
 }
 
-const summary = (evs: WatchEvent[]): string[] => evs.map((e) => `${e.type} ${e.object.metadata.namespace}/${e.object.metadata.name} ${e.object.metadata.resourceVersion}`);
+const summary = (evs: WatchEvent[]): string[] =>
+  evs.map((e) => `${e.type} ${e.object.metadata.namespace}/${e.object.metadata.name} ${e.object.metadata.resourceVersion}`);
 
 t.test('a watch sees ADDED, MODIFIED, DELETED in order, with the matching resourceVersions', async (t) => {
   const s = await open(t.testdir({}));
@@ -26,8 +27,14 @@ t.test('a watch sees ADDED, MODIFIED, DELETED in order, with the matching resour
   const a3 = await s.updateStatus('VirtualMachine', 'default', 'a', () => ({ ready: false }));
   const gone = await s.delete('VirtualMachine', 'default', 'a');
   const evs = await take(w, 4);
-  t.same(evs.map((e) => e.type), ['ADDED', 'MODIFIED', 'MODIFIED', 'DELETED']);
-  t.same(evs.map((e) => e.object.metadata.resourceVersion), [a, a2, a3, gone].map((o) => o.metadata.resourceVersion));
+  t.same(
+    evs.map((e) => e.type),
+    ['ADDED', 'MODIFIED', 'MODIFIED', 'DELETED'],
+  );
+  t.same(
+    evs.map((e) => e.object.metadata.resourceVersion),
+    [a, a2, a3, gone].map((o) => o.metadata.resourceVersion),
+  );
   t.same(evs[2]?.object.status, { ready: false });
   t.ok(Object.isFrozen(evs[0]?.object) && Object.isFrozen(evs[0]?.object.metadata), 'watch objects are frozen');
   w.close();
@@ -43,7 +50,11 @@ t.test('parallel writes to different objects reach every watcher in resourceVers
   const made = await Promise.all(Array.from({ length: 40 }, (_, i) => s.create(vm(`vm${i}`, i % 2 === 0 ? 'even' : 'odd'))));
   const rvs1 = (await take(w1, 40)).map((e) => Number(e.object.metadata.resourceVersion));
   const rvs2 = (await take(w2, 40)).map((e) => Number(e.object.metadata.resourceVersion));
-  t.same(rvs1, [...rvs1].sort((x, y) => x - y), 'strictly increasing');
+  t.same(
+    rvs1,
+    [...rvs1].sort((x, y) => x - y),
+    'strictly increasing',
+  );
   t.same(rvs2, rvs1, 'every watcher sees the same sequence');
   t.same(new Set(rvs1), new Set(made.map((o) => Number(o.metadata.resourceVersion))));
 });

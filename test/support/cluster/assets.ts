@@ -25,7 +25,8 @@ export function assetsSkipReason(env: NodeJS.ProcessEnv = process.env): string |
   if (!dir) return 'VMLET_K8S_ASSETS is not set (a folder with k8s.xz, etcd.xz, kwok.xz and SHA256SUMS; .ci/run sets it to ../shared/k8s when that exists)';
   if (!fs.existsSync(path.join(dir, 'SHA256SUMS'))) return `VMLET_K8S_ASSETS=${dir} has no SHA256SUMS`;
   for (const name of ['k8s', 'etcd']) {
-    if (!fs.existsSync(path.join(dir, name)) && !fs.existsSync(path.join(dir, `${name}.xz`))) return `VMLET_K8S_ASSETS=${dir} has neither ${name} nor ${name}.xz`;
+    if (!fs.existsSync(path.join(dir, name)) && !fs.existsSync(path.join(dir, `${name}.xz`)))
+      return `VMLET_K8S_ASSETS=${dir} has neither ${name} nor ${name}.xz`;
   }
   return null;
 }
@@ -62,12 +63,16 @@ function extract(src: string, dest: string): Promise<string> {
       reject(new ClusterError('CLUSTER_ASSETS_UNREADABLE', `cannot extract ${src}`, { cause: e }));
     };
     input?.on('error', fail);
-    input?.on('exit', (code) => { if (code !== 0) fail(new Error(`xz exited with ${code}`)); });
+    input?.on('exit', (code) => {
+      if (code !== 0) fail(new Error(`xz exited with ${code}`));
+    });
     stream.on('error', fail);
     stream.on('data', (chunk: Buffer) => hash.update(chunk));
     stream.pipe(out);
     out.on('error', fail);
-    out.on('finish', () => { if (!failed) resolve(hash.digest('hex')); });
+    out.on('finish', () => {
+      if (!failed) resolve(hash.digest('hex'));
+    });
   });
 }
 

@@ -26,7 +26,17 @@ export interface ClusterConfig {
 /** vmlet's own bridge subnet (vmlet0): the cluster's ranges must never overlap it. */
 export const VMLET_SUBNET = '10.213.0.0/16';
 
-export const PORTS = { etcd: 2379, etcdPeer: 2380, apiserver: 6443, controllerManager: 10257, scheduler: 10259, kubelet: 10250, kubeletHealthz: 10248, proxyHealthz: 10256, proxyMetrics: 10249 } as const;
+export const PORTS = {
+  etcd: 2379,
+  etcdPeer: 2380,
+  apiserver: 6443,
+  controllerManager: 10257,
+  scheduler: 10259,
+  kubelet: 10250,
+  kubeletHealthz: 10248,
+  proxyHealthz: 10256,
+  proxyMetrics: 10249,
+} as const;
 
 export function defaultConfig(opts: { root: string; binDir: string; kwokStages?: string | undefined; simulatedNodes?: number }): ClusterConfig {
   return {
@@ -77,14 +87,18 @@ export type Layout = ReturnType<typeof layout>;
 
 /** A kubeconfig (JSON is YAML) for `user` authenticating with the client cert pki/`cert`.crt. */
 export function kubeconfig(server: string, pkiDir: string, cert: string): string {
-  return `${JSON.stringify({
-    apiVersion: 'v1',
-    kind: 'Config',
-    clusters: [{ name: 'vmlet-test', cluster: { server, 'certificate-authority': path.join(pkiDir, 'ca.crt') } }],
-    users: [{ name: cert, user: { 'client-certificate': path.join(pkiDir, `${cert}.crt`), 'client-key': path.join(pkiDir, `${cert}.key`) } }],
-    contexts: [{ name: 'vmlet-test', context: { cluster: 'vmlet-test', user: cert } }],
-    'current-context': 'vmlet-test',
-  }, null, 2)}\n`;
+  return `${JSON.stringify(
+    {
+      apiVersion: 'v1',
+      kind: 'Config',
+      clusters: [{ name: 'vmlet-test', cluster: { server, 'certificate-authority': path.join(pkiDir, 'ca.crt') } }],
+      users: [{ name: cert, user: { 'client-certificate': path.join(pkiDir, `${cert}.crt`), 'client-key': path.join(pkiDir, `${cert}.key`) } }],
+      contexts: [{ name: 'vmlet-test', context: { cluster: 'vmlet-test', user: cert } }],
+      'current-context': 'vmlet-test',
+    },
+    null,
+    2,
+  )}\n`;
 }
 
 /** Kubeconfigs written at `up`: user name → cert name. */
@@ -137,48 +151,60 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
 /** The pods' network: a bridge with host-local IPAM in the cluster's folder, and portmap. */
 export function cniConflist(cfg: ClusterConfig): string {
   const l = layout(cfg.root);
-  return `${JSON.stringify({
-    cniVersion: '0.4.0',
-    name: 'vmlet-test',
-    plugins: [
-      {
-        type: 'bridge', bridge: cfg.cniBridge, isGateway: true, ipMasq: true, hairpinMode: true,
-        ipam: { type: 'host-local', dataDir: l.cniIpam, ranges: [[{ subnet: cfg.podCidr }]], routes: [{ dst: '0.0.0.0/0' }] },
-      },
-      { type: 'portmap', capabilities: { portMappings: true } },
-    ],
-  }, null, 2)}\n`;
+  return `${JSON.stringify(
+    {
+      cniVersion: '0.4.0',
+      name: 'vmlet-test',
+      plugins: [
+        {
+          type: 'bridge',
+          bridge: cfg.cniBridge,
+          isGateway: true,
+          ipMasq: true,
+          hairpinMode: true,
+          ipam: { type: 'host-local', dataDir: l.cniIpam, ranges: [[{ subnet: cfg.podCidr }]], routes: [{ dst: '0.0.0.0/0' }] },
+        },
+        { type: 'portmap', capabilities: { portMappings: true } },
+      ],
+    },
+    null,
+    2,
+  )}\n`;
 }
 
 export function kubeletConfig(cfg: ClusterConfig): string {
   const l = layout(cfg.root);
-  return `${JSON.stringify({
-    kind: 'KubeletConfiguration',
-    apiVersion: 'kubelet.config.k8s.io/v1beta1',
-    address: cfg.nodeIp,
-    port: PORTS.kubelet,
-    readOnlyPort: 0,
-    healthzBindAddress: '127.0.0.1',
-    healthzPort: PORTS.kubeletHealthz,
-    cgroupDriver: 'cgroupfs',
-    failCgroupV1: false,
-    failSwapOn: false,
-    authentication: { anonymous: { enabled: false }, webhook: { enabled: true }, x509: { clientCAFile: path.join(l.pki, 'ca.crt') } },
-    authorization: { mode: 'Webhook' },
-    tlsCertFile: path.join(l.pki, 'kubelet-serving.crt'),
-    tlsPrivateKeyFile: path.join(l.pki, 'kubelet-serving.key'),
-    containerRuntimeEndpoint: `unix://${l.containerdSock}`,
-    podLogsDir: l.podLogs,
-    clusterDomain: 'cluster.local',
-    resolvConf: '/etc/resolv.conf',
-    evictionHard: { 'memory.available': '100Mi', 'nodefs.available': '1%', 'imagefs.available': '1%', 'nodefs.inodesFree': '1%' },
-    imageGCHighThresholdPercent: 100,
-    imageGCLowThresholdPercent: 99,
-    protectKernelDefaults: false,
-    syncFrequency: '10s',
-    fileCheckFrequency: '10s',
-    nodeStatusReportFrequency: '10s',
-  }, null, 2)}\n`;
+  return `${JSON.stringify(
+    {
+      kind: 'KubeletConfiguration',
+      apiVersion: 'kubelet.config.k8s.io/v1beta1',
+      address: cfg.nodeIp,
+      port: PORTS.kubelet,
+      readOnlyPort: 0,
+      healthzBindAddress: '127.0.0.1',
+      healthzPort: PORTS.kubeletHealthz,
+      cgroupDriver: 'cgroupfs',
+      failCgroupV1: false,
+      failSwapOn: false,
+      authentication: { anonymous: { enabled: false }, webhook: { enabled: true }, x509: { clientCAFile: path.join(l.pki, 'ca.crt') } },
+      authorization: { mode: 'Webhook' },
+      tlsCertFile: path.join(l.pki, 'kubelet-serving.crt'),
+      tlsPrivateKeyFile: path.join(l.pki, 'kubelet-serving.key'),
+      containerRuntimeEndpoint: `unix://${l.containerdSock}`,
+      podLogsDir: l.podLogs,
+      clusterDomain: 'cluster.local',
+      resolvConf: '/etc/resolv.conf',
+      evictionHard: { 'memory.available': '100Mi', 'nodefs.available': '1%', 'imagefs.available': '1%', 'nodefs.inodesFree': '1%' },
+      imageGCHighThresholdPercent: 100,
+      imageGCLowThresholdPercent: 99,
+      protectKernelDefaults: false,
+      syncFrequency: '10s',
+      fileCheckFrequency: '10s',
+      nodeStatusReportFrequency: '10s',
+    },
+    null,
+    2,
+  )}\n`;
 }
 
 export interface ComponentSpec {
@@ -195,67 +221,121 @@ export function componentSpecs(cfg: ClusterConfig): ComponentSpec[] {
   const server = `https://${cfg.nodeIp}:${PORTS.apiserver}`;
   const specs: ComponentSpec[] = [
     {
-      name: 'etcd', bin: bin('etcd'), args: [
-        '--name=vmlet-test', `--data-dir=${l.etcdData}`,
-        `--listen-client-urls=http://127.0.0.1:${PORTS.etcd}`, `--advertise-client-urls=http://127.0.0.1:${PORTS.etcd}`,
-        `--listen-peer-urls=http://127.0.0.1:${PORTS.etcdPeer}`, `--initial-advertise-peer-urls=http://127.0.0.1:${PORTS.etcdPeer}`,
-        `--initial-cluster=vmlet-test=http://127.0.0.1:${PORTS.etcdPeer}`, '--unsafe-no-fsync', '--log-level=warn',
+      name: 'etcd',
+      bin: bin('etcd'),
+      args: [
+        '--name=vmlet-test',
+        `--data-dir=${l.etcdData}`,
+        `--listen-client-urls=http://127.0.0.1:${PORTS.etcd}`,
+        `--advertise-client-urls=http://127.0.0.1:${PORTS.etcd}`,
+        `--listen-peer-urls=http://127.0.0.1:${PORTS.etcdPeer}`,
+        `--initial-advertise-peer-urls=http://127.0.0.1:${PORTS.etcdPeer}`,
+        `--initial-cluster=vmlet-test=http://127.0.0.1:${PORTS.etcdPeer}`,
+        '--unsafe-no-fsync',
+        '--log-level=warn',
       ],
     },
     {
-      name: 'kube-apiserver', bin: bin('kube-apiserver'), args: [
+      name: 'kube-apiserver',
+      bin: bin('kube-apiserver'),
+      args: [
         `--etcd-servers=http://127.0.0.1:${PORTS.etcd}`,
-        `--bind-address=${cfg.nodeIp}`, `--advertise-address=${cfg.nodeIp}`, `--secure-port=${PORTS.apiserver}`,
-        `--tls-cert-file=${pki('apiserver.crt')}`, `--tls-private-key-file=${pki('apiserver.key')}`,
+        `--bind-address=${cfg.nodeIp}`,
+        `--advertise-address=${cfg.nodeIp}`,
+        `--secure-port=${PORTS.apiserver}`,
+        `--tls-cert-file=${pki('apiserver.crt')}`,
+        `--tls-private-key-file=${pki('apiserver.key')}`,
         `--client-ca-file=${pki('ca.crt')}`,
-        `--service-account-key-file=${pki('sa.pub')}`, `--service-account-signing-key-file=${pki('sa.key')}`,
+        `--service-account-key-file=${pki('sa.pub')}`,
+        `--service-account-signing-key-file=${pki('sa.key')}`,
         '--service-account-issuer=https://kubernetes.default.svc.cluster.local',
         `--service-cluster-ip-range=${cfg.serviceCidr}`,
-        '--authorization-mode=Node,RBAC', '--allow-privileged=true', '--enable-admission-plugins=NodeRestriction',
-        `--kubelet-client-certificate=${pki('apiserver-kubelet-client.crt')}`, `--kubelet-client-key=${pki('apiserver-kubelet-client.key')}`,
+        '--authorization-mode=Node,RBAC',
+        '--allow-privileged=true',
+        '--enable-admission-plugins=NodeRestriction',
+        `--kubelet-client-certificate=${pki('apiserver-kubelet-client.crt')}`,
+        `--kubelet-client-key=${pki('apiserver-kubelet-client.key')}`,
         `--kubelet-certificate-authority=${pki('ca.crt')}`,
-        '--kubelet-preferred-address-types=InternalIP', '--profiling=false', '--v=1',
+        '--kubelet-preferred-address-types=InternalIP',
+        '--profiling=false',
+        '--v=1',
       ],
     },
     {
-      name: 'kube-controller-manager', bin: bin('kube-controller-manager'), args: [
+      name: 'kube-controller-manager',
+      bin: bin('kube-controller-manager'),
+      args: [
         `--kubeconfig=${l.kubeconfig('controller-manager')}`,
-        `--authentication-kubeconfig=${l.kubeconfig('controller-manager')}`, `--authorization-kubeconfig=${l.kubeconfig('controller-manager')}`,
-        `--service-account-private-key-file=${pki('sa.key')}`, `--root-ca-file=${pki('ca.crt')}`,
-        `--cluster-signing-cert-file=${pki('ca.crt')}`, `--cluster-signing-key-file=${pki('ca.key')}`,
-        '--use-service-account-credentials=true', '--leader-elect=false', '--bind-address=127.0.0.1',
-        `--service-cluster-ip-range=${cfg.serviceCidr}`, '--profiling=false', '--v=1',
+        `--authentication-kubeconfig=${l.kubeconfig('controller-manager')}`,
+        `--authorization-kubeconfig=${l.kubeconfig('controller-manager')}`,
+        `--service-account-private-key-file=${pki('sa.key')}`,
+        `--root-ca-file=${pki('ca.crt')}`,
+        `--cluster-signing-cert-file=${pki('ca.crt')}`,
+        `--cluster-signing-key-file=${pki('ca.key')}`,
+        '--use-service-account-credentials=true',
+        '--leader-elect=false',
+        '--bind-address=127.0.0.1',
+        `--service-cluster-ip-range=${cfg.serviceCidr}`,
+        '--profiling=false',
+        '--v=1',
       ],
     },
     {
-      name: 'kube-scheduler', bin: bin('kube-scheduler'), args: [
+      name: 'kube-scheduler',
+      bin: bin('kube-scheduler'),
+      args: [
         `--kubeconfig=${l.kubeconfig('scheduler')}`,
-        `--authentication-kubeconfig=${l.kubeconfig('scheduler')}`, `--authorization-kubeconfig=${l.kubeconfig('scheduler')}`,
-        '--leader-elect=false', '--bind-address=127.0.0.1', '--profiling=false', '--v=1',
+        `--authentication-kubeconfig=${l.kubeconfig('scheduler')}`,
+        `--authorization-kubeconfig=${l.kubeconfig('scheduler')}`,
+        '--leader-elect=false',
+        '--bind-address=127.0.0.1',
+        '--profiling=false',
+        '--v=1',
       ],
     },
     { name: 'containerd', bin: 'containerd', args: ['--config', l.containerdConfig, '--log-level', 'warn'] },
     {
-      name: 'kubelet', bin: bin('kubelet'), args: [
-        `--config=${l.kubeletConfig}`, `--kubeconfig=${l.kubeconfig('kubelet')}`, `--root-dir=${l.kubeletRoot}`,
-        `--hostname-override=${cfg.node}`, `--node-ip=${cfg.nodeIp}`, '--v=1',
+      name: 'kubelet',
+      bin: bin('kubelet'),
+      args: [
+        `--config=${l.kubeletConfig}`,
+        `--kubeconfig=${l.kubeconfig('kubelet')}`,
+        `--root-dir=${l.kubeletRoot}`,
+        `--hostname-override=${cfg.node}`,
+        `--node-ip=${cfg.nodeIp}`,
+        '--v=1',
       ],
     },
     {
-      name: 'kube-proxy', bin: bin('kube-proxy'), args: [
-        `--kubeconfig=${l.kubeconfig('kube-proxy')}`, '--proxy-mode=iptables', `--cluster-cidr=${cfg.clusterCidr}`,
-        `--hostname-override=${cfg.node}`, `--healthz-bind-address=127.0.0.1:${PORTS.proxyHealthz}`,
-        `--metrics-bind-address=127.0.0.1:${PORTS.proxyMetrics}`, '--conntrack-max-per-core=0',
-        '--conntrack-tcp-timeout-established=0', '--conntrack-tcp-timeout-close-wait=0', '--iptables-localhost-nodeports=false',
-        `--nodeport-addresses=${cfg.nodeIp}/32`, '--v=1',
+      name: 'kube-proxy',
+      bin: bin('kube-proxy'),
+      args: [
+        `--kubeconfig=${l.kubeconfig('kube-proxy')}`,
+        '--proxy-mode=iptables',
+        `--cluster-cidr=${cfg.clusterCidr}`,
+        `--hostname-override=${cfg.node}`,
+        `--healthz-bind-address=127.0.0.1:${PORTS.proxyHealthz}`,
+        `--metrics-bind-address=127.0.0.1:${PORTS.proxyMetrics}`,
+        '--conntrack-max-per-core=0',
+        '--conntrack-tcp-timeout-established=0',
+        '--conntrack-tcp-timeout-close-wait=0',
+        '--iptables-localhost-nodeports=false',
+        `--nodeport-addresses=${cfg.nodeIp}/32`,
+        '--v=1',
       ],
     },
   ];
   if (cfg.simulatedNodes > 0 && cfg.kwokStages) {
     specs.push({
-      name: 'kwok', bin: bin('kwok'), args: [
-        `--kubeconfig=${l.kubeconfig('admin')}`, `--config=${cfg.kwokStages}`, '--manage-all-nodes=false',
-        '--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake', `--node-ip=${cfg.kwokNodeIp}`, `--cidr=${cfg.kwokCidr}`,
+      name: 'kwok',
+      bin: bin('kwok'),
+      args: [
+        `--kubeconfig=${l.kubeconfig('admin')}`,
+        `--config=${cfg.kwokStages}`,
+        '--manage-all-nodes=false',
+        '--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake',
+        `--node-ip=${cfg.kwokNodeIp}`,
+        `--cidr=${cfg.kwokCidr}`,
       ],
     });
   }

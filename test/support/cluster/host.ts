@@ -10,7 +10,8 @@ import { run, runStatus, sleep } from './exec.js';
 
 function ip4(s: string): number {
   const parts = s.split('.').map(Number);
-  if (parts.length !== 4 || parts.some((n) => !Number.isInteger(n) || n < 0 || n > 255)) throw new ClusterError('CLUSTER_BAD_ADDRESS', `not an IPv4 address: ${s}`);
+  if (parts.length !== 4 || parts.some((n) => !Number.isInteger(n) || n < 0 || n > 255))
+    throw new ClusterError('CLUSTER_BAD_ADDRESS', `not an IPv4 address: ${s}`);
   return ((parts[0]! << 24) >>> 0) + (parts[1]! << 16) + (parts[2]! << 8) + parts[3]!;
 }
 
@@ -29,7 +30,12 @@ export function cidrsOverlap(a: string, b: string): boolean {
   return a0 <= b1 && b0 <= a1;
 }
 
-export interface Route { dst: string; dev?: string; type?: string; table?: string }
+export interface Route {
+  dst: string;
+  dev?: string;
+  type?: string;
+  table?: string;
+}
 
 /** The cluster's ranges that clash with vmlet's subnet or a host route (routes on the cluster's own links do not count). */
 export function rangeClashes(cfg: ClusterConfig, routes: Route[]): string[] {
@@ -40,7 +46,11 @@ export function rangeClashes(cfg: ClusterConfig, routes: Route[]): string[] {
     if (!route.dst || route.dst === 'default' || route.dst.includes(':')) continue;
     if (route.dev === cfg.nodeLink || route.dev === cfg.cniBridge) continue;
     if (cidrRange(route.dst)[0] === 0 && cidrRange(route.dst)[1] === 0xffffffff) continue;
-    for (const r of ours) if (cidrsOverlap(r, route.dst)) out.push(`${r} overlaps the host route ${route.type && route.type !== 'unicast' ? `${route.type} ` : ''}${route.dst}${route.dev ? ` dev ${route.dev}` : ''}`);
+    for (const r of ours)
+      if (cidrsOverlap(r, route.dst))
+        out.push(
+          `${r} overlaps the host route ${route.type && route.type !== 'unicast' ? `${route.type} ` : ''}${route.dst}${route.dev ? ` dev ${route.dev}` : ''}`,
+        );
   }
   return out;
 }
@@ -65,7 +75,8 @@ export async function ensureNodeLink(cfg: ClusterConfig): Promise<void> {
   const addrs = await run('ip', ['-4', '-o', 'addr', 'show', 'dev', cfg.nodeLink]);
   if (!addrs.includes(` ${cfg.nodeIp}/32 `)) await run('ip', ['addr', 'add', `${cfg.nodeIp}/32`, 'dev', cfg.nodeLink]);
   await run('ip', ['link', 'set', cfg.nodeLink, 'up']);
-  if (!(await isLocal(cfg.nodeIp))) throw new ClusterError('CLUSTER_NODE_IP_NOT_LOCAL', `${cfg.nodeIp} on ${cfg.nodeLink} is not local (ip route get); refusing to start`);
+  if (!(await isLocal(cfg.nodeIp)))
+    throw new ClusterError('CLUSTER_NODE_IP_NOT_LOCAL', `${cfg.nodeIp} on ${cfg.nodeLink} is not local (ip route get); refusing to start`);
 }
 
 /** TCP ports somebody listens on, from /proc/net/tcp{,6}. */
@@ -73,7 +84,11 @@ export function listeningPorts(procNet = '/proc/net'): Set<number> {
   const out = new Set<number>();
   for (const f of ['tcp', 'tcp6']) {
     let text = '';
-    try { text = fs.readFileSync(path.join(procNet, f), 'utf8'); } catch { continue; }
+    try {
+      text = fs.readFileSync(path.join(procNet, f), 'utf8');
+    } catch {
+      continue;
+    }
     for (const line of text.split('\n').slice(1)) {
       const cols = line.trim().split(/\s+/);
       if (cols[3] === '0A' && cols[1]) out.add(parseInt(cols[1].split(':')[1] ?? '0', 16));
@@ -84,7 +99,11 @@ export function listeningPorts(procNet = '/proc/net'): Set<number> {
 
 // ---------------------------------------------------------------- processes
 
-export interface PidRecord { pid: number; start: string; name: string }
+export interface PidRecord {
+  pid: number;
+  start: string;
+  name: string;
+}
 
 /** The start time (clock ticks since boot) of a live, non-zombie pid, or undefined. */
 export function procStart(pid: number): string | undefined {
@@ -118,7 +137,9 @@ export function startProcess(l: Layout, spec: ComponentSpec, env: NodeJS.Process
   const fd = fs.openSync(path.join(l.logs, `${spec.name}.log`), 'a');
   try {
     const child = spawn(spec.bin, spec.args, { detached: true, stdio: ['ignore', fd, fd], env });
-    child.on('error', () => { /* reported by the readiness wait, with the log's tail */ });
+    child.on('error', () => {
+      /* reported by the readiness wait, with the log's tail */
+    });
     child.unref();
     if (child.pid === undefined) throw new ClusterError('CLUSTER_START_FAILED', `${spec.name}: ${spec.bin} could not be started`);
     const rec: PidRecord = { pid: child.pid, start: procStart(child.pid) ?? '', name: spec.name };
@@ -133,11 +154,19 @@ export function startProcess(l: Layout, spec: ComponentSpec, env: NodeJS.Process
 export async function stopProcess(l: Layout, name: string, graceMs = 10_000): Promise<void> {
   const rec = readPid(l, name);
   if (rec) {
-    try { process.kill(rec.pid, 'SIGTERM'); } catch { /* gone */ }
+    try {
+      process.kill(rec.pid, 'SIGTERM');
+    } catch {
+      /* gone */
+    }
     const end = Date.now() + graceMs;
     while (procStart(rec.pid) === rec.start && Date.now() < end) await sleep(50);
     if (procStart(rec.pid) === rec.start) {
-      try { process.kill(rec.pid, 'SIGKILL'); } catch { /* gone */ }
+      try {
+        process.kill(rec.pid, 'SIGKILL');
+      } catch {
+        /* gone */
+      }
       while (procStart(rec.pid) === rec.start) await sleep(20);
     }
   }
@@ -147,13 +176,23 @@ export async function stopProcess(l: Layout, name: string, graceMs = 10_000): Pr
 /** The last lines of a component's log, for error messages. */
 export function logTail(l: Layout, name: string, lines = 8): string {
   try {
-    return fs.readFileSync(path.join(l.logs, `${name}.log`), 'utf8').trimEnd().split('\n').slice(-lines).join('\n');
+    return fs
+      .readFileSync(path.join(l.logs, `${name}.log`), 'utf8')
+      .trimEnd()
+      .split('\n')
+      .slice(-lines)
+      .join('\n');
   } catch {
     return '(no log)';
   }
 }
 
-interface ProcInfo { pid: number; comm: string; cmdline: string; exe: string }
+interface ProcInfo {
+  pid: number;
+  comm: string;
+  cmdline: string;
+  exe: string;
+}
 
 export function processes(): ProcInfo[] {
   const out: ProcInfo[] = [];
@@ -165,9 +204,15 @@ export function processes(): ProcInfo[] {
       const comm = fs.readFileSync(`/proc/${d}/comm`, 'utf8').trim();
       const cmdline = fs.readFileSync(`/proc/${d}/cmdline`, 'utf8').split('\0').join(' ').trim();
       let exe = '';
-      try { exe = fs.readlinkSync(`/proc/${d}/exe`); } catch { /* kernel thread or gone */ }
+      try {
+        exe = fs.readlinkSync(`/proc/${d}/exe`);
+      } catch {
+        /* kernel thread or gone */
+      }
       out.push({ pid, comm, cmdline, exe });
-    } catch { /* gone */ }
+    } catch {
+      /* gone */
+    }
   }
   return out;
 }
@@ -177,9 +222,11 @@ export function clusterProcesses(cfg: ClusterConfig, cgroupRoot = '/sys/fs/cgrou
   const l = { binDir: cfg.binDir, sock: path.join(cfg.root, 'containerd') };
   const inPods = new Set<number>();
   for (const dir of kubepodsCgroups(cgroupRoot)) for (const pid of cgroupProcs(dir)) inPods.add(pid);
-  return processes().filter((p) => p.pid !== process.pid && (
-    inPods.has(p.pid) || p.exe.startsWith(`${l.binDir}/`) || p.cmdline.includes(cfg.root) ||
-    (/^containerd/.test(p.comm) && p.cmdline.includes(l.sock))));
+  return processes().filter(
+    (p) =>
+      p.pid !== process.pid &&
+      (inPods.has(p.pid) || p.exe.startsWith(`${l.binDir}/`) || p.cmdline.includes(cfg.root) || (/^containerd/.test(p.comm) && p.cmdline.includes(l.sock))),
+  );
 }
 
 // ---------------------------------------------------------------- cgroups
@@ -188,10 +235,18 @@ export function clusterProcesses(cfg: ClusterConfig, cgroupRoot = '/sys/fs/cgrou
 export function kubepodsCgroups(cgroupRoot = '/sys/fs/cgroup'): string[] {
   const out: string[] = [];
   let hierarchies: string[] = [];
-  try { hierarchies = fs.readdirSync(cgroupRoot); } catch { return out; }
+  try {
+    hierarchies = fs.readdirSync(cgroupRoot);
+  } catch {
+    return out;
+  }
   const consider = (dir: string): void => {
     let entries: fs.Dirent[] = [];
-    try { entries = fs.readdirSync(dir, { withFileTypes: true }); } catch { return; }
+    try {
+      entries = fs.readdirSync(dir, { withFileTypes: true });
+    } catch {
+      return;
+    }
     for (const e of entries) if (e.isDirectory() && e.name.startsWith('kubepods')) out.push(path.join(dir, e.name));
   };
   consider(cgroupRoot);
@@ -202,7 +257,11 @@ export function kubepodsCgroups(cgroupRoot = '/sys/fs/cgroup'): string[] {
 function cgroupTree(dir: string): string[] {
   const out = [dir];
   let entries: fs.Dirent[] = [];
-  try { entries = fs.readdirSync(dir, { withFileTypes: true }); } catch { return out; }
+  try {
+    entries = fs.readdirSync(dir, { withFileTypes: true });
+  } catch {
+    return out;
+  }
   for (const e of entries) if (e.isDirectory()) out.push(...cgroupTree(path.join(dir, e.name)));
   return out;
 }
@@ -212,7 +271,9 @@ function cgroupProcs(dir: string): number[] {
   for (const d of cgroupTree(dir)) {
     try {
       for (const s of fs.readFileSync(path.join(d, 'cgroup.procs'), 'utf8').split('\n')) if (s.trim()) out.push(Number(s));
-    } catch { /* gone */ }
+    } catch {
+      /* gone */
+    }
   }
   return out;
 }
@@ -223,7 +284,11 @@ export async function removeKubepods(cgroupRoot = '/sys/fs/cgroup'): Promise<str
   for (const top of kubepodsCgroups(cgroupRoot)) {
     for (const d of cgroupTree(top)) {
       const st = path.join(d, 'freezer.state');
-      try { if (fs.readFileSync(st, 'utf8').trim() !== 'THAWED') fs.writeFileSync(st, 'THAWED'); } catch { /* not the freezer */ }
+      try {
+        if (fs.readFileSync(st, 'utf8').trim() !== 'THAWED') fs.writeFileSync(st, 'THAWED');
+      } catch {
+        /* not the freezer */
+      }
     }
   }
   const end = Date.now() + 10_000;
@@ -231,8 +296,20 @@ export async function removeKubepods(cgroupRoot = '/sys/fs/cgroup'): Promise<str
     const left = kubepodsCgroups(cgroupRoot);
     if (left.length === 0) return problems;
     for (const top of left) {
-      for (const pid of cgroupProcs(top)) { try { process.kill(pid, 'SIGKILL'); } catch { /* gone */ } }
-      for (const d of cgroupTree(top).reverse()) { try { fs.rmdirSync(d); } catch { /* busy: retry */ } }
+      for (const pid of cgroupProcs(top)) {
+        try {
+          process.kill(pid, 'SIGKILL');
+        } catch {
+          /* gone */
+        }
+      }
+      for (const d of cgroupTree(top).reverse()) {
+        try {
+          fs.rmdirSync(d);
+        } catch {
+          /* busy: retry */
+        }
+      }
     }
     if (Date.now() > end) {
       problems.push(...kubepodsCgroups(cgroupRoot).map((d) => `cgroup ${d} could not be removed`));
@@ -253,13 +330,26 @@ export function splitRule(line: string): string[] {
   for (let i = 0; i < line.length; i++) {
     const c = line[i]!;
     if (inQ) {
-      if (c === '\\' && i + 1 < line.length) { cur += line[++i]; continue; }
-      if (c === '"') { inQ = false; continue; }
+      if (c === '\\' && i + 1 < line.length) {
+        cur += line[++i];
+        continue;
+      }
+      if (c === '"') {
+        inQ = false;
+        continue;
+      }
       cur += c;
-    } else if (c === '"') { inQ = true; has = true; } else if (c === ' ') {
+    } else if (c === '"') {
+      inQ = true;
+      has = true;
+    } else if (c === ' ') {
       if (has || cur) out.push(cur);
-      cur = ''; has = false;
-    } else { cur += c; has = true; }
+      cur = '';
+      has = false;
+    } else {
+      cur += c;
+      has = true;
+    }
   }
   if (has || cur) out.push(cur);
   return out;
@@ -267,14 +357,22 @@ export function splitRule(line: string): string[] {
 
 export const OUR_CHAIN = /^(KUBE-|CNI-)/;
 
-export interface FirewallTable { family: 'iptables' | 'ip6tables'; table: string; chains: string[]; rules: string[] }
+export interface FirewallTable {
+  family: 'iptables' | 'ip6tables';
+  table: string;
+  chains: string[];
+  rules: string[];
+}
 
 /** Parses `iptables-save` output into tables with chain names and rule lines. */
 export function parseSave(family: 'iptables' | 'ip6tables', text: string): FirewallTable[] {
   const out: FirewallTable[] = [];
   let cur: FirewallTable | undefined;
   for (const line of text.split('\n')) {
-    if (line.startsWith('*')) { cur = { family, table: line.slice(1).trim(), chains: [], rules: [] }; out.push(cur); } else if (!cur) continue;
+    if (line.startsWith('*')) {
+      cur = { family, table: line.slice(1).trim(), chains: [], rules: [] };
+      out.push(cur);
+    } else if (!cur) continue;
     else if (line.startsWith(':')) cur.chains.push(line.slice(1).split(' ')[0]!);
     else if (line.startsWith('-A ')) cur.rules.push(line);
   }
@@ -298,7 +396,7 @@ export function firewallCleanup(tables: FirewallTable[]): Array<[string, string[
       const argv = splitRule(rule);
       const chain = argv[1] ?? '';
       const ti = argv.findIndex((a) => a === '-j' || a === '-g');
-      const target = ti >= 0 ? argv[ti + 1] ?? '' : '';
+      const target = ti >= 0 ? (argv[ti + 1] ?? '') : '';
       if (!OUR_CHAIN.test(chain) && OUR_CHAIN.test(target)) cmds.push([t.family, ['-w', '-t', t.table, '-D', ...argv.slice(1)]]);
     }
     const ours = t.chains.filter((c) => OUR_CHAIN.test(c));
@@ -320,7 +418,10 @@ export async function cleanFirewall(): Promise<string[]> {
 // ---------------------------------------------------------------- mounts, netns, links, host dirs, sysctls
 
 export function mountPoints(): string[] {
-  return fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n').filter(Boolean)
+  return fs
+    .readFileSync('/proc/self/mountinfo', 'utf8')
+    .split('\n')
+    .filter(Boolean)
     .map((l) => (l.split(' ')[4] ?? '').replace(/\\(\d{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))));
 }
 
@@ -338,7 +439,11 @@ export async function unmountUnder(dir: string): Promise<string[]> {
 }
 
 export function netnsNames(dir = '/run/netns'): string[] {
-  try { return fs.readdirSync(dir).sort(); } catch { return []; }
+  try {
+    return fs.readdirSync(dir).sort();
+  } catch {
+    return [];
+  }
 }
 
 export async function linkNames(): Promise<string[]> {
@@ -379,7 +484,9 @@ export function removeHostDirs(absentBefore: string[]): string[] {
   for (const d of HOST_DIRS.filter((h) => absentBefore.includes(h.path))) {
     try {
       if (!fs.existsSync(d.path)) continue;
-      if (d.onlyIfEmpty) { if (fs.readdirSync(d.path).length === 0) fs.rmdirSync(d.path); } else fs.rmSync(d.path, { recursive: true, force: true });
+      if (d.onlyIfEmpty) {
+        if (fs.readdirSync(d.path).length === 0) fs.rmdirSync(d.path);
+      } else fs.rmSync(d.path, { recursive: true, force: true });
     } catch (e) {
       problems.push(`${d.path}: ${e instanceof Error ? e.message : String(e)}`);
     }
@@ -388,11 +495,28 @@ export function removeHostDirs(absentBefore: string[]): string[] {
 }
 
 /** Host sysctls the kubelet and kube-proxy may change; saved at `up` and put back at `down`. */
-export const SYSCTLS = ['kernel/panic', 'kernel/panic_on_oops', 'vm/overcommit_memory', 'vm/panic_on_oom', 'kernel/keys/root_maxkeys', 'kernel/keys/root_maxbytes', 'net/ipv4/conf/all/route_localnet', 'net/bridge/bridge-nf-call-iptables', 'net/bridge/bridge-nf-call-ip6tables', 'net/netfilter/nf_conntrack_max'];
+export const SYSCTLS = [
+  'kernel/panic',
+  'kernel/panic_on_oops',
+  'vm/overcommit_memory',
+  'vm/panic_on_oom',
+  'kernel/keys/root_maxkeys',
+  'kernel/keys/root_maxbytes',
+  'net/ipv4/conf/all/route_localnet',
+  'net/bridge/bridge-nf-call-iptables',
+  'net/bridge/bridge-nf-call-ip6tables',
+  'net/netfilter/nf_conntrack_max',
+];
 
 export function readSysctls(procSys = '/proc/sys'): Record<string, string> {
   const out: Record<string, string> = {};
-  for (const k of SYSCTLS) { try { out[k] = fs.readFileSync(path.join(procSys, k), 'utf8').trim(); } catch { /* absent */ } }
+  for (const k of SYSCTLS) {
+    try {
+      out[k] = fs.readFileSync(path.join(procSys, k), 'utf8').trim();
+    } catch {
+      /* absent */
+    }
+  }
   return out;
 }
 
@@ -401,7 +525,11 @@ export function restoreSysctls(saved: Record<string, string>, procSys = '/proc/s
   const now = readSysctls(procSys);
   for (const [k, v] of Object.entries(saved)) {
     if (now[k] === v) continue;
-    try { fs.writeFileSync(path.join(procSys, k), v); } catch (e) { problems.push(`sysctl ${k}=${v}: ${e instanceof Error ? e.message : String(e)}`); }
+    try {
+      fs.writeFileSync(path.join(procSys, k), v);
+    } catch (e) {
+      problems.push(`sysctl ${k}=${v}: ${e instanceof Error ? e.message : String(e)}`);
+    }
   }
   return problems;
 }

@@ -7,7 +7,33 @@ import { ClusterError } from './errors.js';
 import { run } from './exec.js';
 
 /** busybox applets the client image links to /bin (busybox's wget segfaults in a busybox-only image: use nc). */
-export const CLIENT_APPLETS = ['sh', 'cat', 'echo', 'ls', 'sleep', 'nc', 'httpd', 'id', 'hostname', 'ip', 'ps', 'mkdir', 'grep', 'test', 'true', 'false', 'env', 'printf', 'head', 'tail', 'wc', 'stat', 'date', 'mount', 'kill'];
+export const CLIENT_APPLETS = [
+  'sh',
+  'cat',
+  'echo',
+  'ls',
+  'sleep',
+  'nc',
+  'httpd',
+  'id',
+  'hostname',
+  'ip',
+  'ps',
+  'mkdir',
+  'grep',
+  'test',
+  'true',
+  'false',
+  'env',
+  'printf',
+  'head',
+  'tail',
+  'wc',
+  'stat',
+  'date',
+  'mount',
+  'kill',
+];
 
 export interface ImageSpec {
   ref: string;

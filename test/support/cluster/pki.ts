@@ -17,8 +17,19 @@ export interface CertSpec {
 export function certSpecs(node: string, nodeIp: string, serviceIp: string): CertSpec[] {
   return [
     {
-      name: 'apiserver', cn: 'kube-apiserver', server: true,
-      sans: ['IP:127.0.0.1', `IP:${nodeIp}`, `IP:${serviceIp}`, 'DNS:localhost', 'DNS:kubernetes', 'DNS:kubernetes.default', 'DNS:kubernetes.default.svc', 'DNS:kubernetes.default.svc.cluster.local'],
+      name: 'apiserver',
+      cn: 'kube-apiserver',
+      server: true,
+      sans: [
+        'IP:127.0.0.1',
+        `IP:${nodeIp}`,
+        `IP:${serviceIp}`,
+        'DNS:localhost',
+        'DNS:kubernetes',
+        'DNS:kubernetes.default',
+        'DNS:kubernetes.default.svc',
+        'DNS:kubernetes.default.svc.cluster.local',
+      ],
     },
     { name: 'apiserver-kubelet-client', cn: 'kube-apiserver-kubelet-client', org: 'system:masters', client: true },
     { name: 'admin', cn: 'vmlet-admin', org: 'system:masters', client: true },
@@ -49,13 +60,43 @@ export async function ensurePki(dir: string, specs: CertSpec[]): Promise<void> {
   if (fs.existsSync(path.join(dir, 'done'))) return;
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   const p = (f: string): string => path.join(dir, f);
-  await run('openssl', ['req', '-x509', ...EC, '-keyout', p('ca.key'), '-out', p('ca.crt'), '-days', '3650', '-subj', '/CN=vmlet-test-cluster-ca',
-    '-addext', 'basicConstraints=critical,CA:TRUE', '-addext', 'keyUsage=critical,keyCertSign,cRLSign,digitalSignature']);
+  await run('openssl', [
+    'req',
+    '-x509',
+    ...EC,
+    '-keyout',
+    p('ca.key'),
+    '-out',
+    p('ca.crt'),
+    '-days',
+    '3650',
+    '-subj',
+    '/CN=vmlet-test-cluster-ca',
+    '-addext',
+    'basicConstraints=critical,CA:TRUE',
+    '-addext',
+    'keyUsage=critical,keyCertSign,cRLSign,digitalSignature',
+  ]);
   for (const spec of specs) {
     fs.writeFileSync(p(`${spec.name}.ext`), extFile(spec));
     await run('openssl', ['req', '-new', ...EC, '-keyout', p(`${spec.name}.key`), '-out', p(`${spec.name}.csr`), '-subj', subject(spec.cn, spec.org)]);
-    await run('openssl', ['x509', '-req', '-in', p(`${spec.name}.csr`), '-CA', p('ca.crt'), '-CAkey', p('ca.key'), '-CAcreateserial',
-      '-days', '3650', '-out', p(`${spec.name}.crt`), '-extfile', p(`${spec.name}.ext`)]);
+    await run('openssl', [
+      'x509',
+      '-req',
+      '-in',
+      p(`${spec.name}.csr`),
+      '-CA',
+      p('ca.crt'),
+      '-CAkey',
+      p('ca.key'),
+      '-CAcreateserial',
+      '-days',
+      '3650',
+      '-out',
+      p(`${spec.name}.crt`),
+      '-extfile',
+      p(`${spec.name}.ext`),
+    ]);
   }
   await run('openssl', ['genpkey', '-algorithm', 'EC', '-pkeyopt', 'ec_paramgen_curve:P-256', '-out', p('sa.key')]);
   await run('openssl', ['pkey', '-in', p('sa.key'), '-pubout', '-out', p('sa.pub')]);

@@ -1,0 +1,34 @@
+// What a supervisor is given: its VMI and run dir, the launcher server, and the callbacks through which it prepares, writes status and records events.
+import type { Logger } from 'pino';
+import type { VMIInterfaceStatus, VirtualMachineInstance, VirtualMachineInstanceStatus } from '../api/types.js';
+import type { LauncherServer } from '../qemu/launcher-server.js';
+import type { QmpClient } from '../qmp/client.js';
+import type { GuestNetworkInterface } from '../qmp/guest-agent-types.js';
+import type { PreparedLaunch } from './supervisor-core.js';
+import type { VmCgroups } from './vm-cgroup.js';
+
+export interface SupervisorDeps {
+  vmi: VirtualMachineInstance;
+  runDir: string;
+  logger: Logger;
+  launcherServer: Pick<LauncherServer, 'link' | 'attach' | 'detach'>;
+  launcherBinary: string;
+  launcherSocket: string;
+  /** Creates volumes and builds QEMU's argv; throws VmletError for anything the VMI asks that cannot be done. */
+  prepare(vmi: VirtualMachineInstance, runDir: string): Promise<PreparedLaunch>;
+  /** Writes the VMI's status (serialised per object by the source). */
+  writeStatus(mutate: (s: VirtualMachineInstanceStatus) => VirtualMachineInstanceStatus): Promise<void>;
+  event(type: 'Normal' | 'Warning', reason: string, message: string): void;
+  now?: () => number;
+  procRoot?: string;
+  /** How long QEMU may take from launcher spawn to QMP ready. */
+  startTimeoutMs?: number;
+  /** Runs after set-action and before `cont` on a fresh start (e.g. vCPU pinning); a throw fails the launch. */
+  beforeCont?: (qmp: QmpClient, qemuPid: number) => Promise<void>;
+  /** The per-VM cgroups; absent = QEMU runs in the launcher's cgroups as spawned (config `cgroupParent: ""`). */
+  cgroups?: VmCgroups;
+  /** Removes the VM's network sandbox once QEMU is gone (idempotent). */
+  releaseNetwork?: () => Promise<void>;
+  /** status.interfaces with what the guest agent reports merged in; undefined = leave them. */
+  guestInterfaces?: (guest: GuestNetworkInterface[]) => VMIInterfaceStatus[] | undefined;
+}

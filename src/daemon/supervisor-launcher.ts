@@ -1,0 +1,66 @@
+// A VM's launcher as the supervisor sees it: the link's events (QEMU's pid, its exit) as core events, and a launcher whose connection dropped told apart from one that is gone.
+import type { Logger } from 'pino';
+import { isLiveProcessFor, readRunDir } from '../qemu/launch.js';
+import type { LauncherLink, LauncherServer } from '../qemu/launcher-server.js';
+import type { CoreEvent } from './supervisor-core.js';
+
+export interface LauncherWatchOptions {
+  server: Pick<LauncherServer, 'link' | 'attach'>;
+  uid: string;
+  runDir: string;
+  procRoot?: string | undefined;
+  logger: Logger;
+  dispatch(e: CoreEvent): Promise<unknown>;
+  exited(): boolean;
+  launcherPid(): number | undefined;
+  /** The launcher reports QEMU's pid. */
+  started(qemuPid: number): void;
+}
+
+export class LauncherWatch {
+  #link: LauncherLink | undefined;
+
+  constructor(private readonly opts: LauncherWatchOptions) {}
+
+  get link(): LauncherLink | undefined {
+    return this.#link;
+  }
+
+  /** The VMI's link (made if the server has none yet), followed once. */
+  attach(): LauncherLink {
+    const { server, uid, logger: log, dispatch } = this.opts;
+    const link = server.link(uid) ?? server.attach(uid);
+    if (this.#link !== link) {
+      this.#link = link;
+      link.on('started', (pid) => {
+        this.opts.started(pid);
+      });
+      link.on('exited', (status) => {
+        void dispatch({ type: 'exited', exit: status });
+      });
+      link.on('failed', (f) => {
+        log.warn({ reason: f.reason, err: f.error }, 'launcher failed');
+      });
+      link.on('disconnected', (reason) => {
+        void this.onGone(reason);
+      });
+    }
+    return link;
+  }
+
+  /** The launcher's connection dropped: fine while it reconnects, fatal if the process is gone. */
+  private async onGone(reason: string): Promise<void> {
+    const o = this.opts;
+    if (o.exited()) return;
+    await new Promise((r) => setTimeout(r, 300));
+    if (o.exited() || this.#link?.connected) return;
+    const pid = o.launcherPid();
+    if (pid && (await isLiveProcessFor(pid, o.uid, o.procRoot))) return;
+    const rd = await readRunDir(o.runDir).catch(() => undefined);
+    if (rd?.exitStatus) {
+      await o.dispatch({ type: 'exited', exit: rd.exitStatus });
+      return;
+    }
+    await o.dispatch({ type: 'launcherLost', reason });
+  }
+}
