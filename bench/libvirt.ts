@@ -4,6 +4,7 @@ import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
+import type { Accel } from '../src/api/vocabulary.js';
 
 const run = promisify(execFile);
 
@@ -57,7 +58,7 @@ function ensureInstalled(): void {
   }
 }
 
-function domainXml(name: string, accel: 'kvm' | 'tcg'): string {
+function domainXml(name: string, accel: Accel): string {
   return `<domain type='${accel === 'kvm' ? 'kvm' : 'qemu'}'>
   <name>${name}</name>
   <memory unit='MiB'>64</memory>
@@ -78,7 +79,7 @@ export interface Libvirt {
   stop(): Promise<void>;
 }
 
-export async function startLibvirt(accel: 'kvm' | 'tcg'): Promise<Libvirt> {
+export async function startLibvirt(accel: Accel): Promise<Libvirt> {
   ensureInstalled();
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-bench-libvirt-'));
   fs.writeFileSync(path.join(dir, 'libvirtd.conf'), `unix_sock_dir = "${dir}"\nlisten_tls = 0\nlisten_tcp = 0\nauth_unix_rw = "none"\nauth_unix_ro = "none"\n`);

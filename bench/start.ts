@@ -6,11 +6,12 @@ import path from 'node:path';
 import { QmpClient } from '../src/qmp/client.js';
 import { startLibvirt, type Libvirt } from './libvirt.js';
 import { benchAccel, percentile, progress, rssKiB, startDaemon, vmletDelete, vmletStart } from './support.js';
+import type { Accel } from '../src/api/vocabulary.js';
 
 const QEMU = '/usr/bin/qemu-system-x86_64';
 
 /** The floor: spawn with -S, negotiate QMP, cont, see running. */
-async function rawStart(dir: string, accel: 'kvm' | 'tcg', i: number): Promise<{ ms: number; proc: ChildProcess }> {
+async function rawStart(dir: string, accel: Accel, i: number): Promise<{ ms: number; proc: ChildProcess }> {
   const sock = path.join(dir, `raw-${i}.qmp`);
   const t0 = performance.now();
   const proc = spawn(

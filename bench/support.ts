@@ -5,6 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ApiClient, paths } from '../src/cli/client.js';
 import { testAccel } from '../test/support/accel.js';
+import type { Accel } from '../src/api/vocabulary.js';
 
 export const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -18,7 +19,7 @@ export function progress(msg: string): void {
 }
 
 /** The accelerator for both sides of a benchmark: VMLET_TEST_ACCEL, else vmlet's KVM probe (never "does /dev/kvm open"). */
-export async function benchAccel(): Promise<'kvm' | 'tcg'> {
+export async function benchAccel(): Promise<Accel> {
   const accel = await testAccel(undefined, (why) => progress(why));
   progress(`accelerator: ${accel}`);
   return accel;
@@ -150,7 +151,7 @@ export interface BenchDaemon {
 }
 
 /** A daemon of this checkout's build on its own socket, state, run dir and cgroup parent under `dir`. */
-export async function startDaemon(dir: string, accel: 'kvm' | 'tcg'): Promise<BenchDaemon> {
+export async function startDaemon(dir: string, accel: Accel): Promise<BenchDaemon> {
   const socket = path.join(dir, 'vmlet.sock');
   const config = path.join(dir, 'config.yaml');
   // Networking with names of its own (never the node's vmlet0), for the VMs that ask for a NIC.

@@ -67,6 +67,11 @@ export const ERROR_CODES = {
   DAEMON_CONNECTION_LOST: { http: 500, area: 'http', meaning: 'CLI: the connection broke during a request or a watch' },
   MANIFEST_READ: { http: 500, area: 'http', meaning: 'CLI: apply -f FILE could not read the file' },
   WATCH_ERROR: { http: 500, area: 'http', meaning: 'CLI: an ERROR watch event without a reason' },
+  DAEMON_ERROR: {
+    http: 500,
+    area: 'http',
+    meaning: 'CLI: the daemon answered with an error code this CLI does not know (it is printed as the daemon gave it)',
+  },
   // api: docs/errors-api.md
   QEMU_NOT_FOUND: { http: 500, area: 'api', meaning: 'the configured QEMU binary does not exist' },
   MANIFEST_PARSE: { http: 422, area: 'api', meaning: 'malformed YAML/JSON manifest, duplicate keys, or a document that is not a mapping' },

@@ -17,13 +17,13 @@ export interface ErrorFields {
 }
 
 export class VmletError extends Error {
-  /** A code of src/error-codes.ts (ErrorCode). Typed `string` until every place that builds a code at run time yields an ErrorCode; test/unit/docs-errors.test.ts checks the literal ones meanwhile. */
-  readonly code: string;
+  /** A code of src/error-codes.ts: the compiler refuses any other. */
+  readonly code: ErrorCode;
   readonly errno: string | undefined;
   readonly exitCode: number | undefined;
   readonly stderr: string | undefined;
   readonly details: unknown;
-  constructor(code: string, message: string, fields?: ErrorFields) {
+  constructor(code: ErrorCode, message: string, fields?: ErrorFields) {
     super(message, fields?.cause === undefined ? undefined : { cause: fields.cause });
     this.name = 'VmletError';
     this.code = code;

@@ -1,10 +1,10 @@
 // A manifest's problems as data: one FieldError per field, the ValidationError that carries them all, and the collector the checks add to.
-import { VmletError } from '../errors.js';
+import { VmletError, type ErrorCode } from '../errors.js';
 
 /** One problem with one field of a manifest. `field` is a path like `spec.domain.devices.disks[0].name`. */
 export interface FieldError {
   field: string;
-  code: string;
+  code: ErrorCode;
   message: string;
 }
 
@@ -28,7 +28,7 @@ export class Collector {
    * shape is skipped (the schema error already names that field).
    */
   constructor(private readonly schemaFailed = false) {}
-  add(field: string, code: string, message: string): void {
+  add(field: string, code: ErrorCode, message: string): void {
     if (!this.details.some((d) => d.field === field && d.message === message)) this.details.push({ field, code, message });
   }
   /** Runs one semantic check; after a schema error, a crash of the check on a malformed shape skips it. */

@@ -2,10 +2,7 @@
 
 import { parseAllDocuments, YAMLError } from 'yaml';
 import { VmletError } from '../errors.js';
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
+import { isRecord } from './vocabulary.js';
 
 /** `details` of a MANIFEST_PARSE error: the 1-based document, and where in the text the problem is when known. */
 export interface ManifestErrorDetails {

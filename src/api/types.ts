@@ -1,5 +1,7 @@
 // TypeScript shapes of vmlet.io/v1alpha1 VirtualMachine and VirtualMachineInstance, mirroring the CRD schemas in deploy/crds.
 
+import type { Accel } from './vocabulary.js';
+
 export const API_GROUP = 'vmlet.io';
 export const API_VERSION = 'vmlet.io/v1alpha1';
 /** apiVersions accepted on input; all are normalised to API_VERSION. */
@@ -180,7 +182,7 @@ export interface VMIInterfaceStatus {
 
 /** vmlet extension of the VMI status: how and where QEMU runs. */
 export interface VmletRuntimeStatus {
-  accel?: 'kvm' | 'tcg' | undefined;
+  accel?: Accel | undefined;
   softwareEmulation?: boolean | undefined;
   qemuPid?: number | undefined;
   launcherPid?: number | undefined;

@@ -15,6 +15,7 @@ import {
   type VirtualMachine,
   type VirtualMachineInstance,
 } from './types.js';
+import { isRecord } from './vocabulary.js';
 
 export { ValidationError } from './field-errors.js';
 
@@ -49,10 +50,6 @@ export function isDnsLabel(name: string): boolean {
 /** True if `s` contains a control character (including NUL, CR, LF, TAB). */
 export function hasControlChars(s: string): boolean {
   return CONTROL_RE.test(s);
-}
-
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 import { constants } from 'node:fs';
 import { mkdir, open, readFile, readdir, rmdir, stat } from 'node:fs/promises';
 import { join } from 'node:path';
-import { VmletError } from '../errors.js';
+import { VmletError, type ErrorCode } from '../errors.js';
 
 /** What the managers need of a file system; the default goes to the real one. */
 export interface CgroupFs {
@@ -86,7 +86,7 @@ export function errnoOf(e: unknown): string | undefined {
   return typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'string' ? e.code : undefined;
 }
 
-export async function writeValue(fs: CgroupFs, path: string, value: string, code = 'CGROUP_WRITE_FAILED'): Promise<void> {
+export async function writeValue(fs: CgroupFs, path: string, value: string, code: ErrorCode = 'CGROUP_WRITE_FAILED'): Promise<void> {
   try {
     await fs.writeFile(path, value);
   } catch (e) {

@@ -1,12 +1,14 @@
 // A tiny HTTP client for the vmlet unix-socket API: JSON calls, newline-delimited watch streams and the console upgrade.
 import http from 'node:http';
 import type net from 'node:net';
+import { isErrorCode } from '../error-codes.js';
 import { VmletError } from '../errors.js';
+import type { Plural } from '../api/vocabulary.js';
 
 export const GROUP_PATH = '/apis/vmlet.io/v1alpha1';
 export const SUBRESOURCE_PATH = '/apis/subresources.vmlet.io/v1alpha1';
 
-export type Plural = 'virtualmachineinstances' | 'virtualmachines';
+export type { Plural } from '../api/vocabulary.js';
 
 /** Kubernetes-shaped paths; names are percent-encoded (the server refuses anything that is not a DNS label). */
 export const paths = {
@@ -28,12 +30,17 @@ export interface ApiResponse {
   body: unknown;
 }
 
-/** A failed API call: `code` is the Status reason (the vmlet error code), `httpStatus` the HTTP status. */
+/**
+ * A failed API call: `reason` is the daemon's Status reason (its error code, or HTTP_<status>), `code` the same
+ * when this CLI knows it (else DAEMON_ERROR), `httpStatus` the HTTP status.
+ */
 export class ApiError extends VmletError {
+  readonly reason: string;
   readonly httpStatus: number;
   readonly status: unknown;
-  constructor(code: string, message: string, httpStatus: number, status: unknown) {
-    super(code, message);
+  constructor(reason: string, message: string, httpStatus: number, status: unknown) {
+    super(isErrorCode(reason) ? reason : 'DAEMON_ERROR', message);
+    this.reason = reason;
     this.name = 'ApiError';
     this.httpStatus = httpStatus;
     this.status = status;

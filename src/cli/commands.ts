@@ -20,6 +20,7 @@ import {
   type DaemonVersion,
 } from './output.js';
 import { vmletVersion } from '../version.js';
+import { KINDS, kindOfPlural, kindOfWord, type Kind } from '../api/vocabulary.js';
 
 export interface Ctx {
   client: ApiClient;
@@ -29,19 +30,20 @@ export interface Ctx {
 
 const now = (ctx: Ctx): number => (ctx.io.now ?? Date.now)();
 
-const RESOURCES: Record<string, Plural> = {
-  vmi: 'virtualmachineinstances',
-  vmis: 'virtualmachineinstances',
-  virtualmachineinstance: 'virtualmachineinstances',
-  virtualmachineinstances: 'virtualmachineinstances',
-  vm: 'virtualmachines',
-  vms: 'virtualmachines',
-  virtualmachine: 'virtualmachines',
-  virtualmachines: 'virtualmachines',
-};
+/** `virtualmachine` for `virtualmachines`: kubectl's singular in `TYPE.GROUP/NAME`. */
+const SINGULAR = (plural: Plural): string => KINDS[kindOfPluralOrThrow(plural)].singular;
 
-const SINGULAR: Record<Plural, string> = { virtualmachineinstances: 'virtualmachineinstance', virtualmachines: 'virtualmachine' };
-const KIND_PLURAL: Record<string, Plural> = { VirtualMachineInstance: 'virtualmachineinstances', VirtualMachine: 'virtualmachines' };
+function kindOfPluralOrThrow(plural: Plural): Kind {
+  const k = kindOfPlural(plural);
+  if (k === undefined) throw new VmletError('USAGE', `unknown resource ${plural}`);
+  return k;
+}
+
+/** The code to show for a failure: the daemon's own reason for an API error, the error's code, or INTERNAL. */
+function codeOf(e: unknown): string {
+  if (e instanceof ApiError) return e.reason;
+  return e instanceof VmletError ? e.code : 'INTERNAL';
+}
 
 export function usageError(message: string): VmletError {
   return new VmletError('USAGE', message);
@@ -49,7 +51,8 @@ export function usageError(message: string): VmletError {
 
 export function resourceOf(word: string | undefined): Plural {
   if (word === undefined) throw usageError('a resource type is needed: vmis, vmi, vms or vm');
-  const p = RESOURCES[word.toLowerCase()];
+  const k = kindOfWord(word);
+  const p = k === undefined ? undefined : KINDS[k].plural;
   if (!p) throw usageError(`unknown resource type "${word}" (use vmis, vmi, vms or vm)`);
   return p;
 }
@@ -76,7 +79,7 @@ export async function get(ctx: Ctx, args: string[], opts: { output?: string; all
   const render = plural === 'virtualmachineinstances' ? vmiTable : vmTable;
   if (name !== undefined) {
     const o = await ctx.client.call('GET', paths.object(plural, ctx.namespace, name));
-    if (opts.output === 'name') ctx.io.stdout.write(`${SINGULAR[plural]}.vmlet.io/${metaOf(o).name}\n`);
+    if (opts.output === 'name') ctx.io.stdout.write(`${SINGULAR(plural)}.vmlet.io/${metaOf(o).name}\n`);
     else if (!print(ctx, opts.output, o)) ctx.io.stdout.write(render([o], table));
     return 0;
   }
@@ -87,7 +90,7 @@ export async function get(ctx: Ctx, args: string[], opts: { output?: string; all
     ctx.io.stderr.write(opts.allNamespaces ? 'No resources found\n' : `No resources found in ${ctx.namespace} namespace.\n`);
     return 0;
   }
-  if (opts.output === 'name') for (const o of items) ctx.io.stdout.write(`${SINGULAR[plural]}.vmlet.io/${metaOf(o).name}\n`);
+  if (opts.output === 'name') for (const o of items) ctx.io.stdout.write(`${SINGULAR(plural)}.vmlet.io/${metaOf(o).name}\n`);
   else ctx.io.stdout.write(render(items, table));
   return 0;
 }
@@ -116,7 +119,8 @@ export function parseManifests(text: string, source: string, defaultNamespace: s
     if (value === null || value === undefined) return;
     if (typeof value !== 'object' || Array.isArray(value)) throw new VmletError('MANIFEST_PARSE', `${where}: a manifest must be a mapping`);
     const body = value as Record<string, unknown>;
-    const plural = typeof body.kind === 'string' ? KIND_PLURAL[body.kind] : undefined;
+    const kind = typeof body.kind === 'string' && body.kind in KINDS ? (body.kind as Kind) : undefined;
+    const plural = kind === undefined ? undefined : KINDS[kind].plural;
     if (!plural)
       throw new VmletError('UNSUPPORTED_KIND', `${where}: kind ${JSON.stringify(body.kind ?? null)} is not VirtualMachine or VirtualMachineInstance`);
     const md = body.metadata as { name?: unknown; namespace?: unknown } | undefined;
@@ -139,7 +143,7 @@ export async function apply(ctx: Ctx, file: string | undefined): Promise<number>
   const manifests = parseManifests(text, file === '-' ? 'stdin' : file, ctx.namespace);
   let failed = 0;
   for (const m of manifests) {
-    const label = `${SINGULAR[m.plural]}.vmlet.io/${m.name}`;
+    const label = `${SINGULAR(m.plural)}.vmlet.io/${m.name}`;
     try {
       const verb = await applyOne(ctx, m);
       ctx.io.stdout.write(`${label} ${verb}\n`);
@@ -170,7 +174,7 @@ async function applyOne(ctx: Ctx, m: Manifest): Promise<'created' | 'configured'
       return 'created';
     } catch (e) {
       // Someone created it between our GET and POST: replace it instead.
-      if (!(e instanceof ApiError && e.httpStatus === 409 && /ALREADY_EXISTS$/.test(e.code))) throw e;
+      if (!(e instanceof ApiError && e.httpStatus === 409 && /ALREADY_EXISTS$/.test(e.reason))) throw e;
     }
   }
   await ctx.client.call('PUT', objectPath, { body: m.body });
@@ -184,7 +188,7 @@ export async function del(ctx: Ctx, args: string[], opts: { wait?: boolean }): P
   const objectPath = paths.object(plural, ctx.namespace, name);
   if (!opts.wait) {
     await ctx.client.call('DELETE', objectPath);
-    ctx.io.stdout.write(`${SINGULAR[plural]}.vmlet.io "${name}" deleted\n`);
+    ctx.io.stdout.write(`${SINGULAR(plural)}.vmlet.io "${name}" deleted\n`);
     return 0;
   }
   // Watch first, so that the disappearance cannot slip between the DELETE and the watch.
@@ -192,7 +196,7 @@ export async function del(ctx: Ctx, args: string[], opts: { wait?: boolean }): P
   try {
     const events = await ctx.client.watch(`${paths.list(plural, ctx.namespace)}?fieldSelector=${encodeURIComponent(`metadata.name=${name}`)}`, ac.signal);
     await ctx.client.call('DELETE', objectPath);
-    ctx.io.stdout.write(`${SINGULAR[plural]}.vmlet.io "${name}" deleted\n`);
+    ctx.io.stdout.write(`${SINGULAR(plural)}.vmlet.io "${name}" deleted\n`);
     await waitGone(ctx, objectPath, events, ac.signal);
   } finally {
     ac.abort();
@@ -206,7 +210,7 @@ async function waitGone(ctx: Ctx, objectPath: string, events: AsyncIterable<unkn
     for await (const ev of events) {
       const e = ev as { type?: string; object?: { message?: string; reason?: string } };
       if (e.type === 'DELETED') return true;
-      if (e.type === 'ERROR') throw new VmletError(e.object?.reason ?? 'WATCH_ERROR', e.object?.message ?? 'the watch failed');
+      if (e.type === 'ERROR') throw new ApiError(e.object?.reason ?? 'WATCH_ERROR', e.object?.message ?? 'the watch failed', 200, e.object);
     }
     return false;
   })();
@@ -297,7 +301,7 @@ export async function events(ctx: Ctx, args: string[], opts: { watch?: boolean; 
     let headerDone = false;
     for await (const ev of stream) {
       const e = ev as { type?: string; object?: { message?: string; reason?: string } };
-      if (e.type === 'ERROR') throw new VmletError(e.object?.reason ?? 'WATCH_ERROR', e.object?.message ?? 'the watch failed');
+      if (e.type === 'ERROR') throw new ApiError(e.object?.reason ?? 'WATCH_ERROR', e.object?.message ?? 'the watch failed', 200, e.object);
       if (e.type !== 'ADDED' && e.type !== 'MODIFIED') continue;
       if (opts.output === 'json') ctx.io.stdout.write(`${JSON.stringify(e.object)}\n`);
       else if (opts.output === 'yaml') ctx.io.stdout.write(`---\n${YAML.stringify(e.object)}`);
@@ -331,7 +335,7 @@ export function causesOf(e: unknown): Cause[] {
   const status = e instanceof ApiError ? (e.status as { details?: { causes?: unknown } } | undefined) : undefined;
   const list = status !== undefined ? status.details?.causes : e instanceof VmletError ? (e as { details?: unknown }).details : undefined;
   if (!Array.isArray(list)) return [];
-  const fallback = e instanceof VmletError ? e.code : 'INTERNAL';
+  const fallback = codeOf(e);
   const out: Cause[] = [];
   for (const c of list as unknown[]) {
     if (typeof c !== 'object' || c === null) continue;
@@ -352,7 +356,7 @@ const oneLine = (s: string): string => s.replace(/\s*\n\s*/g, ' ');
  * (`error: VirtualMachine "default/x" is invalid:`), then every cause on its own line: `error: FIELD: MESSAGE (CODE)`.
  */
 export function reportError(io: CliIo, e: unknown): void {
-  const code = e instanceof VmletError ? e.code : 'INTERNAL';
+  const code = codeOf(e);
   const message = e instanceof Error ? e.message : String(e);
   const causes = causesOf(e);
   if (causes.length === 0) {
@@ -409,7 +413,7 @@ export async function version(ctx: Ctx, args: string[], opts: { output?: string 
   if (!print(ctx, opts.output, { client: { vmlet: client }, ...(daemon === undefined ? {} : { daemon }) })) ctx.io.stdout.write(versionText(client, daemon));
   if (failure === undefined) return 0;
   const why = oneLine(failure instanceof Error ? failure.message : String(failure));
-  const code = failure instanceof VmletError ? failure.code : 'INTERNAL';
+  const code = codeOf(failure);
   const what = failure instanceof ApiError ? 'the daemon did not report its version' : 'the daemon is not reachable';
   ctx.io.stderr.write(`error: ${what}: ${why} (${code})\n`);
   return 1;

@@ -1,8 +1,9 @@
 // What a VirtualMachine's runStrategy asks for, given its VMI: pure decisions, backoff and printable status.
 import type { PrintableStatus, RunStrategy } from '../api/types.js';
+import { isFinalPhase, type VmiPhase } from '../api/vocabulary.js';
 
 export type { PrintableStatus, RunStrategy };
-export type VmiPhase = 'Pending' | 'Scheduled' | 'Running' | 'Succeeded' | 'Failed';
+export type { VmiPhase } from '../api/vocabulary.js';
 
 /** What the controller needs to know of the VMI a VM owns. */
 export interface VmiView {
@@ -51,7 +52,7 @@ export interface DecideInput {
 export function decide(input: DecideInput): Decision {
   const { runStrategy, vmi, now } = input;
   if (vmi?.deleting) return { action: 'none' };
-  const final = vmi !== undefined && (vmi.phase === 'Succeeded' || vmi.phase === 'Failed');
+  const final = vmi !== undefined && isFinalPhase(vmi.phase);
   switch (runStrategy) {
     case 'Halted':
       return vmi && !final ? { action: 'delete', reason: 'halted' } : { action: 'none' };

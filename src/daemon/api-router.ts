@@ -2,13 +2,12 @@
 import { VmletError } from '../errors.js';
 import type { Kind, ObjectRef, VmAction, VmiAction } from './backend.js';
 import type { StatusContext } from './status.js';
+import { KINDS, kindOfPlural } from '../api/vocabulary.js';
 
 export const API_GROUP = 'vmlet.io';
 export const SUBRESOURCE_GROUP = 'subresources.vmlet.io';
 export const API_VERSION = 'v1alpha1';
 
-const KINDS: Record<string, Kind> = { virtualmachineinstances: 'VirtualMachineInstance', virtualmachines: 'VirtualMachine' };
-const PLURAL: Record<Kind, string> = { VirtualMachineInstance: 'virtualmachineinstances', VirtualMachine: 'virtualmachines' };
 const VMI_ACTIONS: readonly VmiAction[] = ['pause', 'unpause', 'softreboot', 'reset'];
 const VM_ACTIONS: readonly VmAction[] = ['start', 'stop', 'restart'];
 
@@ -77,13 +76,13 @@ export function parseRequestUrl(url: string): ParsedRequest {
   if (a !== 'apis' || (b !== API_GROUP && b !== SUBRESOURCE_GROUP) || c !== API_VERSION) throw notFound();
   const sub = b === SUBRESOURCE_GROUP;
   if (rest.length === 1 && !sub) {
-    const kind = KINDS[rest[0] ?? ''];
+    const kind = kindOfPlural(rest[0] ?? '');
     if (!kind) throw notFound();
     return { route: { type: 'list', kind, namespace: undefined }, query };
   }
   if (rest[0] !== 'namespaces' || rest.length < 3 || rest.length > 5) throw notFound();
   const namespace = checkLabel('namespace', rest[1] ?? '');
-  const kind = KINDS[rest[2] ?? ''];
+  const kind = kindOfPlural(rest[2] ?? '');
   if (!kind) throw notFound();
   if (rest.length === 3) {
     if (sub) throw notFound();
@@ -139,8 +138,8 @@ export function allowHeaderOf(e: unknown): string {
 }
 
 export function contextOf(route: Route): StatusContext {
-  if ('ref' in route) return { kind: PLURAL[route.ref.kind], name: route.ref.name };
-  if (route.type === 'list') return { kind: PLURAL[route.kind] };
+  if ('ref' in route) return { kind: KINDS[route.ref.kind].plural, name: route.ref.name };
+  if (route.type === 'list') return { kind: KINDS[route.kind].plural };
   if (route.type === 'events') return { kind: 'events' };
   return {};
 }

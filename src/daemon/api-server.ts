@@ -14,6 +14,7 @@ import { rawResponse, sendJson, withCauseCodes } from './api-response.js';
 import { allowHeaderOf, API_GROUP, API_VERSION, checkMethod, contextOf, isWatch, parseRequestUrl, selectedName, type Route } from './api-router.js';
 import { serveWatch } from './api-watch.js';
 import { failure, statusFromError, success, type StatusContext } from './status.js';
+import type { AccelSetting } from '../api/vocabulary.js';
 
 export { API_GROUP, API_VERSION, SUBRESOURCE_GROUP, parseRequestUrl } from './api-router.js';
 export { decodeBody } from './api-body.js';
@@ -27,7 +28,7 @@ export interface VersionInfo {
   qemu: string;
   /** Whether /dev/kvm is usable, and why not (`reason` is "ok" when it is). */
   kvm: { usable: boolean; reason: string; durationMs?: number };
-  accel: 'auto' | 'kvm' | 'tcg';
+  accel: AccelSetting;
   useEmulation: boolean;
 }
 

@@ -1,6 +1,7 @@
 // The narrow interface between the unix-socket HTTP API and the daemon core: what the API may ask of the daemon.
+import type { Kind } from '../api/vocabulary.js';
 
-export type Kind = 'VirtualMachine' | 'VirtualMachineInstance';
+export type { Kind } from '../api/vocabulary.js';
 
 export interface ObjectRef {
   kind: Kind;

@@ -4,8 +4,9 @@ import os from 'node:os';
 import path from 'node:path';
 import YAML from 'yaml';
 import { VmletError } from '../errors.js';
+import type { AccelSetting } from '../api/vocabulary.js';
 
-export type Accel = 'auto' | 'kvm' | 'tcg';
+export type Accel = AccelSetting;
 /** `text`: human-readable lines; `json`: pino's JSON lines; `auto`: text when stdout is a terminal, JSON otherwise. */
 export type LogFormat = 'auto' | 'json' | 'text';
 export const LOG_FORMATS: readonly LogFormat[] = ['auto', 'json', 'text'];

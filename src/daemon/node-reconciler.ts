@@ -15,6 +15,8 @@ import { groupCpus, pinVcpus, readCpuListFile, vcpuCount, wantsDedicatedCpus } f
 import type { VmCgroups, VmStats } from './vm-cgroup.js';
 import type { VmNetwork } from './vm-network.js';
 import { planDedicatedCpus } from '../cgroups/index.js';
+import { DEFAULT_PROC_ROOT } from '../api/vocabulary.js';
+import { isFinalPhase } from '../api/vocabulary.js';
 
 /** What the node reconciler needs of a source: the VMIs, their status, watch, the finalizer, events. */
 export type NodeSource = Pick<Source, 'get' | 'list' | 'update' | 'updateStatus' | 'watch' | 'recordEvent'>;
@@ -141,7 +143,7 @@ export class NodeReconciler {
   private async removeStrayCgroups(known: Set<string>): Promise<void> {
     const cgroups = this.opts.cgroups;
     if (!cgroups) return;
-    const procRoot = this.opts.procRoot ?? '/proc';
+    const procRoot = this.opts.procRoot ?? DEFAULT_PROC_ROOT;
     for (const uid of await cgroups.listUids()) {
       if (known.has(uid)) continue;
       const m = cgroups.manager(uid);
@@ -194,7 +196,7 @@ export class NodeReconciler {
       launcherBinary: this.opts.launcherBinary,
       launcherSocket: this.opts.launcherSocket,
       prepare: this.prepareFor(vmi),
-      procRoot: this.opts.procRoot ?? '/proc',
+      procRoot: this.opts.procRoot ?? DEFAULT_PROC_ROOT,
       ...(this.opts.cgroups ? { cgroups: this.opts.cgroups } : {}),
       ...this.pinningFor(vmi),
       ...this.networkFor(uid),
@@ -211,7 +213,7 @@ export class NodeReconciler {
         void store.recordEvent({ involvedObject: { kind: 'VirtualMachineInstance', namespace, name, uid }, type, reason, message }).catch(() => undefined);
         // A VMI's events go with it; how its run ended is kept on the VM that owns it too.
         const owner = vmi.metadata.ownerReferences?.find((r) => r.kind === 'VirtualMachine');
-        if (owner && (reason === 'Succeeded' || reason === 'Failed')) {
+        if (owner && isFinalPhase(reason)) {
           void store
             .recordEvent({
               involvedObject: { kind: 'VirtualMachine', namespace, name: owner.name, uid: owner.uid },
@@ -271,7 +273,14 @@ export class NodeReconciler {
         const cgroup = cgroups.manager(uid);
         // The VM group's cpuset (inherited from the parent) is what the threads may use; the online CPUs if unreadable.
         const hostCpus = (await groupCpus(cgroup)) ?? (await this.onlineCpus());
-        await pinVcpus({ cgroup, qmp, qemuPid, hostCpus, procRoot: this.opts.procRoot ?? '/proc', log: this.log.child({ vmi: { namespace, name, uid } }) });
+        await pinVcpus({
+          cgroup,
+          qmp,
+          qemuPid,
+          hostCpus,
+          procRoot: this.opts.procRoot ?? DEFAULT_PROC_ROOT,
+          log: this.log.child({ vmi: { namespace, name, uid } }),
+        });
       },
     };
   }

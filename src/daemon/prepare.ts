@@ -11,12 +11,13 @@ import { probeQemu, resolveAccel, type ProbeOptions } from '../qemu/probe.js';
 import { planVolumes, type PreparedFile } from '../qemu/volumes.js';
 import type { PreparedLaunch } from './supervisor.js';
 import type { VmNetwork } from './vm-network.js';
+import type { AccelSetting } from '../api/vocabulary.js';
 
 const run = promisify(execFile);
 
 export interface PrepareOptions {
   qemuBinary: string;
-  accel: 'auto' | 'kvm' | 'tcg';
+  accel: AccelSetting;
   useEmulation: boolean;
   /** The same options as the daemon's start-up probe, so both share one cached result. */
   probe?: ProbeOptions;

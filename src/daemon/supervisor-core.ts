@@ -3,13 +3,14 @@ import type { VMIInterfaceStatus } from '../api/types.js';
 import type { ExitStatus } from '../qemu/launch.js';
 import { canTransition, describeExit, finalPhase, type FailureReason, type SupervisorState } from './vmi-state.js';
 import type { VmResources } from './vm-resources.js';
+import type { Accel } from '../api/vocabulary.js';
 
 /** What `prepare` hands back: QEMU's argv and the fds it references (3, 4, … in order). */
 export interface PreparedLaunch {
   argv: string[];
   /** Open fds (close-on-exec) the launcher hands to QEMU; the supervisor closes them once it has them. */
   fds: number[];
-  accel: 'kvm' | 'tcg';
+  accel: Accel;
   softwareEmulation: boolean;
   /** Why software emulation (the SoftwareEmulation condition's reason and message). */
   emulation?: { reason: 'KvmUnusable' | 'EmulationRequested'; message: string };

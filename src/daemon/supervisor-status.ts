@@ -2,6 +2,7 @@
 import type { VirtualMachineInstanceStatus } from '../api/types.js';
 import type { FinalOutcome, PreparedLaunch, StatusEdit } from './supervisor-core.js';
 import { withCondition, withInterfaces, withPhase, withRuntime } from './vmi-status.js';
+import type { Accel } from '../api/vocabulary.js';
 
 export const SOFTWARE_EMULATION_MESSAGE = 'QEMU runs with software emulation (TCG): expect it to be slow';
 
@@ -36,7 +37,7 @@ export function launchedStatus(s: VirtualMachineInstanceStatus, prepared: Prepar
 }
 
 /** A QEMU found running after a restart: its pids, and the accel from its command line when known. */
-export function adoptedStatus(s: VirtualMachineInstanceStatus, rt: Runtime, accel: 'kvm' | 'tcg' | undefined, now: string): VirtualMachineInstanceStatus {
+export function adoptedStatus(s: VirtualMachineInstanceStatus, rt: Runtime, accel: Accel | undefined, now: string): VirtualMachineInstanceStatus {
   let out = withRuntime(s, {
     qemuPid: rt.qemuPid,
     launcherPid: rt.launcherPid,

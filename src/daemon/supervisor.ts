@@ -4,9 +4,8 @@ import path from 'node:path';
 import type { Logger } from 'pino';
 import { VmletError } from '../errors.js';
 import { accelFromCmdline } from '../qemu/argv.js';
-import { isLiveProcessFor, readRunDir, spawnLauncher, type ExitStatus, type RunDirState } from '../qemu/launch.js';
+import { isLiveProcessFor, readRunDir, spawnLauncher, type RunDirState } from '../qemu/launch.js';
 import type { HelloDecision, LauncherHello } from '../qemu/launcher-server.js';
-import { readQemuErrors } from '../qemu/qemu-log.js';
 import type { QmpClient } from '../qmp/client.js';
 import { closeFds } from '../sys/libc.js';
 import { AgentWatch } from './agent-watch.js';
@@ -14,31 +13,18 @@ import { SerialConsole } from './console.js';
 import { QmpWatch } from './qmp-watch.js';
 import { Changes } from './supervisor-changes.js';
 import { LauncherWatch } from './supervisor-launcher.js';
-import {
-  finalOutcome,
-  INITIAL_STATE,
-  mayBeOomKill,
-  oomMessage,
-  step,
-  withQemuSaid,
-  type CoreEvent,
-  type CoreState,
-  type Effect,
-  type ExitReport,
-  type Outcome,
-  type PreparedLaunch,
-} from './supervisor-core.js';
-import { adoptedStatus, applyEdit, editIsBestEffort, finalStatus, launchedStatus, runningStatus, type Runtime } from './supervisor-status.js';
+import { INITIAL_STATE, step, type CoreEvent, type CoreState, type Effect, type ExitReport, type Outcome, type PreparedLaunch } from './supervisor-core.js';
+import { adoptedStatus, applyEdit, editIsBestEffort, launchedStatus, runningStatus, type Runtime } from './supervisor-status.js';
 import type { SupervisorDeps } from './supervisor-deps.js';
-import { oomKilled, setUpVmCgroup } from './vm-cgroup-setup.js';
+import { escalateStop, finalizeVmi, killVmProcesses, releaseVmNetwork, type FinalizeInput } from './supervisor-exit.js';
+import { setUpVmCgroup } from './vm-cgroup-setup.js';
 import { vmResources, vmSizing, type VmResources, type VmSizing } from './vm-resources.js';
-import { describeExit, type FailureReason, type SupervisorState } from './vmi-state.js';
+import type { SupervisorState } from './vmi-state.js';
+import { type Accel, DEFAULT_PROC_ROOT } from '../api/vocabulary.js';
 
 export type { ExitReport, PreparedLaunch } from './supervisor-core.js';
 export type { SupervisorDeps } from './supervisor-deps.js';
 
-const QUIT_WAIT_MS = 5_000;
-const KILL_WAIT_MS = 5_000;
 /** How long a launcher's HELLO waits for prepare to rebuild QEMU's argv (after a restart). */
 const HELLO_WAIT_MS = 10_000;
 
@@ -190,23 +176,29 @@ export class Supervisor {
         void this.qmpWatch.reconnect({ wanted: () => this.state === 'Running', exited: () => this.exited, qemuPid: () => this.#qemuPid });
         return;
       case 'kill':
-        return this.killProcesses();
+        return killVmProcesses([this.#qemuPid, this.#launcherPid], this.uid, this.deps.procRoot);
       case 'stop':
         await this.stop(e.graceSeconds, e.why);
         return;
       case 'escalate':
-        return this.escalate(e.graceSeconds);
+        return escalateStop({
+          graceSeconds: e.graceSeconds,
+          qmp: () => this.qmpWatch.client,
+          waitExit: (ms) => this.changes.until(() => this.exited, ms),
+          kill: () => this.run({ kind: 'kill' }),
+          giveUp: () => this.dispatch({ type: 'exited' }),
+        });
       case 'exit':
         await this.dispatch({ type: 'exited', exit: e.exit, failure: e.failure, message: e.message });
         return;
       case 'finalize':
-        return this.finalize(e.exit, e.failure, e.message);
+        return this.finalize(e);
       case 'releaseIfStopped':
         // A stop while `prepare` ran finished the VMI at once, possibly before the sandbox was complete;
         // what prepare made after that is released here (the sandbox teardown is idempotent).
         if (!this.#core.stopRequested) return;
         this.dropPendingLaunch();
-        return this.releaseNetwork();
+        return releaseVmNetwork(this.deps, this.log);
     }
   }
 
@@ -302,7 +294,7 @@ export class Supervisor {
   }
 
   /** Creates the VM's group with its limits; returns the directories the launcher joins ([] without cgroups). */
-  private async setUpCgroup(accel: 'kvm' | 'tcg'): Promise<string[]> {
+  private async setUpCgroup(accel: Accel): Promise<string[]> {
     const cgroups = this.deps.cgroups;
     if (!cgroups) return [];
     const resources = vmResources(this.#sizing ?? vmSizing(this.deps.vmi), accel);
@@ -329,8 +321,8 @@ export class Supervisor {
   }
 
   /** The accelerator a running QEMU was started with, from its command line (`-accel X,…`, or `-machine …,accel=X` before tb-size was set). */
-  private async accelOf(pid: number): Promise<'kvm' | 'tcg' | undefined> {
-    const cmdline = await fs.readFile(path.join(this.deps.procRoot ?? '/proc', String(pid), 'cmdline'), 'utf8').catch(() => '');
+  private async accelOf(pid: number): Promise<Accel | undefined> {
+    const cmdline = await fs.readFile(path.join(this.deps.procRoot ?? DEFAULT_PROC_ROOT, String(pid), 'cmdline'), 'utf8').catch(() => '');
     return accelFromCmdline(cmdline.split('\0'));
   }
 
@@ -378,75 +370,23 @@ export class Supervisor {
     this.#console = c;
   }
 
-  private waitExit(ms: number): Promise<boolean> {
-    return this.changes.until(() => this.exited, ms);
-  }
-
-  /** The stop of a launched VMI: ACPI power-down and the grace period, then `quit`, then SIGKILL. */
-  private async escalate(graceSeconds: number): Promise<void> {
-    const qmp = this.qmpWatch.client;
-    if (qmp && graceSeconds > 0) {
-      await qmp.execute('system_powerdown').catch(() => undefined);
-      if (await this.waitExit(graceSeconds * 1000)) return;
-    }
-    const again = this.qmpWatch.client;
-    if (again) {
-      await again.execute('quit').catch(() => undefined);
-      if (await this.waitExit(QUIT_WAIT_MS)) return;
-    }
-    await this.killProcesses();
-    if (await this.waitExit(KILL_WAIT_MS)) return;
-    await this.dispatch({ type: 'exited' });
-  }
-
-  private async killProcesses(): Promise<void> {
-    for (const pid of [this.#qemuPid, this.#launcherPid]) {
-      if (pid && (await isLiveProcessFor(pid, this.uid, this.deps.procRoot))) {
-        try {
-          process.kill(pid, 'SIGKILL');
-        } catch {
-          /* already gone */
-        }
-      }
-    }
-  }
-
-  private async releaseNetwork(): Promise<void> {
-    try {
-      await this.deps.releaseNetwork?.();
-    } catch (e) {
-      this.log.warn({ err: e }, 'could not remove the network sandbox; the next daemon start removes it');
-    }
-  }
-
-  /** QEMU is gone: write the final phase once, and release everything. */
-  private async finalize(exit: ExitStatus | undefined, failure0: FailureReason | undefined, message0: string | undefined): Promise<void> {
-    let failure = failure0;
-    let message = message0;
-    if (mayBeOomKill(this.#core, exit, failure) && (await oomKilled(this.deps.cgroups, this.uid))) {
-      failure = 'OOMKilled';
-      message = oomMessage(this.#resources);
-      this.deps.event('Warning', 'OOMKilled', message);
-    }
-    this.qmpWatch.close();
-    this.agent.close();
-    this.#console?.close();
-    let outcome = finalOutcome(this.#core, exit, failure, message);
-    // QEMU's own last words say why far better than a closed socket does.
-    if (outcome.phase === 'Failed') outcome = withQemuSaid(outcome, await readQemuErrors(this.deps.runDir).catch(() => []));
-    // The one line that says what happened; the stack was logged at debug level.
-    if (outcome.phase === 'Failed') this.log.warn({ reason: outcome.reason, ...(exit ? { exit: describeExit(exit) } : {}) }, `VMI failed: ${outcome.text}`);
-    const final = outcome;
-    try {
-      await this.deps.writeStatus((s) => finalStatus(s, final, this.iso()));
-    } catch (e) {
-      this.log.warn({ err: e }, 'could not write the final status');
-    }
-    this.deps.event(outcome.phase === 'Failed' ? 'Warning' : 'Normal', outcome.phase, `${outcome.reason}: ${outcome.text}`);
-    // After the final phase is written (it must be seen at once), before anyone waiting on done
-    // (a delete) goes on: the sandbox is gone when the VMI is.
-    await this.releaseNetwork();
-    this.#resolveDone(outcome.report);
+  /** QEMU is gone: write the final phase once, release everything, then settle `done`. */
+  private async finalize(end: Pick<FinalizeInput, 'exit' | 'failure' | 'message'>): Promise<void> {
+    const report = await finalizeVmi({
+      ...end,
+      deps: this.deps,
+      uid: this.uid,
+      log: this.log,
+      core: () => this.#core,
+      resources: () => this.#resources,
+      iso: () => this.iso(),
+      closeConnections: () => {
+        this.qmpWatch.close();
+        this.agent.close();
+        this.#console?.close();
+      },
+    });
+    this.#resolveDone(report);
   }
 
   /** Removes the run dir and the VM's cgroup, and forgets the launcher link; only after QEMU is gone. */

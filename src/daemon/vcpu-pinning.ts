@@ -6,6 +6,7 @@ import { formatCpuList, parseCpuList, planDedicatedCpus, type CgroupManager } fr
 import { VmletError } from '../errors.js';
 import type { QmpClient } from '../qmp/client.js';
 import type { VirtualMachineInstance } from '../api/types.js';
+import { DEFAULT_PROC_ROOT } from '../api/vocabulary.js';
 
 export interface VcpuThread {
   index: number;
@@ -106,7 +107,7 @@ export interface PinOptions {
 export async function pinVcpus(o: PinOptions): Promise<PinningPlan> {
   const threads = vcpuThreads(await o.qmp.execute('query-cpus-fast'));
   const plan = planPinning(threads, o.hostCpus);
-  const procRoot = o.procRoot ?? '/proc';
+  const procRoot = o.procRoot ?? DEFAULT_PROC_ROOT;
   try {
     for (const v of plan.vcpus) {
       const child = await o.cgroup.createThreadedChild(v.group, { resources: { cpu: { cpus: String(v.cpu) } } });

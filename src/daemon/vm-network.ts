@@ -10,6 +10,7 @@ import type { GuestNetworkInterface } from '../qmp/guest-agent-types.js';
 import { closeFds } from '../sys/libc.js';
 import type { NetworkConfig } from './config.js';
 import { vcpuCount } from './vcpu-pinning.js';
+import type { Accel } from '../api/vocabulary.js';
 
 /** A placeholder uid for admission checks (names and MACs derived from it are never used). */
 const CHECK_UID = '00000000-0000-0000-0000-000000000000';
@@ -122,7 +123,7 @@ export class VmNetwork {
    * setup and launch), with one tap fd per queue of each NIC. Undefined when networking is off
    * or the VMI has no interface. `fdBase`: how many fds QEMU receives before these.
    */
-  async prepare(vmi: VirtualMachineInstance, o: { fdBase: number; accel: 'kvm' | 'tcg' }): Promise<VmNetworkLaunch | undefined> {
+  async prepare(vmi: VirtualMachineInstance, o: { fdBase: number; accel: Accel }): Promise<VmNetworkLaunch | undefined> {
     const mgr = this.mgr;
     if (!mgr) return undefined;
     const uid = vmi.metadata.uid!;

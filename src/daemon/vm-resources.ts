@@ -4,6 +4,7 @@ import { parseQuantity } from '../api/quantity.js';
 import { resourcesFromSpec, type CgroupResources } from '../cgroups/index.js';
 import { VmletError } from '../errors.js';
 import { tcgTbSizeMiB } from '../qemu/tcg.js';
+import type { Accel } from '../api/vocabulary.js';
 
 const MiB = 1024 * 1024;
 
@@ -99,7 +100,7 @@ export function vmSizing(vmi: VirtualMachineInstance): VmSizing {
 }
 
 /** QEMU's memory beyond guest RAM, bytes, rounded up to whole MiB (the formula in docs/cgroups.md). */
-export function memoryOverhead(o: { guestBytes: number; vcpus: number; accel: 'kvm' | 'tcg' }): number {
+export function memoryOverhead(o: { guestBytes: number; vcpus: number; accel: Accel }): number {
   const tcg = o.accel === 'tcg' ? OVERHEAD.tcgBytes + tcgTbSizeMiB(o.guestBytes) * MiB : 0;
   const raw = OVERHEAD.baseBytes + o.vcpus * OVERHEAD.perVcpuBytes + Math.ceil(o.guestBytes / OVERHEAD.guestDivisor) + tcg;
   return Math.ceil(raw / MiB) * MiB;
@@ -110,7 +111,7 @@ export function memoryOverhead(o: { guestBytes: number; vcpus: number; accel: 'k
  * container), memory.max = max(guest memory, limits.memory) + overhead (or the annotation's
  * overhead). Pure.
  */
-export function vmResources(sizing: VmSizing, accel: 'kvm' | 'tcg'): VmResources {
+export function vmResources(sizing: VmSizing, accel: Accel): VmResources {
   const overheadBytes = sizing.overrideOverheadBytes ?? memoryOverhead({ guestBytes: sizing.guestBytes, vcpus: sizing.vcpus, accel });
   const memoryLimitBytes = Math.max(sizing.guestBytes, sizing.limitBytes ?? 0) + overheadBytes;
   const resources: CgroupResources = { memory: { max: memoryLimitBytes } };

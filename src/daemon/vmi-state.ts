@@ -1,5 +1,6 @@
 // The supervisor's lifecycle as data: its states, the transitions allowed between them, and the VMI phase each one shows.
 import type { ExitStatus } from '../qemu/launch.js';
+import type { VmiPhase } from '../api/vocabulary.js';
 
 export type SupervisorState =
   | 'New' // created, nothing done yet
@@ -29,7 +30,7 @@ export function canTransition(from: SupervisorState, to: SupervisorState): boole
   return allowed[from].includes(to);
 }
 
-export type VmiPhase = 'Pending' | 'Scheduled' | 'Running' | 'Succeeded' | 'Failed';
+export type { VmiPhase } from '../api/vocabulary.js';
 
 export type FailureReason =
   | 'QemuCrashed' // QEMU exited non-zero or by a signal nobody asked for

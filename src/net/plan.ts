@@ -1,5 +1,5 @@
 // Validates KubeVirt-shaped interfaces/networks of a VMI and turns them into a NetworkPlan, before anything is created.
-import { VmletError } from '../errors.js';
+import { VmletError, type ErrorCode } from '../errors.js';
 import { formatIPv4, hostRange, parseCidr } from './ipv4.js';
 import { deriveMac, normalizeMac } from './mac.js';
 import { DEFAULT_NAMES, checkNameConfig, sandboxNames, type NameConfig } from './names.js';
@@ -29,7 +29,7 @@ export interface PlanOptions {
   autoattachPodInterface?: boolean;
 }
 
-function bad(code: string, msg: string): never {
+function bad(code: ErrorCode, msg: string): never {
   throw new VmletError(code, msg);
 }
 

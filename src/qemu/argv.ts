@@ -8,8 +8,9 @@ import { VmletError } from '../errors.js';
 import { escapeOptValue, hasControlChars, qemuOpts } from './escape.js';
 import { tcgTbSizeMiB } from './tcg.js';
 import { efiVarsPath, planVolumes, usesEfi, type OvmfPaths, type ResolvedVolume } from './volumes.js';
+import type { Accel } from '../api/vocabulary.js';
 
-export type Accel = 'kvm' | 'tcg';
+export type { Accel } from '../api/vocabulary.js';
 
 export interface ArgvContext {
   /** Path of qemu-system-x86_64; becomes argv[0]. */
@@ -74,12 +75,12 @@ export function cmdlineHasVmiUid(cmdline: readonly string[], uid: string): boole
 }
 
 /** The accelerator in a QEMU argv: `-accel kvm|tcg[,…]`, or the older `-machine …,accel=kvm|tcg`. Pure. */
-export function accelFromCmdline(argv: readonly string[]): 'kvm' | 'tcg' | undefined {
+export function accelFromCmdline(argv: readonly string[]): Accel | undefined {
   for (let i = 0; i + 1 < argv.length; i++) {
     const a = argv[i];
     const v = argv[i + 1] ?? '';
     const m = a === '-accel' ? /^(kvm|tcg)(?:,|$)/.exec(v) : a === '-machine' ? /(?:^|,)accel=(kvm|tcg)(?:,|$)/.exec(v) : null;
-    if (m) return m[1] as 'kvm' | 'tcg';
+    if (m) return m[1] === 'kvm' ? 'kvm' : 'tcg';
   }
   return undefined;
 }

@@ -11,6 +11,7 @@ import { QmpClient } from '../qmp/client.js';
 import { escapeOptValue } from './escape.js';
 import { qemuErrorLines } from './qemu-log.js';
 import type { KvmStatus } from './probe.js';
+import type { Accel } from '../api/vocabulary.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -44,7 +45,7 @@ export interface KvmProbeOptions {
   /** `-cpu` model; default 'host' under kvm (what vmlet's argv uses), 'max' under tcg. */
   cpu?: string;
   /** Default 'kvm'. 'tcg' runs the same payload without KVM (no /dev/kvm check): a test of the payload itself. */
-  accel?: 'kvm' | 'tcg';
+  accel?: Accel;
   /** Parent of the probe's private temp dir (QMP socket); default os.tmpdir(). */
   tmpDir?: string;
   /** Clock for durationMs; default performance.now. */
@@ -146,7 +147,7 @@ export async function probeKvm(opts: KvmProbeOptions): Promise<KvmStatus> {
   }
 }
 
-async function runGuest(opts: KvmProbeOptions, accel: 'kvm' | 'tcg', payload: string, dir: string): Promise<Verdict> {
+async function runGuest(opts: KvmProbeOptions, accel: Accel, payload: string, dir: string): Promise<Verdict> {
   const machine = opts.machine ?? 'q35';
   const cpu = opts.cpu ?? (accel === 'kvm' ? 'host' : 'max');
   const deadlineMs = opts.deadlineMs ?? DEFAULT_KVM_PROBE_DEADLINE_MS;

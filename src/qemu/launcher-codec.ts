@@ -1,5 +1,5 @@
 // The launcher protocol's wire format (docs/launcher-protocol.md): limits shared with native/vmlet-launch.c, the launcher's lines parsed, the ARGV message encoded, ERROR reasons mapped to codes. Pure.
-import { VmletError } from '../errors.js';
+import { VmletError, type ErrorCode } from '../errors.js';
 import { parseExitStatus, type ExitStatus } from './launch.js';
 
 export const LAUNCHER_PROTOCOL_VERSION = '1';
@@ -79,7 +79,7 @@ export function encodeArgvMessage(argv: readonly string[], nfds: number): Buffer
 }
 
 /** Stable codes for the launcher's ERROR reasons (the first word after ERROR). */
-export function failureCode(reason: string): string {
+export function failureCode(reason: string): ErrorCode {
   switch (reason) {
     case 'netns':
     case 'cgroup':

@@ -16,6 +16,7 @@ import {
   type LauncherState,
 } from './launcher-codec.js';
 import { nsPids, translateChildPid } from './launcher-procfs.js';
+import { DEFAULT_PROC_ROOT } from '../api/vocabulary.js';
 
 export {
   encodeArgvMessage,
@@ -126,7 +127,7 @@ export class LauncherServer {
 
   constructor(opts: LauncherServerOptions) {
     this.#opts = opts;
-    this.#procRoot = opts.procRoot ?? '/proc';
+    this.#procRoot = opts.procRoot ?? DEFAULT_PROC_ROOT;
   }
 
   /** Starts listening (replacing a stale socket file). */

@@ -7,6 +7,8 @@ import { basename, join } from 'node:path';
 import { VmletError } from '../errors.js';
 import { checkKvm, probeKvm, type KvmProbeOptions } from './kvm-probe.js';
 import type { OvmfPaths } from './volumes.js';
+import type { Accel, AccelSetting } from '../api/vocabulary.js';
+import { isRecord } from '../api/vocabulary.js';
 
 export { checkKvm } from './kvm-probe.js';
 
@@ -136,10 +138,6 @@ export function parseAccelHelp(output: string): string[] {
     .filter((l) => l !== '' && !/^Accelerators supported/i.test(l) && /^[a-z0-9_-]+$/.test(l));
 }
 
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
 const REFUSED_FIRMWARE_FEATURES = ['secure-boot', 'requires-smm', 'enrolled-keys', 'amd-sev-es', 'amd-sev-snp', 'intel-tdx'];
 
 /**
@@ -179,7 +177,7 @@ export function pickOvmf(descriptors: readonly unknown[]): OvmfPaths[] {
 
 /** How to run QEMU: the accelerator and whether that is software emulation. */
 export interface AccelChoice {
-  accel: 'kvm' | 'tcg';
+  accel: Accel;
   softwareEmulation: boolean;
   /** Why software emulation: KVM was wanted (`auto`) but is unusable, or tcg was asked for. */
   emulationReason?: 'KvmUnusable' | 'EmulationRequested';
@@ -192,7 +190,7 @@ export interface AccelChoice {
  * emulation; `auto` takes KVM when usable and falls back to tcg only if allowEmulation. Pure;
  * throws KVM_UNAVAILABLE or ACCEL_UNAVAILABLE.
  */
-export function resolveAccel(config: 'auto' | 'kvm' | 'tcg', allowEmulation: boolean, caps: Pick<QemuCaps, 'kvm' | 'accelerators'>): AccelChoice {
+export function resolveAccel(config: AccelSetting, allowEmulation: boolean, caps: Pick<QemuCaps, 'kvm' | 'accelerators'>): AccelChoice {
   const kvmOk = caps.kvm.usable && caps.accelerators.includes('kvm');
   const kvmWhy = caps.kvm.usable ? 'this QEMU binary has no KVM support' : caps.kvm.reason;
   const tcg = (why: Pick<AccelChoice, 'emulationReason' | 'emulationMessage'>): AccelChoice => {

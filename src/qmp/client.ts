@@ -3,8 +3,9 @@ import type { Socket } from 'node:net';
 import type { ConnectCallOptions, ExecuteOptions, ExecuteParams, ExecuteResult, QmpClientOptions, QmpEventListener, QmpState } from './client-types.js';
 import { connectWithRetry, ConnectAttemptError } from './connect.js';
 import { QmpError } from './errors.js';
-import { BoundedQueue } from './event-queue.js';
-import { LineSplitter, parseObjectLine, excerpt, type JsonObject } from './framing.js';
+import { EventHub } from './event-hub.js';
+import type { BoundedQueue } from './event-queue.js';
+import { LineSplitter, parseObjectLine, excerpt } from './framing.js';
 import { silentLogger, type QmpLogger } from './logger.js';
 import { isEventMessage, isGreetingBody, toEvent } from './messages.js';
 import { Outbox, type Pending } from './outbox.js';
@@ -12,11 +13,6 @@ import { defaultTimeoutFor } from './timeouts.js';
 import type { QmpEvent, QmpEventName, QmpGreeting } from './types.js';
 
 export type { ConnectCallOptions, ExecuteOptions, ExecuteParams, ExecuteResult, QmpClientOptions, QmpEventListener, QmpState } from './client-types.js';
-
-interface Subscription {
-  queue: BoundedQueue<QmpEvent>;
-  names: Set<string> | undefined;
-}
 
 const DEFAULTS = {
   connectTimeoutMs: 10_000,
@@ -39,11 +35,9 @@ export class QmpClient {
   /** Ids whose caller gave up (timeout with closeOnTimeout=false, or abort): their late reply is dropped, never re-routed, and the id stays reserved until it comes. */
   private readonly abandoned = new Set<number>();
   private readonly outbox: Outbox;
-  private readonly listeners = new Map<string, Set<QmpEventListener<string>>>();
-  private readonly subscriptions = new Set<Subscription>();
+  private readonly hub: EventHub;
   private greetingValue: QmpGreeting | undefined;
   private oobEnabled = false;
-  private droppedCount = 0;
   private closeReason: QmpError | undefined;
   private closeResolve!: (reason: QmpError | undefined) => void;
   private lineHandler: (line: string) => void = () => {};
@@ -57,6 +51,7 @@ export class QmpClient {
     this.opts = opts;
     this.log = opts.logger ?? silentLogger;
     this.now = opts.now ?? Date.now;
+    this.hub = new EventHub({ log: this.log, bufferSize: opts.eventBufferSize ?? DEFAULTS.eventBufferSize });
     this.closed = new Promise((resolve) => {
       this.closeResolve = resolve;
     });
@@ -89,7 +84,7 @@ export class QmpClient {
 
   /** Events dropped so far by all events() iterators whose buffers overflowed. */
   get droppedEvents(): number {
-    return this.droppedCount;
+    return this.hub.dropped;
   }
 
   /** Commands sent and not yet answered. */
@@ -274,7 +269,7 @@ export class QmpClient {
   private onLine(line: string): void {
     const msg = parseObjectLine(line);
     if (msg instanceof Error) return this.protocolError(`malformed line from QEMU: ${excerpt(line)}`, msg);
-    if (isEventMessage(msg)) return this.onEvent(msg);
+    if (isEventMessage(msg)) return this.hub.dispatch(toEvent(msg));
     const id = msg['id'];
     const hasReturn = 'return' in msg;
     if (!hasReturn && !('error' in msg)) return this.protocolError(`unexpected message from QEMU: ${excerpt(line)}`);
@@ -338,27 +333,6 @@ export class QmpClient {
     this.teardown(err);
   }
 
-  private onEvent(msg: JsonObject & { event: string }): void {
-    const ev = toEvent(msg);
-    this.emit(ev.event, ev);
-    this.emit('*', ev);
-    for (const s of this.subscriptions) {
-      if (s.names === undefined || s.names.has(ev.event)) s.queue.push(ev);
-    }
-  }
-
-  private emit(key: string, ev: QmpEvent): void {
-    const set = this.listeners.get(key);
-    if (!set) return;
-    for (const fn of set) {
-      try {
-        fn(ev.data, ev);
-      } catch (e) {
-        this.log.error({ err: e, event: ev.event }, 'qmp event listener threw');
-      }
-    }
-  }
-
   /**
    * Calls fn for each event of that name (or every event with '*'), synchronously and in wire order:
    * an event QEMU sent before a reply reaches listeners before that command's promise settles.
@@ -368,14 +342,11 @@ export class QmpClient {
   on(event: '*', fn: QmpEventListener<string>): () => void;
   on(event: string, fn: QmpEventListener<string>): () => void;
   on(event: string, fn: QmpEventListener<string>): () => void {
-    let set = this.listeners.get(event);
-    if (!set) this.listeners.set(event, (set = new Set()));
-    set.add(fn);
-    return () => this.off(event, fn);
+    return this.hub.on(event, fn);
   }
 
   off(event: string, fn: QmpEventListener<string>): void {
-    this.listeners.get(event)?.delete(fn);
+    this.hub.off(event, fn);
   }
 
   /** Calls fn once when the connection ends (with its reason, undefined after close()). */
@@ -395,20 +366,7 @@ export class QmpClient {
    * breaking out of the loop unsubscribes it.
    */
   events(opts: { names?: string[]; bufferSize?: number } = {}): BoundedQueue<QmpEvent> {
-    const sub: Subscription = {
-      queue: new BoundedQueue<QmpEvent>(
-        opts.bufferSize ?? this.opts.eventBufferSize ?? DEFAULTS.eventBufferSize,
-        (n) => {
-          this.droppedCount += n;
-          this.log.warn({ dropped: this.droppedCount }, 'qmp: event buffer full, dropped the oldest event');
-        },
-        () => this.subscriptions.delete(sub),
-      ),
-      names: opts.names ? new Set(opts.names) : undefined,
-    };
-    if (this.stateValue === 'closed') sub.queue.end();
-    else this.subscriptions.add(sub);
-    return sub.queue;
+    return this.hub.subscribe(opts, this.stateValue === 'closed');
   }
 
   /** Closes the connection; pending commands fail with QMP_DISCONNECTED. Resolves when the socket is closed. */
@@ -437,8 +395,7 @@ export class QmpClient {
       this.settle(p, new QmpError('QMP_DISCONNECTED', `${p.name}: ${cause.message}`, reason ? { command: p.name, cause: reason } : { command: p.name }));
     }
     this.abandoned.clear();
-    for (const s of this.subscriptions) s.queue.end();
-    this.subscriptions.clear();
+    this.hub.endAll();
     this.finish(reason);
   }
 

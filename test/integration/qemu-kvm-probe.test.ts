@@ -8,6 +8,7 @@ import { children, shortDir } from '../support/short-dir.js';
 import { DEFAULT_KVM_PROBE_PAYLOAD, probeKvm } from '../../src/qemu/kvm-probe.js';
 import { qemuErrorLines } from '../../src/qemu/qemu-log.js';
 import { which } from '../support/which.js';
+import type { Accel } from '../../src/api/vocabulary.js';
 
 const root = path.resolve(import.meta.dirname, '..', '..');
 const FAKES = path.join(root, 'test', 'support', 'fake-qemu');
@@ -18,7 +19,7 @@ type Tap = Parameters<Parameters<typeof t.test>[0]>[0];
 
 /** Runs QEMU with the payload and no QMP, as a second opinion: console output, exit status, stderr. */
 function runPayload(args: {
-  accel: 'kvm' | 'tcg';
+  accel: Accel;
   cpu: string;
   timeoutMs: number;
 }): Promise<{ console: string; code: number | null; signal: string | null; stderr: string }> {

@@ -1,8 +1,9 @@
 // The accelerator that tests and benchmarks boot guests with: VMLET_TEST_ACCEL when set, else the verdict of vmlet's own KVM probe (never "does /dev/kvm open").
 import { probeQemu } from '../../src/qemu/probe.js';
 import { which } from './which.js';
+import type { Accel } from '../../src/api/vocabulary.js';
 
-export type TestAccel = 'kvm' | 'tcg';
+export type TestAccel = Accel;
 
 /** VMLET_TEST_ACCEL=kvm|tcg, or undefined when unset; anything else is a mistake worth stopping for. */
 export function accelFromEnv(env: NodeJS.ProcessEnv = process.env): TestAccel | undefined {

@@ -9,6 +9,7 @@ import { fileURLToPath } from 'node:url';
 import YAML from 'yaml';
 import { guestKernelArgs, READY_MARKER } from './guest.js';
 import { which } from './which.js';
+import type { AccelSetting } from '../../src/api/vocabulary.js';
 
 export const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 export const distCli = path.join(repoRoot, 'dist', 'cli', 'main.js');
@@ -334,7 +335,7 @@ export interface TestDaemonOptions {
   config?: Record<string, unknown>;
   logLevel?: string;
   /** The daemon's --accel; default tcg (tests boot guests under software emulation on every host). */
-  accel?: 'auto' | 'kvm' | 'tcg';
+  accel?: AccelSetting;
 }
 
 export interface TestDaemon {

@@ -1,7 +1,8 @@
 import fs from 'node:fs/promises';
 import t from 'tap';
 import { ApiClient, paths } from '../../src/cli/client.js';
-import { VmletError } from '../../src/errors.js';
+import { httpStatusOf } from '../../src/error-codes.js';
+import { VmletError, type ErrorCode } from '../../src/errors.js';
 import { FAKE_VERSION, startFakeServer } from '../support/fake-backend.js';
 
 const VMIS = '/apis/vmlet.io/v1alpha1/namespaces/default/virtualmachineinstances';
@@ -125,7 +126,7 @@ t.test('routes', async (t) => {
     t.equal(bad.status, 400);
     s.backend.failNext.set('qmp', new VmletError('QMP_TIMEOUT', 'no reply'));
     t.equal((await c.request('POST', paths.subresource('virtualmachineinstances', 'default', 'd', 'qmp'), { body: { execute: 'x' } })).status, 504);
-    s.backend.failNext.set('qmp', new VmletError('QMP_ERROR', 'GenericError'));
+    s.backend.failNext.set('qmp', new VmletError('QMP_COMMAND_ERROR', 'GenericError'));
     t.equal((await c.request('POST', paths.subresource('virtualmachineinstances', 'default', 'd', 'qmp'), { body: { execute: 'x' } })).status, 502);
   });
 
@@ -208,14 +209,14 @@ t.test('hostile and wrong requests', async (t) => {
   });
 
   t.test('code mapping and causes', async (t) => {
-    const cases: [string, number][] = [
+    const cases: [ErrorCode, number][] = [
       ['INVALID_QUANTITY', 422],
       ['UNSUPPORTED_API_VERSION', 422],
       ['STORE_CONFLICT', 409],
       ['CONSOLE_BUSY', 409],
       ['VMI_NOT_RUNNING', 409],
-      ['SOMETHING_NEW', 500],
     ];
+    t.equal(httpStatusOf('SOMETHING_NEW'), 500, 'a code from elsewhere that is not registered answers 500');
     for (const [code, http] of cases) {
       s.backend.failNext.set('create', new VmletError(code, `boom ${code}`));
       const r = await c.request('POST', VMIS, { body: vmi('c') });

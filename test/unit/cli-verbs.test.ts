@@ -57,10 +57,10 @@ t.test('verbs', async (t) => {
     const bad = await cli(['qmp', 'vm1', '{nope']);
     t.equal(bad.code, 2);
     t.match(bad.stderr, /not valid JSON.*\(USAGE\)/);
-    s.backend.failNext.set('qmp', new VmletError('QMP_ERROR', 'CommandNotFound: The command nope has not been found'));
+    s.backend.failNext.set('qmp', new VmletError('QMP_COMMAND_ERROR', 'CommandNotFound: The command nope has not been found'));
     const err = await cli(['qmp', 'vm1', '{"execute":"nope"}']);
     t.equal(err.code, 1);
-    t.equal(err.stderr, 'error: CommandNotFound: The command nope has not been found (QMP_ERROR)\n');
+    t.equal(err.stderr, 'error: CommandNotFound: The command nope has not been found (QMP_COMMAND_ERROR)\n');
   });
 
   t.test('delete and delete --wait', async (t) => {

@@ -26,7 +26,7 @@ t.test('which format', async (t) => {
 t.test('one line per entry: time, level, component, VM, message, error and its code', async (t) => {
   const c = capture();
   const vmLog = c.logger.child({ component: 'node' }).child({ vmi: { namespace: 'default', name: 'web', uid: 'u-1' } });
-  const err = new VmletError('QEMU_EXITED', 'QEMU exited with status 1', { cause: new Error("Could not open '/nope.img'\nNo such file") });
+  const err = new VmletError('LAUNCHER_EXEC', 'QEMU exited with status 1', { cause: new Error("Could not open '/nope.img'\nNo such file") });
   for (let i = 0; i < 3; i++) vmLog.warn({ err, reason: 'QemuExited' }, 'VMI failed');
   c.logger.child({ component: 'controller' }).warn({ vm: 'default/db', err: new VmletError('STORE_CONFLICT', 'busy') }, 'VM reconcile failed; retrying in 1 s');
   c.logger.info({ socket: '/run/vmlet/vmlet.sock' }, 'vmlet daemon ready');
@@ -36,7 +36,7 @@ t.test('one line per entry: time, level, component, VM, message, error and its c
   for (const l of lines.slice(0, 3)) {
     t.match(
       l,
-      /^\[\d\d:\d\d:\d\d\.\d{3}\] WARN: \[node\] default\/web: VMI failed: QEMU exited with status 1: Could not open '\/nope\.img' No such file \(QEMU_EXITED\) \{"reason":"QemuExited"\}$/,
+      /^\[\d\d:\d\d:\d\d\.\d{3}\] WARN: \[node\] default\/web: VMI failed: QEMU exited with status 1: Could not open '\/nope\.img' No such file \(LAUNCHER_EXEC\) \{"reason":"QemuExited"\}$/,
     );
   }
   t.match(lines[3], /WARN: \[controller\] default\/db: VM reconcile failed; retrying in 1 s: busy \(STORE_CONFLICT\)$/);
