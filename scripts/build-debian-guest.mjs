@@ -12,6 +12,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { pidAlive, withDirLock } from './lib/dir-lock.mjs';
 
 /** Bump when the layout of the output changes in a way the recipe hash would not catch. */
 const FORMAT = 1;
@@ -214,14 +215,6 @@ function removeTree(dir) {
   fs.rmSync(dir, { recursive: true, force: true });
 }
 
-function pidAlive(pid) {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return /** @type {{code?: string}} */ (e).code === 'EPERM';
-  }
-}
 
 /** Removes what builds killed half-way left behind (their `finally` never ran). */
 function removeStale(out) {
@@ -245,47 +238,6 @@ function removeStale(out) {
   }
 }
 
-async function withLock(lockDir, log, fn) {
-  const deadline = Date.now() + 60 * 60 * 1000;
-  let said = false;
-  for (;;) {
-    try {
-      fs.mkdirSync(lockDir);
-      fs.writeFileSync(path.join(lockDir, 'pid'), String(process.pid));
-      break;
-    } catch (e) {
-      if (/** @type {{code?: string}} */ (e).code !== 'EEXIST') throw e;
-      let pid = NaN;
-      try {
-        pid = Number(fs.readFileSync(path.join(lockDir, 'pid'), 'utf8'));
-      } catch {
-        /* being written or gone */
-      }
-      let alive;
-      if (Number.isInteger(pid) && pid > 0) alive = pidAlive(pid);
-      else {
-        try {
-          alive = Date.now() - fs.statSync(lockDir).mtimeMs < 10_000;
-        } catch {
-          alive = false;
-        }
-      }
-      if (!alive) {
-        fs.rmSync(lockDir, { recursive: true, force: true });
-        continue;
-      }
-      if (Date.now() > deadline) throw new DebianGuestError('DEBIAN_GUEST_LOCK_TIMEOUT', `another build (pid ${pid}) holds ${lockDir}`);
-      if (!said) log(`waiting for another Debian guest build (pid ${pid})`);
-      said = true;
-      await new Promise((r) => setTimeout(r, 1000));
-    }
-  }
-  try {
-    return await fn();
-  } finally {
-    fs.rmSync(lockDir, { recursive: true, force: true });
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // cache check
@@ -662,7 +614,7 @@ export async function ensureDebianGuest(opts = {}) {
     if (m) return result(m);
   }
   fs.mkdirSync(path.dirname(out), { recursive: true });
-  return withLock(`${out}.lock`, log, async () => {
+  return withDirLock(`${out}.lock`, { what: 'Debian guest build', timeoutMs: 60 * 60 * 1000, pollMs: 1000, log, timeoutError: (pid) => new DebianGuestError('DEBIAN_GUEST_LOCK_TIMEOUT', `another build (pid ${pid}) holds ${out}.lock`) }, async () => {
     removeStale(out);
     if (!opts.force) {
       const m = validDebianGuest(out); // another process may have built it while we waited

@@ -18,6 +18,7 @@ import { fileURLToPath } from 'node:url';
 import zlib from 'node:zlib';
 import { cpioNewc } from './lib/cpio.mjs';
 import { elfDeps, elfPvhInfo, elfSection } from './lib/elf.mjs';
+import { pidAlive, withDirLock } from './lib/dir-lock.mjs';
 import { GuestImageError } from './lib/guest-image-error.mjs';
 
 export { GuestImageError };
@@ -451,52 +452,6 @@ function stageGuestFiles(stage, busyboxSrc, kver) {
 // ---------------------------------------------------------------------------------------------
 // locking, so that two builds (say setup and a test) do not race
 
-async function withLock(lockDir, log, fn) {
-  const deadline = Date.now() + 20 * 60 * 1000;
-  let said = false;
-  for (;;) {
-    try {
-      fs.mkdirSync(lockDir);
-      fs.writeFileSync(path.join(lockDir, 'pid'), String(process.pid));
-      break;
-    } catch (e) {
-      if (/** @type {{code?: string}} */ (e).code !== 'EEXIST') throw e;
-      let pid = NaN;
-      try {
-        pid = Number(fs.readFileSync(path.join(lockDir, 'pid'), 'utf8'));
-      } catch {
-        /* being written or gone */
-      }
-      let alive = true;
-      if (Number.isInteger(pid) && pid > 0) {
-        try {
-          process.kill(pid, 0);
-        } catch (k) {
-          alive = /** @type {{code?: string}} */ (k).code === 'EPERM';
-        }
-      } else {
-        try {
-          alive = Date.now() - fs.statSync(lockDir).mtimeMs < 10_000;
-        } catch {
-          alive = false;
-        }
-      }
-      if (!alive) {
-        fs.rmSync(lockDir, { recursive: true, force: true });
-        continue;
-      }
-      if (Date.now() > deadline) throw new GuestImageError('GUEST_LOCK_TIMEOUT', `another build (pid ${pid}) holds ${lockDir}`);
-      if (!said) log(`waiting for another guest image build (pid ${pid})`);
-      said = true;
-      await new Promise((r) => setTimeout(r, 500));
-    }
-  }
-  try {
-    return await fn();
-  } finally {
-    fs.rmSync(lockDir, { recursive: true, force: true });
-  }
-}
 
 // ---------------------------------------------------------------------------------------------
 // the uncompressed kernel for PVH boot
@@ -559,14 +514,6 @@ function extractVmlinux(bzImage, dest, work, log) {
 // ---------------------------------------------------------------------------------------------
 // the build
 
-function pidAlive(pid) {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return /** @type {{code?: string}} */ (e).code === 'EPERM';
-  }
-}
 
 /** Removes what builds killed half-way left behind (their `finally` never ran). */
 function removeStale(out) {
@@ -698,7 +645,7 @@ export async function ensureGuestImage(opts = {}) {
     if (m) return result(m);
   }
   fs.mkdirSync(path.dirname(out), { recursive: true });
-  return withLock(`${out}.lock`, log, () => {
+  return withDirLock(`${out}.lock`, { what: 'guest image build', timeoutMs: 20 * 60 * 1000, pollMs: 500, log, timeoutError: (pid) => new GuestImageError('GUEST_LOCK_TIMEOUT', `another build (pid ${pid}) holds ${out}.lock`) }, () => {
     if (!opts.force) {
       const m = validCache(out); // another process may have built it while we waited
       if (m) return result(m);
