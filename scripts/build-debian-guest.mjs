@@ -12,6 +12,7 @@ import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { filesAsRecorded } from './lib/cache-files.mjs';
 import { pidAlive, withDirLock } from './lib/dir-lock.mjs';
 
 /** Bump when the layout of the output changes in a way the recipe hash would not catch. */
@@ -259,17 +260,7 @@ export function validDebianGuest(out) {
     return null;
   }
   if (manifest?.format !== FORMAT || manifest.recipe !== recipeHash()) return null;
-  for (const meta of [manifest.kernel, manifest.initrd, manifest.disk]) {
-    if (!meta || typeof meta.file !== 'string') return null;
-    let st;
-    try {
-      st = fs.statSync(path.join(out, meta.file));
-    } catch {
-      return null;
-    }
-    if (st.size !== meta.size || st.mtimeMs !== meta.mtimeMs) return null;
-  }
-  return manifest;
+  return filesAsRecorded(out, [manifest.kernel, manifest.initrd, manifest.disk]) ? manifest : null;
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import zlib from 'node:zlib';
 import { cpioNewc } from './lib/cpio.mjs';
+import { filesAsRecorded } from './lib/cache-files.mjs';
 import { elfDeps, elfPvhInfo, elfSection } from './lib/elf.mjs';
 import { pidAlive, withDirLock } from './lib/dir-lock.mjs';
 import { GuestImageError } from './lib/guest-image-error.mjs';
@@ -121,17 +122,7 @@ function validCache(out) {
   // size and mtime as recorded at build time: the files are only ever written by the build (sha256 is
   // in the manifest for anyone who wants to check more, but hashing ~80 MB would not be a fast no-op)
   const files = [manifest.kernel, manifest.initrd, ...(manifest.kernelPvh ? [manifest.kernelPvh] : [])];
-  for (const meta of files) {
-    if (!meta || typeof meta.file !== 'string') return null;
-    let st;
-    try {
-      st = fs.statSync(path.join(out, meta.file));
-    } catch {
-      return null;
-    }
-    if (st.size !== meta.size || st.mtimeMs !== meta.mtimeMs) return null;
-  }
-  return manifest;
+  return filesAsRecorded(out, files) ? manifest : null;
 }
 
 // ---------------------------------------------------------------------------------------------

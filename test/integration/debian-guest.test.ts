@@ -139,6 +139,12 @@ function run(cmd: string, args: string[], timeoutMs: number): Promise<{ code: nu
   });
 }
 
+/** ssh's argv for one command as `debian` on `host`, with the test's key and no host-key prompts. */
+function sshArgs(privateKey: string, host: string, command: string): string[] {
+  const opts = ['BatchMode=yes', 'StrictHostKeyChecking=no', 'UserKnownHostsFile=/dev/null', 'ConnectTimeout=30', 'LogLevel=ERROR'];
+  return ['-i', privateKey, ...opts.flatMap((o) => ['-o', o]), `debian@${host}`, command];
+}
+
 function condition(o: KubeObj | undefined, type: string): string | undefined {
   return o?.status?.conditions?.find((c) => c.type === type)?.status;
 }
@@ -209,22 +215,11 @@ t.test('Debian 12 (systemd, cloud-init, qemu-ga, sshd) through the daemon under 
   });
 
   await t.test('ssh login with the key cloud-init installed', { skip: !key ? 'ssh-keygen is missing' : !which('ssh') ? 'no ssh client' : false }, async (t) => {
-    const args = [
-      '-i',
+    const args = sshArgs(
       key!.privateKey,
-      '-o',
-      'BatchMode=yes',
-      '-o',
-      'StrictHostKeyChecking=no',
-      '-o',
-      'UserKnownHostsFile=/dev/null',
-      '-o',
-      'ConnectTimeout=30',
-      '-o',
-      'LogLevel=ERROR',
-      `debian@${ip}`,
+      ip,
       '. /etc/os-release; echo "os=$ID-$VERSION_ID"; echo "state=$(timeout 60 systemctl is-system-running --wait)"; systemctl --failed --no-legend --plain',
-    ];
+    );
     const r = await waitFor(
       'an ssh login as debian',
       async () => {
@@ -277,22 +272,7 @@ t.test('Debian 12 (systemd, cloud-init, qemu-ga, sshd) through the daemon under 
       const before = readMemSafe(group);
       const r = await run(
         'ssh',
-        [
-          '-i',
-          key!.privateKey,
-          '-o',
-          'BatchMode=yes',
-          '-o',
-          'StrictHostKeyChecking=no',
-          '-o',
-          'UserKnownHostsFile=/dev/null',
-          '-o',
-          'ConnectTimeout=30',
-          '-o',
-          'LogLevel=ERROR',
-          `debian@${ip}`,
-          `find / -xdev -type f -print0 2>/dev/null | xargs -0 cat >/dev/null 2>&1; python3 -c "${py}"; free -m | sed -n 2p`,
-        ],
+        sshArgs(key!.privateKey, ip, `find / -xdev -type f -print0 2>/dev/null | xargs -0 cat >/dev/null 2>&1; python3 -c "${py}"; free -m | sed -n 2p`),
         240_000,
       );
       const after = readMemSafe(group);
