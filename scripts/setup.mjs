@@ -50,6 +50,8 @@ const clusterDebs = [
   ['iptables', 'iptables'],
   ['openssl', 'openssl'],
   ['xz-utils', 'xz'],
+  // vmlet's own image (scripts/build-image.mjs, npm run cluster -- deploy): its Debian base.
+  ['mmdebstrap', 'mmdebstrap'],
 ];
 if (purpose === 'cluster' || (process.env.VMLET_K8S_ASSETS ?? '') !== '') debs.push(...clusterDebs);
 

@@ -1,7 +1,7 @@
 // The one table of vmlet's error codes: each code's HTTP status, its area (the docs/errors-<area>.md that explains it) and a one-line meaning; the ErrorCode type and the HTTP mapping derive from it.
 
 /** Where a code is explained: `docs/errors-<area>.md` (merged into docs/errors.md by scripts/merge-error-docs.mjs). */
-export type ErrorArea = 'daemon' | 'http' | 'api' | 'store' | 'qmp' | 'launcher' | 'cgroups' | 'net';
+export type ErrorArea = 'daemon' | 'http' | 'api' | 'store' | 'qmp' | 'launcher' | 'cgroups' | 'net' | 'cluster';
 
 export interface ErrorCodeInfo {
   /** The HTTP status an API answer carries when this error reaches a request (500: not a client's fault, or never reaches the API). */
@@ -235,6 +235,67 @@ export const ERROR_CODES = {
   SYS_SETNS_RESTORE: { http: 500, area: 'net', meaning: 'the main thread could not return to its own netns: the process is in an unsafe state' },
   SYS_SOCKET: { http: 500, area: 'net', meaning: 'socket, setsockopt or bind failed inside a netns' },
   SYS_TUN: { http: 500, area: 'net', meaning: 'open(/dev/net/tun) or TUNSETIFF failed' },
+  // cluster: docs/errors-cluster.md
+  // cluster (Kubernetes source)
+  KUBE_API_UNAVAILABLE: { http: 503, area: 'cluster', meaning: 'the Kubernetes API server cannot be reached, or answered 429/5xx, also after retries' },
+  KUBE_API_FORBIDDEN: { http: 403, area: 'cluster', meaning: "the Kubernetes API server refused vmlet's credentials (401) or its RBAC rules (403)" },
+  KUBE_API_UNEXPECTED: { http: 502, area: 'cluster', meaning: 'the Kubernetes API server answered with a status or body the Kubernetes source cannot use' },
+  // cluster (controller: node assignment, launcher pods)
+  HOST_PATH_NOT_ALLOWED: {
+    http: 422,
+    area: 'cluster',
+    meaning: 'a hostDisk or kernelBoot path is not below a folder of hostPaths.allow in the cluster config',
+  },
+  LAUNCHER_POD_BAD_INPUT: {
+    http: 500,
+    area: 'cluster',
+    meaning: 'the launcher pod cannot be rendered: the VMI has no uid, or the name suffix is not 5 lowercase letters or digits',
+  },
+  // cluster (admission webhook, serving cert)
+  WEBHOOK_BAD_REVIEW: { http: 400, area: 'cluster', meaning: 'the admission webhook got a body that is not an admission.k8s.io/v1 AdmissionReview request' },
+  WEBHOOK_INTERNAL: { http: 500, area: 'cluster', meaning: 'a bug: the admission webhook failed while judging a request' },
+  WEBHOOK_CERT_UNAVAILABLE: { http: 503, area: 'cluster', meaning: "the webhook's serving certificate is not loaded yet, or its Secret is missing" },
+  WEBHOOK_CERT_INVALID: { http: 500, area: 'cluster', meaning: "the webhook cert Secret's tls.crt, tls.key and ca.crt do not parse or do not belong together" },
+  WEBHOOK_CERT_CONFLICT: {
+    http: 409,
+    area: 'cluster',
+    meaning: 'the webhook cert Secret or caBundle kept changing under the controller (too many write conflicts)',
+  },
+  WEBHOOK_CONFIG_NOT_FOUND: { http: 500, area: 'cluster', meaning: 'the ValidatingWebhookConfiguration whose caBundle the controller keeps does not exist' },
+  WEBHOOK_API_FAILED: { http: 500, area: 'cluster', meaning: 'a Kubernetes API call for the webhook cert Secret or caBundle failed' },
+  WEBHOOK_SERVER_FAILED: { http: 500, area: 'cluster', meaning: 'the webhook HTTPS server could not listen (port taken, bad address) or has no certificate' },
+  // cluster (node registration, device plugin)
+  NODE_UNREGISTER_FAILED: { http: 500, area: 'cluster', meaning: 'stop({unregister}) could not set vmlet.io/schedulable=false or delete the node Lease' },
+  NODE_LEASE_EXPIRED: {
+    http: 500,
+    area: 'cluster',
+    meaning: 'the node Lease has not been renewed for longer than its duration (the API server is unreachable or refuses)',
+  },
+  DEVICE_PLUGIN_PROTO_MISSING: { http: 500, area: 'cluster', meaning: 'deviceplugin-v1beta1.proto was not found or does not parse' },
+  DEVICE_PLUGIN_SERVE_FAILED: { http: 500, area: 'cluster', meaning: "the device plugin could not bind its socket in the kubelet's device plugin folder" },
+  DEVICE_PLUGIN_REGISTER_FAILED: { http: 500, area: 'cluster', meaning: 'the kubelet refused or did not answer the device plugin registration' },
+  // cluster (launcher in a pod)
+  POD_UID_INVALID: { http: 500, area: 'cluster', meaning: 'PodLauncherSockets: a pod uid or VMI uid that is not safe as a file name' },
+  POD_RUN_DIR_TIMEOUT: { http: 500, area: 'cluster', meaning: "the launcher pod's vmlet-run emptyDir did not appear below the kubelet root in time" },
+  POD_RUN_DIR_FAILED: { http: 500, area: 'cluster', meaning: "linking, unlinking or chowning in a launcher pod's run folder failed" },
+  // cluster (pod network)
+  POD_NETNS_NOT_FOUND: { http: 500, area: 'cluster', meaning: "the launcher pod's netns (/proc/<launcher pid>/ns/net) does not exist: the launcher is gone" },
+  POD_NET_NO_ADDRESS: {
+    http: 500,
+    area: 'cluster',
+    meaning: "the launcher pod's netns has no eth0, or eth0 has no IPv4 address: CNI did not give the pod an IPv4 network",
+  },
+  POD_NET_CONFLICT: {
+    http: 500,
+    area: 'cluster',
+    meaning: "the launcher pod's netns already has a link named like vmlet's bridge or tap (k6t-eth0, tap0) that vmlet did not make",
+  },
+  POD_NET_NOT_ATTACHED: {
+    http: 500,
+    area: 'cluster',
+    meaning: "adopt found no binding of vmlet's in the launcher pod's netns (no k6t-eth0 with vmlet's record, or no tap0)",
+  },
+  // cluster (deploy, image)
 } as const satisfies Record<string, ErrorCodeInfo>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -18,6 +18,8 @@ export const EXIT_USAGE = 2;
 export const USAGE = `Usage: vmlet [--socket PATH] [-n NAMESPACE] VERB ...
 
   vmlet daemon [--config FILE] [--socket PATH] [--state-dir DIR] [--run-dir DIR] [--accel auto|kvm|tcg] [--log-format text|json|auto]
+               [--mode standalone|kubernetes] [--kubeconfig FILE]   kubernetes: the node daemon of a cluster (a DaemonSet)
+  vmlet controller [--kubeconfig FILE]   the cluster controller (a Deployment in vmlet's namespace; JSON logs)
   vmlet apply -f FILE                 VM and/or VMI, YAML or JSON, several documents per file (-f - = stdin)
   vmlet get vmis|vmi|vms|vm [NAME] [-o wide|json|yaml|name] [-A]
   vmlet describe vmi|vm NAME          status, conditions, last QEMU error and events, for a person to read
@@ -49,6 +51,8 @@ const OPTIONS = {
   'run-dir': { type: 'string' },
   accel: { type: 'string' },
   'log-format': { type: 'string' },
+  kubeconfig: { type: 'string' },
+  mode: { type: 'string' },
 } as const;
 
 type OptionName = keyof typeof OPTIONS;
@@ -56,7 +60,8 @@ const GLOBAL: OptionName[] = ['socket', 'namespace', 'help'];
 
 /** Verb → options it accepts besides the global ones. */
 const VERBS: Record<string, OptionName[]> = {
-  daemon: ['config', 'state-dir', 'run-dir', 'accel', 'log-format'],
+  daemon: ['config', 'state-dir', 'run-dir', 'accel', 'log-format', 'mode', 'kubeconfig'],
+  controller: ['kubeconfig'],
   apply: ['file'],
   get: ['output', 'all-namespaces'],
   describe: [],
@@ -80,6 +85,10 @@ export type DaemonRunOptions = DaemonFlags;
 
 interface DaemonModule {
   runDaemon(opts: DaemonRunOptions): Promise<void>;
+}
+
+interface ControllerModule {
+  runControllerProcess(opts: { kubeconfig?: string }): Promise<void>;
 }
 
 export async function main(argv: string[], io: CliIo): Promise<number> {
@@ -117,6 +126,15 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
     switch (verb) {
       case 'daemon':
         return await daemon(args, values, io.env);
+      case 'controller': {
+        if (args.length > 0) throw cmd.usageError('controller takes no positional arguments');
+        // A computed specifier, as for the daemon: the Kubernetes client loads only for this verb.
+        const spec = '../controller/process.js';
+        const mod = (await import(spec)) as ControllerModule;
+        daemonStarted = true;
+        await mod.runControllerProcess(values.kubeconfig !== undefined ? { kubeconfig: values.kubeconfig } : {});
+        return EXIT_OK;
+      }
       case 'apply':
         if (args.length > 0) throw cmd.usageError('apply takes no positional arguments (use -f FILE)');
         return await cmd.apply(ctx, values.file);
@@ -163,6 +181,8 @@ type DaemonValues = {
   'run-dir'?: string | boolean;
   accel?: string | boolean;
   'log-format'?: string | boolean;
+  mode?: string | boolean;
+  kubeconfig?: string | boolean;
 };
 
 async function daemon(args: string[], values: DaemonValues, env: CliIo['env']): Promise<number> {
@@ -180,6 +200,10 @@ async function daemon(args: string[], values: DaemonValues, env: CliIo['env']): 
   if (typeof values['run-dir'] === 'string') opts.runDir = values['run-dir'];
   if (accel !== undefined) opts.accel = accel;
   if (logFormat !== undefined) opts.logFormat = logFormat;
+  const mode = values.mode;
+  if (mode !== undefined && mode !== 'standalone' && mode !== 'kubernetes') throw cmd.usageError('--mode must be standalone or kubernetes');
+  if (mode !== undefined) opts.mode = mode;
+  if (typeof values.kubeconfig === 'string') opts.kubeconfig = values.kubeconfig;
   // A computed specifier: the daemon (and its dependencies) load only for this verb.
   const spec = '../daemon/main.js';
   const mod = (await import(spec)) as DaemonModule;

@@ -41,7 +41,10 @@ export function asVmi(o: KubeObject<'VirtualMachineInstance'>): StoredVmi {
 
 export interface ControllerOptions {
   source: ControllerSource;
-  nodeName: string;
+  /** Standalone: every VMI goes to this node. Absent in a cluster, where the launcher controller assigns nodes. */
+  nodeName?: string;
+  /** The apiVersion of the VMIs it makes (default vmlet.io/v1alpha1; kubevirt.io/v1 with the compat overlay). */
+  apiVersion?: string;
   logger: Logger;
   now?: () => number;
 }
@@ -55,6 +58,7 @@ export class VmController {
   private readonly source: ControllerSource;
   private readonly log: Logger;
   private readonly now: () => number;
+  private readonly apiVersion: string;
   private readonly queue = new Set<string>();
   private readonly timers = new Map<string, NodeJS.Timeout>();
   private running = false;
@@ -67,6 +71,7 @@ export class VmController {
     this.source = opts.source;
     this.log = opts.logger;
     this.now = opts.now ?? Date.now;
+    this.apiVersion = opts.apiVersion ?? API_VERSION;
   }
 
   /** Watches VMs and VMIs until stop(); every change queues the VM it concerns. */
@@ -150,7 +155,8 @@ export class VmController {
 
   /** Standalone scheduling: every unassigned VMI goes to this node. */
   private async schedule(vmi: VirtualMachineInstance): Promise<void> {
-    if (vmi.metadata.deletionTimestamp || vmi.status?.nodeName) return;
+    const nodeName = this.opts.nodeName;
+    if (nodeName === undefined || vmi.metadata.deletionTimestamp || vmi.status?.nodeName) return;
     const phase = vmi.status?.phase ?? '';
     if (phase !== '' && phase !== 'Pending') return;
     const at = new Date(this.now()).toISOString();
@@ -159,7 +165,7 @@ export class VmController {
         if (s?.nodeName) return s;
         return {
           ...s,
-          nodeName: this.opts.nodeName,
+          nodeName,
           phase: 'Scheduled',
           phaseTransitionTimestamps: [...(s?.phaseTransitionTimestamps ?? []), { phase: 'Scheduled', phaseTransitionTimestamp: at }],
         };
@@ -240,12 +246,12 @@ export class VmController {
       namespace: vm.metadata.namespace,
       finalizers: [VMI_FINALIZER],
       ownerReferences: [
-        { apiVersion: API_VERSION, kind: 'VirtualMachine', name: vm.metadata.name, uid: vm.metadata.uid, controller: true, blockOwnerDeletion: true },
+        { apiVersion: this.apiVersion, kind: 'VirtualMachine', name: vm.metadata.name, uid: vm.metadata.uid, controller: true, blockOwnerDeletion: true },
       ],
     };
     if (tmpl.metadata?.labels) meta.labels = tmpl.metadata.labels;
     if (tmpl.metadata?.annotations) meta.annotations = tmpl.metadata.annotations;
-    await this.source.create({ apiVersion: API_VERSION, kind: 'VirtualMachineInstance', metadata: meta, spec: tmpl.spec, status: { phase: 'Pending' } });
+    await this.source.create({ apiVersion: this.apiVersion, kind: 'VirtualMachineInstance', metadata: meta, spec: tmpl.spec, status: { phase: 'Pending' } });
     await this.source.recordEvent({
       involvedObject: { kind: 'VirtualMachine', namespace: vm.metadata.namespace, name: vm.metadata.name, uid: vm.metadata.uid! },
       type: 'Normal',

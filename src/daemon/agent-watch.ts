@@ -1,6 +1,7 @@
 // A VM's guest agent as the supervisor sees it: looked for once when the VMI runs and again whenever the guest opens its port; an answer becomes `agentAnswered`.
 import path from 'node:path';
 import type { VMIInterfaceStatus } from '../api/types.js';
+import { VmletError } from '../errors.js';
 import { GuestAgentClient } from '../qmp/guest-agent.js';
 import type { GuestNetworkInterface } from '../qmp/guest-agent-types.js';
 import type { CoreEvent } from './supervisor-core.js';
@@ -25,6 +26,17 @@ export class AgentWatch {
   }
 
   /** The agent may never answer; it is looked for in the background and only sets a condition. */
+  /** A reboot the guest takes part in; VMI_AGENT_UNAVAILABLE when the agent does not answer (ACPI is no help there). */
+  async reboot(): Promise<void> {
+    const agent = this.client;
+    if (!agent) throw new VmletError('VMI_AGENT_UNAVAILABLE', 'softreboot needs the guest agent, which is not connected; use reset for a hard reset');
+    try {
+      await agent.shutdown('reboot');
+    } catch (e) {
+      throw new VmletError('VMI_AGENT_UNAVAILABLE', 'the guest agent did not take the reboot; use reset for a hard reset', { cause: e });
+    }
+  }
+
   start(): void {
     this.#client = new GuestAgentClient({ path: path.join(this.opts.runDir, 'qga.sock') });
     // One try now (the agent may already be up, e.g. after a daemon restart); after that, QEMU's

@@ -44,7 +44,19 @@ export interface DaemonConfig {
   cgroupRoot: string;
   /** Standalone networking: host bridge, NAT, one sandbox netns per VMI, DHCP. */
   network: NetworkConfig;
+  /** `standalone` (the embedded store) or `kubernetes` (VMIs from the API server, QEMU in launcher pods). */
+  mode: DaemonMode;
+  /** Kubernetes mode: the kubelet's --root-dir (its pod folders hold the launcher pods' emptyDirs). */
+  kubeletRootDir: string;
+  /** Kubernetes mode: where the kubelet looks for device plugins (fixed at /var/lib/kubelet/device-plugins, whatever its root dir). */
+  devicePluginDir: string;
+  /** Kubernetes mode: a kubeconfig file; default in-cluster, then $KUBECONFIG. */
+  kubeconfig?: string;
+  /** Host folders below which hostDisk and kernelBoot host paths are allowed (cluster config; empty: none). */
+  hostPaths: { allow: string[] };
 }
+
+export type DaemonMode = 'standalone' | 'kubernetes';
 
 /** The `network:` mapping of the config file. */
 export interface NetworkConfig {
@@ -71,6 +83,8 @@ export interface NetworkConfig {
 
 export interface DaemonFlags {
   config?: string;
+  mode?: DaemonMode;
+  kubeconfig?: string;
   socket?: string;
   stateDir?: string;
   runDir?: string;
@@ -97,6 +111,11 @@ const keys: Record<keyof DaemonConfig, KeyType> = {
   cgroupParent: 'string',
   cgroupRoot: 'string',
   network: 'object',
+  mode: 'string',
+  kubeletRootDir: 'string',
+  devicePluginDir: 'string',
+  kubeconfig: 'string',
+  hostPaths: 'object',
 };
 
 const networkKeys: Record<keyof NetworkConfig, KeyType> = {
@@ -181,6 +200,10 @@ export function defaultConfig(repoRoot: string): DaemonConfig {
       hostForwarding: true,
       leaseSeconds: 86400,
     },
+    mode: 'standalone',
+    kubeletRootDir: '/var/lib/kubelet',
+    devicePluginDir: '/var/lib/kubelet/device-plugins',
+    hostPaths: { allow: [] },
   };
 }
 
@@ -191,6 +214,12 @@ export function mergeConfig(base: DaemonConfig, doc: unknown, source: string): D
   const cfg = mergeKeys(base, doc, keys, source);
   if ('network' in doc) cfg.network = mergeNetwork(base.network, cfg.network, source);
   if (!['auto', 'kvm', 'tcg'].includes(cfg.accel)) throw new VmletError('CONFIG_INVALID', `${source}: accel must be auto, kvm or tcg`);
+  if (cfg.mode !== 'standalone' && cfg.mode !== 'kubernetes') throw new VmletError('CONFIG_INVALID', `${source}: mode must be standalone or kubernetes`);
+  const allow: unknown = (cfg.hostPaths as { allow?: unknown }).allow ?? [];
+  if (!Array.isArray(allow) || !allow.every((a) => typeof a === 'string' && a.startsWith('/')) || Object.keys(cfg.hostPaths).some((k) => k !== 'allow')) {
+    throw new VmletError('CONFIG_INVALID', `${source}: hostPaths must be {allow: [absolute folder, …]}`);
+  }
+  cfg.hostPaths = { allow: allow as string[] };
   if (!LOG_FORMATS.includes(cfg.logFormat)) throw new VmletError('CONFIG_INVALID', `${source}: logFormat must be json, text or auto`);
   if (!Number.isInteger(cfg.kvmProbeDeadlineMs) || cfg.kvmProbeDeadlineMs < 50 || cfg.kvmProbeDeadlineMs > 60_000) {
     throw new VmletError('CONFIG_INVALID', `${source}: kvmProbeDeadlineMs must be a whole number of milliseconds from 50 to 60000`);
@@ -225,5 +254,12 @@ export function loadConfig(repoRoot: string, flags: DaemonFlags): DaemonConfig {
   if (flags.runDir) fromFlags.runDir = flags.runDir;
   if (flags.accel) fromFlags.accel = flags.accel;
   if (flags.logFormat) fromFlags.logFormat = flags.logFormat;
+  if (flags.mode) fromFlags.mode = flags.mode;
+  if (flags.kubeconfig) fromFlags.kubeconfig = flags.kubeconfig;
+  // In a DaemonSet the node's name comes from the downward API.
+  if (cfg.mode === 'kubernetes' || flags.mode === 'kubernetes') {
+    const node = process.env.NODE_NAME;
+    if (node) fromFlags.nodeName = node;
+  }
   return mergeConfig(cfg, fromFlags, 'flags');
 }

@@ -7,12 +7,13 @@ import { detectCgroupLayout } from '../cgroups/index.js';
 import { vmletVersion } from '../version.js';
 import { VmController } from '../controller/vm-controller.js';
 import { VmletError } from '../errors.js';
-import { describeCaps, probeQemu, type ProbeOptions } from '../qemu/probe.js';
+import { describeCaps, probeQemu, type ProbeOptions, type QemuCaps } from '../qemu/probe.js';
 import { LauncherServer } from '../qemu/launcher-server.js';
 import { LocalStore } from '../source/local-store.js';
 import { sdNotify } from '../sys/sd-notify.js';
 import { ApiServer } from './api-server.js';
 import { loadConfig, wantsTextLogs, type DaemonConfig, type DaemonFlags } from './config.js';
+import { startKubeDaemon, type RunningKubeDaemon } from './kube-daemon.js';
 import { LocalBackend } from './local-backend.js';
 import { NodeReconciler } from './node-reconciler.js';
 import { makePrepare } from './prepare.js';
@@ -32,19 +33,8 @@ export interface RunningDaemon {
   close(): Promise<void>;
 }
 
-/** Starts every part of the daemon and returns once the API socket answers. */
-export async function startDaemon(config: DaemonConfig, logger: Logger): Promise<RunningDaemon> {
-  await fs.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
-  await fs.mkdir(path.join(config.runDir, 'vms'), { recursive: true, mode: 0o700 });
-  await fs.mkdir(path.dirname(config.socket), { recursive: true, mode: 0o755 });
-  try {
-    await fs.access(config.launcherBinary);
-  } catch (e) {
-    throw new VmletError('LAUNCHER_MISSING', `vmlet-launch not found at ${config.launcherBinary}; build it with "make -C native" (npm run setup does)`, {
-      cause: e,
-    });
-  }
-  // Probed once per daemon start (prepare reuses the cached result): KVM counts only if a guest ran under it.
+/** QEMU probed once per daemon start (prepare reuses the cached result): KVM counts only if a guest ran under it. */
+async function probeAtStart(config: DaemonConfig, logger: Logger): Promise<QemuCaps> {
   const probeOptions: ProbeOptions = { devKvm: config.kvmDevice, kvmProbeDeadlineMs: config.kvmProbeDeadlineMs };
   const caps = await probeQemu(config.qemuBinary, probeOptions).catch((e: unknown) => {
     throw new VmletError('QEMU_NOT_FOUND', `cannot use QEMU at ${config.qemuBinary}; install qemu-system-x86 (npm run setup does)`, { cause: e });
@@ -57,6 +47,35 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
         : 'VMs will fail to start until KVM works or software emulation is allowed (useEmulation: true or --accel tcg)';
     logger.warn({ kvm: caps.kvm.reason, stage: caps.kvm.stage }, `KVM is not usable: ${then}`);
   }
+
+  return caps;
+}
+
+/** `vmlet daemon --mode kubernetes`: the same start-up checks, then the cluster's node daemon (kube-daemon.ts). */
+export async function startKubernetesDaemon(config: DaemonConfig, logger: Logger): Promise<RunningKubeDaemon> {
+  await checkLauncher(config);
+  const caps = await probeAtStart(config, logger);
+  return startKubeDaemon(config, caps, logger);
+}
+
+async function checkLauncher(config: DaemonConfig): Promise<void> {
+  try {
+    await fs.access(config.launcherBinary);
+  } catch (e) {
+    throw new VmletError('LAUNCHER_MISSING', `vmlet-launch not found at ${config.launcherBinary}; build it with "make -C native" (npm run setup does)`, {
+      cause: e,
+    });
+  }
+}
+
+/** Starts every part of the daemon and returns once the API socket answers. */
+export async function startDaemon(config: DaemonConfig, logger: Logger): Promise<RunningDaemon> {
+  await fs.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
+  await fs.mkdir(path.join(config.runDir, 'vms'), { recursive: true, mode: 0o700 });
+  await fs.mkdir(path.dirname(config.socket), { recursive: true, mode: 0o755 });
+  await checkLauncher(config);
+  const caps = await probeAtStart(config, logger);
+  const probeOptions: ProbeOptions = { devKvm: config.kvmDevice, kvmProbeDeadlineMs: config.kvmProbeDeadlineMs };
 
   let cgroups: VmCgroups | undefined;
   if (config.cgroupParent !== '') {
@@ -143,9 +162,9 @@ async function makeLogger(config: DaemonConfig): Promise<Logger> {
 export async function runDaemon(flags: DaemonFlags): Promise<void> {
   const config = loadConfig(repoRoot, flags);
   const logger = await makeLogger(config);
-  let daemon: RunningDaemon;
+  let daemon: { close(): Promise<void> };
   try {
-    daemon = await startDaemon(config, logger);
+    daemon = config.mode === 'kubernetes' ? await startKubernetesDaemon(config, logger) : await startDaemon(config, logger);
   } catch (e) {
     logger.fatal({ err: e }, 'the daemon could not start');
     const code = e instanceof VmletError ? ` (${e.code})` : '';

@@ -39,6 +39,23 @@ export interface NodeReconcilerOptions {
   cpuOnlinePath?: string;
   /** Standalone networking (sandboxes are made by `prepare`; released, adopted and reported here). */
   network?: VmNetwork;
+  /** Kubernetes mode: QEMU runs in each VMI's launcher pod, whose launcher calls in over the pod's own socket. */
+  pods?: PodLaunchers;
+  /** Kubernetes mode: the finalizer is the controller's, released once the pod is gone. Default true. */
+  releaseFinalizer?: boolean;
+}
+
+/** What the node reconciler needs of the launcher pods on its node (Kubernetes mode). */
+export interface PodLaunchers {
+  /** The uid of the VMI's launcher pod on this node, once known. */
+  podOf(vmiUid: string): string | undefined;
+  /** Listens on the pod's launcher socket; resolves with the pod's run dir as the daemon reaches it. */
+  open(podUid: string, vmiUid: string): Promise<string>;
+  /** Stops listening and forgets the pod's run dir. */
+  close(podUid: string): Promise<void>;
+  /** Builds nothing: serves DHCP again for a re-adopted VM (its launcher's pid names the pod). */
+  adoptNetwork?(vmi: VirtualMachineInstance, launcherPid: number): Promise<VMIInterfaceStatus[]>;
+  releaseNetwork?(vmiUid: string): Promise<void>;
 }
 
 const FINAL = new Set(['Succeeded', 'Failed']);
@@ -69,6 +86,7 @@ export class NodeReconciler {
 
   /** Re-adopts live VMIs and removes what belongs to no VMI; then follows the store. */
   async start(): Promise<void> {
+    if (this.opts.pods) return this.startPods(this.opts.pods);
     const listed = await this.opts.store.list('VirtualMachineInstance');
     const vmis = listed.filter(isStoredVmi);
     const mine = vmis.filter((v) => v.status?.nodeName === this.opts.nodeName);
@@ -99,6 +117,35 @@ export class NodeReconciler {
       const sup = this.newSupervisor(vmi);
       this.track(vmi.metadata.uid!, sup.reattach());
     }
+    this.follow();
+  }
+
+  /** Kubernetes mode: re-adopt what runs in this node's launcher pods (each launcher calls in again), then follow. */
+  private async startPods(pods: PodLaunchers): Promise<void> {
+    const listed = (await this.opts.store.list('VirtualMachineInstance')).filter(isStoredVmi);
+    for (const vmi of listed) {
+      const uid = vmi.metadata.uid!;
+      const podUid = pods.podOf(uid);
+      if (vmi.status?.nodeName !== this.opts.nodeName || FINAL.has(vmi.status?.phase ?? '') || vmi.status?.phase === 'Scheduled' || !podUid) continue;
+      const runDir = await pods.open(podUid, uid);
+      const sup = this.newSupervisor(vmi, { runDir, podUid });
+      this.track(
+        uid,
+        sup.reattach().then(async () => {
+          if (sup.launcherPid !== undefined && !sup.exited) await pods.adoptNetwork?.(vmi, sup.launcherPid);
+        }),
+      );
+    }
+    this.follow();
+  }
+
+  /** Re-reads one VMI and acts on it (Kubernetes mode: its pod just appeared). */
+  async refresh(namespace: string, name: string): Promise<void> {
+    const o = await this.opts.store.get('VirtualMachineInstance', namespace, name);
+    if (o) this.reconcile(o);
+  }
+
+  private follow(): void {
     const w = this.opts.store.watch('VirtualMachineInstance', undefined, undefined, { sendInitialEvents: true });
     this.watch = w;
     void (async () => {
@@ -184,13 +231,22 @@ export class NodeReconciler {
     return this.opts.cgroups?.stats(uid);
   }
 
-  private newSupervisor(vmi: VirtualMachineInstance): Supervisor {
+  private newSupervisor(vmi: VirtualMachineInstance, inPod?: { runDir: string; podUid: string }): Supervisor {
     const uid = vmi.metadata.uid!;
     const { namespace, name } = vmi.metadata;
     const store = this.opts.store;
+    const pods = this.opts.pods;
+    const podDeps =
+      inPod && pods
+        ? {
+            pod: {},
+            removeRunDir: () => pods.close(inPod.podUid),
+            ...(pods.releaseNetwork ? { releaseNetwork: () => pods.releaseNetwork!(uid) } : {}),
+          }
+        : {};
     const sup = new Supervisor({
       vmi,
-      runDir: this.vmDir(uid),
+      runDir: inPod?.runDir ?? this.vmDir(uid),
       logger: this.log.child({ vmi: { namespace, name, uid } }),
       launcherServer: this.opts.launcherServer,
       launcherBinary: this.opts.launcherBinary,
@@ -200,6 +256,7 @@ export class NodeReconciler {
       ...(this.opts.cgroups ? { cgroups: this.opts.cgroups } : {}),
       ...this.pinningFor(vmi),
       ...this.networkFor(uid),
+      ...podDeps,
       writeStatus: async (mutate) => {
         await store
           .updateStatus<VirtualMachineInstanceStatus>('VirtualMachineInstance', namespace, name, (s) => {
@@ -315,8 +372,24 @@ export class NodeReconciler {
       return;
     }
     if (!sup && vmi.status?.phase === 'Scheduled') {
-      const s = this.newSupervisor(vmi);
-      this.track(uid, s.start());
+      const pods = this.opts.pods;
+      if (!pods) {
+        const s = this.newSupervisor(vmi);
+        this.track(uid, s.start());
+        return;
+      }
+      // Kubernetes mode: once the launcher pod is known (refresh() comes again when it appears).
+      const podUid = pods.podOf(uid);
+      if (!podUid || this.busy.has(`open:${uid}`)) return;
+      const opening = pods.open(podUid, uid).then((runDir) => {
+        if (this.supervisors.has(uid)) return;
+        const s = this.newSupervisor(vmi, { runDir, podUid });
+        this.track(uid, s.start());
+      });
+      this.busy.set(`open:${uid}`, opening);
+      void opening
+        .catch((e: unknown) => this.log.error({ err: e, uid }, "cannot listen for the launcher of the VMI's pod"))
+        .finally(() => this.busy.delete(`open:${uid}`));
     }
   }
 
@@ -328,13 +401,15 @@ export class NodeReconciler {
         await sup.stop(vmi.spec.terminationGracePeriodSeconds ?? 30, 'deleted');
         await sup.cleanup();
         this.supervisors.delete(uid);
+      } else if (this.opts.pods) {
+        await this.opts.pods.releaseNetwork?.(uid);
       } else {
         await fs.rm(this.vmDir(uid), { recursive: true, force: true });
         await this.opts.cgroups?.remove(uid, this.log);
         await this.opts.network?.teardown(uid);
       }
       const cur = await this.opts.store.get('VirtualMachineInstance', vmi.metadata.namespace, vmi.metadata.name);
-      if (cur && cur.metadata.uid === uid) {
+      if (cur && cur.metadata.uid === uid && this.opts.releaseFinalizer !== false) {
         const finalizers = (cur.metadata.finalizers ?? []).filter((f) => f !== VMI_FINALIZER);
         await this.opts.store.update({ ...cur, metadata: { ...cur.metadata, finalizers } });
       }

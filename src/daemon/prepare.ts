@@ -9,7 +9,9 @@ import { VmletError } from '../errors.js';
 import { buildArgv } from '../qemu/argv.js';
 import { probeQemu, resolveAccel, type ProbeOptions } from '../qemu/probe.js';
 import { planVolumes, type PreparedFile } from '../qemu/volumes.js';
+import type { PodVmNetwork } from './kube-vm-network.js';
 import type { PreparedLaunch } from './supervisor.js';
+import type { PrepareContext } from './supervisor-deps.js';
 import type { VmNetwork } from './vm-network.js';
 import type { AccelSetting } from '../api/vocabulary.js';
 
@@ -18,12 +20,19 @@ const run = promisify(execFile);
 export interface PrepareOptions {
   qemuBinary: string;
   accel: AccelSetting;
-  useEmulation: boolean;
+  /** A function when it is read live (the cluster config). */
+  useEmulation: boolean | (() => boolean);
   /** The same options as the daemon's start-up probe, so both share one cached result. */
   probe?: ProbeOptions;
   genisoimage?: string;
   /** Standalone networking; absent = VMs get no NIC. */
   network?: VmNetwork;
+  /**
+   * Kubernetes mode: QEMU runs in the launcher pod and sees the run dir at `qemuRunDir` (the daemon reaches it
+   * through the `runDir` it is given); files made there are given to `owner` (the pod's uid); the NICs are
+   * built in the pod's netns.
+   */
+  pod?: { qemuRunDir: string; owner: { uid: number; gid: number }; network?: PodVmNetwork };
 }
 
 async function exists(p: string): Promise<boolean> {
@@ -71,15 +80,23 @@ async function makeFile(f: PreparedFile, genisoimage: string): Promise<void> {
 }
 
 /** The daemon's `prepare` step: probe (cached), choose the accelerator, create files, build argv, then the network sandbox and its tap fds. */
-export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance, runDir: string) => Promise<PreparedLaunch> {
-  return async (vmi, runDir) => {
+export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance, runDir: string, at?: PrepareContext) => Promise<PreparedLaunch> {
+  return async (vmi, runDir, at = {}) => {
     const caps = await probeQemu(opts.qemuBinary, opts.probe ?? {});
-    const choice = resolveAccel(opts.accel, opts.useEmulation, caps);
-    const plan = planVolumes(vmi, runDir, caps.ovmf ? { ovmf: caps.ovmf } : {});
-    for (const f of plan.files) await makeFile(f, opts.genisoimage ?? 'genisoimage');
+    const choice = resolveAccel(opts.accel, typeof opts.useEmulation === 'function' ? opts.useEmulation() : opts.useEmulation, caps);
+    const pod = opts.pod;
+    // Paths as QEMU sees them; the daemon makes the files through its own view of the same folder.
+    const qemuRunDir = pod?.qemuRunDir ?? runDir;
+    const plan = planVolumes(vmi, qemuRunDir, caps.ovmf ? { ovmf: caps.ovmf } : {});
+    for (const f of plan.files) {
+      const inRunDir = f.path.startsWith(`${qemuRunDir}/`);
+      const file = pod && inRunDir ? { ...f, path: path.join(runDir, path.relative(qemuRunDir, f.path)) } : f;
+      await makeFile(file, opts.genisoimage ?? 'genisoimage');
+      if (pod && inRunDir) await fs.chown(file.path, pod.owner.uid, pod.owner.gid);
+    }
     const ctx: Parameters<typeof buildArgv>[1] = {
       qemuBinary: opts.qemuBinary,
-      runDir,
+      runDir: qemuRunDir,
       accel: choice.accel,
       machineTypes: caps.machineTypeNames,
       cpuModels: caps.cpuModels,
@@ -93,6 +110,16 @@ export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance,
       prepared.emulation = { reason: choice.emulationReason, message: choice.emulationMessage ?? '' };
     }
     // Last, so that nothing after it can fail and leave tap fds open.
+    if (pod) {
+      if (at.launcherPid === undefined) throw new VmletError('PREPARE_FAILED', "the pod's launcher has not connected, so its netns is unknown");
+      const net = await pod.network?.prepare(vmi, { fdBase: prepared.fds.length, accel: choice.accel, launcherPid: at.launcherPid });
+      if (net) {
+        prepared.argv = [...argv, ...net.args];
+        prepared.fds = net.fds;
+        prepared.interfaces = net.interfaces;
+      }
+      return prepared;
+    }
     const net = await opts.network?.prepare(vmi, { fdBase: prepared.fds.length, accel: choice.accel });
     if (net) {
       prepared.argv = [...argv, ...net.args];

@@ -5,6 +5,8 @@ import { GUEST_AGENT_DEVICE_ID } from '../qemu/argv.js';
 import { isLiveProcessFor, readRunDir, type ExitStatus } from '../qemu/launch.js';
 import { QmpClient } from '../qmp/client.js';
 import type { CoreEvent } from './supervisor-core.js';
+import type { SupervisorState } from './vmi-state.js';
+import { VmletError } from '../errors.js';
 
 /** The QMP events the supervisor follows. */
 export const WATCHED_EVENTS = ['STOP', 'RESUME', 'SHUTDOWN', 'RESET', 'VSERPORT_CHANGE', 'GUEST_PANICKED'] as const;
@@ -31,6 +33,17 @@ export function coreEventOf(name: string, data: unknown): CoreEvent | undefined 
     default:
       return undefined;
   }
+}
+
+/** The QMP client of a VMI in `state`; QMP_UNAVAILABLE while a Running VMI's QEMU does not answer, VMI_NOT_RUNNING otherwise. */
+export function runningQmp(qmp: QmpClient | undefined, state: SupervisorState): QmpClient {
+  if (state === 'Running' && !qmp) {
+    throw new VmletError('QMP_UNAVAILABLE', 'QEMU is not answering QMP right now; the daemon keeps reconnecting (see the QmpResponsive condition)');
+  }
+  if (state !== 'Running' || !qmp) {
+    throw new VmletError('VMI_NOT_RUNNING', `VMI is ${state === 'Exited' ? 'not running' : `still ${state.toLowerCase()}`}; try again once it is Running`);
+  }
+  return qmp;
 }
 
 export interface QmpWatchOptions {

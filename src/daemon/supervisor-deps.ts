@@ -7,6 +7,11 @@ import type { GuestNetworkInterface } from '../qmp/guest-agent-types.js';
 import type { PreparedLaunch } from './supervisor-core.js';
 import type { VmCgroups } from './vm-cgroup.js';
 
+/** What `prepare` learns at launch time: in Kubernetes mode the launcher's pid (daemon's pid namespace), whose netns is the pod's. */
+export interface PrepareContext {
+  launcherPid?: number;
+}
+
 export interface SupervisorDeps {
   vmi: VirtualMachineInstance;
   runDir: string;
@@ -15,7 +20,14 @@ export interface SupervisorDeps {
   launcherBinary: string;
   launcherSocket: string;
   /** Creates volumes and builds QEMU's argv; throws VmletError for anything the VMI asks that cannot be done. */
-  prepare(vmi: VirtualMachineInstance, runDir: string): Promise<PreparedLaunch>;
+  prepare(vmi: VirtualMachineInstance, runDir: string, ctx?: PrepareContext): Promise<PreparedLaunch>;
+  /**
+   * Kubernetes mode: the launcher is the entrypoint of the VMI's pod and connects on its own (no spawn, no VM
+   * cgroup: QEMU lives in the pod's). `prepare` waits for its HELLO, whose peer pid names the pod's netns.
+   */
+  pod?: { arriveTimeoutMs?: number };
+  /** Removes the run dir once QEMU is gone (default: delete `runDir`). */
+  removeRunDir?: () => Promise<void>;
   /** Writes the VMI's status (serialised per object by the source). */
   writeStatus(mutate: (s: VirtualMachineInstanceStatus) => VirtualMachineInstanceStatus): Promise<void>;
   event(type: 'Normal' | 'Warning', reason: string, message: string): void;

@@ -3,16 +3,16 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { VmletError } from '../errors.js';
-import { accelFromCmdline } from '../qemu/argv.js';
 import { isLiveProcessFor, readRunDir, spawnLauncher, type RunDirState } from '../qemu/launch.js';
 import type { HelloDecision, LauncherHello } from '../qemu/launcher-server.js';
 import type { QmpClient } from '../qmp/client.js';
 import { closeFds } from '../sys/libc.js';
 import { AgentWatch } from './agent-watch.js';
 import { SerialConsole } from './console.js';
-import { QmpWatch } from './qmp-watch.js';
+import { QmpWatch, runningQmp } from './qmp-watch.js';
 import { Changes } from './supervisor-changes.js';
 import { LauncherWatch } from './supervisor-launcher.js';
+import { accelOfProcess, inspectPodLauncher, podLauncherArrival, POD_ARRIVE_MS, POD_HELLO_WAIT_MS } from './supervisor-pod.js';
 import { INITIAL_STATE, step, type CoreEvent, type CoreState, type Effect, type ExitReport, type Outcome, type PreparedLaunch } from './supervisor-core.js';
 import { adoptedStatus, applyEdit, editIsBestEffort, launchedStatus, runningStatus, type Runtime } from './supervisor-status.js';
 import type { SupervisorDeps } from './supervisor-deps.js';
@@ -25,7 +25,7 @@ import { type Accel, DEFAULT_PROC_ROOT } from '../api/vocabulary.js';
 export type { ExitReport, PreparedLaunch } from './supervisor-core.js';
 export type { SupervisorDeps } from './supervisor-deps.js';
 
-/** How long a launcher's HELLO waits for prepare to rebuild QEMU's argv (after a restart). */
+/** How long a launcher's HELLO waits for prepare to rebuild QEMU's argv (after a restart; in a pod, while the network is built). */
 const HELLO_WAIT_MS = 10_000;
 
 export class Supervisor {
@@ -41,6 +41,9 @@ export class Supervisor {
   /** The VM group's resources, once computed at launch. */
   #resources: VmResources | undefined;
   #resolveDone!: (r: ExitReport) => void;
+  /** Kubernetes mode: the pod's launcher said HELLO (its pid, daemon's namespace). */
+  #arrived: Promise<number>;
+  #resolveArrived!: (pid: number) => void;
   private readonly uid: string;
   private readonly log: Logger;
   private readonly now: () => number;
@@ -54,6 +57,7 @@ export class Supervisor {
     this.log = deps.logger;
     this.now = deps.now ?? Date.now;
     this.done = new Promise((resolve) => (this.#resolveDone = resolve));
+    this.#arrived = new Promise((resolve) => (this.#resolveArrived = resolve));
     const dispatch = (e: CoreEvent): Promise<Outcome> => this.dispatch(e);
     this.qmpWatch = new QmpWatch({ runDir: deps.runDir, uid: this.uid, logger: this.log, procRoot: deps.procRoot, dispatch });
     this.agent = new AgentWatch({ runDir: deps.runDir, running: () => this.state === 'Running', dispatch, guestInterfaces: deps.guestInterfaces });
@@ -96,17 +100,7 @@ export class Supervisor {
 
   /** The QMP client of a Running VMI; QMP_UNAVAILABLE while it does not answer, VMI_NOT_RUNNING otherwise. */
   qmpClient(): QmpClient {
-    const qmp = this.qmpWatch.client;
-    if (this.state === 'Running' && !qmp) {
-      throw new VmletError('QMP_UNAVAILABLE', 'QEMU is not answering QMP right now; the daemon keeps reconnecting (see the QmpResponsive condition)');
-    }
-    if (this.state !== 'Running' || !qmp) {
-      throw new VmletError(
-        'VMI_NOT_RUNNING',
-        `VMI is ${this.state === 'Exited' ? 'not running' : `still ${this.state.toLowerCase()}`}; try again once it is Running`,
-      );
-    }
-    return qmp;
+    return runningQmp(this.qmpWatch.client, this.state);
   }
 
   private iso(): string {
@@ -208,9 +202,16 @@ export class Supervisor {
 
   /** The launcher's HELLO for this VMI, routed here by the daemon. */
   async onHello(h: LauncherHello): Promise<HelloDecision> {
+    if (this.deps.pod) {
+      this.#launcherPid = h.peer.pid;
+      this.#resolveArrived(h.peer.pid);
+    }
     if (h.state.kind !== 'new') return { action: 'accept' };
     // After a restart the launcher may call before prepare() has rebuilt its argv: wait for it, bounded.
-    await this.changes.until(() => this.#pendingLaunch !== undefined || (this.state !== 'Reattaching' && this.state !== 'Preparing'), HELLO_WAIT_MS);
+    await this.changes.until(
+      () => this.#pendingLaunch !== undefined || (this.state !== 'Reattaching' && this.state !== 'Preparing'),
+      this.deps.pod ? POD_HELLO_WAIT_MS : HELLO_WAIT_MS,
+    );
     const p = this.#pendingLaunch;
     if (!p) return { action: 'reject', reason: 'no launch is pending for this VMI' };
     return { action: 'launch', argv: p.argv, fds: p.fds };
@@ -245,13 +246,20 @@ export class Supervisor {
     let prepared: PreparedLaunch;
     try {
       await fs.mkdir(this.deps.runDir, { recursive: true, mode: 0o700 });
-      prepared = await this.deps.prepare(this.deps.vmi, this.deps.runDir);
+      prepared = await this.deps.prepare(this.deps.vmi, this.deps.runDir, await this.prepareContext());
     } catch (error) {
       const code = error instanceof VmletError ? error.code : 'PREPARE_FAILED';
       await this.dispatch({ type: 'prepareFailed', reason: code === 'KVM_UNAVAILABLE' ? 'KvmUnavailable' : 'LaunchFailed', error });
       return;
     }
     await this.dispatch({ type: 'prepared', prepared });
+  }
+
+  /** Kubernetes mode: waits for the pod's launcher, whose pid names the pod's netns. */
+  private async prepareContext(): Promise<{ launcherPid?: number }> {
+    if (!this.deps.pod) return {};
+    this.launcher.attach();
+    return { launcherPid: await podLauncherArrival(this.#arrived, this.deps.pod.arriveTimeoutMs ?? POD_ARRIVE_MS) };
   }
 
   private setPendingLaunch(p: PreparedLaunch): void {
@@ -272,6 +280,13 @@ export class Supervisor {
     const started = link.waitFor('started', this.deps.startTimeoutMs ?? 30_000);
     let qemuPid: number;
     try {
+      if (this.deps.pod) {
+        // The pod's launcher is already connected and waits for this argv; QEMU stays in the pod's cgroup.
+        [qemuPid] = await started;
+        this.#qemuPid = qemuPid;
+        await this.dispatch({ type: 'qemuStarted', pid: qemuPid, prepared, via: 'launch' });
+        return;
+      }
       // The launcher joins the group before it forks QEMU, so no QEMU thread ever runs outside it.
       const cgroupDirs = await this.setUpCgroup(prepared.accel);
       const spawned = await spawnLauncher({
@@ -303,6 +318,7 @@ export class Supervisor {
   }
 
   private async inspectRunDir(): Promise<void> {
+    if (this.deps.pod) return this.inspectPodLauncher();
     const rd = await readRunDir(this.deps.runDir).catch((): RunDirState => ({}));
     const procRoot = this.deps.procRoot;
     const launcherAlive = rd.launcherPid !== undefined && (await isLiveProcessFor(rd.launcherPid, this.uid, procRoot));
@@ -312,24 +328,30 @@ export class Supervisor {
     await this.dispatch({ type: 'inspected', launcherAlive, qemuAlive, exit: rd.exitStatus });
   }
 
+  /** Kubernetes mode after a daemon restart: the launcher, reconnecting, says what runs. */
+  private async inspectPodLauncher(): Promise<void> {
+    const v = await inspectPodLauncher(this.launcher.attach());
+    this.#launcherPid = v.launcherPid;
+    this.#qemuPid = v.qemuPid;
+    await this.dispatch({ type: 'inspected', launcherAlive: v.launcherAlive, qemuAlive: v.qemuAlive, exit: v.exit });
+  }
+
   /** The previous daemon may have died before it recorded the launch: record it from what runs. */
   private async recordAdopted(): Promise<void> {
     const pid = this.#qemuPid;
     this.log.info({ qemuPid: pid, launcherPid: this.#launcherPid }, 're-adopting running QEMU');
-    const accel = pid === undefined ? undefined : await this.accelOf(pid);
+    const accel = pid === undefined ? undefined : await accelOfProcess(pid, this.deps.procRoot ?? DEFAULT_PROC_ROOT);
     await this.deps.writeStatus((s) => adoptedStatus(s, this.runtime(pid), accel, this.iso()));
-  }
-
-  /** The accelerator a running QEMU was started with, from its command line (`-accel X,…`, or `-machine …,accel=X` before tb-size was set). */
-  private async accelOf(pid: number): Promise<Accel | undefined> {
-    const cmdline = await fs.readFile(path.join(this.deps.procRoot ?? DEFAULT_PROC_ROOT, String(pid), 'cmdline'), 'utf8').catch(() => '');
-    return accelFromCmdline(cmdline.split('\0'));
   }
 
   /** A launcher spawned by the previous daemon waits for QEMU's argv: prepare again and hand it over. */
   private async handover(): Promise<void> {
     try {
-      const prepared = await this.deps.prepare(this.deps.vmi, this.deps.runDir);
+      const prepared = await this.deps.prepare(
+        this.deps.vmi,
+        this.deps.runDir,
+        this.deps.pod ? { launcherPid: this.#launcherPid ?? (await this.#arrived) } : {},
+      );
       this.setPendingLaunch(prepared);
       const [pid] = await (this.launcher.link ?? this.launcher.attach()).waitFor('started', this.deps.startTimeoutMs ?? 30_000);
       this.#qemuPid = pid;
@@ -392,7 +414,7 @@ export class Supervisor {
   /** Removes the run dir and the VM's cgroup, and forgets the launcher link; only after QEMU is gone. */
   async cleanup(): Promise<void> {
     this.deps.launcherServer.detach(this.uid);
-    await fs.rm(this.deps.runDir, { recursive: true, force: true });
+    await (this.deps.removeRunDir ? this.deps.removeRunDir() : fs.rm(this.deps.runDir, { recursive: true, force: true }));
     await this.deps.cgroups?.remove(this.uid, this.log);
   }
 
@@ -417,12 +439,6 @@ export class Supervisor {
   /** A reboot the guest takes part in: through the agent when it answers, else ACPI is no help, so refuse. */
   async softreboot(): Promise<void> {
     this.qmpClient();
-    const agent = this.agent.client;
-    if (!agent) throw new VmletError('VMI_AGENT_UNAVAILABLE', 'softreboot needs the guest agent, which is not connected; use reset for a hard reset');
-    try {
-      await agent.shutdown('reboot');
-    } catch (e) {
-      throw new VmletError('VMI_AGENT_UNAVAILABLE', 'the guest agent did not take the reboot; use reset for a hard reset', { cause: e });
-    }
+    await this.agent.reboot();
   }
 }

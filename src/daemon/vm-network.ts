@@ -5,7 +5,16 @@ import type { Logger } from 'pino';
 import type { VMIInterfaceStatus, VMISpec, VirtualMachineInstance } from '../api/types.js';
 import { VmletError } from '../errors.js';
 import { overlaps, parseCidr } from '../net/ipv4.js';
-import { DEFAULT_VM_NETWORK_CIDR, NetManager, planNetwork, qemuNicArgs, vhostAvailable, type AdoptResult, type CommandRunner } from '../net/index.js';
+import {
+  DEFAULT_VM_NETWORK_CIDR,
+  NetManager,
+  planNetwork,
+  qemuNicArgs,
+  vhostAvailable,
+  type AdoptResult,
+  type CommandRunner,
+  type NicArgsInput,
+} from '../net/index.js';
 import type { GuestNetworkInterface } from '../qmp/guest-agent-types.js';
 import { closeFds } from '../sys/libc.js';
 import type { NetworkConfig } from './config.js';
@@ -35,6 +44,57 @@ export interface VmNetworkLaunch {
   /** the sandbox netns the launcher joins before it forks QEMU */
   netnsPath: string;
   interfaces: VMIInterfaceStatus[];
+}
+
+/** Tap queues per NIC: one per vCPU with `networkInterfaceMultiqueue` (as KubeVirt), else one. */
+export function nicQueues(spec: VMISpec): number {
+  return spec.domain.devices.networkInterfaceMultiqueue === true ? Math.min(Math.max(vcpuCount({ spec }), 1), MAX_QUEUES) : 1;
+}
+
+/** A NIC as QEMU is given it. */
+export interface LaunchNic {
+  index: number;
+  mac: string;
+  model: NicArgsInput['model'];
+  queues: number;
+}
+
+/**
+ * `-netdev`/`-device` pairs for NICs whose tap fds `open` returns (one per queue), numbered as QEMU receives them
+ * after `fdBase` others; the fds are closed again if any NIC fails. Standalone sandboxes and pods share it.
+ */
+export function nicLaunchArgs<N extends LaunchNic>(
+  nics: readonly N[],
+  open: (nic: N) => number[],
+  fdBase: number,
+  accel: Accel,
+  devVhostNet = '/dev/vhost-net',
+): { args: string[]; fds: number[] } {
+  const args: string[] = [];
+  const fds: number[] = [];
+  // vhost-net needs KVM's ioeventfd; under TCG QEMU would only warn and fall back.
+  const vhost = accel === 'kvm' && vhostAvailable(devVhostNet);
+  try {
+    for (const nic of nics) {
+      const tapFds = open(nic);
+      const first = fdBase + fds.length + 3;
+      fds.push(...tapFds);
+      args.push(
+        ...qemuNicArgs({
+          index: nic.index,
+          mac: nic.mac,
+          model: nic.model,
+          tap: { fds: tapFds.map((_, i) => first + i) },
+          queues: nic.queues,
+          ...(nic.model === 'virtio' ? { vhost } : {}),
+        }),
+      );
+    }
+  } catch (e) {
+    closeFds(fds);
+    throw e;
+  }
+  return { args, fds };
 }
 
 export class VmNetwork {
@@ -96,7 +156,7 @@ export class VmNetwork {
       return;
     }
     const plan = planNetwork(ifaces, nets, CHECK_UID, {
-      queues: this.queuesFor(spec),
+      queues: nicQueues(spec),
       autoattachPodInterface: spec.domain.devices.autoattachPodInterface ?? true,
     });
     const node = parseCidr(this.opts.config.subnet);
@@ -108,10 +168,6 @@ export class VmNetwork {
         );
       }
     }
-  }
-
-  private queuesFor(spec: VMISpec): number {
-    return spec.domain.devices.networkInterfaceMultiqueue === true ? Math.min(Math.max(vcpuCount({ spec }), 1), MAX_QUEUES) : 1;
   }
 
   private netnsExists(netns: string): boolean {
@@ -137,34 +193,11 @@ export class VmNetwork {
         hostname: vmi.metadata.name,
         interfaces: spec.domain.devices.interfaces,
         networks: spec.networks,
-        plan: { queues: this.queuesFor(spec), autoattachPodInterface: autoattach },
+        plan: { queues: nicQueues(spec), autoattachPodInterface: autoattach },
       });
     }
     if (info.interfaces.length === 0) return undefined;
-    const args: string[] = [];
-    const fds: number[] = [];
-    // vhost-net needs KVM's ioeventfd; under TCG QEMU would only warn and fall back.
-    const vhost = o.accel === 'kvm' && vhostAvailable(this.devVhostNet);
-    try {
-      for (const li of info.interfaces) {
-        const tapFds = mgr.openTapFds(uid, li.name);
-        const first = o.fdBase + fds.length + 3;
-        fds.push(...tapFds);
-        args.push(
-          ...qemuNicArgs({
-            index: li.index,
-            mac: li.mac,
-            model: li.model,
-            tap: { fds: tapFds.map((_, i) => first + i) },
-            queues: li.queues,
-            ...(li.model === 'virtio' ? { vhost } : {}),
-          }),
-        );
-      }
-    } catch (e) {
-      closeFds(fds);
-      throw e;
-    }
+    const { args, fds } = nicLaunchArgs(info.interfaces, (li) => mgr.openTapFds(uid, li.name), o.fdBase, o.accel, this.devVhostNet);
     return { args, fds, netnsPath: info.netnsPath, interfaces: this.interfaces(uid) };
   }
 

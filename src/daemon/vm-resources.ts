@@ -3,29 +3,11 @@ import type { VirtualMachineInstance } from '../api/types.js';
 import { parseQuantity } from '../api/quantity.js';
 import { resourcesFromSpec, type CgroupResources } from '../cgroups/index.js';
 import { VmletError } from '../errors.js';
-import { tcgTbSizeMiB } from '../qemu/tcg.js';
+import { OVERHEAD_ANNOTATION, memoryOverhead } from '../api/overhead.js';
 import type { Accel } from '../api/vocabulary.js';
 
-const MiB = 1024 * 1024;
-
-/**
- * The memory QEMU needs beyond guest RAM (docs/cgroups.md, "VM memory overhead"): a fixed base
- * (QEMU's binary, heap, device models, the firmware/kernel images it holds), a share per vCPU
- * (thread stack, vCPU state), a fraction of guest RAM (page tables, dirty bitmaps), and under TCG
- * the translation-block cache (bounded by `tb-size`, src/qemu/tcg.ts) plus TCG's own data
- * (per-page descriptors, TB hash tables, soft-MMU TLBs), which KVM does not have.
- */
-export const OVERHEAD = {
-  baseBytes: 96 * MiB,
-  perVcpuBytes: 8 * MiB,
-  /** guest RAM / guestDivisor is added (1/64, as KubeVirt's pagetable estimate, rounded up). */
-  guestDivisor: 64,
-  /** Extra under TCG besides the translation cache itself (whose size tcgTbSizeMiB gives). */
-  tcgBytes: 32 * MiB,
-} as const;
-
-/** Annotation that replaces the computed overhead with an exact quantity (e.g. "0" makes the limit the guest memory alone). */
-export const OVERHEAD_ANNOTATION = 'vmlet.io/memory-overhead';
+// The overhead formula is pure and shared with the controller's launcher pod, so it lives in api/.
+export { OVERHEAD, OVERHEAD_ANNOTATION, memoryOverhead } from '../api/overhead.js';
 
 export interface VmSizing {
   vcpus: number;
@@ -97,13 +79,6 @@ export function vmSizing(vmi: VirtualMachineInstance): VmSizing {
   const ann = vmi.metadata.annotations?.[OVERHEAD_ANNOTATION];
   if (ann !== undefined) out.overrideOverheadBytes = bytesOf(`metadata.annotations["${OVERHEAD_ANNOTATION}"]`, ann);
   return out;
-}
-
-/** QEMU's memory beyond guest RAM, bytes, rounded up to whole MiB (the formula in docs/cgroups.md). */
-export function memoryOverhead(o: { guestBytes: number; vcpus: number; accel: Accel }): number {
-  const tcg = o.accel === 'tcg' ? OVERHEAD.tcgBytes + tcgTbSizeMiB(o.guestBytes) * MiB : 0;
-  const raw = OVERHEAD.baseBytes + o.vcpus * OVERHEAD.perVcpuBytes + Math.ceil(o.guestBytes / OVERHEAD.guestDivisor) + tcg;
-  return Math.ceil(raw / MiB) * MiB;
 }
 
 /**

@@ -207,13 +207,28 @@ function tapCommands(iface: PlannedInterface, mtu: number, tap: TapOptions): IpC
   ];
 }
 
+export interface BindingExtras {
+  /**
+   * masquerade with listed ports: the pod's own 127.0.0.1 on those ports reaches the guest too
+   * (KubeVirt's rule for health probes; needs route_localnet on the sandbox bridge). Packets from the
+   * guest to 127.0.0.0/8 are dropped, so the guest cannot reach the pod's loopback services.
+   */
+  loopbackToGuest?: boolean;
+}
+
 /**
  * The binding of one interface inside the sandbox. masquerade: bridge k6t-eth0 with the guest
  * gateway, the tap on it, NAT in the netns (DNAT of the sandbox address to the guest, masquerade of
  * the guest to eth0). bridge: eth0's address is removed (the guest gets it by DHCP), eth0 and the
  * tap are joined by k6t-eth0, which carries only a link-local address for the DHCP server.
  */
-export function planBinding(iface: PlannedInterface, pod: PodInterfaceState, tap: TapOptions = {}, nftTable = 'vmlet'): BindingPlan {
+export function planBinding(
+  iface: PlannedInterface,
+  pod: PodInterfaceState,
+  tap: TapOptions = {},
+  nftTable = 'vmlet',
+  extras: BindingExtras = {},
+): BindingPlan {
   const br = checkIfName(iface.bridge, 'sandbox bridge');
   const eth = checkIfName(iface.podInterface);
   const t = checkNftName(nftTable);
@@ -227,15 +242,28 @@ export function planBinding(iface: PlannedInterface, pod: PodInterfaceState, tap
       ...tapCommands(iface, pod.mtu, tap),
       ['link', 'set', br, 'up'],
     ];
-    const dnat: string[] = [];
-    if (iface.ports === null) {
-      dnat.push(`    iifname "${eth}" ip daddr ${pod.address} dnat to ${g.address}`);
-    } else {
-      for (const proto of ['tcp', 'udp'] as const) {
-        const ports = iface.ports.filter((p) => p.protocol === proto).map((p) => p.port);
-        if (ports.length > 0) dnat.push(`    iifname "${eth}" ip daddr ${pod.address} ${proto} dport { ${ports.join(', ')} } dnat to ${g.address}`);
-      }
-    }
+    // one rule per protocol when ports are listed, else one for every port
+    const forwards = (match: string, action: string): string[] => {
+      if (iface.ports === null) return [`    ${match} ${action}`];
+      return (['tcp', 'udp'] as const).flatMap((proto) => {
+        const ports = iface.ports!.filter((p) => p.protocol === proto).map((p) => p.port);
+        return ports.length > 0 ? [`    ${match} ${proto} dport { ${ports.join(', ')} } ${action}`] : [];
+      });
+    };
+    const dnat = forwards(`iifname "${eth}" ip daddr ${pod.address}`, `dnat to ${g.address}`);
+    const loopback = extras.loopbackToGuest === true && iface.ports !== null;
+    const loChains = loopback
+      ? [
+          `  chain output {`,
+          `    type nat hook output priority -100; policy accept;`,
+          ...forwards('ip daddr 127.0.0.1', `dnat to ${g.address}`),
+          `  }`,
+          `  chain guest_to_loopback {`,
+          `    type filter hook prerouting priority raw; policy accept;`,
+          `    iifname "${br}" ip daddr 127.0.0.0/8 drop`,
+          `  }`,
+        ]
+      : [];
     const nft = [
       `table ip ${t} {}`,
       `delete table ip ${t}`,
@@ -247,7 +275,9 @@ export function planBinding(iface: PlannedInterface, pod: PodInterfaceState, tap
       `  chain postrouting {`,
       `    type nat hook postrouting priority srcnat; policy accept;`,
       `    ip saddr ${g.cidr} oifname "${eth}" masquerade`,
+      ...(loopback ? forwards(`ip saddr 127.0.0.1 oifname "${br}"`, `snat to ${g.gateway}`) : []),
       `  }`,
+      ...loChains,
       `}`,
       '',
     ].join('\n');

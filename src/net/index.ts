@@ -15,6 +15,7 @@ export {
   gatewayOf,
   BRIDGE_BINDING_SERVER_IP,
   type BindingPlan,
+  type BindingExtras,
   type PodInterfaceState,
   type TapOptions,
 } from './commands.js';
@@ -36,3 +37,15 @@ export {
   type InterfaceStatus,
   type AdoptResult,
 } from './sandbox.js';
+export { PodNetwork, type PodNetworkOptions, type PodAttachRequest, type PodAttachment, type PodAttachResult, type PodNic } from './pod-network.js';
+export {
+  planPodAttach,
+  readPodState,
+  formatPodRecord,
+  parsePodRecord,
+  podInterfacesStatus,
+  type PodAttachPlan,
+  type PodRecord,
+  type PodState,
+  type IpLink,
+} from './pod-plan.js';

@@ -1,7 +1,7 @@
-// Daemon side of the launcher protocol: accepts vmlet-launch connections on a unix socket, checks who is calling, hands over QEMU's argv and fds, and relays each VMI's started/exited/disconnected events.
+// Daemon side of the launcher protocol: accepts vmlet-launch connections on its unix socket (and on pods' own sockets), checks who is calling, hands over QEMU's argv and fds, and relays each VMI's started/exited/disconnected events.
 import { EventEmitter } from 'node:events';
 import { unlink, chmod } from 'node:fs/promises';
-import net from 'node:net';
+import type net from 'node:net';
 import type { Logger } from 'pino';
 import { VmletError } from '../errors.js';
 import { peerCred, sendWithFds, socketFd, type PeerCred } from '../sys/scm.js';
@@ -16,6 +16,8 @@ import {
   type LauncherState,
 } from './launcher-codec.js';
 import { nsPids, translateChildPid } from './launcher-procfs.js';
+import { checkPodPeer, type PodListener } from './pod-identity.js';
+import { bindLauncherSocket, chmodSocketNoFollow, closeServer } from './launcher-socket.js';
 import { DEFAULT_PROC_ROOT } from '../api/vocabulary.js';
 
 export {
@@ -37,6 +39,8 @@ export interface LauncherHello {
   /** Who is really on the socket (SO_PEERCRED, daemon's pid namespace). */
   peer: PeerCred;
   state: LauncherState;
+  /** Set when the HELLO came through a pod's own socket (listenExtra with a pod): it passed the pod check. */
+  pod?: PodListener;
 }
 
 /** The daemon's answer to a HELLO: argv + fds for a NEW launcher, acceptance otherwise, or a rejection. */
@@ -111,7 +115,22 @@ export interface LauncherServerOptions {
   logger?: Logger;
 }
 
-type Reject = 'version' | 'bad-hello' | 'unknown-uid' | 'pid-mismatch' | 'duplicate' | 'denied' | 'no-argv' | 'internal';
+/** A socket besides the main one. With `podUid` and `vmiUid` it is that pod's: only that VMI's launcher, living in that pod's cgroup, may use it. */
+export interface ExtraListenerOptions {
+  /** Mode of the socket file (default 0o600); set without following a symlink, as the folder may be writable by the pod. */
+  mode?: number;
+  podUid?: string;
+  vmiUid?: string;
+}
+
+type Reject = 'version' | 'bad-hello' | 'unknown-uid' | 'pid-mismatch' | 'pod-mismatch' | 'vmi-mismatch' | 'duplicate' | 'denied' | 'no-argv' | 'internal';
+
+interface Extra {
+  path: string;
+  mode: number;
+  pod: PodListener | undefined;
+  server: net.Server | undefined;
+}
 
 /**
  * Listens on the launcher socket. Only uids passed to `attach` are known; a HELLO for any other uid
@@ -123,27 +142,63 @@ export class LauncherServer {
   readonly #procRoot: string;
   readonly #links = new Map<string, LauncherLink>();
   readonly #sockets = new Set<net.Socket>();
+  /** Which listening socket each connection came through. */
+  readonly #via = new WeakMap<net.Socket, string>();
   #server: net.Server | undefined;
+  readonly #extras = new Map<string, Extra>();
 
   constructor(opts: LauncherServerOptions) {
     this.#opts = opts;
     this.#procRoot = opts.procRoot ?? DEFAULT_PROC_ROOT;
   }
 
-  /** Starts listening (replacing a stale socket file). */
+  /** Starts listening (replacing a stale socket file), and again on every extra socket a `close()` stopped. */
   async listen(): Promise<void> {
     if (this.#server) throw new VmletError('LAUNCHER_LISTEN_FAILED', 'launcher server is already listening');
-    await unlink(this.#opts.socketPath).catch((e: NodeJS.ErrnoException) => {
-      if (e.code !== 'ENOENT') throw new VmletError('LAUNCHER_LISTEN_FAILED', `cannot remove stale ${this.#opts.socketPath}`, { cause: e });
-    });
-    const server = net.createServer((sock) => this.#onConnection(sock));
-    await new Promise<void>((resolve, reject) => {
-      server.once('error', (cause) => reject(new VmletError('LAUNCHER_LISTEN_FAILED', `cannot listen on ${this.#opts.socketPath}`, { cause })));
-      server.listen(this.#opts.socketPath, () => resolve());
-    });
-    server.on('error', (err) => this.#opts.logger?.error({ err }, 'launcher socket error'));
+    const server = await bindLauncherSocket(this.#opts.socketPath, (sock) => this.#onConnection(sock, this.#opts.socketPath, undefined), this.#opts.logger);
     await chmod(this.#opts.socketPath, this.#opts.socketMode ?? 0o600);
     this.#server = server;
+    for (const x of this.#extras.values()) {
+      if (x.server) continue;
+      // One pod's folder gone must not keep the daemon from its other launchers.
+      await this.#openExtra(x).catch((err: unknown) => this.#opts.logger?.error({ err, socket: x.path }, 'cannot listen again on an extra launcher socket'));
+    }
+  }
+
+  /**
+   * Listens on one more socket that feeds the same links (a launcher pod's `launcher.sock`); independent of
+   * `listen()`. `close()` stops it too and the next `listen()` starts it again, until `closeExtra(path)`.
+   */
+  async listenExtra(socketPath: string, opts: ExtraListenerOptions = {}): Promise<void> {
+    if (socketPath === this.#opts.socketPath || this.#extras.has(socketPath)) {
+      throw new VmletError('LAUNCHER_LISTEN_FAILED', `already listening on ${socketPath}`);
+    }
+    if ((opts.podUid === undefined) !== (opts.vmiUid === undefined)) {
+      throw new VmletError('LAUNCHER_LISTEN_FAILED', `a pod's launcher socket needs both podUid and vmiUid (${socketPath})`);
+    }
+    const pod = opts.podUid !== undefined && opts.vmiUid !== undefined ? { podUid: opts.podUid, vmiUid: opts.vmiUid } : undefined;
+    const x: Extra = { path: socketPath, mode: opts.mode ?? 0o600, pod, server: undefined };
+    this.#extras.set(socketPath, x); // before the await, so a second call for the path is refused
+    try {
+      await this.#openExtra(x);
+    } catch (err) {
+      this.#extras.delete(socketPath);
+      throw err;
+    }
+  }
+
+  /** Stops listening on an extra socket (its file is removed) and drops the connections that came through it. */
+  async closeExtra(socketPath: string): Promise<void> {
+    const x = this.#extras.get(socketPath);
+    if (!x) return;
+    this.#extras.delete(socketPath);
+    await this.#stop(x.server, socketPath);
+    x.server = undefined;
+  }
+
+  /** The extra sockets, listening or waiting for the next `listen()`. */
+  extraSockets(): string[] {
+    return [...this.#extras.keys()];
   }
 
   /** Stops accepting and drops every connection; links stay attached and see `disconnected`. */
@@ -151,9 +206,27 @@ export class LauncherServer {
     const server = this.#server;
     this.#server = undefined;
     for (const s of this.#sockets) s.destroy();
-    if (server) {
-      await new Promise<void>((resolve) => server.close(() => resolve()));
+    const servers = [server, ...[...this.#extras.values()].map((x) => x.server)];
+    for (const x of this.#extras.values()) x.server = undefined;
+    await Promise.all(servers.map(closeServer));
+  }
+
+  async #stop(server: net.Server | undefined, via: string): Promise<void> {
+    for (const s of this.#sockets) if (this.#via.get(s) === via) s.destroy();
+    await closeServer(server);
+    await unlink(via).catch(() => undefined); // close() unlinks it already; this covers a server that is not bound
+  }
+
+  async #openExtra(x: Extra): Promise<void> {
+    const server = await bindLauncherSocket(x.path, (sock) => this.#onConnection(sock, x.path, x.pod), this.#opts.logger);
+    try {
+      await chmodSocketNoFollow(x.path, x.mode, this.#procRoot);
+    } catch (err) {
+      await closeServer(server);
+      throw err;
     }
+    if (this.#extras.get(x.path) !== x) return closeServer(server); // closeExtra came while we bound
+    x.server = server;
   }
 
   /** Declares `uid` known to this daemon and returns its link (the same one on every call). */
@@ -179,8 +252,9 @@ export class LauncherServer {
     return this.#links.get(uid);
   }
 
-  #onConnection(sock: net.Socket): void {
+  #onConnection(sock: net.Socket, via: string, pod: PodListener | undefined): void {
     this.#sockets.add(sock);
+    this.#via.set(sock, via);
     let peer: PeerCred;
     try {
       peer = peerCred(socketFd(sock));
@@ -196,8 +270,8 @@ export class LauncherServer {
     let chain = Promise.resolve();
     let closing = false;
 
-    const reject = (code: Reject, text: string): void => {
-      log?.warn({ reject: code }, `launcher rejected: ${text}`);
+    const reject = (code: Reject, text: string, facts?: Record<string, unknown>): void => {
+      log?.warn({ reject: code, socket: via, ...facts }, `launcher rejected: ${text}`);
       closing = true;
       sock.end(`REJECT ${code} ${text.replace(/\n/g, ' ')}\n`);
     };
@@ -217,6 +291,7 @@ export class LauncherServer {
         return this.#hello(
           sock,
           peer,
+          pod,
           msg,
           reject,
           (l) => {
@@ -290,8 +365,9 @@ export class LauncherServer {
   async #hello(
     sock: net.Socket,
     peer: PeerCred,
+    pod: PodListener | undefined,
     msg: Extract<LauncherMessage, { type: 'hello' }>,
-    reject: (code: Reject, text: string) => void,
+    reject: (code: Reject, text: string, facts?: Record<string, unknown>) => void,
     accepted: (l: LauncherLink) => void,
     log: Logger | undefined,
   ): Promise<void> {
@@ -304,6 +380,11 @@ export class LauncherServer {
     if (msg.launcherPid !== peer.pid && !(nested && ns.at(-1) === msg.launcherPid)) {
       return reject('pid-mismatch', `claimed pid ${msg.launcherPid} but the socket peer is pid ${peer.pid}`);
     }
+    if (pod) {
+      // A pod's socket: only its own VMI, and only a process in its cgroup (a pod cannot pose as another).
+      const refusal = await checkPodPeer(pod, msg.uid, peer.pid, this.#procRoot);
+      if (refusal) return reject(refusal.code, refusal.text, { peerPodUid: refusal.peerPodUid ?? null, expectedPodUid: refusal.expectedPodUid, uid: msg.uid });
+    }
     const link = this.#links.get(msg.uid);
     if (!link) return reject('unknown-uid', `no VMI with uid ${msg.uid} on this node`);
     if (link.connected && link.peer?.pid !== peer.pid) {
@@ -315,7 +396,7 @@ export class LauncherServer {
       if (qemuPid === undefined) log?.warn({ reported: state.qemuPid }, 'cannot translate QEMU pid out of the launcher pid namespace');
       state = { ...state, qemuPid: qemuPid ?? state.qemuPid };
     }
-    const hello: LauncherHello = { uid: msg.uid, launcherPid: msg.launcherPid, peer, state };
+    const hello: LauncherHello = { uid: msg.uid, launcherPid: msg.launcherPid, peer, state, ...(pod ? { pod } : {}) };
     let decision: HelloDecision;
     try {
       decision = await this.#opts.onHello(hello);

@@ -23,9 +23,14 @@ export class Watcher<K extends Kind> implements SourceWatch<K>, WatchSink {
 
   constructor(
     private readonly matches: (ev: WatchEvent) => ev is WatchEvent<K>,
-    private readonly limit: number,
+    private limit: number,
     private readonly detach: (w: WatchSink) => void,
   ) {}
+
+  /** Lets `n` more events wait (a snapshot handed out at the start does not count against the buffer). */
+  extendLimit(n: number): void {
+    this.limit += n;
+  }
 
   get closed(): boolean {
     return this.#state !== 'open';

@@ -1,10 +1,12 @@
-// `npm run cluster -- up [--simulated-nodes N] | down | status | kubeconfig | load FILE`: the test cluster of test/support/cluster.ts, by hand.
+// `npm run cluster -- up [--simulated-nodes N] | down | status | kubeconfig | load FILE | deploy|undeploy [--overlay NAME]`: the test cluster of test/support/cluster.ts, by hand.
 import fs from 'node:fs';
 import path from 'node:path';
 import { isClusterError } from './cluster/errors.js';
 import { Cluster, clusterSkipReason, DEFAULT_ROOT, downAt, REPO_ROOT } from './cluster.js';
+import { deploy, undeploy } from './cluster/deploy.js';
 
-const USAGE = 'usage: npm run cluster -- up [--simulated-nodes N] | down | status | kubeconfig | load FILE';
+const USAGE =
+  'usage: npm run cluster -- up [--simulated-nodes N] | down | status | kubeconfig | load FILE | deploy [--overlay NAME] | undeploy [--overlay NAME]';
 
 function assetsDir(): string | undefined {
   if (process.env.VMLET_K8S_ASSETS) return process.env.VMLET_K8S_ASSETS;
@@ -72,6 +74,23 @@ async function main(argv: string[]): Promise<number> {
       }
       process.stdout.write(`${await attached().load(rest[0])}\n`);
       return 0;
+    }
+    case 'deploy':
+    case 'undeploy': {
+      const i = rest.indexOf('--overlay');
+      const overlay = i >= 0 ? rest[i + 1] : 'test';
+      if (!overlay || rest.length !== (i >= 0 ? 2 : 0)) {
+        process.stderr.write(`${USAGE}\n`);
+        return 2;
+      }
+      if (cmd === 'deploy') {
+        const r = await deploy(attached(), { overlay, log });
+        process.stdout.write(`vmlet deployed (${overlay}) in ${r.seconds.toFixed(1)} s\n`);
+        return 0;
+      }
+      const left = await undeploy(attached(), { overlay, log });
+      for (const p of left) process.stderr.write(`left behind: ${p}\n`);
+      return left.length ? 1 : 0;
     }
     default:
       process.stderr.write(`${USAGE}\n`);

@@ -464,7 +464,7 @@ export async function downAt(root = DEFAULT_ROOT, log: (msg: string) => void = (
   return d ? d.down() : [];
 }
 
-/** A test's cluster: up once per test file (tests share it), down in teardown; undefined (after t.skip with the reason) when it cannot run. */
+/** A test's cluster: up once per test file (tests share it), down in teardown (with VMLET_K8S_REUSE=1 the running `npm run cluster` one, left up); undefined (after t.skip with the reason) when it cannot run. */
 export async function testCluster(
   t: { skip(msg: string): void; teardown(fn: () => Promise<void> | void): void; comment(...a: unknown[]): void },
   opts: Omit<UpOptions, 'root'> = {},
@@ -472,6 +472,13 @@ export async function testCluster(
   const reason = clusterSkipReason();
   if (reason) {
     t.skip(reason);
+    return undefined;
+  }
+  // VMLET_K8S_REUSE=1: use the cluster of `npm run cluster -- up` as it is and leave it up (for working on one test file).
+  if (process.env.VMLET_K8S_REUSE === '1') {
+    const dev = Cluster.attach(DEFAULT_ROOT, (m) => t.comment(m));
+    if (dev && dev.status().every((s) => s.running) && (opts.simulatedNodes ?? 0) <= dev.config.simulatedNodes) return dev;
+    t.skip(`VMLET_K8S_REUSE=1 but no cluster${(opts.simulatedNodes ?? 0) > 0 ? ' with simulated nodes' : ''} runs at ${DEFAULT_ROOT} (npm run cluster -- up)`);
     return undefined;
   }
   const root = `${DEFAULT_ROOT}-test`;

@@ -15,16 +15,40 @@ export interface SourceContractOptions {
    * watches (the local store: its `watchHistorySize`). Without it the "too old" subtest is skipped.
    */
   watchHistoryLimit?: number;
+  /**
+   * A resourceVersion the source is certain to have forgotten, for the "too old" subtest instead of pushing one out
+   * with `watchHistoryLimit` writes (Kubernetes: "1"; its watch cache holds a time window, not a count).
+   */
+  staleResourceVersion?: string;
+  /**
+   * The sample VirtualMachine spec (`variant` undefined) and distinct variants of it (a number or a word such as
+   * 'Halted'), as the source stores them. Default: `{runStrategy: 'Always', template: {spec: {}}}` and `{n: variant}`
+   * (`runStrategy: 'Halted'` for 'Halted'). A source that validates against the CRD schema and fills in its defaults
+   * (Kubernetes) passes specs that the schema accepts and that are already defaulted.
+   */
+  vmSpec?: (variant?: number | string) => unknown;
+  /** The sample VirtualMachineInstance spec, as the source stores it. Default `{domain: {}}`. */
+  vmiSpec?: unknown;
+}
+
+function defaultVmSpec(variant?: number | string): unknown {
+  if (variant === undefined) return { runStrategy: 'Always', template: { spec: {} } };
+  if (variant === 'Halted') return { runStrategy: 'Halted', template: { spec: {} } };
+  return { n: variant };
 }
 
 const API_VERSION = 'vmlet.io/v1alpha1';
 
-function vm(name: string, namespace = 'default', spec: unknown = { runStrategy: 'Always', template: { spec: {} } }): NewObject<'VirtualMachine'> {
-  return { apiVersion: API_VERSION, kind: 'VirtualMachine', metadata: { name, namespace }, spec };
+// The sample specs of the running contract (sourceContract sets them from its options before registering subtests).
+let spec: (variant?: number | string) => unknown = defaultVmSpec;
+let vmiSpec: unknown = { domain: {} };
+
+function vm(name: string, namespace = 'default', s: unknown = spec()): NewObject<'VirtualMachine'> {
+  return { apiVersion: API_VERSION, kind: 'VirtualMachine', metadata: { name, namespace }, spec: s };
 }
 
 function vmi(name: string, namespace = 'default', extra: Partial<NewObject<'VirtualMachineInstance'>['metadata']> = {}): NewObject<'VirtualMachineInstance'> {
-  return { apiVersion: API_VERSION, kind: 'VirtualMachineInstance', metadata: { name, namespace, ...extra }, spec: { domain: {} } };
+  return { apiVersion: API_VERSION, kind: 'VirtualMachineInstance', metadata: { name, namespace, ...extra }, spec: structuredClone(vmiSpec) };
 }
 
 const code = (c: string): { code: string } => ({ code: c });
@@ -51,8 +75,12 @@ async function take<K extends Kind>(w: SourceWatch<K>, n: number, ms = 5000): Pr
 /** Registers the contract's subtests on tap's root test; `factory` makes a fresh, empty source for each. */
 export function sourceContract(name: string, factory: () => Promise<Source>, opts: SourceContractOptions = {}): void {
   const dispose = opts.dispose ?? ((): Promise<void> => Promise.resolve());
+  const specOf = opts.vmSpec ?? defaultVmSpec;
+  const vmiSpecOf = opts.vmiSpec ?? { domain: {} };
   const it = (what: string, fn: (t: Test, s: Source) => Promise<void>, skip?: string): void => {
     t.test(`${name}: ${what}`, skip === undefined ? {} : { skip }, async (t) => {
+      spec = specOf;
+      vmiSpec = vmiSpecOf;
       const s = await factory();
       t.teardown(() => dispose(s));
       await fn(t, s);
@@ -121,7 +149,7 @@ export function sourceContract(name: string, factory: () => Promise<Source>, opt
   it('every write gets a higher resourceVersion', async (t, s) => {
     const a = await s.create(vm('a'));
     const b = await s.create(vm('b'));
-    const a2 = await s.update({ ...a, spec: { runStrategy: 'Halted', template: { spec: {} } } });
+    const a2 = await s.update({ ...a, spec: spec('Halted') });
     const a3 = await s.updateStatus('VirtualMachine', 'default', 'a', () => ({ ready: true }));
     const gone = await s.delete('VirtualMachine', 'default', 'b');
     const seq = [a, b, a2, a3, gone].map(rv);
@@ -140,7 +168,7 @@ export function sourceContract(name: string, factory: () => Promise<Source>, opt
     t.equal(labelled.metadata.generation, 1, 'a metadata change keeps generation');
     t.ok(rv(labelled) > rv(a));
     t.same(labelled.metadata.labels, { app: 'web' });
-    const halted = await s.update({ ...labelled, spec: { runStrategy: 'Halted', template: { spec: {} } }, status: { printableStatus: 'Bogus' } });
+    const halted = await s.update({ ...labelled, spec: spec('Halted'), status: { printableStatus: 'Bogus' } });
     t.equal(halted.metadata.generation, 2, 'a spec change bumps generation');
     t.same(halted.status, { printableStatus: 'Stopped' }, 'status is kept as stored');
     t.equal(halted.metadata.uid, a.metadata.uid);
@@ -153,8 +181,8 @@ export function sourceContract(name: string, factory: () => Promise<Source>, opt
 
   it('a stale resourceVersion or another uid is STORE_CONFLICT and changes nothing', async (t, s) => {
     const a = await s.create(vm('a'));
-    const a2 = await s.update({ ...a, spec: { n: 1 } }, { expectedResourceVersion: a.metadata.resourceVersion });
-    await t.rejects(s.update({ ...a, spec: { n: 2 } }, { expectedResourceVersion: a.metadata.resourceVersion }), code('STORE_CONFLICT'));
+    const a2 = await s.update({ ...a, spec: spec(1) }, { expectedResourceVersion: a.metadata.resourceVersion });
+    await t.rejects(s.update({ ...a, spec: spec(2) }, { expectedResourceVersion: a.metadata.resourceVersion }), code('STORE_CONFLICT'));
     await t.rejects(s.update({ ...a2, metadata: { ...a2.metadata, uid: 'someone-else' } }), code('STORE_CONFLICT'));
     await t.rejects(s.delete('VirtualMachine', 'default', 'a', { expectedResourceVersion: a.metadata.resourceVersion }), code('STORE_CONFLICT'));
     await t.rejects(s.delete('VirtualMachine', 'default', 'a', { expectedUid: 'someone-else' }), code('STORE_CONFLICT'));
@@ -162,7 +190,7 @@ export function sourceContract(name: string, factory: () => Promise<Source>, opt
     const cur = await s.get('VirtualMachine', 'default', 'a');
     if (cur === undefined) throw new Error('missing');
     const results = await Promise.allSettled(
-      [1, 2, 3].map((n) => s.update({ ...cur, spec: { n: 10 + n } }, { expectedResourceVersion: cur.metadata.resourceVersion })),
+      [1, 2, 3].map((n) => s.update({ ...cur, spec: spec(10 + n) }, { expectedResourceVersion: cur.metadata.resourceVersion })),
     );
     t.equal(results.filter((r) => r.status === 'fulfilled').length, 1, 'of racing writers from one read exactly one wins');
     t.equal(results.filter((r) => r.status === 'rejected' && isVmletError(r.reason, 'STORE_CONFLICT')).length, 2);
@@ -244,7 +272,7 @@ export function sourceContract(name: string, factory: () => Promise<Source>, opt
   it('watch sees ADDED, MODIFIED, DELETED in order with the resourceVersions of the writes', async (t, s) => {
     const w = s.watch('VirtualMachine');
     const a = await s.create(vm('a'));
-    const a2 = await s.update({ ...a, spec: { n: 1 } });
+    const a2 = await s.update({ ...a, spec: spec(1) });
     const a3 = await s.updateStatus('VirtualMachine', 'default', 'a', () => ({ ready: false }));
     const gone = await s.delete('VirtualMachine', 'default', 'a');
     const evs = await take(w, 4);
@@ -332,7 +360,7 @@ export function sourceContract(name: string, factory: () => Promise<Source>, opt
 
   it('a watch from an earlier resourceVersion replays the changes after it, in order, then follows', async (t, s) => {
     const a = await s.create(vm('a'));
-    const a2 = await s.update({ ...a, spec: { n: 1 } });
+    const a2 = await s.update({ ...a, spec: spec(1) });
     const i = await s.create(vmi('i'));
     const b = await s.create(vm('b', 'other'));
     const gone = await s.delete('VirtualMachine', 'default', 'a');
@@ -358,20 +386,22 @@ export function sourceContract(name: string, factory: () => Promise<Source>, opt
   it(
     'a watch from a resourceVersion that is too old fails with STORE_WATCH_OVERFLOW (410 Gone)',
     async (t, s) => {
-      const limit = opts.watchHistoryLimit ?? 0;
+      const limit = opts.staleResourceVersion === undefined ? (opts.watchHistoryLimit ?? 0) : -1;
       const first = await s.create(vm('a'));
       let cur = first;
-      for (let n = 0; n <= limit; n++) cur = await s.update({ ...cur, spec: { n } });
-      const w = s.watch('VirtualMachine', undefined, undefined, { resourceVersion: first.metadata.resourceVersion });
+      for (let n = 0; n <= limit; n++) cur = await s.update({ ...cur, spec: spec(n) });
+      const w = s.watch('VirtualMachine', undefined, undefined, { resourceVersion: opts.staleResourceVersion ?? first.metadata.resourceVersion });
       await t.rejects(w.next(), code('STORE_WATCH_OVERFLOW'));
       t.equal(w.closed, true);
       const listed = await s.listWithVersion('VirtualMachine');
       const fresh = s.watch('VirtualMachine', undefined, undefined, { resourceVersion: listed.resourceVersion });
-      const later = await s.update({ ...cur, spec: { n: 'later' } });
+      const later = await s.update({ ...cur, spec: spec('later') });
       t.same((await take(fresh, 1)).map(line), [`MODIFIED default/a ${later.metadata.resourceVersion}`], 'list again and watch from there');
       fresh.close();
     },
-    opts.watchHistoryLimit === undefined ? 'this source does not say how many changes it keeps for watches' : undefined,
+    opts.watchHistoryLimit === undefined && opts.staleResourceVersion === undefined
+      ? 'this source does not say how many changes it keeps for watches'
+      : undefined,
   );
 
   it('keys and objects it cannot take are refused with stable codes', async (t, s) => {

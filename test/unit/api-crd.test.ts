@@ -16,7 +16,13 @@ function walk(node: unknown, path: string, visit: (node: Record<string, unknown>
 
 t.test('the CRD directory is found relative to the module', async (t) => {
   t.ok(DEFAULT_CRD_DIR.endsWith('/deploy/crds/'));
-  t.same(readdirSync(DEFAULT_CRD_DIR).sort(), Object.values(CRD_FILES).sort());
+  // Besides the CRDs the folder holds only the kustomization that deploy/ references them through.
+  t.same(
+    readdirSync(DEFAULT_CRD_DIR)
+      .filter((f) => f !== 'kustomization.yaml')
+      .sort(),
+    Object.values(CRD_FILES).sort(),
+  );
 });
 
 t.test('the VM template spec schema is the VMI spec schema', async (t) => {

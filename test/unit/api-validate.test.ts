@@ -118,7 +118,20 @@ t.test('unknown and unsupported fields are refused, naming the field', async (t)
     'dedicatedCpuPlacement is accepted',
   );
   refuses(t, set(baseVMI(), 'spec.domain.firmware.bootloader.bios.useSerial', true), 'spec.domain.firmware.bootloader.bios.useSerial', 'UNKNOWN_FIELD');
-  refuses(t, set(baseVMI(), 'spec.nodeSelector', { a: 'b' }), 'spec.nodeSelector', 'UNKNOWN_FIELD');
+  refuses(t, set(baseVMI(), 'spec.affinity', { podAffinity: {} }), 'spec.affinity.podAffinity', 'UNKNOWN_FIELD');
+  const placed = validateVMI(
+    set(
+      set(set(baseVMI(), 'spec.nodeSelector', { disk: 'nvme' }), 'spec.tolerations', [{ key: 'k', operator: 'Exists', effect: 'NoSchedule' }]),
+      'spec.affinity',
+      {
+        nodeAffinity: {
+          requiredDuringSchedulingIgnoredDuringExecution: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'zone', operator: 'In', values: ['a'] }] }] },
+        },
+      },
+    ),
+  );
+  t.same(placed.spec.nodeSelector, { disk: 'nvme' }, 'node placement fields (cluster mode) are accepted');
+  refuses(t, set(baseVMI(), 'spec.tolerations', [{ key: 'k', operator: 'Maybe' }]), 'spec.tolerations[0].operator', 'INVALID_FIELD');
   refuses(t, set(baseVMI(), 'spec.domain.resources.requests.nvidia', '1'), 'spec.domain.resources.requests.nvidia', 'UNKNOWN_FIELD');
   refuses(t, set(baseVMI(), 'metadata.generateName', 'x-'), 'metadata.generateName', 'UNKNOWN_FIELD');
   refuses(t, set(baseVMI(), 'extra', 1), 'extra', 'UNKNOWN_FIELD');
@@ -377,7 +390,7 @@ t.test('VirtualMachine', async (t) => {
 });
 
 t.test('ValidationError shape', async (t) => {
-  const e = t.throws(() => validateVMI(set(set(baseVMI(), 'spec.nodeSelector', {}), 'spec.domain.devices.watchdog', {}))) as ValidationError;
+  const e = t.throws(() => validateVMI(set(set(baseVMI(), 'spec.hostname', 'x'), 'spec.domain.devices.watchdog', {}))) as ValidationError;
   t.ok(e instanceof ValidationError);
   t.equal(e.code, 'UNKNOWN_FIELD');
   t.equal(e.details.length, 2);

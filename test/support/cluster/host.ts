@@ -476,6 +476,8 @@ export const HOST_DIRS: Array<{ path: string; onlyIfEmpty: boolean }> = [
   { path: '/run/containerd', onlyIfEmpty: false },
   { path: '/var/log/containers', onlyIfEmpty: false },
   { path: '/var/log/pods', onlyIfEmpty: false },
+  // The kubelet keeps device plugin sockets here whatever its --root-dir says.
+  { path: '/var/lib/kubelet', onlyIfEmpty: false },
   { path: '/run/netns', onlyIfEmpty: true },
 ];
 

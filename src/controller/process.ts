@@ -1,0 +1,21 @@
+// The `vmlet controller` verb: runs the controller in the foreground with JSON logs until SIGTERM/SIGINT, then gives up the leader Lease.
+import pino from 'pino';
+import { runController } from './main.js';
+
+export async function runControllerProcess(opts: { kubeconfig?: string }): Promise<void> {
+  const logger = pino({ level: process.env.VMLET_LOG_LEVEL ?? 'info', base: { component: 'controller', pod: process.env.POD_NAME } });
+  const ctl = await runController({ ...opts, logger }).catch((err: unknown) => {
+    logger.fatal({ err }, 'the controller could not start');
+    process.stderr.write(`vmlet controller: ${(err as Error).message}\n`);
+    process.exit(1);
+  });
+  await new Promise<void>((resolve) => {
+    const stop = (signal: string): void => {
+      logger.info({ signal }, 'stopping the controller');
+      void ctl.close().finally(resolve);
+    };
+    process.once('SIGTERM', () => stop('SIGTERM'));
+    process.once('SIGINT', () => stop('SIGINT'));
+  });
+  process.exit(0);
+}

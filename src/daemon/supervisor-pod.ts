@@ -1,0 +1,55 @@
+// What a supervisor learns from processes rather than from its own records: in Kubernetes mode its launcher (the pod's entrypoint, which calls in and, after a restart, says what runs), and a running QEMU's accelerator.
+import fs from 'node:fs/promises';
+import path from 'node:path';
+import type { Accel } from '../api/vocabulary.js';
+import { VmletError } from '../errors.js';
+import { accelFromCmdline } from '../qemu/argv.js';
+import type { ExitStatus } from '../qemu/launch.js';
+import type { LauncherLink } from '../qemu/launcher-server.js';
+
+/** How long a HELLO waits for `prepare` while the pod's network is built. */
+export const POD_HELLO_WAIT_MS = 60_000;
+/** How long the pod's launcher may take to call (image pull, container start). */
+export const POD_ARRIVE_MS = 10 * 60_000;
+/** After a daemon restart: how long the pod's launcher may take to reconnect (it retries every ≤ 2 s). */
+export const POD_RECONNECT_MS = 10_000;
+
+/** The launcher's pid (daemon's namespace) once it said HELLO; LAUNCHER_TIMEOUT after `ms`. */
+export async function podLauncherArrival(arrived: Promise<number>, ms: number): Promise<number> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new VmletError('LAUNCHER_TIMEOUT', `the launcher of the VMI's pod did not connect within ${Math.round(ms / 1000)} s`)), ms);
+  });
+  try {
+    return await Promise.race([arrived, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+export interface PodLauncherView {
+  launcherPid: number | undefined;
+  qemuPid: number | undefined;
+  launcherAlive: boolean;
+  qemuAlive: boolean;
+  exit: ExitStatus | undefined;
+}
+
+/** What runs in the pod, from the launcher's reconnect (the run dir's pids are the pod's, not the daemon's). */
+export async function inspectPodLauncher(link: LauncherLink, waitMs = POD_RECONNECT_MS): Promise<PodLauncherView> {
+  if (!link.connected) await link.waitFor('hello', waitMs).catch(() => undefined);
+  const st = link.connected ? link.state : undefined;
+  return {
+    launcherPid: link.connected ? link.peer?.pid : undefined,
+    qemuPid: st?.kind === 'running' ? st.qemuPid : undefined,
+    launcherAlive: link.connected,
+    qemuAlive: st?.kind === 'running',
+    exit: st?.kind === 'exited' ? st.status : undefined,
+  };
+}
+
+/** The accelerator a running QEMU was started with, from its command line (`-accel X,…`, or `-machine …,accel=X` before tb-size was set). */
+export async function accelOfProcess(pid: number, procRoot: string): Promise<Accel | undefined> {
+  const cmdline = await fs.readFile(path.join(procRoot, String(pid), 'cmdline'), 'utf8').catch(() => '');
+  return accelFromCmdline(cmdline.split('\0'));
+}

@@ -1,0 +1,215 @@
+// Cluster mode end to end on the real node: the controller (in this process) and the node daemon (`vmlet daemon --mode kubernetes`, a process of its own as in the DaemonSet) take a VM from the API server to a guest that boots inside its launcher pod, answers through the pod IP and a Service, survives a daemon restart, and leaves nothing when deleted.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
+import path from 'node:path';
+import { CoreV1Api, CustomObjectsApi, KubeConfig, PatchStrategy, setHeaderOptions, type V1Pod } from '@kubernetes/client-node';
+import pino from 'pino';
+import t from 'tap';
+import { runController, type RunningController } from '../../src/controller/main.js';
+import YAML from 'yaml';
+import { REPO_ROOT, testCluster } from '../support/cluster.js';
+import { buildWorkingTree, IMAGE_TAG } from '../support/cluster/deploy.js';
+import { waitFor } from '../support/cluster/exec.js';
+import { guestImage, guestKernelArgs, READY_MARKER } from '../support/guest.js';
+
+const MERGE = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
+const GROUP = { group: 'vmlet.io', version: 'v1alpha1' };
+const IMAGE = `localhost/vmlet:${IMAGE_TAG}`;
+type Obj = { metadata: { name: string; uid: string; labels?: Record<string, string> }; status?: Record<string, unknown> };
+type VmiStatus = {
+  phase?: string;
+  nodeName?: string;
+  interfaces?: Array<{ ipAddress?: string }>;
+  conditions?: Array<Record<string, string>>;
+  vmlet?: { qemuPid?: number };
+};
+const CLI = path.join(REPO_ROOT, 'dist', 'cli', 'main.js');
+
+function httpGet(ip: string, port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const req = http.get({ host: ip, port, path: '/', timeout: 3000 }, (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c.toString()));
+      res.on('end', () => resolve(body));
+    });
+    req.on('error', reject);
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+  });
+}
+
+t.test('cluster mode end to end', async (t) => {
+  const c = await testCluster(t);
+  if (!c) return;
+  const img = await guestImage();
+  const images = JSON.stringify(await c.kubectl(['get', 'node', '-o', 'jsonpath={.status.images}']));
+  if (!images.includes(IMAGE) || process.env.VMLET_REBUILD_IMAGE === '1') {
+    const archive = await buildWorkingTree((m) => t.comment(m));
+    await c.load(archive);
+  }
+  const kc = new KubeConfig();
+  kc.loadFromFile(c.kubeconfigPath);
+  const core = kc.makeApiClient(CoreV1Api);
+  const custom = kc.makeApiClient(CustomObjectsApi);
+  const ns = `e2e-${randomBytes(3).toString('hex')}`;
+  const log = pino({ level: process.env.VMLET_TEST_LOG ?? 'silent' });
+  await core.createNamespace({ body: { metadata: { name: ns } } });
+  await core.createNamespace({ body: { metadata: { name: 'vmlet' } } }).catch(() => undefined);
+  await c.kubectl(['apply', '-f', 'deploy/crds/virtualmachines.yaml', '-f', 'deploy/crds/virtualmachineinstances.yaml']);
+  const guestDir = path.dirname(img.initrd);
+  const clusterConfig = `useEmulation: true\nhostPaths: {allow: [${JSON.stringify(guestDir)}]}\n`;
+  await core
+    .createNamespacedConfigMap({ namespace: 'vmlet', body: { metadata: { name: 'vmlet-config' }, data: { 'vmlet.yaml': clusterConfig } } })
+    .catch(() => core.patchNamespacedConfigMap({ name: 'vmlet-config', namespace: 'vmlet', body: { data: { 'vmlet.yaml': clusterConfig } } }, MERGE));
+
+  const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-kube-'));
+  const configFile = path.join(runDir, 'vmlet.yaml');
+  fs.writeFileSync(
+    configFile,
+    YAML.stringify({ mode: 'kubernetes', kubeletRootDir: c.paths.kubeletRoot, stateDir: path.join(runDir, 'state'), useEmulation: true, logLevel: 'debug' }),
+  );
+  const logFile = path.join(runDir, 'daemon.log');
+  let daemon: ChildProcess | undefined;
+  const startDaemon = async (): Promise<void> => {
+    const fd = fs.openSync(logFile, 'a');
+    const child = spawn(
+      process.execPath,
+      [CLI, 'daemon', '--config', configFile, '--kubeconfig', c.kubeconfigPath, '--socket', path.join(runDir, 'vmlet.sock'), '--run-dir', runDir],
+      {
+        stdio: ['ignore', fd, fd],
+        env: { ...process.env, NODE_NAME: c.config.node },
+      },
+    );
+    fs.closeSync(fd);
+    daemon = child;
+    await waitFor('the node daemon ready', 60_000, async () => {
+      if (child.exitCode !== null) throw new Error(`the node daemon exited: ${fs.readFileSync(logFile, 'utf8').slice(-2000)}`);
+      return fs.readFileSync(logFile, 'utf8').includes('vmlet node daemon ready') ? true : undefined;
+    });
+  };
+  const killDaemon = async (): Promise<void> => {
+    const d = daemon;
+    if (!d || d.exitCode !== null) return;
+    const gone = new Promise((r) => d.once('exit', r));
+    d.kill('SIGKILL');
+    await gone;
+  };
+  let ctl: RunningController | undefined;
+  t.teardown(async () => {
+    await c.kubectl(['delete', 'namespace', ns, '--wait=true', '--timeout=90s']).catch(() => undefined);
+    await ctl?.close().catch(() => undefined);
+    await killDaemon();
+    await core
+      .patchNode({ name: c.config.node, body: { metadata: { labels: { 'vmlet.io/schedulable': null, 'vmlet.io/kvm': null } } } }, MERGE)
+      .catch(() => undefined);
+    if (process.env.VMLET_KEEP_LOGS !== '1') fs.rmSync(runDir, { recursive: true, force: true });
+  });
+  await startDaemon();
+  ctl = await runController({
+    kubeconfig: c.kubeconfigPath,
+    identity: 'e2e',
+    image: IMAGE,
+    imagePullPolicy: 'Never',
+    healthPort: 0,
+    webhook: false,
+    logger: log.child({ part: 'controller' }),
+  });
+
+  const getVmi = async (name: string): Promise<Obj | undefined> =>
+    (await custom.getNamespacedCustomObject({ ...GROUP, plural: 'virtualmachineinstances', namespace: ns, name }).catch(() => undefined)) as Obj | undefined;
+  const st = (o: Obj | undefined): VmiStatus => (o?.status ?? {}) as VmiStatus;
+  const podOf = async (uid: string): Promise<V1Pod | undefined> =>
+    (await core.listNamespacedPod({ namespace: ns, labelSelector: `vmlet.io/vmi-uid=${uid}` })).items.find((p) => !p.metadata?.deletionTimestamp);
+  const consoleOf = (pod: V1Pod): string => {
+    try {
+      return fs.readFileSync(path.join(runDir, 'pods', pod.metadata!.uid!, 'console.log'), 'utf8');
+    } catch {
+      return '';
+    }
+  };
+
+  const vm = {
+    apiVersion: 'vmlet.io/v1alpha1',
+    kind: 'VirtualMachine',
+    metadata: { name: 'web', namespace: ns },
+    spec: {
+      runStrategy: 'Always',
+      template: {
+        metadata: { labels: { app: 'web' } },
+        spec: {
+          terminationGracePeriodSeconds: 5,
+          domain: {
+            cpu: { cores: 1 },
+            memory: { guest: '128Mi' },
+            firmware: { kernelBoot: { kernelArgs: guestKernelArgs(), hostPath: { kernelPath: img.kernelPvh ?? img.kernel, initrdPath: img.initrd } } },
+            devices: { autoattachSerialConsole: true, interfaces: [{ name: 'default', masquerade: {}, ports: [{ port: 80 }] }] },
+          },
+          networks: [{ name: 'default', pod: {} }],
+        },
+      },
+    },
+  };
+
+  let qemuPid: number | undefined;
+  await t.test('a VM runs in its launcher pod and boots', async (t) => {
+    const t0 = Date.now();
+    await custom.createNamespacedCustomObject({ ...GROUP, plural: 'virtualmachines', namespace: ns, body: vm });
+    const vmi = await waitFor('VMI web Running', 240_000, async () => {
+      const v = await getVmi('web');
+      return st(v).phase === 'Running' ? v : undefined;
+    });
+    t.comment(`VM create → VMI Running: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    // The kubelet may post the pod's IP after the VMI already runs.
+    const pod = await waitFor('the launcher pod with its IP', 30_000, async () => {
+      const p = await podOf(vmi.metadata.uid);
+      return p?.status?.podIP ? p : undefined;
+    });
+    t.ok(pod, 'the VMI has its launcher pod');
+    t.equal(st(vmi).nodeName, c.config.node);
+    const podIp = pod.status?.podIP;
+    t.equal(st(vmi).interfaces?.[0]?.ipAddress, podIp, 'status.interfaces shows the pod IP');
+    const text = await waitFor('the ready marker on the console', 240_000, async () => (consoleOf(pod).includes(READY_MARKER) ? true : undefined));
+    t.ok(text, 'the guest booted inside the pod');
+    qemuPid = st(await getVmi('web')).vmlet?.qemuPid;
+    t.ok(qemuPid, `QEMU runs (pid ${qemuPid})`);
+    const cgroup = fs.readFileSync(`/proc/${qemuPid}/cgroup`, 'utf8');
+    t.match(cgroup, new RegExp(`pod${pod.metadata!.uid}`), "QEMU is in the pod's cgroup");
+    const uidLine = fs
+      .readFileSync(`/proc/${qemuPid}/status`, 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('Uid:'));
+    t.match(uidLine, /^Uid:\s+107\s/, 'QEMU runs as uid 107');
+    const body = await waitFor("the guest's web page through the pod IP", 60_000, async () => httpGet(podIp!, 80).catch(() => undefined));
+    t.match(body, /vmlet/i, `GET http://${podIp}/ reached the guest`);
+  });
+
+  await t.test('a daemon killed and started again re-adopts the same QEMU', async (t) => {
+    await killDaemon();
+    t.ok(fs.existsSync(`/proc/${qemuPid}`), 'QEMU outlives the daemon');
+    await startDaemon();
+    const after = await waitFor('the VMI re-adopted', 60_000, async () => {
+      const log = fs.readFileSync(logFile, 'utf8');
+      return log.split('re-adopting running QEMU').length > 1 && log.lastIndexOf('VMI re-adopted') > log.lastIndexOf('vmlet node daemon ready')
+        ? true
+        : undefined;
+    });
+    t.ok(after);
+    t.ok(fs.existsSync(`/proc/${qemuPid}`), 'the same QEMU still runs');
+    const v = await getVmi('web');
+    t.equal(st(v).phase, 'Running');
+    t.equal(st(v).vmlet?.qemuPid, qemuPid, 'status names the same QEMU pid');
+  });
+
+  await t.test('deleting the VM leaves no pod, QEMU or socket', async (t) => {
+    const vmi = (await getVmi('web'))!;
+    const pod = (await podOf(vmi.metadata.uid))!;
+    await custom.deleteNamespacedCustomObject({ ...GROUP, plural: 'virtualmachines', namespace: ns, name: 'web' });
+    await waitFor('VMI gone', 120_000, async () => ((await getVmi('web')) === undefined ? true : undefined));
+    await waitFor('pod gone', 120_000, async () => ((await podOf(vmi.metadata.uid)) === undefined ? true : undefined));
+    t.notOk(fs.existsSync(`/proc/${qemuPid}`), 'QEMU is gone');
+    await waitFor('pod socket link gone', 30_000, async () => (fs.existsSync(path.join(runDir, 'pods', pod.metadata!.uid!)) ? undefined : true));
+    t.pass('no link to the pod run dir is left');
+  });
+});
