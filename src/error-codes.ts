@@ -296,6 +296,16 @@ export const ERROR_CODES = {
     meaning: "adopt found no binding of vmlet's in the launcher pod's netns (no k6t-eth0 with vmlet's record, or no tap0)",
   },
   // cluster (deploy, image)
+  KUBECONFIG_INVALID: {
+    http: 500,
+    area: 'cluster',
+    meaning: 'CLI: the kubeconfig (--kubeconfig or $KUBECONFIG) is missing, does not parse, or its current context has no cluster server or usable credentials',
+  },
+  NODE_LOCAL_VERB: {
+    http: 500,
+    area: 'cluster',
+    meaning: "CLI: pause/unpause/softreboot/reset/console/qmp against a cluster: they need the daemon of the VMI's node",
+  },
 } as const satisfies Record<string, ErrorCodeInfo>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;

@@ -22,8 +22,11 @@ import {
 import { vmletVersion } from '../version.js';
 import { KINDS, kindOfPlural, kindOfWord, type Kind } from '../api/vocabulary.js';
 
+/** What the verbs need of a client: ApiClient (the daemon's socket) and KubeApiClient (the API server) both are one. */
+export type CliClient = Pick<ApiClient, 'request' | 'call' | 'watch' | 'upgrade'>;
+
 export interface Ctx {
-  client: ApiClient;
+  client: CliClient;
   namespace: string;
   io: CliIo;
 }
@@ -159,26 +162,45 @@ export async function apply(ctx: Ctx, file: string | undefined): Promise<number>
 
 async function applyOne(ctx: Ctx, m: Manifest): Promise<'created' | 'configured'> {
   const objectPath = paths.object(m.plural, m.namespace, m.name);
-  let exists = true;
+  let current: unknown;
   try {
-    await ctx.client.call('GET', objectPath);
+    current = await ctx.client.call('GET', objectPath);
   } catch (e) {
     // A name that cannot be in a path (not a DNS label) cannot exist: creating it lets the daemon's validation
     // report it together with every other problem of the manifest.
     if (!isNotFound(e) && !(e instanceof ApiError && e.code === 'INVALID_PATH')) throw e;
-    exists = false;
   }
-  if (!exists) {
+  if (current === undefined) {
     try {
       await ctx.client.call('POST', paths.list(m.plural, m.namespace), { body: m.body });
       return 'created';
     } catch (e) {
       // Someone created it between our GET and POST: replace it instead.
       if (!(e instanceof ApiError && e.httpStatus === 409 && /ALREADY_EXISTS$/.test(e.reason))) throw e;
+      current = await ctx.client.call('GET', objectPath);
     }
   }
-  await ctx.client.call('PUT', objectPath, { body: m.body });
-  return 'configured';
+  // The read resourceVersion goes stale whenever a controller writes the status: read again and retry, unless the manifest pins one.
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await ctx.client.call('PUT', objectPath, { body: withResourceVersion(m.body, current) });
+      return 'configured';
+    } catch (e) {
+      if (!isConflict(e) || attempt >= 5 || (m.body.metadata as { resourceVersion?: unknown } | undefined)?.resourceVersion !== undefined) throw e;
+      current = await ctx.client.call('GET', objectPath);
+    }
+  }
+}
+
+export function isConflict(e: unknown): boolean {
+  return e instanceof ApiError && e.httpStatus === 409 && /CONFLICT$/.test(e.reason);
+}
+
+/** The manifest with the resourceVersion just read (unless it has its own): the API server needs one to replace, and a change since is a conflict. */
+function withResourceVersion(body: Record<string, unknown>, current: unknown): Record<string, unknown> {
+  const md = (body.metadata ?? {}) as Record<string, unknown>;
+  const rv = (current as { metadata?: { resourceVersion?: unknown } } | undefined)?.metadata?.resourceVersion;
+  return typeof md.resourceVersion === 'string' || typeof rv !== 'string' ? body : { ...body, metadata: { ...md, resourceVersion: rv } };
 }
 
 export async function del(ctx: Ctx, args: string[], opts: { wait?: boolean }): Promise<number> {

@@ -1,11 +1,13 @@
 #!/usr/bin/env node
-// The `vmlet` command: parses the command line, runs one verb against the daemon's unix socket (or starts the daemon), returns the exit code.
+// The `vmlet` command: parses the command line, runs one verb against the daemon's unix socket or the Kubernetes API server (or starts the daemon), returns the exit code.
 import fs from 'node:fs';
+import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import type { DaemonFlags } from '../daemon/config.js';
 import { ApiClient } from './client.js';
 import * as cmd from './commands.js';
+import type * as KubeVerbs from './kube-verbs.js';
 import type { CliIo } from './io.js';
 
 export type { CliIo } from './io.js';
@@ -15,7 +17,7 @@ export const EXIT_OK = 0;
 export const EXIT_ERROR = 1;
 export const EXIT_USAGE = 2;
 
-export const USAGE = `Usage: vmlet [--socket PATH] [-n NAMESPACE] VERB ...
+export const USAGE = `Usage: vmlet [--socket PATH | --kubeconfig FILE] [-n NAMESPACE] VERB ...
 
   vmlet daemon [--config FILE] [--socket PATH] [--state-dir DIR] [--run-dir DIR] [--accel auto|kvm|tcg] [--log-format text|json|auto]
                [--mode standalone|kubernetes] [--kubeconfig FILE]   kubernetes: the node daemon of a cluster (a DaemonSet)
@@ -25,16 +27,19 @@ export const USAGE = `Usage: vmlet [--socket PATH] [-n NAMESPACE] VERB ...
   vmlet describe vmi|vm NAME          status, conditions, last QEMU error and events, for a person to read
   vmlet delete vmi|vm NAME [--wait]
   vmlet start|stop|restart NAME       VirtualMachine
-  vmlet pause|unpause|softreboot|reset NAME   VirtualMachineInstance
-  vmlet console NAME                  interactive; Ctrl+] detaches
-  vmlet qmp NAME 'JSON'               raw QMP through the daemon's connection; prints the reply as JSON
+  vmlet pause|unpause|softreboot|reset NAME   VirtualMachineInstance (node-local: not with a cluster)
+  vmlet console NAME                  interactive; Ctrl+] detaches (node-local)
+  vmlet qmp NAME 'JSON'               raw QMP through the daemon's connection; prints the reply as JSON (node-local)
   vmlet events [NAME] [--watch] [-o json|yaml] [-A]
-  vmlet version [-o json|yaml]        the CLI's version and the daemon's (QEMU, KVM, accelerator)
+  vmlet version [-o json|yaml]        the CLI's version and the daemon's (QEMU, KVM, accelerator) or the API server's
 
 Global options:
   --socket PATH        daemon socket (default ${DEFAULT_SOCKET}, or $VMLET_SOCKET)
-  -n, --namespace NS   namespace (default "default")
+  --kubeconfig FILE    talk to the Kubernetes API server of FILE's current context instead of a daemon
+  -n, --namespace NS   namespace (default: the kubeconfig context's namespace with a cluster, else "default")
   -h, --help           this text
+
+Target: --socket, else --kubeconfig (both: usage error), else $VMLET_SOCKET, else $KUBECONFIG, else ${DEFAULT_SOCKET}.
 `;
 
 const OPTIONS = {
@@ -56,12 +61,12 @@ const OPTIONS = {
 } as const;
 
 type OptionName = keyof typeof OPTIONS;
-const GLOBAL: OptionName[] = ['socket', 'namespace', 'help'];
+const GLOBAL: OptionName[] = ['socket', 'kubeconfig', 'namespace', 'help'];
 
 /** Verb → options it accepts besides the global ones. */
 const VERBS: Record<string, OptionName[]> = {
-  daemon: ['config', 'state-dir', 'run-dir', 'accel', 'log-format', 'mode', 'kubeconfig'],
-  controller: ['kubeconfig'],
+  daemon: ['config', 'state-dir', 'run-dir', 'accel', 'log-format', 'mode'],
+  controller: [],
   apply: ['file'],
   get: ['output', 'all-namespaces'],
   describe: [],
@@ -92,7 +97,7 @@ interface ControllerModule {
 }
 
 export async function main(argv: string[], io: CliIo): Promise<number> {
-  let values: { [K in OptionName]?: (typeof OPTIONS)[K]['type'] extends 'string' ? string : boolean };
+  let values: Values;
   let positionals: string[];
   try {
     ({ values, positionals } = parseArgs({ args: argv, options: OPTIONS, allowPositionals: true, strict: true }));
@@ -120,21 +125,15 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
       return EXIT_USAGE;
     }
   }
-  const socketPath = values.socket ?? io.env.VMLET_SOCKET ?? DEFAULT_SOCKET;
-  const ctx: cmd.Ctx = { client: new ApiClient({ socketPath }), namespace: values.namespace ?? 'default', io };
   try {
+    if (verb === 'daemon' || verb === 'controller') return await server(verb, args, values, io.env);
+    const target = targetOf(values, io.env);
+    const cluster = target.kind === 'cluster' ? await clusterOf(target, values, io) : undefined;
+    const socketPath = target.kind === 'socket' ? target.socketPath : DEFAULT_SOCKET;
+    const ctx: cmd.Ctx = cluster?.ctx ?? { client: new ApiClient({ socketPath }), namespace: values.namespace ?? 'default', io };
+    // Only where the API server differs from a daemon: VM actions are API writes, node-local verbs are refused.
+    const kube = cluster?.verbs;
     switch (verb) {
-      case 'daemon':
-        return await daemon(args, values, io.env);
-      case 'controller': {
-        if (args.length > 0) throw cmd.usageError('controller takes no positional arguments');
-        // A computed specifier, as for the daemon: the Kubernetes client loads only for this verb.
-        const spec = '../controller/process.js';
-        const mod = (await import(spec)) as ControllerModule;
-        daemonStarted = true;
-        await mod.runControllerProcess(values.kubeconfig !== undefined ? { kubeconfig: values.kubeconfig } : {});
-        return EXIT_OK;
-      }
       case 'apply':
         if (args.length > 0) throw cmd.usageError('apply takes no positional arguments (use -f FILE)');
         return await cmd.apply(ctx, values.file);
@@ -143,22 +142,23 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
       case 'describe':
         return await cmd.describe(ctx, args);
       case 'version':
+        if (cluster) return await cluster.verbs.version(ctx, args, opt('output', values.output), cluster.server);
         return await cmd.version(ctx, args, opt('output', values.output));
       case 'delete':
         return await cmd.del(ctx, args, { wait: values.wait === true });
       case 'start':
       case 'stop':
       case 'restart':
-        return await cmd.vmAction(ctx, verb, args);
+        return await (kube ? kube.vmAction(ctx, verb, args) : cmd.vmAction(ctx, verb, args));
       case 'pause':
       case 'unpause':
       case 'softreboot':
       case 'reset':
-        return await cmd.vmiAction(ctx, verb, args);
+        return await (kube ? kube.nodeLocal(ctx, verb, args) : cmd.vmiAction(ctx, verb, args));
       case 'console':
-        return await cmd.consoleCmd(ctx, args);
+        return await (kube ? kube.nodeLocal(ctx, verb, args) : cmd.consoleCmd(ctx, args));
       case 'qmp':
-        return await cmd.qmp(ctx, args);
+        return await (kube ? kube.nodeLocal(ctx, verb, args) : cmd.qmp(ctx, args));
       case 'events':
         return await cmd.events(ctx, args, { watch: values.watch === true, ...opt('output', values.output), allNamespaces: values['all-namespaces'] === true });
       default:
@@ -168,6 +168,43 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
     cmd.reportError(io, e);
     return e instanceof Error && (e as { code?: unknown }).code === 'USAGE' ? EXIT_USAGE : EXIT_ERROR;
   }
+}
+
+type Values = { [K in OptionName]?: (typeof OPTIONS)[K]['type'] extends 'string' ? string : boolean };
+
+/** What a client verb talks to: a daemon's socket, or the API server of a kubeconfig (its files, and where they were named). */
+export type Target = { kind: 'socket'; socketPath: string } | { kind: 'cluster'; files: string[]; from: '--kubeconfig' | 'KUBECONFIG' };
+
+/** Flags before the environment, and vmlet's own variable before the generic KUBECONFIG, which is set for other tools too. */
+export function targetOf(values: Pick<Values, 'socket' | 'kubeconfig'>, env: CliIo['env']): Target {
+  if (values.socket !== undefined && values.kubeconfig !== undefined)
+    throw cmd.usageError('--socket and --kubeconfig exclude each other: a daemon or a cluster');
+  if (values.socket !== undefined) return { kind: 'socket', socketPath: values.socket };
+  if (values.kubeconfig !== undefined) return { kind: 'cluster', files: [values.kubeconfig], from: '--kubeconfig' };
+  if (env.VMLET_SOCKET) return { kind: 'socket', socketPath: env.VMLET_SOCKET };
+  const files = (env.KUBECONFIG ?? '').split(path.delimiter).filter((f) => f !== '');
+  if (files.length > 0) return { kind: 'cluster', files, from: 'KUBECONFIG' };
+  return { kind: 'socket', socketPath: DEFAULT_SOCKET };
+}
+
+/** The client and the cluster's own verbs, for a client verb against the API server: the Kubernetes client loads only here. */
+async function clusterOf(target: Target & { kind: 'cluster' }, values: Values, io: CliIo): Promise<{ ctx: cmd.Ctx; verbs: typeof KubeVerbs; server: string }> {
+  const { KubeApiClient, loadKubeConfig } = await import('./kube-client.js');
+  const verbs = await import('./kube-verbs.js');
+  const client = new KubeApiClient(loadKubeConfig(target.files, target.from));
+  return { ctx: { client, namespace: values.namespace ?? client.contextNamespace ?? 'default', io }, verbs, server: client.server };
+}
+
+/** `vmlet daemon` and `vmlet controller`: long-running processes; --kubeconfig is theirs, $KUBECONFIG is left to them. */
+async function server(verb: 'daemon' | 'controller', args: string[], values: Values, env: CliIo['env']): Promise<number> {
+  if (verb === 'daemon') return daemon(args, values, env);
+  if (args.length > 0) throw cmd.usageError('controller takes no positional arguments');
+  // A computed specifier, as for the daemon: the Kubernetes client loads only for this verb.
+  const spec = '../controller/process.js';
+  const mod = (await import(spec)) as ControllerModule;
+  daemonStarted = true;
+  await mod.runControllerProcess(values.kubeconfig !== undefined ? { kubeconfig: values.kubeconfig } : {});
+  return EXIT_OK;
 }
 
 function opt<K extends string, V>(key: K, value: V | undefined): { [P in K]?: V } {

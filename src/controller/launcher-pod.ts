@@ -99,13 +99,20 @@ export function launcherMemoryBytes(vmi: PlacedVmi, emulation: boolean): number 
   return Math.max(guestBytes, limitBytes) + overhead;
 }
 
-/** The pod's cpu (request = limit): the VMI's resources.requests.cpu, else its vCPU count. */
-export function launcherCpu(vmi: PlacedVmi): string {
-  const req = vmi.spec.domain.resources?.requests?.cpu;
-  if (req !== undefined) return String(req);
+/**
+ * The pod's cpu request: the VMI's resources.requests.cpu, else 100m per vCPU (KubeVirt's default CPU allocation
+ * ratio of 10), so that idle VMs do not reserve whole cores; a limit only when the VMI sets one.
+ */
+export function launcherCpu(vmi: PlacedVmi): { request: string; limit?: string } {
+  const res = vmi.spec.domain.resources;
   const cpu = vmi.spec.domain.cpu;
-  return String((cpu?.sockets ?? 1) * (cpu?.cores ?? 1) * (cpu?.threads ?? 1));
+  const vcpus = (cpu?.sockets ?? 1) * (cpu?.cores ?? 1) * (cpu?.threads ?? 1);
+  const request = res?.requests?.cpu !== undefined ? String(res.requests.cpu) : `${vcpus * CPU_MILLIS_PER_VCPU}m`;
+  return res?.limits?.cpu !== undefined ? { request, limit: String(res.limits.cpu) } : { request };
 }
+
+/** What each vCPU requests when the VMI names no cpu (KubeVirt: 1000m / cpuAllocationRatio 10). */
+export const CPU_MILLIS_PER_VCPU = 100;
 
 /** Normalised absolute folder, or undefined for an entry that is not one (relative, or with `..`). */
 function allowedFolder(a: string): string | undefined {
@@ -191,7 +198,9 @@ export function renderLauncherPod(input: LauncherPodInput): V1Pod {
   const emulation = input.emulation ?? false;
   const memory = formatBytes(BigInt(launcherMemoryBytes(vmi, emulation)));
   const cpu = launcherCpu(vmi);
-  const amounts: Record<string, string> = { cpu, memory, ...(emulation ? {} : { [KVM_RESOURCE]: '1' }) };
+  const kvm = emulation ? {} : { [KVM_RESOURCE]: '1' };
+  const requests: Record<string, string> = { cpu: cpu.request, memory, ...kvm };
+  const limits: Record<string, string> = { ...(cpu.limit !== undefined ? { cpu: cpu.limit } : {}), memory, ...kvm };
   const host = hostPathMounts(vmi, input.hostPathsAllow ?? []);
   const { nodeSelector, affinity, tolerations } = vmi.spec;
   const compute: V1Container = {
@@ -201,7 +210,7 @@ export function renderLauncherPod(input: LauncherPodInput): V1Pod {
     command: [LAUNCHER.command],
     args: ['--uid', uid, '--socket', LAUNCHER.socket, '--run-dir', LAUNCHER.runDir, '--linger', String(LAUNCHER.lingerSeconds)],
     securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] }, runAsNonRoot: true },
-    resources: { requests: { ...amounts }, limits: { ...amounts } },
+    resources: { requests, limits },
     volumeMounts: [{ name: LAUNCHER.runVolume, mountPath: LAUNCHER.runDir }, ...host.mounts],
   };
   return {

@@ -4,7 +4,9 @@ import { runController } from './main.js';
 
 export async function runControllerProcess(opts: { kubeconfig?: string }): Promise<void> {
   const logger = pino({ level: process.env.VMLET_LOG_LEVEL ?? 'info', base: { component: 'controller', pod: process.env.POD_NAME } });
-  const ctl = await runController({ ...opts, logger }).catch((err: unknown) => {
+  // VMLET_WEBHOOK=off and VMLET_HEALTH_PORT serve benchmarks and tests that run several controllers on one host.
+  const healthPort = Number(process.env.VMLET_HEALTH_PORT ?? 8080);
+  const ctl = await runController({ ...opts, logger, webhook: process.env.VMLET_WEBHOOK !== 'off', healthPort }).catch((err: unknown) => {
     logger.fatal({ err }, 'the controller could not start');
     process.stderr.write(`vmlet controller: ${(err as Error).message}\n`);
     process.exit(1);

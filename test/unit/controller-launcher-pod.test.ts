@@ -103,8 +103,11 @@ t.test('the pod follows docs/cluster-mode.md', async (t) => {
   t.same(c.volumeMounts, [{ name: 'vmlet-run', mountPath: '/var/run/vmlet' }]);
   t.same(s.volumes, [{ name: 'vmlet-run', emptyDir: {} }]);
   // 1Gi guest, 2 vCPUs, KVM: 96 + 2×8 + 1024/64 = 128 MiB overhead.
-  const resources = { cpu: '2', memory: '1152Mi', 'devices.vmlet.io/kvm': '1' };
-  t.same(c.resources, { requests: resources, limits: resources }, 'requests = limits: guest + overhead, vCPUs, one KVM device');
+  t.same(
+    c.resources,
+    { requests: { cpu: '200m', memory: '1152Mi', 'devices.vmlet.io/kvm': '1' }, limits: { memory: '1152Mi', 'devices.vmlet.io/kvm': '1' } },
+    'memory request = limit: guest + overhead; 100m per vCPU requested and no cpu limit; one KVM device',
+  );
   t.equal(render().spec?.containers[0]?.imagePullPolicy, 'IfNotPresent', 'default pull policy');
   t.notOk('nodeSelector' in render().spec! || 'affinity' in render().spec! || 'tolerations' in render().spec!, 'no placement fields when the VMI has none');
 });
@@ -113,11 +116,13 @@ t.test('resources: emulation, cpu request, limits, the overhead annotation, grac
   const tcg = compute(render({ emulation: true })).resources!;
   const tcgBytes = 1024 * Mi + memoryOverhead({ guestBytes: 1024 * Mi, vcpus: 2, accel: 'tcg' });
   t.equal(tcgBytes, (1024 + 128 + OVERHEAD.tcgBytes / Mi + tcgTbSizeMiB(1024 * Mi)) * Mi, 'TCG adds its translation cache and data');
-  t.same(tcg.requests, { cpu: '2', memory: `${tcgBytes / Mi}Mi` }, 'no KVM device under emulation');
-  t.same(tcg.limits, tcg.requests);
+  t.same(tcg.requests, { cpu: '200m', memory: `${tcgBytes / Mi}Mi` }, 'no KVM device under emulation');
+  t.same(tcg.limits, { memory: `${tcgBytes / Mi}Mi` });
   const cpuReq = compute(render({ vmi: vmi({ domain: { resources: { requests: { cpu: '500m' } } } }) })).resources!;
   t.equal(cpuReq.requests?.['cpu'], '500m', "the VMI's cpu request wins over its vCPU count");
-  t.equal(cpuReq.limits?.['cpu'], '500m');
+  t.equal(cpuReq.limits?.['cpu'], undefined, 'no cpu limit unless the VMI sets one');
+  const cpuLim = compute(render({ vmi: vmi({ domain: { resources: { limits: { cpu: '3' } } } }) })).resources!;
+  t.equal(cpuLim.limits?.['cpu'], '3', "the VMI's cpu limit is the pod's");
   const limit = compute(render({ vmi: vmi({ domain: { resources: { limits: { memory: '2Gi' } } } }) })).resources!;
   t.equal(limit.requests?.['memory'], `${2048 + 128}Mi`, 'a memory limit above the guest is kept, plus overhead (as the daemon sizes the cgroup)');
   const ann = compute(render({ vmi: vmi({ annotations: { 'vmlet.io/memory-overhead': '0' } }) })).resources!;
@@ -126,7 +131,7 @@ t.test('resources: emulation, cpu request, limits, the overhead annotation, grac
   delete (noGrace.spec as { terminationGracePeriodSeconds?: number }).terminationGracePeriodSeconds;
   t.equal(render({ vmi: noGrace }).spec?.terminationGracePeriodSeconds, 45, 'default 30 + 15');
   t.equal(render({ vmi: vmi({ spec: { terminationGracePeriodSeconds: 0 } }) }).spec?.terminationGracePeriodSeconds, 15);
-  t.same(podRequests(render()), { milliCpu: 2000, memoryBytes: 1152 * Mi, kvm: 1 }, 'what node assignment reads back');
+  t.same(podRequests(render()), { milliCpu: 200, memoryBytes: 1152 * Mi, kvm: 1 }, 'what node assignment reads back');
 });
 
 t.test('refusals: no uid, bad suffix, bad memory', async (t) => {
