@@ -296,6 +296,12 @@ export const ERROR_CODES = {
     meaning: "adopt found no binding of vmlet's in the launcher pod's netns (no k6t-eth0 with vmlet's record, or no tap0)",
   },
   // cluster (deploy, image)
+  API_GROUP_NOT_VMLET: {
+    http: 500,
+    area: 'cluster',
+    meaning:
+      "controller for kubevirt.io: the group's CRDs are missing or not labelled app.kubernetes.io/part-of=vmlet (a real KubeVirt's); it refuses to start",
+  },
   KUBECONFIG_INVALID: {
     http: 500,
     area: 'cluster',

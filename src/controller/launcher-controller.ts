@@ -21,7 +21,7 @@ import { CONFIG_MAP_KEY, CONFIG_MAP_NAME, DEFAULT_CLUSTER_CONFIG, parseClusterCo
 import { HEARTBEAT, LAUNCHER_COMPONENT, LAUNCHER_LABELS, NODE_NAME_LABEL, VMLET_NAMESPACE } from './cluster-names.js';
 import { KubeInformer, type InformerEvent } from './kube-informer.js';
 import { decideLauncher } from './launcher-decide.js';
-import { assignNode, NodeUsage, podRequests } from './node-assignment.js';
+import { assignNode, leaseFresh, NodeUsage, podRequests } from './node-assignment.js';
 import type { PlacedVmi } from './placement.js';
 import { VMI_FINALIZER } from './vm-controller.js';
 
@@ -76,6 +76,8 @@ export class LauncherController {
   private running = false;
   private retryTimer: NodeJS.Timeout | undefined;
   private workersBusy = 0;
+  /** Heartbeat Lease → fresh when last seen. */
+  private readonly freshLeases = new Map<string, boolean>();
 
   constructor(opts: LauncherControllerOptions) {
     this.o = { now: Date.now, ...opts };
@@ -108,7 +110,12 @@ export class LauncherController {
       path: `/apis/coordination.k8s.io/v1/namespaces/${VMLET_NAMESPACE}/leases`,
       list: () => coordination.listNamespacedLease({ namespace: VMLET_NAMESPACE }),
       onChange: (ev, l) => {
-        if (ev !== 'update' && l.metadata?.name?.startsWith(HEARTBEAT.prefix)) this.enqueuePending();
+        const name = l.metadata?.name ?? '';
+        if (!name.startsWith(HEARTBEAT.prefix)) return;
+        // Renewals come every few seconds: only a node that comes back (or goes) changes where VMIs fit.
+        const fresh = ev !== 'delete' && leaseFresh(l, this.o.now());
+        if (this.freshLeases.get(name) !== fresh) this.enqueuePending();
+        this.freshLeases.set(name, fresh);
       },
       logger,
     });

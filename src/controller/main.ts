@@ -1,9 +1,14 @@
 // `vmlet controller`: the cluster's controller process — leader election, VM→VMI, VMI→launcher pod, and the admission webhook with its own certificate.
 import http from 'node:http';
-import { AppsV1Api, CoordinationV1Api, CoreV1Api, CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
+import { ApiextensionsV1Api, AppsV1Api, CoordinationV1Api, CoreV1Api, CustomObjectsApi, KubeConfig } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
+import YAML from 'yaml';
+import { isRecord } from '../api/vocabulary.js';
+import { API_GROUPS, parseApiGroup } from '../daemon/config.js';
+import { VmletError } from '../errors.js';
 import { KubeSource } from '../source/kube-source.js';
 import { vmletVersion } from '../version.js';
+import { CONFIG_MAP_KEY, CONFIG_MAP_NAME } from './cluster-config.js';
 import { VMLET_NAMESPACE } from './cluster-names.js';
 import { renderLauncherPod } from './launcher-pod.js';
 import { LauncherController } from './launcher-controller.js';
@@ -20,9 +25,15 @@ export interface ControllerRunOptions {
   /** The image of launcher pods (default $VMLET_IMAGE, else the controller's own image as seen from its pod). */
   image?: string;
   imagePullPolicy?: 'Always' | 'IfNotPresent' | 'Never';
-  /** `vmlet.io/v1alpha1` (default) or `kubevirt.io/v1` with the compat overlay. */
+  /**
+   * `vmlet.io` or `kubevirt.io` (the kubevirt-compat component); default: `apiGroup` of the cluster config
+   * (ConfigMap vmlet/vmlet-config), else vmlet.io. `vmlet controller` sets it from $VMLET_API_GROUP.
+   */
   group?: string;
+  /** Default: v1alpha1 for vmlet.io, v1 otherwise. */
   version?: string;
+  /** The leader Lease in namespace vmlet (default: leaderLeaseName(group)). */
+  leaseName?: string;
   healthPort?: number;
   webhookPort?: number;
   /** Extra SANs of the serving certificate (tests that reach the webhook by IP). */
@@ -48,6 +59,63 @@ export function loadKubeConfig(file: string | undefined): KubeConfig {
   return kc;
 }
 
+/** The leader Lease of the controller of `group`: one per group, so that a vmlet.io and a kubevirt.io controller do not wait for each other. */
+export function leaderLeaseName(group: string): string {
+  return group === 'vmlet.io' ? 'vmlet-controller' : `vmlet-controller-${group.split('.')[0] ?? group}`;
+}
+
+function httpCode(e: unknown): number | undefined {
+  return typeof e === 'object' && e !== null && 'code' in e && typeof e.code === 'number' ? e.code : undefined;
+}
+
+/** `apiGroup` of the cluster config, read once at start (a change needs a restart of the controller and the node daemons). */
+async function configuredGroup(core: CoreV1Api): Promise<{ group: string; version: string }> {
+  let text: string | undefined;
+  try {
+    text = (await core.readNamespacedConfigMap({ name: CONFIG_MAP_NAME, namespace: VMLET_NAMESPACE })).data?.[CONFIG_MAP_KEY];
+  } catch (e) {
+    if (httpCode(e) !== 404) throw e;
+  }
+  let doc: unknown;
+  try {
+    doc = text === undefined ? undefined : YAML.parse(text);
+  } catch {
+    doc = undefined; // the live config reader reports a broken document; here it means the default group
+  }
+  const value = isRecord(doc) && typeof doc['apiGroup'] === 'string' ? doc['apiGroup'] : API_GROUPS[0];
+  return parseApiGroup(value, `ConfigMap ${CONFIG_MAP_NAME}`);
+}
+
+/** What reads a CRD (ApiextensionsV1Api; tests pass a fake). */
+export interface CrdReader {
+  readCustomResourceDefinition(p: { name: string }): Promise<{ metadata?: { labels?: { [k: string]: string } } }>;
+}
+
+/**
+ * Outside vmlet.io, the CRDs of `group` must be vmlet's own (label app.kubernetes.io/part-of: vmlet, as the
+ * kubevirt-compat component installs them): vmlet never acts on the objects of a real KubeVirt.
+ */
+export async function checkGroupIsVmlets(api: CrdReader, group: string): Promise<void> {
+  if (group === 'vmlet.io') return;
+  for (const plural of ['virtualmachines', 'virtualmachineinstances']) {
+    const name = `${plural}.${group}`;
+    let labels: { [k: string]: string } | undefined;
+    try {
+      labels = (await api.readCustomResourceDefinition({ name })).metadata?.labels;
+    } catch (e) {
+      if (httpCode(e) !== 404) throw e;
+      throw new VmletError('API_GROUP_NOT_VMLET', `the CRD ${name} does not exist: apply deploy/components/kubevirt-compat first`, { details: { crd: name } });
+    }
+    if (labels?.['app.kubernetes.io/part-of'] !== 'vmlet') {
+      throw new VmletError(
+        'API_GROUP_NOT_VMLET',
+        `the CRD ${name} is not vmlet's (no label app.kubernetes.io/part-of=vmlet): is KubeVirt installed? vmlet does not serve a real KubeVirt's objects`,
+        { details: { crd: name } },
+      );
+    }
+  }
+}
+
 /** The image of the pod this process runs in, so launcher pods use the same build as their controller. */
 async function ownImage(core: CoreV1Api, apps: AppsV1Api, log: Logger): Promise<string | undefined> {
   const name = process.env.POD_NAME;
@@ -70,8 +138,11 @@ export async function runController(o: ControllerRunOptions): Promise<RunningCon
   const custom = kc.makeApiClient(CustomObjectsApi);
   const coordination = kc.makeApiClient(CoordinationV1Api);
   const apps = kc.makeApiClient(AppsV1Api);
-  const group = o.group ?? 'vmlet.io';
-  const version = o.version ?? 'v1alpha1';
+  const { group, version } =
+    o.group !== undefined ? { group: o.group, version: o.version ?? (o.group === 'vmlet.io' ? 'v1alpha1' : 'v1') } : await configuredGroup(core);
+  await checkGroupIsVmlets(kc.makeApiClient(ApiextensionsV1Api), group);
+  const leaseName = o.leaseName ?? leaderLeaseName(group);
+  log.info({ apiGroup: `${group}/${version}`, lease: `${VMLET_NAMESPACE}/${leaseName}` }, 'controller starting');
   const image = o.image ?? process.env.VMLET_IMAGE ?? (await ownImage(core, apps, log)) ?? 'vmlet';
   const pullPolicy = o.imagePullPolicy ?? (process.env.VMLET_IMAGE_PULL_POLICY as ControllerRunOptions['imagePullPolicy'] | undefined);
   const identity = o.identity ?? process.env.POD_NAME ?? (await import('node:os')).hostname();
@@ -102,8 +173,8 @@ export async function runController(o: ControllerRunOptions): Promise<RunningCon
       group,
       version,
       logger: log.child({ part: 'launcher-controller' }),
-      renderPod: ({ vmi, nodeName, emulation, suffix, config }) =>
-        renderLauncherPod({
+      renderPod: ({ vmi, nodeName, emulation, suffix, config }) => {
+        const pod = renderLauncherPod({
           vmi,
           nodeName,
           nameSuffix: suffix,
@@ -111,14 +182,18 @@ export async function runController(o: ControllerRunOptions): Promise<RunningCon
           emulation,
           hostPathsAllow: config.hostPathsAllow,
           ...(pullPolicy ? { imagePullPolicy: pullPolicy } : {}),
-        }),
+        });
+        // The owner is the served group's VMI (the API types name vmlet.io's), or the garbage collector would delete the pod.
+        for (const ref of pod.metadata?.ownerReferences ?? []) if (ref.uid === vmi.metadata.uid) ref.apiVersion = `${group}/${version}`;
+        return pod;
+      },
     });
     await launchers.start();
   };
   const election = new LeaderElection({
     api: coordination,
     namespace: VMLET_NAMESPACE,
-    name: 'vmlet-controller',
+    name: leaseName,
     identity,
     ...o.election,
     logger: log.child({ part: 'leader-election' }),

@@ -188,7 +188,9 @@ export class VmController {
       return;
     }
     const status = (vm.status ?? {}) as VmStatus;
-    const runStrategy: RunStrategy = vm.spec.runStrategy ?? 'Halted';
+    // KubeVirt's legacy `running: true|false` (kept as written in a cluster, where admission cannot rewrite it).
+    const legacy = (vm.spec as { running?: unknown }).running;
+    const runStrategy: RunStrategy = vm.spec.runStrategy ?? (legacy === true ? 'Always' : 'Halted');
     const view = owned ? vmiView(owned) : undefined;
     let startFailure = status.startFailure;
     if (owned && view?.phase === 'Failed' && !this.countedFailures.has(owned.metadata.uid!)) {

@@ -54,6 +54,20 @@ export interface DaemonConfig {
   kubeconfig?: string;
   /** Host folders below which hostDisk and kernelBoot host paths are allowed (cluster config; empty: none). */
   hostPaths: { allow: string[] };
+  /** Kubernetes mode: the group/version of the VMIs served, `vmlet.io/v1alpha1` or `kubevirt.io/v1` (kubevirt-compat); $VMLET_API_GROUP wins. */
+  apiGroup: string;
+}
+
+/** The API groups cluster mode can serve: vmlet's own, and KubeVirt's kinds on clusters without KubeVirt (deploy/components/kubevirt-compat). */
+export const API_GROUPS = ['vmlet.io/v1alpha1', 'kubevirt.io/v1'] as const;
+
+/** Splits an `apiGroup` setting (`group/version`), refusing anything but API_GROUPS by name. */
+export function parseApiGroup(value: string, source: string): { group: string; version: string } {
+  const [group, version] = value.split('/');
+  if (!(API_GROUPS as readonly string[]).includes(value) || group === undefined || version === undefined) {
+    throw new VmletError('CONFIG_INVALID', `${source}: apiGroup must be one of ${API_GROUPS.join(', ')} (got ${JSON.stringify(value)})`);
+  }
+  return { group, version };
 }
 
 export type DaemonMode = 'standalone' | 'kubernetes';
@@ -116,6 +130,7 @@ const keys: Record<keyof DaemonConfig, KeyType> = {
   devicePluginDir: 'string',
   kubeconfig: 'string',
   hostPaths: 'object',
+  apiGroup: 'string',
 };
 
 const networkKeys: Record<keyof NetworkConfig, KeyType> = {
@@ -204,6 +219,7 @@ export function defaultConfig(repoRoot: string): DaemonConfig {
     kubeletRootDir: '/var/lib/kubelet',
     devicePluginDir: '/var/lib/kubelet/device-plugins',
     hostPaths: { allow: [] },
+    apiGroup: API_GROUPS[0],
   };
 }
 
@@ -220,6 +236,7 @@ export function mergeConfig(base: DaemonConfig, doc: unknown, source: string): D
     throw new VmletError('CONFIG_INVALID', `${source}: hostPaths must be {allow: [absolute folder, …]}`);
   }
   cfg.hostPaths = { allow: allow as string[] };
+  parseApiGroup(cfg.apiGroup, source);
   if (!LOG_FORMATS.includes(cfg.logFormat)) throw new VmletError('CONFIG_INVALID', `${source}: logFormat must be json, text or auto`);
   if (!Number.isInteger(cfg.kvmProbeDeadlineMs) || cfg.kvmProbeDeadlineMs < 50 || cfg.kvmProbeDeadlineMs > 60_000) {
     throw new VmletError('CONFIG_INVALID', `${source}: kvmProbeDeadlineMs must be a whole number of milliseconds from 50 to 60000`);
@@ -260,6 +277,12 @@ export function loadConfig(repoRoot: string, flags: DaemonFlags): DaemonConfig {
   if (cfg.mode === 'kubernetes' || flags.mode === 'kubernetes') {
     const node = process.env.NODE_NAME;
     if (node) fromFlags.nodeName = node;
+  }
+  // The kubevirt-compat component sets it on the DaemonSet (and the controller), since a patch cannot edit one key inside vmlet.yaml.
+  const envGroup = process.env.VMLET_API_GROUP;
+  if (envGroup) {
+    parseApiGroup(envGroup, '$VMLET_API_GROUP');
+    fromFlags.apiGroup = envGroup;
   }
   return mergeConfig(cfg, fromFlags, 'flags');
 }

@@ -14,7 +14,7 @@ import { KubeSource } from '../source/kube-source.js';
 import type { Kind, SourceWatch, WatchOptions } from '../source/source.js';
 import { vmletVersion } from '../version.js';
 import { ApiServer } from './api-server.js';
-import type { DaemonConfig } from './config.js';
+import { parseApiGroup, type DaemonConfig } from './config.js';
 import { KvmDevicePlugin } from './device-plugin.js';
 import { NodeRegistration } from './kube-node-registration.js';
 import { PodVmNetwork } from './kube-vm-network.js';
@@ -81,7 +81,9 @@ export async function startKubeDaemon(config: DaemonConfig, caps: QemuCaps, logg
   });
   await configs.start();
 
-  const source = new KubeSource({ kubeConfig: kc, logger: logger.child({ component: 'source' }) });
+  // The same group as the controller's (vmlet.io, or kubevirt.io with the kubevirt-compat component).
+  const { group, version } = parseApiGroup(config.apiGroup, 'apiGroup');
+  const source = new KubeSource({ kubeConfig: kc, group, version, logger: logger.child({ component: 'source' }) });
   let node: NodeReconciler | undefined;
   const launcherSocket = path.join(config.runDir, 'launcher.sock');
   const launcherServer = new LauncherServer({
@@ -174,7 +176,7 @@ export async function startKubeDaemon(config: DaemonConfig, caps: QemuCaps, logg
   await devicePlugin.start().catch((err: unknown) => logger.error({ err }, 'the KVM device plugin could not start; KVM VMIs will not be placed here'));
 
   // The node-local socket: get, console, qmp, pause for debugging (writes go to the API server, through its admission).
-  const controller = new VmController({ source, logger: logger.child({ component: 'vm-actions' }) });
+  const controller = new VmController({ source, logger: logger.child({ component: 'vm-actions' }), apiVersion: source.apiVersion });
   const api = await ApiServer.listen({
     backend: new LocalBackend({ store: source, node, controller }),
     socketPath: config.socket,
@@ -182,7 +184,10 @@ export async function startKubeDaemon(config: DaemonConfig, caps: QemuCaps, logg
     maxBodyBytes: config.maxBodyBytes,
     version: { vmlet: vmletVersion(), qemu: caps.version.text, kvm: caps.kvm, accel: config.accel, useEmulation },
   });
-  logger.info({ node: nodeName, kubeletRootDir: config.kubeletRootDir, kvm: caps.kvm.usable }, 'vmlet node daemon ready (kubernetes mode)');
+  logger.info(
+    { node: nodeName, kubeletRootDir: config.kubeletRootDir, kvm: caps.kvm.usable, apiGroup: source.apiVersion },
+    'vmlet node daemon ready (kubernetes mode)',
+  );
 
   return {
     node,

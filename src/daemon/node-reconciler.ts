@@ -11,6 +11,10 @@ import type { HelloDecision, LauncherHello, LauncherServer } from '../qemu/launc
 import type { QmpClient } from '../qmp/client.js';
 import type { KubeObject, Source } from '../source/source.js';
 import { Supervisor, type PreparedLaunch } from './supervisor.js';
+import { withVmletDefaults } from './vmi-defaults.js';
+import type { PodLaunchers } from './supervisor-pod.js';
+
+export type { PodLaunchers } from './supervisor-pod.js';
 import { groupCpus, pinVcpus, readCpuListFile, vcpuCount, wantsDedicatedCpus } from './vcpu-pinning.js';
 import type { VmCgroups, VmStats } from './vm-cgroup.js';
 import type { VmNetwork } from './vm-network.js';
@@ -43,19 +47,6 @@ export interface NodeReconcilerOptions {
   pods?: PodLaunchers;
   /** Kubernetes mode: the finalizer is the controller's, released once the pod is gone. Default true. */
   releaseFinalizer?: boolean;
-}
-
-/** What the node reconciler needs of the launcher pods on its node (Kubernetes mode). */
-export interface PodLaunchers {
-  /** The uid of the VMI's launcher pod on this node, once known. */
-  podOf(vmiUid: string): string | undefined;
-  /** Listens on the pod's launcher socket; resolves with the pod's run dir as the daemon reaches it. */
-  open(podUid: string, vmiUid: string): Promise<string>;
-  /** Stops listening and forgets the pod's run dir. */
-  close(podUid: string): Promise<void>;
-  /** Builds nothing: serves DHCP again for a re-adopted VM (its launcher's pid names the pod). */
-  adoptNetwork?(vmi: VirtualMachineInstance, launcherPid: number): Promise<VMIInterfaceStatus[]>;
-  releaseNetwork?(vmiUid: string): Promise<void>;
 }
 
 const FINAL = new Set(['Succeeded', 'Failed']);
@@ -123,7 +114,9 @@ export class NodeReconciler {
   /** Kubernetes mode: re-adopt what runs in this node's launcher pods (each launcher calls in again), then follow. */
   private async startPods(pods: PodLaunchers): Promise<void> {
     const listed = (await this.opts.store.list('VirtualMachineInstance')).filter(isStoredVmi);
-    for (const vmi of listed) {
+    for (const obj of listed) {
+      const vmi = this.defaulted(obj);
+      if (!vmi) continue;
       const uid = vmi.metadata.uid!;
       const podUid = pods.podOf(uid);
       if (vmi.status?.nodeName !== this.opts.nodeName || FINAL.has(vmi.status?.phase ?? '') || vmi.status?.phase === 'Scheduled' || !podUid) continue;
@@ -361,7 +354,8 @@ export class NodeReconciler {
       this.log.warn({ vmi: { namespace: obj.metadata.namespace, name: obj.metadata.name } }, 'ignoring a VirtualMachineInstance without a spec');
       return;
     }
-    const vmi = obj;
+    const vmi = this.opts.pods ? this.defaulted(obj) : obj;
+    if (!vmi) return;
     const uid = vmi.metadata.uid!;
     if (vmi.status?.nodeName !== this.opts.nodeName) return;
     const sup = this.supervisors.get(uid);
@@ -391,6 +385,23 @@ export class NodeReconciler {
         .catch((e: unknown) => this.log.error({ err: e, uid }, "cannot listen for the launcher of the VMI's pod"))
         .finally(() => this.busy.delete(`open:${uid}`));
     }
+  }
+
+  /** Kubernetes mode: the VMI with vmlet's defaults (vmi-defaults.ts); one that admission would refuse fails here. */
+  private defaulted(obj: StoredVmi): StoredVmi | undefined {
+    const r = withVmletDefaults(obj);
+    if ('vmi' in r) return r.vmi;
+    const { namespace, name } = obj.metadata;
+    if (obj.status?.nodeName !== this.opts.nodeName || FINAL.has(obj.status?.phase ?? '') || obj.metadata.deletionTimestamp) return undefined;
+    this.log.warn({ vmi: { namespace, name }, err: r.error }, 'VMI spec refused');
+    const fail = (st: VirtualMachineInstanceStatus | undefined): VirtualMachineInstanceStatus => ({
+      ...st,
+      phase: 'Failed',
+      reason: 'InvalidSpec',
+      message: r.message,
+    });
+    void this.opts.store.updateStatus<VirtualMachineInstanceStatus>('VirtualMachineInstance', namespace, name, fail).catch(() => undefined);
+    return undefined;
   }
 
   /** Deletion: stop QEMU within the grace period, remove its run dir, then let the object go. */

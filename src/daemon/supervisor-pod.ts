@@ -1,4 +1,4 @@
-// What a supervisor learns from processes rather than from its own records: in Kubernetes mode its launcher (the pod's entrypoint, which calls in and, after a restart, says what runs), and a running QEMU's accelerator.
+// Kubernetes mode of a supervisor and the node reconciler: the launcher is the pod's entrypoint (it calls in and, after a restart, says what runs), what the reconciler needs of the launcher pods, and a running QEMU's accelerator.
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Accel } from '../api/vocabulary.js';
@@ -6,6 +6,7 @@ import { VmletError } from '../errors.js';
 import { accelFromCmdline } from '../qemu/argv.js';
 import type { ExitStatus } from '../qemu/launch.js';
 import type { LauncherLink } from '../qemu/launcher-server.js';
+import type { VMIInterfaceStatus, VirtualMachineInstance } from '../api/types.js';
 
 /** How long a HELLO waits for `prepare` while the pod's network is built. */
 export const POD_HELLO_WAIT_MS = 60_000;
@@ -52,4 +53,17 @@ export async function inspectPodLauncher(link: LauncherLink, waitMs = POD_RECONN
 export async function accelOfProcess(pid: number, procRoot: string): Promise<Accel | undefined> {
   const cmdline = await fs.readFile(path.join(procRoot, String(pid), 'cmdline'), 'utf8').catch(() => '');
   return accelFromCmdline(cmdline.split('\0'));
+}
+
+/** What the node reconciler needs of the launcher pods on its node (Kubernetes mode). */
+export interface PodLaunchers {
+  /** The uid of the VMI's launcher pod on this node, once known. */
+  podOf(vmiUid: string): string | undefined;
+  /** Listens on the pod's launcher socket; resolves with the pod's run dir as the daemon reaches it. */
+  open(podUid: string, vmiUid: string): Promise<string>;
+  /** Stops listening and forgets the pod's run dir. */
+  close(podUid: string): Promise<void>;
+  /** Builds nothing: serves DHCP again for a re-adopted VM (its launcher's pid names the pod). */
+  adoptNetwork?(vmi: VirtualMachineInstance, launcherPid: number): Promise<VMIInterfaceStatus[]>;
+  releaseNetwork?(vmiUid: string): Promise<void>;
 }

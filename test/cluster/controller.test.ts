@@ -206,6 +206,18 @@ t.test('cluster controller', async (t) => {
     t.ok(vmiStatus(v).nodeName, 'the new leader handles a new VM');
   });
 
+  await t.test("KubeVirt's legacy running: true starts the VM", async (t) => {
+    const legacy = vm('legacy', {}) as { spec: Record<string, unknown> };
+    delete legacy.spec['runStrategy'];
+    legacy.spec['running'] = true;
+    await custom.createNamespacedCustomObject({ ...GROUP, plural: 'virtualmachines', namespace: ns, body: legacy });
+    const v = await waitFor('VMI legacy Scheduled', 30_000, async () => {
+      const o = await getVmi('legacy');
+      return vmiStatus(o).phase === 'Scheduled' ? o : undefined;
+    });
+    t.ok(v, 'a VMI was made and placed');
+  });
+
   await t.test('deleting the VM removes its VMI and pod and releases the finalizer', async (t) => {
     const v = (await getVmi('web'))!;
     await custom.deleteNamespacedCustomObject({ ...GROUP, plural: 'virtualmachines', namespace: ns, name: 'web' });

@@ -1,4 +1,4 @@
-// vmlet's image and deploy/ on the test cluster: the image runs its tools in a pod, every overlay passes a server-side dry run, and (VMLET_DEPLOY_E2E=1) a real deploy turns Ready and undeploy leaves nothing.
+// vmlet's image and deploy/ on the test cluster: the image runs its tools in a pod, every overlay passes a server-side dry run, a real deploy turns Ready and runs VMs (admission, a daemon pod and the leading controller deleted, KubeVirt's kinds through the compat overlay), and undeploy leaves nothing.
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -21,7 +21,6 @@ function imageSkipReason(): string | null {
 }
 
 function e2eSkipReason(): string | null {
-  if (process.env.VMLET_DEPLOY_E2E !== '1') return 'set VMLET_DEPLOY_E2E=1 once `vmlet controller` and `vmlet daemon --mode kubernetes` exist';
   if (process.env.VMLET_K8S_REUSE === '1')
     return "not on a shared cluster (VMLET_K8S_REUSE=1): deploy's Fail webhook and undeploy's CRD removal would hit everyone";
   return imageSkipReason();
@@ -98,14 +97,99 @@ t.test('every overlay passes a server-side dry run, patched for this cluster', {
   await t.rejects(deploy(c, { overlay: 'no-such', build: false, dryRun: true }), { code: 'CLUSTER_DEPLOY_REFUSED' }, 'an unknown overlay is refused');
 });
 
-t.test('deploy, Ready, undeploy leaves nothing', { skip: e2eSkipReason() ?? false }, async (t) => {
+type Vmi = { metadata: { uid: string }; status?: { phase?: string; nodeName?: string; vmlet?: { qemuPid?: number } } };
+
+t.test('deploy, Ready, VMs run, undeploy leaves nothing', { skip: e2eSkipReason() ?? false }, async (t) => {
   const c = await testCluster(t);
   if (!c) return;
   t.same(await leftovers(c), [], 'nothing of vmlet before');
   const r = await deploy(c, { overlay: 'test', log: (m) => t.comment(m), timeoutMs: 300_000 });
   t.comment(`deploy took ${r.seconds.toFixed(1)} s`);
   t.same(await notReady(c), [], 'controller and daemon Ready');
-  const left = await undeploy(c, { overlay: 'test', log: (m) => t.comment(m) });
+  const k = (args: string[], input?: string): Promise<string> => c.kubectl(args, input);
+  const ns = `dep-${randomBytes(3).toString('hex')}`;
+  await k(['create', 'namespace', ns]);
+  const vmiOf = async (name: string, group = 'vmlet.io'): Promise<Vmi | undefined> => {
+    const res = await c.api('GET', `/apis/${group}/${group === 'vmlet.io' ? 'v1alpha1' : 'v1'}/namespaces/${ns}/virtualmachineinstances/${name}`);
+    return res.status === 200 ? (res.json() as Vmi) : undefined;
+  };
+  const vm = (name: string, apiVersion = 'vmlet.io/v1alpha1'): string =>
+    JSON.stringify({
+      apiVersion,
+      kind: 'VirtualMachine',
+      metadata: { name, namespace: ns },
+      spec: { runStrategy: 'Always', template: { metadata: { labels: { app: name } }, spec: { domain: { memory: { guest: '64Mi' } } } } },
+    });
+  const running = (name: string, group?: string): Promise<Vmi> =>
+    waitFor(`VMI ${name} Running`, 180_000, async () => {
+      const v = await vmiOf(name, group);
+      return v?.status?.phase === 'Running' ? v : undefined;
+    });
+
+  await t.test('kubectl apply of a VM: its VMI runs, with the node and QEMU in status', async (t) => {
+    await k(['apply', '-f', '-'], vm('one'));
+    const v = await running('one');
+    t.equal(v.status?.nodeName, c.config.node);
+    t.ok(v.status?.vmlet?.qemuPid && fs.existsSync(`/proc/${v.status.vmlet.qemuPid}`), 'QEMU runs on the node');
+    const table = await k(['get', 'vmis', '-n', ns]);
+    t.match(table, /one\s+\S+\s+Running\s+10\.244\.\S+\s+vmlet-test-node\s+True/, `kubectl get vmis: ${table}`);
+  });
+
+  await t.test('a bad manifest is refused by the webhook with the code and field standalone gives', async (t) => {
+    const bad = JSON.stringify({
+      apiVersion: 'vmlet.io/v1alpha1',
+      kind: 'VirtualMachineInstance',
+      metadata: { name: 'bad', namespace: ns },
+      spec: { domain: { memory: { guest: '64Ti' } } },
+    });
+    const out = await k(['apply', '-f', '-'], bad).then(
+      (o) => `accepted: ${o}`,
+      (e: unknown) => String(e),
+    );
+    t.match(out, /OUT_OF_RANGE/, 'the code');
+    t.match(out, /spec\.domain\.memory\.guest/, 'the field');
+  });
+
+  await t.test('deleting the daemon pod leaves QEMU running; the new daemon re-adopts it', async (t) => {
+    const before = (await vmiOf('one'))!.status!.vmlet!.qemuPid!;
+    await k(['delete', 'pod', '-n', 'vmlet', '-l', 'app.kubernetes.io/name=vmlet-node', '--wait=true']);
+    await waitFor('the new daemon pod Ready', 120_000, async () => ((await notReady(c)).length === 0 ? true : undefined));
+    t.ok(fs.existsSync(`/proc/${before}`), 'the same QEMU runs');
+    const v = await vmiOf('one');
+    t.equal(v?.status?.phase, 'Running');
+    t.equal(v?.status?.vmlet?.qemuPid, before, 'status names the same QEMU');
+  });
+
+  await t.test('deleting the leading controller: the other replica takes over and handles a new VM', async (t) => {
+    const lease = JSON.parse(await k(['get', 'lease', '-n', 'vmlet', 'vmlet-controller', '-o', 'json'])) as { spec: { holderIdentity: string } };
+    const t0 = Date.now();
+    await k(['delete', 'pod', '-n', 'vmlet', lease.spec.holderIdentity, '--wait=false']);
+    await k(['apply', '-f', '-'], vm('two'));
+    await running('two');
+    t.ok(Date.now() - t0 < 120_000, `a new VM ran ${((Date.now() - t0) / 1000).toFixed(1)} s after the leader was deleted`);
+    const now = JSON.parse(await k(['get', 'lease', '-n', 'vmlet', 'vmlet-controller', '-o', 'json'])) as { spec: { holderIdentity: string } };
+    t.not(now.spec.holderIdentity, lease.spec.holderIdentity, 'another replica leads');
+  });
+
+  await t.test('deleting the VMs leaves no VMI, pod or QEMU', async (t) => {
+    const pids = [(await vmiOf('one'))?.status?.vmlet?.qemuPid, (await vmiOf('two'))?.status?.vmlet?.qemuPid];
+    await k(['delete', 'vm', '-n', ns, 'one', 'two', '--wait=true', '--timeout=120s']);
+    await waitFor('VMIs gone', 120_000, async () => ((await vmiOf('one')) === undefined && (await vmiOf('two')) === undefined ? true : undefined));
+    await waitFor('pods gone', 120_000, async () => ((await k(['get', 'pods', '-n', ns, '-o', 'name'])).trim() === '' ? true : undefined));
+    for (const p of pids) t.notOk(p !== undefined && fs.existsSync(`/proc/${p}`), `QEMU ${p} is gone`);
+  });
+
+  await t.test('the kubevirt-compat overlay runs a kubevirt.io/v1 VirtualMachine unchanged', async (t) => {
+    await deploy(c, { overlay: 'kubevirt-compat', build: false, log: (m) => t.comment(m), timeoutMs: 300_000 });
+    await k(['apply', '-f', '-'], vm('kv', 'kubevirt.io/v1'));
+    const v = await running('kv', 'kubevirt.io');
+    t.equal(v.status?.nodeName, c.config.node, 'a KubeVirt manifest runs on the node');
+    await k(['delete', 'vm.kubevirt.io', '-n', ns, 'kv', '--wait=true', '--timeout=120s']);
+    await waitFor('VMI kv gone', 120_000, async () => ((await vmiOf('kv', 'kubevirt.io')) === undefined ? true : undefined));
+  });
+
+  await k(['delete', 'namespace', ns, '--wait=true', '--timeout=120s']);
+  const left = await undeploy(c, { overlay: 'kubevirt-compat', log: (m) => t.comment(m) });
   t.same(left, [], 'undeploy left nothing');
 });
 

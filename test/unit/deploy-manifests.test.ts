@@ -108,6 +108,7 @@ t.test('the test overlay renders vmlet as docs/cluster-mode.md names it', { skip
     cgroup: '/sys/fs/cgroup',
     dev: '/dev',
     kubelet: '/var/lib/kubelet',
+    'device-plugins': '/var/lib/kubelet/device-plugins',
     state: '/var/lib/vmlet',
     run: '/run/vmlet',
     config: 'configMap:vmlet-config',
@@ -158,8 +159,9 @@ t.test('RBAC: least privilege as docs/rbac.md lists it', { skip: noKubectl ?? fa
     'daemon reads no secrets',
   );
   const nodeRole = find(objs, 'Role', 'vmlet-node');
-  t.ok(allows(nodeRole, 'coordination.k8s.io', 'leases', 'update'));
-  t.notOk(allows(nodeRole, 'coordination.k8s.io', 'leases', 'delete'));
+  t.ok(allows(nodeRole, 'coordination.k8s.io', 'leases', 'patch'), 'the heartbeat is renewed by merge patch');
+  t.ok(allows(nodeRole, 'coordination.k8s.io', 'leases', 'delete'), 'and deleted when the node unregisters');
+  t.notOk(allows(nodeRole, 'coordination.k8s.io', 'leases', 'update'));
   for (const b of ['vmlet-controller', 'vmlet-controller-webhook', 'vmlet-node'])
     t.same(
       arr(find(objs, 'ClusterRoleBinding', b).subjects).map((s) => rec(s).namespace),
