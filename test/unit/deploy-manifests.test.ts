@@ -148,7 +148,7 @@ t.test('RBAC: least privilege as docs/rbac.md lists it', { skip: noKubectl ?? fa
     'reads only its own Secret',
   );
   const node = find(objs, 'ClusterRole', 'vmlet-node');
-  t.ok(allows(node, 'vmlet.io', 'virtualmachineinstances', 'patch'));
+  t.notOk(allows(node, 'vmlet.io', 'virtualmachineinstances', 'patch'), 'the daemon writes only status');
   t.notOk(allows(node, 'vmlet.io', 'virtualmachineinstances', 'create'), 'daemon does not create VMIs');
   t.notOk(allows(node, 'vmlet.io', 'virtualmachineinstances', 'delete'), 'daemon does not delete VMIs');
   t.ok(allows(node, 'vmlet.io', 'virtualmachineinstances/status', 'update'));
