@@ -4,6 +4,7 @@ import path from 'node:path';
 import { CoreV1Api, KubeConfig, type V1ConfigMap, type V1Pod } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
 import { DEFAULT_PROC_ROOT } from '../api/vocabulary.js';
+import { VmletError } from '../errors.js';
 import { CONFIG_MAP_KEY, CONFIG_MAP_NAME, parseClusterConfig } from '../controller/cluster-config.js';
 import { LAUNCHER_COMPONENT, LAUNCHER_LABELS, NODE_NAME_LABEL, VMLET_NAMESPACE } from '../controller/cluster-names.js';
 import { KubeInformer } from '../controller/kube-informer.js';
@@ -53,6 +54,20 @@ function nodeSource(source: KubeSource, node: string): NodeSource {
     watch: <K extends Kind>(kind: K, ns?: string, name?: string, opts: WatchOptions = {}): SourceWatch<K> =>
       source.watch(kind, ns, name, { ...opts, labelSelector }),
   } as NodeSource;
+}
+
+/** Retries `fn` while the API server is away or busy (a fresh CRD's storage answers 429 for a moment), up to 2 min. */
+async function retryWhileUnavailable<T>(fn: () => Promise<T>, logger: Logger, deadlineMs = 120_000): Promise<T> {
+  const end = Date.now() + deadlineMs;
+  for (let delay = 250; ; delay = Math.min(delay * 2, 5000)) {
+    try {
+      return await fn();
+    } catch (e) {
+      if (!(e instanceof VmletError && e.code === 'KUBE_API_UNAVAILABLE') || Date.now() > end) throw e;
+      logger.warn({ err: e, retryMs: delay }, 'the API server is not ready; trying again');
+      await new Promise((r) => setTimeout(r, delay));
+    }
+  }
 }
 
 export async function startKubeDaemon(config: DaemonConfig, caps: QemuCaps, logger: Logger): Promise<RunningKubeDaemon> {
@@ -155,7 +170,7 @@ export async function startKubeDaemon(config: DaemonConfig, caps: QemuCaps, logg
     pods: launchers,
     releaseFinalizer: false,
   });
-  await node.start();
+  await retryWhileUnavailable(() => node!.start(), logger);
   await launcherServer.listen();
   void sockets.sweep([...podByVmi.values()].map((p) => p.metadata?.uid ?? '')).catch(() => undefined);
 
