@@ -39,7 +39,7 @@ export interface LauncherControllerOptions {
   renderPod: RenderPod;
   logger: Logger;
   now?: () => number;
-  /** Parallel reconciles (default 8); one VMI is never reconciled twice at once. */
+  /** Parallel reconciles (default 16); one VMI is never reconciled twice at once. */
   workers?: number;
 }
 
@@ -197,9 +197,14 @@ export class LauncherController {
   }
 
   private pump(): void {
-    const workers = this.o.workers ?? 8;
+    const workers = this.o.workers ?? 16;
     while (this.workersBusy < workers) {
-      const k = [...this.queue].find((x) => !this.active.has(x));
+      let k: string | undefined;
+      for (const x of this.queue) {
+        if (this.active.has(x)) continue;
+        k = x;
+        break;
+      }
       if (k === undefined) return;
       this.queue.delete(k);
       this.active.add(k);
@@ -275,11 +280,10 @@ export class LauncherController {
     this.safeUsage(pod);
     this.expected.set(vmi.metadata.uid, pod.metadata!.name!);
     try {
-      if (!vmi.metadata.finalizers?.includes(VMI_FINALIZER)) {
-        await this.patchVmi(vmi, {
-          metadata: { resourceVersion: vmi.metadata.resourceVersion, finalizers: [...(vmi.metadata.finalizers ?? []), VMI_FINALIZER] },
-        });
-      }
+      // One write before the pod: the finalizer (so the pod never outlives a VMI unnoticed) and the node's label
+      // (so the node daemon sees its VMI while the kubelet starts the pod), guarded by the resourceVersion read.
+      const finalizers = vmi.metadata.finalizers?.includes(VMI_FINALIZER) ? vmi.metadata.finalizers : [...(vmi.metadata.finalizers ?? []), VMI_FINALIZER];
+      await this.patchVmi(vmi, { metadata: { resourceVersion: vmi.metadata.resourceVersion, finalizers, labels: { [NODE_NAME_LABEL]: node } } });
       await this.o.core.createNamespacedPod({ namespace: vmi.metadata.namespace ?? 'default', body: pod });
     } catch (e) {
       this.usage.removePod(pod);
@@ -287,7 +291,6 @@ export class LauncherController {
       throw e;
     }
     const at = new Date(now).toISOString();
-    await this.patchVmi(vmi, { metadata: { labels: { [NODE_NAME_LABEL]: node } } });
     await this.patchVmi(
       vmi,
       {

@@ -20,7 +20,8 @@ import { KvmDevicePlugin } from './device-plugin.js';
 import { NodeRegistration } from './kube-node-registration.js';
 import { PodVmNetwork } from './kube-vm-network.js';
 import { LocalBackend } from './local-backend.js';
-import { NodeReconciler, type NodeSource, type PodLaunchers } from './node-reconciler.js';
+import { KubeNodeSource, nodeApiSource } from './kube-node-source.js';
+import { NodeReconciler, type PodLaunchers } from './node-reconciler.js';
 import { PodLauncherSockets, POD_QEMU_OWNER } from './pod-launcher-sockets.js';
 import { makePrepare } from './prepare.js';
 
@@ -40,20 +41,6 @@ export function kubeConfigOf(file: string | undefined): KubeConfig {
   else if (process.env.KUBERNETES_SERVICE_HOST) kc.loadFromCluster();
   else kc.loadFromDefault();
   return kc;
-}
-
-/** The source as this node sees it: only VMIs labelled with its name (the controller sets the label with status.nodeName). */
-function nodeSource(source: KubeSource, node: string): NodeSource {
-  const labelSelector = `${NODE_NAME_LABEL}=${node}`;
-  return {
-    get: (kind, ns, name) => source.get(kind, ns, name),
-    list: (kind, ns) => source.list(kind, ns, { labelSelector }),
-    update: (obj, opts) => source.update(obj, opts),
-    updateStatus: (kind, ns, name, mutate) => source.updateStatus(kind, ns, name, mutate),
-    recordEvent: (input) => source.recordEvent(input),
-    watch: <K extends Kind>(kind: K, ns?: string, name?: string, opts: WatchOptions = {}): SourceWatch<K> =>
-      source.watch(kind, ns, name, { ...opts, labelSelector }),
-  } as NodeSource;
 }
 
 /** Retries `fn` while the API server is away or busy (a fresh CRD's storage answers 429 for a moment), up to 2 min. */
@@ -99,6 +86,14 @@ export async function startKubeDaemon(config: DaemonConfig, caps: QemuCaps, logg
   // The same group as the controller's (vmlet.io, or kubevirt.io with the kubevirt-compat component).
   const { group, version } = parseApiGroup(config.apiGroup, 'apiGroup');
   const source = new KubeSource({ kubeConfig: kc, group, version, logger: logger.child({ component: 'source' }) });
+  // This node's VMIs, cached (the node socket answers during an outage) and with status writes that wait one out.
+  const nodeView = new KubeNodeSource({
+    source,
+    node: nodeName,
+    labelSelector: `${NODE_NAME_LABEL}=${nodeName}`,
+    logger: logger.child({ component: 'node-source' }),
+  });
+  nodeView.start();
   let node: NodeReconciler | undefined;
   const launcherSocket = path.join(config.runDir, 'launcher.sock');
   const launcherServer = new LauncherServer({
@@ -159,7 +154,7 @@ export async function startKubeDaemon(config: DaemonConfig, caps: QemuCaps, logg
     pod: { qemuRunDir: POD_RUN_DIR, owner: POD_QEMU_OWNER, network },
   });
   node = new NodeReconciler({
-    store: nodeSource(source, nodeName),
+    store: nodeView,
     nodeName,
     runDir: config.runDir,
     launcherServer,
@@ -193,7 +188,7 @@ export async function startKubeDaemon(config: DaemonConfig, caps: QemuCaps, logg
   // The node-local socket: get, console, qmp, pause for debugging (writes go to the API server, through its admission).
   const controller = new VmController({ source, logger: logger.child({ component: 'vm-actions' }), apiVersion: source.apiVersion });
   const api = await ApiServer.listen({
-    backend: new LocalBackend({ store: source, node, controller }),
+    backend: new LocalBackend({ store: nodeApiSource(source, nodeView), node, controller }),
     socketPath: config.socket,
     logger: logger.child({ component: 'api' }),
     maxBodyBytes: config.maxBodyBytes,
@@ -217,6 +212,7 @@ export async function startKubeDaemon(config: DaemonConfig, caps: QemuCaps, logg
       await configs.stop();
       await launcherServer.close();
       await network.close();
+      nodeView.close();
       source.close();
     },
   };
