@@ -23,7 +23,11 @@ function vmi(name: string, ns: string): object {
     apiVersion: 'vmlet.io/v1alpha1',
     kind: 'VirtualMachineInstance',
     metadata: { name, namespace: ns },
-    spec: { terminationGracePeriodSeconds: 0, domain: { cpu: { cores: 1 }, memory: { guest: '64Mi' }, devices: { autoattachSerialConsole: true } } },
+    // 50m: a 2-core test node then holds the 40 VMIs of one run (launcher pods request 100m per vCPU by default).
+    spec: {
+      terminationGracePeriodSeconds: 0,
+      domain: { cpu: { cores: 1 }, memory: { guest: '64Mi' }, resources: { requests: { cpu: '50m' } }, devices: { autoattachSerialConsole: true } },
+    },
   };
 }
 
