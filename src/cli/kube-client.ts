@@ -174,11 +174,21 @@ export class KubeApiClient implements CliClient {
     return Buffer.concat(chunks).toString('utf8');
   }
 
-  /** One request; resolves with any HTTP status. */
+  /**
+   * One request; resolves with any HTTP status. A 429 (the server busy, or a new CRD's storage still starting) is
+   * tried again after its Retry-After, up to 3 times, as kubectl does.
+   */
   async request(method: string, p: string, opts: RequestOptions = {}): Promise<ApiResponse> {
-    const res = await this.send(method, p, opts, opts.signal);
-    const text = await this.readBody(res);
-    return { status: res.statusCode ?? 0, headers: res.headers, text, body: parseJson(text) };
+    for (let attempt = 1; ; attempt++) {
+      const res = await this.send(method, p, opts, opts.signal);
+      const text = await this.readBody(res);
+      if (res.statusCode === 429 && attempt <= 3) {
+        const after = Math.min(Number(res.headers['retry-after'] ?? 1) || 1, 10);
+        await new Promise((r) => setTimeout(r, after * 1000));
+        continue;
+      }
+      return { status: res.statusCode ?? 0, headers: res.headers, text, body: parseJson(text) };
+    }
   }
 
   /** Like request, but a non-2xx status throws an ApiError; resolves with the parsed body. */

@@ -62,6 +62,7 @@ export class VmController {
   private readonly queue = new Set<string>();
   private readonly timers = new Map<string, NodeJS.Timeout>();
   private running = false;
+  private restarting = false;
   private draining: Promise<void> | undefined;
   private watches: Array<{ close(): void }> = [];
   /** VMIs this controller saw fail, so each failure is counted once. */
@@ -101,15 +102,28 @@ export class VmController {
   }
 
   private async consume<K extends Kind>(w: AsyncIterable<WatchEvent<K>>, fn: (o: KubeObject<K>) => void): Promise<void> {
+    let err: unknown;
     try {
       for await (const ev of w) fn(ev.object);
     } catch (e) {
-      if (this.running) {
-        this.log.error({ err: e }, 'controller watch ended; restarting it');
-        this.stop();
-        this.start();
-      }
+      err = e;
     }
+    // A watch that ends while the controller runs (an error, or a source that gave up: a CRD not served yet)
+    // is started again after a pause, both watches together so that no change falls between them.
+    if (!this.running || this.restarting) return;
+    this.restarting = true;
+    this.log.error({ err }, 'controller watch ended; restarting it in 1 s');
+    this.stop();
+    this.running = true;
+    setTimeout(() => {
+      this.restarting = false;
+      if (!this.running) return;
+      try {
+        this.start();
+      } catch (e) {
+        this.log.error({ err: e }, 'cannot watch VMs and VMIs any more');
+      }
+    }, 1000).unref();
   }
 
   enqueue(ns: string, name: string): void {

@@ -1,4 +1,4 @@
-// The Kubernetes source as one node daemon uses it: only the VMIs labelled with its node, read from a watch-fed cache (so the node-local socket answers while the API server is away), and status writes that wait out an outage, in order, without holding their caller.
+// The Kubernetes source as one node daemon uses it: only the VMIs labelled with its node, read from the API server or, while it cannot be reached, from a watch-fed cache (so the node-local socket answers during an outage), and status writes that wait out an outage, in order, without holding their caller.
 import type { KubeSource } from '../source/kube-source.js';
 import type { Kind, KubeObject, SourceWatch, WatchOptions } from '../source/source.js';
 import { VmletError } from '../errors.js';
@@ -15,6 +15,7 @@ export interface KubeNodeSourceOptions {
 }
 
 const key = (ns: string, name: string): string => `${ns}/${name}`;
+const unreachable = (e: unknown): boolean => e instanceof VmletError && e.code === 'KUBE_API_UNAVAILABLE';
 
 /** A node's view of the source. `start()` fills the cache; `close()` ends its watch. */
 export class KubeNodeSource implements NodeSource {
@@ -37,9 +38,9 @@ export class KubeNodeSource implements NodeSource {
           else this.cache.set(k, ev.object);
         }
       } catch (err) {
-        this.o.logger.warn({ err }, 'the node cache watch ended; restarting it');
-        if (this.cacheWatch === w) setTimeout(() => this.start(), 1000);
+        this.o.logger.warn({ err }, 'the node cache watch failed; restarting it');
       }
+      if (this.cacheWatch === w) setTimeout(() => this.cacheWatch === w && this.start(), 1000).unref();
     })();
   }
 
@@ -49,19 +50,24 @@ export class KubeNodeSource implements NodeSource {
     w?.close();
   }
 
+  /** Fresh from the API server; this node's VMIs from the cache while the server cannot be reached. */
   async get<K extends Kind>(kind: K, ns: string, name: string): Promise<KubeObject<K> | undefined> {
-    if (kind === 'VirtualMachineInstance') {
-      const hit = this.cache.get(key(ns, name));
-      if (hit) return structuredClone(hit) as KubeObject<K>;
+    try {
+      return await this.o.source.get(kind, ns, name);
+    } catch (e) {
+      const hit = kind === 'VirtualMachineInstance' && unreachable(e) ? this.cache.get(key(ns, name)) : undefined;
+      if (!hit) throw e;
+      return structuredClone(hit) as KubeObject<K>;
     }
-    return this.o.source.get(kind, ns, name);
   }
 
   async list<K extends Kind>(kind: K, ns?: string): Promise<Array<KubeObject<K>>> {
-    if (kind === 'VirtualMachineInstance' && this.cacheWatch && this.cache.size > 0) {
+    try {
+      return await this.o.source.list(kind, ns, { labelSelector: this.o.labelSelector });
+    } catch (e) {
+      if (kind !== 'VirtualMachineInstance' || !unreachable(e) || !this.cacheWatch) throw e;
       return [...this.cache.values()].filter((v) => ns === undefined || v.metadata.namespace === ns).map((v) => structuredClone(v) as KubeObject<K>);
     }
-    return this.o.source.list(kind, ns, { labelSelector: this.o.labelSelector });
   }
 
   update<K extends Kind>(obj: KubeObject<K>, opts?: Parameters<Source['update']>[1]): Promise<KubeObject<K>> {
@@ -120,7 +126,7 @@ export class KubeNodeSource implements NodeSource {
         this.outage = false;
         return r;
       } catch (e) {
-        if (!(e instanceof VmletError && e.code === 'KUBE_API_UNAVAILABLE')) throw e;
+        if (!unreachable(e)) throw e;
         if (!this.outage) this.o.logger.warn({ err: e }, 'the API server is away: status changes wait for it');
         this.outage = true;
         await new Promise((r) => setTimeout(r, delay));

@@ -138,6 +138,14 @@ export class NodeReconciler {
     if (o) this.reconcile(o);
   }
 
+  private tryFollow(): void {
+    try {
+      this.follow();
+    } catch (e) {
+      this.log.error({ err: e }, 'cannot follow the VMIs any more');
+    }
+  }
+
   private follow(): void {
     const w = this.opts.store.watch('VirtualMachineInstance', undefined, undefined, { sendInitialEvents: true });
     this.watch = w;
@@ -147,8 +155,10 @@ export class NodeReconciler {
           if (ev.type !== 'DELETED') this.reconcile(ev.object);
         }
       } catch (e) {
-        if (!this.stopped) this.log.error({ err: e }, 'VMI watch failed');
+        if (!this.stopped) this.log.error({ err: e }, 'VMI watch failed; following again in 1 s');
       }
+      // The source gave up (the API server away too long): follow again; the initial events re-deliver every VMI.
+      if (!this.stopped && this.watch === w) setTimeout(() => void (!this.stopped && this.watch === w && this.tryFollow()), 1000).unref();
     })();
   }
 
@@ -200,13 +210,7 @@ export class NodeReconciler {
         }
         // An empty group made moments ago may be another daemon's (sharing the parent) between create and launcher start.
         const dir = m.paths().dirs[0];
-        const mtime =
-          dir === undefined
-            ? 0
-            : await fs.stat(dir).then(
-                (st) => st.mtimeMs,
-                () => 0,
-              );
+        const mtime = dir === undefined ? 0 : ((await fs.stat(dir).catch(() => undefined))?.mtimeMs ?? 0);
         if (pids.length === 0 && Date.now() - mtime < STRAY_CGROUP_MIN_AGE_MS) {
           this.log.info({ uid, cgroup: m.group }, 'a fresh empty VM cgroup of no VMI here; left for the next start');
           continue;
@@ -372,9 +376,14 @@ export class NodeReconciler {
         this.track(uid, s.start());
         return;
       }
-      // Kubernetes mode: once the launcher pod is known (refresh() comes again when it appears).
+      // Kubernetes mode: once the launcher pod is known; until then it is looked at again every second.
       const podUid = pods.podOf(uid);
-      if (!podUid || this.busy.has(`open:${uid}`)) return;
+      if (!podUid) {
+        const { namespace, name } = vmi.metadata;
+        setTimeout(() => void (!this.stopped && !this.supervisors.has(uid) && this.refresh(namespace, name).catch(() => undefined)), 1000).unref();
+        return;
+      }
+      if (this.busy.has(`open:${uid}`)) return;
       const opening = pods.open(podUid, uid).then((runDir) => {
         if (this.supervisors.has(uid)) return;
         const s = this.newSupervisor(vmi, { runDir, podUid });

@@ -95,6 +95,10 @@ const sleep = (ms: number): Promise<void> => new Promise((resolve) => setTimeout
  * Watches resume transparently after the server ends a connection and retry an unreachable server for `watchRetryMs`
  * before failing with KUBE_API_UNAVAILABLE; a 410 Gone fails them with STORE_WATCH_OVERFLOW.
  */
+function isEmptyStatus(s: unknown): boolean {
+  return typeof s === 'object' && s !== null && Object.keys(s).length === 0;
+}
+
 export class KubeSource implements Source {
   readonly #gv: GroupVersion;
   readonly #log: StoreLogger;
@@ -195,7 +199,9 @@ export class KubeSource implements Source {
     await this.#barrier();
     const created = normalise(await this.#c().api.create(ref, ns, createBody({ ...obj }, meta)), ref);
     if (obj.status === undefined || ref.core) return created;
-    return this.updateStatus(ref.kind, ns, created.metadata.name, () => copy(obj.status));
+    // The API server drops status on create; it follows as a second write, unless a controller wrote one in between
+    // (the launcher controller can place a VMI before this write: its status must not be set back).
+    return this.updateStatus(ref.kind, ns, created.metadata.name, (cur) => (cur === undefined || isEmptyStatus(cur) ? copy(obj.status) : cur));
   }
 
   /**

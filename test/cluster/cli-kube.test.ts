@@ -40,7 +40,7 @@ t.test('vmlet CLI against the API server', { skip: clusterSkipReason() ?? false 
   const exists = async (what: string): Promise<boolean> => (await c.kubectl(['-n', NS, 'get', what, '--ignore-not-found', '-o', 'name'])).trim() !== '';
   /** The VM's VMI: made by hand, owned by the VM, unless a running controller already made one. */
   const ownedVmi = async (name: string): Promise<Obj> => {
-    const owner = (await getJson(`virtualmachine/${name}`))['metadata'] as Obj;
+    const owner = (await getJson(`virtualmachines.vmlet.io/${name}`))['metadata'] as Obj;
     const body = {
       apiVersion: 'vmlet.io/v1alpha1',
       kind: 'VirtualMachineInstance',
@@ -51,8 +51,8 @@ t.test('vmlet CLI against the API server', { skip: clusterSkipReason() ?? false 
       },
       spec: template.spec,
     };
-    if (!(await exists(`virtualmachineinstance/${name}`))) await c.kubectl(['apply', '-f', '-'], JSON.stringify(body));
-    return getJson(`virtualmachineinstance/${name}`);
+    if (!(await exists(`virtualmachineinstances.vmlet.io/${name}`))) await c.kubectl(['apply', '-f', '-'], JSON.stringify(body));
+    return getJson(`virtualmachineinstances.vmlet.io/${name}`);
   };
   const uidOf = (o: Obj): unknown => (o['metadata'] as Obj)['uid'];
 
@@ -70,7 +70,7 @@ t.test('vmlet CLI against the API server', { skip: clusterSkipReason() ?? false 
     return file;
   };
 
-  t.test('apply creates, then updates with the resourceVersion read', async (t) => {
+  await t.test('apply creates, then updates with the resourceVersion read', async (t) => {
     const created = await cli(['apply', '-f', await manifest(vm('web', 'Halted'), vm('manual', 'Manual'), vm('always', 'Always'))]);
     t.equal(created.code, 0, created.stderr);
     t.equal(created.stdout, 'virtualmachine.vmlet.io/web created\nvirtualmachine.vmlet.io/manual created\nvirtualmachine.vmlet.io/always created\n');
@@ -78,7 +78,7 @@ t.test('vmlet CLI against the API server', { skip: clusterSkipReason() ?? false 
     (changed['metadata'] as Obj)['labels'] = { tier: 'front' };
     const configured = await cli(['apply', '-f', await manifest(changed)]);
     t.equal(configured.stdout, 'virtualmachine.vmlet.io/web configured\n', configured.stderr);
-    t.match(await getJson('virtualmachine/web'), { metadata: { labels: { tier: 'front' } }, spec: { runStrategy: 'Halted' } });
+    t.match(await getJson('virtualmachines.vmlet.io/web'), { metadata: { labels: { tier: 'front' } }, spec: { runStrategy: 'Halted' } });
     const bad = await cli(['apply', '-f', await manifest(vm('bad', 'Sometimes'))]);
     t.equal(bad.code, 1);
     t.match(
@@ -87,7 +87,7 @@ t.test('vmlet CLI against the API server', { skip: clusterSkipReason() ?? false 
     );
   });
 
-  t.test('get: tables, -o json|yaml|wide|name, -A', async (t) => {
+  await t.test('get: tables, -o json|yaml|wide|name, -A', async (t) => {
     const table = await cli(['get', 'vms']);
     t.equal(table.code, 0, table.stderr);
     t.match(table.stdout, /^NAME\s+AGE\s+STATUS\s+READY\n/);
@@ -110,40 +110,40 @@ t.test('vmlet CLI against the API server', { skip: clusterSkipReason() ?? false 
     t.match(described.stdout, /Run strategy:\s+Halted\n/);
   });
 
-  t.test('start and stop flip runStrategy', async (t) => {
+  await t.test('start and stop flip runStrategy', async (t) => {
     const start = await cli(['start', 'web']);
     t.equal(start.stdout, 'VM web was scheduled to start\n', start.stderr);
-    t.match(await getJson('virtualmachine/web'), { spec: { runStrategy: 'Always' } });
+    t.match(await getJson('virtualmachines.vmlet.io/web'), { spec: { runStrategy: 'Always' } });
     const stop = await cli(['stop', 'web']);
     t.equal(stop.code, 0, stop.stderr);
-    t.match(await getJson('virtualmachine/web'), { spec: { runStrategy: 'Halted' } });
+    t.match(await getJson('virtualmachines.vmlet.io/web'), { spec: { runStrategy: 'Halted' } });
     // The VMI a controller may have made for web can still be going: a VM that never ran has none for sure.
     await cli(['apply', '-f', await manifest(vm('idle', 'Halted'))]);
     t.equal((await cli(['stop', 'idle'])).stderr, 'error: VirtualMachine "idle" is not running (VM_NOT_RUNNING)\n');
     t.equal((await cli(['restart', 'idle'])).stderr, 'error: VirtualMachine "idle" is not running; use start (VM_NOT_RUNNING)\n');
   });
 
-  t.test('restart deletes the VMI; a Manual VM gets a new one at once', async (t) => {
+  await t.test('restart deletes the VMI; a Manual VM gets a new one at once', async (t) => {
     const first = await ownedVmi('always');
     t.equal((await cli(['start', 'always'])).stderr, 'error: VirtualMachine "always" is already running (VM_ALREADY_RUNNING)\n');
     const r = await cli(['restart', 'always']);
     t.equal(r.stdout, 'VM always was scheduled to restart\n', r.stderr);
     // Gone; or, with a controller running, already replaced by a new one.
-    const now = (await exists('virtualmachineinstance/always')) ? uidOf(await getJson('virtualmachineinstance/always')) : undefined;
+    const now = (await exists('virtualmachineinstances.vmlet.io/always')) ? uidOf(await getJson('virtualmachineinstances.vmlet.io/always')) : undefined;
     t.not(now, uidOf(first), 'that VMI is deleted');
-    t.match(await getJson('virtualmachine/always'), { spec: { runStrategy: 'Always' } }, 'runStrategy untouched');
+    t.match(await getJson('virtualmachines.vmlet.io/always'), { spec: { runStrategy: 'Always' } }, 'runStrategy untouched');
 
     const old = await ownedVmi('manual');
     const m = await cli(['restart', 'manual']);
     t.equal(m.code, 0, m.stderr);
-    const fresh = await getJson('virtualmachineinstance/manual');
-    const vmUid = ((await getJson('virtualmachine/manual'))['metadata'] as Obj)['uid'];
+    const fresh = await getJson('virtualmachineinstances.vmlet.io/manual');
+    const vmUid = ((await getJson('virtualmachines.vmlet.io/manual'))['metadata'] as Obj)['uid'];
     t.not(uidOf(fresh), uidOf(old), 'a new VMI');
     t.match(fresh, { metadata: { labels: { app: 'cli' }, ownerReferences: [{ kind: 'VirtualMachine', name: 'manual', uid: vmUid, controller: true }] } });
-    t.match(await getJson('virtualmachine/manual'), { spec: { runStrategy: 'Manual' } }, 'still Manual');
+    t.match(await getJson('virtualmachines.vmlet.io/manual'), { spec: { runStrategy: 'Manual' } }, 'still Manual');
   });
 
-  t.test('node-local verbs are refused with NODE_LOCAL_VERB', async (t) => {
+  await t.test('node-local verbs are refused with NODE_LOCAL_VERB', async (t) => {
     const pending = await cli(['pause', 'manual']);
     t.equal(pending.code, 1);
     t.match(pending.stderr, /has no node yet .*\(NODE_LOCAL_VERB\)\n$/);
@@ -155,13 +155,13 @@ t.test('vmlet CLI against the API server', { skip: clusterSkipReason() ?? false 
     t.match((await cli(['qmp', 'manual', '{"execute":"query-status"}'])).stderr, /node node-x: .* qmp manual 'JSON' \(NODE_LOCAL_VERB\)/);
   });
 
-  t.test('delete, delete --wait, version', async (t) => {
+  await t.test('delete, delete --wait, version', async (t) => {
     const d = await cli(['delete', 'vmi', 'manual']);
     t.equal(d.stdout, 'virtualmachineinstance.vmlet.io "manual" deleted\n', d.stderr);
-    t.notOk(await exists('virtualmachineinstance/manual'));
+    t.notOk(await exists('virtualmachineinstances.vmlet.io/manual'));
     const w = await cli(['delete', 'vm', 'manual', '--wait']);
     t.equal(w.stdout, 'virtualmachine.vmlet.io "manual" deleted\n', w.stderr);
-    t.notOk(await exists('virtualmachine/manual'));
+    t.notOk(await exists('virtualmachines.vmlet.io/manual'));
     const v = await cli(['version']);
     t.equal(v.code, 0, v.stderr);
     t.match(v.stdout, /\nServer:\s+Kubernetes v\d+\.\d+\.\d+\S* at https:\/\//);

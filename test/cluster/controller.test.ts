@@ -34,6 +34,7 @@ t.test('cluster controller', async (t) => {
   await core.createNamespace({ body: { metadata: { name: ns } } });
   await core.createNamespace({ body: { metadata: { name: 'vmlet' } } }).catch(() => undefined);
   await c.kubectl(['apply', '-f', 'deploy/crds/virtualmachines.yaml', '-f', 'deploy/crds/virtualmachineinstances.yaml']);
+  await c.kubectl(['wait', '--for=condition=Established', 'crd/virtualmachines.vmlet.io', 'crd/virtualmachineinstances.vmlet.io', '--timeout=60s']);
   const labelNodes = (value: string | null): Promise<unknown> =>
     Promise.all(
       NODES.map((n) =>

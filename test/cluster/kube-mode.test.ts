@@ -58,6 +58,7 @@ t.test('cluster mode end to end', async (t) => {
   await core.createNamespace({ body: { metadata: { name: ns } } });
   await core.createNamespace({ body: { metadata: { name: 'vmlet' } } }).catch(() => undefined);
   await c.kubectl(['apply', '-f', 'deploy/crds/virtualmachines.yaml', '-f', 'deploy/crds/virtualmachineinstances.yaml']);
+  await c.kubectl(['wait', '--for=condition=Established', 'crd/virtualmachines.vmlet.io', 'crd/virtualmachineinstances.vmlet.io', '--timeout=60s']);
   const guestDir = path.dirname(img.initrd);
   const clusterConfig = `useEmulation: true\nhostPaths: {allow: [${JSON.stringify(guestDir)}]}\n`;
   await core

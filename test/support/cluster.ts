@@ -350,9 +350,18 @@ export class Cluster {
     return this.paths.kubeconfig('admin');
   }
 
-  /** Runs kubectl as the admin; rejects (CLUSTER_COMMAND_FAILED) on a non-zero exit. */
+  /**
+   * Runs kubectl as the admin; rejects (CLUSTER_COMMAND_FAILED) on a non-zero exit. Its discovery cache lives in
+   * the cluster's folder: every cluster answers at the same address, and a cache shared between them names
+   * resources of an earlier cluster (kubectl then resolves `virtualmachine` to a group that is gone).
+   */
   kubectl(args: string[], input?: string): Promise<string> {
-    return run(path.join(this.config.binDir, 'kubectl'), ['--kubeconfig', this.kubeconfigPath, ...args], input === undefined ? {} : { input });
+    const cache = path.join(this.config.root, 'kubectl-cache');
+    return run(
+      path.join(this.config.binDir, 'kubectl'),
+      ['--kubeconfig', this.kubeconfigPath, '--cache-dir', cache, ...args],
+      input === undefined ? {} : { input },
+    );
   }
 
   /** Imports an OCI or docker image archive into the node's containerd. */

@@ -425,6 +425,12 @@ t.test('against a fake API server', async (t) => {
     t.equal(last().path, '/version');
     const json = JSON.parse((await cli(['version', '-o', 'json'])).stdout) as Obj;
     t.match(json, { client: { vmlet: String }, server: { url: f.url, kubernetes: { gitVersion: 'v1.34.4' } } });
+    let busy = 1;
+    f.api.override = () => (busy-- > 0 ? status(429, 'TooManyRequests', 'storage is (re)initializing') : undefined);
+    const before = f.api.seen.length;
+    const retried = await cli(['version']);
+    t.equal(retried.code, 0, 'a 429 is tried again after its Retry-After (1 s without the header)');
+    t.equal(f.api.seen.length - before, 2, 'once');
     f.api.override = () => status(503, 'ServiceUnavailable', 'the server is shutting down');
     const down = await cli(['version']);
     t.equal(down.code, 1);
