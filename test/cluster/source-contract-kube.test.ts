@@ -172,6 +172,7 @@ if (reason !== null) {
 } else {
   const c = await testCluster(t);
   if (c !== undefined) {
+    await c.installCrds();
     const kc = new KubeConfig();
     kc.loadFromFile(c.kubeconfigPath);
     const core = kc.makeApiClient(CoreV1Api);

@@ -65,6 +65,7 @@ const reason = clusterSkipReason();
 t.test('admission webhook on a real API server', { skip: reason ?? false }, async (t) => {
   const c = await testCluster(t);
   if (!c) return;
+  await c.installCrds();
   const kc = new KubeConfig();
   kc.loadFromFile(c.kubeconfigPath);
   const log = pino({ level: process.env.VMLET_TEST_LOG ?? 'silent' });

@@ -364,6 +364,13 @@ export class Cluster {
     );
   }
 
+  /** Applies vmlet's CRDs (deploy/crds) and waits until the API server serves them; a fresh cluster has none. */
+  async installCrds(): Promise<void> {
+    const crds = ['virtualmachines', 'virtualmachineinstances'];
+    await this.kubectl(['apply', ...crds.flatMap((c) => ['-f', path.join(REPO_ROOT, 'deploy', 'crds', `${c}.yaml`)])]);
+    await this.kubectl(['wait', '--for=condition=Established', ...crds.map((c) => `crd/${c}.vmlet.io`), '--timeout=60s']);
+  }
+
   /** Imports an OCI or docker image archive into the node's containerd. */
   load(archive: string): Promise<string> {
     return loadImage(this.paths.containerdSock, path.resolve(archive));
