@@ -29,7 +29,8 @@ function e2eSkipReason(): string | null {
 /** What each container of the throwaway pod runs, and what its output must show. */
 const CHECKS: Array<{ name: string; command: string[]; exit: number; expect: RegExp }> = [
   { name: 'help', command: ['vmlet', '--help'], exit: 0, expect: /vmlet daemon/ },
-  { name: 'version', command: ['vmlet', 'version'], exit: 1, expect: /Client: +vmlet \d+\.\d+\.\d+[\s\S]*DAEMON_UNREACHABLE/ },
+  // stdout and stderr reach the container log in either order
+  { name: 'version', command: ['vmlet', 'version'], exit: 1, expect: /^(?=[\s\S]*Client: +vmlet \d+\.\d+\.\d+)(?=[\s\S]*DAEMON_UNREACHABLE)/ },
   { name: 'qemu', command: ['qemu-system-x86_64', '--version'], exit: 0, expect: /QEMU emulator version 7\./ },
   { name: 'launch', command: ['/usr/libexec/vmlet/vmlet-launch'], exit: 120, expect: /usage: vmlet-launch --uid UID/ },
   {
