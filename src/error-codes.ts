@@ -1,7 +1,7 @@
 // The one table of vmlet's error codes: each code's HTTP status, its area (the docs/errors-<area>.md that explains it) and a one-line meaning; the ErrorCode type and the HTTP mapping derive from it.
 
 /** Where a code is explained: `docs/errors-<area>.md` (merged into docs/errors.md by scripts/merge-error-docs.mjs). */
-export type ErrorArea = 'daemon' | 'http' | 'api' | 'store' | 'qmp' | 'launcher' | 'cgroups' | 'net' | 'cluster';
+export type ErrorArea = 'daemon' | 'http' | 'api' | 'store' | 'qmp' | 'launcher' | 'cgroups' | 'net' | 'cluster' | 'disk';
 
 export interface ErrorCodeInfo {
   /** The HTTP status an API answer carries when this error reaches a request (500: not a client's fault, or never reaches the API). */
@@ -312,6 +312,20 @@ export const ERROR_CODES = {
     area: 'cluster',
     meaning: "CLI: pause/unpause/softreboot/reset/console/qmp against a cluster: they need the daemon of the VMI's node",
   },
+  // disk: docs/errors-disk.md
+  IMAGE_FORMAT_UNSUPPORTED: { http: 422, area: 'disk', meaning: 'an image file in a format vmlet does not open (only raw and qcow2), or a qcow2 feature it does not allow' },
+  IMAGE_BACKING_FILE_REFUSED: { http: 422, area: 'disk', meaning: 'a qcow2 image names a backing file, and vmlet did not make it' },
+  IMAGE_DATA_FILE_REFUSED: { http: 422, area: 'disk', meaning: 'a qcow2 image keeps its data in an external data file' },
+  IMAGE_CORRUPT: { http: 422, area: 'disk', meaning: "an image's header is truncated or inconsistent" },
+  IMAGE_ARCHIVE_INVALID: { http: 422, area: 'disk', meaning: 'an image archive is not a readable OCI or docker archive (truncated, no manifest, a missing blob)' },
+  IMAGE_DIGEST_MISMATCH: { http: 422, area: 'disk', meaning: 'a blob of an image archive does not match its digest' },
+  IMAGE_NO_DISK: { http: 422, area: 'disk', meaning: 'a containerDisk image has no disk file in /disk/, or more than one' },
+  IMAGE_LAYER_UNSUPPORTED: { http: 422, area: 'disk', meaning: 'an image layer is compressed in a way vmlet cannot read (only tar and gzip)' },
+  IMAGE_NAME_INVALID: { http: 422, area: 'disk', meaning: 'an image name or reference that is not a valid image reference' },
+  IMAGE_NOT_FOUND: { http: 404, area: 'disk', meaning: 'no image of that name or digest in the node image store' },
+  IMAGE_IN_USE: { http: 409, area: 'disk', meaning: 'removal of an image that a VMI uses' },
+  IMAGE_STORE_FAILED: { http: 500, area: 'disk', meaning: 'the node image store could not read or write its files' },
+  OVERLAY_FAILED: { http: 500, area: 'disk', meaning: "a VMI's copy-on-write overlay could not be made" },
 } as const satisfies Record<string, ErrorCodeInfo>;
 
 export type ErrorCode = keyof typeof ERROR_CODES;
