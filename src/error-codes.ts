@@ -313,11 +313,19 @@ export const ERROR_CODES = {
     meaning: "CLI: pause/unpause/softreboot/reset/console/qmp against a cluster: they need the daemon of the VMI's node",
   },
   // disk: docs/errors-disk.md
-  IMAGE_FORMAT_UNSUPPORTED: { http: 422, area: 'disk', meaning: 'an image file in a format vmlet does not open (only raw and qcow2), or a qcow2 feature it does not allow' },
+  IMAGE_FORMAT_UNSUPPORTED: {
+    http: 422,
+    area: 'disk',
+    meaning: 'an image file in a format vmlet does not open (only raw and qcow2), or a qcow2 feature it does not allow',
+  },
   IMAGE_BACKING_FILE_REFUSED: { http: 422, area: 'disk', meaning: 'a qcow2 image names a backing file, and vmlet did not make it' },
   IMAGE_DATA_FILE_REFUSED: { http: 422, area: 'disk', meaning: 'a qcow2 image keeps its data in an external data file' },
   IMAGE_CORRUPT: { http: 422, area: 'disk', meaning: "an image's header is truncated or inconsistent" },
-  IMAGE_ARCHIVE_INVALID: { http: 422, area: 'disk', meaning: 'an image archive is not a readable OCI or docker archive (truncated, no manifest, a missing blob)' },
+  IMAGE_ARCHIVE_INVALID: {
+    http: 422,
+    area: 'disk',
+    meaning: 'an image archive is not a readable OCI or docker archive (truncated, no manifest, a missing blob)',
+  },
   IMAGE_DIGEST_MISMATCH: { http: 422, area: 'disk', meaning: 'a blob of an image archive does not match its digest' },
   IMAGE_NO_DISK: { http: 422, area: 'disk', meaning: 'a containerDisk image has no disk file in /disk/, or more than one' },
   IMAGE_LAYER_UNSUPPORTED: { http: 422, area: 'disk', meaning: 'an image layer is compressed in a way vmlet cannot read (only tar and gzip)' },

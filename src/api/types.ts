@@ -1,6 +1,6 @@
 // TypeScript shapes of vmlet.io/v1alpha1 VirtualMachine and VirtualMachineInstance, mirroring the CRD schemas in deploy/crds.
 
-import type { Accel } from './vocabulary.js';
+import type { Accel, ImageFormat } from './vocabulary.js';
 
 export const API_GROUP = 'vmlet.io';
 export const API_VERSION = 'vmlet.io/v1alpha1';
@@ -82,6 +82,21 @@ export interface Disk {
   cdrom?: { bus: DiskBus; readonly: boolean };
   bootOrder?: number;
   serial?: string;
+  /** Host page cache use: none (O_DIRECT), writethrough, writeback. Absent: QEMU's default (writeback). */
+  cache?: DiskCache;
+  /** native (Linux AIO; needs cache none) or threads. Absent: threads. */
+  io?: DiskIO;
+  /** Several VMs may open the image read-write at once (share-rw); the guests must coordinate. */
+  shareable?: boolean;
+}
+
+export type DiskCache = 'none' | 'writethrough' | 'writeback';
+export type DiskIO = 'native' | 'threads';
+
+/** KubeVirt's containerDisk: in standalone mode, an image of the node image store (`vmlet image import`). */
+export interface ContainerDiskSource {
+  /** An image reference: name[:tag][@sha256:…] or sha256:…. */
+  image: string;
 }
 
 export interface HostDiskSource {
@@ -102,6 +117,7 @@ export interface Volume {
   hostDisk?: HostDiskSource;
   emptyDisk?: { capacity: Quantity };
   cloudInitNoCloud?: CloudInitNoCloudSource;
+  containerDisk?: ContainerDiskSource;
 }
 
 /** `spec.domain.devices.interfaces[]`: one binding key (masquerade or bridge; the others are refused by name). */
@@ -211,6 +227,19 @@ export interface VMIInterfaceStatus {
   infoSource?: string;
 }
 
+/** One volume as QEMU opened it (KubeVirt's VolumeStatus, with vmlet's format and image). */
+export interface VolumeStatus {
+  name: string;
+  /** The device name libvirt would give it (vda, sda, …); the guest may name it differently. */
+  target: string;
+  /** The format QEMU is told (never probed by QEMU). */
+  format?: ImageFormat;
+  /** Virtual size in bytes. */
+  size?: number;
+  /** containerDisk: the image's digest in the node image store; the VM writes to a qcow2 overlay of it. */
+  containerDiskVolume?: { image: string; digest: string };
+}
+
 /** vmlet extension of the VMI status: how and where QEMU runs. */
 export interface VmletRuntimeStatus {
   accel?: Accel | undefined;
@@ -229,6 +258,7 @@ export interface VirtualMachineInstanceStatus {
   conditions?: Condition[];
   phaseTransitionTimestamps?: PhaseTransitionTimestamp[];
   interfaces?: VMIInterfaceStatus[];
+  volumeStatus?: VolumeStatus[];
   vmlet?: VmletRuntimeStatus;
 }
 

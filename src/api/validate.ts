@@ -15,6 +15,7 @@ import {
   type VirtualMachine,
   type VirtualMachineInstance,
 } from './types.js';
+import { referenceProblem } from './image-reference.js';
 import { isRecord } from './vocabulary.js';
 
 export { ValidationError } from './field-errors.js';
@@ -294,6 +295,9 @@ function checkDisksAndVolumes(spec: LooseSpec, path: string, col: Collector): vo
     if (disk.disk?.bus === 'sata' && disk.disk.readonly) {
       col.add(`${at}.disk.readonly`, 'INVALID_FIELD', 'QEMU cannot attach a read-only disk on the sata bus; use virtio or scsi');
     }
+    if (disk.io === 'native' && disk.cache !== 'none') {
+      col.add(`${at}.io`, 'INVALID_FIELD', 'io native (Linux AIO) needs cache: none; set cache: none or io: threads');
+    }
     if (disk.bootOrder !== undefined) {
       const other = bootOrders.get(disk.bootOrder);
       if (other !== undefined) col.add(`${at}.bootOrder`, 'INVALID_FIELD', `bootOrder ${disk.bootOrder} is also used by ${joinPath(dp, other)}`);
@@ -310,8 +314,8 @@ function checkDisksAndVolumes(spec: LooseSpec, path: string, col: Collector): vo
     if (!isDnsLabel(vol.name)) col.add(`${at}.name`, 'INVALID_NAME', 'must be a DNS-1123 label');
     if (volumeIndex.has(vol.name)) col.add(`${at}.name`, 'DUPLICATE_NAME', `volume name "${vol.name}" is used twice`);
     else volumeIndex.set(vol.name, i);
-    const sources = (['hostDisk', 'emptyDisk', 'cloudInitNoCloud'] as const).filter((k) => vol[k] !== undefined);
-    if (sources.length === 0) col.add(at, 'MISSING_FIELD', 'a volume needs one source: hostDisk, emptyDisk or cloudInitNoCloud');
+    const sources = (['hostDisk', 'emptyDisk', 'cloudInitNoCloud', 'containerDisk'] as const).filter((k) => vol[k] !== undefined);
+    if (sources.length === 0) col.add(at, 'MISSING_FIELD', 'a volume needs one source: containerDisk, hostDisk, emptyDisk or cloudInitNoCloud');
     if (sources.length > 1) col.add(at, 'CONFLICTING_FIELDS', `a volume has exactly one source, found ${sources.join(' and ')}`);
     if (vol.hostDisk !== undefined) {
       checkPath(vol.hostDisk.path, `${at}.hostDisk.path`, col);
@@ -324,6 +328,10 @@ function checkDisksAndVolumes(spec: LooseSpec, path: string, col: Collector): vo
       if (vol.hostDisk.capacity !== undefined) checkCapacity(vol.hostDisk.capacity, `${at}.hostDisk.capacity`, col);
     }
     if (vol.emptyDisk !== undefined) checkCapacity(vol.emptyDisk.capacity, `${at}.emptyDisk.capacity`, col);
+    if (vol.containerDisk !== undefined) {
+      const problem = referenceProblem(vol.containerDisk.image);
+      if (problem !== undefined) col.add(`${at}.containerDisk.image`, 'IMAGE_NAME_INVALID', problem);
+    }
     const ci = vol.cloudInitNoCloud;
     if (ci !== undefined) {
       const cp = `${at}.cloudInitNoCloud`;

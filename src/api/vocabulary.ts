@@ -6,6 +6,9 @@ export type Accel = 'kvm' | 'tcg';
 export type AccelSetting = 'auto' | Accel;
 export const ACCEL_SETTINGS: readonly AccelSetting[] = ['auto', 'kvm', 'tcg'];
 
+/** The image formats vmlet opens; QEMU is always told which one (it never probes guest-writable data). */
+export type ImageFormat = 'raw' | 'qcow2';
+
 /** The phases a VMI goes through in vmlet (KubeVirt's VMIPhase has more, see types.ts). */
 export type VmiPhase = 'Pending' | 'Scheduled' | 'Running' | 'Succeeded' | 'Failed';
 /** The phases a VMI never leaves. */

@@ -7,6 +7,8 @@ import { parseArgs } from 'node:util';
 import type { DaemonFlags } from '../daemon/config.js';
 import { ApiClient } from './client.js';
 import * as cmd from './commands.js';
+import { image } from './image-verbs.js';
+import { VmletError } from '../errors.js';
 import type * as KubeVerbs from './kube-verbs.js';
 import type { CliIo } from './io.js';
 
@@ -32,6 +34,8 @@ export const USAGE = `Usage: vmlet [--socket PATH | --kubeconfig FILE] [-n NAMES
   vmlet qmp NAME 'JSON'               raw QMP through the daemon's connection; prints the reply as JSON (node-local)
   vmlet events [NAME] [--watch] [-o json|yaml] [-A]
   vmlet version [-o json|yaml]        the CLI's version and the daemon's (QEMU, KVM, accelerator) or the API server's
+  vmlet image import FILE [--name NAME[:TAG]]   a containerDisk image archive (docker/OCI) or a .qcow2/.img disk, into the node image store
+  vmlet image ls [-o json|yaml] | vmlet image rm NAME|DIGEST ...   (node-local)
 
 Global options:
   --socket PATH        daemon socket (default ${DEFAULT_SOCKET}, or $VMLET_SOCKET)
@@ -58,6 +62,7 @@ const OPTIONS = {
   'log-format': { type: 'string' },
   kubeconfig: { type: 'string' },
   mode: { type: 'string' },
+  name: { type: 'string' },
 } as const;
 
 type OptionName = keyof typeof OPTIONS;
@@ -82,6 +87,7 @@ const VERBS: Record<string, OptionName[]> = {
   qmp: [],
   events: ['watch', 'output', 'all-namespaces'],
   version: ['output'],
+  image: ['name', 'output'],
   help: [],
 };
 
@@ -159,6 +165,9 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
         return await (kube ? kube.nodeLocal(ctx, verb, args) : cmd.consoleCmd(ctx, args));
       case 'qmp':
         return await (kube ? kube.nodeLocal(ctx, verb, args) : cmd.qmp(ctx, args));
+      case 'image':
+        if (kube) throw new VmletError('NODE_LOCAL_VERB', '"vmlet image" manages the image store of a standalone daemon; run it on that node with --socket');
+        return await image(ctx, args, { ...opt('name', values.name), ...opt('output', values.output) });
       case 'events':
         return await cmd.events(ctx, args, { watch: values.watch === true, ...opt('output', values.output), allNamespaces: values['all-namespaces'] === true });
       default:

@@ -12,6 +12,8 @@ export interface VmiView {
   paused: boolean;
   /** When it entered Running, if it did (ms since epoch). */
   runningSince?: number;
+  /** It waits for a containerDisk image that the node does not have (condition ImageAvailable=False). */
+  imageMissing?: boolean;
 }
 
 /** KubeVirt's status.startFailure: consecutive failures and when the next try may start. */
@@ -84,7 +86,7 @@ export function printableStatus(input: DecideInput): PrintableStatus {
   switch (vmi.phase) {
     case 'Pending':
     case 'Scheduled':
-      return 'Starting';
+      return vmi.imageMissing ? 'ErrImagePull' : 'Starting';
     case 'Running':
       return vmi.paused ? 'Paused' : 'Running';
     case 'Succeeded':

@@ -303,5 +303,6 @@ export function vmiView(vmi: VirtualMachineInstance): VmiView {
     paused: vmi.status?.conditions?.some((c) => c.type === 'Paused' && c.status === 'True') ?? false,
   };
   if (running) view.runningSince = Date.parse(running.phaseTransitionTimestamp);
+  if (vmi.status?.conditions?.some((c) => c.type === 'ImageAvailable' && c.status === 'False')) view.imageMissing = true;
   return view;
 }

@@ -22,7 +22,9 @@ export type Route =
   | { type: 'vmAction'; ref: ObjectRef; action: VmAction }
   | { type: 'console'; ref: ObjectRef }
   | { type: 'qmp'; ref: ObjectRef }
-  | { type: 'events'; namespace: string | undefined };
+  | { type: 'events'; namespace: string | undefined }
+  | { type: 'images' }
+  | { type: 'image'; image: string };
 
 export interface ParsedRequest {
   route: Route;
@@ -66,6 +68,8 @@ export function parseRequestUrl(url: string): ParsedRequest {
   const [a, b, c, ...rest] = seg;
   if (seg.length === 1 && a === 'healthz') return { route: { type: 'healthz' }, query };
   if (seg.length === 1 && a === 'version') return { route: { type: 'version' }, query };
+  // The node image store; a reference (with its '/' and ':') is one percent-encoded segment.
+  if (a === 'images' && seg.length <= 2) return { route: b === undefined ? { type: 'images' } : { type: 'image', image: b }, query };
   if (a === 'api' && b === 'v1') {
     if (c === 'events' && rest.length === 0) return { route: { type: 'events', namespace: undefined }, query };
     if (c === 'namespaces' && rest.length === 2 && rest[1] === 'events') {
@@ -117,6 +121,10 @@ export function methodsOf(route: Route): string[] {
       return ['PUT'];
     case 'qmp':
       return ['POST'];
+    case 'images':
+      return ['GET', 'POST'];
+    case 'image':
+      return ['GET', 'DELETE'];
     default:
       return ['GET'];
   }
@@ -141,6 +149,8 @@ export function contextOf(route: Route): StatusContext {
   if ('ref' in route) return { kind: KINDS[route.ref.kind].plural, name: route.ref.name };
   if (route.type === 'list') return { kind: KINDS[route.kind].plural };
   if (route.type === 'events') return { kind: 'events' };
+  if (route.type === 'images') return { kind: 'images' };
+  if (route.type === 'image') return { kind: 'images', name: route.image };
   return {};
 }
 

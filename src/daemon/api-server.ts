@@ -14,7 +14,7 @@ import { rawResponse, sendJson, withCauseCodes } from './api-response.js';
 import { allowHeaderOf, API_GROUP, API_VERSION, checkMethod, contextOf, isWatch, parseRequestUrl, selectedName, type Route } from './api-router.js';
 import { serveWatch } from './api-watch.js';
 import { failure, statusFromError, success, type StatusContext } from './status.js';
-import type { AccelSetting } from '../api/vocabulary.js';
+import { isRecord, type AccelSetting } from '../api/vocabulary.js';
 
 export { API_GROUP, API_VERSION, SUBRESOURCE_GROUP, parseRequestUrl } from './api-router.js';
 export { decodeBody } from './api-body.js';
@@ -55,6 +55,19 @@ export interface ApiServerOptions {
   maxConnections?: number;
   /** Mode of the socket file; default 0o660. */
   socketMode?: number;
+  /** The node image store (standalone); absent: /images answers NOT_FOUND. */
+  images?: ImageApi;
+}
+
+/** The node image store as the API serves it: records are plain JSON. */
+export interface ImageApi {
+  list(): object[];
+  /** IMAGE_NOT_FOUND when absent. */
+  get(ref: string): object;
+  /** Imports a file on the node (an image archive, or a qcow2/raw disk). */
+  import(file: string, name: string | undefined): Promise<object>;
+  /** IMAGE_IN_USE while a VMI uses it. */
+  remove(ref: string): Promise<object>;
 }
 
 /** Whether Node is already writing a response on this socket (then no raw answer may be written). */
@@ -257,9 +270,32 @@ export class ApiServer {
         sendJson(res, 200, (await b.qmp(route.ref, body)) ?? null);
         return;
       }
+      case 'images':
+      case 'image':
+        return this.images(route, method, req, res);
       case 'console':
         throw new VmletError('UPGRADE_REQUIRED', `the console needs "Connection: Upgrade" and "Upgrade: ${CONSOLE_PROTOCOL}"`);
     }
+  }
+
+  private async images(route: Route & { type: 'images' | 'image' }, method: string, req: http.IncomingMessage, res: http.ServerResponse): Promise<void> {
+    const images = this.opts.images;
+    if (images === undefined) throw new VmletError('NOT_FOUND', 'this daemon has no image store (cluster mode)');
+    if (route.type === 'image') {
+      sendJson(res, 200, method === 'DELETE' ? await images.remove(route.image) : images.get(route.image));
+      return;
+    }
+    if (method === 'GET') {
+      sendJson(res, 200, { apiVersion: `${API_GROUP}/${API_VERSION}`, kind: 'ImageList', metadata: {}, items: images.list() });
+      return;
+    }
+    const body = await readBody(req, this.maxBody);
+    const file = isRecord(body) ? body['file'] : undefined;
+    const name = isRecord(body) ? body['name'] : undefined;
+    if (typeof file !== 'string' || !file.startsWith('/') || (name !== undefined && typeof name !== 'string')) {
+      throw new VmletError('BAD_REQUEST', 'an import is {"file": "/absolute/path/on/the/node", "name": "optional name[:tag]"}');
+    }
+    sendJson(res, 201, await images.import(file, name));
   }
 
   private onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {

@@ -19,6 +19,9 @@ import { NodeReconciler } from './node-reconciler.js';
 import { makePrepare } from './prepare.js';
 import { VmCgroups } from './vm-cgroup.js';
 import { VmNetwork } from './vm-network.js';
+import { ImageStore } from '../images/store.js';
+import { FormatRecords } from '../disk/format-records.js';
+import { imageApi } from './image-api.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -96,6 +99,9 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   }
 
   const store = await LocalStore.open({ dir: config.stateDir, logger: logger.child({ component: 'store' }) });
+  const images = new ImageStore({ dir: path.join(config.stateDir, 'images'), log: logger.child({ component: 'images' }) });
+  await images.init();
+  const formats = new FormatRecords(path.join(config.stateDir, 'disk-formats'));
   let node: NodeReconciler | undefined;
   const launcherSocket = path.join(config.runDir, 'launcher.sock');
   const launcherServer = new LauncherServer({
@@ -110,7 +116,16 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     launcherServer,
     launcherBinary: config.launcherBinary,
     launcherSocket,
-    prepare: makePrepare({ qemuBinary: config.qemuBinary, accel: config.accel, useEmulation: config.useEmulation, probe: probeOptions, network }),
+    prepare: makePrepare({
+      qemuBinary: config.qemuBinary,
+      accel: config.accel,
+      useEmulation: config.useEmulation,
+      probe: probeOptions,
+      network,
+      images,
+      formats,
+    }),
+    onImagesChanged: (listener) => images.onChange(listener),
     logger: logger.child({ component: 'node' }),
     ...(cgroups ? { cgroups } : {}),
     network,
@@ -126,6 +141,7 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
     socketPath: config.socket,
     logger: logger.child({ component: 'api' }),
     maxBodyBytes: config.maxBodyBytes,
+    images: imageApi(images, store),
     version: { vmlet: vmletVersion(), qemu: caps.version.text, kvm: caps.kvm, accel: config.accel, useEmulation: config.useEmulation },
   });
   return {

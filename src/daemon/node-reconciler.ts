@@ -12,6 +12,8 @@ import type { QmpClient } from '../qmp/client.js';
 import type { KubeObject, Source } from '../source/source.js';
 import { Supervisor, type PreparedLaunch } from './supervisor.js';
 import { withVmletDefaults } from './vmi-defaults.js';
+import { waitingForImages } from './image-wait.js';
+import { storeCallbacks } from './supervisor-store.js';
 import type { PodLaunchers } from './supervisor-pod.js';
 
 export type { PodLaunchers } from './supervisor-pod.js';
@@ -20,7 +22,6 @@ import type { VmCgroups, VmStats } from './vm-cgroup.js';
 import type { VmNetwork } from './vm-network.js';
 import { planDedicatedCpus } from '../cgroups/index.js';
 import { DEFAULT_PROC_ROOT } from '../api/vocabulary.js';
-import { isFinalPhase } from '../api/vocabulary.js';
 
 /** What the node reconciler needs of a source: the VMIs, their status, watch, the finalizer, events. */
 export type NodeSource = Pick<Source, 'get' | 'list' | 'update' | 'updateStatus' | 'watch' | 'recordEvent'>;
@@ -45,6 +46,8 @@ export interface NodeReconcilerOptions {
   network?: VmNetwork;
   /** Kubernetes mode: QEMU runs in each VMI's launcher pod, whose launcher calls in over the pod's own socket. */
   pods?: PodLaunchers;
+  /** The node image store's change feed: a VMI whose containerDisk image is missing waits for it. */
+  onImagesChanged?: (listener: () => void) => () => void;
   /** Kubernetes mode: the finalizer is the controller's, released once the pod is gone. Default true. */
   releaseFinalizer?: boolean;
 }
@@ -241,6 +244,9 @@ export class NodeReconciler {
             ...(pods.releaseNetwork ? { releaseNetwork: () => pods.releaseNetwork!(uid) } : {}),
           }
         : {};
+    const callbacks = storeCallbacks(store, vmi);
+    const images = this.opts.onImagesChanged;
+    const prepare = this.prepareFor(vmi);
     const sup = new Supervisor({
       vmi,
       runDir: inPod?.runDir ?? this.vmDir(uid),
@@ -248,36 +254,15 @@ export class NodeReconciler {
       launcherServer: this.opts.launcherServer,
       launcherBinary: this.opts.launcherBinary,
       launcherSocket: this.opts.launcherSocket,
-      prepare: this.prepareFor(vmi),
+      prepare: images
+        ? waitingForImages(prepare, { onImagesChanged: images, writeStatus: callbacks.writeStatus, logger: this.log.child({ vmi: { namespace, name, uid } }) })
+        : prepare,
       procRoot: this.opts.procRoot ?? DEFAULT_PROC_ROOT,
       ...(this.opts.cgroups ? { cgroups: this.opts.cgroups } : {}),
       ...this.pinningFor(vmi),
       ...this.networkFor(uid),
       ...podDeps,
-      writeStatus: async (mutate) => {
-        await store
-          .updateStatus<VirtualMachineInstanceStatus>('VirtualMachineInstance', namespace, name, (s) => {
-            return mutate(s ?? {});
-          })
-          .catch((e: unknown) => {
-            if (!(e instanceof VmletError && e.code === 'STORE_NOT_FOUND')) throw e;
-          });
-      },
-      event: (type, reason, message) => {
-        void store.recordEvent({ involvedObject: { kind: 'VirtualMachineInstance', namespace, name, uid }, type, reason, message }).catch(() => undefined);
-        // A VMI's events go with it; how its run ended is kept on the VM that owns it too.
-        const owner = vmi.metadata.ownerReferences?.find((r) => r.kind === 'VirtualMachine');
-        if (owner && isFinalPhase(reason)) {
-          void store
-            .recordEvent({
-              involvedObject: { kind: 'VirtualMachine', namespace, name: owner.name, uid: owner.uid },
-              type,
-              reason: `VMI${reason}`,
-              message: `VirtualMachineInstance ${name} (${uid}): ${message}`,
-            })
-            .catch(() => undefined);
-        }
-      },
+      ...callbacks,
     });
     this.supervisors.set(uid, sup);
     return sup;

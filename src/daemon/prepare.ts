@@ -1,5 +1,6 @@
 // Makes what a VMI's QEMU needs before it starts: the accelerator choice, its volume files, and its argv.
 import { execFile } from 'node:child_process';
+import { open as openCb } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -8,7 +9,11 @@ import type { VirtualMachineInstance } from '../api/types.js';
 import { VmletError } from '../errors.js';
 import { buildArgv } from '../qemu/argv.js';
 import { probeQemu, resolveAccel, type ProbeOptions } from '../qemu/probe.js';
-import { planVolumes, type PreparedFile } from '../qemu/volumes.js';
+import { planVolumes, type PreparedFile, type ResolvedImage, type ResolvedVolume } from '../qemu/volumes.js';
+import { createOverlay } from '../disk/qcow2-overlay.js';
+import type { FormatRecords } from '../disk/format-records.js';
+import { closeFds } from '../sys/libc.js';
+import { volumeStatuses } from './volume-status.js';
 import type { PodVmNetwork } from './kube-vm-network.js';
 import type { PreparedLaunch } from './supervisor.js';
 import type { PrepareContext } from './supervisor-deps.js';
@@ -16,6 +21,20 @@ import type { VmNetwork } from './vm-network.js';
 import type { AccelSetting } from '../api/vocabulary.js';
 
 const run = promisify(execFile);
+const openFd = promisify(openCb);
+
+/** A containerDisk image as the node image store knows it. */
+export interface StoredImage {
+  path: string;
+  format: ResolvedImage['format'];
+  virtualSize: number;
+  digest: string;
+}
+
+/** The node image store as prepare sees it. */
+export interface ImageLookup {
+  resolve(ref: string): StoredImage | undefined;
+}
 
 export interface PrepareOptions {
   qemuBinary: string;
@@ -33,6 +52,10 @@ export interface PrepareOptions {
    * built in the pod's netns.
    */
   pod?: { qemuRunDir: string; owner: { uid: number; gid: number }; network?: PodVmNetwork };
+  /** The node image store that containerDisk volumes come from (standalone). */
+  images?: ImageLookup;
+  /** Where the format of each hostDisk is recorded on first sight; absent: hostDisks are raw. */
+  formats?: FormatRecords;
 }
 
 async function exists(p: string): Promise<boolean> {
@@ -52,19 +75,27 @@ async function sparseFile(p: string, size: bigint, replace: boolean): Promise<vo
   }
 }
 
-async function makeFile(f: PreparedFile, genisoimage: string): Promise<void> {
+/** Makes one file; for a hostDisk, says whether it was created now (so its format is known: raw). */
+async function makeFile(f: PreparedFile, genisoimage: string): Promise<boolean> {
   switch (f.kind) {
     case 'emptyDisk':
-      return sparseFile(f.path, f.sizeBytes, true);
+      await sparseFile(f.path, f.sizeBytes, true);
+      return true;
+    case 'overlay':
+      await fs.rm(f.path, { force: true });
+      if (!('path' in f.base.file)) throw new VmletError('OVERLAY_FAILED', `containerDisk ${f.volume}: the base image has no path`);
+      await createOverlay({ path: f.path, virtualSize: f.base.virtualSize, backing: { file: f.base.file.path, format: f.base.format } });
+      return true;
     case 'hostDisk':
-      if (await exists(f.path)) return;
+      if (await exists(f.path)) return false;
       if (!f.create) throw new VmletError('HOSTDISK_MISSING', `hostDisk ${f.volume}: ${f.path} does not exist; create it or use type DiskOrCreate`);
       await fs.mkdir(path.dirname(f.path), { recursive: true });
-      return sparseFile(f.path, f.sizeBytes, false);
+      await sparseFile(f.path, f.sizeBytes, false);
+      return true;
     case 'efiVars':
-      if (await exists(f.path)) return;
+      if (await exists(f.path)) return false;
       await fs.copyFile(f.template, f.path);
-      return;
+      return true;
     case 'cloudInitIso': {
       const dir = await fs.mkdtemp(path.join(os.tmpdir(), 'vmlet-cidata-'));
       try {
@@ -75,8 +106,59 @@ async function makeFile(f: PreparedFile, genisoimage: string): Promise<void> {
       } finally {
         await fs.rm(dir, { recursive: true, force: true });
       }
+      return true;
     }
   }
+}
+
+/** Each containerDisk volume's image, from the node image store. Throws IMAGE_NOT_FOUND (a VMI waits for it) or PREPARE_FAILED. */
+function resolveImages(vmi: VirtualMachineInstance, images: ImageLookup | undefined): Record<string, ResolvedImage> {
+  const out: Record<string, ResolvedImage> = {};
+  for (const vol of vmi.spec.volumes ?? []) {
+    if (vol.containerDisk === undefined) continue;
+    const ref = vol.containerDisk.image;
+    if (images === undefined) {
+      throw new VmletError('PREPARE_FAILED', `containerDisk ${vol.name}: this daemon has no image store (containerDisk in cluster mode is not built yet)`);
+    }
+    const rec = images.resolve(ref);
+    if (rec === undefined) {
+      throw new VmletError(
+        'IMAGE_NOT_FOUND',
+        `containerDisk ${vol.name}: no image ${ref} in the node image store; import it with "vmlet image import FILE --name ${ref}"`,
+      );
+    }
+    out[vol.name] = { file: { path: rec.path }, format: rec.format, virtualSize: rec.virtualSize, digest: rec.digest };
+  }
+  return out;
+}
+
+/**
+ * Opens every store image read-only and hands it to QEMU by fd (numbered from `fdBase` in QEMU), so QEMU
+ * needs no path to the store. Returns the fds (close them on failure).
+ */
+async function openImages(volumes: Record<string, ResolvedVolume>, fdBase: number): Promise<number[]> {
+  const fds: number[] = [];
+  const byPath = new Map<string, number>();
+  const viaFd = async (file: ResolvedVolume['file']): Promise<ResolvedVolume['file']> => {
+    if (!('path' in file)) return file;
+    let n = byPath.get(file.path);
+    if (n === undefined) {
+      fds.push(await openFd(file.path, 'r'));
+      n = fdBase + fds.length - 1;
+      byPath.set(file.path, n);
+    }
+    return { fd: n };
+  };
+  try {
+    for (const v of Object.values(volumes)) {
+      if (v.backing !== undefined) v.backing = { ...v.backing, file: await viaFd(v.backing.file) };
+      else if (v.imageDigest !== undefined) v.file = await viaFd(v.file);
+    }
+  } catch (e) {
+    closeFds(fds);
+    throw e;
+  }
+  return fds;
 }
 
 /** The daemon's `prepare` step: probe (cached), choose the accelerator, create files, build argv, then the network sandbox and its tap fds. */
@@ -87,46 +169,79 @@ export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance,
     const pod = opts.pod;
     // Paths as QEMU sees them; the daemon makes the files through its own view of the same folder.
     const qemuRunDir = pod?.qemuRunDir ?? runDir;
-    const plan = planVolumes(vmi, qemuRunDir, caps.ovmf ? { ovmf: caps.ovmf } : {});
+    const images = resolveImages(vmi, opts.images);
+    const plan = planVolumes(vmi, qemuRunDir, { ...(caps.ovmf ? { ovmf: caps.ovmf } : {}), images });
     for (const f of plan.files) {
       const inRunDir = f.path.startsWith(`${qemuRunDir}/`);
       const file = pod && inRunDir ? { ...f, path: path.join(runDir, path.relative(qemuRunDir, f.path)) } : f;
-      await makeFile(file, opts.genisoimage ?? 'genisoimage');
+      const created = await makeFile(file, opts.genisoimage ?? 'genisoimage');
       if (pod && inRunDir) await fs.chown(file.path, pod.owner.uid, pod.owner.gid);
+      if (f.kind === 'hostDisk') await hostDiskFormat(plan.volumes[f.volume], f.path, created, opts.formats);
     }
-    const ctx: Parameters<typeof buildArgv>[1] = {
-      qemuBinary: opts.qemuBinary,
-      runDir: qemuRunDir,
-      accel: choice.accel,
-      machineTypes: caps.machineTypeNames,
-      cpuModels: caps.cpuModels,
-      volumes: plan.volumes,
-      sandbox: caps.seccomp,
-    };
-    if (caps.ovmf) ctx.ovmf = caps.ovmf;
-    const argv = buildArgv(vmi, ctx);
-    const prepared: PreparedLaunch = { argv, fds: [], accel: choice.accel, softwareEmulation: choice.softwareEmulation };
-    if (choice.emulationReason !== undefined) {
-      prepared.emulation = { reason: choice.emulationReason, message: choice.emulationMessage ?? '' };
-    }
-    // Last, so that nothing after it can fail and leave tap fds open.
-    if (pod) {
-      if (at.launcherPid === undefined) throw new VmletError('PREPARE_FAILED', "the pod's launcher has not connected, so its netns is unknown");
-      const net = await pod.network?.prepare(vmi, { fdBase: prepared.fds.length, accel: choice.accel, launcherPid: at.launcherPid });
-      if (net) {
-        prepared.argv = [...argv, ...net.args];
-        prepared.fds = net.fds;
-        prepared.interfaces = net.interfaces;
+    // QEMU fds 3, 4, …: the images first, then the NICs' taps.
+    const diskFds = await openImages(plan.volumes, 3);
+    const prepared: PreparedLaunch = { argv: [], fds: diskFds, accel: choice.accel, softwareEmulation: choice.softwareEmulation };
+    try {
+      const ctx: Parameters<typeof buildArgv>[1] = {
+        qemuBinary: opts.qemuBinary,
+        runDir: qemuRunDir,
+        accel: choice.accel,
+        machineTypes: caps.machineTypeNames,
+        cpuModels: caps.cpuModels,
+        volumes: plan.volumes,
+        sandbox: caps.seccomp,
+      };
+      if (caps.ovmf) ctx.ovmf = caps.ovmf;
+      prepared.argv = buildArgv(vmi, ctx);
+      prepared.volumeStatus = volumeStatuses(vmi, plan.volumes);
+      if (choice.emulationReason !== undefined) {
+        prepared.emulation = { reason: choice.emulationReason, message: choice.emulationMessage ?? '' };
       }
-      return prepared;
-    }
-    const net = await opts.network?.prepare(vmi, { fdBase: prepared.fds.length, accel: choice.accel });
-    if (net) {
-      prepared.argv = [...argv, ...net.args];
-      prepared.fds = net.fds;
-      prepared.netnsPath = net.netnsPath;
-      prepared.interfaces = net.interfaces;
+      await addNetwork(prepared, vmi, opts, at);
+    } catch (e) {
+      closeFds(diskFds);
+      throw e;
     }
     return prepared;
   };
+}
+
+/** The NICs: the pod's (built in its netns) or the standalone sandbox's, after the disks' fds. */
+async function addNetwork(prepared: PreparedLaunch, vmi: VirtualMachineInstance, opts: PrepareOptions, at: PrepareContext): Promise<void> {
+  const fdBase = prepared.fds.length;
+  const pod = opts.pod;
+  if (pod) {
+    if (at.launcherPid === undefined) throw new VmletError('PREPARE_FAILED', "the pod's launcher has not connected, so its netns is unknown");
+    const net = await pod.network?.prepare(vmi, { fdBase, accel: prepared.accel, launcherPid: at.launcherPid });
+    if (net) {
+      prepared.argv = [...prepared.argv, ...net.args];
+      prepared.fds = [...prepared.fds, ...net.fds];
+      prepared.interfaces = net.interfaces;
+    }
+    return;
+  }
+  const net = await opts.network?.prepare(vmi, { fdBase, accel: prepared.accel });
+  if (net) {
+    prepared.argv = [...prepared.argv, ...net.args];
+    prepared.fds = [...prepared.fds, ...net.fds];
+    prepared.netnsPath = net.netnsPath;
+    prepared.interfaces = net.interfaces;
+  }
+}
+
+/** A hostDisk's format: raw when vmlet just made it, else what was recorded when vmlet first saw the file. */
+async function hostDiskFormat(v: ResolvedVolume | undefined, file: string, created: boolean, formats: FormatRecords | undefined): Promise<void> {
+  if (v === undefined || formats === undefined) return;
+  const real = await fs.realpath(file);
+  const st = await fs.stat(real);
+  // Not an image at all (a directory, a fifo): QEMU refuses it in its own words.
+  if (!st.isFile() && !st.isBlockDevice()) return;
+  if (created) {
+    await formats.record(real, 'raw');
+    v.virtualSize = st.size;
+    return;
+  }
+  const seen = await formats.formatOf(real, `hostDisk ${real}`);
+  v.format = seen.format;
+  v.virtualSize = seen.virtualSize;
 }

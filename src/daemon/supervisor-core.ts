@@ -1,5 +1,5 @@
 // The supervisor's pure core: (state, event) → { state, effects }, with every decision of a VMI's lifecycle and the effects, as data, that the shell (supervisor.ts) carries out.
-import type { VMIInterfaceStatus } from '../api/types.js';
+import type { VMIInterfaceStatus, VolumeStatus } from '../api/types.js';
 import type { ExitStatus } from '../qemu/launch.js';
 import { canTransition, describeExit, finalPhase, type FailureReason, type SupervisorState } from './vmi-state.js';
 import type { VmResources } from './vm-resources.js';
@@ -18,6 +18,8 @@ export interface PreparedLaunch {
   netnsPath?: string;
   /** status.interfaces as known before boot (from the lease). */
   interfaces?: VMIInterfaceStatus[];
+  /** status.volumeStatus: each volume's format, size and image. */
+  volumeStatus?: VolumeStatus[];
 }
 
 export interface ExitReport {

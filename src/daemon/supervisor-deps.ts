@@ -10,6 +10,8 @@ import type { VmCgroups } from './vm-cgroup.js';
 /** What `prepare` learns at launch time: in Kubernetes mode the launcher's pid (daemon's pid namespace), whose netns is the pod's. */
 export interface PrepareContext {
   launcherPid?: number;
+  /** Aborted when the VMI is stopped while it prepares (a prepare that waits gives up). */
+  signal?: AbortSignal;
 }
 
 export interface SupervisorDeps {

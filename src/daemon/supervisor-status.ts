@@ -29,6 +29,7 @@ export function launchedStatus(s: VirtualMachineInstanceStatus, prepared: Prepar
     softwareEmulation: prepared.softwareEmulation,
   });
   out = withInterfaces(out, prepared.interfaces);
+  if (prepared.volumeStatus !== undefined) out = { ...out, volumeStatus: prepared.volumeStatus };
   if (prepared.softwareEmulation) {
     const c = emulationCondition(prepared);
     out = withCondition(out, 'SoftwareEmulation', true, now, c.reason, c.message);

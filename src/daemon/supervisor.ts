@@ -15,7 +15,7 @@ import { LauncherWatch } from './supervisor-launcher.js';
 import { accelOfProcess, inspectPodLauncher, podLauncherArrival, POD_ARRIVE_MS, POD_HELLO_WAIT_MS } from './supervisor-pod.js';
 import { INITIAL_STATE, step, type CoreEvent, type CoreState, type Effect, type ExitReport, type Outcome, type PreparedLaunch } from './supervisor-core.js';
 import { adoptedStatus, applyEdit, editIsBestEffort, launchedStatus, runningStatus, type Runtime } from './supervisor-status.js';
-import type { SupervisorDeps } from './supervisor-deps.js';
+import type { PrepareContext, SupervisorDeps } from './supervisor-deps.js';
 import { escalateStop, finalizeVmi, killVmProcesses, releaseVmNetwork, type FinalizeInput } from './supervisor-exit.js';
 import { setUpVmCgroup } from './vm-cgroup-setup.js';
 import { vmResources, vmSizing, type VmResources, type VmSizing } from './vm-resources.js';
@@ -43,6 +43,8 @@ export class Supervisor {
   #resolveDone!: (r: ExitReport) => void;
   /** Kubernetes mode: the pod's launcher said HELLO (its pid, daemon's namespace). */
   #arrived: Promise<number>;
+  /** Aborted by a stop, so a prepare that waits (for an image) gives up. */
+  readonly #stopping = new AbortController();
   #resolveArrived!: (pid: number) => void;
   private readonly uid: string;
   private readonly log: Logger;
@@ -229,6 +231,7 @@ export class Supervisor {
 
   /** Graceful stop: ACPI power-down, the grace period, `quit`, then SIGKILL. */
   async stop(graceSeconds: number, why: string): Promise<ExitReport> {
+    this.#stopping.abort();
     await this.dispatch({ type: 'stop', graceSeconds, why });
     return this.done;
   }
@@ -256,8 +259,8 @@ export class Supervisor {
   }
 
   /** Kubernetes mode: waits for the pod's launcher, whose pid names the pod's netns. */
-  private async prepareContext(): Promise<{ launcherPid?: number }> {
-    if (!this.deps.pod) return {};
+  private async prepareContext(): Promise<PrepareContext> {
+    if (!this.deps.pod) return { signal: this.#stopping.signal };
     this.launcher.attach();
     return { launcherPid: await podLauncherArrival(this.#arrived, this.deps.pod.arriveTimeoutMs ?? POD_ARRIVE_MS) };
   }

@@ -5,9 +5,9 @@ import { posix } from 'node:path';
 import { parseQuantity } from '../api/quantity.js';
 import type { Disk, DiskBus, VirtualMachineInstance } from '../api/types.js';
 import { VmletError } from '../errors.js';
-import { escapeOptValue, hasControlChars, qemuOpts } from './escape.js';
+import { escapeOptValue, hasControlChars, qemuOpts, type OptValue } from './escape.js';
 import { tcgTbSizeMiB } from './tcg.js';
-import { efiVarsPath, planVolumes, usesEfi, type OvmfPaths, type ResolvedVolume } from './volumes.js';
+import { efiVarsPath, planVolumes, usesEfi, type ImageFile, type OvmfPaths, type ResolvedVolume } from './volumes.js';
 import type { Accel } from '../api/vocabulary.js';
 
 export type { Accel } from '../api/vocabulary.js';
@@ -145,6 +145,53 @@ interface DiskPlan {
   volume: ResolvedVolume;
 }
 
+/** How QEMU opens an image: its path, or the fd set that holds the fd it inherited (`-add-fd` below). */
+function fileName(f: ImageFile, fdSets: Map<number, number>): string {
+  if ('path' in f) return f.path;
+  let set = fdSets.get(f.fd);
+  if (set === undefined) {
+    set = fdSets.size + 1;
+    fdSets.set(f.fd, set);
+  }
+  return `/dev/fdset/${set}`;
+}
+
+/** The protocol (`file`) and format nodes of one image; `cache` and `aio` as the disk asks. */
+function imageNodes(
+  node: string,
+  file: string,
+  format: string,
+  readOnly: boolean,
+  p: DiskPlan,
+  extra: ReadonlyArray<readonly [string, OptValue]> = [],
+): string[] {
+  const rw = !readOnly;
+  const direct = p.disk.cache === 'none' ? true : undefined;
+  // prettier-ignore
+  return [
+    '-blockdev',
+    qemuOpts(undefined, [
+      ['driver', 'file'],
+      ['node-name', `${node}-file`],
+      ['filename', file],
+      ['read-only', readOnly],
+      ['aio', p.disk.io],
+      ['cache.direct', direct],
+      ['discard', rw ? 'unmap' : undefined],
+    ]),
+    '-blockdev',
+    qemuOpts(undefined, [
+      ['driver', format],
+      ['node-name', node],
+      ['file', `${node}-file`],
+      ['read-only', readOnly],
+      ['cache.direct', direct],
+      ['discard', rw ? 'unmap' : undefined],
+      ...extra,
+    ]),
+  ];
+}
+
 // Calls marked prettier-ignore keep each QEMU flag on one line with its value.
 function diskArgs(plans: readonly DiskPlan[]): string[] {
   const args: string[] = [];
@@ -153,33 +200,26 @@ function diskArgs(plans: readonly DiskPlan[]): string[] {
   if (scsi.length > 0) args.push('-device', qemuOpts('virtio-scsi-pci', [['id', 'scsi0']]));
   for (let c = 0; c * 6 < sata.length; c++) args.push('-device', qemuOpts('ich9-ahci', [['id', `sata${c}`]]));
 
+  const fdSets = new Map<number, number>();
+  const blockdevs: string[] = [];
   for (const p of plans) {
     const node = `vol${p.index}`;
-    const rw = !p.readOnly;
-    // prettier-ignore
-    args.push(
-      '-blockdev',
-      qemuOpts(undefined, [
-        ['driver', 'file'],
-        ['node-name', `${node}-file`],
-        ['filename', p.volume.path],
-        ['read-only', p.readOnly],
-        ['discard', rw ? 'unmap' : undefined],
-      ]),
-      '-blockdev',
-      qemuOpts(undefined, [
-        ['driver', p.volume.format],
-        ['node-name', node],
-        ['file', `${node}-file`],
-        ['read-only', p.readOnly],
-        ['discard', rw ? 'unmap' : undefined],
-      ]),
-    );
-    const common: Array<readonly [string, string | number | undefined]> = [
+    const v = p.volume;
+    if (v.backing !== undefined) {
+      // The base first (read-only, shared by every VM of that image), then the overlay that names it explicitly,
+      // so QEMU never opens the file its header names.
+      blockdevs.push(...imageNodes(`${node}-base`, fileName(v.backing.file, fdSets), v.backing.format, true, p));
+      blockdevs.push(...imageNodes(node, fileName(v.file, fdSets), v.format, p.readOnly, p, [['backing', `${node}-base`]]));
+    } else {
+      blockdevs.push(...imageNodes(node, fileName(v.file, fdSets), v.format, p.readOnly, p));
+    }
+    const common: Array<readonly [string, OptValue]> = [
       ['drive', node],
       ['id', `ua-${p.disk.name}`],
       ['bootindex', p.disk.bootOrder],
       ['serial', p.disk.serial],
+      ['share-rw', p.disk.shareable === true ? true : undefined],
+      ['write-cache', p.disk.cache === 'writethrough' ? 'off' : undefined],
     ];
     let device: string;
     if (p.bus === 'virtio') {
@@ -192,9 +232,17 @@ function diskArgs(plans: readonly DiskPlan[]): string[] {
       const target = scsi.indexOf(p);
       device = qemuOpts(p.cdrom ? 'scsi-cd' : 'scsi-hd', [['bus', 'scsi0.0'], ['channel', 0], ['scsi-id', target], ['lun', 0], ...common]);
     }
-    args.push('-device', device);
+    blockdevs.push('-device', device);
   }
-  return args;
+  for (const [fd, set] of fdSets)
+    args.push(
+      '-add-fd',
+      qemuOpts(undefined, [
+        ['fd', fd],
+        ['set', set],
+      ]),
+    );
+  return [...args, ...blockdevs];
 }
 
 /**

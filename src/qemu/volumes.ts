@@ -3,16 +3,36 @@
 import { posix } from 'node:path';
 import { parseQuantity } from '../api/quantity.js';
 import type { VirtualMachineInstance } from '../api/types.js';
+import type { ImageFormat } from '../api/vocabulary.js';
 import { VmletError } from '../errors.js';
+import { diskKind } from '../api/disk-kind.js';
 
-export type ImageFormat = 'raw';
+export type { ImageFormat } from '../api/vocabulary.js';
+
+/** How QEMU reaches an image file: by path, or by an fd it inherits (passed through `-add-fd`, opened as /dev/fdset/N). */
+export type ImageFile = { path: string } | { fd: number };
 
 /** Where the image of one volume lives on the node, as QEMU will open it. */
 export interface ResolvedVolume {
-  path: string;
+  file: ImageFile;
   format: ImageFormat;
   /** Attach read-only whatever the disk says. */
   readOnly: boolean;
+  /** A copy-on-write overlay: `file` is vmlet's qcow2 overlay, `backing` its base, always opened read-only. */
+  backing?: { file: ImageFile; format: ImageFormat };
+  /** A containerDisk: the store image's digest (its file is `backing`, or `file` itself when read-only). */
+  imageDigest?: string;
+  /** Bytes the guest sees, when known before launch. */
+  virtualSize?: number;
+}
+
+/** A containerDisk's image in the node image store, as prepare resolved it. */
+export interface ResolvedImage {
+  /** The image file (by path for planning; prepare hands QEMU an fd). */
+  file: ImageFile;
+  format: ImageFormat;
+  virtualSize: number;
+  digest: string;
 }
 
 export interface CloudInitFile {
@@ -30,7 +50,9 @@ export type PreparedFile =
   /** An ISO 9660 image with volume label `cidata` holding `files` (e.g. genisoimage -V cidata -J -r). */
   | { kind: 'cloudInitIso'; volume: string; path: string; label: 'cidata'; files: CloudInitFile[] }
   /** A private copy of the OVMF variable store template (copied if missing). */
-  | { kind: 'efiVars'; path: string; template: string };
+  | { kind: 'efiVars'; path: string; template: string }
+  /** A fresh qcow2 overlay over a containerDisk's image (replace whatever is there: a new VMI starts from the clean base). */
+  | { kind: 'overlay'; volume: string; path: string; base: ResolvedImage };
 
 export interface VolumePlan {
   /** Keyed by volume name. */
@@ -62,17 +84,20 @@ function text(s: string | undefined, b64: string | undefined): Buffer | undefine
 /**
  * Says where each volume's image is and which files must be made before launch. emptyDisk and
  * cloud-init images go into runDir (`disk-NAME.img`, `cloudinit-NAME.iso`); hostDisk stays
- * where it is. Expects a validated VMI. Throws FIRMWARE_UNAVAILABLE if the VMI wants EFI and no
- * OVMF paths are given.
+ * where it is (as raw: the caller puts in the format it recorded); a containerDisk (its image in
+ * `opts.images`) gets an overlay `overlay-NAME.qcow2` in runDir, or is opened read-only as it is
+ * for a read-only disk. Expects a validated VMI. Throws FIRMWARE_UNAVAILABLE if the VMI wants EFI
+ * and no OVMF paths are given, MISSING_VOLUME for a containerDisk without a resolved image.
  */
-export function planVolumes(vmi: VirtualMachineInstance, runDir: string, opts: { ovmf?: OvmfPaths } = {}): VolumePlan {
+export function planVolumes(vmi: VirtualMachineInstance, runDir: string, opts: { ovmf?: OvmfPaths; images?: Record<string, ResolvedImage> } = {}): VolumePlan {
   const volumes: Record<string, ResolvedVolume> = {};
   const files: PreparedFile[] = [];
   const { name, namespace } = vmi.metadata;
+  const disks = vmi.spec.domain.devices.disks ?? [];
   for (const vol of vmi.spec.volumes ?? []) {
     if (vol.hostDisk !== undefined) {
       const path = vol.hostDisk.path;
-      volumes[vol.name] = { path, format: 'raw', readOnly: false };
+      volumes[vol.name] = { file: { path }, format: 'raw', readOnly: false };
       if (vol.hostDisk.type === 'DiskOrCreate') {
         files.push({ kind: 'hostDisk', volume: vol.name, path, create: true, sizeBytes: parseQuantity(vol.hostDisk.capacity ?? 0) });
       } else {
@@ -80,13 +105,14 @@ export function planVolumes(vmi: VirtualMachineInstance, runDir: string, opts: {
       }
     } else if (vol.emptyDisk !== undefined) {
       const path = posix.join(runDir, `disk-${vol.name}.img`);
-      volumes[vol.name] = { path, format: 'raw', readOnly: false };
-      files.push({ kind: 'emptyDisk', volume: vol.name, path, sizeBytes: parseQuantity(vol.emptyDisk.capacity) });
+      const sizeBytes = parseQuantity(vol.emptyDisk.capacity);
+      volumes[vol.name] = { file: { path }, format: 'raw', readOnly: false, virtualSize: Number(sizeBytes) };
+      files.push({ kind: 'emptyDisk', volume: vol.name, path, sizeBytes });
     } else if (vol.cloudInitNoCloud !== undefined) {
       const ci = vol.cloudInitNoCloud;
       const path = posix.join(runDir, `cloudinit-${vol.name}.iso`);
       // Writable like any disk (QEMU refuses read-only sata disks); it is remade at every launch.
-      volumes[vol.name] = { path, format: 'raw', readOnly: false };
+      volumes[vol.name] = { file: { path }, format: 'raw', readOnly: false };
       const ciFiles: CloudInitFile[] = [
         // Stable across restarts of the same VM (like KubeVirt), so per-instance modules run once.
         { name: 'meta-data', data: Buffer.from(`instance-id: ${name}.${namespace}\nlocal-hostname: ${name}\n`, 'utf8') },
@@ -95,6 +121,19 @@ export function planVolumes(vmi: VirtualMachineInstance, runDir: string, opts: {
       const net = text(ci.networkData, ci.networkDataBase64);
       if (net !== undefined) ciFiles.push({ name: 'network-data', data: net });
       files.push({ kind: 'cloudInitIso', volume: vol.name, path, label: 'cidata', files: ciFiles });
+    } else if (vol.containerDisk !== undefined) {
+      const image = opts.images?.[vol.name];
+      if (image === undefined) throw new VmletError('MISSING_VOLUME', `containerDisk "${vol.name}": its image ${vol.containerDisk.image} was not resolved`);
+      const disk = disks.find((d) => d.name === vol.name);
+      if (disk !== undefined && diskKind(disk).readonly) {
+        // Nothing writes: the base itself, read-only, with no overlay.
+        volumes[vol.name] = { file: image.file, format: image.format, readOnly: true, imageDigest: image.digest, virtualSize: image.virtualSize };
+      } else {
+        const path = posix.join(runDir, `overlay-${vol.name}.qcow2`);
+        const backing = { file: image.file, format: image.format };
+        volumes[vol.name] = { file: { path }, format: 'qcow2', readOnly: false, backing, imageDigest: image.digest, virtualSize: image.virtualSize };
+        files.push({ kind: 'overlay', volume: vol.name, path, base: image });
+      }
     } else {
       throw new VmletError('INVALID_FIELD', `volume "${vol.name}" has no supported source`);
     }

@@ -137,8 +137,10 @@ if (!existsSync(QEMU)) {
         }
       } else if (f.kind === 'cloudInitIso') {
         writeFileSync(f.path, Buffer.alloc(1 << 16)); // content does not matter while paused
-      } else {
+      } else if (f.kind === 'efiVars') {
         copyFileSync(f.template, f.path);
+      } else {
+        throw new Error(`no containerDisk in these specs, yet a ${f.kind} file`);
       }
     }
     const argv = buildArgv(vmi, {

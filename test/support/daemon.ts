@@ -690,3 +690,10 @@ export function snapshotDir(dir: string): Map<string, string> {
   walk(dir);
   return out;
 }
+
+/** Types `command` into the guest's shell over `vmlet console` and waits until `expect` appears once more on its console log. */
+export async function runInGuest(d: TestDaemon, vm: string, uid: string, command: string, expect: string, timeoutMs = 30_000): Promise<void> {
+  const before = d.consoleText(uid).split(expect).length - 1;
+  await d.cliOk(['console', vm], { input: `${command}\n`, timeoutMs: 20_000 });
+  await waitFor(`"${expect}" on ${vm}'s console`, () => d.consoleText(uid).split(expect).length - 1 > before, timeoutMs);
+}

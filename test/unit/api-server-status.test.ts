@@ -92,6 +92,13 @@ t.test('URL parsing', async (t) => {
   t.throws(() => parseRequestUrl('/apis/vmlet.io/v1alpha1/namespaces/d/virtualmachineinstances/a%2F..'), { code: 'INVALID_PATH' });
   t.throws(() => parseRequestUrl('/apis/vmlet.io/v1alpha1/namespaces/-d/virtualmachineinstances'), { code: 'INVALID_PATH' });
   t.throws(() => parseRequestUrl('http://evil/healthz'), { code: 'NOT_FOUND' });
+  t.match(parseRequestUrl('/images').route, { type: 'images' });
+  t.match(
+    parseRequestUrl(`/images/${encodeURIComponent('quay.io/containerdisks/debian:12')}`).route,
+    { type: 'image', image: 'quay.io/containerdisks/debian:12' },
+    'a reference is one encoded segment',
+  );
+  t.throws(() => parseRequestUrl('/images/a/b'), { code: 'NOT_FOUND' });
 });
 
 t.test('body decoding', async (t) => {

@@ -55,3 +55,14 @@ t.test('printable status follows the VMI', async (t) => {
   t.equal(printableStatus(base({ vmi: { ...running, paused: true } })), 'Paused');
   t.equal(printableStatus(base({ vmi: { ...running, deleting: true } })), 'Stopping');
 });
+
+t.test('a VMI that waits for its containerDisk image shows ErrImagePull', async (t) => {
+  t.equal(printableStatus(base({ vmi: { phase: 'Scheduled', deleting: false, paused: false, imageMissing: true } })), 'ErrImagePull');
+  t.equal(printableStatus(base({ vmi: { phase: 'Pending', deleting: false, paused: false, imageMissing: true } })), 'ErrImagePull');
+  t.equal(printableStatus(base({ vmi: { phase: 'Scheduled', deleting: false, paused: false } })), 'Starting');
+  t.same(
+    decide(base({ vmi: { phase: 'Scheduled', deleting: false, paused: false, imageMissing: true } })),
+    { action: 'none' },
+    'and is left alone (no crash loop)',
+  );
+});

@@ -236,7 +236,7 @@ t.test('required options are present', async (t) => {
 });
 
 t.test('ctx.volumes overrides the plan; a missing volume is an error', async (t) => {
-  const argv = buildArgv(vmi(minimal), ctx({ volumes: { root: { path: '/elsewhere/root.raw', format: 'raw', readOnly: true } } }));
+  const argv = buildArgv(vmi(minimal), ctx({ volumes: { root: { file: { path: '/elsewhere/root.raw' }, format: 'raw', readOnly: true } } }));
   t.ok(values(argv, '-blockdev').some((b) => b.includes('filename=/elsewhere/root.raw,read-only=on')));
   t.throws(() => buildArgv(vmi(minimal), ctx({ volumes: {} })), { code: 'MISSING_VOLUME' });
 });
@@ -260,10 +260,10 @@ t.test('planVolumes', async (t) => {
   };
   const plan = planVolumes(vmi(spec), RUN, { ovmf: OVMF });
   t.same(plan.volumes, {
-    a: { path: '/srv/a.img', format: 'raw', readOnly: false },
-    b: { path: '/srv/b.img', format: 'raw', readOnly: false },
-    c: { path: `${RUN}/disk-c.img`, format: 'raw', readOnly: false },
-    d: { path: `${RUN}/cloudinit-d.iso`, format: 'raw', readOnly: false },
+    a: { file: { path: '/srv/a.img' }, format: 'raw', readOnly: false },
+    b: { file: { path: '/srv/b.img' }, format: 'raw', readOnly: false },
+    c: { file: { path: `${RUN}/disk-c.img` }, format: 'raw', readOnly: false, virtualSize: 512 * 1024 * 1024 },
+    d: { file: { path: `${RUN}/cloudinit-d.iso` }, format: 'raw', readOnly: false },
   });
   t.match(plan.files, [
     { kind: 'hostDisk', volume: 'a', path: '/srv/a.img', create: false, sizeBytes: null },
@@ -279,6 +279,112 @@ t.test('planVolumes', async (t) => {
     ['network-data', 'version: 2\n'],
   ]);
   t.throws(() => planVolumes(vmi(spec), RUN), { code: 'FIRMWARE_UNAVAILABLE' });
+});
+
+const DIGEST = `sha256:${'ab'.repeat(32)}`;
+const IMAGE = { file: { path: '/var/lib/vmlet/images/disks/ab/disk.qcow2' }, format: 'qcow2' as const, virtualSize: 1 << 30, digest: DIGEST };
+
+t.test('planVolumes: a containerDisk gets an overlay in the run dir, or the base itself when read-only', async (t) => {
+  const spec = {
+    domain: { memory: { guest: '128Mi' }, devices: { disks: [{ name: 'root' }, { name: 'iso', cdrom: {} }] } },
+    volumes: [
+      { name: 'root', containerDisk: { image: 'quay.io/containerdisks/debian:12' } },
+      { name: 'iso', containerDisk: { image: 'tools:1' } },
+    ],
+  };
+  const plan = planVolumes(vmi(spec), RUN, { images: { root: IMAGE, iso: { ...IMAGE, format: 'raw' } } });
+  t.same(plan.volumes, {
+    root: {
+      file: { path: `${RUN}/overlay-root.qcow2` },
+      format: 'qcow2',
+      readOnly: false,
+      backing: { file: IMAGE.file, format: 'qcow2' },
+      imageDigest: DIGEST,
+      virtualSize: 1 << 30,
+    },
+    iso: { file: IMAGE.file, format: 'raw', readOnly: true, imageDigest: DIGEST, virtualSize: 1 << 30 },
+  });
+  t.same(plan.files, [{ kind: 'overlay', volume: 'root', path: `${RUN}/overlay-root.qcow2`, base: IMAGE }], 'one overlay, none for the read-only cdrom');
+  t.throws(() => planVolumes(vmi(spec), RUN), { code: 'MISSING_VOLUME' }, 'a containerDisk needs its resolved image');
+});
+
+t.test('argv: an overlay names its base node explicitly, and images passed by fd are fd sets', async (t) => {
+  const spec = {
+    domain: {
+      memory: { guest: '128Mi' },
+      devices: {
+        disks: [
+          { name: 'root', bootOrder: 1 },
+          { name: 'iso', cdrom: { bus: 'sata' } },
+        ],
+      },
+    },
+    volumes: [
+      { name: 'root', containerDisk: { image: 'debian:12' } },
+      { name: 'iso', containerDisk: { image: 'tools:1' } },
+    ],
+  };
+  const volumes = {
+    root: { file: { path: `${RUN}/overlay-root.qcow2` }, format: 'qcow2' as const, readOnly: false, backing: { file: { fd: 3 }, format: 'qcow2' as const } },
+    iso: { file: { fd: 4 }, format: 'raw' as const, readOnly: true, imageDigest: DIGEST },
+  };
+  const argv = buildArgv(vmi(spec), ctx({ volumes }));
+  t.same(values(argv, '-add-fd'), ['fd=3,set=1', 'fd=4,set=2'], 'one fd set per inherited fd');
+  const blockdevs = values(argv, '-blockdev');
+  t.same(blockdevs.slice(0, 4), [
+    'driver=file,node-name=vol0-base-file,filename=/dev/fdset/1,read-only=on',
+    'driver=qcow2,node-name=vol0-base,file=vol0-base-file,read-only=on',
+    `driver=file,node-name=vol0-file,filename=${RUN}/overlay-root.qcow2,read-only=off,discard=unmap`,
+    'driver=qcow2,node-name=vol0,file=vol0-file,read-only=off,discard=unmap,backing=vol0-base',
+  ]);
+  t.ok(blockdevs.includes('driver=raw,node-name=vol1,file=vol1-file,read-only=on'), 'the read-only image is attached as it is, raw');
+  t.ok(argv.indexOf('-add-fd') < argv.indexOf('-blockdev'), '-add-fd comes before the block nodes that use it');
+});
+
+t.test('argv: cache, io and shareable', async (t) => {
+  const spec = {
+    domain: {
+      memory: { guest: '128Mi' },
+      devices: {
+        disks: [
+          { name: 'a', cache: 'none', io: 'native', shareable: true },
+          { name: 'b', cache: 'writethrough', io: 'threads' },
+          { name: 'c', cache: 'writeback' },
+        ],
+      },
+    },
+    volumes: ['a', 'b', 'c'].map((n) => ({ name: n, hostDisk: { path: `/srv/${n}.img`, type: 'Disk' } })),
+  };
+  const argv = buildArgv(vmi(spec), ctx());
+  const blockdevs = values(argv, '-blockdev');
+  t.ok(
+    blockdevs.includes('driver=file,node-name=vol0-file,filename=/srv/a.img,read-only=off,aio=native,cache.direct=on,discard=unmap'),
+    'none + native: O_DIRECT, Linux AIO',
+  );
+  t.ok(blockdevs.includes('driver=file,node-name=vol1-file,filename=/srv/b.img,read-only=off,aio=threads,discard=unmap'));
+  const devices = values(argv, '-device').filter((d) => d.startsWith('virtio-blk-pci'));
+  t.match(devices[0], /share-rw=on/, 'shareable: share-rw');
+  t.match(devices[1], /write-cache=off/, 'writethrough: the device reports no write cache');
+  t.notMatch(devices[2], /write-cache|share-rw/, "writeback is QEMU's default");
+});
+
+t.test('validation: io native needs cache none; containerDisk needs an image reference', async (t) => {
+  const disk = (extra: Record<string, unknown>): Record<string, unknown> => ({
+    domain: { memory: { guest: '128Mi' }, devices: { disks: [{ name: 'a', ...extra }] } },
+    volumes: [{ name: 'a', hostDisk: { path: '/srv/a.img', type: 'Disk' } }],
+  });
+  t.throws(() => vmi(disk({ io: 'native' })), { code: 'INVALID_FIELD', message: /cache: none/ });
+  t.throws(() => vmi(disk({ cache: 'unsafe' })), { code: 'INVALID_FIELD' });
+  t.throws(() => vmi(disk({ lun: {} })), { code: 'UNKNOWN_FIELD' }, 'a KubeVirt field vmlet does not implement is refused by name');
+  const cd = (image: string): Record<string, unknown> => ({
+    domain: { memory: { guest: '128Mi' }, devices: { disks: [{ name: 'a' }] } },
+    volumes: [{ name: 'a', containerDisk: { image } }],
+  });
+  t.ok(vmi(cd('quay.io/containerdisks/debian:12')));
+  t.ok(vmi(cd(`localhost:5000/x/y@${DIGEST}`)));
+  t.throws(() => vmi(cd('Debian:12')), { code: 'IMAGE_NAME_INVALID' });
+  t.throws(() => vmi(cd('a b')), { code: 'IMAGE_NAME_INVALID' });
+  t.throws(() => vmi({ ...cd('x'), volumes: [{ name: 'a', containerDisk: { image: 'x', path: '/disk' } }] }), { code: 'UNKNOWN_FIELD' });
 });
 
 t.test('the accelerator is read back from a command line', async (t) => {
