@@ -4,6 +4,7 @@ const benches: Record<string, () => Promise<{ run(opts: { json: boolean; args?: 
   start: () => import('./start.js'),
   overhead: () => import('./overhead.js'),
   density: () => import('./density.js'),
+  disk: () => import('./disk.js'),
   'k8s-start': () => import('./k8s-start.js'),
   'k8s-scale': () => import('./k8s-scale.js'),
 };

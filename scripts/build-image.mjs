@@ -3,7 +3,7 @@
 //
 // Plain Node with no npm dependencies. Two layers: the base (scripts/lib/image-base.mjs: mmdebstrap,
 // cached by package list and mirror, minutes) and the project (dist/, production node_modules, CRDs,
-// vmlet-launch, the host's node binary: seconds). Needs root, mmdebstrap, buildah (with runc) and npm;
+// vmlet-launch, vmlet-disk-wait, the host's node binary: seconds). Needs root, mmdebstrap, buildah (with runc) and npm;
 // `npm run build` and `make -C native` must have run. See docs/deploy.md.
 //
 //   node scripts/build-image.mjs [--tag T] [--out FILE]
@@ -31,6 +31,8 @@ const HOST_NODE = '/usr/bin/node';
 export const IMAGE_PATHS = {
   app: '/opt/vmlet',
   launcher: '/usr/libexec/vmlet/vmlet-launch',
+  /** = DISK_WAIT_IMAGE_PATH of src/api/pod-volumes.ts: launcher pods' init container copies it from here with /bin/cp */
+  diskWait: '/usr/libexec/vmlet/vmlet-disk-wait',
   node: '/usr/local/bin/node',
   cli: '/usr/local/bin/vmlet',
 };
@@ -57,20 +59,22 @@ function inputs(root) {
   const need = [
     [p('dist', 'cli', 'main.js'), 'npm run build'],
     [p('native', 'build', 'vmlet-launch'), 'make -C native'],
+    [p('native', 'build', 'vmlet-disk-wait'), 'make -C native'],
     [p('native', 'build', 'kvm-probe.elf'), 'make -C native'],
     [p('package-lock.json'), 'npm install (the lock file)'],
   ];
   const missing = need.filter(([f]) => !fs.existsSync(f));
   if (missing.length) throw new ImageBuildError('IMAGE_INPUT_MISSING', missing.map(([f, how]) => `${path.relative(root, f)} is missing (${how})`).join('; '));
   const node = fs.realpathSync(HOST_NODE);
-  return { dist: p('dist'), launcher: need[1][0], probe: need[2][0], lock: need[3][0], pkg: p('package.json'), crds: p('deploy', 'crds'), proto: p('src', 'daemon', 'proto'), node };
+  const [launcher, diskWait, probe, lock] = need.slice(1).map(([f]) => f);
+  return { dist: p('dist'), launcher, diskWait, probe, lock, pkg: p('package.json'), crds: p('deploy', 'crds'), proto: p('src', 'daemon', 'proto'), node };
 }
 
 /** sha256 over everything in the project layer (and the base's key): a changed dist/, launcher or lock file changes it. */
 function projectKey(inp, baseKey, tag) {
   const h = crypto.createHash('sha256').update(`format ${FORMAT}\0${baseKey}\0${tag}\0`);
   for (const f of [SELF, ...LIB_MODULES.map((m) => path.join(path.dirname(SELF), 'lib', m))]) h.update(fs.readFileSync(f));
-  for (const f of [inp.launcher, inp.probe, inp.lock, inp.pkg]) h.update(`\0${path.basename(f)}\0`).update(fs.readFileSync(f));
+  for (const f of [inp.launcher, inp.diskWait, inp.probe, inp.lock, inp.pkg]) h.update(`\0${path.basename(f)}\0`).update(fs.readFileSync(f));
   for (const dir of [inp.dist, inp.crds, inp.proto])
     for (const r of listTree(dir)) {
       const f = path.join(dir, r);
@@ -133,11 +137,12 @@ function stage(ctx, inp, modules) {
   put(inp.launcher, IMAGE_PATHS.launcher, 0o755);
   // the daemon's default launcherBinary is native/build/vmlet-launch of its checkout
   fs.symlinkSync(IMAGE_PATHS.launcher, at(`${app}/native/build/vmlet-launch`));
+  put(inp.diskWait, IMAGE_PATHS.diskWait, 0o755);
   put(inp.node, IMAGE_PATHS.node, 0o755);
   fs.writeFileSync(at(IMAGE_PATHS.cli), `#!/bin/sh\nexec ${IMAGE_PATHS.node} ${app}/dist/cli/main.js "$@"\n`, { mode: 0o755 });
 }
 
-/** The commands `checkImage` runs in the image, with what each must print. */
+/** The commands `checkImage` runs in the image, with what each must print (and, where given, its exit code). */
 export const IMAGE_CHECKS = [
   {
     name: 'node with the native and gRPC modules',
@@ -148,6 +153,14 @@ export const IMAGE_CHECKS = [
   { name: 'vmlet version', argv: ['vmlet', 'version'], expect: /\d+\.\d+\.\d+/ },
   { name: 'qemu-system-x86_64 --version', argv: ['qemu-system-x86_64', '--version'], expect: /QEMU emulator version/ },
   { name: 'vmlet-launch prints its usage', argv: [IMAGE_PATHS.launcher], expect: /usage/i },
+  { name: 'vmlet-disk-wait prints its usage', argv: [IMAGE_PATHS.diskWait], expect: /usage: vmlet-disk-wait VOLUME/, exit: 2 },
+  {
+    // what launcher pods' init container runs (src/api/pod-volumes.ts), then the copy as an unknown uid would run it
+    name: "the init container's /bin/cp copies vmlet-disk-wait",
+    argv: ['/bin/sh', '-c', `/bin/cp ${IMAGE_PATHS.diskWait} /tmp/vmlet-disk-wait && exec setpriv --reuid 54321 --regid 54321 --clear-groups /tmp/vmlet-disk-wait Bad_Name`],
+    expect: /usage: vmlet-disk-wait VOLUME/,
+    exit: 2,
+  },
   { name: 'user qemu is 107', argv: ['id', 'qemu'], expect: /uid=107\(qemu\) gid=107\(qemu\)/ },
 ];
 
@@ -166,7 +179,7 @@ export async function checkImage(archive) {
     for (const c of IMAGE_CHECKS) {
       const r = await store.runInStatus(cid, c.argv);
       const output = `${r.stdout}${r.stderr}`;
-      out.push({ name: c.name, code: r.code, output, ok: c.expect.test(output) });
+      out.push({ name: c.name, code: r.code, output, ok: c.expect.test(output) && (c.exit === undefined || c.exit === r.code) });
     }
     return out;
   } finally {
@@ -209,6 +222,7 @@ export async function buildImage(opts = {}) {
   if (upToDate()) return result(false);
   checkLibs(inp.node, base.libs);
   checkLibs(inp.launcher, base.libs);
+  checkLibs(inp.diskWait, base.libs);
   fs.mkdirSync(path.dirname(out), { recursive: true });
   return withDirLock(
     `${out}.lock`,
@@ -235,7 +249,7 @@ export async function buildImage(opts = {}) {
           work: tmp,
           ref,
           out: partial,
-          comment: 'the vmlet project: dist, production node_modules, CRDs, vmlet-launch, node',
+          comment: 'the vmlet project: dist, production node_modules, CRDs, vmlet-launch, vmlet-disk-wait, node',
           config: {
             Entrypoint: [IMAGE_PATHS.cli],
             Cmd: ['--help'],
@@ -246,7 +260,7 @@ export async function buildImage(opts = {}) {
         if (opts.check) {
           const bad = (await checkImage(partial)).filter((c) => !c.ok);
           if (bad.length) throw new ImageBuildError('IMAGE_CHECK_FAILED', bad.map((c) => `${c.name}: exit ${c.code}: ${c.output.trim().split('\n').slice(-3).join(' | ')}`).join('; '));
-          log('checked: node, koffi, gRPC, vmlet, QEMU and vmlet-launch run in the image');
+          log('checked: node, koffi, gRPC, vmlet, QEMU, vmlet-launch, /bin/cp and vmlet-disk-wait run in the image');
         }
         fs.renameSync(partial, out);
         const st = fs.statSync(out);

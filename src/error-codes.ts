@@ -327,12 +327,13 @@ export const ERROR_CODES = {
     meaning: 'an image archive is not a readable OCI or docker archive (truncated, no manifest, a missing blob)',
   },
   IMAGE_DIGEST_MISMATCH: { http: 422, area: 'disk', meaning: 'a blob of an image archive does not match its digest' },
-  IMAGE_NO_DISK: { http: 422, area: 'disk', meaning: 'a containerDisk image has no disk file in /disk/, or more than one' },
+  IMAGE_NO_DISK: { http: 422, area: 'disk', meaning: 'a containerDisk image has no disk file in /disk/, or more than one, or a symlink there' },
   IMAGE_LAYER_UNSUPPORTED: { http: 422, area: 'disk', meaning: 'an image layer is compressed in a way vmlet cannot read (only tar and gzip)' },
   IMAGE_NAME_INVALID: { http: 422, area: 'disk', meaning: 'an image name or reference that is not a valid image reference' },
   IMAGE_NOT_FOUND: { http: 404, area: 'disk', meaning: 'no image of that name or digest in the node image store' },
   IMAGE_IN_USE: { http: 409, area: 'disk', meaning: 'removal of an image that a VMI uses' },
   IMAGE_STORE_FAILED: { http: 500, area: 'disk', meaning: 'the node image store could not read or write its files' },
+  VOLUME_NEEDS_CLUSTER: { http: 422, area: 'disk', meaning: 'a persistentVolumeClaim or ephemeral volume given to a standalone daemon' },
   OVERLAY_FAILED: { http: 500, area: 'disk', meaning: "a VMI's copy-on-write overlay could not be made" },
 } as const satisfies Record<string, ErrorCodeInfo>;
 

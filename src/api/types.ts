@@ -97,6 +97,16 @@ export type DiskIO = 'native' | 'threads';
 export interface ContainerDiskSource {
   /** An image reference: name[:tag][@sha256:…] or sha256:…. */
   image: string;
+  /** Cluster mode: as for any container. */
+  imagePullPolicy?: 'Always' | 'IfNotPresent' | 'Never';
+  /** Cluster mode: a Secret in the VMI's namespace for pulling the image. */
+  imagePullSecret?: string;
+}
+
+/** Cluster mode: a PersistentVolumeClaim in the VMI's namespace. */
+export interface ClaimSource {
+  claimName: string;
+  readOnly?: boolean;
 }
 
 export interface HostDiskSource {
@@ -118,6 +128,9 @@ export interface Volume {
   emptyDisk?: { capacity: Quantity };
   cloudInitNoCloud?: CloudInitNoCloudSource;
   containerDisk?: ContainerDiskSource;
+  persistentVolumeClaim?: ClaimSource;
+  /** The claim is the read-only base of a qcow2 overlay that goes with the VMI. */
+  ephemeral?: { persistentVolumeClaim: ClaimSource };
 }
 
 /** `spec.domain.devices.interfaces[]`: one binding key (masquerade or bridge; the others are refused by name). */
@@ -236,8 +249,19 @@ export interface VolumeStatus {
   format?: ImageFormat;
   /** Virtual size in bytes. */
   size?: number;
-  /** containerDisk: the image's digest in the node image store; the VM writes to a qcow2 overlay of it. */
-  containerDiskVolume?: { image: string; digest: string };
+  /** containerDisk: the image and its digest; the VM writes to a qcow2 overlay of it. */
+  containerDiskVolume?: { image: string; digest?: string };
+  /** A claim (KubeVirt's field), written by the controller once the claim is bound. */
+  persistentVolumeClaimInfo?: PersistentVolumeClaimInfo;
+}
+
+export interface PersistentVolumeClaimInfo {
+  claimName?: string;
+  accessModes?: string[];
+  volumeMode?: 'Filesystem' | 'Block';
+  capacity?: { storage?: string };
+  /** The share of a Filesystem claim kept free (a decimal string, as KubeVirt's). */
+  filesystemOverhead?: string;
 }
 
 /** vmlet extension of the VMI status: how and where QEMU runs. */
@@ -286,7 +310,8 @@ export type PrintableStatus =
   | 'Unknown'
   | 'ErrorUnschedulable'
   | 'ErrImagePull'
-  | 'ErrorPvcNotFound';
+  | 'ErrorPvcNotFound'
+  | 'WaitingForVolumeBinding';
 
 export interface VirtualMachineStatus {
   printableStatus?: PrintableStatus;

@@ -48,6 +48,11 @@ export function isDnsLabel(name: string): boolean {
   return name.length <= 63 && DNS_LABEL_RE.test(name);
 }
 
+/** A DNS-1123 subdomain: dot-separated labels, at most 253 characters (names of most Kubernetes objects). */
+export function isDnsSubdomain(name: string): boolean {
+  return name.length <= 253 && name.split('.').every((part) => isDnsLabel(part));
+}
+
 /** True if `s` contains a control character (including NUL, CR, LF, TAB). */
 export function hasControlChars(s: string): boolean {
   return CONTROL_RE.test(s);
@@ -314,8 +319,19 @@ function checkDisksAndVolumes(spec: LooseSpec, path: string, col: Collector): vo
     if (!isDnsLabel(vol.name)) col.add(`${at}.name`, 'INVALID_NAME', 'must be a DNS-1123 label');
     if (volumeIndex.has(vol.name)) col.add(`${at}.name`, 'DUPLICATE_NAME', `volume name "${vol.name}" is used twice`);
     else volumeIndex.set(vol.name, i);
-    const sources = (['hostDisk', 'emptyDisk', 'cloudInitNoCloud', 'containerDisk'] as const).filter((k) => vol[k] !== undefined);
-    if (sources.length === 0) col.add(at, 'MISSING_FIELD', 'a volume needs one source: containerDisk, hostDisk, emptyDisk or cloudInitNoCloud');
+    const sources = (['hostDisk', 'emptyDisk', 'cloudInitNoCloud', 'containerDisk', 'persistentVolumeClaim', 'ephemeral'] as const).filter(
+      (k) => vol[k] !== undefined,
+    );
+    if (sources.length === 0) {
+      col.add(at, 'MISSING_FIELD', 'a volume needs one source: containerDisk, persistentVolumeClaim, ephemeral, hostDisk, emptyDisk or cloudInitNoCloud');
+    }
+    for (const [claim, field] of [
+      [vol.persistentVolumeClaim, 'persistentVolumeClaim'],
+      [vol.ephemeral?.persistentVolumeClaim, 'ephemeral.persistentVolumeClaim'],
+    ] as const) {
+      if (claim !== undefined && !isDnsSubdomain(claim.claimName))
+        col.add(`${at}.${field}.claimName`, 'INVALID_NAME', 'must be a DNS-1123 subdomain (a PersistentVolumeClaim name)');
+    }
     if (sources.length > 1) col.add(at, 'CONFLICTING_FIELDS', `a volume has exactly one source, found ${sources.join(' and ')}`);
     if (vol.hostDisk !== undefined) {
       checkPath(vol.hostDisk.path, `${at}.hostDisk.path`, col);

@@ -1,5 +1,6 @@
 // The controller's view of the cluster config (ConfigMap vmlet/vmlet-config, key vmlet.yaml): the keys it acts on, read live, the last good version kept.
 import YAML from 'yaml';
+import { DEFAULT_FILESYSTEM_OVERHEAD } from '../api/pod-volumes.js';
 import { isRecord } from '../api/vocabulary.js';
 import { VmletError } from '../errors.js';
 
@@ -11,9 +12,15 @@ export interface ClusterConfig {
   useEmulation: boolean;
   /** Host folders below which `hostDisk` and `kernelBoot` host paths are allowed (none by default). */
   hostPathsAllow: string[];
+  /**
+   * The share of a Filesystem claim kept free for the filesystem itself (KubeVirt's `filesystemOverhead`, in [0, 1)):
+   * the node daemon makes `disk.img` of the claim's capacity less this share. Written into each claim's
+   * `status.volumeStatus[].persistentVolumeClaimInfo.filesystemOverhead` when the VMI is placed.
+   */
+  filesystemOverhead: number;
 }
 
-export const DEFAULT_CLUSTER_CONFIG: ClusterConfig = { useEmulation: false, hostPathsAllow: [] };
+export const DEFAULT_CLUSTER_CONFIG: ClusterConfig = { useEmulation: false, hostPathsAllow: [], filesystemOverhead: DEFAULT_FILESYSTEM_OVERHEAD };
 
 /**
  * Reads the keys the controller acts on from the config document; the node daemons read the same document with
@@ -42,6 +49,16 @@ export function parseClusterConfig(text: string | undefined, source = `ConfigMap
       throw new VmletError('CONFIG_INVALID', `${source}: "hostPaths.allow" must be a list of absolute folder paths`);
     }
     out.hostPathsAllow = allow;
+  }
+  const fo = doc['filesystemOverhead'];
+  if (fo !== undefined && fo !== null) {
+    if (typeof fo !== 'number' || !Number.isFinite(fo) || fo < 0 || fo >= 1) {
+      throw new VmletError(
+        'CONFIG_INVALID',
+        `${source}: "filesystemOverhead" must be a number from 0 up to (not including) 1, the share of a Filesystem claim kept free (e.g. 0.055), got ${JSON.stringify(fo)}`,
+      );
+    }
+    out.filesystemOverhead = fo;
   }
   return out;
 }

@@ -12,6 +12,8 @@ import {
   type V1ConfigMap,
   type V1Lease,
   type V1Node,
+  type V1PersistentVolume,
+  type V1PersistentVolumeClaim,
   type V1Pod,
 } from '@kubernetes/client-node';
 import type { Logger } from 'pino';
@@ -21,12 +23,22 @@ import { CONFIG_MAP_KEY, CONFIG_MAP_NAME, DEFAULT_CLUSTER_CONFIG, parseClusterCo
 import { HEARTBEAT, LAUNCHER_COMPONENT, LAUNCHER_LABELS, NODE_NAME_LABEL, VMLET_NAMESPACE } from './cluster-names.js';
 import { KubeInformer, type InformerEvent } from './kube-informer.js';
 import { decideLauncher } from './launcher-decide.js';
+import type { LauncherClaim } from './launcher-volumes.js';
 import { assignNode, leaseFresh, NodeUsage, podRequests } from './node-assignment.js';
 import type { PlacedVmi } from './placement.js';
 import { VMI_FINALIZER } from './vm-controller.js';
+import { checkClaims, claimStep, claimVolumes, isClaimsCondition } from './volume-claims.js';
 
 /** Renders the launcher pod of a VMI for a node (launcher-pod.ts, with the image and the cluster config bound). */
-export type RenderPod = (input: { vmi: PlacedVmi; nodeName: string; emulation: boolean; suffix: string; config: ClusterConfig }) => V1Pod;
+export type RenderPod = (input: {
+  vmi: PlacedVmi;
+  nodeName: string;
+  emulation: boolean;
+  suffix: string;
+  config: ClusterConfig;
+  /** Volume name → its claim (checked Bound). */
+  claims: Record<string, LauncherClaim>;
+}) => V1Pod;
 
 export interface LauncherControllerOptions {
   kubeConfig: KubeConfig;
@@ -72,6 +84,8 @@ export class LauncherController {
   private pods!: KubeInformer<V1Pod>;
   private nodes!: KubeInformer<V1Node>;
   private leases!: KubeInformer<V1Lease>;
+  private claims!: KubeInformer<V1PersistentVolumeClaim>;
+  private volumes!: KubeInformer<V1PersistentVolume>;
   private config: ClusterConfig = { ...DEFAULT_CLUSTER_CONFIG };
   private running = false;
   private retryTimer: NodeJS.Timeout | undefined;
@@ -119,6 +133,22 @@ export class LauncherController {
       },
       logger,
     });
+    // Claims are watched (not polled): a VMI waiting for one is placed as soon as it is Bound, and the cache
+    // answers every check without a request. PersistentVolumes: for a local volume's node affinity.
+    this.claims = new KubeInformer<V1PersistentVolumeClaim>({
+      kubeConfig,
+      path: '/api/v1/persistentvolumeclaims',
+      list: () => core.listPersistentVolumeClaimForAllNamespaces({}),
+      onChange: (_ev, c) => this.enqueueClaimUsers(c.metadata?.namespace, c.metadata?.name),
+      logger,
+    });
+    this.volumes = new KubeInformer<V1PersistentVolume>({
+      kubeConfig,
+      path: '/api/v1/persistentvolumes',
+      list: () => core.listPersistentVolume({}),
+      onChange: (_ev, v) => this.enqueueClaimUsers(v.spec?.claimRef?.namespace, v.spec?.claimRef?.name),
+      logger,
+    });
     const configs = new KubeInformer<V1ConfigMap>({
       kubeConfig,
       path: `/api/v1/namespaces/${VMLET_NAMESPACE}/configmaps`,
@@ -136,8 +166,8 @@ export class LauncherController {
       },
       logger,
     });
-    this.informers.push(this.pods, this.nodes, this.leases, this.vmis, configs);
-    await Promise.all([this.pods.start(), this.nodes.start(), this.leases.start(), configs.start()]);
+    this.informers.push(this.pods, this.nodes, this.leases, this.claims, this.volumes, this.vmis, configs);
+    await Promise.all([this.pods.start(), this.nodes.start(), this.leases.start(), this.claims.start(), this.volumes.start(), configs.start()]);
     await this.vmis.start();
     // Level-triggered safety net: every VMI again every 30 s (missed events, retries after errors).
     this.retryTimer = setInterval(() => {
@@ -181,9 +211,18 @@ export class LauncherController {
     }
   }
 
-  private vmiList(): Vmi[] {
+  /** The unplaced VMIs of a namespace with a volume on this claim. */
+  private enqueueClaimUsers(ns: string | undefined, claimName: string | undefined): void {
+    if (!this.vmis || ns === undefined || claimName === undefined) return;
+    for (const v of this.vmiList(ns)) {
+      if (v.status?.nodeName || v.metadata.deletionTimestamp) continue;
+      if (claimVolumes(v.spec.volumes).some((c) => c.claimName === claimName)) this.enqueue(key(ns, v.metadata.name));
+    }
+  }
+
+  private vmiList(namespace?: string): Vmi[] {
     const out: Vmi[] = [];
-    for (const o of this.vmis.list()) {
+    for (const o of this.vmis.list(namespace)) {
       const u: unknown = o;
       if (isVmi(u)) out.push(u);
     }
@@ -266,11 +305,31 @@ export class LauncherController {
   private async assign(vmi: Vmi): Promise<void> {
     const suffix = randomBytes(4).toString('hex').slice(0, 5);
     const now = this.o.now();
+    const ns = vmi.metadata.namespace;
+    const check = checkClaims({ namespace: ns, volumes: vmi.spec.volumes, claim: (n) => this.claims.get(n, ns), volume: (n) => this.volumes.get(n) });
+    const step = claimStep({ vmi, check, filesystemOverhead: this.config.filesystemOverhead, now });
+    if (step.action === 'wait') {
+      if (step.status === undefined) return;
+      await this.patchVmi(vmi, { status: step.status }, true);
+      const waiting = step.status.conditions.at(-1);
+      this.o.logger.info({ vmi: key(ns, vmi.metadata.name), reason: waiting?.reason, message: waiting?.message }, 'VMI waits for its claims');
+      return;
+    }
+    const { claims, nodeTerms } = step;
     const tryPlace = (emulation: boolean): { pod: V1Pod; node: string } | { message: string } => {
-      const probe = this.o.renderPod({ vmi, nodeName: '', emulation, suffix, config: this.config });
-      const a = assignNode({ vmi, requests: podRequests(probe), nodes: this.nodes.list(), usage: this.usage, leases: this.leases.list(), emulation, now });
+      const probe = this.o.renderPod({ vmi, nodeName: '', emulation, suffix, config: this.config, claims });
+      const a = assignNode({
+        vmi,
+        requests: podRequests(probe),
+        nodes: this.nodes.list(),
+        usage: this.usage,
+        leases: this.leases.list(),
+        emulation,
+        now,
+        volumeNodeTerms: nodeTerms,
+      });
       if ('unschedulable' in a) return { message: a.unschedulable.message };
-      return { pod: this.o.renderPod({ vmi, nodeName: a.node, emulation, suffix, config: this.config }), node: a.node };
+      return { pod: this.o.renderPod({ vmi, nodeName: a.node, emulation, suffix, config: this.config, claims }), node: a.node };
     };
     let placed = tryPlace(false);
     if ('message' in placed && this.config.useEmulation) placed = tryPlace(true);
@@ -280,10 +339,15 @@ export class LauncherController {
     this.safeUsage(pod);
     this.expected.set(vmi.metadata.uid, pod.metadata!.name!);
     try {
+      let resourceVersion = vmi.metadata.resourceVersion;
+      // The claims' volumeStatus first: the node daemon sizes disk.img from it and sees the VMI only once labelled below.
+      if (step.volumeStatus !== undefined) {
+        resourceVersion = (await this.patchVmi(vmi, { metadata: { resourceVersion }, status: { volumeStatus: step.volumeStatus } }, true)) ?? resourceVersion;
+      }
       // One write before the pod: the finalizer (so the pod never outlives a VMI unnoticed) and the node's label
       // (so the node daemon sees its VMI while the kubelet starts the pod), guarded by the resourceVersion read.
       const finalizers = vmi.metadata.finalizers?.includes(VMI_FINALIZER) ? vmi.metadata.finalizers : [...(vmi.metadata.finalizers ?? []), VMI_FINALIZER];
-      await this.patchVmi(vmi, { metadata: { resourceVersion: vmi.metadata.resourceVersion, finalizers, labels: { [NODE_NAME_LABEL]: node } } });
+      await this.patchVmi(vmi, { metadata: { resourceVersion, finalizers, labels: { [NODE_NAME_LABEL]: node } } });
       await this.o.core.createNamespacedPod({ namespace: vmi.metadata.namespace ?? 'default', body: pod });
     } catch (e) {
       this.usage.removePod(pod);
@@ -297,7 +361,7 @@ export class LauncherController {
         status: {
           phase: 'Scheduled',
           nodeName: node,
-          conditions: this.withCondition(vmi, { type: 'PodScheduled', status: 'True', lastTransitionTime: at }),
+          conditions: this.withCondition(vmi, { type: 'PodScheduled', status: 'True', lastTransitionTime: at }, true),
           phaseTransitionTimestamps: [...(vmi.status?.phaseTransitionTimestamps ?? []), { phase: 'Scheduled', phaseTransitionTimestamp: at }],
         },
       },
@@ -308,14 +372,14 @@ export class LauncherController {
 
   private async unschedulable(vmi: Vmi, message: string): Promise<void> {
     const cond = vmi.status?.conditions?.find((c) => c.type === 'PodScheduled');
-    if (cond?.status === 'False' && cond.message === message) return;
+    if (cond?.status === 'False' && cond.message === message && !vmi.status?.conditions?.some(isClaimsCondition)) return;
     const at = new Date(this.o.now()).toISOString();
     await this.patchVmi(
       vmi,
       {
         status: {
           phase: 'Pending',
-          conditions: this.withCondition(vmi, { type: 'PodScheduled', status: 'False', reason: 'Unschedulable', message, lastTransitionTime: at }),
+          conditions: this.withCondition(vmi, { type: 'PodScheduled', status: 'False', reason: 'Unschedulable', message, lastTransitionTime: at }, true),
         },
       },
       true,
@@ -342,17 +406,21 @@ export class LauncherController {
     this.o.logger.warn({ vmi: key(vmi.metadata.namespace ?? '', vmi.metadata.name), reason, message }, 'VMI failed');
   }
 
-  private withCondition(vmi: Vmi, c: Condition): Condition[] {
-    return [...(vmi.status?.conditions ?? []).filter((x) => x.type !== c.type), c];
+  /** The VMI's conditions with `c` in place of its type's; `claimsReady` also drops a condition of claims not ready (volume-claims.ts). */
+  private withCondition(vmi: Vmi, c: Condition, claimsReady = false): Condition[] {
+    return [...(vmi.status?.conditions ?? []).filter((x) => x.type !== c.type && !(claimsReady && isClaimsCondition(x))), c];
   }
 
-  private async patchVmi(vmi: Vmi, body: object, status = false): Promise<void> {
+  /** Merge-patches the VMI (or its status); the new resourceVersion, or undefined when the VMI is gone. */
+  private async patchVmi(vmi: Vmi, body: object, status = false): Promise<string | undefined> {
     const { group, version, custom } = this.o;
     const req = { group, version, plural: 'virtualmachineinstances', namespace: vmi.metadata.namespace ?? 'default', name: vmi.metadata.name, body };
     try {
-      await (status ? custom.patchNamespacedCustomObjectStatus(req, MERGE) : custom.patchNamespacedCustomObject(req, MERGE));
+      const res: unknown = await (status ? custom.patchNamespacedCustomObjectStatus(req, MERGE) : custom.patchNamespacedCustomObject(req, MERGE));
+      const meta = isRecord(res) && isRecord(res['metadata']) ? res['metadata'] : undefined;
+      return typeof meta?.['resourceVersion'] === 'string' ? meta['resourceVersion'] : undefined;
     } catch (e) {
-      if (httpCode(e) === 404) return; // gone meanwhile
+      if (httpCode(e) === 404) return undefined; // gone meanwhile
       throw e;
     }
   }

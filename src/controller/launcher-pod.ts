@@ -1,4 +1,4 @@
-// Renders a VMI's launcher pod (docs/cluster-mode.md, "The launcher pod") as pure data: name, labels, owner, node, security context, resources and volumes.
+// Renders a VMI's launcher pod (docs/cluster-mode.md, "The launcher pod") as pure data: name, labels, owner, node, security context, resources, volumes and disk containers.
 import { posix } from 'node:path';
 import type { V1Container, V1Pod, V1Volume, V1VolumeMount } from '@kubernetes/client-node';
 import { OVERHEAD_ANNOTATION, memoryOverhead } from '../api/overhead.js';
@@ -6,6 +6,7 @@ import { formatBytes, parseQuantity } from '../api/quantity.js';
 import type { Quantity } from '../api/types.js';
 import { VmletError } from '../errors.js';
 import { KVM_RESOURCE, LAUNCHER_COMPONENT, LAUNCHER_LABELS } from './cluster-names.js';
+import { diskParts, dnsLabelPart, restrictedSecurityContext, type LauncherClaim, type PullPolicy } from './launcher-volumes.js';
 import type { PlacedVmi } from './placement.js';
 
 export const LAUNCHER = {
@@ -33,23 +34,17 @@ export interface LauncherPodInput {
   /** 5 lowercase letters or digits, random, chosen by the caller (keeps this pure). */
   nameSuffix: string;
   image: string;
-  imagePullPolicy?: 'Always' | 'IfNotPresent' | 'Never';
+  imagePullPolicy?: PullPolicy;
   /** The VMI runs under software emulation: no KVM device, TCG's memory overhead. */
   emulation?: boolean;
   /** Host folders below which hostDisk and kernelBoot paths may be mounted (the cluster config's hostPaths.allow). */
   hostPathsAllow?: readonly string[];
+  /** Volume name → its PersistentVolumeClaim, for every persistentVolumeClaim and ephemeral volume (the controller reads them first). */
+  claims?: Readonly<Record<string, LauncherClaim>>;
 }
 
 const SUFFIX_RE = /^[a-z0-9]{5}$/;
 const MAX_NAME = 63;
-
-/** Lowercase, letters, digits and `-` only, without a leading or trailing `-`. */
-function dnsLabelPart(s: string): string {
-  return s
-    .toLowerCase()
-    .replace(/[^a-z0-9-]/g, '-')
-    .replace(/^-+|-+$/g, '');
-}
 
 /** `vmlet-launcher-<vmi name>-<suffix>`, the VMI name cut (and dots made dashes) so the whole is a DNS label of at most 63 characters. */
 export function launcherPodName(vmiName: string, suffix: string): string {
@@ -188,7 +183,10 @@ export function hostPathMounts(vmi: PlacedVmi, allow: readonly string[]): HostMo
   return out;
 }
 
-/** The launcher pod of a VMI, per docs/cluster-mode.md. Throws LAUNCHER_POD_BAD_INPUT, INVALID_QUANTITY or HOST_PATH_NOT_ALLOWED. */
+/**
+ * The launcher pod of a VMI, per docs/cluster-mode.md: `compute` is always containers[0] (the node daemon relies on
+ * it), the containerDisk containers follow. Throws LAUNCHER_POD_BAD_INPUT, INVALID_QUANTITY or HOST_PATH_NOT_ALLOWED.
+ */
 export function renderLauncherPod(input: LauncherPodInput): V1Pod {
   const { vmi } = input;
   const meta = vmi.metadata;
@@ -202,16 +200,25 @@ export function renderLauncherPod(input: LauncherPodInput): V1Pod {
   const requests: Record<string, string> = { cpu: cpu.request, memory, ...kvm };
   const limits: Record<string, string> = { ...(cpu.limit !== undefined ? { cpu: cpu.limit } : {}), memory, ...kvm };
   const host = hostPathMounts(vmi, input.hostPathsAllow ?? []);
+  const imagePullPolicy = input.imagePullPolicy ?? 'IfNotPresent';
+  const disks = diskParts({
+    volumes: vmi.spec.volumes ?? [],
+    image: input.image,
+    imagePullPolicy,
+    claims: input.claims ?? {},
+    takenVolumeNames: new Set([LAUNCHER.runVolume, ...host.volumes.map((v) => v.name)]),
+  });
   const { nodeSelector, affinity, tolerations } = vmi.spec;
   const compute: V1Container = {
     name: LAUNCHER.container,
     image: input.image,
-    imagePullPolicy: input.imagePullPolicy ?? 'IfNotPresent',
+    imagePullPolicy,
     command: [LAUNCHER.command],
     args: ['--uid', uid, '--socket', LAUNCHER.socket, '--run-dir', LAUNCHER.runDir, '--linger', String(LAUNCHER.lingerSeconds)],
-    securityContext: { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] }, runAsNonRoot: true },
+    securityContext: restrictedSecurityContext(),
     resources: { requests, limits },
-    volumeMounts: [{ name: LAUNCHER.runVolume, mountPath: LAUNCHER.runDir }, ...host.mounts],
+    volumeMounts: [{ name: LAUNCHER.runVolume, mountPath: LAUNCHER.runDir }, ...host.mounts, ...disks.computeMounts],
+    ...(disks.computeDevices.length > 0 ? { volumeDevices: disks.computeDevices } : {}),
   };
   return {
     apiVersion: 'v1',
@@ -244,8 +251,10 @@ export function renderLauncherPod(input: LauncherPodInput): V1Pod {
       restartPolicy: 'Never',
       hostname: launcherHostname(meta.name),
       terminationGracePeriodSeconds: (vmi.spec.terminationGracePeriodSeconds ?? LAUNCHER.defaultGraceSeconds) + LAUNCHER.extraGraceSeconds,
-      containers: [compute],
-      volumes: [{ name: LAUNCHER.runVolume, emptyDir: {} }, ...host.volumes],
+      ...(disks.imagePullSecrets.length > 0 ? { imagePullSecrets: disks.imagePullSecrets } : {}),
+      ...(disks.initContainers.length > 0 ? { initContainers: disks.initContainers } : {}),
+      containers: [compute, ...disks.containers],
+      volumes: [{ name: LAUNCHER.runVolume, emptyDir: {} }, ...host.volumes, ...disks.volumes],
     },
   };
 }

@@ -173,7 +173,7 @@ export async function runController(o: ControllerRunOptions): Promise<RunningCon
       group,
       version,
       logger: log.child({ part: 'launcher-controller' }),
-      renderPod: ({ vmi, nodeName, emulation, suffix, config }) => {
+      renderPod: ({ vmi, nodeName, emulation, suffix, config, claims }) => {
         const pod = renderLauncherPod({
           vmi,
           nodeName,
@@ -181,6 +181,7 @@ export async function runController(o: ControllerRunOptions): Promise<RunningCon
           image,
           emulation,
           hostPathsAllow: config.hostPathsAllow,
+          claims,
           ...(pullPolicy ? { imagePullPolicy: pullPolicy } : {}),
         });
         // The owner is the served group's VMI (the API types name vmlet.io's), or the garbage collector would delete the pod.

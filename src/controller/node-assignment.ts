@@ -12,6 +12,7 @@ export const REASONS = {
   notReady: 'node(s) were not ready',
   cordoned: 'node(s) were unschedulable',
   affinity: "node(s) didn't match Pod's node affinity/selector",
+  volumeAffinity: 'node(s) had volume node affinity conflict',
   taint: 'node(s) had untolerated taint', // followed by " {key: value}"
   notVmlet: `node(s) were not vmlet nodes (no label ${SCHEDULABLE_LABEL}=true)`,
   noHeartbeat: 'node(s) had no vmlet heartbeat',
@@ -37,6 +38,8 @@ export interface AssignNodeInput {
   /** The VMI runs under software emulation: no KVM needed. */
   emulation: boolean;
   now: number | Date;
+  /** The required node affinity of each PersistentVolume the VMI's claims are bound to (local volumes): a node matches one term of each. */
+  volumeNodeTerms?: ReadonlyArray<readonly V1NodeSelectorTerm[]>;
 }
 
 export type Assignment = { node: string } | { unschedulable: { message: string; reasons: Record<string, number> } };
@@ -181,9 +184,10 @@ function firstFailure(input: AssignNodeInput, p: Placement, node: V1Node, heartb
   // As kube-scheduler: a cordoned node still takes pods that tolerate its unschedulable taint.
   if (node.spec?.unschedulable === true && untoleratedTaint([UNSCHEDULABLE_TAINT], tolerations) !== undefined) return REASONS.cordoned;
   if (!matchesPlacement(p, node)) return REASONS.affinity;
+  const labels = node.metadata?.labels ?? {};
+  if ((input.volumeNodeTerms ?? []).some((terms) => !terms.some((term) => matchesTerm(term, labels, name)))) return REASONS.volumeAffinity;
   const taint = untoleratedTaint(f.taints, tolerations);
   if (taint !== undefined) return taintText(taint);
-  const labels = node.metadata?.labels ?? {};
   if (labels[SCHEDULABLE_LABEL] !== 'true') return REASONS.notVmlet;
   if (!leaseFresh(heartbeats.get(heartbeatLeaseName(name)), nowMs)) return REASONS.noHeartbeat;
   if (!input.emulation && labels[KVM_LABEL] !== 'true') return REASONS.noKvm;

@@ -14,6 +14,8 @@ export interface VmiView {
   runningSince?: number;
   /** It waits for a containerDisk image that the node does not have (condition ImageAvailable=False). */
   imageMissing?: boolean;
+  /** It waits for a claim: missing (FailedPvcNotFound) or not bound yet (PVCNotReady), from the Synchronized condition. */
+  claimWait?: 'missing' | 'unbound';
 }
 
 /** KubeVirt's status.startFailure: consecutive failures and when the next try may start. */
@@ -86,6 +88,8 @@ export function printableStatus(input: DecideInput): PrintableStatus {
   switch (vmi.phase) {
     case 'Pending':
     case 'Scheduled':
+      if (vmi.claimWait === 'missing') return 'ErrorPvcNotFound';
+      if (vmi.claimWait === 'unbound') return 'WaitingForVolumeBinding';
       return vmi.imageMissing ? 'ErrImagePull' : 'Starting';
     case 'Running':
       return vmi.paused ? 'Paused' : 'Running';

@@ -304,5 +304,8 @@ export function vmiView(vmi: VirtualMachineInstance): VmiView {
   };
   if (running) view.runningSince = Date.parse(running.phaseTransitionTimestamp);
   if (vmi.status?.conditions?.some((c) => c.type === 'ImageAvailable' && c.status === 'False')) view.imageMissing = true;
+  const sync = vmi.status?.conditions?.find((c) => c.type === 'Synchronized' && c.status === 'False');
+  if (sync?.reason === 'FailedPvcNotFound') view.claimWait = 'missing';
+  else if (sync?.reason === 'PVCNotReady') view.claimWait = 'unbound';
   return view;
 }

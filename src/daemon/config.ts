@@ -1,4 +1,5 @@
 // The daemon's configuration: defaults, the YAML config file, then command-line flags, checked into one typed object.
+import { DEFAULT_FILESYSTEM_OVERHEAD } from '../api/pod-volumes.js';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -54,6 +55,8 @@ export interface DaemonConfig {
   kubeconfig?: string;
   /** Host folders below which hostDisk and kernelBoot host paths are allowed (cluster config; empty: none). */
   hostPaths: { allow: string[] };
+  /** Cluster config (read by the controller, which records it per claim in the VMI's status): the share of a Filesystem claim kept free. */
+  filesystemOverhead: number;
   /** Kubernetes mode: the group/version of the VMIs served, `vmlet.io/v1alpha1` or `kubevirt.io/v1` (kubevirt-compat); $VMLET_API_GROUP wins. */
   apiGroup: string;
 }
@@ -131,6 +134,7 @@ const keys: Record<keyof DaemonConfig, KeyType> = {
   kubeconfig: 'string',
   hostPaths: 'object',
   apiGroup: 'string',
+  filesystemOverhead: 'number',
 };
 
 const networkKeys: Record<keyof NetworkConfig, KeyType> = {
@@ -220,6 +224,7 @@ export function defaultConfig(repoRoot: string): DaemonConfig {
     devicePluginDir: '/var/lib/kubelet/device-plugins',
     hostPaths: { allow: [] },
     apiGroup: API_GROUPS[0],
+    filesystemOverhead: DEFAULT_FILESYSTEM_OVERHEAD,
   };
 }
 
@@ -237,6 +242,9 @@ export function mergeConfig(base: DaemonConfig, doc: unknown, source: string): D
   }
   cfg.hostPaths = { allow: allow as string[] };
   parseApiGroup(cfg.apiGroup, source);
+  if (!(cfg.filesystemOverhead >= 0 && cfg.filesystemOverhead < 1)) {
+    throw new VmletError('CONFIG_INVALID', `${source}: filesystemOverhead must be a number from 0 up to (not including) 1, got ${cfg.filesystemOverhead}`);
+  }
   if (!LOG_FORMATS.includes(cfg.logFormat)) throw new VmletError('CONFIG_INVALID', `${source}: logFormat must be json, text or auto`);
   if (!Number.isInteger(cfg.kvmProbeDeadlineMs) || cfg.kvmProbeDeadlineMs < 50 || cfg.kvmProbeDeadlineMs > 60_000) {
     throw new VmletError('CONFIG_INVALID', `${source}: kvmProbeDeadlineMs must be a whole number of milliseconds from 50 to 60000`);

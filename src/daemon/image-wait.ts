@@ -21,6 +21,7 @@ export function waitingForImages(prepare: Prepare, o: ImageWaitOptions): Prepare
   const now = o.now ?? (() => new Date().toISOString());
   return async (vmi, runDir, at = {}) => {
     let waited = false;
+    let said: string | undefined;
     for (;;) {
       // Subscribed before the attempt, so an import that lands during it is not missed.
       let changed!: () => void;
@@ -32,9 +33,13 @@ export function waitingForImages(prepare: Prepare, o: ImageWaitOptions): Prepare
         return prepared;
       } catch (e) {
         if (!isVmletError(e, 'IMAGE_NOT_FOUND')) throw e;
-        if (!waited) o.logger.warn({ err: e }, 'waiting for a containerDisk image');
+        // Written when it changes only: in a cluster the store is looked at every second.
+        if (e.message !== said) {
+          if (!waited) o.logger.warn({ err: e }, 'waiting for a containerDisk image');
+          await o.writeStatus((s) => withCondition(s, 'ImageAvailable', false, now(), 'ImageNotFound', e.message));
+          said = e.message;
+        }
         waited = true;
-        await o.writeStatus((s) => withCondition(s, 'ImageAvailable', false, now(), 'ImageNotFound', e.message));
         await untilChangedOrAborted(change, at.signal, e);
       } finally {
         unsubscribe();

@@ -161,6 +161,11 @@ export async function startKubeDaemon(config: DaemonConfig, caps: QemuCaps, logg
     launcherBinary: config.launcherBinary,
     launcherSocket,
     prepare,
+    // A containerDisk container that is still pulling its image: look again every second.
+    onImagesChanged: (listener) => {
+      const timer = setInterval(listener, 1000);
+      return () => clearInterval(timer);
+    },
     logger: logger.child({ component: 'node' }),
     pods: launchers,
     releaseFinalizer: false,

@@ -97,9 +97,11 @@ export class KubeNodeSource implements NodeSource {
     const prev = this.writes.get(k) ?? Promise.resolve();
     const write = prev.catch(() => undefined).then(() => this.retrying(() => this.o.source.updateStatus(kind, ns, name, mutate)));
     this.writes.set(k, write);
-    void write.finally(() => {
+    const done = (): void => {
       if (this.writes.get(k) === write) this.writes.delete(k);
-    });
+    };
+    // Both ways: a failed write reaches its caller through the race below, not as an unhandled rejection here.
+    write.then(done, done);
     const hold = this.o.holdMs ?? 2000;
     const placeholder = (): KubeObject<K> => {
       const cached = kind === 'VirtualMachineInstance' ? this.cache.get(key(ns, name)) : undefined;

@@ -67,6 +67,20 @@ export class LocalBackend implements Backend {
   /** Schema and semantic checks, then the node's own: what the network sandbox would refuse is refused before anything is stored. */
   private validate(kind: Kind, body: unknown, namespace: string): VirtualMachine | VirtualMachineInstance {
     const obj = kind === 'VirtualMachine' ? validateVM(withNamespace(body, namespace)) : validateVMI(withNamespace(body, namespace));
+    const volumes = (obj.kind === 'VirtualMachine' ? obj.spec.template.spec : obj.spec).volumes ?? [];
+    const at = obj.kind === 'VirtualMachine' ? 'spec.template.spec.volumes' : 'spec.volumes';
+    const claims = volumes.flatMap((v, i) =>
+      v.persistentVolumeClaim !== undefined || v.ephemeral !== undefined
+        ? [
+            {
+              field: `${at}[${i}]`,
+              code: 'VOLUME_NEEDS_CLUSTER' as const,
+              message: `volume "${v.name}": claims are Kubernetes objects; a standalone daemon uses containerDisk or hostDisk`,
+            },
+          ]
+        : [],
+    );
+    if (claims.length > 0) throw new ValidationError(`${kind} "${namespace}/${obj.metadata.name}"`, claims);
     const network = this.opts.network;
     if (network) {
       const spec = obj.kind === 'VirtualMachine' ? obj.spec.template.spec : obj.spec;

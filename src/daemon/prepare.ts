@@ -1,6 +1,6 @@
 // Makes what a VMI's QEMU needs before it starts: the accelerator choice, its volume files, and its argv.
 import { execFile } from 'node:child_process';
-import { open as openCb } from 'node:fs';
+import { constants, open as openCb } from 'node:fs';
 import fs from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -14,6 +14,7 @@ import { createOverlay } from '../disk/qcow2-overlay.js';
 import type { FormatRecords } from '../disk/format-records.js';
 import { closeFds } from '../sys/libc.js';
 import { volumeStatuses } from './volume-status.js';
+import { claimDisk, containerDiskImage } from './pod-disks.js';
 import type { PodVmNetwork } from './kube-vm-network.js';
 import type { PreparedLaunch } from './supervisor.js';
 import type { PrepareContext } from './supervisor-deps.js';
@@ -51,7 +52,7 @@ export interface PrepareOptions {
    * through the `runDir` it is given); files made there are given to `owner` (the pod's uid); the NICs are
    * built in the pod's netns.
    */
-  pod?: { qemuRunDir: string; owner: { uid: number; gid: number }; network?: PodVmNetwork };
+  pod?: { qemuRunDir: string; owner: { uid: number; gid: number }; network?: PodVmNetwork; procRoot?: string };
   /** The node image store that containerDisk volumes come from (standalone). */
   images?: ImageLookup;
   /** Where the format of each hostDisk is recorded on first sight; absent: hostDisks are raw. */
@@ -111,25 +112,38 @@ async function makeFile(f: PreparedFile, genisoimage: string): Promise<boolean> 
   }
 }
 
-/** Each containerDisk volume's image, from the node image store. Throws IMAGE_NOT_FOUND (a VMI waits for it) or PREPARE_FAILED. */
-function resolveImages(vmi: VirtualMachineInstance, images: ImageLookup | undefined): Record<string, ResolvedImage> {
-  const out: Record<string, ResolvedImage> = {};
+/** Each containerDisk's image and each claim's disk: from the node image store (standalone) or the launcher pod (cluster). */
+async function resolveSources(
+  vmi: VirtualMachineInstance,
+  opts: PrepareOptions,
+  at: PrepareContext,
+): Promise<{ images: Record<string, ResolvedImage>; claims: Record<string, ResolvedImage> }> {
+  const images: Record<string, ResolvedImage> = {};
+  const claims: Record<string, ResolvedImage> = {};
+  const pod = opts.pod;
+  const inPod = pod && at.launcherPid !== undefined ? { o: { procRoot: pod.procRoot ?? '/proc', owner: pod.owner }, pid: at.launcherPid } : undefined;
   for (const vol of vmi.spec.volumes ?? []) {
-    if (vol.containerDisk === undefined) continue;
-    const ref = vol.containerDisk.image;
-    if (images === undefined) {
-      throw new VmletError('PREPARE_FAILED', `containerDisk ${vol.name}: this daemon has no image store (containerDisk in cluster mode is not built yet)`);
+    if (vol.containerDisk !== undefined) {
+      images[vol.name] = inPod ? await containerDiskImage(inPod.o, vmi, vol, inPod.pid) : storeImage(vol.name, vol.containerDisk.image, opts.images);
+    } else if (inPod && (vol.persistentVolumeClaim !== undefined || vol.ephemeral !== undefined)) {
+      const readOnly = vol.ephemeral !== undefined || vol.persistentVolumeClaim?.readOnly === true;
+      claims[vol.name] = await claimDisk(inPod.o, vmi, vol, inPod.pid, readOnly);
     }
-    const rec = images.resolve(ref);
-    if (rec === undefined) {
-      throw new VmletError(
-        'IMAGE_NOT_FOUND',
-        `containerDisk ${vol.name}: no image ${ref} in the node image store; import it with "vmlet image import FILE --name ${ref}"`,
-      );
-    }
-    out[vol.name] = { file: { path: rec.path }, format: rec.format, virtualSize: rec.virtualSize, digest: rec.digest };
   }
-  return out;
+  return { images, claims };
+}
+
+/** A containerDisk's image from the node image store; IMAGE_NOT_FOUND (the VMI waits for it) when it is not there. */
+function storeImage(volume: string, ref: string, images: ImageLookup | undefined): ResolvedImage {
+  if (images === undefined) throw new VmletError('PREPARE_FAILED', `containerDisk ${volume}: this daemon has no image store`);
+  const rec = images.resolve(ref);
+  if (rec === undefined) {
+    throw new VmletError(
+      'IMAGE_NOT_FOUND',
+      `containerDisk ${volume}: no image ${ref} in the node image store; import it with "vmlet image import FILE --name ${ref}"`,
+    );
+  }
+  return { file: { path: rec.path }, format: rec.format, virtualSize: rec.virtualSize, digest: rec.digest };
 }
 
 /**
@@ -139,11 +153,12 @@ function resolveImages(vmi: VirtualMachineInstance, images: ImageLookup | undefi
 async function openImages(volumes: Record<string, ResolvedVolume>, fdBase: number): Promise<number[]> {
   const fds: number[] = [];
   const byPath = new Map<string, number>();
-  const viaFd = async (file: ResolvedVolume['file']): Promise<ResolvedVolume['file']> => {
+  const viaFd = async (file: ResolvedVolume['file'], write = false): Promise<ResolvedVolume['file']> => {
     if (!('path' in file)) return file;
     let n = byPath.get(file.path);
     if (n === undefined) {
-      fds.push(await openFd(file.path, 'r'));
+      // O_NOFOLLOW: a path through /proc/PID/root must not end in a symlink (it would resolve on the node).
+      fds.push(await openFd(file.path, (write ? constants.O_RDWR : constants.O_RDONLY) | constants.O_NOFOLLOW));
       n = fdBase + fds.length - 1;
       byPath.set(file.path, n);
     }
@@ -152,7 +167,7 @@ async function openImages(volumes: Record<string, ResolvedVolume>, fdBase: numbe
   try {
     for (const v of Object.values(volumes)) {
       if (v.backing !== undefined) v.backing = { ...v.backing, file: await viaFd(v.backing.file) };
-      else if (v.imageDigest !== undefined) v.file = await viaFd(v.file);
+      else if (v.byFd === true) v.file = await viaFd(v.file, !v.readOnly);
     }
   } catch (e) {
     closeFds(fds);
@@ -169,8 +184,8 @@ export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance,
     const pod = opts.pod;
     // Paths as QEMU sees them; the daemon makes the files through its own view of the same folder.
     const qemuRunDir = pod?.qemuRunDir ?? runDir;
-    const images = resolveImages(vmi, opts.images);
-    const plan = planVolumes(vmi, qemuRunDir, { ...(caps.ovmf ? { ovmf: caps.ovmf } : {}), images });
+    const { images, claims } = await resolveSources(vmi, opts, at);
+    const plan = planVolumes(vmi, qemuRunDir, { ...(caps.ovmf ? { ovmf: caps.ovmf } : {}), images, claims });
     for (const f of plan.files) {
       const inRunDir = f.path.startsWith(`${qemuRunDir}/`);
       const file = pod && inRunDir ? { ...f, path: path.join(runDir, path.relative(qemuRunDir, f.path)) } : f;

@@ -1,6 +1,7 @@
 // Pure: the status writes of a supervisor (launch, re-adoption, Running, the end, and the core's status edits) as functions of the status they change.
 import type { VirtualMachineInstanceStatus } from '../api/types.js';
 import type { FinalOutcome, PreparedLaunch, StatusEdit } from './supervisor-core.js';
+import { mergeVolumeStatus } from './volume-status.js';
 import { withCondition, withInterfaces, withPhase, withRuntime } from './vmi-status.js';
 import type { Accel } from '../api/vocabulary.js';
 
@@ -29,7 +30,7 @@ export function launchedStatus(s: VirtualMachineInstanceStatus, prepared: Prepar
     softwareEmulation: prepared.softwareEmulation,
   });
   out = withInterfaces(out, prepared.interfaces);
-  if (prepared.volumeStatus !== undefined) out = { ...out, volumeStatus: prepared.volumeStatus };
+  if (prepared.volumeStatus !== undefined) out = { ...out, volumeStatus: mergeVolumeStatus(out.volumeStatus, prepared.volumeStatus) };
   if (prepared.softwareEmulation) {
     const c = emulationCondition(prepared);
     out = withCondition(out, 'SoftwareEmulation', true, now, c.reason, c.message);

@@ -14,6 +14,11 @@ function deviceName(prefix: string, n: number): string {
   return prefix + name;
 }
 
+/** `next` over `prev`, entry by entry: what the controller recorded (a claim's info) stays. */
+export function mergeVolumeStatus(prev: readonly VolumeStatus[] | undefined, next: readonly VolumeStatus[]): VolumeStatus[] {
+  return next.map((n) => ({ ...prev?.find((p) => p.name === n.name), ...n }));
+}
+
 /** One entry per disk, in the disks' order. */
 export function volumeStatuses(vmi: VirtualMachineInstance, volumes: Record<string, ResolvedVolume>): VolumeStatus[] {
   const counts = { vd: 0, sd: 0 };
@@ -27,7 +32,7 @@ export function volumeStatuses(vmi: VirtualMachineInstance, volumes: Record<stri
     const entry: VolumeStatus = { name: disk.name, target, format: v.backing?.format ?? v.format };
     if (v.virtualSize !== undefined) entry.size = v.virtualSize;
     const image = images.get(disk.name);
-    if (image !== undefined && v.imageDigest !== undefined) entry.containerDiskVolume = { image, digest: v.imageDigest };
+    if (image !== undefined) entry.containerDiskVolume = v.imageDigest ? { image, digest: v.imageDigest } : { image };
     out.push(entry);
   }
   return out;

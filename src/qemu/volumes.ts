@@ -20,8 +20,10 @@ export interface ResolvedVolume {
   readOnly: boolean;
   /** A copy-on-write overlay: `file` is vmlet's qcow2 overlay, `backing` its base, always opened read-only. */
   backing?: { file: ImageFile; format: ImageFormat };
-  /** A containerDisk: the store image's digest (its file is `backing`, or `file` itself when read-only). */
+  /** A containerDisk: the store image's digest (its file is `backing`, or `file` itself when read-only); '' when unknown. */
   imageDigest?: string;
+  /** The daemon opens `file` itself and hands QEMU the fd (a store image, a claim's disk); a `backing` always goes by fd. */
+  byFd?: boolean;
   /** Bytes the guest sees, when known before launch. */
   virtualSize?: number;
 }
@@ -89,7 +91,11 @@ function text(s: string | undefined, b64: string | undefined): Buffer | undefine
  * for a read-only disk. Expects a validated VMI. Throws FIRMWARE_UNAVAILABLE if the VMI wants EFI
  * and no OVMF paths are given, MISSING_VOLUME for a containerDisk without a resolved image.
  */
-export function planVolumes(vmi: VirtualMachineInstance, runDir: string, opts: { ovmf?: OvmfPaths; images?: Record<string, ResolvedImage> } = {}): VolumePlan {
+export function planVolumes(
+  vmi: VirtualMachineInstance,
+  runDir: string,
+  opts: { ovmf?: OvmfPaths; images?: Record<string, ResolvedImage>; claims?: Record<string, ResolvedImage> } = {},
+): VolumePlan {
   const volumes: Record<string, ResolvedVolume> = {};
   const files: PreparedFile[] = [];
   const { name, namespace } = vmi.metadata;
@@ -127,12 +133,29 @@ export function planVolumes(vmi: VirtualMachineInstance, runDir: string, opts: {
       const disk = disks.find((d) => d.name === vol.name);
       if (disk !== undefined && diskKind(disk).readonly) {
         // Nothing writes: the base itself, read-only, with no overlay.
-        volumes[vol.name] = { file: image.file, format: image.format, readOnly: true, imageDigest: image.digest, virtualSize: image.virtualSize };
+        volumes[vol.name] = { file: image.file, format: image.format, readOnly: true, imageDigest: image.digest, virtualSize: image.virtualSize, byFd: true };
       } else {
         const path = posix.join(runDir, `overlay-${vol.name}.qcow2`);
         const backing = { file: image.file, format: image.format };
         volumes[vol.name] = { file: { path }, format: 'qcow2', readOnly: false, backing, imageDigest: image.digest, virtualSize: image.virtualSize };
         files.push({ kind: 'overlay', volume: vol.name, path, base: image });
+      }
+    } else if (vol.persistentVolumeClaim !== undefined || vol.ephemeral !== undefined) {
+      const claim = opts.claims?.[vol.name];
+      if (claim === undefined) throw new VmletError('VOLUME_NEEDS_CLUSTER', `volume "${vol.name}": a claim needs a cluster (and its launcher pod)`);
+      if (vol.ephemeral !== undefined) {
+        const path = posix.join(runDir, `overlay-${vol.name}.qcow2`);
+        volumes[vol.name] = {
+          file: { path },
+          format: 'qcow2',
+          readOnly: false,
+          backing: { file: claim.file, format: claim.format },
+          virtualSize: claim.virtualSize,
+        };
+        files.push({ kind: 'overlay', volume: vol.name, path, base: claim });
+      } else {
+        const readOnly = vol.persistentVolumeClaim?.readOnly === true;
+        volumes[vol.name] = { file: claim.file, format: claim.format, readOnly, virtualSize: claim.virtualSize, byFd: true };
       }
     } else {
       throw new VmletError('INVALID_FIELD', `volume "${vol.name}" has no supported source`);

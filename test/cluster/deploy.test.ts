@@ -1,11 +1,14 @@
 // vmlet's image and deploy/ on the test cluster: the image runs its tools in a pod, every overlay passes a server-side dry run, a real deploy turns Ready and runs VMs (admission, a daemon pod and the leading controller deleted, KubeVirt's kinds through the compat overlay), and undeploy leaves nothing.
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { clusterSkipReason, REPO_ROOT, testCluster } from '../support/cluster.js';
 import { deploy, kubevirtConflict, leftovers, notReady, undeploy } from '../support/cluster/deploy.js';
 import { run, waitFor } from '../support/cluster/exec.js';
+import { importContainerDiskImage } from '../support/cluster/container-disk.js';
+import { testDiskImage } from '../support/container-disk.js';
 import { which } from '../support/which.js';
 
 const NS = `h4-deploy-test-${randomBytes(3).toString('hex')}`;
@@ -33,6 +36,7 @@ const CHECKS: Array<{ name: string; command: string[]; exit: number; expect: Reg
   { name: 'version', command: ['vmlet', 'version'], exit: 1, expect: /^(?=[\s\S]*Client: +vmlet \d+\.\d+\.\d+)(?=[\s\S]*DAEMON_UNREACHABLE)/ },
   { name: 'qemu', command: ['qemu-system-x86_64', '--version'], exit: 0, expect: /QEMU emulator version 7\./ },
   { name: 'launch', command: ['/usr/libexec/vmlet/vmlet-launch'], exit: 120, expect: /usage: vmlet-launch --uid UID/ },
+  { name: 'disk-wait', command: ['/usr/libexec/vmlet/vmlet-disk-wait'], exit: 2, expect: /usage: vmlet-disk-wait VOLUME/ },
   {
     name: 'node',
     command: ['node', '--input-type=module', '-e', "await import('koffi'); await import('@grpc/grpc-js'); console.log(process.version)"],
@@ -191,6 +195,24 @@ t.test('deploy, Ready, VMs run, undeploy leaves nothing', { skip: e2eSkipReason(
     await k(['apply', '-f', '-'], vm('kv', 'kubevirt.io/v1'));
     const v = await running('kv', 'kubevirt.io');
     t.equal(v.status?.nodeName, c.config.node, 'a KubeVirt manifest runs on the node');
+    // The same with KubeVirt's most common disk: a containerDisk, pulled (here: imported) by the kubelet.
+    const work = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-kvdisk-'));
+    t.teardown(() => fs.rmSync(work, { recursive: true, force: true }));
+    const image = 'localhost/vmlet-test/kv-disk:1';
+    await importContainerDiskImage(c.paths.containerdSock, { disk: await testDiskImage(work), name: image, workDir: work });
+    const withDisk = JSON.parse(vm('kvdisk', 'kubevirt.io/v1')) as {
+      spec: { template: { spec: Record<string, unknown> & { domain: Record<string, unknown> } } };
+    };
+    withDisk.spec.template.spec.domain['devices'] = { disks: [{ name: 'root', disk: { bus: 'virtio' } }] };
+    withDisk.spec.template.spec['volumes'] = [{ name: 'root', containerDisk: { image, imagePullPolicy: 'Never' } }];
+    await k(['apply', '-f', '-'], JSON.stringify(withDisk));
+    const d = await running('kvdisk', 'kubevirt.io');
+    t.match(
+      (d.status as { volumeStatus?: unknown }).volumeStatus,
+      [{ name: 'root', format: 'raw', containerDiskVolume: { image } }],
+      'a kubevirt.io/v1 VM with a containerDisk runs, its disk from the image',
+    );
+    await k(['delete', 'virtualmachines.kubevirt.io', '-n', ns, 'kvdisk', '--wait=true', '--timeout=120s']);
     await k(['delete', 'virtualmachines.kubevirt.io', '-n', ns, 'kv', '--wait=true', '--timeout=120s']);
     await waitFor('VMI kv gone', 120_000, async () => ((await vmiOf('kv', 'kubevirt.io')) === undefined ? true : undefined));
   });

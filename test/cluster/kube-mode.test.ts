@@ -1,31 +1,14 @@
 // Cluster mode end to end on the real node: the controller (in this process) and the node daemon (`vmlet daemon --mode kubernetes`, a process of its own as in the DaemonSet) take a VM from the API server to a guest that boots inside its launcher pod, answers through the pod IP and a Service, survives a daemon restart, and leaves nothing when deleted.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
+import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
-import os from 'node:os';
 import path from 'node:path';
-import { CoreV1Api, CustomObjectsApi, KubeConfig, PatchStrategy, setHeaderOptions, type V1Pod } from '@kubernetes/client-node';
-import pino from 'pino';
 import t from 'tap';
-import { runController, type RunningController } from '../../src/controller/main.js';
-import YAML from 'yaml';
 import { REPO_ROOT, testCluster } from '../support/cluster.js';
-import { buildWorkingTree, IMAGE_TAG } from '../support/cluster/deploy.js';
 import { waitFor } from '../support/cluster/exec.js';
+import { GROUP, kubeEnv, type Obj } from '../support/cluster/kube-env.js';
 import { guestImage, guestKernelArgs, READY_MARKER } from '../support/guest.js';
 
-const MERGE = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
-const GROUP = { group: 'vmlet.io', version: 'v1alpha1' };
-const IMAGE = `localhost/vmlet:${IMAGE_TAG}`;
-type Obj = { metadata: { name: string; uid: string; labels?: Record<string, string> }; status?: Record<string, unknown> };
-type VmiStatus = {
-  phase?: string;
-  nodeName?: string;
-  interfaces?: Array<{ ipAddress?: string }>;
-  conditions?: Array<Record<string, string>>;
-  vmlet?: { qemuPid?: number };
-};
 const CLI = path.join(REPO_ROOT, 'dist', 'cli', 'main.js');
 
 function httpGet(ip: string, port: number): Promise<string> {
@@ -44,92 +27,9 @@ t.test('cluster mode end to end', async (t) => {
   const c = await testCluster(t);
   if (!c) return;
   const img = await guestImage();
-  const images = JSON.stringify(await c.kubectl(['get', 'node', '-o', 'jsonpath={.status.images}']));
-  if (!images.includes(IMAGE) || process.env.VMLET_REBUILD_IMAGE === '1') {
-    const archive = await buildWorkingTree((m) => t.comment(m));
-    await c.load(archive);
-  }
-  const kc = new KubeConfig();
-  kc.loadFromFile(c.kubeconfigPath);
-  const core = kc.makeApiClient(CoreV1Api);
-  const custom = kc.makeApiClient(CustomObjectsApi);
-  const ns = `e2e-${randomBytes(3).toString('hex')}`;
-  const log = pino({ level: process.env.VMLET_TEST_LOG ?? 'silent' });
-  await core.createNamespace({ body: { metadata: { name: ns } } });
-  await core.createNamespace({ body: { metadata: { name: 'vmlet' } } }).catch(() => undefined);
-  await c.kubectl(['apply', '-f', 'deploy/crds/virtualmachines.yaml', '-f', 'deploy/crds/virtualmachineinstances.yaml']);
-  await c.kubectl(['wait', '--for=condition=Established', 'crd/virtualmachines.vmlet.io', 'crd/virtualmachineinstances.vmlet.io', '--timeout=60s']);
-  const guestDir = path.dirname(img.initrd);
-  const clusterConfig = `useEmulation: true\nhostPaths: {allow: [${JSON.stringify(guestDir)}]}\n`;
-  await core
-    .createNamespacedConfigMap({ namespace: 'vmlet', body: { metadata: { name: 'vmlet-config' }, data: { 'vmlet.yaml': clusterConfig } } })
-    .catch(() => core.patchNamespacedConfigMap({ name: 'vmlet-config', namespace: 'vmlet', body: { data: { 'vmlet.yaml': clusterConfig } } }, MERGE));
-
-  const runDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-kube-'));
-  const configFile = path.join(runDir, 'vmlet.yaml');
-  fs.writeFileSync(
-    configFile,
-    YAML.stringify({ mode: 'kubernetes', kubeletRootDir: c.paths.kubeletRoot, stateDir: path.join(runDir, 'state'), useEmulation: true, logLevel: 'debug' }),
-  );
-  const logFile = path.join(runDir, 'daemon.log');
-  let daemon: ChildProcess | undefined;
-  const startDaemon = async (): Promise<void> => {
-    const fd = fs.openSync(logFile, 'a');
-    const child = spawn(
-      process.execPath,
-      [CLI, 'daemon', '--config', configFile, '--kubeconfig', c.kubeconfigPath, '--socket', path.join(runDir, 'vmlet.sock'), '--run-dir', runDir],
-      {
-        stdio: ['ignore', fd, fd],
-        env: { ...process.env, NODE_NAME: c.config.node },
-      },
-    );
-    fs.closeSync(fd);
-    daemon = child;
-    await waitFor('the node daemon ready', 60_000, async () => {
-      if (child.exitCode !== null) throw new Error(`the node daemon exited: ${fs.readFileSync(logFile, 'utf8').slice(-2000)}`);
-      return fs.readFileSync(logFile, 'utf8').includes('vmlet node daemon ready') ? true : undefined;
-    });
-  };
-  const killDaemon = async (): Promise<void> => {
-    const d = daemon;
-    if (!d || d.exitCode !== null) return;
-    const gone = new Promise((r) => d.once('exit', r));
-    d.kill('SIGKILL');
-    await gone;
-  };
-  let ctl: RunningController | undefined;
-  t.teardown(async () => {
-    await c.kubectl(['delete', 'namespace', ns, '--wait=true', '--timeout=90s']).catch(() => undefined);
-    await ctl?.close().catch(() => undefined);
-    await killDaemon();
-    await core
-      .patchNode({ name: c.config.node, body: { metadata: { labels: { 'vmlet.io/schedulable': null, 'vmlet.io/kvm': null } } } }, MERGE)
-      .catch(() => undefined);
-    if (process.env.VMLET_KEEP_LOGS !== '1') fs.rmSync(runDir, { recursive: true, force: true });
-  });
-  await startDaemon();
-  ctl = await runController({
-    kubeconfig: c.kubeconfigPath,
-    identity: 'e2e',
-    image: IMAGE,
-    imagePullPolicy: 'Never',
-    healthPort: 0,
-    webhook: false,
-    logger: log.child({ part: 'controller' }),
-  });
-
-  const getVmi = async (name: string): Promise<Obj | undefined> =>
-    (await custom.getNamespacedCustomObject({ ...GROUP, plural: 'virtualmachineinstances', namespace: ns, name }).catch(() => undefined)) as Obj | undefined;
-  const st = (o: Obj | undefined): VmiStatus => (o?.status ?? {}) as VmiStatus;
-  const podOf = async (uid: string): Promise<V1Pod | undefined> =>
-    (await core.listNamespacedPod({ namespace: ns, labelSelector: `vmlet.io/vmi-uid=${uid}` })).items.find((p) => !p.metadata?.deletionTimestamp);
-  const consoleOf = (pod: V1Pod): string => {
-    try {
-      return fs.readFileSync(path.join(runDir, 'pods', pod.metadata!.uid!, 'console.log'), 'utf8');
-    } catch {
-      return '';
-    }
-  };
+  const env = await kubeEnv(t, c, { clusterConfig: { hostPaths: { allow: [path.dirname(img.initrd)] } } });
+  const { core, custom, ns, runDir, logFile, startDaemon, killDaemon, getVmi, podOf, consoleOf } = env;
+  const st = env.status;
 
   const vm = {
     apiVersion: 'vmlet.io/v1alpha1',

@@ -1,17 +1,27 @@
-// Test helpers for the Debian guest (built by scripts/build-debian-guest.mjs into .cache/debian-guest/): where it is, why a test must skip, a per-test copy of its disk, and a VMI that boots it with cloud-init and a masquerade NIC.
+// Test helpers for the Debian guest (built by scripts/build-debian-guest.mjs into .cache/debian-guest/): where it is, why a test must skip, a per-test copy of its disk or a cached containerDisk of it, and a VMI that boots it with cloud-init and a masquerade NIC.
 //
 // See docs/test-guest.md, "The Debian guest".
-import { execFileSync } from 'node:child_process';
+import { execFile, execFileSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
+import { promisify } from 'node:util';
 import YAML from 'yaml';
+import { buildContainerDisk } from './container-disk.js';
 import { repoRoot } from './daemon.js';
 import { which } from './which.js';
 
 export const debianGuestDir = path.join(repoRoot, '.cache', 'debian-guest');
+export const debianContainerDiskDir = path.join(repoRoot, '.cache', 'debian-guest-containerdisk');
+/** The name the containerDisk archive carries and the tests import it under. */
+export const DEBIAN_CONTAINERDISK_IMAGE = 'vmlet-test/debian-guest:12';
+/** Part of the cache key: bump it when the way the archive is made changes, so old archives are rebuilt. */
+const CONTAINERDISK_RECIPE = 'qcow2-uncompressed docker-archive /disk/disk.qcow2 v1';
 const builderPath = path.join(repoRoot, 'scripts', 'build-debian-guest.mjs');
+const dirLockPath = path.join(repoRoot, 'scripts', 'lib', 'dir-lock.mjs');
+const runFile = promisify(execFile);
 
 /** What cloud-init's runcmd prints on the serial console, with the guest's uptime, once cloud-final ran. */
 export const CLOUDINIT_MARKER = 'VMLET-CLOUDINIT-DONE';
@@ -34,7 +44,7 @@ export interface DebianGuestManifest {
 
 export interface DebianGuestImage {
   dir: string;
-  /** the base image: never boot it, boot copyDebianDisk()'s copy */
+  /** the base image: never boot it, boot copyDebianDisk()'s copy or debianContainerDisk()'s image */
   disk: string;
   kernel: string;
   initrd: string;
@@ -45,6 +55,14 @@ export interface DebianGuestImage {
 
 interface BuilderModule {
   validDebianGuest(out: string): DebianGuestManifest | null;
+}
+
+interface DirLockModule {
+  withDirLock<T>(
+    lockDir: string,
+    o: { what: string; timeoutMs: number; pollMs: number; log: (msg: string) => void; timeoutError: (pid: number) => Error },
+    fn: () => T | Promise<T>,
+  ): Promise<T>;
 }
 
 /** The cached image when it is complete and made by the current builder, else null. Never builds (that takes minutes; setup does it). */
@@ -93,6 +111,62 @@ export function copyDebianDisk(image: DebianGuestImage, teardown: (fn: () => voi
   return copy;
 }
 
+/**
+ * The path of a docker-archive containerDisk of the Debian guest (`FROM scratch`, the disk as an uncompressed qcow2
+ * at /disk/disk.qcow2, named DEBIAN_CONTAINERDISK_IMAGE), for `vmlet image import` or a cluster's node. Cached in
+ * `dir` under a key made of the guest's manifest.json (which records the disk's size and mtime) and the recipe, so
+ * a second call only checks that the file is there. Needs root, buildah and qemu-img (containerDiskSkipReason).
+ */
+export async function debianContainerDisk(image: DebianGuestImage, dir = debianContainerDiskDir): Promise<string> {
+  const key = createHash('sha256')
+    .update(`${CONTAINERDISK_RECIPE}\n`)
+    .update(fs.readFileSync(path.join(image.dir, 'manifest.json')))
+    .digest('hex')
+    .slice(0, 16);
+  const archive = path.join(dir, `debian-guest-${key}.docker.tar`);
+  // Complete or absent: the archive only appears by the rename at the end of a build.
+  if (fs.existsSync(archive)) return archive;
+  fs.mkdirSync(dir, { recursive: true });
+  // A dynamic import with a computed specifier, as for the builder: the lock is plain JS without a declaration file.
+  const { withDirLock } = (await import(pathToFileURL(dirLockPath).href)) as DirLockModule;
+  const lock = {
+    what: 'containerDisk build of the Debian guest',
+    timeoutMs: 15 * 60_000,
+    pollMs: 1_000,
+    log: (msg: string) => process.stderr.write(`debian-guest: ${msg}\n`),
+    timeoutError: (pid: number) => new Error(`debian-guest: another containerDisk build (pid ${pid}) holds ${dir}.lock for too long`),
+  };
+  return withDirLock(`${dir}.lock`, lock, async () => {
+    if (fs.existsSync(archive)) return archive; // built by whoever held the lock before us
+    // Only a lock holder builds, so every temp folder here is a killed build's, and other keys are stale guests'.
+    for (const name of fs.readdirSync(dir)) {
+      if (!name.startsWith(`debian-guest-${key}.`)) fs.rmSync(path.join(dir, name), { recursive: true, force: true });
+    }
+    const started = Date.now();
+    const tmp = fs.mkdtempSync(path.join(dir, '.tmp-'));
+    try {
+      const qcow2 = path.join(tmp, 'disk.qcow2'); // its base name is the file's name in /disk/
+      await runFile('qemu-img', ['convert', '-f', 'raw', '-O', 'qcow2', image.disk, qcow2]);
+      const out = path.join(tmp, 'archive.docker.tar');
+      await buildContainerDisk({ disk: qcow2, name: DEBIAN_CONTAINERDISK_IMAGE, format: 'docker-archive', out });
+      const seconds = (Date.now() - started) / 1000;
+      const info = {
+        image: DEBIAN_CONTAINERDISK_IMAGE,
+        recipe: CONTAINERDISK_RECIPE,
+        qcow2Bytes: fs.statSync(qcow2).size,
+        archiveBytes: fs.statSync(out).size,
+        buildSeconds: seconds,
+      };
+      fs.writeFileSync(path.join(dir, `debian-guest-${key}.json`), `${JSON.stringify(info, null, 2)}\n`);
+      fs.renameSync(out, archive);
+      process.stderr.write(`debian-guest: containerDisk built in ${seconds.toFixed(1)} s (${archive})\n`);
+      return archive;
+    } finally {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  });
+}
+
 /** An ed25519 key pair made with ssh-keygen in a fresh temp dir; null when ssh-keygen is missing. */
 export function makeSshKey(teardown: (fn: () => void) => void): { privateKey: string; publicKey: string } | null {
   if (!which('ssh-keygen')) return null;
@@ -119,8 +193,10 @@ export function debianUserData(o: { sshPublicKey?: string; extra?: Record<string
 
 export interface DebianVmiOptions {
   image: DebianGuestImage;
-  /** the per-test copy from copyDebianDisk() */
-  diskPath: string;
+  /** the per-test copy from copyDebianDisk(), booted as a hostDisk; or give containerDisk */
+  diskPath?: string;
+  /** an image in the node's store (e.g. DEBIAN_CONTAINERDISK_IMAGE), booted through a per-VMI overlay; wins over diskPath */
+  containerDisk?: string;
   userData?: string;
   namespace?: string;
   /** default 1Gi */
@@ -135,11 +211,13 @@ export interface DebianVmiOptions {
 }
 
 /**
- * A VirtualMachineInstance of the realistic guest: kernel + initrd from the host, the disk copy as
- * /dev/vda (virtio), the cloud-init NoCloud disk next (virtio, read-only), 1Gi and 2 vCPUs, one
+ * A VirtualMachineInstance of the realistic guest: kernel + initrd from the host, the disk copy (or
+ * the containerDisk) as /dev/vda (virtio), the cloud-init NoCloud disk next (virtio, read-only), 1Gi and 2 vCPUs, one
  * masquerade NIC on the pod network that forwards `ports` (22), the serial console.
  */
 export function debianVmiObject(name: string, o: DebianVmiOptions): Record<string, unknown> {
+  if (o.containerDisk === undefined && o.diskPath === undefined) throw new Error('debianVmiObject: give diskPath or containerDisk');
+  const root = o.containerDisk !== undefined ? { containerDisk: { image: o.containerDisk } } : { hostDisk: { path: o.diskPath, type: 'Disk' } };
   const kernelArgs = [o.image.kernelArgs, o.kernelArgs].filter(Boolean).join(' ');
   return {
     apiVersion: 'vmlet.io/v1alpha1',
@@ -163,7 +241,7 @@ export function debianVmiObject(name: string, o: DebianVmiOptions): Record<strin
       },
       networks: [{ name: 'default', pod: {} }],
       volumes: [
-        { name: 'root', hostDisk: { path: o.diskPath, type: 'Disk' } },
+        { name: 'root', ...root },
         { name: 'cloudinit', cloudInitNoCloud: { userData: o.userData ?? debianUserData() } },
       ],
     },

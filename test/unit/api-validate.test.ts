@@ -136,8 +136,8 @@ t.test('unknown and unsupported fields are refused, naming the field', async (t)
   refuses(t, set(baseVMI(), 'metadata.generateName', 'x-'), 'metadata.generateName', 'UNKNOWN_FIELD');
   refuses(t, set(baseVMI(), 'extra', 1), 'extra', 'UNKNOWN_FIELD');
   const v = baseVMI();
-  set(v, 'spec.volumes', [{ name: 'root', persistentVolumeClaim: { claimName: 'x' } }]);
-  refuses(t, v, 'spec.volumes[0].persistentVolumeClaim', 'UNKNOWN_FIELD');
+  set(v, 'spec.volumes', [{ name: 'root', dataVolume: { name: 'x' } }]);
+  refuses(t, v, 'spec.volumes[0].dataVolume', 'UNKNOWN_FIELD');
   refuses(t, set(baseVMI(), 'spec.domain.firmware.kernelBoot.container', { image: 'x' }), 'spec.domain.firmware.kernelBoot.container', 'UNKNOWN_FIELD');
   const e = t.throws(() => validateVMI(set(baseVMI(), 'spec.domain.devices.watchdog', {})));
   t.match(String((e as Error).message), 'spec.domain.devices.watchdog: field not supported');

@@ -90,8 +90,26 @@ t.test('leader Lease rules', async (t) => {
 });
 
 t.test('cluster config', async (t) => {
-  t.same(parseClusterConfig(undefined), { useEmulation: false, hostPathsAllow: [] }, 'nothing allowed by default');
-  t.same(parseClusterConfig('useEmulation: true\nhostPaths: {allow: [/srv/vms]}\nkubeletRootDir: /x\n'), { useEmulation: true, hostPathsAllow: ['/srv/vms'] });
+  t.same(
+    parseClusterConfig(undefined),
+    { useEmulation: false, hostPathsAllow: [], filesystemOverhead: 0.055 },
+    "nothing allowed by default; KubeVirt's overhead",
+  );
+  t.same(parseClusterConfig('useEmulation: true\nhostPaths: {allow: [/srv/vms]}\nkubeletRootDir: /x\n'), {
+    useEmulation: true,
+    hostPathsAllow: ['/srv/vms'],
+    filesystemOverhead: 0.055,
+  });
+  t.equal(parseClusterConfig('filesystemOverhead: 0.1').filesystemOverhead, 0.1);
+  t.equal(parseClusterConfig('filesystemOverhead: 0').filesystemOverhead, 0, 'no overhead: disk.img as large as the claim');
+  t.equal(parseClusterConfig('filesystemOverhead: null').filesystemOverhead, 0.055, 'null is the default');
+  for (const bad of ['1', '1.5', '-0.1', '"0.055"', '.nan', '[0.1]']) {
+    t.throws(
+      () => parseClusterConfig(`filesystemOverhead: ${bad}`),
+      { code: 'CONFIG_INVALID', message: /"filesystemOverhead" must be a number from 0 up to \(not including\) 1/ },
+      bad,
+    );
+  }
   t.throws(() => parseClusterConfig('useEmulation: yes please'), { code: 'CONFIG_INVALID', message: /useEmulation/ });
   t.throws(() => parseClusterConfig('hostPaths: {allow: [relative/dir]}'), { code: 'CONFIG_INVALID', message: /hostPaths\.allow/ });
   t.throws(() => parseClusterConfig('[1, 2'), { code: 'CONFIG_INVALID', message: /not valid YAML/ });

@@ -1,8 +1,10 @@
-// The launcher pod (pure render): the contract of docs/cluster-mode.md, its name, resources, host paths, and the restricted Pod Security Standard.
+// The launcher pod (pure render): the contract of docs/cluster-mode.md, its name, resources, host paths, containerDisk containers, claims, and the restricted Pod Security Standard.
 import t from 'tap';
 import type { V1Container, V1Pod } from '@kubernetes/client-node';
 import { OVERHEAD, memoryOverhead, tcgTbSizeMiB } from '../../src/api/overhead.js';
+import YAML from 'yaml';
 import { hostPathAllowed, launcherHostname, launcherPodName, renderLauncherPod, type LauncherPodInput } from '../../src/controller/launcher-pod.js';
+import { defaultPullPolicy, uniqueVolumeName, type LauncherClaim } from '../../src/controller/launcher-volumes.js';
 import { podRequests } from '../../src/controller/node-usage.js';
 import type { PlacedVmi } from '../../src/controller/placement.js';
 
@@ -318,6 +320,175 @@ t.test('a launcher pod without hostDisk passes the restricted Pod Security Stand
     breakIt(p);
     t.ok(restrictedViolations(p).includes(rule), `a pod with a broken ${rule} is caught`);
   }
+  t.same(
+    restrictedViolations(render({ vmi: vmi({ spec: { volumes: DISK_VOLUMES } }), claims: CLAIMS })),
+    [],
+    'with containerDisks (and their init container) and claims',
+  );
+  const cd = render({ vmi: vmi({ spec: { volumes: DISK_VOLUMES } }), claims: CLAIMS });
+  delete cd.spec!.containers[1]!.securityContext!.allowPrivilegeEscalation;
+  t.ok(restrictedViolations(cd).includes('allowPrivilegeEscalation'), 'a containerDisk container is checked too');
+  const init = render({ vmi: vmi({ spec: { volumes: DISK_VOLUMES } }), claims: CLAIMS });
+  init.spec!.initContainers![0]!.securityContext!.capabilities = {};
+  t.ok(restrictedViolations(init).includes('vmlet-bin: capabilities must drop ALL'), 'and the init container');
   const withDisk = render({ vmi: vmi({ spec: { volumes: [{ name: 'root', hostDisk: { path: '/data/r.img', type: 'Disk' } }] } }), hostPathsAllow: ['/data'] });
   t.ok(restrictedViolations(withDisk).includes('hostPath volume'), 'hostDisk makes it leave the restricted level, as documented');
+});
+
+/** Two containerDisks (sharing a pull secret), one of each claim kind. */
+const DISK_VOLUMES = [
+  { name: 'root', containerDisk: { image: 'quay.io/containerdisks/debian:12', imagePullSecret: 'quay' } },
+  { name: 'data', persistentVolumeClaim: { claimName: 'web-data' } },
+  { name: 'tools', containerDisk: { image: 'registry.example/tools', imagePullPolicy: 'Never', imagePullSecret: 'quay' } },
+  { name: 'raw', persistentVolumeClaim: { claimName: 'web-raw', readOnly: true } },
+  { name: 'base', ephemeral: { persistentVolumeClaim: { claimName: 'golden' } } },
+  { name: 'seed', cloudInitNoCloud: { userData: '#cloud-config' } },
+];
+const fsClaim = (gi: number): LauncherClaim => ({ volumeMode: 'Filesystem', capacityBytes: gi * 1024 ** 3, accessModes: ['ReadWriteOnce'] });
+const CLAIMS: Record<string, LauncherClaim> = {
+  data: fsClaim(10),
+  raw: { volumeMode: 'Block', capacityBytes: 1024 ** 3, accessModes: ['ReadWriteOnce'] },
+  base: fsClaim(2),
+};
+
+t.test('containerDisk volumes: one waiting container each, the init container that brings the program, pull secrets', async (t) => {
+  const p = render({ vmi: vmi({ spec: { volumes: DISK_VOLUMES } }), claims: CLAIMS, imagePullPolicy: 'Always' });
+  const s = p.spec!;
+  t.equal(s.containers[0]?.name, 'compute', 'compute stays containers[0]');
+  const restricted = { allowPrivilegeEscalation: false, capabilities: { drop: ['ALL'] }, runAsNonRoot: true };
+  const tiny = { requests: { cpu: '1m', memory: '16Mi' }, limits: { memory: '16Mi' } };
+  t.same(
+    s.containers.slice(1),
+    [
+      {
+        name: 'volume-0',
+        image: 'quay.io/containerdisks/debian:12',
+        imagePullPolicy: 'IfNotPresent',
+        command: ['/var/run/vmlet-bin/vmlet-disk-wait', 'root'],
+        volumeMounts: [{ name: 'vmlet-bin', mountPath: '/var/run/vmlet-bin', readOnly: true }],
+        securityContext: restricted,
+        resources: tiny,
+      },
+      {
+        name: 'volume-2',
+        image: 'registry.example/tools',
+        imagePullPolicy: 'Never',
+        command: ['/var/run/vmlet-bin/vmlet-disk-wait', 'tools'],
+        volumeMounts: [{ name: 'vmlet-bin', mountPath: '/var/run/vmlet-bin', readOnly: true }],
+        securityContext: restricted,
+        resources: tiny,
+      },
+    ],
+    'named by the index in spec.volumes; the volume pull policy wins over the default',
+  );
+  t.same(
+    s.initContainers,
+    [
+      {
+        name: 'vmlet-bin',
+        image: 'ghcr.io/vmlet/vmlet:1.0',
+        imagePullPolicy: 'Always',
+        command: ['/bin/cp', '/usr/libexec/vmlet/vmlet-disk-wait', '/var/run/vmlet-bin/vmlet-disk-wait'],
+        volumeMounts: [{ name: 'vmlet-bin', mountPath: '/var/run/vmlet-bin' }],
+        securityContext: restricted,
+        resources: tiny,
+      },
+    ],
+    "vmlet's image, with the compute container's pull policy, writing the emptyDir",
+  );
+  t.same(s.imagePullSecrets, [{ name: 'quay' }], 'one secret, named once');
+  t.not(s.containers[1]?.securityContext, s.containers[0]?.securityContext, 'no shared objects between containers');
+  t.same(
+    podRequests(p),
+    { milliCpu: 202, memoryBytes: (1152 + 32) * Mi, kvm: 1 },
+    'node assignment counts the two tiny containers; the init container runs before them',
+  );
+
+  const none = render({ vmi: vmi({ spec: { volumes: [{ name: 'seed', cloudInitNoCloud: { userData: '#cloud-config' } }] } }) });
+  t.equal(none.spec?.initContainers, undefined, 'no init container without a containerDisk');
+  t.equal(none.spec?.imagePullSecrets, undefined);
+  t.same(none.spec?.volumes, [{ name: 'vmlet-run', emptyDir: {} }]);
+  const two = render({
+    vmi: vmi({
+      spec: {
+        volumes: [
+          { name: 'a', containerDisk: { image: 'x/a:1', imagePullSecret: 's2' } },
+          { name: 'b', containerDisk: { image: 'x/b:1', imagePullSecret: 's1' } },
+          { name: 'c', containerDisk: { image: 'x/c:1', imagePullSecret: 's2' } },
+          { name: 'd', containerDisk: { image: 'x/d:1' } },
+        ],
+      },
+    }),
+  });
+  t.same(two.spec?.imagePullSecrets, [{ name: 's2' }, { name: 's1' }], 'deduplicated, in the order of first use');
+  t.same(
+    two.spec?.volumes?.filter((v) => v.name === 'vmlet-bin'),
+    [{ name: 'vmlet-bin', emptyDir: {} }],
+    'one emptyDir for all',
+  );
+});
+
+t.test("the pull policy default is Kubernetes' rule", async (t) => {
+  const cases: Array<[string, string]> = [
+    ['quay.io/containerdisks/debian', 'Always'],
+    ['quay.io/containerdisks/debian:latest', 'Always'],
+    ['debian', 'Always'],
+    ['localhost:5000/disks/debian', 'Always'],
+    ['localhost:5000/disks/debian:12', 'IfNotPresent'],
+    ['quay.io/containerdisks/debian:12', 'IfNotPresent'],
+    [`quay.io/containerdisks/debian@sha256:${'a'.repeat(64)}`, 'IfNotPresent'],
+    [`quay.io/containerdisks/debian:latest@sha256:${'a'.repeat(64)}`, 'Always'],
+    ['Not A Reference', 'IfNotPresent'],
+  ];
+  for (const [image, want] of cases) t.equal(defaultPullPolicy(image), want, image);
+});
+
+t.test('claims: a pod volume each; Filesystem mounted where pod-volumes.ts says, Block as a device; read-only for readOnly and ephemeral', async (t) => {
+  const p = render({ vmi: vmi({ spec: { volumes: DISK_VOLUMES } }), claims: CLAIMS });
+  t.same(p.spec?.volumes, [
+    { name: 'vmlet-run', emptyDir: {} },
+    { name: 'vmlet-bin', emptyDir: {} },
+    { name: 'pvc-data', persistentVolumeClaim: { claimName: 'web-data' } },
+    { name: 'pvc-raw', persistentVolumeClaim: { claimName: 'web-raw', readOnly: true } },
+    { name: 'pvc-base', persistentVolumeClaim: { claimName: 'golden', readOnly: true } },
+  ]);
+  t.same(compute(p).volumeMounts, [
+    { name: 'vmlet-run', mountPath: '/var/run/vmlet' },
+    { name: 'pvc-data', mountPath: '/var/run/vmlet-pvc/data' },
+    { name: 'pvc-base', mountPath: '/var/run/vmlet-pvc/base', readOnly: true },
+  ]);
+  t.same(compute(p).volumeDevices, [{ name: 'pvc-raw', devicePath: '/dev/vmlet-pvc-raw' }]);
+  t.equal(render().spec?.containers[0]?.volumeDevices, undefined, 'no volumeDevices without a Block claim');
+  t.throws(() => render({ vmi: vmi({ spec: { volumes: DISK_VOLUMES } }), claims: { data: fsClaim(1) } }), {
+    code: 'LAUNCHER_POD_BAD_INPUT',
+    message: /volume "raw": no facts of its claim "web-raw"/,
+  });
+  const long = 'v'.repeat(63);
+  const twins = render({
+    vmi: vmi({
+      spec: {
+        volumes: [
+          { name: long, persistentVolumeClaim: { claimName: 'a' } },
+          { name: `${'v'.repeat(62)}w`, persistentVolumeClaim: { claimName: 'b' } },
+        ],
+      },
+    }),
+    claims: { [long]: fsClaim(1), [`${'v'.repeat(62)}w`]: fsClaim(1) },
+  });
+  const names = twins.spec!.volumes!.map((v) => v.name);
+  t.same(names, ['vmlet-run', `pvc-${'v'.repeat(59)}`, `pvc-${'v'.repeat(57)}-2`], 'names cut to 63 stay distinct');
+  t.same(uniqueVolumeName('pvc-', 'a', new Set(['pvc-a', 'pvc-a-2'])), 'pvc-a-3');
+});
+
+t.test('the rendered pod with one containerDisk and one Filesystem claim (docs/cluster-mode.md shows it)', async (t) => {
+  const v = vmi({
+    spec: {
+      volumes: [
+        { name: 'root', containerDisk: { image: 'quay.io/containerdisks/debian:12', imagePullSecret: 'quay-pull' } },
+        { name: 'data', persistentVolumeClaim: { claimName: 'web-data' } },
+      ],
+    },
+  });
+  const p = render({ vmi: v, claims: { data: fsClaim(10) } });
+  t.matchSnapshot(YAML.stringify(p), 'launcher pod YAML');
 });

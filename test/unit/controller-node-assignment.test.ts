@@ -153,6 +153,27 @@ t.test('each predicate: a node that fails it is counted under its reason, the sa
       reason: REASONS.affinity,
     },
     {
+      name: "a local PersistentVolume's node affinity (each volume's terms ORed, volumes ANDed)",
+      fail: {
+        nodes: [node('n', { labels: { zone: 'a' } })],
+        volumeNodeTerms: [
+          [{ matchExpressions: [{ key: 'zone', operator: 'In', values: ['a'] }] }],
+          [{ matchFields: [{ key: 'metadata.name', operator: 'In', values: ['m'] }] }],
+        ],
+      },
+      pass: {
+        nodes: [node('n', { labels: { zone: 'a' } })],
+        volumeNodeTerms: [
+          [{ matchExpressions: [{ key: 'zone', operator: 'In', values: ['a'] }] }],
+          [
+            { matchFields: [{ key: 'metadata.name', operator: 'In', values: ['m'] }] },
+            { matchExpressions: [{ key: 'kubernetes.io/hostname', operator: 'In', values: ['n'] }] },
+          ],
+        ],
+      },
+      reason: REASONS.volumeAffinity,
+    },
+    {
       name: 'untolerated NoSchedule taint',
       fail: { nodes: [node('n', { taints: [taint('kwok.x-k8s.io/node', 'NoSchedule', 'fake')] })] },
       pass: {

@@ -66,3 +66,9 @@ t.test('a VMI that waits for its containerDisk image shows ErrImagePull', async 
     'and is left alone (no crash loop)',
   );
 });
+
+t.test('a VMI that waits for its claim shows ErrorPvcNotFound or WaitingForVolumeBinding', async (t) => {
+  const pending = { phase: 'Pending' as const, deleting: false, paused: false };
+  t.equal(printableStatus(base({ vmi: { ...pending, claimWait: 'missing' } })), 'ErrorPvcNotFound');
+  t.equal(printableStatus(base({ vmi: { ...pending, claimWait: 'unbound' } })), 'WaitingForVolumeBinding');
+});

@@ -126,6 +126,10 @@ t.test('RBAC: least privilege as docs/rbac.md lists it', { skip: noKubectl ?? fa
   for (const verb of ['create', 'delete', 'get', 'list', 'watch']) t.ok(allows(ctl, '', 'pods', verb), `controller may ${verb} pods`);
   t.notOk(allows(ctl, '', 'pods', 'update'), 'controller may not update pods');
   t.notOk(allows(ctl, '', 'nodes', 'patch'), 'controller may not patch nodes');
+  for (const res of ['persistentvolumeclaims', 'persistentvolumes']) {
+    for (const verb of ['get', 'list', 'watch']) t.ok(allows(ctl, '', res, verb), `controller may ${verb} ${res} (claims are checked before a launcher pod)`);
+    for (const verb of ['create', 'update', 'patch', 'delete']) t.notOk(allows(ctl, '', res, verb), `controller may not ${verb} ${res}`);
+  }
   t.ok(allows(ctl, 'vmlet.io', 'virtualmachineinstances/status', 'update'));
   t.ok(allows(ctl, 'vmlet.io', 'virtualmachineinstances/finalizers', 'update'));
   t.notOk(
