@@ -213,6 +213,50 @@ t.test('deploy, Ready, VMs run, undeploy leaves nothing', { skip: e2eSkipReason(
       'a kubevirt.io/v1 VM with a containerDisk runs, its disk from the image',
     );
     await k(['delete', 'virtualmachines.kubevirt.io', '-n', ns, 'kvdisk', '--wait=true', '--timeout=120s']);
+    // And a persistentVolumeClaim, on a local PersistentVolume.
+    const pvDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-kvpv-'));
+    t.teardown(() => fs.rmSync(pvDir, { recursive: true, force: true }));
+    const pv = `${ns}-kv`;
+    t.teardown(() =>
+      k(['delete', 'pv', pv, '--wait=false']).then(
+        () => undefined,
+        () => undefined,
+      ),
+    );
+    const affinity = { required: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'kubernetes.io/hostname', operator: 'In', values: [c.config.node] }] }] } };
+    await k(
+      ['apply', '-f', '-'],
+      JSON.stringify({
+        apiVersion: 'v1',
+        kind: 'List',
+        items: [
+          {
+            apiVersion: 'v1',
+            kind: 'PersistentVolume',
+            metadata: { name: pv },
+            spec: { capacity: { storage: '256Mi' }, accessModes: ['ReadWriteOnce'], storageClassName: '', local: { path: pvDir }, nodeAffinity: affinity },
+          },
+          {
+            apiVersion: 'v1',
+            kind: 'PersistentVolumeClaim',
+            metadata: { name: 'kv-data', namespace: ns },
+            spec: { accessModes: ['ReadWriteOnce'], storageClassName: '', volumeName: pv, resources: { requests: { storage: '256Mi' } } },
+          },
+        ],
+      }),
+    );
+    const withClaim = JSON.parse(vm('kvpvc', 'kubevirt.io/v1')) as typeof withDisk;
+    withClaim.spec.template.spec.domain['devices'] = { disks: [{ name: 'data', disk: { bus: 'virtio' } }] };
+    withClaim.spec.template.spec['volumes'] = [{ name: 'data', persistentVolumeClaim: { claimName: 'kv-data' } }];
+    await k(['apply', '-f', '-'], JSON.stringify(withClaim));
+    const p = await running('kvpvc', 'kubevirt.io');
+    t.match(
+      (p.status as { volumeStatus?: unknown }).volumeStatus,
+      [{ name: 'data', format: 'raw', persistentVolumeClaimInfo: { claimName: 'kv-data' } }],
+      'a kubevirt.io/v1 VM on a persistentVolumeClaim runs',
+    );
+    t.ok(fs.existsSync(path.join(pvDir, 'disk.img')), 'its disk.img is on the volume');
+    await k(['delete', 'virtualmachines.kubevirt.io', '-n', ns, 'kvpvc', '--wait=true', '--timeout=120s']);
     await k(['delete', 'virtualmachines.kubevirt.io', '-n', ns, 'kv', '--wait=true', '--timeout=120s']);
     await waitFor('VMI kv gone', 120_000, async () => ((await vmiOf('kv', 'kubevirt.io')) === undefined ? true : undefined));
   });

@@ -233,4 +233,63 @@ t.test('disks in cluster mode', async (t) => {
     t.pass('after a restart the ephemeral volume starts from the claim again');
     await custom.deleteNamespacedCustomObject({ ...GROUP, plural: 'virtualmachines', namespace: ns, name: 'eph' });
   });
+
+  await t.test('a Block claim on a loop device: the device is the disk', async (t) => {
+    const backing = path.join(work, 'block.img');
+    fs.writeFileSync(backing, Buffer.alloc(0));
+    fs.truncateSync(backing, 64 * 1024 * 1024);
+    let loop: string;
+    try {
+      loop = execFileSync('losetup', ['--find', '--show', backing], { encoding: 'utf8' }).trim();
+    } catch (e) {
+      t.skip(`no loop device: ${(e as Error).message.split('\n')[0]}`);
+      return;
+    }
+    t.teardown(() => void execFileSync('losetup', ['-d', loop]));
+    const pvName = `${ns}-block`;
+    t.teardown(() =>
+      c.kubectl(['delete', 'pv', pvName, '--wait=false']).then(
+        () => undefined,
+        () => undefined,
+      ),
+    );
+    await core.createPersistentVolume({
+      body: {
+        metadata: { name: pvName },
+        spec: {
+          capacity: { storage: '64Mi' },
+          accessModes: ['ReadWriteOnce'],
+          persistentVolumeReclaimPolicy: 'Retain',
+          storageClassName: '',
+          volumeMode: 'Block',
+          local: { path: loop },
+          nodeAffinity: {
+            required: { nodeSelectorTerms: [{ matchExpressions: [{ key: 'kubernetes.io/hostname', operator: 'In', values: [c.config.node] }] }] },
+          },
+        },
+      },
+    });
+    await core.createNamespacedPersistentVolumeClaim({
+      namespace: ns,
+      body: {
+        metadata: { name: 'raw' },
+        spec: { accessModes: ['ReadWriteOnce'], storageClassName: '', volumeMode: 'Block', volumeName: pvName, resources: { requests: { storage: '64Mi' } } },
+      },
+    });
+    await custom.createNamespacedCustomObject({
+      ...GROUP,
+      plural: 'virtualmachines',
+      namespace: ns,
+      body: await guestVm('blk', ns, { name: 'data', persistentVolumeClaim: { claimName: 'raw' } }),
+    });
+    const vmi = await env.running('blk');
+    const pod = (await env.podOf(vmi.metadata.uid))!;
+    t.same(pod.spec?.containers[0]?.volumeDevices, [{ name: 'pvc-data', devicePath: '/dev/vmlet-pvc-data' }], 'the claim is a device of the compute container');
+    t.match(env.status(vmi).volumeStatus, [{ name: 'data', format: 'raw', size: 64 * 1024 * 1024, persistentVolumeClaimInfo: { volumeMode: 'Block' } }]);
+    await booted(env, vmi);
+    await inGuest(env, 'blk', vmi, `printf 'ON-THE-BLOCK' > /dev/vda && sync; echo " <blk-wrote"`, ' <blk-wrote');
+    t.equal(fs.readFileSync(backing).subarray(0, 12).toString(), 'ON-THE-BLOCK', "the guest's write is on the loop device's file");
+    await custom.deleteNamespacedCustomObject({ ...GROUP, plural: 'virtualmachines', namespace: ns, name: 'blk' });
+    await waitFor('VMI blk gone', 120_000, async () => ((await env.getVmi('blk')) === undefined ? true : undefined));
+  });
 });
