@@ -2,7 +2,7 @@ import t from 'tap';
 import { validateVMI, type VirtualMachineInstance } from '../../src/api/index.js';
 import { accelFromCmdline, buildArgv, cmdlineHasVmiUid, firmwareUuid, uuidV5, vmiUidSmbios, type ArgvContext } from '../../src/qemu/argv.js';
 import { splitOpts } from '../../src/qemu/escape.js';
-import { planVolumes } from '../../src/qemu/volumes.js';
+import { planVolumes, type ResolvedImage } from '../../src/qemu/volumes.js';
 
 const UID = '3f8a2c1e-5b7d-4e9f-a1c2-d3e4f5a6b7c8';
 const RUN = '/run/vmlet/vms/3f8a2c1e';
@@ -302,10 +302,39 @@ t.test('planVolumes: a containerDisk gets an overlay in the run dir, or the base
       imageDigest: DIGEST,
       virtualSize: 1 << 30,
     },
-    iso: { file: IMAGE.file, format: 'raw', readOnly: true, imageDigest: DIGEST, virtualSize: 1 << 30 },
+    iso: { file: IMAGE.file, format: 'raw', readOnly: true, imageDigest: DIGEST, virtualSize: 1 << 30, byFd: true },
   });
   t.same(plan.files, [{ kind: 'overlay', volume: 'root', path: `${RUN}/overlay-root.qcow2`, base: IMAGE }], 'one overlay, none for the read-only cdrom');
   t.throws(() => planVolumes(vmi(spec), RUN), { code: 'MISSING_VOLUME' }, 'a containerDisk needs its resolved image');
+});
+
+t.test('planVolumes: a claim is its disk by fd; an ephemeral claim the base of an overlay; neither without a cluster', async (t) => {
+  const spec = {
+    domain: { memory: { guest: '128Mi' }, devices: { disks: [{ name: 'data' }, { name: 'seed' }, { name: 'ro' }] } },
+    volumes: [
+      { name: 'data', persistentVolumeClaim: { claimName: 'c1' } },
+      { name: 'seed', ephemeral: { persistentVolumeClaim: { claimName: 'c2' } } },
+      { name: 'ro', persistentVolumeClaim: { claimName: 'c3', readOnly: true } },
+    ],
+  };
+  const disk = (p: string): ResolvedImage => ({ file: { path: p }, format: 'raw', virtualSize: 1 << 20, digest: '' });
+  const plan = planVolumes(vmi(spec), RUN, { claims: { data: disk('/proc/9/root/d'), seed: disk('/proc/9/root/s'), ro: disk('/proc/9/root/r') } });
+  t.same(plan.volumes, {
+    data: { file: { path: '/proc/9/root/d' }, format: 'raw', readOnly: false, virtualSize: 1 << 20, byFd: true },
+    seed: {
+      file: { path: `${RUN}/overlay-seed.qcow2` },
+      format: 'qcow2',
+      readOnly: false,
+      backing: { file: { path: '/proc/9/root/s' }, format: 'raw' },
+      virtualSize: 1 << 20,
+    },
+    ro: { file: { path: '/proc/9/root/r' }, format: 'raw', readOnly: true, virtualSize: 1 << 20, byFd: true },
+  });
+  t.same(
+    plan.files.map((f) => [f.kind, f.path]),
+    [['overlay', `${RUN}/overlay-seed.qcow2`]],
+  );
+  t.throws(() => planVolumes(vmi(spec), RUN), { code: 'VOLUME_NEEDS_CLUSTER' });
 });
 
 t.test('argv: an overlay names its base node explicitly, and images passed by fd are fd sets', async (t) => {
