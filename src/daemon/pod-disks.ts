@@ -133,7 +133,7 @@ export async function claimDisk(o: PodDiskOptions, vmi: VirtualMachineInstance, 
     const dev = await resolveInRoot(root, claimDevicePath(vol.name));
     await noSymlink(dev, what, 'file');
     const probed = await probeImage(dev, what);
-    return { file: { path: dev }, format: 'raw', virtualSize: probed.virtualSize, digest: '' };
+    return { file: { path: dev, device: true }, format: 'raw', virtualSize: probed.virtualSize, digest: '' };
   }
   const dir = await resolveInRoot(root, claimMountPath(vol.name));
   await noSymlink(dir, `${what}: its mount`, 'dir');

@@ -162,7 +162,7 @@ async function openImages(volumes: Record<string, ResolvedVolume>, fdBase: numbe
       n = fdBase + fds.length - 1;
       byPath.set(file.path, n);
     }
-    return { fd: n };
+    return file.device ? { fd: n, device: true } : { fd: n };
   };
   try {
     for (const v of Object.values(volumes)) {
@@ -251,6 +251,7 @@ async function hostDiskFormat(v: ResolvedVolume | undefined, file: string, creat
   const st = await fs.stat(real);
   // Not an image at all (a directory, a fifo): QEMU refuses it in its own words.
   if (!st.isFile() && !st.isBlockDevice()) return;
+  if (st.isBlockDevice()) v.file = { ...v.file, device: true };
   if (created) {
     await formats.record(real, 'raw');
     v.virtualSize = st.size;

@@ -146,20 +146,21 @@ interface DiskPlan {
 }
 
 /** How QEMU opens an image: its path, or the fd set that holds the fd it inherited (`-add-fd` below). */
-function fileName(f: ImageFile, fdSets: Map<number, number>): string {
-  if ('path' in f) return f.path;
+function fileName(f: ImageFile, fdSets: Map<number, number>): { name: string; device: boolean } {
+  const device = f.device === true;
+  if ('path' in f) return { name: f.path, device };
   let set = fdSets.get(f.fd);
   if (set === undefined) {
     set = fdSets.size + 1;
     fdSets.set(f.fd, set);
   }
-  return `/dev/fdset/${set}`;
+  return { name: `/dev/fdset/${set}`, device };
 }
 
-/** The protocol (`file`) and format nodes of one image; `cache` and `aio` as the disk asks. */
+/** The protocol (`file`, or `host_device` for a block device) and format nodes of one image; `cache` and `aio` as the disk asks. */
 function imageNodes(
   node: string,
-  file: string,
+  image: { name: string; device: boolean },
   format: string,
   readOnly: boolean,
   p: DiskPlan,
@@ -171,9 +172,9 @@ function imageNodes(
   return [
     '-blockdev',
     qemuOpts(undefined, [
-      ['driver', 'file'],
+      ['driver', image.device ? 'host_device' : 'file'],
       ['node-name', `${node}-file`],
-      ['filename', file],
+      ['filename', image.name],
       ['read-only', readOnly],
       ['aio', p.disk.io],
       ['cache.direct', direct],

@@ -9,8 +9,11 @@ import { diskKind } from '../api/disk-kind.js';
 
 export type { ImageFormat } from '../api/vocabulary.js';
 
-/** How QEMU reaches an image file: by path, or by an fd it inherits (passed through `-add-fd`, opened as /dev/fdset/N). */
-export type ImageFile = { path: string } | { fd: number };
+/**
+ * How QEMU reaches an image file: by path, or by an fd it inherits (passed through `-add-fd`, opened as
+ * /dev/fdset/N). `device`: a block device, which QEMU opens with its `host_device` driver, not `file`.
+ */
+export type ImageFile = { path: string; device?: true } | { fd: number; device?: true };
 
 /** Where the image of one volume lives on the node, as QEMU will open it. */
 export interface ResolvedVolume {

@@ -80,3 +80,28 @@ tap.test('hostDisk: a qcow2 with a backing file is refused; a plain qcow2 runs a
     'status.volumeStatus says qcow2 and its virtual size',
   );
 });
+
+tap.test('hostDisk on a block device (a loop device): QEMU opens it as host_device', { skip }, async (t) => {
+  const work = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-fmt-'));
+  t.teardown(() => fs.rmSync(work, { recursive: true, force: true }));
+  const file = path.join(work, 'block.img');
+  fs.writeFileSync(file, Buffer.alloc(0));
+  fs.truncateSync(file, 32 * 1024 * 1024);
+  let loop: string;
+  try {
+    loop = execFileSync('losetup', ['--find', '--show', file], { encoding: 'utf8' }).trim();
+  } catch (e) {
+    t.skip(`no loop device here: ${(e as Error).message.split('\n')[0]}`);
+    return;
+  }
+  t.teardown(() => void execFileSync('losetup', ['-d', loop]));
+  const d = await startTestDaemon(t);
+  await d.apply(YAML.stringify(vmiObject('blk', hostDiskSpec(loop))));
+  const vmi = await d.waitPhase('blk', 'Running', 90_000);
+  const node = d
+    .vmProcesses()
+    .find((p) => p.argv[0]?.includes('qemu-system') && p.argv.join(' ').includes(vmi.metadata.uid))
+    ?.argv.find((a) => a.includes('node-name=vol0-file'));
+  t.match(node, /^driver=host_device,/, 'the protocol node is host_device');
+  t.match((vmi.status as { volumeStatus?: unknown }).volumeStatus, [{ name: 'data', format: 'raw', size: 32 * 1024 * 1024 }], 'raw, with the device size');
+});

@@ -370,6 +370,20 @@ t.test('argv: an overlay names its base node explicitly, and images passed by fd
   t.ok(argv.indexOf('-add-fd') < argv.indexOf('-blockdev'), '-add-fd comes before the block nodes that use it');
 });
 
+t.test('argv: a block device is opened with host_device, by path or by fd', async (t) => {
+  const spec = {
+    domain: { memory: { guest: '128Mi' }, devices: { disks: [{ name: 'a' }, { name: 'b' }] } },
+    volumes: ['a', 'b'].map((n) => ({ name: n, hostDisk: { path: `/dev/${n}`, type: 'Disk' } })),
+  };
+  const volumes = {
+    a: { file: { path: '/dev/loop7', device: true as const }, format: 'raw' as const, readOnly: false },
+    b: { file: { fd: 3, device: true as const }, format: 'raw' as const, readOnly: false },
+  };
+  const blockdevs = values(buildArgv(vmi(spec), ctx({ volumes })), '-blockdev');
+  t.ok(blockdevs.includes('driver=host_device,node-name=vol0-file,filename=/dev/loop7,read-only=off,discard=unmap'));
+  t.ok(blockdevs.includes('driver=host_device,node-name=vol1-file,filename=/dev/fdset/1,read-only=off,discard=unmap'));
+});
+
 t.test('argv: cache, io and shareable', async (t) => {
   const spec = {
     domain: {
