@@ -312,6 +312,11 @@ export const ERROR_CODES = {
     area: 'cluster',
     meaning: "CLI: pause/unpause/softreboot/reset/console/qmp against a cluster: they need the daemon of the VMI's node",
   },
+  API_SERVER_VERB: {
+    http: 409,
+    area: 'cluster',
+    meaning: "start/stop/restart through a node daemon's socket in cluster mode: a VM is the API server's object",
+  },
   // disk: docs/errors-disk.md
   IMAGE_FORMAT_UNSUPPORTED: {
     http: 422,

@@ -59,11 +59,29 @@ export interface ClientOptions {
   socketPath: string;
 }
 
-function parseJson(text: string): unknown {
+export function parseJson(text: string): unknown {
   try {
     return JSON.parse(text) as unknown;
   } catch {
     return undefined;
+  }
+}
+
+/** A watch stream as one parsed value per line (undefined for a line that is not JSON); a break while `signal` is not aborted becomes `broken(e)`. */
+export async function* jsonLines(body: AsyncIterable<unknown>, signal: AbortSignal, broken: (e: unknown) => Error): AsyncGenerator<unknown> {
+  let buf = '';
+  try {
+    for await (const chunk of body) {
+      buf += (chunk as Buffer).toString('utf8');
+      let nl: number;
+      while ((nl = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, nl).trim();
+        buf = buf.slice(nl + 1);
+        if (line) yield parseJson(line);
+      }
+    }
+  } catch (e) {
+    if (!signal.aborted) throw broken(e);
   }
 }
 
@@ -164,22 +182,7 @@ export class ApiClient {
       const text = Buffer.concat(chunks).toString('utf8');
       throw errorFromResponse(res.statusCode ?? 0, parseJson(text), text);
     }
-    return (async function* lines(): AsyncGenerator<unknown> {
-      let buf = '';
-      try {
-        for await (const chunk of res) {
-          buf += (chunk as Buffer).toString('utf8');
-          let nl: number;
-          while ((nl = buf.indexOf('\n')) >= 0) {
-            const line = buf.slice(0, nl).trim();
-            buf = buf.slice(nl + 1);
-            if (line) yield parseJson(line);
-          }
-        }
-      } catch (e) {
-        if (!signal.aborted) throw new VmletError('DAEMON_CONNECTION_LOST', 'the watch connection to the vmlet daemon broke', { cause: e });
-      }
-    })();
+    return jsonLines(res, signal, (e) => new VmletError('DAEMON_CONNECTION_LOST', 'the watch connection to the vmlet daemon broke', { cause: e }));
   }
 
   /** HTTP Upgrade (e.g. to `vmlet-console`); resolves with the raw socket, the bytes already read, and the response headers. */

@@ -7,7 +7,7 @@ import type net from 'node:net';
 import { KubeConfig } from '@kubernetes/client-node';
 import { isErrorCode, type ErrorCode } from '../error-codes.js';
 import { VmletError } from '../errors.js';
-import { ApiError, GROUP_PATH, SUBRESOURCE_PATH, type ApiResponse, type RequestOptions } from './client.js';
+import { ApiError, GROUP_PATH, jsonLines, parseJson, SUBRESOURCE_PATH, type ApiResponse, type RequestOptions } from './client.js';
 import type { CliClient } from './commands.js';
 
 /**
@@ -26,14 +26,6 @@ const REASON_CODES: Readonly<Record<string, ErrorCode>> = {
   ServerTimeout: 'KUBE_API_UNAVAILABLE',
   InternalError: 'KUBE_API_UNAVAILABLE',
 };
-
-function parseJson(text: string): unknown {
-  try {
-    return JSON.parse(text) as unknown;
-  } catch {
-    return undefined;
-  }
-}
 
 /** The webhook's message repeats its code (`… denied the request: OUT_OF_RANGE: field: …`); the code is shown once, at the end. */
 function readable(message: string, code: string): string {
@@ -205,23 +197,7 @@ export class KubeApiClient implements CliClient {
       const text = await this.readBody(res);
       throw kubeErrorFromResponse(res.statusCode ?? 0, parseJson(text), text, p);
     }
-    const broken = (e: unknown): VmletError => this.broken(e);
-    return (async function* lines(): AsyncGenerator<unknown> {
-      let buf = '';
-      try {
-        for await (const chunk of res) {
-          buf += (chunk as Buffer).toString('utf8');
-          let nl: number;
-          while ((nl = buf.indexOf('\n')) >= 0) {
-            const line = buf.slice(0, nl).trim();
-            buf = buf.slice(nl + 1);
-            if (line) yield parseJson(line);
-          }
-        }
-      } catch (e) {
-        if (!signal.aborted) throw broken(e);
-      }
-    })();
+    return jsonLines(res, signal, (e) => this.broken(e));
   }
 
   /** Consoles are served by the node's daemon, not by the API server. */

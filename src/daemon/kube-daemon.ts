@@ -193,7 +193,7 @@ export async function startKubeDaemon(config: DaemonConfig, caps: QemuCaps, logg
   // The node-local socket: get, console, qmp, pause for debugging (writes go to the API server, through its admission).
   const controller = new VmController({ source, logger: logger.child({ component: 'vm-actions' }), apiVersion: source.apiVersion });
   const api = await ApiServer.listen({
-    backend: new LocalBackend({ store: nodeApiSource(source, nodeView), node, controller }),
+    backend: new LocalBackend({ store: nodeApiSource(source, nodeView), node, controller, vmActions: false }),
     socketPath: config.socket,
     logger: logger.child({ component: 'api' }),
     maxBodyBytes: config.maxBodyBytes,

@@ -15,6 +15,8 @@ export interface LocalBackendOptions {
   store: Source;
   node: NodeReconciler;
   controller: VmController;
+  /** false: start/stop/restart are refused (a node daemon in cluster mode: VMs are the API server's). */
+  vmActions?: boolean;
   /** Admission of interfaces and networks (absent: any are refused by nothing here). */
   network?: VmNetwork;
 }
@@ -196,6 +198,12 @@ export class LocalBackend implements Backend {
    * on Manual and Once they act on the VMI directly.
    */
   async vmAction(ref: ObjectRef, action: VmAction): Promise<void> {
+    if (this.opts.vmActions === false) {
+      throw new VmletError(
+        'API_SERVER_VERB',
+        `${action} of VirtualMachine ${ref.namespace}/${ref.name} changes the VM on the API server, which this node daemon may not do: run "vmlet --kubeconfig FILE -n ${ref.namespace} ${action} ${ref.name}"`,
+      );
+    }
     const vmObj = await this.store.get('VirtualMachine', ref.namespace, ref.name);
     if (!vmObj) throw notFound({ ...ref, kind: 'VirtualMachine' });
     const vm = asVm(vmObj);
