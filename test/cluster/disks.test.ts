@@ -41,8 +41,12 @@ async function guestVm(name: string, ns: string, volume: Volume): Promise<Record
   };
 }
 
-/** Types `command` into the guest's shell through the node socket and waits for `expect` once more on its console. */
+/**
+ * Types `command` into the guest's shell through the node socket and waits for `expect` once more on its console.
+ * `expect` must not be a part of `command`: the console echoes what is typed.
+ */
 async function inGuest(env: KubeEnv, vm: string, vmi: Obj, command: string, expect: string): Promise<void> {
+  if (command.includes(expect)) throw new Error(`"${expect}" is part of the command: its echo would match`);
   const pod = await env.podOf(vmi.metadata.uid);
   if (!pod) throw new Error(`VMI ${vm} has no launcher pod`);
   const before = env.consoleOf(pod).split(expect).length - 1;
@@ -206,7 +210,7 @@ t.test('disks in cluster mode', async (t) => {
     const diskImg = path.join(pvDir, 'disk.img');
     t.equal(fs.statSync(diskImg).size, claimDiskBytes(1 << 30, 0.055), 'disk.img at the claim root: 1Gi less 5.5%');
     await booted(env, vmi);
-    await inGuest(env, 'pv', vmi, `printf 'PVC-MARKER-1' > /dev/vda && sync; echo " <pv-wrote"`, ' <pv-wrote');
+    await inGuest(env, 'pv', vmi, `printf 'PVC-MARKER-1' > /dev/vda && sync && head -c 12 /dev/vda; echo " <pv-wrote"`, 'PVC-MARKER-1 <pv-wrote');
     const again = await restart(env, 'pv', vmi);
     await booted(env, again);
     await inGuest(env, 'pv', again, `head -c 12 /dev/vda; echo " <pv-read"`, 'PVC-MARKER-1 <pv-read');

@@ -693,6 +693,8 @@ export function snapshotDir(dir: string): Map<string, string> {
 
 /** Types `command` into the guest's shell over `vmlet console` and waits until `expect` appears once more on its console log. */
 export async function runInGuest(d: TestDaemon, vm: string, uid: string, command: string, expect: string, timeoutMs = 30_000): Promise<void> {
+  // The console echoes what is typed: an `expect` inside the command would match before it ran.
+  if (command.includes(expect)) throw new Error(`"${expect}" is part of the command: its echo would match`);
   const before = d.consoleText(uid).split(expect).length - 1;
   await d.cliOk(['console', vm], { input: `${command}\n`, timeoutMs: 20_000 });
   await waitFor(`"${expect}" on ${vm}'s console`, () => d.consoleText(uid).split(expect).length - 1 > before, timeoutMs);
