@@ -7,7 +7,7 @@ import path from 'node:path';
 import tap from 'tap';
 import YAML from 'yaml';
 import { buildContainerDisk, containerDiskSkipReason, testDiskImage } from '../support/container-disk.js';
-import { daemonSkipReason, READY_MARKER, runInGuest, startTestDaemon, vmObject, waitFor, type KubeObj, type TestDaemon } from '../support/daemon.js';
+import { daemonSkipReason, READY_MARKER, runInGuest, startTestDaemon, vmObject, vmiObject, waitFor, type KubeObj, type TestDaemon } from '../support/daemon.js';
 import { which } from '../support/which.js';
 
 const skip = daemonSkipReason() || containerDiskSkipReason() || (which('qemu-img') ? false : 'qemu-img is missing (apt-get install qemu-utils)');
@@ -133,4 +133,22 @@ tap.test('containerDisk: a missing image keeps the VMI waiting, not failing, unt
     vmi.status?.conditions?.some((c) => c.type === 'ImageAvailable'),
     'the ImageAvailable condition is gone',
   );
+});
+
+tap.test('containerDisk: a VMI deleted while it waits for its image goes away at once and leaves nothing', { skip }, async (t) => {
+  const d = await startTestDaemon(t);
+  await d.apply(
+    YAML.stringify(
+      vmiObject('gone', { disks: [{ name: 'data', disk: { bus: 'virtio' } }], volumes: [{ name: 'data', containerDisk: { image: 'never-imported:1' } }] }),
+    ),
+  );
+  const waiting = await waitFor('the VMI to wait for its image', async () => {
+    const v = await d.vmi('gone');
+    return v?.status?.conditions?.some((c) => c.type === 'ImageAvailable' && c.status === 'False') ? v : undefined;
+  });
+  const t0 = Date.now();
+  await d.cliOk(['delete', 'vmi', 'gone', '--wait']);
+  t.ok(Date.now() - t0 < 10_000, `deleted in ${Date.now() - t0} ms: the wait ends with the stop`);
+  t.notOk(fs.existsSync(d.vmRunDir(waiting.metadata.uid)), 'no run dir left');
+  t.same(d.vmProcesses(), [], 'no launcher or QEMU was started');
 });
