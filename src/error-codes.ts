@@ -44,7 +44,7 @@ export const ERROR_CODES = {
   CONFLICT: { http: 409, area: 'daemon', meaning: 'the request conflicts with the current state of the object' },
   SD_NOTIFY_FAILED: { http: 500, area: 'daemon', meaning: 'the NOTIFY_SOCKET datagram could not be sent' },
   SYS_NO_FD: { http: 500, area: 'daemon', meaning: 'a socket without an OS fd was asked to pass fds' },
-  SYS_SPAWN_FAILED: { http: 500, area: 'daemon', meaning: 'posix_spawn of a program (vmlet-launch) failed' },
+  SYS_SPAWN_FAILED: { http: 500, area: 'daemon', meaning: 'posix_spawn of a program (vmlet-launch, ip, nft) failed' },
   SYS_SENDMSG: { http: 500, area: 'daemon', meaning: 'sendmsg with SCM_RIGHTS failed or wrote short' },
   SYS_PEERCRED: { http: 500, area: 'daemon', meaning: 'getsockopt(SO_PEERCRED) failed' },
   // http: docs/errors-http.md

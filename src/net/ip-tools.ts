@@ -1,12 +1,13 @@
-// The NetManager's use of the ip and nft programs: plain, JSON and batch invocations on the host or inside a netns (through nsenter), and the one test of a failure's stderr.
+// The NetManager's use of the ip and nft programs: plain, JSON and batch invocations on the host or inside a netns, and the one test of a failure's stderr.
 import { VmletError } from '../errors.js';
 import { toBatch } from './commands.js';
-import type { CommandRunner } from './exec.js';
+import type { CommandResult, CommandRunner } from './exec.js';
 import type { IpCommand } from './types.js';
 
 export interface IpToolBins {
   ip: string;
   nft: string;
+  /** only for runners that cannot start a program inside a netns themselves */
   nsenter: string;
 }
 
@@ -22,33 +23,98 @@ export function isGone(e: unknown): boolean {
   return e instanceof VmletError && e.code === 'NET_COMMAND_FAILED' && e.stderr !== undefined && GONE_STDERR.test(e.stderr);
 }
 
+/** `ip -batch` ends the error of each failed line with this (iproute2's ip.c). */
+const FAILED_LINE = /^Command failed -:(\d+)$/;
+
+/**
+ * Splits the outcome of an `ip -force -batch -` run by line: null for a line that worked, else a
+ * NET_COMMAND_FAILED carrying only that line's stderr. When the failure cannot be attributed (ip
+ * did not start, or printed no line numbers) every line gets the whole error.
+ */
+export function splitBatchFailure(cmds: readonly IpCommand[], err: unknown): (VmletError | null)[] {
+  if (!(err instanceof VmletError) || err.exitCode !== 1 || err.stderr === undefined) return cmds.map(() => toError(err));
+  const failed = new Map<number, string[]>();
+  let pending: string[] = [];
+  for (const line of err.stderr.split('\n')) {
+    const m = FAILED_LINE.exec(line.trim());
+    if (m) {
+      failed.set(Number(m[1]) - 1, pending);
+      pending = [];
+    } else if (line.trim() !== '') {
+      pending.push(line.trim());
+    }
+  }
+  if (failed.size === 0) return cmds.map(() => err);
+  return cmds.map((c, i) => {
+    const lines = failed.get(i);
+    if (lines === undefined) return null;
+    const stderr = lines.join('\n');
+    return new VmletError('NET_COMMAND_FAILED', `ip ${c.join(' ')}: ${lines.slice(0, 6).join('; ') || 'failed'}`, { exitCode: 1, stderr, cause: err });
+  });
+}
+
+function toError(e: unknown): VmletError {
+  return e instanceof VmletError ? e : new VmletError('NET_COMMAND_FAILED', (e as Error).message, { cause: e });
+}
+
 export class IpTools {
   constructor(
     private readonly run: CommandRunner,
     private readonly bin: IpToolBins,
   ) {}
 
-  async ip(args: string[]): Promise<string> {
-    return (await this.run(this.bin.ip, args)).stdout;
+  /** `bin args` on the host, or inside the netns at `netnsPath`: started there by the runner when it can, else through nsenter. */
+  private exec(bin: string, args: string[], input: string | undefined, netnsPath: string | undefined): Promise<CommandResult> {
+    if (netnsPath === undefined) return this.run(bin, args, input);
+    if (this.run.inNetns) return this.run.inNetns(netnsPath, bin, args, input);
+    return this.run(this.bin.nsenter, [`--net=${netnsPath}`, '--', bin, ...args], input);
+  }
+
+  async ip(args: string[], netnsPath?: string): Promise<string> {
+    return (await this.exec(this.bin.ip, args, undefined, netnsPath)).stdout;
   }
 
   /** `ip -json …`, parsed; empty output is an empty list. */
-  async ipJson<T>(args: string[]): Promise<T> {
-    const out = await this.ip(['-json', ...args]);
+  async ipJson<T>(args: string[], netnsPath?: string): Promise<T> {
+    const out = await this.ip(['-json', ...args], netnsPath);
     return (out.trim() === '' ? [] : JSON.parse(out)) as T;
   }
 
-  /** One `ip -batch -` process for all commands, on the host or inside the netns at `netnsPath`. */
+  /**
+   * Several reads in one `ip -json [opts] -batch -` process: ip prints one JSON document per line
+   * and command, parsed here in order. `opts` (e.g. `-details`) apply to every command.
+   */
+  async ipJsonBatch<T extends unknown[]>(cmds: IpCommand[], opts: string[] = [], netnsPath?: string): Promise<T> {
+    const out = (await this.exec(this.bin.ip, ['-json', ...opts, '-batch', '-'], toBatch(cmds), netnsPath)).stdout;
+    const docs = out.split('\n').filter((l) => l.trim() !== '');
+    if (docs.length !== cmds.length) {
+      throw new VmletError('NET_COMMAND_FAILED', `ip -json -batch printed ${docs.length} documents for ${cmds.length} commands`, { stderr: '' });
+    }
+    return docs.map((d) => JSON.parse(d) as unknown) as T;
+  }
+
+  /** One `ip -batch -` process for all commands, on the host or inside the netns at `netnsPath`; it stops at the first failure. */
   async ipBatch(cmds: IpCommand[], netnsPath?: string): Promise<void> {
     if (cmds.length === 0) return;
-    const text = toBatch(cmds);
-    if (netnsPath === undefined) await this.run(this.bin.ip, ['-batch', '-'], text);
-    else await this.run(this.bin.nsenter, [`--net=${netnsPath}`, '--', this.bin.ip, '-batch', '-'], text);
+    await this.exec(this.bin.ip, ['-batch', '-'], toBatch(cmds), netnsPath);
+  }
+
+  /**
+   * One `ip -force -batch -` process for commands that may each fail on their own (deletions of
+   * what may be gone already): per command, null or its own NET_COMMAND_FAILED (for isGone).
+   */
+  async ipEach(cmds: IpCommand[], netnsPath?: string): Promise<(VmletError | null)[]> {
+    if (cmds.length === 0) return [];
+    try {
+      await this.exec(this.bin.ip, ['-force', '-batch', '-'], toBatch(cmds), netnsPath);
+      return cmds.map(() => null);
+    } catch (e) {
+      return splitBatchFailure(cmds, e);
+    }
   }
 
   /** Loads an nftables ruleset (`nft -f -`) on the host or inside the netns at `netnsPath`. */
   async nft(ruleset: string, netnsPath?: string): Promise<void> {
-    if (netnsPath === undefined) await this.run(this.bin.nft, ['-f', '-'], ruleset);
-    else await this.run(this.bin.nsenter, [`--net=${netnsPath}`, '--', this.bin.nft, '-f', '-'], ruleset);
+    await this.exec(this.bin.nft, ['-f', '-'], ruleset, netnsPath);
   }
 }

@@ -22,6 +22,7 @@ export interface PodNetworkOptions {
   proc?: string;
   /** default /dev/net/tun */
   tun?: string;
+  /** programs; nsenter only serves a runner without `inNetns` (the default runner starts programs inside a netns itself) */
   bins?: { ip?: string; nft?: string; nsenter?: string };
   runner?: CommandRunner;
   log?: NetLogger;
@@ -87,8 +88,6 @@ export class PodNetwork {
   private readonly proc: string;
   private readonly tun: string;
   private readonly tools: IpTools;
-  private readonly run: CommandRunner;
-  private readonly bins: { ip: string; nft: string; nsenter: string };
   private readonly log: NetLogger;
   private readonly served = new Set<string>();
 
@@ -97,19 +96,12 @@ export class PodNetwork {
     this.proc = opts.proc ?? '/proc';
     this.tun = opts.tun ?? '/dev/net/tun';
     this.log = opts.log ?? silent;
-    this.run = opts.runner ?? execRunner;
-    this.bins = { ip: opts.bins?.ip ?? 'ip', nft: opts.bins?.nft ?? 'nft', nsenter: opts.bins?.nsenter ?? 'nsenter' };
-    this.tools = new IpTools(this.run, this.bins);
+    this.tools = new IpTools(opts.runner ?? execRunner, { ip: opts.bins?.ip ?? 'ip', nft: opts.bins?.nft ?? 'nft', nsenter: opts.bins?.nsenter ?? 'nsenter' });
     this.dhcp = opts.dhcp ?? new DhcpServer({ log: this.log, selfNetns: this.selfNetns(), ...(opts.now ? { now: opts.now } : {}) });
   }
 
   private selfNetns(): string {
     return path.join(this.proc, 'thread-self/ns/net');
-  }
-
-  private async ipJsonIn<T>(netnsPath: string, args: string[]): Promise<T> {
-    const out = (await this.run(this.bins.nsenter, [`--net=${netnsPath}`, '--', this.bins.ip, '-json', ...args])).stdout;
-    return (out.trim() === '' ? [] : JSON.parse(out)) as T;
   }
 
   /** The plan of the request and what is in the pod's netns now; null when the VMI has no interface. */
@@ -119,10 +111,15 @@ export class PodNetwork {
     }
     const plan = planNetwork(req.interfaces, req.networks, req.uid, req.plan ?? {});
     if (plan.interfaces.length === 0) return null;
-    const [links, routes] = await Promise.all([
-      this.ipJsonIn<IpLink[]>(req.netnsPath, ['-details', 'addr', 'show']),
-      this.ipJsonIn<IpRoute[]>(req.netnsPath, ['route', 'show', 'default']),
-    ]);
+    // one process for both reads; -details (for the links) only adds route fields readPodState ignores
+    const [links, routes] = await this.tools.ipJsonBatch<[IpLink[], IpRoute[]]>(
+      [
+        ['addr', 'show'],
+        ['route', 'show', 'default'],
+      ],
+      ['-details'],
+      req.netnsPath,
+    );
     return { plan, state: readPodState(links, routes, plan.interfaces[0]!) };
   }
 
@@ -158,8 +155,8 @@ export class PodNetwork {
 
   /**
    * Builds the binding in the pod's netns (or rebuilds an earlier attach's from its record), serves
-   * DHCP there and opens the taps. Two processes run in the netns (ip and nft, side by side) plus
-   * two to read it. On failure DHCP is stopped and no fd stays open; links already made stay for a
+   * DHCP there and opens the taps. Two processes run in the netns (ip and nft, side by side) after
+   * one that reads it. On failure DHCP is stopped and no fd stays open; links already made stay for a
    * retry (which rebuilds them from the record) or die with the pod.
    */
   async attach(req: PodAttachRequest): Promise<PodAttachResult> {

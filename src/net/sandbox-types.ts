@@ -34,6 +34,7 @@ export interface NetManagerOptions {
   dns?: DnsSettings & { domain?: string };
   leaseSeconds?: number;
   paths?: Partial<NetPaths>;
+  /** programs; nsenter only serves a runner without `inNetns` (the default runner starts programs inside a netns itself) */
   bins?: { ip?: string; nft?: string; nsenter?: string };
   runner?: CommandRunner;
   log?: NetLogger;

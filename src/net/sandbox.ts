@@ -7,12 +7,14 @@ import { openTap } from '../sys/tun.js';
 import {
   checkSubnetClash,
   deleteNftTableRuleset,
+  freshNetnsRuleset,
   gatewayOf,
   hostNftRuleset,
   planBinding,
   planHostBridge,
-  planSandboxHost,
   planSandboxInside,
+  planSandboxNetns,
+  planSandboxVeth,
   type HostNetParams,
   type PodInterfaceState,
 } from './commands.js';
@@ -123,14 +125,16 @@ export class NetManager {
    * the gateway address if missing, loads the NAT table and (unless disabled) enables forwarding.
    */
   async ensureHost(): Promise<void> {
-    checkSubnetClash(this.subnet, await this.hostRoutes(), this.bridge);
     type Link = { ifname: string; flags?: string[]; linkinfo?: { info_kind?: string }; addr_info?: { family: string; local: string; prefixlen: number }[] };
-    let links: Link[] = [];
-    try {
-      links = await this.tools.ipJson<Link[]>(['-details', 'addr', 'show', 'dev', this.bridge]);
-    } catch (e) {
-      if (!isGone(e)) throw e;
-    }
+    // two reads side by side; nothing is written before the clash check
+    const [routes, links] = await Promise.all([
+      this.hostRoutes(),
+      this.tools.ipJson<Link[]>(['-details', 'addr', 'show', 'dev', this.bridge]).catch((e: unknown) => {
+        if (isGone(e)) return [];
+        throw e;
+      }),
+    ]);
+    checkSubnetClash(this.subnet, routes, this.bridge);
     const br = links[0];
     const cmds = planHostBridge(this.params(), {
       bridgeExists: br !== undefined,
@@ -138,8 +142,8 @@ export class NetManager {
       bridgeAddresses: (br?.addr_info ?? []).filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`),
       bridgeUp: br?.flags?.includes('UP') ?? false,
     });
-    await this.tools.ipBatch(cmds);
-    await this.tools.nft(hostNftRuleset(this.params()));
+    // the ruleset names the bridge only as a string, so both load side by side
+    await settleAll([this.tools.ipBatch(cmds), this.tools.nft(hostNftRuleset(this.params()))]);
     if (this.opts.hostForwarding ?? true) {
       fs.writeFileSync(path.join(this.paths.proc, 'sys/net/ipv4/ip_forward'), '1');
     }
@@ -148,12 +152,12 @@ export class NetManager {
 
   /** Removes vmlet's NAT table and the bridge (other tables and links are not touched). */
   async removeHost(): Promise<void> {
-    await this.tools.nft(deleteNftTableRuleset('ip', this.nftTable));
-    try {
-      await this.tools.ip(['link', 'del', this.bridge]);
-    } catch (e) {
-      if (!isGone(e)) throw e;
-    }
+    await settleAll([
+      this.tools.nft(deleteNftTableRuleset('ip', this.nftTable)),
+      this.tools.ip(['link', 'del', this.bridge]).catch((e: unknown) => {
+        if (!isGone(e)) throw e;
+      }),
+    ]);
   }
 
   private dnsSettings(): DnsSettings & { domain?: string } {
@@ -252,19 +256,21 @@ export class NetManager {
       const sp = { names, bridge: this.bridge, address: lease.address, prefix: subnet.prefix, gateway: this.gateway, mtu };
       const pod: PodInterfaceState = { address: lease.address, prefix: subnet.prefix, gateway: this.gateway, mtu };
       const bindings = plan.interfaces.map((iface) => ({ iface, b: planBinding(iface, pod, req.tap ?? {}, this.nftTable) }));
-      // three processes in all: ip on the host, then ip and nft in the netns side by side (the
-      // rulesets name interfaces only as strings, so they load before the links exist)
-      await this.tools.ipBatch(planSandboxHost(sp));
+      const [mkNetns, veth, inside] = [planSandboxNetns(sp), planSandboxVeth(sp), [...planSandboxInside(sp), ...bindings.flatMap(({ b }) => b.ip)]];
+      const rulesets = bindings.flatMap(({ b }) => (b.nft !== null ? [b.nft] : []));
+      // the netns first; then its links (host side, then inside) while the NAT ruleset loads into
+      // it: rulesets name interfaces only as strings, so they load before the links exist
+      await this.tools.ipBatch(mkNetns);
       if (bindings.some(({ b }) => b.ipForward)) {
         withNetns(netnsPath, () => fs.writeFileSync(path.join(this.paths.proc, 'sys/net/ipv4/ip_forward'), '1'), {
           selfNetns: path.join(this.paths.proc, 'thread-self/ns/net'),
         });
       }
-      const rulesets = bindings.flatMap(({ b }) => (b.nft !== null ? [b.nft] : []));
-      const inside = this.tools.ipBatch([...planSandboxInside(sp), ...bindings.flatMap(({ b }) => b.ip)], netnsPath);
-      const nat = rulesets.length > 0 ? this.tools.nft(rulesets.join(''), netnsPath) : Promise.resolve();
-      const [r1, r2] = await Promise.allSettled([inside, nat]);
-      for (const r of [r1, r2]) if (r.status === 'rejected') throw r.reason;
+      await settleAll([
+        this.tools.ipBatch(veth).then(() => this.tools.ipBatch(inside, netnsPath)),
+        // one ruleset into the netns made above: nothing to replace there
+        rulesets.length > 0 ? this.tools.nft(rulesets.length === 1 ? freshNetnsRuleset(rulesets[0]!) : rulesets.join(''), netnsPath) : Promise.resolve(),
+      ]);
       const interfaces: LeaseInterface[] = bindings.map(({ iface, b }) => ({
         name: iface.name,
         index: iface.index,
@@ -280,10 +286,11 @@ export class NetManager {
         serverIp: b.dhcp.serverIp,
         mtu: b.dhcp.mtu,
       }));
-      const done = await ipam.update(req.uid, { interfaces });
-      await this.serveDhcp(done);
+      // DHCP needs nothing of the lease write, so both run at once (both settle before a cleanup)
+      const done = ipam.update(req.uid, { interfaces });
+      await settleAll([done, this.serveDhcp({ ...lease, interfaces })]);
       this.log.info({ uid: req.uid, netns: names.netns, address: lease.address, ms: Date.now() - started }, 'sandbox ready');
-      return this.info(done);
+      return this.info(await done);
     } catch (e) {
       try {
         await this.teardown(req.uid);
@@ -339,24 +346,20 @@ export class NetManager {
     return (l.interfaces ?? []).map((li) => ({ name: li.name, mac: li.mac, ipAddress: l.address, ipAddresses: [l.address] }));
   }
 
-  /** Deletes the host veth (its peer and everything inside the netns goes with the netns) and the netns; missing ones are fine. */
+  /**
+   * Deletes the host veth (with its peer; the rest goes with the netns), then the netns, in one `ip -force -batch`; missing
+   * ones are fine. The veth is deleted, not left to the netns, so its name is free on return (a netns dies asynchronously).
+   */
   private async removeObjects(uid: string, names: Pick<SandboxNames, 'netns' | 'hostVeth'>): Promise<string[]> {
-    const errors: string[] = [];
-    const removed: string[] = [];
     for (const key of this.dhcp.keys()) if (key.startsWith(`${uid}/`)) await this.dhcp.remove(key);
-    for (const args of [
+    const cmds = [
       ['link', 'del', checkIfName(names.hostVeth)],
       ['netns', 'del', names.netns],
-    ]) {
-      try {
-        await this.tools.ip(args);
-        removed.push(args[2]!);
-      } catch (e) {
-        if (!isGone(e)) errors.push((e as Error).message);
-      }
-    }
+    ];
+    const failed = await this.tools.ipEach(cmds);
+    const errors = failed.flatMap((e) => (e !== null && !isGone(e) ? [e.message] : []));
     if (errors.length > 0) throw new VmletError('NET_CLEANUP_FAILED', `cleanup of ${uid}: ${errors.join('; ')}`);
-    return removed;
+    return cmds.flatMap((c, i) => (failed[i] === null ? [c[2]!] : []));
   }
 
   /** Removes the sandbox of `uid` (DHCP, veth, netns with its taps and nft table) and releases its lease. Idempotent. */
@@ -438,4 +441,9 @@ export class NetManager {
     await this.dhcp.close();
     await this.leaseUpdates;
   }
+}
+
+/** Waits for every step, then throws the first failure (no step is left running behind an error). */
+async function settleAll(steps: Promise<unknown>[]): Promise<void> {
+  for (const r of await Promise.allSettled(steps)) if (r.status === 'rejected') throw r.reason;
 }

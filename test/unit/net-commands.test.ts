@@ -10,6 +10,9 @@ import {
   planSandboxInside,
   toBatch,
   deleteNftTableRuleset,
+  freshNetnsRuleset,
+  planSandboxNetns,
+  planSandboxVeth,
 } from '../../src/net/commands.js';
 import { planNetwork } from '../../src/net/plan.js';
 import type { IpRoute } from '../../src/net/types.js';
@@ -130,4 +133,28 @@ t.test('bridge binding', async (t) => {
   t.equal(b.ipForward, false);
   t.same(b.dhcp, { serverIp: '169.254.75.10', clientIp: '10.213.0.5', prefix: 16, router: '10.213.0.1', mtu: 1500 }, 'the guest gets the sandbox address');
   t.match(b.nft, /table bridge vmlet \{\n  chain forward \{\n.*\n    udp dport \{ 67, 68 \} drop/s, 'DHCP stays in the sandbox');
+});
+
+t.test('a fresh netns gets the same table without the replace prefix', async (t) => {
+  for (const spec of [
+    { name: 'default', masquerade: {} },
+    { name: 'default', bridge: {} },
+  ]) {
+    const b = planBinding(planNetwork([spec], [{ name: 'default', pod: {} }], UID).interfaces[0]!, pod, {}, 'vmlet_x');
+    const fresh = freshNetnsRuleset(b.nft!);
+    t.equal(fresh, b.nft!.split('\n').slice(2).join('\n'), 'only the first two lines go');
+    t.match(fresh, /^table (ip|bridge) vmlet_x \{\n  chain /);
+    t.notMatch(fresh, /delete table/);
+  }
+  const other = 'table ip a {}\ndelete table ip b\ntable ip a {\n}\n';
+  t.equal(freshNetnsRuleset(other), other, 'a prefix that does not pair up stays');
+  t.equal(freshNetnsRuleset('table ip a {\n}\n'), 'table ip a {\n}\n');
+});
+
+t.test('planSandboxHost is planSandboxNetns then planSandboxVeth', async (t) => {
+  const names = { id: '3f2a9c1e', netns: 'vmlet-3f2a9c1e', hostVeth: 'vmh-3f2a9c1e' };
+  const sp = { names, bridge: 'vmlet0', address: '10.213.0.5', prefix: 16, gateway: '10.213.0.1', mtu: 1500 };
+  t.same(planSandboxNetns(sp), [['netns', 'add', 'vmlet-3f2a9c1e']]);
+  t.same([...planSandboxNetns(sp), ...planSandboxVeth(sp)], planSandboxHost(sp));
+  t.throws(() => planSandboxVeth({ ...sp, bridge: 'bad bridge' }), { code: 'NET_INVALID_NAME' });
 });
