@@ -191,8 +191,8 @@ export function procArgv(pid: number): string[] {
 
 /**
  * vmlet's argv for a start by hand: `-add-fd` dropped, `/dev/fdset/N` replaced by the file the daemon passed in that
- * set (`fdFiles`), each `[from, to]` of `moves` (the VMI's run dir: sockets, overlay; a hostDisk) replaced; everything
- * else unchanged. The first move is the run dir: nothing may refer to it afterwards.
+ * set (`fdFiles`), QMP's inherited socket bound by path, each `[from, to]` of `moves` (the VMI's run dir: sockets,
+ * overlay; a hostDisk) replaced; everything else unchanged. The first move is the run dir: nothing may refer to it afterwards.
  */
 export function handArgv(argv: readonly string[], moves: readonly [string, string][], fdFiles: ReadonlyMap<number, string>): string[] {
   const out: string[] = [];
@@ -202,7 +202,9 @@ export function handArgv(argv: readonly string[], moves: readonly [string, strin
       i++;
       continue;
     }
-    let swapped = a.replace(/\/dev\/fdset\/(\d+)/g, (_, set: string) => {
+    // QMP's listening socket, inherited from the daemon: the hand-started QEMU binds the same path itself.
+    const qmpByPath = moves[0] === undefined ? a : a.replace(/^(socket,id=qmp,)fd=\d+(,|$)/, `$1path=${moves[0][0]}/qmp.sock$2`);
+    let swapped = qmpByPath.replace(/\/dev\/fdset\/(\d+)/g, (_, set: string) => {
       const f = fdFiles.get(Number(set));
       if (f === undefined) throw new Error(`vmlet's argv opens fd set ${set}, whose file this benchmark does not know: ${a}`);
       return f;

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { QmpClient } from '../src/qmp/client.js';
 import { startLibvirt, type Libvirt } from './libvirt.js';
 import { benchAccel, percentile, progress, rssKiB, startDaemon, vmletDelete, vmletStart } from './support.js';
+import type { ApiClient } from '../src/cli/client.js';
 import type { Accel } from '../src/api/vocabulary.js';
 
 const QEMU = '/usr/bin/qemu-system-x86_64';
@@ -104,6 +105,8 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
       await vmletDelete(api, `net-${i}`);
     }
 
+    const traces = await startTraceSteps(api);
+
     progress(`concurrent: ${concurrent} raw QEMU at once`);
     const t0 = performance.now();
     const rawC = await Promise.all(Array.from({ length: concurrent }, (_, i) => rawStart(dir, accel, 1000 + i)));
@@ -169,6 +172,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
             }
           : {}),
       },
+      start_trace_p50_ms: { no_nic: traces('seq-'), with_nic: traces('net-') },
       daemon_rss_kib: { vms_0: rss0, [`vms_${concurrent}`]: rssN, per_vm: +((rssN - rss0) / concurrent).toFixed(1) },
       libvirt: libvirt ? 'virsh create until domstate is running, private libvirtd' : 'skipped (--no-libvirt)',
     };
@@ -197,10 +201,28 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
           `${concurrent} concurrent libvirt ${med(lvC).toFixed(1).padStart(5)}  ${percentile(lvC, 95).toFixed(1).padStart(8)}   vmlet/libvirt ${(med(vmlC) / med(lvC)).toFixed(2)}`,
         );
       }
+      console.log('start trace, p50 ms since the POST arrived (GET /debug/start-traces):');
+      const withNic = result.start_trace_p50_ms.with_nic;
+      for (const [step, ms] of Object.entries(result.start_trace_p50_ms.no_nic)) console.log(`  ${step.padEnd(20)} ${String(ms).padStart(8)}`);
+      console.log('  with a NIC:');
+      for (const [step, ms] of Object.entries(withNic)) console.log(`  ${step.padEnd(20)} ${String(ms).padStart(8)}`);
       console.log(`daemon RSS: ${rss0} KiB with 0 VMs, ${rssN} KiB with ${concurrent} VMs`);
     }
   } finally {
     await libvirt?.stop();
     await bd.close([]);
   }
+}
+
+/** The daemon's start traces, as a function: name prefix → each step's median time since the POST (in first-seen order). */
+async function startTraceSteps(api: ApiClient): Promise<(prefix: string) => Record<string, number>> {
+  const body = await api.call('GET', '/debug/start-traces');
+  const items = (body as { items?: Array<{ name: string; steps: Array<[string, number]> }> }).items ?? [];
+  return (prefix) => {
+    const by = new Map<string, number[]>();
+    for (const t of items.filter((x) => x.name.startsWith(prefix))) {
+      for (const [step, ms] of t.steps) by.set(step, [...(by.get(step) ?? []), ms]);
+    }
+    return Object.fromEntries([...by].map(([step, xs]) => [step, +percentile(xs, 50).toFixed(2)]));
+  };
 }

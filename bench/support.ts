@@ -40,6 +40,29 @@ export function statusKiB(pid: number, field: string): number {
 
 export const rssKiB = (pid: number): number => statusKiB(pid, 'VmRSS');
 
+/** CPU time of all of a process's threads in ms, to the nanosecond (schedstat), where /proc/PID/stat counts 10 ms ticks. */
+export function threadsCpuMs(pid: number): number {
+  let ns = 0;
+  for (const t of fs.readdirSync(`/proc/${pid}/task`)) {
+    try {
+      ns += Number(fs.readFileSync(`/proc/${pid}/task/${t}/schedstat`, 'utf8').split(' ')[0]);
+    } catch {
+      /* the thread ended */
+    }
+  }
+  return ns / 1e6;
+}
+
+/** RSS once it has settled: the median of `samples` readings `gapMs` apart, so one GC's moment does not decide it. */
+export async function settledRssKiB(pid: number, samples = 5, gapMs = 200): Promise<number> {
+  const xs: number[] = [];
+  for (let i = 0; i < samples; i++) {
+    if (i > 0) await sleep(gapMs);
+    xs.push(rssKiB(pid));
+  }
+  return percentile(xs, 50);
+}
+
 /**
  * The benchmark VM: 64 MiB, 1 vCPU, no disk, serial console; stops at once. No NIC, like the raw
  * QEMU baseline, unless `net`: then KubeVirt's default (a masquerade NIC in its own sandbox).
@@ -76,7 +99,11 @@ async function describeVmi(api: ApiClient, name: string): Promise<string> {
 export async function waitPhase(api: ApiClient, name: string, phase: string, signal: AbortSignal, timeoutMs = PHASE_DEADLINE_MS): Promise<void> {
   const deadline = AbortSignal.timeout(timeoutMs);
   try {
-    const stream = await api.watch(`${paths.list('virtualmachineinstances', 'default')}?watch=true`, AbortSignal.any([signal, deadline]));
+    // Its own VMI only, as `kubectl wait` does: a watch on every VMI per start made 50 concurrent starts cost N² events.
+    const stream = await api.watch(
+      `${paths.list('virtualmachineinstances', 'default')}?watch=true&fieldSelector=${encodeURIComponent(`metadata.name=${name}`)}`,
+      AbortSignal.any([signal, deadline]),
+    );
     for await (const ev of stream) {
       const e = ev as { type: string; object: PhaseView };
       if (e.object.metadata.name === name && e.object.status?.phase === phase) return;
@@ -150,9 +177,17 @@ export interface BenchDaemon {
   close(names: string[]): Promise<void>;
 }
 
+/** Extra ways to start the benchmark daemon. */
+export interface BenchDaemonOptions {
+  /** Node options before the script, e.g. `--require` of bench/heap-account.ts's probe. */
+  nodeArgs?: string[];
+}
+
 /** A daemon of this checkout's build on its own socket, state, run dir and cgroup parent under `dir`. */
-export async function startDaemon(dir: string, accel: Accel): Promise<BenchDaemon> {
+export async function startDaemon(dir: string, accel: Accel, opts: BenchDaemonOptions = {}): Promise<BenchDaemon> {
   const socket = path.join(dir, 'vmlet.sock');
+  // On tmpfs like the daemon's default (/run/vmlet): the launcher fsyncs its pid files there, which costs ms on a disk.
+  const runDir = `/run/vmlet-bench-${path.basename(dir)}`;
   const config = path.join(dir, 'config.yaml');
   // Networking with names of its own (never the node's vmlet0), for the VMs that ask for a NIC.
   fs.writeFileSync(
@@ -172,7 +207,9 @@ export async function startDaemon(dir: string, accel: Accel): Promise<BenchDaemo
   const proc = spawn(
     process.execPath,
     [
-      path.join(root, 'dist', 'cli', 'main.js'),
+      ...(opts.nodeArgs ?? []),
+      // VMLET_BENCH_DIST: another build's dist/ (a copy of the tree before a change), for an A/B in one sitting.
+      path.join(process.env['VMLET_BENCH_DIST'] ?? path.join(root, 'dist'), 'cli', 'main.js'),
       'daemon',
       '--config',
       config,
@@ -181,7 +218,7 @@ export async function startDaemon(dir: string, accel: Accel): Promise<BenchDaemo
       '--state-dir',
       path.join(dir, 'state'),
       '--run-dir',
-      path.join(dir, 'run'),
+      runDir,
       '--accel',
       accel,
     ],
@@ -209,7 +246,8 @@ export async function startDaemon(dir: string, accel: Accel): Promise<BenchDaemo
       // VMs outlive the daemon by design: end whatever is left.
       for (const pid of fs.readdirSync('/proc').filter((p) => /^\d+$/.test(p))) {
         try {
-          if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(dir)) process.kill(Number(pid), 'SIGKILL');
+          // The run dir's name carries dir's unique name too.
+          if (fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').includes(path.basename(dir))) process.kill(Number(pid), 'SIGKILL');
         } catch {
           /* gone */
         }
@@ -227,6 +265,7 @@ export async function startDaemon(dir: string, accel: Accel): Promise<BenchDaemo
         }
       }
       fs.rmSync(dir, { recursive: true, force: true });
+      fs.rmSync(runDir, { recursive: true, force: true });
     },
   };
 }

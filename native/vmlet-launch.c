@@ -352,6 +352,8 @@ static void start_qemu(void)
     send_line("STARTED %d", (int)p);
 }
 
+static void join_netns(const char *path);
+
 /* A malformed message from the daemon: fatal before QEMU runs; afterwards QEMU must live on, so only the
  * connection is dropped (and re-established). Returns -1 for the caller to pass on. */
 static int protocol_error(const char *what)
@@ -420,6 +422,16 @@ static void process_input(void)
                 exit(status_exit_code(qemu_wstatus));
             disconnect("rejected while QEMU runs; will retry");
             return;
+        } else if (strncmp(rbuf, "NETNS ", 6) == 0) {
+            /* The sandbox's netns, made while this launcher started: joined before QEMU is forked. */
+            if (state != ST_NEW) {
+                protocol_error("NETNS while QEMU already started");
+                return;
+            }
+            if (rbuf[6] != '/')
+                protocol_error("NETNS path must be absolute"); /* exits */
+            if (!fail_code[0])
+                join_netns(rbuf + 6);
         } else if (strncmp(rbuf, "ARGV ", 5) == 0) {
             backoff = BACKOFF_MIN_MS;
             unsigned long nbytes;
@@ -491,19 +503,27 @@ static void read_conn(void)
     process_input();
 }
 
+/* Joins a netns; a failure is kept in fail_code/fail_msg and reported when ARGV comes. */
+static void join_netns(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 || setns(fd, CLONE_NEWNET) != 0) {
+        snprintf(fail_code, sizeof fail_code, "netns");
+        snprintf(fail_msg, sizeof fail_msg, "%s %.200s: %s", fd < 0 ? "open" : "setns", path, strerror(errno));
+        logmsg("cannot join netns: %s", fail_msg);
+        if (fd >= 0)
+            close(fd);
+        return;
+    }
+    close(fd);
+}
+
 static void join_sandbox(void)
 {
     if (opt.netns) {
-        int fd = open(opt.netns, O_RDONLY | O_CLOEXEC);
-        if (fd < 0 || setns(fd, CLONE_NEWNET) != 0) {
-            snprintf(fail_code, sizeof fail_code, "netns");
-            snprintf(fail_msg, sizeof fail_msg, "%s %.200s: %s", fd < 0 ? "open" : "setns", opt.netns, strerror(errno));
-            logmsg("cannot join netns: %s", fail_msg);
-            if (fd >= 0)
-                close(fd);
+        join_netns(opt.netns);
+        if (fail_code[0])
             return;
-        }
-        close(fd);
     }
     for (int i = 0; i < opt.ncgroups; i++) {
         char path[PATH_MAX], pid[24];

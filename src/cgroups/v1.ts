@@ -96,18 +96,26 @@ export class V1Manager implements CgroupManager {
     const segs = this.group.split('/');
     const cpusetDir = this.dirOf('cpuset');
     const seen = new Set<string>();
+    const made: Promise<void>[] = [];
     for (const [controller, dir] of Object.entries(this.byController)) {
       if (seen.has(dir)) continue; // co-mounted controllers share one directory
       seen.add(dir);
-      let parent = this.hierarchies[controller] as string;
-      for (const seg of segs) {
-        const d = join(parent, seg);
-        await mkdirOnce(this.deps.fs, d);
-        // A v1 cpuset group starts with empty cpus/mems and refuses tasks until both are set.
-        if (dir === cpusetDir) await this.seedCpuset(parent, d);
-        parent = d;
-      }
+      // The hierarchies are independent: made side by side, one thread-pool round trip per level instead of one per hierarchy.
+      const mkdirs = async (): Promise<void> => {
+        let parent = this.hierarchies[controller] as string;
+        for (const seg of segs) {
+          const d = join(parent, seg);
+          await mkdirOnce(this.deps.fs, d);
+          // A v1 cpuset group starts with empty cpus/mems and refuses tasks until both are set.
+          if (dir === cpusetDir) await this.seedCpuset(parent, d);
+          parent = d;
+        }
+      };
+      made.push(mkdirs());
     }
+    const results = await Promise.allSettled(made);
+    const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
     return this.apply(resources);
   }
 
@@ -129,39 +137,55 @@ export class V1Manager implements CgroupManager {
     validateResources(resources);
     const memDir = this.dirOf('memory');
     const blkioDir = this.dirOf('blkio');
-    const swapAccounting = memDir !== undefined && (await this.deps.fs.exists(join(memDir, 'memory.memsw.limit_in_bytes')));
-    const blkioWeight = blkioDir !== undefined && (await this.deps.fs.exists(join(blkioDir, 'blkio.weight')));
+    const [swapAccounting, blkioWeight, curText] = await Promise.all([
+      memDir !== undefined && this.deps.fs.exists(join(memDir, 'memory.memsw.limit_in_bytes')),
+      blkioDir !== undefined && this.deps.fs.exists(join(blkioDir, 'blkio.weight')),
+      memDir !== undefined && resources.memory !== undefined ? readOptional(this.deps.fs, join(memDir, 'memory.limit_in_bytes')) : undefined,
+    ]);
     let currentMemoryLimit: Limit = 'max';
-    if (memDir !== undefined && resources.memory !== undefined) {
-      const cur = Number((await readOptional(this.deps.fs, join(memDir, 'memory.limit_in_bytes')))?.trim() ?? '');
-      if (Number.isFinite(cur) && cur > 0 && cur < V1_UNLIMITED) currentMemoryLimit = cur;
-    }
+    const cur = Number(curText?.trim() ?? '');
+    if (curText !== undefined && Number.isFinite(cur) && cur > 0 && cur < V1_UNLIMITED) currentMemoryLimit = cur;
     const writes = v1Writes(resources, { swapAccounting, blkioWeight, currentMemoryLimit });
     const skipped: string[] = [];
     if (resources.memory?.high !== undefined) skipped.push('memory.high');
     if (resources.memory?.swapMax !== undefined && !swapAccounting) skipped.push('memory.memsw.limit_in_bytes');
     const io = resources.io;
     if (io !== undefined && (io.weight !== undefined || io.blkioWeight !== undefined) && !blkioWeight) skipped.push('blkio.weight');
+    // In order within a hierarchy (e.g. memory.limit_in_bytes before memsw), the hierarchies side by side.
+    const outcome: Array<'written' | 'skipped' | undefined> = writes.map(() => undefined);
+    const byDir = new Map<string, number[]>();
+    writes.forEach(([file], i) => {
+      const dir = this.need(v1ControllerOf(file));
+      byDir.set(dir, [...(byDir.get(dir) ?? []), i]);
+    });
+    const runs = [...byDir].map(async ([dir, indexes]) => {
+      for (const i of indexes) outcome[i] = await this.writeOne(dir, writes[i]!);
+    });
+    const failed = (await Promise.allSettled(runs)).find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) throw failed.reason;
     const written: CgroupWrite[] = [];
-    for (const [file, value] of writes) {
-      const path = join(this.need(v1ControllerOf(file)), file);
-      try {
-        await this.deps.fs.writeFile(path, value);
-      } catch (e) {
-        const code = errnoOf(e);
-        if (code === 'ENOENT' && OPTIONAL_FILES.has(file)) {
-          skipped.push(file);
-          continue;
-        }
-        throw new VmletError(
-          code === 'ENOENT' ? 'CGROUP_CONTROLLER_UNAVAILABLE' : 'CGROUP_WRITE_FAILED',
-          `cannot write ${JSON.stringify(value)} to ${path} (${code ?? 'error'})`,
-          { cause: e },
-        );
-      }
-      written.push([path, value]);
-    }
+    writes.forEach(([file, value], i) => {
+      if (outcome[i] === 'written') written.push([join(this.need(v1ControllerOf(file)), file), value]);
+      else skipped.push(file);
+    });
     return { written, skipped };
+  }
+
+  /** One limit write; a file this kernel lacks is skipped when it is optional. */
+  private async writeOne(dir: string, [file, value]: CgroupWrite): Promise<'written' | 'skipped'> {
+    const path = join(dir, file);
+    try {
+      await this.deps.fs.writeFile(path, value);
+    } catch (e) {
+      const code = errnoOf(e);
+      if (code === 'ENOENT' && OPTIONAL_FILES.has(file)) return 'skipped';
+      throw new VmletError(
+        code === 'ENOENT' ? 'CGROUP_CONTROLLER_UNAVAILABLE' : 'CGROUP_WRITE_FAILED',
+        `cannot write ${JSON.stringify(value)} to ${path} (${code ?? 'error'})`,
+        { cause: e },
+      );
+    }
+    return 'written';
   }
 
   async addProcess(pid: number): Promise<void> {

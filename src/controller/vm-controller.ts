@@ -167,6 +167,24 @@ export class VmController {
     );
   }
 
+  /**
+   * A new VMI's status. Standalone, it is on this node from the start: one store write and one watch hop fewer on the
+   * way to Running than a separate scheduling write.
+   */
+  initialVmiStatus(): VirtualMachineInstanceStatus {
+    const nodeName = this.opts.nodeName;
+    if (nodeName === undefined) return { phase: 'Pending' };
+    const at = new Date(this.now()).toISOString();
+    return {
+      nodeName,
+      phase: 'Scheduled',
+      phaseTransitionTimestamps: [
+        { phase: 'Pending', phaseTransitionTimestamp: at },
+        { phase: 'Scheduled', phaseTransitionTimestamp: at },
+      ],
+    };
+  }
+
   /** Standalone scheduling: every unassigned VMI goes to this node. */
   private async schedule(vmi: VirtualMachineInstance): Promise<void> {
     const nodeName = this.opts.nodeName;
@@ -267,7 +285,7 @@ export class VmController {
     };
     if (tmpl.metadata?.labels) meta.labels = tmpl.metadata.labels;
     if (tmpl.metadata?.annotations) meta.annotations = tmpl.metadata.annotations;
-    await this.source.create({ apiVersion: this.apiVersion, kind: 'VirtualMachineInstance', metadata: meta, spec: tmpl.spec, status: { phase: 'Pending' } });
+    await this.source.create({ apiVersion: this.apiVersion, kind: 'VirtualMachineInstance', metadata: meta, spec: tmpl.spec, status: this.initialVmiStatus() });
     await this.source.recordEvent({
       involvedObject: { kind: 'VirtualMachine', namespace: vm.metadata.namespace, name: vm.metadata.name, uid: vm.metadata.uid! },
       type: 'Normal',

@@ -16,6 +16,7 @@ const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
 export type Route =
   | { type: 'healthz' }
   | { type: 'version' }
+  | { type: 'startTraces' }
   | { type: 'list'; kind: Kind; namespace: string | undefined }
   | { type: 'object'; ref: ObjectRef }
   | { type: 'vmiAction'; ref: ObjectRef; action: VmiAction }
@@ -68,6 +69,7 @@ export function parseRequestUrl(url: string): ParsedRequest {
   const [a, b, c, ...rest] = seg;
   if (seg.length === 1 && a === 'healthz') return { route: { type: 'healthz' }, query };
   if (seg.length === 1 && a === 'version') return { route: { type: 'version' }, query };
+  if (seg.length === 2 && a === 'debug' && b === 'start-traces') return { route: { type: 'startTraces' }, query };
   // The node image store; a reference (with its '/' and ':') is one percent-encoded segment.
   if (a === 'images' && seg.length <= 2) return { route: b === undefined ? { type: 'images' } : { type: 'image', image: b }, query };
   if (a === 'api' && b === 'v1') {

@@ -1,4 +1,6 @@
 // Serves the Kubernetes-shaped vmlet API over HTTP/1.1 on a unix socket: the socket's life, connection limits and timeouts, and dispatch of each route to the backend.
+import { performance } from 'node:perf_hooks';
+import { startTraces } from './start-trace.js';
 import fs from 'node:fs/promises';
 import http from 'node:http';
 import net from 'node:net';
@@ -90,8 +92,9 @@ export class ApiServer {
       headersTimeout,
       requestTimeout,
       keepAliveTimeout: opts.keepAliveTimeoutMs ?? 5_000,
-      // How often Node checks the two timeouts above; its default (30 s) would make short timeouts meaningless.
-      connectionsCheckingInterval: Math.max(50, Math.min(1_000, Math.floor(headersTimeout / 4))),
+      // How often Node checks the two timeouts above: its default (30 s) would make short timeouts meaningless, and
+      // every second was most of an idle daemon's CPU; half the headers timeout keeps a slow client's grace within 1.5×.
+      connectionsCheckingInterval: Math.max(50, Math.floor(headersTimeout / 2)),
       maxHeaderSize: 16 * 1024,
     });
     this.server.maxConnections = opts.maxConnections ?? 256;
@@ -224,6 +227,9 @@ export class ApiServer {
         res.writeHead(200, { 'Content-Type': 'text/plain' });
         res.end('ok');
         return;
+      case 'startTraces':
+        sendJson(res, 200, { items: startTraces.recent() });
+        return;
       case 'version':
         sendJson(res, 200, { ...(this.opts.version ?? UNPROBED), apiVersion: `${API_GROUP}/${API_VERSION}`, nodejs: process.version });
         return;
@@ -233,7 +239,13 @@ export class ApiServer {
           const body = checkIdentity(await readBody(req, this.maxBody), ns, undefined);
           const name = nameOf(body);
           if (name !== undefined) ctx.name = name;
-          sendJson(res, 201, await b.create(route.kind, ns, body));
+          const at = performance.now();
+          const created = await b.create(route.kind, ns, body);
+          if (route.kind === 'VirtualMachineInstance' && created.metadata.uid !== undefined) {
+            startTraces.begin(created.metadata.uid, created.metadata.name, 'api.received', at);
+            startTraces.mark(created.metadata.uid, 'api.created');
+          }
+          sendJson(res, 201, created);
           return;
         }
         const name = selectedName(query, 'metadata.name');

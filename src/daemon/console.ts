@@ -1,4 +1,5 @@
 // One daemon connection per VM to QEMU's serial chardev: a ring buffer of recent output, a log file, many readers, one writer.
+import path from 'node:path';
 import fs from 'node:fs';
 import net from 'node:net';
 import { VmletError } from '../errors.js';
@@ -49,6 +50,68 @@ class ChunkQueue implements Reader, AsyncIterable<Buffer> {
   }
 }
 
+/**
+ * The last `capacity` bytes of a stream in one buffer, allocated at the first byte and grown by doubling.
+ * QEMU's serial port writes a byte at a time, so a booting guest arrives in ~20-byte chunks; kept as chunks,
+ * each costs ~300 bytes of objects (a booted test guest: ~660 KiB per VM), here they cost their bytes.
+ */
+export class ByteRing {
+  #buf: Buffer | undefined;
+  /** Index of the oldest byte in #buf. */
+  #start = 0;
+  #size = 0;
+
+  constructor(private readonly capacity: number) {}
+
+  get length(): number {
+    return this.#size;
+  }
+
+  /** Bytes of memory held (the buffer, not what is in it). */
+  get allocated(): number {
+    return this.#buf?.length ?? 0;
+  }
+
+  push(chunk: Buffer): void {
+    if (this.capacity <= 0 || chunk.length === 0) return;
+    const data = chunk.length > this.capacity ? chunk.subarray(chunk.length - this.capacity) : chunk;
+    const need = this.#size + data.length;
+    if (this.#buf === undefined || (need > this.#buf.length && this.#buf.length < this.capacity)) this.#grow(need);
+    const buf = this.#buf!;
+    let at = (this.#start + this.#size) % buf.length;
+    for (let from = 0; from < data.length;) {
+      const n = Math.min(data.length - from, buf.length - at);
+      data.copy(buf, at, from, from + n);
+      from += n;
+      at = (at + n) % buf.length;
+    }
+    if (need > buf.length) {
+      this.#start = (this.#start + need - buf.length) % buf.length;
+      this.#size = buf.length;
+    } else this.#size = need;
+  }
+
+  /** A copy of what is held, oldest first. */
+  contents(): Buffer {
+    const buf = this.#buf;
+    if (!buf || this.#size === 0) return Buffer.alloc(0);
+    const end = this.#start + this.#size;
+    if (end <= buf.length) return Buffer.from(buf.subarray(this.#start, end));
+    return Buffer.concat([buf.subarray(this.#start), buf.subarray(0, end - buf.length)], this.#size);
+  }
+
+  #grow(need: number): void {
+    let n = Math.max(256, this.#buf?.length ?? 0);
+    while (n < need && n < this.capacity) n *= 2;
+    // Not from Buffer's shared pool, whose 8 KiB slab a small slice would keep alive.
+    const next = Buffer.allocUnsafeSlow(Math.min(n, this.capacity));
+    const held = this.contents();
+    held.copy(next, 0);
+    this.#buf = next;
+    this.#start = 0;
+  }
+}
+
 export interface ConsoleAttachment {
   output: AsyncIterable<Buffer>;
   readonly writable: boolean;
@@ -57,19 +120,17 @@ export interface ConsoleAttachment {
 }
 
 export class SerialConsole {
-  private readonly ring: Buffer[] = [];
-  private ringSize = 0;
+  private readonly ring: ByteRing;
   private readonly readers = new Set<Reader>();
   private writer: object | undefined;
   private sock: net.Socket | undefined;
   private log: fs.WriteStream | undefined;
   private logBytes = 0;
   private closed = false;
-  private readonly ringBytes: number;
   private readonly logMaxBytes: number;
 
   constructor(private readonly opts: ConsoleOptions) {
-    this.ringBytes = opts.ringBytes ?? 64 * 1024;
+    this.ring = new ByteRing(opts.ringBytes ?? 64 * 1024);
     this.logMaxBytes = opts.logMaxBytes ?? 4 * 1024 * 1024;
   }
 
@@ -111,8 +172,6 @@ export class SerialConsole {
 
   private onData(chunk: Buffer): void {
     this.ring.push(chunk);
-    this.ringSize += chunk.length;
-    while (this.ringSize > this.ringBytes && this.ring.length > 1) this.ringSize -= this.ring.shift()!.length;
     for (const r of this.readers) r.push(chunk);
     if (this.log) {
       if (this.logBytes + chunk.length > this.logMaxBytes) this.rotateLog();
@@ -143,9 +202,9 @@ export class SerialConsole {
     this.log = undefined;
   }
 
-  /** Recent output, oldest first. */
+  /** Recent output (its last `ringBytes` bytes), oldest first. */
   recent(): Buffer {
-    return Buffer.concat(this.ring);
+    return this.ring.contents();
   }
 
   attach(opts: { write: boolean }): ConsoleAttachment {
@@ -213,4 +272,11 @@ export class SerialConsole {
     this.sock?.destroy();
     this.onClose();
   }
+}
+
+/** Connects to the serial console QEMU serves in `runDir` (serial.sock), logging to console.log beside it. */
+export async function connectSerialConsole(runDir: string, deadlineMs = 10_000): Promise<SerialConsole> {
+  const c = new SerialConsole({ socketPath: path.join(runDir, 'serial.sock'), logFile: path.join(runDir, 'console.log') });
+  await c.connect(deadlineMs);
+  return c;
 }

@@ -119,7 +119,7 @@ export class LocalBackend implements Backend {
               kind,
               metadata: { ...meta, finalizers: [VMI_FINALIZER] },
               spec: obj.spec,
-              status: { phase: 'Pending' },
+              status: this.opts.controller.initialVmiStatus(),
             });
       void this.store
         .recordEvent({

@@ -1,4 +1,5 @@
 // `vmlet daemon`: wires the store, controller, node reconciler, launcher socket and API socket, and runs until a signal.
+import { startTraces } from './start-trace.js';
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -13,7 +14,7 @@ import { LocalStore } from '../source/local-store.js';
 import { sdNotify } from '../sys/sd-notify.js';
 import { ApiServer } from './api-server.js';
 import { loadConfig, wantsTextLogs, type DaemonConfig, type DaemonFlags } from './config.js';
-import { startKubeDaemon, type RunningKubeDaemon } from './kube-daemon.js';
+import type { RunningKubeDaemon } from './kube-daemon.js';
 import { LocalBackend } from './local-backend.js';
 import { NodeReconciler } from './node-reconciler.js';
 import { makePrepare } from './prepare.js';
@@ -39,6 +40,8 @@ export interface RunningDaemon {
 /** QEMU probed once per daemon start (prepare reuses the cached result): KVM counts only if a guest ran under it. */
 async function probeAtStart(config: DaemonConfig, logger: Logger): Promise<QemuCaps> {
   const probeOptions: ProbeOptions = { devKvm: config.kvmDevice, kvmProbeDeadlineMs: config.kvmProbeDeadlineMs };
+  // VMLET_TRACE=1: one log line per VMI start with each step's time (docs/performance.md).
+  if (process.env['VMLET_TRACE'] === '1') startTraces.onEnd((t) => logger.info({ trace: t }, 'start trace'));
   const caps = await probeQemu(config.qemuBinary, probeOptions).catch((e: unknown) => {
     throw new VmletError('QEMU_NOT_FOUND', `cannot use QEMU at ${config.qemuBinary}; install qemu-system-x86 (npm run setup does)`, { cause: e });
   });
@@ -58,6 +61,8 @@ async function probeAtStart(config: DaemonConfig, logger: Logger): Promise<QemuC
 export async function startKubernetesDaemon(config: DaemonConfig, logger: Logger): Promise<RunningKubeDaemon> {
   await checkLauncher(config);
   const caps = await probeAtStart(config, logger);
+  // Loaded only in this mode: the Kubernetes client and gRPC are most of the standalone daemon's memory otherwise.
+  const { startKubeDaemon } = await import('./kube-daemon.js');
   return startKubeDaemon(config, caps, logger);
 }
 

@@ -12,9 +12,11 @@ import type { QmpClient } from '../qmp/client.js';
 import type { KubeObject, Source } from '../source/source.js';
 import { Supervisor, type PreparedLaunch } from './supervisor.js';
 import { withVmletDefaults } from './vmi-defaults.js';
+import { startTraces } from './start-trace.js';
 import { waitingForImages } from './image-wait.js';
 import { storeCallbacks } from './supervisor-store.js';
 import type { PodLaunchers } from './supervisor-pod.js';
+import type { PrepareContext } from './supervisor-deps.js';
 
 export type { PodLaunchers } from './supervisor-pod.js';
 import { groupCpus, pinVcpus, readCpuListFile, vcpuCount, wantsDedicatedCpus } from './vcpu-pinning.js';
@@ -35,7 +37,7 @@ export interface NodeReconcilerOptions {
   launcherServer: LauncherServer;
   launcherBinary: string;
   launcherSocket: string;
-  prepare(vmi: VirtualMachineInstance, runDir: string): Promise<PreparedLaunch>;
+  prepare(vmi: VirtualMachineInstance, runDir: string, ctx?: PrepareContext): Promise<PreparedLaunch>;
   logger: Logger;
   procRoot?: string;
   /** Per-VM cgroups (config `cgroupParent`); absent = none are made. */
@@ -275,7 +277,7 @@ export class NodeReconciler {
    */
   private prepareFor(vmi: VirtualMachineInstance): NodeReconcilerOptions['prepare'] {
     if (!wantsDedicatedCpus(vmi)) return this.opts.prepare;
-    return async (v, runDir) => {
+    return async (v, runDir, ctx) => {
       if (!this.opts.cgroups) {
         throw new VmletError('VCPU_PINNING_UNAVAILABLE', 'domain.cpu.dedicatedCpuPlacement needs VM cgroups, but this daemon runs with cgroupParent ""');
       }
@@ -285,7 +287,7 @@ export class NodeReconciler {
         if (e instanceof VmletError) throw new VmletError(e.code, `domain.cpu.dedicatedCpuPlacement: ${e.message}`, { cause: e });
         throw e;
       }
-      return this.opts.prepare(v, runDir);
+      return this.opts.prepare(v, runDir, ctx);
     };
   }
 
@@ -357,6 +359,7 @@ export class NodeReconciler {
     if (!sup && vmi.status?.phase === 'Scheduled') {
       const pods = this.opts.pods;
       if (!pods) {
+        if (!startTraces.begin(uid, vmi.metadata.name, 'supervisor.created')) startTraces.mark(uid, 'supervisor.created');
         const s = this.newSupervisor(vmi);
         this.track(uid, s.start());
         return;

@@ -7,11 +7,12 @@ import path from 'node:path';
 import { promisify } from 'node:util';
 import type { VirtualMachineInstance } from '../api/types.js';
 import { VmletError } from '../errors.js';
-import { buildArgv } from '../qemu/argv.js';
+import { buildArgv, qmpChardev } from '../qemu/argv.js';
 import { probeQemu, resolveAccel, type ProbeOptions } from '../qemu/probe.js';
 import { planVolumes, type PreparedFile, type ResolvedImage, type ResolvedVolume } from '../qemu/volumes.js';
 import { createOverlay } from '../disk/qcow2-overlay.js';
 import type { FormatRecords } from '../disk/format-records.js';
+import { listenUnixFd } from '../sys/unix-listen.js';
 import { closeFds } from '../sys/libc.js';
 import { volumeStatuses } from './volume-status.js';
 import { claimDisk, containerDiskImage } from './pod-disks.js';
@@ -185,6 +186,7 @@ export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance,
     // Paths as QEMU sees them; the daemon makes the files through its own view of the same folder.
     const qemuRunDir = pod?.qemuRunDir ?? runDir;
     const { images, claims } = await resolveSources(vmi, opts, at);
+    at.trace?.('prepare.sources');
     const plan = planVolumes(vmi, qemuRunDir, { ...(caps.ovmf ? { ovmf: caps.ovmf } : {}), images, claims });
     for (const f of plan.files) {
       const inRunDir = f.path.startsWith(`${qemuRunDir}/`);
@@ -193,8 +195,9 @@ export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance,
       if (pod && inRunDir) await fs.chown(file.path, pod.owner.uid, pod.owner.gid);
       if (f.kind === 'hostDisk') await hostDiskFormat(plan.volumes[f.volume], f.path, created, opts.formats);
     }
-    // QEMU fds 3, 4, …: the images first, then the NICs' taps.
+    // QEMU fds 3, 4, …: the images first, then the NICs' taps, then (standalone) QMP's listening socket.
     const diskFds = await openImages(plan.volumes, 3);
+    at.trace?.('prepare.disks');
     const prepared: PreparedLaunch = { argv: [], fds: diskFds, accel: choice.accel, softwareEmulation: choice.softwareEmulation };
     try {
       const ctx: Parameters<typeof buildArgv>[1] = {
@@ -212,13 +215,24 @@ export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance,
       if (choice.emulationReason !== undefined) {
         prepared.emulation = { reason: choice.emulationReason, message: choice.emulationMessage ?? '' };
       }
+      at.trace?.('prepare.argv');
       await addNetwork(prepared, vmi, opts, at);
+      if (prepared.interfaces) at.trace?.('prepare.network');
+      if (!pod) passQmpSocket(prepared, runDir);
     } catch (e) {
-      closeFds(diskFds);
+      closeFds(prepared.fds);
       throw e;
     }
     return prepared;
   };
+}
+
+/** Standalone: the daemon binds QMP's socket and QEMU inherits it (the last fd), so connecting never polls for the file. */
+function passQmpSocket(prepared: PreparedLaunch, runDir: string): void {
+  const byPath = qmpChardev(runDir);
+  const byFd = qmpChardev(runDir, 3 + prepared.fds.length);
+  prepared.fds = [...prepared.fds, listenUnixFd(path.join(runDir, 'qmp.sock'))];
+  prepared.argv = prepared.argv.map((a) => (a === byPath ? byFd : a));
 }
 
 /** The NICs: the pod's (built in its netns) or the standalone sandbox's, after the disks' fds. */

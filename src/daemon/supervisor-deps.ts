@@ -12,6 +12,8 @@ export interface PrepareContext {
   launcherPid?: number;
   /** Aborted when the VMI is stopped while it prepares (a prepare that waits gives up). */
   signal?: AbortSignal;
+  /** Marks a step of the VMI's start trace (start-trace.ts). */
+  trace?: (step: string) => void;
 }
 
 export interface SupervisorDeps {

@@ -1,8 +1,9 @@
 // A VM's launcher as the supervisor sees it: the link's events (QEMU's pid, its exit) as core events, and a launcher whose connection dropped told apart from one that is gone.
 import type { Logger } from 'pino';
-import { isLiveProcessFor, readRunDir } from '../qemu/launch.js';
+import { isLiveProcessFor, readRunDir, type RunDirState } from '../qemu/launch.js';
 import type { LauncherLink, LauncherServer } from '../qemu/launcher-server.js';
 import type { CoreEvent } from './supervisor-core.js';
+import type { PodLauncherView } from './supervisor-pod.js';
 
 export interface LauncherWatchOptions {
   server: Pick<LauncherServer, 'link' | 'attach'>;
@@ -63,4 +64,18 @@ export class LauncherWatch {
     }
     await o.dispatch({ type: 'launcherLost', reason });
   }
+}
+
+/** Standalone, after a daemon restart: what the run dir says runs, each pid checked to still be this VMI's. */
+export async function inspectRunDir(runDir: string, uid: string, procRoot: string | undefined): Promise<PodLauncherView> {
+  const rd = await readRunDir(runDir).catch((): RunDirState => ({}));
+  const launcherAlive = rd.launcherPid !== undefined && (await isLiveProcessFor(rd.launcherPid, uid, procRoot));
+  const qemuAlive = rd.qemuPid !== undefined && (await isLiveProcessFor(rd.qemuPid, uid, procRoot));
+  return {
+    launcherPid: launcherAlive ? rd.launcherPid : undefined,
+    qemuPid: qemuAlive ? rd.qemuPid : undefined,
+    launcherAlive,
+    qemuAlive,
+    exit: rd.exitStatus,
+  };
 }

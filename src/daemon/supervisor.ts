@@ -1,23 +1,23 @@
 // One VMI's supervisor, the effectful shell around the pure core (supervisor-core.ts): it feeds the core events and carries out the effects it returns — prepare, launch or re-adopt QEMU, drive it over QMP, report status.
 import fs from 'node:fs/promises';
-import path from 'node:path';
 import type { Logger } from 'pino';
 import { VmletError } from '../errors.js';
-import { isLiveProcessFor, readRunDir, spawnLauncher, type RunDirState } from '../qemu/launch.js';
 import type { HelloDecision, LauncherHello } from '../qemu/launcher-server.js';
 import type { QmpClient } from '../qmp/client.js';
 import { closeFds } from '../sys/libc.js';
 import { AgentWatch } from './agent-watch.js';
-import { SerialConsole } from './console.js';
+import { connectSerialConsole, type SerialConsole } from './console.js';
 import { QmpWatch, runningQmp } from './qmp-watch.js';
 import { Changes } from './supervisor-changes.js';
-import { LauncherWatch } from './supervisor-launcher.js';
+import { inspectRunDir, LauncherWatch } from './supervisor-launcher.js';
 import { accelOfProcess, inspectPodLauncher, podLauncherArrival, POD_ARRIVE_MS, POD_HELLO_WAIT_MS } from './supervisor-pod.js';
 import { INITIAL_STATE, step, type CoreEvent, type CoreState, type Effect, type ExitReport, type Outcome, type PreparedLaunch } from './supervisor-core.js';
 import { adoptedStatus, applyEdit, editIsBestEffort, launchedStatus, runningStatus, type Runtime } from './supervisor-status.js';
 import type { PrepareContext, SupervisorDeps } from './supervisor-deps.js';
 import { escalateStop, finalizeVmi, killVmProcesses, releaseVmNetwork, type FinalizeInput } from './supervisor-exit.js';
-import { setUpVmCgroup } from './vm-cgroup-setup.js';
+import { limitVmCgroup } from './vm-cgroup-setup.js';
+import { abandonEarly, EARLY_HELLO_WAIT_MS, spawnEarly, spawnsEarly, spawnVmLauncher } from './supervisor-spawn.js';
+import { startTraces } from './start-trace.js';
 import { vmResources, vmSizing, type VmResources, type VmSizing } from './vm-resources.js';
 import type { SupervisorState } from './vmi-state.js';
 import { type Accel, DEFAULT_PROC_ROOT } from '../api/vocabulary.js';
@@ -37,6 +37,10 @@ export class Supervisor {
   #launcherPid: number | undefined;
   #console: SerialConsole | undefined;
   #pendingLaunch: PreparedLaunch | undefined;
+  #launchRecorded: Promise<void> = Promise.resolve();
+  /** Standalone: the launcher spawned while prepare runs (its pid), and whether its argv waits for the group's limits. */
+  #early: Promise<number> | undefined;
+  #argvHeld = false;
   #sizing: VmSizing | undefined;
   /** The VM group's resources, once computed at launch. */
   #resources: VmResources | undefined;
@@ -105,9 +109,7 @@ export class Supervisor {
     return runningQmp(this.qmpWatch.client, this.state);
   }
 
-  private iso(): string {
-    return new Date(this.now()).toISOString();
-  }
+  private iso = (): string => new Date(this.now()).toISOString();
 
   /** Runs one event through the core and carries out its effects in order; a refused transition throws SUPERVISOR_BAD_TRANSITION. */
   private dispatch(e: CoreEvent): Promise<Outcome> {
@@ -121,6 +123,8 @@ export class Supervisor {
     this.#core = r.state;
     if (r.outcome === 'moved') {
       this.log.debug({ from, to: r.state.phase }, 'supervisor state');
+      startTraces.mark(this.uid, r.state.phase);
+      if (r.state.phase === 'Exited') startTraces.end(this.uid, 'Exited');
       this.changes.notify();
     }
     return this.runEffects(r.effects).then(() => r.outcome);
@@ -146,7 +150,12 @@ export class Supervisor {
       case 'handover':
         return this.handover();
       case 'recordLaunch':
-        return this.deps.writeStatus((s) => launchedStatus(s, e.prepared, this.runtime(e.qemuPid), this.iso()));
+        // Written while QEMU starts up; connectAndRun waits for it before Running.
+        this.#launchRecorded = this.deps
+          .writeStatus((s) => launchedStatus(s, e.prepared, this.runtime(e.qemuPid), this.iso()))
+          .then(() => startTraces.mark(this.uid, 'launch.recorded'));
+        this.#launchRecorded.catch(() => undefined);
+        return;
       case 'dropPendingLaunch':
         this.dropPendingLaunch();
         return;
@@ -204,19 +213,20 @@ export class Supervisor {
 
   /** The launcher's HELLO for this VMI, routed here by the daemon. */
   async onHello(h: LauncherHello): Promise<HelloDecision> {
+    startTraces.mark(this.uid, 'launcher.hello');
     if (this.deps.pod) {
       this.#launcherPid = h.peer.pid;
       this.#resolveArrived(h.peer.pid);
     }
     if (h.state.kind !== 'new') return { action: 'accept' };
-    // After a restart the launcher may call before prepare() has rebuilt its argv: wait for it, bounded.
-    await this.changes.until(
-      () => this.#pendingLaunch !== undefined || (this.state !== 'Reattaching' && this.state !== 'Preparing'),
-      this.deps.pod ? POD_HELLO_WAIT_MS : HELLO_WAIT_MS,
-    );
-    const p = this.#pendingLaunch;
+    // A launcher started early, or one that calls after a restart, may come before prepare has (re)built its argv: wait, bounded.
+    const before = (): boolean => this.state === 'Reattaching' || this.state === 'Preparing' || this.state === 'Launching';
+    const wait = this.#early ? EARLY_HELLO_WAIT_MS : this.deps.pod ? POD_HELLO_WAIT_MS : HELLO_WAIT_MS;
+    await this.changes.until(() => (this.#pendingLaunch !== undefined && !this.#argvHeld) || !before(), wait);
+    const p = before() && !this.#argvHeld ? this.#pendingLaunch : undefined;
     if (!p) return { action: 'reject', reason: 'no launch is pending for this VMI' };
-    return { action: 'launch', argv: p.argv, fds: p.fds };
+    startTraces.mark(this.uid, 'launcher.argv');
+    return { action: 'launch', argv: p.argv, fds: p.fds, ...(p.netnsPath !== undefined ? { netns: p.netnsPath } : {}) };
   }
 
   /** First start: prepare, spawn the launcher, wait for QEMU, then QMP and cont. */
@@ -249,8 +259,14 @@ export class Supervisor {
     let prepared: PreparedLaunch;
     try {
       await fs.mkdir(this.deps.runDir, { recursive: true, mode: 0o700 });
+      if (spawnsEarly(this.deps)) {
+        this.launcher.attach();
+        this.#early = spawnEarly({ deps: this.deps, uid: this.uid, log: this.log, stopRequested: () => this.#core.stopRequested });
+        this.#early.then((pid) => (this.#launcherPid = pid)).catch(() => undefined);
+      }
       prepared = await this.deps.prepare(this.deps.vmi, this.deps.runDir, await this.prepareContext());
     } catch (error) {
+      await abandonEarly(this.#early, { deps: this.deps, uid: this.uid, log: this.log });
       const code = error instanceof VmletError ? error.code : 'PREPARE_FAILED';
       await this.dispatch({ type: 'prepareFailed', reason: code === 'KVM_UNAVAILABLE' ? 'KvmUnavailable' : 'LaunchFailed', error });
       return;
@@ -260,7 +276,7 @@ export class Supervisor {
 
   /** Kubernetes mode: waits for the pod's launcher, whose pid names the pod's netns. */
   private async prepareContext(): Promise<PrepareContext> {
-    if (!this.deps.pod) return { signal: this.#stopping.signal };
+    if (!this.deps.pod) return { signal: this.#stopping.signal, trace: (step) => startTraces.mark(this.uid, step) };
     this.launcher.attach();
     return { launcherPid: await podLauncherArrival(this.#arrived, this.deps.pod.arriveTimeoutMs ?? POD_ARRIVE_MS) };
   }
@@ -278,6 +294,7 @@ export class Supervisor {
   }
 
   private async launch(prepared: PreparedLaunch): Promise<void> {
+    this.#argvHeld = this.#early !== undefined;
     this.setPendingLaunch(prepared);
     const link = this.launcher.attach();
     const started = link.waitFor('started', this.deps.startTimeoutMs ?? 30_000);
@@ -291,17 +308,17 @@ export class Supervisor {
         return;
       }
       // The launcher joins the group before it forks QEMU, so no QEMU thread ever runs outside it.
-      const cgroupDirs = await this.setUpCgroup(prepared.accel);
-      const spawned = await spawnLauncher({
-        launcherBinary: this.deps.launcherBinary,
-        uid: this.uid,
-        socket: this.deps.launcherSocket,
-        runDir: this.deps.runDir,
-        cgroups: cgroupDirs,
-        ...(prepared.netnsPath !== undefined ? { netns: prepared.netnsPath } : {}),
-      });
-      this.#launcherPid = spawned.pid;
+      const resources = this.resourcesFor(prepared.accel);
+      if (this.#early) {
+        await this.#early;
+        if (this.deps.cgroups && resources) await limitVmCgroup({ cgroups: this.deps.cgroups, uid: this.uid, resources, log: this.log });
+        this.#argvHeld = false;
+        this.changes.notify();
+      } else {
+        this.#launcherPid = await spawnVmLauncher({ deps: this.deps, uid: this.uid, log: this.log, ...(resources ? { resources } : {}) });
+      }
       [qemuPid] = await started;
+      startTraces.mark(this.uid, 'qemu.started');
       this.#qemuPid = qemuPid;
     } catch (error) {
       started.catch(() => undefined);
@@ -311,29 +328,16 @@ export class Supervisor {
     await this.dispatch({ type: 'qemuStarted', pid: qemuPid, prepared, via: 'launch' });
   }
 
-  /** Creates the VM's group with its limits; returns the directories the launcher joins ([] without cgroups). */
-  private async setUpCgroup(accel: Accel): Promise<string[]> {
-    const cgroups = this.deps.cgroups;
-    if (!cgroups) return [];
-    const resources = vmResources(this.#sizing ?? vmSizing(this.deps.vmi), accel);
-    this.#resources = resources;
-    return setUpVmCgroup({ cgroups, uid: this.uid, resources, log: this.log });
+  /** The VM group's resources (undefined without cgroups), kept for the OOM diagnosis at the end. */
+  private resourcesFor(accel: Accel): VmResources | undefined {
+    if (!this.deps.cgroups) return undefined;
+    this.#resources = vmResources(this.#sizing ?? vmSizing(this.deps.vmi), accel);
+    return this.#resources;
   }
 
+  /** After a daemon restart: what runs, from the run dir (standalone) or the pod's launcher reconnecting. */
   private async inspectRunDir(): Promise<void> {
-    if (this.deps.pod) return this.inspectPodLauncher();
-    const rd = await readRunDir(this.deps.runDir).catch((): RunDirState => ({}));
-    const procRoot = this.deps.procRoot;
-    const launcherAlive = rd.launcherPid !== undefined && (await isLiveProcessFor(rd.launcherPid, this.uid, procRoot));
-    const qemuAlive = rd.qemuPid !== undefined && (await isLiveProcessFor(rd.qemuPid, this.uid, procRoot));
-    this.#launcherPid = launcherAlive ? rd.launcherPid : undefined;
-    this.#qemuPid = qemuAlive ? rd.qemuPid : undefined;
-    await this.dispatch({ type: 'inspected', launcherAlive, qemuAlive, exit: rd.exitStatus });
-  }
-
-  /** Kubernetes mode after a daemon restart: the launcher, reconnecting, says what runs. */
-  private async inspectPodLauncher(): Promise<void> {
-    const v = await inspectPodLauncher(this.launcher.attach());
+    const v = this.deps.pod ? await inspectPodLauncher(this.launcher.attach()) : await inspectRunDir(this.deps.runDir, this.uid, this.deps.procRoot);
     this.#launcherPid = v.launcherPid;
     this.#qemuPid = v.qemuPid;
     await this.dispatch({ type: 'inspected', launcherAlive: v.launcherAlive, qemuAlive: v.qemuAlive, exit: v.exit });
@@ -369,30 +373,29 @@ export class Supervisor {
     await this.dispatch({ type: 'connecting' });
     try {
       const qmp = await this.qmpWatch.connect();
-      const status = await qmp.execute('query-status');
-      if (fresh || status.status === 'prelaunch') {
-        await qmp.execute('set-action', { shutdown: 'poweroff', reboot: 'reset', panic: 'pause' });
-      }
-      await this.connectConsole();
-      if (status.status === 'prelaunch' || (fresh && !status.running)) {
+      startTraces.mark(this.uid, 'qmp.connected');
+      const setAction = (): Promise<unknown> => qmp.execute('set-action', { shutdown: 'poweroff', reboot: 'reset', panic: 'pause' });
+      // QMP answers in order: a fresh QEMU gets both commands at once.
+      const [status] = await Promise.all([qmp.execute('query-status'), fresh ? setAction() : undefined]);
+      if (!fresh && status.status === 'prelaunch') await setAction();
+      if (this.deps.vmi.spec.domain.devices.autoattachSerialConsole) this.#console = await connectSerialConsole(this.deps.runDir);
+      const cont = status.status === 'prelaunch' || (fresh && !status.running);
+      if (cont) {
         if (this.deps.beforeCont && this.#qemuPid) await this.deps.beforeCont(qmp, this.#qemuPid);
         await qmp.execute('cont');
+        startTraces.mark(this.uid, 'qmp.cont');
       }
+      await this.#launchRecorded;
       if ((await this.dispatch({ type: 'qmpReady' })) !== 'moved') return;
-      const paused = !(await qmp.execute('query-status')).running;
+      // After `cont` it runs (a later STOP comes as an event); asking again would wait for TCG's first vCPU slice.
+      const paused = !cont && !status.running;
       await this.deps.writeStatus((s) => runningStatus(s, paused, this.iso()));
+      startTraces.end(this.uid, 'Running');
       this.agent.start();
       this.log.info({ qemuPid: this.#qemuPid }, fresh ? 'VMI running' : 'VMI re-adopted');
     } catch (error) {
       await this.dispatch({ type: 'startupFailed', error });
     }
-  }
-
-  private async connectConsole(): Promise<void> {
-    if (!this.deps.vmi.spec.domain.devices.autoattachSerialConsole) return;
-    const c = new SerialConsole({ socketPath: path.join(this.deps.runDir, 'serial.sock'), logFile: path.join(this.deps.runDir, 'console.log') });
-    await c.connect(10_000);
-    this.#console = c;
   }
 
   /** QEMU is gone: write the final phase once, release everything, then settle `done`. */
@@ -421,18 +424,16 @@ export class Supervisor {
     await this.deps.cgroups?.remove(this.uid, this.log);
   }
 
-  async pause(): Promise<void> {
-    const qmp = this.qmpClient();
-    if (!(await qmp.execute('query-status')).running) throw new VmletError('VMI_ALREADY_PAUSED', 'the VMI is already paused; unpause it first');
-    await qmp.execute('stop');
-    await this.dispatch({ type: 'paused', paused: true });
-  }
+  pause = (): Promise<void> => this.setPaused(true);
+  unpause = (): Promise<void> => this.setPaused(false);
 
-  async unpause(): Promise<void> {
+  private async setPaused(paused: boolean): Promise<void> {
     const qmp = this.qmpClient();
-    if ((await qmp.execute('query-status')).running) throw new VmletError('VMI_NOT_PAUSED', 'the VMI is not paused');
-    await qmp.execute('cont');
-    await this.dispatch({ type: 'paused', paused: false });
+    const running = (await qmp.execute('query-status')).running;
+    if (paused && !running) throw new VmletError('VMI_ALREADY_PAUSED', 'the VMI is already paused; unpause it first');
+    if (!paused && running) throw new VmletError('VMI_NOT_PAUSED', 'the VMI is not paused');
+    await qmp.execute(paused ? 'stop' : 'cont');
+    await this.dispatch({ type: 'paused', paused });
   }
 
   async reset(): Promise<void> {

@@ -32,6 +32,15 @@ export interface ArgvContext {
   tcgTbSizeMiB?: number;
 }
 
+/**
+ * QMP's `-chardev` value. With `fd`, QEMU serves a listening socket the daemon bound at RUNDIR/qmp.sock
+ * (sys/unix-listen.ts): the daemon connects at once and gets the greeting as soon as QEMU serves it, instead of
+ * polling for the file. Without, QEMU binds the path itself.
+ */
+export function qmpChardev(runDir: string, fd?: number): string {
+  return qemuOpts('socket', [['id', 'qmp'], fd !== undefined ? ['fd', fd] : ['path', runDirSockets(runDir).qmp], ['server', true], ['wait', false]]);
+}
+
 /** Sockets QEMU listens on inside the run directory. */
 export interface RunDirSockets {
   qmp: string;
@@ -313,7 +322,7 @@ export function buildArgv(vmi: VirtualMachineInstance, ctx: ArgvContext): string
     ]),
     '-smbios', vmiUidSmbios(uid),
     // QMP
-    '-chardev', qemuOpts('socket', [['id', 'qmp'], ['path', sockets.qmp], ['server', true], ['wait', false]]),
+    '-chardev', qmpChardev(ctx.runDir),
     '-mon', 'chardev=qmp,mode=control',
   );
   if (domain.devices.autoattachSerialConsole) {

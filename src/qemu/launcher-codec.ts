@@ -78,6 +78,14 @@ export function encodeArgvMessage(argv: readonly string[], nfds: number): Buffer
   return Buffer.concat([Buffer.from(`ARGV ${payload.length} ${nfds}\n`), payload]);
 }
 
+/** The NETNS message: `NETNS <path>\n`, the netns the launcher joins before it forks QEMU (sent before ARGV). Throws LAUNCHER_BAD_ARGV. */
+export function encodeNetnsMessage(netnsPath: string): Buffer {
+  if (!netnsPath.startsWith('/') || /[\0\n]/.test(netnsPath) || Buffer.byteLength(netnsPath) > 900) {
+    throw new VmletError('LAUNCHER_BAD_ARGV', `netns path ${JSON.stringify(netnsPath)} must be absolute, at most 900 bytes, without NUL or newline`);
+  }
+  return Buffer.from(`NETNS ${netnsPath}\n`);
+}
+
 /** Stable codes for the launcher's ERROR reasons (the first word after ERROR). */
 export function failureCode(reason: string): ErrorCode {
   switch (reason) {

@@ -8,6 +8,7 @@ import { peerCred, sendWithFds, socketFd, type PeerCred } from '../sys/scm.js';
 import type { ExitStatus } from './launch.js';
 import {
   encodeArgvMessage,
+  encodeNetnsMessage,
   failureCode,
   LAUNCHER_PROTOCOL_VERSION,
   MAX_LINE,
@@ -22,6 +23,7 @@ import { DEFAULT_PROC_ROOT } from '../api/vocabulary.js';
 
 export {
   encodeArgvMessage,
+  encodeNetnsMessage,
   failureCode,
   LAUNCHER_PROTOCOL_VERSION,
   MAX_ARGV_BYTES,
@@ -44,7 +46,9 @@ export interface LauncherHello {
 }
 
 /** The daemon's answer to a HELLO: argv + fds for a NEW launcher, acceptance otherwise, or a rejection. */
-export type HelloDecision = { action: 'launch'; argv: readonly string[]; fds: readonly number[] } | { action: 'accept' } | { action: 'reject'; reason: string };
+export type HelloDecision =
+  /** `netns`: joined by the launcher just before it forks QEMU (a launcher started before its sandbox was made). */
+  { action: 'launch'; argv: readonly string[]; fds: readonly number[]; netns?: string } | { action: 'accept' } | { action: 'reject'; reason: string };
 
 /** Failure the launcher reported with an ERROR line. */
 export interface LauncherFailure {
@@ -410,7 +414,8 @@ export class LauncherServer {
     if (state.kind === 'new') {
       if (decision.action !== 'launch') return reject('no-argv', 'the daemon has no QEMU argv for this launcher');
       try {
-        const message = encodeArgvMessage(decision.argv, decision.fds.length);
+        const argv = encodeArgvMessage(decision.argv, decision.fds.length);
+        const message = decision.netns !== undefined ? Buffer.concat([encodeNetnsMessage(decision.netns), argv]) : argv;
         sendWithFds(socketFd(sock), message, [...decision.fds]);
       } catch (err) {
         const error =

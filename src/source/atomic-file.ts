@@ -1,7 +1,8 @@
 // Crash-safe file primitives: write-to-temp + fsync + rename + directory fsync, durable unlink and mkdir, temp-file naming.
 
 import { randomBytes } from 'node:crypto';
-import { constants as fsc, promises as fsp } from 'node:fs';
+import fs, { constants as fsc, promises as fsp } from 'node:fs';
+import { promisify } from 'node:util';
 import path from 'node:path';
 
 /** Every temp file this module creates starts with this prefix, so leftovers can be recognised and removed. */
@@ -22,13 +23,21 @@ export function isTempName(fileName: string): boolean {
   return fileName.startsWith(TEMP_PREFIX);
 }
 
+const fsyncFd = promisify(fs.fsync);
+
+/*
+ * Only the fsyncs go to libuv's thread pool; open, write, close and rename are quick page-cache calls made inline.
+ * Each thread-pool hop costs two wake-ups, which on a busy host (a guest's vCPU thread spinning) add up to
+ * milliseconds per write (docs/performance.md).
+ */
+
 /** fsync a directory so that entries created, renamed or removed in it survive a power loss. */
 export async function fsyncDir(dir: string): Promise<void> {
-  const fh = await fsp.open(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
+  const fd = fs.openSync(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
   try {
-    await fh.sync();
+    await fsyncFd(fd);
   } finally {
-    await fh.close();
+    fs.closeSync(fd);
   }
 }
 
@@ -40,22 +49,34 @@ export async function fsyncDir(dir: string): Promise<void> {
 export async function writeFileAtomic(file: string, data: string | Uint8Array): Promise<void> {
   const dir = path.dirname(file);
   const tmp = path.join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
-  let fh: fsp.FileHandle | undefined;
+  let fd: number | undefined;
   try {
-    fh = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
-    await fh.writeFile(data);
-    await fh.sync();
-    await fh.close();
-    fh = undefined;
-    await fsp.rename(tmp, file);
+    fd = fs.openSync(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
+    fs.writeFileSync(fd, data);
+    await fsyncFd(fd);
+    fs.closeSync(fd);
+    fd = undefined;
+    fs.renameSync(tmp, file);
   } catch (e) {
-    if (fh !== undefined) await fh.close().catch(() => undefined);
-    await fsp.unlink(tmp).catch(() => undefined);
+    if (fd !== undefined) closeQuietly(fd);
+    try {
+      fs.unlinkSync(tmp);
+    } catch {
+      /* never made, or gone */
+    }
     throw e;
   }
   await fsyncDir(dir).catch((e: unknown) => {
     throw new NotDurableError(e);
   });
+}
+
+function closeQuietly(fd: number): void {
+  try {
+    fs.closeSync(fd);
+  } catch {
+    /* already closed */
+  }
 }
 
 /** Remove `file` and fsync its directory. Resolves to false when the file did not exist. */

@@ -26,6 +26,20 @@ t.test('a VM from apply to delete', { skip }, async (t) => {
   );
   t.equal(cond(vmi, 'Ready'), 'True', 'Ready');
   t.equal(cond(vmi, 'SoftwareEmulation'), 'True', 'SoftwareEmulation condition under --accel tcg');
+  const traces = (await d.http('GET', '/debug/start-traces')).json() as { items: Array<{ uid: string; outcome?: string; steps: Array<[string, number]> }> };
+  const trace = traces.items.find((x) => x.uid === uid);
+  t.equal(trace?.outcome, 'Running', 'GET /debug/start-traces has the start, ended at Running');
+  const steps = trace?.steps ?? [];
+  for (const s of ['supervisor.created', 'cgroup.ready', 'launcher.argv', 'qemu.started', 'qmp.connected', 'end:Running']) {
+    t.ok(
+      steps.some(([x]) => x === s),
+      `the trace has step ${s}`,
+    );
+  }
+  t.ok(
+    steps.every(([, ms], i) => i === 0 || ms >= steps[i - 1]![1]),
+    'its steps are in time order',
+  );
 
   await d.waitConsole(uid, READY_MARKER, 1, 90_000);
   t.comment(`apply → ready marker in ${Date.now() - t0} ms`);

@@ -1,7 +1,7 @@
 // Exercises the launcher protocol's refusals and failure reports with the real vmlet-launch and raw sockets: unknown uid, forged pid, bad version, denied HELLO, exec and sandbox failures.
 import { spawnSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
-import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
@@ -23,6 +23,11 @@ function skipReason(): string | false {
   return false;
 }
 const skip = skipReason();
+
+function netnsSkip(): string | false {
+  if (process.getuid?.() !== 0) return 'needs root to make a netns';
+  return which('ip') ? false : 'needs ip (iproute2)';
+}
 
 /** Connects as a fake launcher, sends `lines`, returns the server's first line ('' if it closed without one). */
 async function rawExchange(socketPath: string, lines: string[]): Promise<string> {
@@ -153,6 +158,39 @@ t.test('launcher protocol refusals and failures', { skip }, async (t) => {
     t.match(failure.error.message, /no-such-netns/);
     t.same(await l.exited, { code: 121, signal: null });
     t.same(await readRunDir(path.join(dir, uid)), { launcherPid: l.pid }, 'QEMU never started');
+    server.detach(uid);
+  });
+
+  await t.test('NETNS from the daemon: a netns that cannot be joined fails like --netns, before anything is forked', async (t) => {
+    const uid = randomUUID();
+    const link = server.attach(uid);
+    decide.set(uid, () => ({ action: 'launch', argv: ['/bin/true'], fds: [], netns: path.join(dir, 'no-such-netns') }));
+    const failed = link.waitFor('failed', 10000);
+    const l = await spawnLauncher({ launcherBinary, uid, socket: socketPath, runDir: path.join(dir, uid), lingerSeconds: 5 });
+    const [failure] = await failed;
+    t.equal(failure.reason, 'netns');
+    t.equal(failure.error.code, 'LAUNCHER_SANDBOX');
+    t.match(failure.error.message, /no-such-netns/);
+    t.same(await l.exited, { code: 121, signal: null });
+    t.same(await readRunDir(path.join(dir, uid)), { launcherPid: l.pid }, 'nothing was started');
+    server.detach(uid);
+  });
+
+  await t.test('NETNS from the daemon: the launcher joins it just before it forks, so the child runs inside', { skip: netnsSkip() }, async (t) => {
+    const uid = randomUUID();
+    const ns = `vmlet-proto-${uid.slice(0, 8)}`;
+    t.equal(spawnSync('ip', ['netns', 'add', ns]).status, 0, 'ip netns add');
+    t.teardown(() => void spawnSync('ip', ['netns', 'del', ns]));
+    const link = server.attach(uid);
+    decide.set(uid, () => ({ action: 'launch', argv: ['/bin/sleep', '30'], fds: [], netns: `/run/netns/${ns}` }));
+    const started = link.waitFor('started', 10000);
+    const l = await spawnLauncher({ launcherBinary, uid, socket: socketPath, runDir: path.join(dir, uid), lingerSeconds: 5 });
+    const [childPid] = await started;
+    const want = statSync(`/run/netns/${ns}`).ino;
+    t.equal(statSync(`/proc/${childPid}/ns/net`).ino, want, "the child's netns is the one NETNS named");
+    t.equal(statSync(`/proc/${l.pid}/ns/net`).ino, want, 'the launcher is in it too');
+    process.kill(childPid, 'SIGKILL');
+    await l.exited;
     server.detach(uid);
   });
 

@@ -22,19 +22,41 @@ t.test('create makes the group in every hierarchy, seeds cpuset, writes resource
     resources: { cpu: { shares: 512, quota: 50000 }, memory: { max: 1 << 30, swapMax: 0, high: 5 }, pids: { max: 100 }, io: { weight: 100 } },
   });
   for (const h of fake.hierarchyNames()) t.equal(await fake.exists(join(fake.root, h, 'vmlet/vm-1/cgroup.procs')), true, `${h} dir`);
-  t.same(fake.writes, [
-    { file: 'cpuset/vmlet/cpuset.cpus', value: '0-3' },
-    { file: 'cpuset/vmlet/cpuset.mems', value: '0' },
-    { file: 'cpuset/vmlet/vm-1/cpuset.cpus', value: '0-3' },
-    { file: 'cpuset/vmlet/vm-1/cpuset.mems', value: '0' },
-    { file: 'cpu/vmlet/vm-1/cpu.shares', value: '512' },
-    { file: 'cpu/vmlet/vm-1/cpu.cfs_period_us', value: '100000' },
-    { file: 'cpu/vmlet/vm-1/cpu.cfs_quota_us', value: '50000' },
-    { file: 'memory/vmlet/vm-1/memory.limit_in_bytes', value: '1073741824' },
-    { file: 'memory/vmlet/vm-1/memory.memsw.limit_in_bytes', value: '1073741824' },
-    { file: 'pids/vmlet/vm-1/pids.max', value: '100' },
-    { file: 'blkio/vmlet/vm-1/blkio.weight', value: '20' },
-  ]);
+  // The hierarchies are written side by side: the order holds within each one.
+  const byHierarchy = (ws: Array<{ file: string; value: string }>): Record<string, Array<{ file: string; value: string }>> => {
+    const out: Record<string, Array<{ file: string; value: string }>> = {};
+    for (const w of ws) (out[w.file.split('/')[0]!] ??= []).push(w);
+    return out;
+  };
+  t.same(
+    byHierarchy(fake.writes),
+    byHierarchy([
+      { file: 'cpuset/vmlet/cpuset.cpus', value: '0-3' },
+      { file: 'cpuset/vmlet/cpuset.mems', value: '0' },
+      { file: 'cpuset/vmlet/vm-1/cpuset.cpus', value: '0-3' },
+      { file: 'cpuset/vmlet/vm-1/cpuset.mems', value: '0' },
+      { file: 'cpu/vmlet/vm-1/cpu.shares', value: '512' },
+      { file: 'cpu/vmlet/vm-1/cpu.cfs_period_us', value: '100000' },
+      { file: 'cpu/vmlet/vm-1/cpu.cfs_quota_us', value: '50000' },
+      { file: 'memory/vmlet/vm-1/memory.limit_in_bytes', value: '1073741824' },
+      { file: 'memory/vmlet/vm-1/memory.memsw.limit_in_bytes', value: '1073741824' },
+      { file: 'pids/vmlet/vm-1/pids.max', value: '100' },
+      { file: 'blkio/vmlet/vm-1/blkio.weight', value: '20' },
+    ]),
+  );
+  t.same(
+    res.written.map(([f]) => f.slice(fake.root.length + 1)),
+    [
+      'cpu/vmlet/vm-1/cpu.shares',
+      'cpu/vmlet/vm-1/cpu.cfs_period_us',
+      'cpu/vmlet/vm-1/cpu.cfs_quota_us',
+      'memory/vmlet/vm-1/memory.limit_in_bytes',
+      'memory/vmlet/vm-1/memory.memsw.limit_in_bytes',
+      'pids/vmlet/vm-1/pids.max',
+      'blkio/vmlet/vm-1/blkio.weight',
+    ],
+    'written is reported in plan order',
+  );
   t.same(res.skipped, ['memory.high'], 'no v1 counterpart');
   const p = m.paths();
   t.equal(p.version, 1);

@@ -1,4 +1,5 @@
 // A stop (e.g. a delete) that arrives while the supervisor's prepare still builds the sandbox: the VMI finishes at once, and what prepare made afterwards (sandbox, tap fds) is released too.
+import { EventEmitter } from 'node:events';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -46,7 +47,8 @@ function setup(t: { teardown(fn: () => void): void }): {
     vmi: vmi(),
     runDir: path.join(dir, 'run'),
     logger: pino({ level: 'silent' }),
-    launcherServer: {} as unknown as LauncherServer, // never reached: the VMI stops before launch
+    // Only attached: the launcher started beside prepare never gets this far (there is no binary), and the VMI stops before launch.
+    launcherServer: { link: () => undefined, attach: () => new EventEmitter(), detach: () => undefined } as unknown as LauncherServer,
     launcherBinary: path.join(dir, 'no-launcher'),
     launcherSocket: path.join(dir, 'no.sock'),
     prepare: () => prepared,

@@ -48,7 +48,7 @@ const QEMU_ARGV = ['qemu-system-x86_64', '-name', `guest=default_shell`, '-uuid'
 
 async function rig(
   t: { teardown(fn: () => unknown): void },
-  o: { qmp?: FakeQmpOptions; qemu?: boolean; launcher?: boolean; running?: boolean; prepare?: () => Promise<PreparedLaunch> } = {},
+  o: { qmp?: FakeQmpOptions; qemu?: boolean; launcher?: boolean; running?: boolean; prepare?: () => Promise<PreparedLaunch>; launcherBinary?: string } = {},
 ): Promise<Rig> {
   const vm = { running: o.running ?? true };
   const fake = await new FakeQmpServer({
@@ -86,7 +86,7 @@ async function rig(
     runDir,
     logger: pino({ level: 'silent' }),
     launcherServer: { link: () => link, attach: () => link, detach: () => undefined },
-    launcherBinary: path.join(proc, 'no-such-launcher'),
+    launcherBinary: o.launcherBinary ?? path.join(proc, 'no-such-launcher'),
     launcherSocket: path.join(proc, 'launcher.sock'),
     prepare: o.prepare ?? (async () => ({ argv: ['qemu'], fds: [], accel: 'tcg', softwareEmulation: true })),
     writeStatus: async (mutate) => {
@@ -152,7 +152,7 @@ t.test('re-adopts a running QEMU, follows its events, takes user actions, and en
   t.match(s.vmlet, { qemuPid: QEMU_PID, launcherPid: LAUNCHER_PID, accel: 'tcg', softwareEmulation: true }, 'the runtime block, accel from the command line');
   t.match(cond(s, 'SoftwareEmulation'), { status: 'True', reason: 'SoftwareEmulation' });
   t.match(cond(s, 'Ready'), { status: 'True' });
-  t.same(names(r.fake), ['qmp_capabilities', 'query-status', 'query-status'], 'a running QEMU is neither set up again nor continued');
+  t.same(names(r.fake), ['qmp_capabilities', 'query-status'], 'a running QEMU is neither set up again nor continued (one query-status says how it runs)');
   t.equal(r.sup.serialConsole(), undefined, 'no console was asked for');
 
   r.fake.last!.event('STOP');
@@ -193,7 +193,7 @@ t.test('a re-adopted QEMU still paused from -S is set up and continued', async (
   });
   await r.sup.reattach();
   t.equal(r.sup.state, 'Running');
-  t.same(names(r.fake), ['qmp_capabilities', 'query-status', 'set-action', 'cont', 'query-status']);
+  t.same(names(r.fake), ['qmp_capabilities', 'query-status', 'set-action', 'cont'], 'after cont it runs: no second query-status');
   t.same(r.fake.received.find((c) => c.execute === 'set-action')?.arguments, { shutdown: 'poweroff', reboot: 'reset', panic: 'pause' });
 });
 
@@ -295,7 +295,8 @@ t.test('stop: ACPI power-down, the grace period, then quit', async (t) => {
 
 t.test('a launcher HELLO waits for prepare (a promise, not a poll), then gets the argv', async (t) => {
   let settle!: (p: PreparedLaunch) => void;
-  const r = await rig(t, { qemu: false, launcher: false, prepare: () => new Promise((resolve) => (settle = resolve)) });
+  // /bin/true stands in for the launcher started beside prepare: it starts, so the argv is handed over, and never reports QEMU.
+  const r = await rig(t, { qemu: false, launcher: false, launcherBinary: '/bin/true', prepare: () => new Promise((resolve) => (settle = resolve)) });
   t.same(await r.sup.onHello(hello('running')), { action: 'accept' }, 'a launcher whose QEMU runs is accepted');
   const started = r.sup.start();
   let decided = false;
@@ -306,7 +307,21 @@ t.test('a launcher HELLO waits for prepare (a promise, not a poll), then gets th
   const fds = [marker.fd];
   settle({ argv: ['qemu', '-S'], fds, accel: 'kvm', softwareEmulation: false });
   t.same(await decision, { action: 'launch', argv: ['qemu', '-S'], fds });
-  await started; // the launcher binary does not exist: the launch fails
+  await started; // no QEMU is ever reported: the launch fails after startTimeoutMs
+  t.match(await r.sup.done, { phase: 'Failed', reason: 'LaunchFailed' });
+  t.notOk(marker.open(), 'the fds prepare opened are closed');
+});
+
+t.test('a launcher that cannot be started beside prepare fails the launch; a HELLO meanwhile is refused', async (t) => {
+  let settle!: (p: PreparedLaunch) => void;
+  const r = await rig(t, { qemu: false, launcher: false, prepare: () => new Promise((resolve) => (settle = resolve)) });
+  const started = r.sup.start();
+  const decision = r.sup.onHello(hello('new'));
+  const marker = markerFd(t);
+  await new Promise((res) => setTimeout(res, 50)); // prepare is under way
+  settle({ argv: ['qemu', '-S'], fds: [marker.fd], accel: 'tcg', softwareEmulation: true });
+  t.same(await decision, { action: 'reject', reason: 'no launch is pending for this VMI' });
+  await started;
   t.match(await r.sup.done, { phase: 'Failed', reason: 'LaunchFailed' });
   t.match(r.status().message, /cannot start/);
   t.notOk(marker.open(), 'the fds prepare opened are closed');
@@ -340,7 +355,7 @@ t.test('hand-over: a launcher that waited through a restart gets its argv, and t
   r.link.emit('started', QEMU_PID);
   await attached;
   t.equal(r.sup.state, 'Running');
-  t.same(names(r.fake), ['qmp_capabilities', 'query-status', 'set-action', 'cont', 'query-status']);
+  t.same(names(r.fake), ['qmp_capabilities', 'query-status', 'set-action', 'cont'], 'after cont it runs: no second query-status');
   t.match(r.status().vmlet, { qemuPid: QEMU_PID, launcherPid: LAUNCHER_PID, accel: 'tcg' });
   t.match(cond(r.status(), 'SoftwareEmulation'), { status: 'True', reason: 'KvmUnusable', message: /KVM is not usable: \/dev\/kvm is missing$/ });
   t.notOk(

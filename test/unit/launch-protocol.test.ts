@@ -4,7 +4,7 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t from 'tap';
-import { encodeArgvMessage, LauncherServer, MAX_FDS, parseLauncherLine, type LauncherHello } from '../../src/qemu/launcher-server.js';
+import { encodeArgvMessage, encodeNetnsMessage, LauncherServer, MAX_FDS, parseLauncherLine, type LauncherHello } from '../../src/qemu/launcher-server.js';
 
 t.test('parseLauncherLine', async (t) => {
   t.same(parseLauncherLine('HELLO 1 abc-1 42 NEW'), { type: 'hello', version: '1', uid: 'abc-1', launcherPid: 42, state: { kind: 'new' } });
@@ -42,6 +42,13 @@ t.test('parseLauncherLine', async (t) => {
     'started 1',
   ]) {
     t.throws(() => parseLauncherLine(bad), { code: 'LAUNCHER_BAD_MESSAGE' }, JSON.stringify(bad));
+  }
+});
+
+t.test('encodeNetnsMessage', async (t) => {
+  t.equal(encodeNetnsMessage('/run/netns/vmlet-1a2b3c4d').toString(), 'NETNS /run/netns/vmlet-1a2b3c4d\n');
+  for (const bad of ['run/netns/x', '/run/netns/a\nARGV 1 0', '/a\0b', `/${'x'.repeat(950)}`]) {
+    t.throws(() => encodeNetnsMessage(bad), { code: 'LAUNCHER_BAD_ARGV' }, `refused: ${JSON.stringify(bad.slice(0, 30))}`);
   }
 });
 
