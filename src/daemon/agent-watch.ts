@@ -1,4 +1,4 @@
-// A VM's guest agent as the supervisor sees it: looked for once when the VMI runs and again whenever the guest opens its port; an answer becomes `agentAnswered`.
+// A VM's guest agent as the supervisor sees it: looked for once when the VMI runs and again whenever the guest opens its port, its socket held only while a probe runs or once the agent answered; an answer becomes `agentAnswered`.
 import path from 'node:path';
 import type { VMIInterfaceStatus } from '../api/types.js';
 import { VmletError } from '../errors.js';
@@ -17,6 +17,8 @@ export interface AgentWatchOptions {
 
 export class AgentWatch {
   #client: GuestAgentClient | undefined;
+  /** Probes in flight: only the last one to fail lets go of the socket, so it never cuts off a newer one. */
+  #probing = 0;
 
   constructor(private readonly opts: AgentWatchOptions) {}
 
@@ -47,11 +49,15 @@ export class AgentWatch {
   async probe(): Promise<void> {
     const agent = this.#client;
     if (!agent || !this.opts.running()) return;
+    this.#probing++;
     try {
       await agent.ping({ timeoutMs: 2_000 });
     } catch {
+      // Most guests never answer (no agent) or not yet: hold no socket for them; the next VSERPORT_CHANGE reconnects.
+      if (--this.#probing === 0 && this.#client === agent) agent.disconnect();
       return;
     }
+    this.#probing--;
     if (this.#client !== agent || !this.opts.running()) return;
     let interfaces: VMIInterfaceStatus[] | undefined;
     if (this.opts.guestInterfaces) {

@@ -43,6 +43,7 @@ export class QmpClient {
   private lineHandler: (line: string) => void = () => {};
   private readonly closeListeners = new Set<(reason: QmpError | undefined) => void>();
   private readonly onTimeoutBound = (p: Pending): void => this.onTimeout(p);
+  private readonly onLineBound = (line: string): void => this.onLine(line);
 
   /** Settles once the connection is gone: undefined after close(), else the error that ended it. */
   readonly closed: Promise<QmpError | undefined>;
@@ -179,7 +180,8 @@ export class QmpClient {
           );
           return;
         }
-        this.lineHandler = (l) => this.onLine(l);
+        // A method, not a closure here: this one would keep the greeting's timer and callbacks alive as long as the connection.
+        this.lineHandler = this.onLineBound;
         settle(() => resolve({ QMP: qmp }));
       };
     });

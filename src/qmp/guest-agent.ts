@@ -142,6 +142,15 @@ export class GuestAgentClient {
     return this.execute('guest-shutdown', { mode }, opts);
   }
 
+  /**
+   * Lets go of the socket but not of the client: the running command fails with QGA_DISCONNECTED and the
+   * next one connects again. For an agent that does not answer, so that its connection costs nothing meanwhile.
+   */
+  disconnect(): void {
+    if (!this.sock) return;
+    this.drop(new QmpError('QGA_DISCONNECTED', `guest-agent socket ${this.opts.path} released by the client`));
+  }
+
   /** Closes the connection for good; queued and running commands fail with QGA_CLOSED. */
   async close(): Promise<void> {
     this.closedByUser = true;

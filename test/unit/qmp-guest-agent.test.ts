@@ -236,3 +236,27 @@ t.test('abort signal: QGA_ABORTED', async (t) => {
   setTimeout(() => ac.abort(), 20);
   await rejectsCode(t, ga.ping({ signal: ac.signal }), 'QGA_ABORTED');
 });
+
+t.test('disconnect() lets go of the socket but not of the client: the next command connects again and resyncs', async (t) => {
+  const { fake, ga } = await setup(t);
+  ga.disconnect();
+  t.equal(fake.connections.length, 0, 'nothing to let go of before the first command');
+  await ga.ping();
+  t.equal(fake.connections.length, 1);
+  ga.disconnect();
+  t.equal(ga.state, 'disconnected', 'disconnected, not closed');
+  const first = fake.connections[0]!;
+  await new Promise<void>((r) => (first.socket.destroyed ? r() : first.socket.once('close', () => r())));
+  await ga.ping();
+  t.equal(fake.connections.length, 2, 'a new connection');
+  t.equal(fake.resets, 2, 'resynced on it');
+  t.equal(ga.state, 'connected');
+});
+
+t.test('disconnect() fails the command that waits on the socket with QGA_DISCONNECTED', async (t) => {
+  const { ga } = await setup(t, { silent: true }, { syncTimeoutMs: 5_000 });
+  const p = ga.ping();
+  await sleep(50);
+  ga.disconnect();
+  await rejectsCode(t, p, 'QGA_DISCONNECTED');
+});
