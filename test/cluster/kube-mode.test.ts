@@ -6,6 +6,7 @@ import path from 'node:path';
 import t from 'tap';
 import { REPO_ROOT, testCluster } from '../support/cluster.js';
 import { waitFor } from '../support/cluster/exec.js';
+import { waitServiceProgrammed } from '../support/cluster/service-rules.js';
 import { GROUP, kubeEnv, type Obj } from '../support/cluster/kube-env.js';
 import { guestImage, guestKernelArgs, READY_MARKER } from '../support/guest.js';
 
@@ -94,17 +95,8 @@ t.test('cluster mode end to end', async (t) => {
     // The test cluster runs no DNS: the Service is reached by its ClusterIP.
     const ip = svc.spec?.clusterIP ?? '';
     // Until kube-proxy has programmed the Service with an endpoint, a packet to the ClusterIP follows the default
-    // route off the machine (a CI run got an answer from a proxy out there): wait for its KUBE-SVC rule first.
-    await waitFor('kube-proxy to program the Service with its endpoint', 60_000, async () => {
-      const nat = await new Promise<string>((resolve) => {
-        const p = spawn('iptables-save', ['-t', 'nat'], { stdio: ['ignore', 'pipe', 'ignore'] });
-        let out = '';
-        p.stdout.on('data', (b: Buffer) => (out += b.toString()));
-        p.on('close', () => resolve(out));
-        p.on('error', () => resolve(''));
-      });
-      return nat.split('\n').some((l) => l.includes(`-d ${ip}/32`) && l.includes('-j KUBE-SVC-')) ? true : undefined;
-    });
+    // route off the machine (a CI run got an answer from a proxy out there).
+    await waitServiceProgrammed('the Service web', ip);
     const client = {
       metadata: { name: 'client', namespace: ns },
       spec: {

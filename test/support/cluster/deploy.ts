@@ -7,8 +7,11 @@ import type { Cluster } from '../cluster.js';
 import { REPO_ROOT } from '../cluster.js';
 import { ClusterError } from './errors.js';
 import { run, runStatus, waitFor } from './exec.js';
+import { waitServiceProgrammed } from './service-rules.js';
 
 export const NAMESPACE = 'vmlet';
+/** The admission webhook's Service (deploy/base/webhook.yaml). */
+export const WEBHOOK_SERVICE = 'vmlet-webhook';
 export const CONTROLLER = 'vmlet-controller';
 export const DAEMONSET = 'vmlet-node';
 export const PART_OF = 'app.kubernetes.io/part-of=vmlet';
@@ -242,6 +245,11 @@ export async function deploy(cluster: Cluster, opts: DeployOptions = {}): Promis
         cause: e,
       });
     }
+    // The API server calls the webhook through its Service: Ready pods are not enough until kube-proxy has the rule
+    // (a CI run's first apply after Ready timed out calling the webhook).
+    const svc = await cluster.api('GET', `/api/v1/namespaces/${NAMESPACE}/services/${WEBHOOK_SERVICE}`);
+    const ip = svc.status === 200 ? (svc.json() as { spec?: { clusterIP?: string } }).spec?.clusterIP : undefined;
+    if (ip) await waitServiceProgrammed(`the webhook Service ${WEBHOOK_SERVICE}`, ip, timeoutMs);
     log(`vmlet is Ready after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   }
   return { overlayDir: dir, archive, seconds: (Date.now() - t0) / 1000 };
