@@ -284,9 +284,8 @@ async function diskSpace(bd: BenchDaemon, img: ImageRecord, k: number): Promise<
   try {
     await Promise.all(names.map((n) => createRunning(api, diskVmi(n, { containerDisk: { image: img.names[0]! } }))));
     for (const n of names) {
-      const runDir = (await getVmi(api, n)).status?.vmlet?.runDir;
-      if (!runDir) throw new Error(`${n} has no status.vmlet.runDir`);
-      overlays.push(path.join(runDir, 'overlay-data.qcow2'));
+      // Overlays live in the VMI's scratch folder under the state folder (not the run dir's tmpfs).
+      overlays.push(path.join(scratchRootOf(bd), (await getVmi(api, n)).metadata.uid, 'overlay-data.qcow2'));
     }
     const sizes = overlays.map(allocated);
     const apparent = fs.statSync(overlays[0]!).size;
@@ -328,8 +327,12 @@ interface Setup {
   handCopy?: string;
 }
 
+/** Where the benchmark daemon keeps its VMIs' scratch folders (`<stateDir>/scratch`). */
+const scratchRootOf = (bd: BenchDaemon): string => path.join(bd.dir, 'state', 'scratch');
+
 interface IoState {
   api: ApiClient;
+  scratchRoot: string;
   work: string;
   /** --hand-memcg: the cgroup parent (the daemon's) under which the hand QEMU gets a memory group with the VM's limit. */
   handMemcgParent?: string;
@@ -380,6 +383,8 @@ interface VmletSide extends Side {
   name: string;
   argv: string[];
   runDir: string;
+  /** the VMI's scratch folder (its overlay) */
+  scratchDir: string;
   /** memory limit of the VM's cgroup, bytes */
   memoryLimit?: number;
 }
@@ -422,6 +427,7 @@ async function bootVmlet(st: IoState, s: Setup, name: string): Promise<VmletSide
       name,
       argv,
       runDir,
+      scratchDir: path.join(st.scratchRoot, v.metadata.uid),
       ...(memoryLimit !== undefined ? { memoryLimit } : {}),
       shell,
       async close() {
@@ -446,7 +452,10 @@ async function bootHand(st: IoState, s: Setup, vm: VmletSide, tag: string): Prom
       throw new Error(`vmlet's argv opens node ${node} by fd set ${set}; this benchmark expects only the containerDisk base`);
     fdFiles.set(set, s.base.path);
   }
-  const moves: [string, string][] = [[vm.runDir, dir]];
+  const moves: [string, string][] = [
+    [vm.runDir, dir],
+    [vm.scratchDir, dir],
+  ];
   // Both guests run at once, so the hand side writes its own copy of the hostDisk (QEMU would refuse a shared one: file lock).
   if (s.handCopy !== undefined && 'hostDisk' in s.source) moves.push([s.source.hostDisk.path, s.handCopy]);
   let q: HandQemu | undefined;
@@ -456,7 +465,7 @@ async function bootHand(st: IoState, s: Setup, vm: VmletSide, tag: string): Prom
       // The hand side's own overlay where vmlet's was, made as a person would (same 64 KiB clusters as vmlet's).
       const overlay = path.join(dir, 'overlay-data.qcow2');
       if (!argv.some((a) => a.includes(`filename=${overlay},`)))
-        throw new Error(`vmlet's argv has no overlay at ${path.join(vm.runDir, 'overlay-data.qcow2')}`);
+        throw new Error(`vmlet's argv has no overlay at ${path.join(vm.scratchDir, 'overlay-data.qcow2')}`);
       await execAsync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', s.base.format, '-b', s.base.path, '-u', overlay, String(s.base.virtualSize)]);
     }
     const procs = st.handMemcgParent === undefined ? undefined : memoryGroup(st.handMemcgParent, `hand-${tag}`, vm.memoryLimit);
@@ -609,7 +618,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     const start = await startLatency(started, work, accel, startImg, startQcow2, rounds);
     const space = await diskSpace(started, ioImg, vms);
 
-    const st: IoState = { api, work, img, io: { seqMiB, randomOps, direct: true }, directChecked: false, clocks: [] };
+    const st: IoState = { api, scratchRoot: scratchRootOf(started), work, img, io: { seqMiB, randomOps, direct: true }, directChecked: false, clocks: [] };
     if (handMemcg) st.handMemcgParent = path.basename(dir);
     const setups: Setup[] = [
       { key: 'raw_hostdisk', label: 'raw hostDisk', source: { hostDisk: { path: hostRaw, type: 'Disk' } }, expectFormat: 'raw', handCopy: `${hostRaw}.hand` },

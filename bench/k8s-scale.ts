@@ -124,18 +124,19 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
       spread: { nodes_used: counts.length, max_per_node: Math.max(...counts), min_per_node: counts.length < nodes ? 0 : Math.min(...counts) },
     });
   } finally {
-    progress('cleaning up (the namespace, nodes and Leases)');
+    progress('cleaning up (the nodes and Leases, then the namespace)');
     clearInterval(beating);
+    // Nodes first: no daemon runs on them, and the controller releases a node's finalizer once its Node is gone.
+    for (const n of names) {
+      await bc.core.deleteNode({ name: n }).catch(() => undefined);
+      await coord.deleteNamespacedLease({ name: `vmlet-node-${n}`, namespace: 'vmlet' }).catch(() => undefined);
+    }
     await bc.core.deleteNamespace({ name: ns }).catch(() => undefined);
     for (let i = 0; i < 600; i++) {
       if (!(await bc.core.readNamespace({ name: ns }).catch(() => undefined))) break;
       await sleep(1000);
     }
     await controller.stop();
-    for (const n of names) {
-      await bc.core.deleteNode({ name: n }).catch(() => undefined);
-      await coord.deleteNamespacedLease({ name: `vmlet-node-${n}`, namespace: 'vmlet' }).catch(() => undefined);
-    }
     await bc.close();
     fs.rmSync(dir, { recursive: true, force: true });
   }

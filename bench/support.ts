@@ -1,6 +1,7 @@
 // What the benchmarks share: a daemon in a temp dir, the small benchmark VMI, phase waits, process and cleanup helpers.
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import fs from 'node:fs';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { ApiClient, paths } from '../src/cli/client.js';
@@ -194,6 +195,8 @@ export async function startDaemon(dir: string, accel: Accel, opts: BenchDaemonOp
     config,
     [
       `cgroupParent: ${path.basename(dir)}`,
+      // The guests' cache and the temp folder where the benchmarks make their disks (no host path is allowed by default).
+      `hostPaths: {allow: [${JSON.stringify(path.join(root, '.cache'))}, ${JSON.stringify(os.tmpdir())}]}`,
       'network:',
       `  subnet: ${BENCH_NET.subnet}`,
       `  bridge: ${BENCH_NET.bridge}`,

@@ -97,6 +97,35 @@ static long now_ms(void)
 }
 
 /* Writes RUNDIR/name atomically (tmp file + rename); failures are logged, never fatal. */
+/* Start time of a process (field 22 of /proc/PID/stat, clock ticks since boot), 0 when unreadable:
+ * with the pid it names the process for good, so a recycled pid is never taken for it. */
+static unsigned long long proc_starttime(pid_t pid)
+{
+    char path[64], buf[1024];
+    snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0)
+        return 0;
+    buf[n] = '\0';
+    char *p = strrchr(buf, ')'); /* comm may hold spaces and parentheses */
+    if (!p)
+        return 0;
+    /* after ") " come fields 3, 4, ...: skip to field 22 */
+    for (int field = 2; field < 22 && p; field++)
+        p = strchr(p + 1, ' ');
+    return p ? strtoull(p + 1, NULL, 10) : 0;
+}
+
+/* "PID STARTTIME\n": what launcher.pid and qemu.pid hold. */
+static void pid_file_content(char *out, size_t len, pid_t pid)
+{
+    snprintf(out, len, "%d %llu\n", (int)pid, proc_starttime(pid));
+}
+
 static void write_run_file(const char *name, const char *content)
 {
     char path[PATH_MAX], tmp[PATH_MAX];
@@ -345,8 +374,8 @@ static void start_qemu(void)
     }
     qemu_pid = p;
     state = ST_RUNNING;
-    char content[32];
-    snprintf(content, sizeof content, "%d\n", (int)p);
+    char content[48];
+    pid_file_content(content, sizeof content, p);
     write_run_file("qemu.pid", content);
     logmsg("qemu started: pid %d (%s)", (int)p, qargv[0]);
     send_line("STARTED %d", (int)p);
@@ -614,8 +643,8 @@ int main(int argc, char **argv)
         return EXIT_USAGE;
     }
 
-    char content[32];
-    snprintf(content, sizeof content, "%d\n", (int)self_pid);
+    char content[48];
+    pid_file_content(content, sizeof content, self_pid);
     unlink_run_file("qemu.pid");
     unlink_run_file("exit-status");
     write_run_file("launcher.pid", content);

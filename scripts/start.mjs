@@ -9,7 +9,11 @@ import { fileURLToPath } from 'node:url';
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');
 const socket = process.env.VMLET_SOCKET ?? '/run/vmlet/vmlet.sock';
 const cli = path.join(root, 'dist', 'cli', 'main.js');
-const config = path.join(root, 'examples', 'vmlet.yaml');
+// The example config with this checkout's test guest folder filled in (its hostPaths.allow names it).
+const guestDir = path.join(root, '.cache', 'guest');
+const config = path.join(root, '.cache', 'vmlet.start.yaml');
+fs.mkdirSync(path.dirname(config), { recursive: true });
+fs.writeFileSync(config, fs.readFileSync(path.join(root, 'examples', 'vmlet.yaml'), 'utf8').replaceAll('@GUEST_DIR@', guestDir));
 const VM = 'testguest';
 const NAMESPACE = 'default';
 /** How long to wait for the example VM to run before saying it did not. */
@@ -152,7 +156,7 @@ if (!(await waitForSocket(Date.now() + 30_000))) {
   daemon.kill('SIGTERM');
 } else {
   // The example names the test guest by placeholder; fill in this checkout's cached image.
-  const guest = path.join(root, '.cache', 'guest');
+  const guest = guestDir;
   const text = fs.readFileSync(path.join(root, 'examples', 'vm-testguest.yaml'), 'utf8')
     .replaceAll('@GUEST_KERNEL@', path.join(guest, 'vmlinux'))
     .replaceAll('@GUEST_INITRD@', path.join(guest, 'initrd.img'));

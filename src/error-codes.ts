@@ -22,6 +22,13 @@ export const ERROR_CODES = {
   VMI_SPEC_IMMUTABLE: { http: 422, area: 'daemon', meaning: "a replace that changes a VMI's spec" },
   VMI_NOT_RUNNING: { http: 409, area: 'daemon', meaning: 'pause/unpause/reset/softreboot/qmp/console of a VMI that has no running QEMU on this node' },
   QMP_UNAVAILABLE: { http: 503, area: 'daemon', meaning: 'the VMI runs but its QEMU does not answer QMP' },
+  PEER_NOT_ALLOWED: { http: 403, area: 'daemon', meaning: 'a connection from a process that is neither root nor in the socket group' },
+  READ_ONLY_SOCKET: { http: 403, area: 'daemon', meaning: 'a change, console or QMP request on the read-only socket' },
+  QMP_COMMAND_NOT_ALLOWED: {
+    http: 403,
+    area: 'daemon',
+    meaning: 'a `vmlet qmp` command that is neither a query nor on the safe list nor allowed by the config',
+  },
   VMI_ALREADY_PAUSED: { http: 409, area: 'daemon', meaning: 'pause of a paused VMI' },
   VMI_NOT_PAUSED: { http: 409, area: 'daemon', meaning: 'unpause of a VMI that is not paused' },
   VMI_AGENT_UNAVAILABLE: { http: 409, area: 'daemon', meaning: 'softreboot without a connected guest agent' },
@@ -39,6 +46,9 @@ export const ERROR_CODES = {
   VCPU_PINNING_UNAVAILABLE: { http: 500, area: 'daemon', meaning: 'dedicatedCpuPlacement on a daemon without VM cgroups' },
   SUPERVISOR_BAD_TRANSITION: { http: 500, area: 'daemon', meaning: "a bug: a transition the supervisor's state machine forbids" },
   CONFIG_INVALID: { http: 500, area: 'daemon', meaning: 'the config file is unreadable, not YAML, has an unknown key or a wrong type' },
+  DAEMON_ALREADY_RUNNING: { http: 500, area: 'daemon', meaning: 'another vmlet daemon holds the lock of the state or run folder' },
+  DAEMON_LOCK_FAILED: { http: 500, area: 'daemon', meaning: "the state or run folder's lock file could not be locked" },
+  SCRATCH_SPACE_LOW: { http: 507, area: 'daemon', meaning: "a VMI's emptyDisk capacity exceeds the free space of the state folder's file system" },
   LAUNCHER_MISSING: { http: 500, area: 'daemon', meaning: 'vmlet-launch is not built' },
   SHUTTING_DOWN: { http: 503, area: 'daemon', meaning: 'the daemon is stopping and takes no new work' },
   CONFLICT: { http: 409, area: 'daemon', meaning: 'the request conflicts with the current state of the object' },
@@ -244,7 +254,7 @@ export const ERROR_CODES = {
   HOST_PATH_NOT_ALLOWED: {
     http: 422,
     area: 'cluster',
-    meaning: 'a hostDisk or kernelBoot path is not below a folder of hostPaths.allow in the cluster config',
+    meaning: 'a hostDisk or kernelBoot path is not below a folder of hostPaths.allow (the daemon config standalone, the cluster config in a cluster)',
   },
   LAUNCHER_POD_BAD_INPUT: {
     http: 500,

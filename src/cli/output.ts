@@ -31,7 +31,9 @@ export function humanDuration(ms: number): string {
 }
 
 /** Columns padded to the widest cell, three spaces apart, no trailing blanks. `minWidths` keeps streamed rows aligned. */
-export function formatTable(header: Row, rows: Row[], minWidths: number[] = []): string {
+export function formatTable(header: Row, rows0: Row[], minWidths: number[] = []): string {
+  // Cells come from objects others wrote (a guest agent's names, a user's messages): no terminal control reaches the screen.
+  const rows = rows0.map((r) => r.map(printable));
   const widths = header.map((h, i) => Math.max(h.length, minWidths[i] ?? 0, ...rows.map((r) => (r[i] ?? '').length)));
   const line = (r: Row): string =>
     r
@@ -39,6 +41,11 @@ export function formatTable(header: Row, rows: Row[], minWidths: number[] = []):
       .join('   ')
       .trimEnd();
   return [header, ...rows].map(line).join('\n') + '\n';
+}
+
+/** C0 and C1 control characters and DEL shown as `?`, so a cell can never move the cursor or recolour the terminal. */
+export function printable(text: string): string {
+  return text.replace(/[\u0000-\u001f\u007f-\u009f]/g, '?');
 }
 
 type Obj = Record<string, unknown>;
@@ -157,7 +164,7 @@ function fieldLines(rows: Array<[string, string]>): string {
   return (
     rows
       .map(([label, value]) => {
-        const [first = '', ...rest] = value.split('\n');
+        const [first = '', ...rest] = value.split('\n').map(printable);
         return [`${`${label}:`.padEnd(width)}${first}`.trimEnd(), ...rest.map((l) => `${' '.repeat(width)}${l}`.trimEnd())].join('\n');
       })
       .join('\n') + '\n'

@@ -10,6 +10,11 @@ export const KVM_LABEL = 'vmlet.io/kvm';
 export const KVM_RESOURCE = 'devices.vmlet.io/kvm';
 /** VMI label that names its node, written with status.nodeName. */
 export const NODE_NAME_LABEL = 'vmlet.io/nodeName';
+/**
+ * The node daemon's finalizer on a VMI (the controller sets it with its own when it assigns the node): released by
+ * that node's daemon once QEMU is gone and the node's state of the VMI (DHCP, launcher socket link) is released.
+ */
+export const NODE_FINALIZER = 'vmlet.io/node-cleanup';
 
 /** Labels of a launcher pod. */
 export const LAUNCHER_LABELS = {

@@ -20,7 +20,7 @@ import type { Logger } from 'pino';
 import type { Condition, VirtualMachineInstance } from '../api/types.js';
 import { isRecord } from '../api/vocabulary.js';
 import { CONFIG_MAP_KEY, CONFIG_MAP_NAME, DEFAULT_CLUSTER_CONFIG, parseClusterConfig, type ClusterConfig } from './cluster-config.js';
-import { HEARTBEAT, LAUNCHER_COMPONENT, LAUNCHER_LABELS, NODE_NAME_LABEL, VMLET_NAMESPACE } from './cluster-names.js';
+import { HEARTBEAT, LAUNCHER_COMPONENT, LAUNCHER_LABELS, NODE_FINALIZER, NODE_NAME_LABEL, VMLET_NAMESPACE } from './cluster-names.js';
 import { KubeInformer, type InformerEvent } from './kube-informer.js';
 import { decideLauncher } from './launcher-decide.js';
 import type { LauncherClaim } from './launcher-volumes.js';
@@ -278,7 +278,7 @@ export class LauncherController {
       vmi,
       pods: this.podsOf(vmi),
       expectedPod: this.expected.get(vmi.metadata.uid),
-      hasFinalizer: vmi.metadata.finalizers?.includes(VMI_FINALIZER) ?? false,
+      hasFinalizer: this.finalizersToRelease(vmi).length > 0,
     });
     switch (step.action) {
       case 'none':
@@ -295,11 +295,16 @@ export class LauncherController {
       case 'fail':
         return this.fail(vmi, step.reason, step.message);
       case 'release':
+        const drop = this.finalizersToRelease(vmi);
         await this.patchVmi(vmi, {
-          metadata: { resourceVersion: vmi.metadata.resourceVersion, finalizers: (vmi.metadata.finalizers ?? []).filter((f) => f !== VMI_FINALIZER) },
+          metadata: { resourceVersion: vmi.metadata.resourceVersion, finalizers: (vmi.metadata.finalizers ?? []).filter((f) => !drop.includes(f)) },
         });
         return;
     }
+  }
+
+  private finalizersToRelease(vmi: Vmi): string[] {
+    return finalizersToRelease(vmi.metadata.finalizers ?? [], vmi.status?.nodeName, (n) => this.nodes.get(n) !== undefined);
   }
 
   private async assign(vmi: Vmi): Promise<void> {
@@ -346,7 +351,8 @@ export class LauncherController {
       }
       // One write before the pod: the finalizer (so the pod never outlives a VMI unnoticed) and the node's label
       // (so the node daemon sees its VMI while the kubelet starts the pod), guarded by the resourceVersion read.
-      const finalizers = vmi.metadata.finalizers?.includes(VMI_FINALIZER) ? vmi.metadata.finalizers : [...(vmi.metadata.finalizers ?? []), VMI_FINALIZER];
+      // The node daemon's finalizer too: the VMI stays until that daemon has released what the node holds of it.
+      const finalizers = [...new Set([...(vmi.metadata.finalizers ?? []), VMI_FINALIZER, NODE_FINALIZER])];
       await this.patchVmi(vmi, { metadata: { resourceVersion, finalizers, labels: { [NODE_NAME_LABEL]: node } } });
       await this.o.core.createNamespacedPod({ namespace: vmi.metadata.namespace ?? 'default', body: pod });
     } catch (e) {
@@ -424,4 +430,10 @@ export class LauncherController {
       throw e;
     }
   }
+}
+
+/** Of a deleted VMI with no pod left: the controller's finalizer, and the node daemon's when no daemon will ever release it (never placed, or its Node is gone). */
+export function finalizersToRelease(finalizers: readonly string[], nodeName: string | undefined, nodeExists: (node: string) => boolean): string[] {
+  const orphan = finalizers.includes(NODE_FINALIZER) && (!nodeName || !nodeExists(nodeName));
+  return [...(finalizers.includes(VMI_FINALIZER) ? [VMI_FINALIZER] : []), ...(orphan ? [NODE_FINALIZER] : [])];
 }

@@ -1,4 +1,5 @@
 // A VM's guest agent as the supervisor sees it: looked for once when the VMI runs and again whenever the guest opens its port, its socket held only while a probe runs or once the agent answered; an answer becomes `agentAnswered`.
+import { checkedGuestInterfaces } from './guest-report.js';
 import path from 'node:path';
 import type { VMIInterfaceStatus } from '../api/types.js';
 import { VmletError } from '../errors.js';
@@ -62,7 +63,7 @@ export class AgentWatch {
     let interfaces: VMIInterfaceStatus[] | undefined;
     if (this.opts.guestInterfaces) {
       const guest = await agent.networkInterfaces({ timeoutMs: 2_000 }).catch(() => undefined);
-      if (guest) interfaces = this.opts.guestInterfaces(guest);
+      if (guest) interfaces = this.opts.guestInterfaces(checkedGuestInterfaces(guest));
     }
     if (this.#client === agent) await this.opts.dispatch({ type: 'agentAnswered', interfaces });
   }

@@ -4,6 +4,7 @@ import type net from 'node:net';
 import type { Duplex } from 'node:stream';
 import type { Logger } from 'pino';
 import { VmletError } from '../errors.js';
+import { peerHungUp, socketFd } from '../sys/scm.js';
 import type { Backend, ConsoleAttachment } from './backend.js';
 import { rawResponse, waitWritable, withCauseCodes } from './api-response.js';
 import { contextOf, parseRequestUrl } from './api-router.js';
@@ -45,10 +46,27 @@ export async function serveConsole(backend: Backend, req: http.IncomingMessage, 
   const input = (data: Buffer): void => {
     if (!att.writable) return; // a read-only attachment ignores keystrokes
     try {
-      att.write(data);
+      // Backpressure: a guest that does not read its serial port stops the client, not the daemon's heap.
+      if (!att.write(data)) holdBack();
     } catch (e) {
       log.debug({ err: e }, 'console write refused');
     }
+  };
+  // A client held back is not read, so its going away shows only by polling: then the writer lock is let go.
+  let held = false;
+  const holdBack = (): void => {
+    if (held) return;
+    held = true;
+    socket.pause();
+    const gone = setInterval(() => {
+      if (!socket.destroyed && isNetSocket(socket) && peerHungUp(socketFd(socket))) socket.destroy();
+    }, 1_000);
+    socket.once('close', () => clearInterval(gone));
+    void att.drained().then(() => {
+      clearInterval(gone);
+      held = false;
+      if (!socket.destroyed) socket.resume();
+    });
   };
   if (head.length > 0) input(head);
   socket.on('data', input);

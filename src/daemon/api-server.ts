@@ -10,6 +10,8 @@ import type { Logger } from 'pino';
 import { httpStatusOf } from '../error-codes.js';
 import { VmletError } from '../errors.js';
 import type { Backend } from './backend.js';
+import { checkReadOnly, peerAllowed, peerOf, type SocketAccess } from './api-access.js';
+import type { PeerCred } from '../sys/scm.js';
 import { checkIdentity, DRAIN_LIMIT_BYTES, DRAIN_TIMEOUT_MS, drainBody, nameOf, readBody } from './api-body.js';
 import { CONSOLE_PROTOCOL, serveConsole } from './api-console.js';
 import { rawResponse, sendJson, withCauseCodes } from './api-response.js';
@@ -57,6 +59,8 @@ export interface ApiServerOptions {
   maxConnections?: number;
   /** Mode of the socket file; default 0o660. */
   socketMode?: number;
+  /** Who may connect (root, and the group the file is given to) and whether only reads are served. */
+  access?: SocketAccess;
   /** The node image store (standalone); absent: /images answers NOT_FOUND. */
   images?: ImageApi;
 }
@@ -80,6 +84,8 @@ function hasResponseInProgress(socket: Duplex): boolean {
 export class ApiServer {
   private readonly server: http.Server;
   private readonly upgraded = new Set<Duplex>();
+  /** Each accepted connection's peer, for the log of what it changes. */
+  private readonly peers = new WeakMap<object, PeerCred>();
   private readonly maxBody: number;
   private seq = 0;
   private listening = false;
@@ -99,6 +105,7 @@ export class ApiServer {
     });
     this.server.maxConnections = opts.maxConnections ?? 256;
     this.server.setTimeout(opts.idleTimeoutMs ?? 120_000);
+    this.server.on('connection', (sock: net.Socket) => this.onConnection(sock));
     this.server.on('request', (req, res) => this.onRequest(req, res));
     this.server.on('upgrade', (req: http.IncomingMessage, socket: Duplex, head: Buffer) => this.onUpgrade(req, socket, head));
     this.server.on('clientError', (err: NodeJS.ErrnoException, socket: Duplex) => this.onClientError(err, socket));
@@ -139,6 +146,7 @@ export class ApiServer {
     });
     this.listening = true;
     await fs.chmod(p, this.opts.socketMode ?? 0o660);
+    if (this.opts.access?.gid !== undefined) await fs.chown(p, 0, this.opts.access.gid);
     this.server.on('error', (e) => this.opts.logger.error({ err: e }, 'api server error'));
     this.opts.logger.info({ socket: p }, 'api listening');
   }
@@ -152,6 +160,18 @@ export class ApiServer {
     this.server.closeAllConnections();
     await closed;
     await fs.unlink(this.opts.socketPath).catch(() => undefined);
+  }
+
+  /** The file's mode already keeps others out; the kernel's word on the peer is checked again, and kept for the log. */
+  private onConnection(sock: net.Socket): void {
+    const cred = peerOf(sock);
+    if (cred && peerAllowed(cred, this.opts.access?.gid)) {
+      this.peers.set(sock, cred);
+      return;
+    }
+    this.opts.logger.warn({ peer: cred }, 'connection refused: the peer is neither root nor in the socket group');
+    sock.end(rawResponse(failure('PEER_NOT_ALLOWED', 'only root and the socket group may use this socket', httpStatusOf('PEER_NOT_ALLOWED'))));
+    sock.destroySoon();
   }
 
   private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
@@ -205,6 +225,8 @@ export class ApiServer {
       ctx = contextOf(route);
       const method = req.method ?? 'GET';
       checkMethod(route, method);
+      if (this.opts.access?.readOnly) checkReadOnly(route, method);
+      if (method !== 'GET') log.info({ peer: this.peers.get(req.socket) }, 'request');
       await this.dispatch(route, query, method, req, res, ctx, log);
     } catch (e) {
       this.sendError(req, res, e, ctx, log);
@@ -315,6 +337,12 @@ export class ApiServer {
     this.upgraded.add(socket);
     socket.on('close', () => this.upgraded.delete(socket));
     socket.on('error', (e) => log.debug({ err: e }, 'console socket error'));
+    if (this.opts.access?.readOnly) {
+      const refusal = new VmletError('READ_ONLY_SOCKET', "this socket only reads (get, list, watch, events); consoles are served on the daemon's main socket");
+      socket.end(rawResponse(statusFromError(refusal, {})));
+      return;
+    }
+    log.info({ peer: this.peers.get(socket) }, 'console requested');
     serveConsole(this.opts.backend, req, socket, head, log).catch((e: unknown) => {
       log.error({ err: e }, 'console handler failed');
       socket.destroy();

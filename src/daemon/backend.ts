@@ -32,8 +32,13 @@ export type VmAction = 'start' | 'stop' | 'restart';
 export interface ConsoleAttachment {
   /** Ring-buffer replay first, then live output; ends when the console or the attachment closes. */
   output: AsyncIterable<Buffer>;
-  /** Throws a VmletError CONSOLE_BUSY when this attachment does not hold the writer lock. */
-  write(data: Buffer): void;
+  /**
+   * Throws a VmletError CONSOLE_BUSY when this attachment does not hold the writer lock. false: the guest is not
+   * reading its serial port; send no more until `drained()` resolves.
+   */
+  write(data: Buffer): boolean;
+  /** Resolves once what was written has been taken (at once when nothing waits). */
+  drained(): Promise<void>;
   readonly writable: boolean;
   /** Idempotent; releases the writer lock and ends `output`. */
   close(): void;

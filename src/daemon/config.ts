@@ -19,6 +19,12 @@ export function wantsTextLogs(format: LogFormat, stdoutIsTty: boolean): boolean 
 
 export interface DaemonConfig {
   socket: string;
+  /** Group (name or gid) that may use `socket` besides root; '' = root only (docs/security.md). */
+  socketGroup: string;
+  /** A second socket that serves only reads (get, list, watch, events); '' = none. */
+  readOnlySocket: string;
+  /** Group that may use `readOnlySocket` besides root. */
+  readOnlySocketGroup: string;
   stateDir: string;
   runDir: string;
   accel: Accel;
@@ -36,6 +42,11 @@ export interface DaemonConfig {
   kvmDevice: string;
   /** How long the probe guest gets to run under KVM before KVM counts as unusable (docs/accelerator.md). */
   kvmProbeDeadlineMs: number;
+  /**
+   * Kubernetes mode: when KVM is usable, add o+rw to `kvmDevice` at start, so launcher pods (uid 107, no
+   * capabilities) can open their copy of it (docs/node-registration.md). false: keep the host's mode.
+   */
+  kvmWorldAccessible: boolean;
   /**
    * Parent of the per-VM cgroups (`<cgroupParent>/<uid>`), relative to each hierarchy root
    * (v1: every controller's mount; v2: the unified mount). "" = make no VM cgroups.
@@ -55,6 +66,8 @@ export interface DaemonConfig {
   kubeconfig?: string;
   /** Host folders below which hostDisk and kernelBoot host paths are allowed (cluster config; empty: none). */
   hostPaths: { allow: string[] };
+  /** QMP commands `vmlet qmp` may pass to QEMU besides queries and the safe list (docs/security.md); none by default. */
+  qmpPassthrough: { allow: string[] };
   /** Cluster config (read by the controller, which records it per claim in the VMI's status): the share of a Filesystem claim kept free. */
   filesystemOverhead: number;
   /** Kubernetes mode: the group/version of the VMIs served, `vmlet.io/v1alpha1` or `kubevirt.io/v1` (kubevirt-compat); $VMLET_API_GROUP wins. */
@@ -113,6 +126,9 @@ type KeyType = 'string' | 'boolean' | 'number' | 'object' | 'string[]';
 
 const keys: Record<keyof DaemonConfig, KeyType> = {
   socket: 'string',
+  socketGroup: 'string',
+  readOnlySocket: 'string',
+  readOnlySocketGroup: 'string',
   stateDir: 'string',
   runDir: 'string',
   accel: 'string',
@@ -125,6 +141,7 @@ const keys: Record<keyof DaemonConfig, KeyType> = {
   logFormat: 'string',
   kvmDevice: 'string',
   kvmProbeDeadlineMs: 'number',
+  kvmWorldAccessible: 'boolean',
   cgroupParent: 'string',
   cgroupRoot: 'string',
   network: 'object',
@@ -133,6 +150,7 @@ const keys: Record<keyof DaemonConfig, KeyType> = {
   devicePluginDir: 'string',
   kubeconfig: 'string',
   hostPaths: 'object',
+  qmpPassthrough: 'object',
   apiGroup: 'string',
   filesystemOverhead: 'number',
 };
@@ -194,6 +212,9 @@ function mergeNetwork(base: NetworkConfig, doc: object, source: string): Network
 export function defaultConfig(repoRoot: string): DaemonConfig {
   return {
     socket: '/run/vmlet/vmlet.sock',
+    socketGroup: '',
+    readOnlySocket: '',
+    readOnlySocketGroup: '',
     stateDir: '/var/lib/vmlet',
     runDir: '/run/vmlet',
     accel: 'auto',
@@ -206,6 +227,7 @@ export function defaultConfig(repoRoot: string): DaemonConfig {
     logFormat: 'auto',
     kvmDevice: '/dev/kvm',
     kvmProbeDeadlineMs: 500,
+    kvmWorldAccessible: true,
     cgroupParent: 'vmlet',
     cgroupRoot: '/sys/fs/cgroup',
     network: {
@@ -223,6 +245,7 @@ export function defaultConfig(repoRoot: string): DaemonConfig {
     kubeletRootDir: '/var/lib/kubelet',
     devicePluginDir: '/var/lib/kubelet/device-plugins',
     hostPaths: { allow: [] },
+    qmpPassthrough: { allow: [] },
     apiGroup: API_GROUPS[0],
     filesystemOverhead: DEFAULT_FILESYSTEM_OVERHEAD,
   };
@@ -236,11 +259,8 @@ export function mergeConfig(base: DaemonConfig, doc: unknown, source: string): D
   if ('network' in doc) cfg.network = mergeNetwork(base.network, cfg.network, source);
   if (!['auto', 'kvm', 'tcg'].includes(cfg.accel)) throw new VmletError('CONFIG_INVALID', `${source}: accel must be auto, kvm or tcg`);
   if (cfg.mode !== 'standalone' && cfg.mode !== 'kubernetes') throw new VmletError('CONFIG_INVALID', `${source}: mode must be standalone or kubernetes`);
-  const allow: unknown = (cfg.hostPaths as { allow?: unknown }).allow ?? [];
-  if (!Array.isArray(allow) || !allow.every((a) => typeof a === 'string' && a.startsWith('/')) || Object.keys(cfg.hostPaths).some((k) => k !== 'allow')) {
-    throw new VmletError('CONFIG_INVALID', `${source}: hostPaths must be {allow: [absolute folder, …]}`);
-  }
-  cfg.hostPaths = { allow: allow as string[] };
+  cfg.hostPaths = allowList(cfg.hostPaths, (a) => a.startsWith('/'), `${source}: hostPaths must be {allow: [absolute folder, …]}`);
+  cfg.qmpPassthrough = allowList(cfg.qmpPassthrough, (a) => /^[a-z][a-z0-9_-]*$/.test(a), `${source}: qmpPassthrough must be {allow: [QMP command name, …]}`);
   parseApiGroup(cfg.apiGroup, source);
   if (!(cfg.filesystemOverhead >= 0 && cfg.filesystemOverhead < 1)) {
     throw new VmletError('CONFIG_INVALID', `${source}: filesystemOverhead must be a number from 0 up to (not including) 1, got ${cfg.filesystemOverhead}`);
@@ -293,4 +313,14 @@ export function loadConfig(repoRoot: string, flags: DaemonFlags): DaemonConfig {
     fromFlags.apiGroup = envGroup;
   }
   return mergeConfig(cfg, fromFlags, 'flags');
+}
+
+/** `{allow: [...]}` of strings that each pass `ok`; CONFIG_INVALID with `message` otherwise. */
+function allowList(v: unknown, ok: (a: string) => boolean, message: string): { allow: string[] } {
+  const o = v as { allow?: unknown };
+  const allow: unknown = o.allow ?? [];
+  if (!Array.isArray(allow) || !allow.every((a) => typeof a === 'string' && ok(a)) || Object.keys(o).some((k) => k !== 'allow')) {
+    throw new VmletError('CONFIG_INVALID', message);
+  }
+  return { allow: allow as string[] };
 }

@@ -1,4 +1,6 @@
 // One daemon connection per VM to QEMU's serial chardev: a ring buffer of recent output, a log file, many readers, one writer.
+import { waitWritable } from './api-response.js';
+import type { ConsoleAttachment } from './backend.js';
 import path from 'node:path';
 import fs from 'node:fs';
 import net from 'node:net';
@@ -112,12 +114,7 @@ export class ByteRing {
   }
 }
 
-export interface ConsoleAttachment {
-  output: AsyncIterable<Buffer>;
-  readonly writable: boolean;
-  write(data: Buffer): void;
-  close(): void;
-}
+export type { ConsoleAttachment } from './backend.js';
 
 export class SerialConsole {
   private readonly ring: ByteRing;
@@ -224,7 +221,11 @@ export class SerialConsole {
       writable: opts.write,
       write: (data: Buffer) => {
         if (!open || this.writer !== token) throw new VmletError('CONSOLE_BUSY', 'this console attachment is read-only');
-        this.sock?.write(data);
+        return this.sock?.write(data) ?? true;
+      },
+      drained: () => {
+        const sock = this.sock;
+        return !sock || !sock.writableNeedDrain ? Promise.resolve() : waitWritable(sock);
       },
       close: () => {
         if (!open) return;

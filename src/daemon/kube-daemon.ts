@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { DEFAULT_PROC_ROOT } from '../api/vocabulary.js';
 import { VmletError } from '../errors.js';
 import { CONFIG_MAP_KEY, CONFIG_MAP_NAME, parseClusterConfig } from '../controller/cluster-config.js';
-import { LAUNCHER_COMPONENT, LAUNCHER_LABELS, NODE_NAME_LABEL, VMLET_NAMESPACE } from '../controller/cluster-names.js';
+import { LAUNCHER_COMPONENT, LAUNCHER_LABELS, NODE_FINALIZER, NODE_NAME_LABEL, VMLET_NAMESPACE } from '../controller/cluster-names.js';
 import { KubeInformer } from '../controller/kube-informer.js';
 import { VmController } from '../controller/vm-controller.js';
 import { probeQemu, type QemuCaps } from '../qemu/probe.js';
@@ -14,9 +14,11 @@ import { LauncherServer } from '../qemu/launcher-server.js';
 import { KubeSource } from '../source/kube-source.js';
 import type { Kind, SourceWatch, WatchOptions } from '../source/source.js';
 import { vmletVersion } from '../version.js';
+import { groupId } from './api-access.js';
 import { ApiServer } from './api-server.js';
 import { parseApiGroup, type DaemonConfig } from './config.js';
 import { KvmDevicePlugin } from './device-plugin.js';
+import { ensureKvmAccess } from './kvm-access.js';
 import { NodeRegistration } from './kube-node-registration.js';
 import { PodVmNetwork } from './kube-vm-network.js';
 import { LocalBackend } from './local-backend.js';
@@ -168,7 +170,7 @@ export async function startKubeDaemon(config: DaemonConfig, caps: QemuCaps, logg
     },
     logger: logger.child({ component: 'node' }),
     pods: launchers,
-    releaseFinalizer: false,
+    finalizer: NODE_FINALIZER,
   });
   await retryWhileUnavailable(() => node!.start(), logger);
   await launcherServer.listen();
@@ -181,6 +183,10 @@ export async function startKubeDaemon(config: DaemonConfig, caps: QemuCaps, logg
     logger: logger.child({ component: 'registration' }),
   });
   await registration.start();
+  // Before the plugin registers, so no launcher pod gets a copy of the device made with the old mode.
+  if (caps.kvm.usable) {
+    await ensureKvmAccess({ devicePath: config.kvmDevice, keep: !config.kvmWorldAccessible, logger: logger.child({ component: 'kvm-access' }) });
+  }
   const devicePlugin = new KvmDevicePlugin({
     kubeletRootDir: config.kubeletRootDir,
     devicePluginDir: config.devicePluginDir,
@@ -193,8 +199,16 @@ export async function startKubeDaemon(config: DaemonConfig, caps: QemuCaps, logg
   // The node-local socket: get, console, qmp, pause for debugging (writes go to the API server, through its admission).
   const controller = new VmController({ source, logger: logger.child({ component: 'vm-actions' }), apiVersion: source.apiVersion });
   const api = await ApiServer.listen({
-    backend: new LocalBackend({ store: nodeApiSource(source, nodeView), node, controller, vmActions: false }),
+    backend: new LocalBackend({
+      store: nodeApiSource(source, nodeView),
+      node,
+      controller,
+      vmActions: false,
+      qmpAllow: config.qmpPassthrough.allow,
+      logger: logger.child({ component: 'api' }),
+    }),
     socketPath: config.socket,
+    access: config.socketGroup === '' ? {} : { gid: groupId(config.socketGroup) },
     logger: logger.child({ component: 'api' }),
     maxBodyBytes: config.maxBodyBytes,
     version: { vmlet: vmletVersion(), qemu: caps.version.text, kvm: caps.kvm, accel: config.accel, useEmulation },

@@ -1,6 +1,7 @@
 // The API's backend in standalone mode: validation, the local store, and the supervisors of this node.
 import { isDeepStrictEqual } from 'node:util';
-import type { VirtualMachine, VirtualMachineInstance } from '../api/types.js';
+import type { Logger } from 'pino';
+import type { VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceStatus } from '../api/types.js';
 import { ValidationError, validateVM, validateVMI } from '../api/validate.js';
 import { asVm, asVmi, isStoredVmi, VMI_FINALIZER, type VmController } from '../controller/vm-controller.js';
 import { VmletError } from '../errors.js';
@@ -9,6 +10,8 @@ import type { Backend, ConsoleAttachment, Kind, KubeObject, ObjectRef, VmAction,
 import type { NodeReconciler } from './node-reconciler.js';
 import type { Supervisor } from './supervisor.js';
 import type { VmNetwork } from './vm-network.js';
+import { checkPassthrough, markedPassthrough } from './qmp-passthrough.js';
+import { refusedHostPaths } from './host-paths.js';
 
 export interface LocalBackendOptions {
   /** Where objects live (the local store in standalone mode). */
@@ -19,6 +22,11 @@ export interface LocalBackendOptions {
   vmActions?: boolean;
   /** Admission of interfaces and networks (absent: any are refused by nothing here). */
   network?: VmNetwork;
+  /** Standalone: folders below which hostDisk and kernelBoot paths may lie (config `hostPaths.allow`); absent: not checked here (a cluster's controller does). */
+  hostPathsAllow?: readonly string[];
+  /** QMP commands passed through besides queries and SAFE_QMP_COMMANDS (config `qmpPassthrough.allow`). */
+  qmpAllow?: readonly string[];
+  logger?: Logger;
 }
 
 const plural: Record<Kind, string> = { VirtualMachine: 'virtualmachines', VirtualMachineInstance: 'virtualmachineinstances' };
@@ -82,7 +90,12 @@ export class LocalBackend implements Backend {
           ]
         : [],
     );
-    if (claims.length > 0) throw new ValidationError(`${kind} "${namespace}/${obj.metadata.name}"`, claims);
+    const allow = this.opts.hostPathsAllow;
+    const spec = obj.kind === 'VirtualMachine' ? obj.spec.template.spec : obj.spec;
+    const specAt = obj.kind === 'VirtualMachine' ? 'spec.template.spec' : 'spec';
+    const paths =
+      allow === undefined ? [] : refusedHostPaths(spec, allow).map((r) => ({ field: `${specAt}.${r.field}`, code: r.error.code, message: r.error.message }));
+    if (claims.length > 0 || paths.length > 0) throw new ValidationError(`${kind} "${namespace}/${obj.metadata.name}"`, [...claims, ...paths]);
     const network = this.opts.network;
     if (network) {
       const spec = obj.kind === 'VirtualMachine' ? obj.spec.template.spec : obj.spec;
@@ -261,9 +274,17 @@ export class LocalBackend implements Backend {
     }
     const c = command as { execute: string; arguments?: unknown };
     if (c.execute === 'qmp_capabilities') throw new VmletError('BAD_REQUEST', 'the daemon already negotiated capabilities on this connection');
+    checkPassthrough(c.execute, this.opts.qmpAllow ?? []);
     if (c.arguments !== undefined && (typeof c.arguments !== 'object' || c.arguments === null || Array.isArray(c.arguments))) {
       throw new VmletError('BAD_REQUEST', 'QMP "arguments" must be an object');
     }
+    this.opts.logger?.info({ vmi: { namespace: ref.namespace, name: ref.name }, command: c.execute }, 'QMP passthrough');
+    // Marked before it runs: a command that hangs or kills QEMU has been sent all the same.
+    await this.store
+      .updateStatus<VirtualMachineInstanceStatus>('VirtualMachineInstance', ref.namespace, ref.name, (s) =>
+        markedPassthrough(s ?? {}, c.execute, new Date().toISOString()),
+      )
+      .catch((e: unknown) => this.opts.logger?.warn({ err: e }, 'could not mark the VMI after a QMP passthrough'));
     const ret = await qmp.executeRaw(c.execute, c.arguments as Record<string, unknown> | undefined);
     return { return: ret };
   }

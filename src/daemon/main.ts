@@ -23,6 +23,8 @@ import { VmNetwork } from './vm-network.js';
 import { ImageStore } from '../images/store.js';
 import { FormatRecords } from '../disk/format-records.js';
 import { imageApi } from './image-api.js';
+import { lockDirs, type DirLock } from '../sys/dir-lock.js';
+import { groupId, type SocketAccess } from './api-access.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -59,11 +61,23 @@ async function probeAtStart(config: DaemonConfig, logger: Logger): Promise<QemuC
 
 /** `vmlet daemon --mode kubernetes`: the same start-up checks, then the cluster's node daemon (kube-daemon.ts). */
 export async function startKubernetesDaemon(config: DaemonConfig, logger: Logger): Promise<RunningKubeDaemon> {
-  await checkLauncher(config);
-  const caps = await probeAtStart(config, logger);
-  // Loaded only in this mode: the Kubernetes client and gRPC are most of the standalone daemon's memory otherwise.
-  const { startKubeDaemon } = await import('./kube-daemon.js');
-  return startKubeDaemon(config, caps, logger);
+  await fs.mkdir(config.runDir, { recursive: true, mode: 0o755 });
+  const locks = lockDirs([{ dir: config.runDir, what: 'the run folder' }]);
+  try {
+    await checkLauncher(config);
+    const caps = await probeAtStart(config, logger);
+    // Loaded only in this mode: the Kubernetes client and gRPC are most of the standalone daemon's memory otherwise.
+    const { startKubeDaemon } = await import('./kube-daemon.js');
+    const d = await startKubeDaemon(config, caps, logger);
+    return { ...d, close: (opts) => d.close(opts).finally(() => releaseAll(locks)) };
+  } catch (e) {
+    releaseAll(locks);
+    throw e;
+  }
+}
+
+function releaseAll(locks: DirLock[]): void {
+  for (const l of locks) l.release();
 }
 
 async function checkLauncher(config: DaemonConfig): Promise<void> {
@@ -81,6 +95,28 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   await fs.mkdir(config.stateDir, { recursive: true, mode: 0o700 });
   await fs.mkdir(path.join(config.runDir, 'vms'), { recursive: true, mode: 0o700 });
   await fs.mkdir(path.dirname(config.socket), { recursive: true, mode: 0o755 });
+  // Before anything in either folder is read, removed or killed: a second daemon would take the first one's VMs for strays.
+  const locks = lockDirs([
+    { dir: config.stateDir, what: 'the state folder' },
+    { dir: config.runDir, what: 'the run folder' },
+  ]);
+  try {
+    return await startLocked(config, logger, locks);
+  } catch (e) {
+    releaseAll(locks);
+    throw e;
+  }
+}
+
+/** The sockets' groups, resolved before anything starts (a group that does not exist is CONFIG_INVALID). */
+function socketAccessOf(config: DaemonConfig): { main: SocketAccess; readOnly?: SocketAccess } {
+  const main: SocketAccess = config.socketGroup === '' ? {} : { gid: groupId(config.socketGroup) };
+  if (config.readOnlySocket === '') return { main };
+  return { main, readOnly: { readOnly: true, ...(config.readOnlySocketGroup === '' ? {} : { gid: groupId(config.readOnlySocketGroup) }) } };
+}
+
+async function startLocked(config: DaemonConfig, logger: Logger, locks: DirLock[]): Promise<RunningDaemon> {
+  const access = socketAccessOf(config);
   await checkLauncher(config);
   const caps = await probeAtStart(config, logger);
   const probeOptions: ProbeOptions = { devKvm: config.kvmDevice, kvmProbeDeadlineMs: config.kvmProbeDeadlineMs };
@@ -129,7 +165,10 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
       network,
       images,
       formats,
+      scratchRoot: path.join(config.stateDir, 'scratch'),
+      hostPathsAllow: config.hostPaths.allow,
     }),
+    scratchRoot: path.join(config.stateDir, 'scratch'),
     onImagesChanged: (listener) => images.onChange(listener),
     logger: logger.child({ component: 'node' }),
     ...(cgroups ? { cgroups } : {}),
@@ -140,15 +179,27 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
   await node.start();
   await launcherServer.listen();
   controller.start();
-  const backend = new LocalBackend({ store, node, controller, network });
-  const api = await ApiServer.listen({
-    backend,
-    socketPath: config.socket,
+  const backend = new LocalBackend({
+    store,
+    node,
+    controller,
+    network,
+    hostPathsAllow: config.hostPaths.allow,
+    qmpAllow: config.qmpPassthrough.allow,
     logger: logger.child({ component: 'api' }),
-    maxBodyBytes: config.maxBodyBytes,
-    images: imageApi(images, store),
-    version: { vmlet: vmletVersion(), qemu: caps.version.text, kvm: caps.kvm, accel: config.accel, useEmulation: config.useEmulation },
   });
+  const serve = (socketPath: string, access: SocketAccess, component: string): Promise<ApiServer> =>
+    ApiServer.listen({
+      backend,
+      socketPath,
+      access,
+      logger: logger.child({ component }),
+      maxBodyBytes: config.maxBodyBytes,
+      images: imageApi(images, store),
+      version: { vmlet: vmletVersion(), qemu: caps.version.text, kvm: caps.kvm, accel: config.accel, useEmulation: config.useEmulation },
+    });
+  const api = await serve(config.socket, access.main, 'api');
+  const readOnly = access.readOnly ? await serve(config.readOnlySocket, access.readOnly, 'api-ro') : undefined;
   return {
     config,
     store,
@@ -160,9 +211,11 @@ export async function startDaemon(config: DaemonConfig, logger: Logger): Promise
       controller.stop();
       node.stop();
       await api.close();
+      await readOnly?.close();
       await launcherServer.close();
       await network.close();
       await store.close();
+      releaseAll(locks);
     },
   };
 }

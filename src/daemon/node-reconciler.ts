@@ -19,10 +19,9 @@ import type { PodLaunchers } from './supervisor-pod.js';
 import type { PrepareContext } from './supervisor-deps.js';
 
 export type { PodLaunchers } from './supervisor-pod.js';
-import { groupCpus, pinVcpus, readCpuListFile, vcpuCount, wantsDedicatedCpus } from './vcpu-pinning.js';
+import { dedicatedCpuPinning, readCpuListFile, withDedicatedCpuCheck } from './vcpu-pinning.js';
 import type { VmCgroups, VmStats } from './vm-cgroup.js';
 import type { VmNetwork } from './vm-network.js';
-import { planDedicatedCpus } from '../cgroups/index.js';
 import { DEFAULT_PROC_ROOT } from '../api/vocabulary.js';
 
 /** What the node reconciler needs of a source: the VMIs, their status, watch, the finalizer, events. */
@@ -34,6 +33,8 @@ export interface NodeReconcilerOptions {
   nodeName: string;
   /** Parent of the per-VMI run directories (`<runDir>/vms/<uid>`). */
   runDir: string;
+  /** Standalone: parent of the per-VMI scratch folders (emptyDisks, overlays), removed with the run dir. */
+  scratchRoot?: string;
   launcherServer: LauncherServer;
   launcherBinary: string;
   launcherSocket: string;
@@ -50,8 +51,8 @@ export interface NodeReconcilerOptions {
   pods?: PodLaunchers;
   /** The node image store's change feed: a VMI whose containerDisk image is missing waits for it. */
   onImagesChanged?: (listener: () => void) => () => void;
-  /** Kubernetes mode: the finalizer is the controller's, released once the pod is gone. Default true. */
-  releaseFinalizer?: boolean;
+  /** The finalizer this daemon releases once a deleted VMI's QEMU and node state are gone (standalone: VMI_FINALIZER). */
+  finalizer?: string;
 }
 
 const FINAL = new Set(['Succeeded', 'Failed']);
@@ -71,6 +72,12 @@ export class NodeReconciler {
 
   vmDir(uid: string): string {
     return path.join(this.opts.runDir, 'vms', uid);
+  }
+
+  /** The run dir and the scratch folder of a VMI whose QEMU is gone. */
+  private async removeVmDirs(uid: string): Promise<void> {
+    await fs.rm(this.vmDir(uid), { recursive: true, force: true });
+    if (this.opts.scratchRoot !== undefined) await fs.rm(path.join(this.opts.scratchRoot, uid), { recursive: true, force: true });
   }
 
   /** Routes a launcher's HELLO to its VMI's supervisor; HELLOs for unknown VMIs are refused by the server. */
@@ -129,9 +136,7 @@ export class NodeReconciler {
       const sup = this.newSupervisor(vmi, { runDir, podUid });
       this.track(
         uid,
-        sup.reattach().then(async () => {
-          if (sup.launcherPid !== undefined && !sup.exited) await pods.adoptNetwork?.(vmi, sup.launcherPid);
-        }),
+        sup.reattach().then(() => this.adoptPodNetwork(vmi, sup, pods)),
       );
     }
     this.follow();
@@ -175,8 +180,11 @@ export class NodeReconciler {
       if (known.has(uid)) continue;
       const dir = path.join(vmsDir, uid);
       const rd = await readRunDir(dir).catch(() => undefined);
-      for (const pid of [rd?.qemuPid, rd?.launcherPid]) {
-        if (pid && (await isLiveProcessFor(pid, uid, this.opts.procRoot))) {
+      for (const [pid, start] of [
+        [rd?.qemuPid, rd?.qemuStart],
+        [rd?.launcherPid, rd?.launcherStart],
+      ] as const) {
+        if (pid && (await isLiveProcessFor(pid, uid, this.opts.procRoot, start))) {
           this.log.warn({ uid, pid }, 'killing a process of a VMI that no longer exists');
           try {
             process.kill(pid, 'SIGKILL');
@@ -185,8 +193,11 @@ export class NodeReconciler {
           }
         }
       }
-      await fs.rm(dir, { recursive: true, force: true });
+      await this.removeVmDirs(uid);
     }
+    // Scratch folders outlive a reboot (the run dirs do not): those of VMIs that are gone go too.
+    const scratch = this.opts.scratchRoot;
+    if (scratch !== undefined) for (const uid of await fs.readdir(scratch).catch(() => [] as string[])) if (!known.has(uid)) await this.removeVmDirs(uid);
     await this.removeStrayCgroups(known);
   }
 
@@ -245,10 +256,11 @@ export class NodeReconciler {
             removeRunDir: () => pods.close(inPod.podUid),
             ...(pods.releaseNetwork ? { releaseNetwork: () => pods.releaseNetwork!(uid) } : {}),
           }
-        : {};
-    const callbacks = storeCallbacks(store, vmi);
+        : { removeRunDir: () => this.removeVmDirs(uid) };
+    const callbacks = storeCallbacks(store, vmi, this.log.child({ vmi: { namespace, name, uid } }));
     const images = this.opts.onImagesChanged;
-    const prepare = this.prepareFor(vmi);
+    const cpus = { cgroups: this.opts.cgroups, onlineCpus: () => this.onlineCpus() };
+    const prepare = withDedicatedCpuCheck(vmi, this.opts.prepare, cpus);
     const sup = new Supervisor({
       vmi,
       runDir: inPod?.runDir ?? this.vmDir(uid),
@@ -261,34 +273,13 @@ export class NodeReconciler {
         : prepare,
       procRoot: this.opts.procRoot ?? DEFAULT_PROC_ROOT,
       ...(this.opts.cgroups ? { cgroups: this.opts.cgroups } : {}),
-      ...this.pinningFor(vmi),
+      ...dedicatedCpuPinning(vmi, { ...cpus, procRoot: this.opts.procRoot ?? DEFAULT_PROC_ROOT, log: this.log.child({ vmi: { namespace, name, uid } }) }),
       ...this.networkFor(uid),
       ...podDeps,
       ...callbacks,
     });
     this.supervisors.set(uid, sup);
     return sup;
-  }
-
-  /**
-   * With `dedicatedCpuPlacement`, `prepare` first checks that the host has a CPU per vCPU
-   * (CGROUP_CPUSET_TOO_SMALL; or VCPU_PINNING_UNAVAILABLE without VM cgroups), so such a VMI
-   * fails before its volumes, cgroup or QEMU exist (the supervisor has made only the empty run dir).
-   */
-  private prepareFor(vmi: VirtualMachineInstance): NodeReconcilerOptions['prepare'] {
-    if (!wantsDedicatedCpus(vmi)) return this.opts.prepare;
-    return async (v, runDir, ctx) => {
-      if (!this.opts.cgroups) {
-        throw new VmletError('VCPU_PINNING_UNAVAILABLE', 'domain.cpu.dedicatedCpuPlacement needs VM cgroups, but this daemon runs with cgroupParent ""');
-      }
-      try {
-        planDedicatedCpus(vcpuCount(v), await this.onlineCpus());
-      } catch (e) {
-        if (e instanceof VmletError) throw new VmletError(e.code, `domain.cpu.dedicatedCpuPlacement: ${e.message}`, { cause: e });
-        throw e;
-      }
-      return this.opts.prepare(v, runDir, ctx);
-    };
   }
 
   private networkFor(uid: string): {
@@ -300,29 +291,6 @@ export class NodeReconciler {
     return {
       releaseNetwork: () => network.teardown(uid),
       guestInterfaces: (g) => network.withGuestInfo(uid, g),
-    };
-  }
-
-  /** The `beforeCont` hook that pins vCPUs (only with cgroups and `dedicatedCpuPlacement`). */
-  private pinningFor(vmi: VirtualMachineInstance): { beforeCont?: (qmp: QmpClient, qemuPid: number) => Promise<void> } {
-    const cgroups = this.opts.cgroups;
-    if (!cgroups || !wantsDedicatedCpus(vmi)) return {};
-    const uid = vmi.metadata.uid!;
-    const { namespace, name } = vmi.metadata;
-    return {
-      beforeCont: async (qmp, qemuPid) => {
-        const cgroup = cgroups.manager(uid);
-        // The VM group's cpuset (inherited from the parent) is what the threads may use; the online CPUs if unreadable.
-        const hostCpus = (await groupCpus(cgroup)) ?? (await this.onlineCpus());
-        await pinVcpus({
-          cgroup,
-          qmp,
-          qemuPid,
-          hostCpus,
-          procRoot: this.opts.procRoot ?? DEFAULT_PROC_ROOT,
-          log: this.log.child({ vmi: { namespace, name, uid } }),
-        });
-      },
     };
   }
 
@@ -375,13 +343,28 @@ export class NodeReconciler {
       const opening = pods.open(podUid, uid).then((runDir) => {
         if (this.supervisors.has(uid)) return;
         const s = this.newSupervisor(vmi, { runDir, podUid });
-        this.track(uid, s.start());
+        // A launcher that calls in with QEMU started (its daemon died before Running) is adopted by start().
+        this.track(
+          uid,
+          s.start().then(() => this.adoptPodNetwork(vmi, s, pods)),
+        );
       });
       this.busy.set(`open:${uid}`, opening);
       void opening
         .catch((e: unknown) => this.log.error({ err: e, uid }, "cannot listen for the launcher of the VMI's pod"))
         .finally(() => this.busy.delete(`open:${uid}`));
     }
+  }
+
+  /** A QEMU found running in its pod gets DHCP served again; status.interfaces is filled if its launch was never recorded. */
+  private async adoptPodNetwork(vmi: StoredVmi, sup: Supervisor, pods: PodLaunchers): Promise<void> {
+    if (!sup.adopted || sup.launcherPid === undefined || sup.exited || !pods.adoptNetwork) return;
+    const interfaces = await pods.adoptNetwork(vmi, sup.launcherPid);
+    if (interfaces.length === 0 || vmi.status?.interfaces?.length) return;
+    const { namespace, name } = vmi.metadata;
+    await this.opts.store.updateStatus<VirtualMachineInstanceStatus>('VirtualMachineInstance', namespace, name, (st) =>
+      st?.interfaces?.length ? st : { ...st, interfaces },
+    );
   }
 
   /** Kubernetes mode: the VMI with vmlet's defaults (vmi-defaults.ts); one that admission would refuse fails here. */
@@ -411,14 +394,17 @@ export class NodeReconciler {
         this.supervisors.delete(uid);
       } else if (this.opts.pods) {
         await this.opts.pods.releaseNetwork?.(uid);
+        const podUid = this.opts.pods.podOf(uid);
+        if (podUid) await this.opts.pods.close(podUid);
       } else {
-        await fs.rm(this.vmDir(uid), { recursive: true, force: true });
+        await this.removeVmDirs(uid);
         await this.opts.cgroups?.remove(uid, this.log);
         await this.opts.network?.teardown(uid);
       }
       const cur = await this.opts.store.get('VirtualMachineInstance', vmi.metadata.namespace, vmi.metadata.name);
-      if (cur && cur.metadata.uid === uid && this.opts.releaseFinalizer !== false) {
-        const finalizers = (cur.metadata.finalizers ?? []).filter((f) => f !== VMI_FINALIZER);
+      const mine = this.opts.finalizer ?? VMI_FINALIZER;
+      if (cur && cur.metadata.uid === uid && cur.metadata.finalizers?.includes(mine)) {
+        const finalizers = cur.metadata.finalizers.filter((f) => f !== mine);
         await this.opts.store.update({ ...cur, metadata: { ...cur.metadata, finalizers } });
       }
     } catch (e) {

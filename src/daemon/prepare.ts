@@ -6,6 +6,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import type { VirtualMachineInstance } from '../api/types.js';
+import { parseQuantity } from '../api/quantity.js';
 import { VmletError } from '../errors.js';
 import { buildArgv, qmpChardev } from '../qemu/argv.js';
 import { probeQemu, resolveAccel, type ProbeOptions } from '../qemu/probe.js';
@@ -15,6 +16,7 @@ import type { FormatRecords } from '../disk/format-records.js';
 import { listenUnixFd } from '../sys/unix-listen.js';
 import { closeFds } from '../sys/libc.js';
 import { volumeStatuses } from './volume-status.js';
+import { refusedHostPaths } from './host-paths.js';
 import { claimDisk, containerDiskImage } from './pod-disks.js';
 import type { PodVmNetwork } from './kube-vm-network.js';
 import type { PreparedLaunch } from './supervisor.js';
@@ -54,6 +56,13 @@ export interface PrepareOptions {
    * built in the pod's netns.
    */
   pod?: { qemuRunDir: string; owner: { uid: number; gid: number }; network?: PodVmNetwork; procRoot?: string };
+  /**
+   * Standalone: the parent of each VMI's scratch folder (`<it>/<uid>`: emptyDisks and containerDisk overlays, what
+   * the guest writes), on disk under the state folder rather than in the run folder's tmpfs. Absent: the run dir.
+   */
+  scratchRoot?: string;
+  /** Standalone: checked again at each start (a symlink may have changed since admission); absent: not checked. */
+  hostPathsAllow?: readonly string[];
   /** The node image store that containerDisk volumes come from (standalone). */
   images?: ImageLookup;
   /** Where the format of each hostDisk is recorded on first sight; absent: hostDisks are raw. */
@@ -185,9 +194,13 @@ export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance,
     const pod = opts.pod;
     // Paths as QEMU sees them; the daemon makes the files through its own view of the same folder.
     const qemuRunDir = pod?.qemuRunDir ?? runDir;
+    const refused = !pod && opts.hostPathsAllow !== undefined ? refusedHostPaths(vmi.spec, opts.hostPathsAllow) : [];
+    if (refused[0]) throw new VmletError(refused[0].error.code, `spec.${refused[0].field}: ${refused[0].error.message}`, { details: refused[0].error.details });
     const { images, claims } = await resolveSources(vmi, opts, at);
     at.trace?.('prepare.sources');
-    const plan = planVolumes(vmi, qemuRunDir, { ...(caps.ovmf ? { ovmf: caps.ovmf } : {}), images, claims });
+    const scratchDir = !pod && opts.scratchRoot !== undefined ? path.join(opts.scratchRoot, vmi.metadata.uid!) : undefined;
+    if (scratchDir !== undefined) await prepareScratch(vmi, scratchDir);
+    const plan = planVolumes(vmi, qemuRunDir, { ...(caps.ovmf ? { ovmf: caps.ovmf } : {}), images, claims, ...(scratchDir ? { scratchDir } : {}) });
     for (const f of plan.files) {
       const inRunDir = f.path.startsWith(`${qemuRunDir}/`);
       const file = pod && inRunDir ? { ...f, path: path.join(runDir, path.relative(qemuRunDir, f.path)) } : f;
@@ -274,4 +287,20 @@ async function hostDiskFormat(v: ResolvedVolume | undefined, file: string, creat
   const seen = await formats.formatOf(real, `hostDisk ${real}`);
   v.format = seen.format;
   v.virtualSize = seen.virtualSize;
+}
+
+/** Makes the VMI's scratch folder; SCRATCH_SPACE_LOW when its emptyDisks' capacity exceeds what the file system has free. */
+async function prepareScratch(vmi: VirtualMachineInstance, dir: string): Promise<void> {
+  await fs.mkdir(dir, { recursive: true, mode: 0o700 });
+  const wanted = (vmi.spec.volumes ?? []).reduce((sum, v) => sum + (v.emptyDisk ? parseQuantity(v.emptyDisk.capacity) : 0n), 0n);
+  if (wanted === 0n) return;
+  const st = await fs.statfs(dir);
+  const free = BigInt(st.bavail) * BigInt(st.bsize);
+  if (wanted > free) {
+    throw new VmletError(
+      'SCRATCH_SPACE_LOW',
+      `the emptyDisk volumes ask for ${wanted} bytes but ${dir} has ${free} bytes free; make them smaller or free space under the state folder`,
+      { details: { wantedBytes: Number(wanted), freeBytes: Number(free), dir } },
+    );
+  }
 }

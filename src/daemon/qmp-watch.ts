@@ -99,6 +99,34 @@ export class QmpWatch {
     return qmp;
   }
 
+  /**
+   * After a daemon restart: a QEMU that does not answer QMP is not killed for it. Says so once (QmpResponsive=False
+   * and a Warning), tries again every second while `wanted()`, and reports the recovery; throws once unwanted.
+   */
+  async connectReadopted(wanted: () => boolean): Promise<QmpClient> {
+    const { dispatch, logger: log } = this.opts;
+    let reported = false;
+    for (;;) {
+      try {
+        const qmp = await this.connect();
+        if (reported) {
+          log.info('QMP answers again');
+          await dispatch({ type: 'qmpAnswers' });
+        }
+        return qmp;
+      } catch (e) {
+        if (!wanted()) throw e;
+        if (!reported) {
+          reported = true;
+          log.warn({ err: e }, 'the re-adopted QEMU does not answer QMP; it keeps running and the daemon keeps trying');
+          await dispatch({ type: 'qmpUnresponsive' });
+        }
+        await sleep(1_000);
+        if (!wanted()) throw e;
+      }
+    }
+  }
+
   close(): void {
     void this.#client?.close().catch(() => undefined);
     this.#client = undefined;
@@ -148,4 +176,12 @@ export class QmpWatch {
       await dispatch({ type: 'reconnectEnded' });
     }
   }
+}
+
+/** Pauses or resumes QEMU; refused with a code when it already is so. */
+export async function setQemuPaused(qmp: QmpClient, paused: boolean): Promise<void> {
+  const running = (await qmp.execute('query-status')).running;
+  if (paused && !running) throw new VmletError('VMI_ALREADY_PAUSED', 'the VMI is already paused; unpause it first');
+  if (!paused && running) throw new VmletError('VMI_NOT_PAUSED', 'the VMI is not paused');
+  await qmp.execute(paused ? 'stop' : 'cont');
 }

@@ -67,6 +67,8 @@ export type CoreEvent =
   | { type: 'launchFailed'; error: unknown; via: LaunchVia }
   | { type: 'qemuStarted'; pid: number; prepared: PreparedLaunch; via: LaunchVia }
   | { type: 'inspected'; launcherAlive: boolean; qemuAlive: boolean; exit: ExitStatus | undefined }
+  /** Kubernetes mode: the pod's launcher called in with QEMU already started (or ended): a daemon that died after handing it argv. */
+  | { type: 'podLauncherRan' }
   | { type: 'connecting' }
   | { type: 'qmpReady' }
   | { type: 'startupFailed'; error: unknown }
@@ -174,6 +176,8 @@ export function step(s: CoreState, e: CoreEvent): Step {
     case 'start':
       return moveTo(s, 'Preparing', [{ kind: 'prepare' }]);
     case 'reattach':
+      // Only a new supervisor re-adopts; Preparing reaches Reattaching only by podLauncherRan.
+      if (s.phase === 'Preparing') return ignore(s);
       return moveTo(s, 'Reattaching', [{ kind: 'inspectRunDir' }]);
     case 'resourcesInvalid':
       return stay(s, [failedLog(e.error, 'InvalidResources'), { kind: 'exit', failure: 'InvalidResources', message: errorMessage(e.error) }]);
@@ -197,6 +201,10 @@ export function step(s: CoreState, e: CoreEvent): Step {
         ...(e.via === 'launch' ? [{ kind: 'event', type: 'Normal', reason: 'Launched', message: `QEMU started with pid ${e.pid}` } as const] : []),
         { kind: 'connect', fresh: true },
       ]);
+    case 'podLauncherRan':
+      // Adopt what that daemon started; never prepare (and build the pod's network) a second time.
+      if (s.phase !== 'Preparing') return ignore(s);
+      return moveTo(s, 'Reattaching', [{ kind: 'inspectRunDir' }]);
     case 'inspected':
       return stay(s, inspectedEffects(e));
     case 'connecting':

@@ -69,8 +69,8 @@ export class LauncherWatch {
 /** Standalone, after a daemon restart: what the run dir says runs, each pid checked to still be this VMI's. */
 export async function inspectRunDir(runDir: string, uid: string, procRoot: string | undefined): Promise<PodLauncherView> {
   const rd = await readRunDir(runDir).catch((): RunDirState => ({}));
-  const launcherAlive = rd.launcherPid !== undefined && (await isLiveProcessFor(rd.launcherPid, uid, procRoot));
-  const qemuAlive = rd.qemuPid !== undefined && (await isLiveProcessFor(rd.qemuPid, uid, procRoot));
+  const launcherAlive = rd.launcherPid !== undefined && (await isLiveProcessFor(rd.launcherPid, uid, procRoot, rd.launcherStart));
+  const qemuAlive = rd.qemuPid !== undefined && (await isLiveProcessFor(rd.qemuPid, uid, procRoot, rd.qemuStart));
   return {
     launcherPid: launcherAlive ? rd.launcherPid : undefined,
     qemuPid: qemuAlive ? rd.qemuPid : undefined,

@@ -15,8 +15,8 @@ export const POD_ARRIVE_MS = 10 * 60_000;
 /** After a daemon restart: how long the pod's launcher may take to reconnect (it retries every ≤ 2 s). */
 export const POD_RECONNECT_MS = 10_000;
 
-/** The launcher's pid (daemon's namespace) once it said HELLO; LAUNCHER_TIMEOUT after `ms`. */
-export async function podLauncherArrival(arrived: Promise<number>, ms: number): Promise<number> {
+/** What the launcher said in its HELLO (its pid in the daemon's namespace, …); LAUNCHER_TIMEOUT after `ms`. */
+export async function podLauncherArrival<T>(arrived: Promise<T>, ms: number): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
     timer = setTimeout(() => reject(new VmletError('LAUNCHER_TIMEOUT', `the launcher of the VMI's pod did not connect within ${Math.round(ms / 1000)} s`)), ms);

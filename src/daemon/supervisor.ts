@@ -7,7 +7,7 @@ import type { QmpClient } from '../qmp/client.js';
 import { closeFds } from '../sys/libc.js';
 import { AgentWatch } from './agent-watch.js';
 import { connectSerialConsole, type SerialConsole } from './console.js';
-import { QmpWatch, runningQmp } from './qmp-watch.js';
+import { QmpWatch, runningQmp, setQemuPaused } from './qmp-watch.js';
 import { Changes } from './supervisor-changes.js';
 import { inspectRunDir, LauncherWatch } from './supervisor-launcher.js';
 import { accelOfProcess, inspectPodLauncher, podLauncherArrival, POD_ARRIVE_MS, POD_HELLO_WAIT_MS } from './supervisor-pod.js';
@@ -41,15 +41,17 @@ export class Supervisor {
   /** Standalone: the launcher spawned while prepare runs (its pid), and whether its argv waits for the group's limits. */
   #early: Promise<number> | undefined;
   #argvHeld = false;
+  /** QEMU was found running (after a daemon restart), not launched by this supervisor. */
+  adopted = false;
   #sizing: VmSizing | undefined;
   /** The VM group's resources, once computed at launch. */
   #resources: VmResources | undefined;
   #resolveDone!: (r: ExitReport) => void;
   /** Kubernetes mode: the pod's launcher said HELLO (its pid, daemon's namespace). */
-  #arrived: Promise<number>;
+  #arrived: Promise<{ pid: number; running: boolean }>;
   /** Aborted by a stop, so a prepare that waits (for an image) gives up. */
   readonly #stopping = new AbortController();
-  #resolveArrived!: (pid: number) => void;
+  #resolveArrived!: (hello: { pid: number; running: boolean }) => void;
   private readonly uid: string;
   private readonly log: Logger;
   private readonly now: () => number;
@@ -216,7 +218,8 @@ export class Supervisor {
     startTraces.mark(this.uid, 'launcher.hello');
     if (this.deps.pod) {
       this.#launcherPid = h.peer.pid;
-      this.#resolveArrived(h.peer.pid);
+      // A launcher that calls in with QEMU started (its daemon died before Running) is adopted, not prepared for.
+      this.#resolveArrived({ pid: h.peer.pid, running: h.state.kind !== 'new' });
     }
     if (h.state.kind !== 'new') return { action: 'accept' };
     // A launcher started early, or one that calls after a restart, may come before prepare has (re)built its argv: wait, bounded.
@@ -256,7 +259,7 @@ export class Supervisor {
         return;
       }
     }
-    let prepared: PreparedLaunch;
+    let prepared: PreparedLaunch | undefined;
     try {
       await fs.mkdir(this.deps.runDir, { recursive: true, mode: 0o700 });
       if (spawnsEarly(this.deps)) {
@@ -264,21 +267,23 @@ export class Supervisor {
         this.#early = spawnEarly({ deps: this.deps, uid: this.uid, log: this.log, stopRequested: () => this.#core.stopRequested });
         this.#early.then((pid) => (this.#launcherPid = pid)).catch(() => undefined);
       }
-      prepared = await this.deps.prepare(this.deps.vmi, this.deps.runDir, await this.prepareContext());
+      const ctx = await this.prepareContext();
+      if (ctx) prepared = await this.deps.prepare(this.deps.vmi, this.deps.runDir, ctx);
     } catch (error) {
       await abandonEarly(this.#early, { deps: this.deps, uid: this.uid, log: this.log });
       const code = error instanceof VmletError ? error.code : 'PREPARE_FAILED';
       await this.dispatch({ type: 'prepareFailed', reason: code === 'KVM_UNAVAILABLE' ? 'KvmUnavailable' : 'LaunchFailed', error });
       return;
     }
-    await this.dispatch({ type: 'prepared', prepared });
+    await this.dispatch(prepared ? { type: 'prepared', prepared } : { type: 'podLauncherRan' });
   }
 
-  /** Kubernetes mode: waits for the pod's launcher, whose pid names the pod's netns. */
-  private async prepareContext(): Promise<PrepareContext> {
+  /** Kubernetes mode: waits for the pod's launcher, whose pid names the pod's netns; undefined when that launcher already ran QEMU. */
+  private async prepareContext(): Promise<PrepareContext | undefined> {
     if (!this.deps.pod) return { signal: this.#stopping.signal, trace: (step) => startTraces.mark(this.uid, step) };
     this.launcher.attach();
-    return { launcherPid: await podLauncherArrival(this.#arrived, this.deps.pod.arriveTimeoutMs ?? POD_ARRIVE_MS) };
+    const hello = await podLauncherArrival(this.#arrived, this.deps.pod.arriveTimeoutMs ?? POD_ARRIVE_MS);
+    return hello.running ? undefined : { launcherPid: hello.pid };
   }
 
   private setPendingLaunch(p: PreparedLaunch): void {
@@ -347,6 +352,7 @@ export class Supervisor {
   private async recordAdopted(): Promise<void> {
     const pid = this.#qemuPid;
     this.log.info({ qemuPid: pid, launcherPid: this.#launcherPid }, 're-adopting running QEMU');
+    this.adopted = true;
     const accel = pid === undefined ? undefined : await accelOfProcess(pid, this.deps.procRoot ?? DEFAULT_PROC_ROOT);
     await this.deps.writeStatus((s) => adoptedStatus(s, this.runtime(pid), accel, this.iso()));
   }
@@ -357,7 +363,7 @@ export class Supervisor {
       const prepared = await this.deps.prepare(
         this.deps.vmi,
         this.deps.runDir,
-        this.deps.pod ? { launcherPid: this.#launcherPid ?? (await this.#arrived) } : {},
+        this.deps.pod ? { launcherPid: this.#launcherPid ?? (await this.#arrived).pid } : {},
       );
       this.setPendingLaunch(prepared);
       const [pid] = await (this.launcher.link ?? this.launcher.attach()).waitFor('started', this.deps.startTimeoutMs ?? 30_000);
@@ -372,7 +378,7 @@ export class Supervisor {
   private async connectAndRun(fresh: boolean): Promise<void> {
     await this.dispatch({ type: 'connecting' });
     try {
-      const qmp = await this.qmpWatch.connect();
+      const qmp = fresh ? await this.qmpWatch.connect() : await this.qmpWatch.connectReadopted(() => this.state === 'Reattaching');
       startTraces.mark(this.uid, 'qmp.connected');
       const setAction = (): Promise<unknown> => qmp.execute('set-action', { shutdown: 'poweroff', reboot: 'reset', panic: 'pause' });
       // QMP answers in order: a fresh QEMU gets both commands at once.
@@ -426,13 +432,8 @@ export class Supervisor {
 
   pause = (): Promise<void> => this.setPaused(true);
   unpause = (): Promise<void> => this.setPaused(false);
-
   private async setPaused(paused: boolean): Promise<void> {
-    const qmp = this.qmpClient();
-    const running = (await qmp.execute('query-status')).running;
-    if (paused && !running) throw new VmletError('VMI_ALREADY_PAUSED', 'the VMI is already paused; unpause it first');
-    if (!paused && running) throw new VmletError('VMI_NOT_PAUSED', 'the VMI is not paused');
-    await qmp.execute(paused ? 'stop' : 'cont');
+    await setQemuPaused(this.qmpClient(), paused);
     await this.dispatch({ type: 'paused', paused });
   }
 

@@ -6,6 +6,7 @@ import { formatCpuList, parseCpuList, planDedicatedCpus, type CgroupManager } fr
 import { VmletError } from '../errors.js';
 import type { QmpClient } from '../qmp/client.js';
 import type { VirtualMachineInstance } from '../api/types.js';
+import type { VmCgroups } from './vm-cgroup.js';
 import { DEFAULT_PROC_ROOT } from '../api/vocabulary.js';
 
 export interface VcpuThread {
@@ -134,4 +135,53 @@ export async function pinVcpus(o: PinOptions): Promise<PinningPlan> {
     'vCPUs pinned',
   );
   return plan;
+}
+
+export interface DedicatedCpuHost {
+  /** The VM cgroups, when this daemon makes them (pinning needs them). */
+  cgroups: Pick<VmCgroups, 'manager'> | undefined;
+  onlineCpus: () => Promise<number[]>;
+}
+
+/**
+ * With `dedicatedCpuPlacement`, `prepare` first checks that the host has a CPU per vCPU
+ * (CGROUP_CPUSET_TOO_SMALL; or VCPU_PINNING_UNAVAILABLE without VM cgroups), so such a VMI
+ * fails before its volumes, cgroup or QEMU exist (the supervisor has made only the empty run dir).
+ */
+export function withDedicatedCpuCheck<A extends unknown[], R>(
+  vmi: VirtualMachineInstance,
+  prepare: (v: VirtualMachineInstance, ...rest: A) => Promise<R>,
+  host: DedicatedCpuHost,
+): (v: VirtualMachineInstance, ...rest: A) => Promise<R> {
+  if (!wantsDedicatedCpus(vmi)) return prepare;
+  return async (v, ...rest) => {
+    if (!host.cgroups) {
+      throw new VmletError('VCPU_PINNING_UNAVAILABLE', 'domain.cpu.dedicatedCpuPlacement needs VM cgroups, but this daemon runs with cgroupParent ""');
+    }
+    try {
+      planDedicatedCpus(vcpuCount(v), await host.onlineCpus());
+    } catch (e) {
+      if (e instanceof VmletError) throw new VmletError(e.code, `domain.cpu.dedicatedCpuPlacement: ${e.message}`, { cause: e });
+      throw e;
+    }
+    return prepare(v, ...rest);
+  };
+}
+
+/** The `beforeCont` hook that pins vCPUs (only with cgroups and `dedicatedCpuPlacement`). */
+export function dedicatedCpuPinning(
+  vmi: VirtualMachineInstance,
+  host: DedicatedCpuHost & { procRoot: string; log: Logger },
+): { beforeCont?: (qmp: QmpClient, qemuPid: number) => Promise<void> } {
+  const cgroups = host.cgroups;
+  if (!cgroups || !wantsDedicatedCpus(vmi)) return {};
+  const uid = vmi.metadata.uid!;
+  return {
+    beforeCont: async (qmp, qemuPid) => {
+      const cgroup = cgroups.manager(uid);
+      // The VM group's cpuset (inherited from the parent) is what the threads may use; the online CPUs if unreadable.
+      const hostCpus = (await groupCpus(cgroup)) ?? (await host.onlineCpus());
+      await pinVcpus({ cgroup, qmp, qemuPid, hostCpus, procRoot: host.procRoot, log: host.log });
+    },
+  };
 }

@@ -218,7 +218,7 @@ export class VmNetwork {
       const g = guest.find((x) => x['hardware-address']?.toLowerCase() === s.mac?.toLowerCase());
       if (!g) return s;
       const binding = info.interfaces.find((i) => i.name === s.name)?.binding;
-      const out: VMIInterfaceStatus = { ...s, interfaceName: g.name, infoSource: 'domain, guest-agent' };
+      const out: VMIInterfaceStatus = { ...s, ...(g.name ? { interfaceName: g.name } : {}), infoSource: 'domain, guest-agent' };
       if (binding === 'bridge') {
         const ips = (g['ip-addresses'] ?? [])
           .filter((a) => a['ip-address-type'] === 'ipv4' || !a['ip-address'].startsWith('fe80:'))

@@ -14,7 +14,8 @@ export type SupervisorState =
 
 const allowed: Record<SupervisorState, readonly SupervisorState[]> = {
   New: ['Preparing', 'Reattaching', 'Exited'],
-  Preparing: ['Launching', 'Stopping', 'Exited'],
+  // Reattaching: in a pod, the launcher that calls in may already run the QEMU a dead daemon handed it.
+  Preparing: ['Launching', 'Reattaching', 'Stopping', 'Exited'],
   Launching: ['Starting', 'Stopping', 'Exited'],
   Starting: ['Running', 'Stopping', 'Exited'],
   Reattaching: ['Starting', 'Running', 'Stopping', 'Exited'],

@@ -1,7 +1,7 @@
 // Pure edits of a VMI's status: phase with its transition timestamps, conditions, interfaces, and the vmlet runtime block.
 import type { Condition, VirtualMachineInstanceStatus, VMIInterfaceStatus, VMIPhase, VmletRuntimeStatus } from '../api/types.js';
 
-export type ConditionType = 'Ready' | 'Paused' | 'SoftwareEmulation' | 'AgentConnected' | 'QmpResponsive' | 'ImageAvailable';
+export type ConditionType = 'Ready' | 'Paused' | 'SoftwareEmulation' | 'AgentConnected' | 'QmpResponsive' | 'ImageAvailable' | 'QmpPassthrough';
 
 export function withPhase(s: VirtualMachineInstanceStatus, phase: VMIPhase, now: string, reason?: string): VirtualMachineInstanceStatus {
   if (s.phase === phase && (reason === undefined || s.reason === reason)) return s;

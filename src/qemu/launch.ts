@@ -116,6 +116,9 @@ export async function spawnLauncher(opts: SpawnLauncherOptions): Promise<Spawned
 export interface RunDirState {
   launcherPid?: number;
   qemuPid?: number;
+  /** Start times (clock ticks since boot, /proc/PID/stat field 22) the launcher recorded with each pid, when it did. */
+  launcherStart?: number;
+  qemuStart?: number;
   exitStatus?: ExitStatus;
 }
 
@@ -128,13 +131,16 @@ async function readOptional(file: string): Promise<string | undefined> {
   }
 }
 
-function parsePidFile(file: string, text: string): number {
+/** "PID" or "PID STARTTIME" (a start time of 0: the launcher could not read it). */
+function parsePidFile(file: string, text: string): { pid: number; start?: number } {
   const t = text.trim();
-  const n = Number(t);
-  if (!/^\d{1,10}$/.test(t) || !(n > 0 && n <= 0x7fffffff)) {
+  const m = /^(\d{1,10})(?: (\d{1,20}))?$/.exec(t);
+  const n = Number(m?.[1]);
+  if (!m || !(n > 0 && n <= 0x7fffffff)) {
     throw new VmletError('LAUNCH_RUNDIR_CORRUPT', `${file} does not hold a pid: ${JSON.stringify(t.slice(0, 40))}`);
   }
-  return n;
+  const start = Number(m[2] ?? 0);
+  return start > 0 ? { pid: n, start } : { pid: n };
 }
 
 /**
@@ -157,8 +163,16 @@ export async function readRunDir(runDir: string): Promise<RunDirState> {
     }
   }
   const out: RunDirState = {};
-  if (l !== undefined) out.launcherPid = parsePidFile(RUN_FILES.launcherPid, l);
-  if (q !== undefined) out.qemuPid = parsePidFile(RUN_FILES.qemuPid, q);
+  if (l !== undefined) {
+    const p = parsePidFile(RUN_FILES.launcherPid, l);
+    out.launcherPid = p.pid;
+    if (p.start !== undefined) out.launcherStart = p.start;
+  }
+  if (q !== undefined) {
+    const p = parsePidFile(RUN_FILES.qemuPid, q);
+    out.qemuPid = p.pid;
+    if (p.start !== undefined) out.qemuStart = p.start;
+  }
   if (x !== undefined) {
     try {
       out.exitStatus = parseExitStatus(x);
@@ -171,10 +185,11 @@ export async function readRunDir(runDir: string): Promise<RunDirState> {
 
 /**
  * True when `pid` is a live (not zombie) process whose /proc/PID/cmdline holds `uid` in one of its
- * arguments: the launcher has `--uid UID`, QEMU has the uid in `-uuid`/`-name`. A recycled pid
- * that now belongs to something else is therefore never taken for ours.
+ * arguments (the launcher has `--uid UID`, QEMU the VMI's run paths) and, when `startTime` is given (the
+ * launcher records it with each pid), that started then: a recycled pid whose command line merely mentions
+ * the uid (`tail -f …/<uid>/qemu.log`) is never taken for ours.
  */
-export async function isLiveProcessFor(pid: number, uid: string, procRoot = '/proc'): Promise<boolean> {
+export async function isLiveProcessFor(pid: number, uid: string, procRoot = '/proc', startTime?: number): Promise<boolean> {
   if (!Number.isInteger(pid) || pid <= 0) throw new VmletError('LAUNCH_BAD_ARGUMENT', `not a pid: ${pid}`);
   if (uid.length === 0) throw new VmletError('LAUNCH_BAD_ARGUMENT', 'empty VMI uid');
   const dir = path.join(procRoot, String(pid));
@@ -193,5 +208,14 @@ export async function isLiveProcessFor(pid: number, uid: string, procRoot = '/pr
     .trim()
     .charAt(0);
   if (state === 'Z' || state === 'X' || state === 'x' || state === '') return false;
+  // With the start time recorded at launch, the pid names one process for good; the command line is then a second check.
+  if (startTime !== undefined && processStartTime(statText) !== startTime) return false;
   return cmdline.split('\0').some((arg) => arg.includes(uid));
+}
+
+/** Field 22 of /proc/PID/stat (start time in clock ticks since boot), or undefined when the text has none. */
+export function processStartTime(statText: string): number | undefined {
+  const fields = statText.slice(statText.lastIndexOf(')') + 2).split(' ');
+  const v = Number(fields[22 - 3]);
+  return Number.isFinite(v) && v > 0 ? v : undefined;
 }

@@ -87,18 +87,20 @@ function text(s: string | undefined, b64: string | undefined): Buffer | undefine
 }
 
 /**
- * Says where each volume's image is and which files must be made before launch. emptyDisk and
- * cloud-init images go into runDir (`disk-NAME.img`, `cloudinit-NAME.iso`); hostDisk stays
+ * Says where each volume's image is and which files must be made before launch. emptyDisk images go into
+ * `opts.scratchDir` (default runDir) as `disk-NAME.img`, cloud-init images into runDir (`cloudinit-NAME.iso`); hostDisk stays
  * where it is (as raw: the caller puts in the format it recorded); a containerDisk (its image in
- * `opts.images`) gets an overlay `overlay-NAME.qcow2` in runDir, or is opened read-only as it is
+ * `opts.images`) gets an overlay `overlay-NAME.qcow2` in the scratch folder, or is opened read-only as it is
  * for a read-only disk. Expects a validated VMI. Throws FIRMWARE_UNAVAILABLE if the VMI wants EFI
  * and no OVMF paths are given, MISSING_VOLUME for a containerDisk without a resolved image.
  */
 export function planVolumes(
   vmi: VirtualMachineInstance,
   runDir: string,
-  opts: { ovmf?: OvmfPaths; images?: Record<string, ResolvedImage>; claims?: Record<string, ResolvedImage> } = {},
+  opts: { ovmf?: OvmfPaths; images?: Record<string, ResolvedImage>; claims?: Record<string, ResolvedImage>; scratchDir?: string } = {},
 ): VolumePlan {
+  // What a guest writes (emptyDisks, overlays) goes to the scratch folder: on a node, disk-backed rather than the run folder's tmpfs.
+  const scratch = opts.scratchDir ?? runDir;
   const volumes: Record<string, ResolvedVolume> = {};
   const files: PreparedFile[] = [];
   const { name, namespace } = vmi.metadata;
@@ -113,7 +115,7 @@ export function planVolumes(
         files.push({ kind: 'hostDisk', volume: vol.name, path, create: false, sizeBytes: null });
       }
     } else if (vol.emptyDisk !== undefined) {
-      const path = posix.join(runDir, `disk-${vol.name}.img`);
+      const path = posix.join(scratch, `disk-${vol.name}.img`);
       const sizeBytes = parseQuantity(vol.emptyDisk.capacity);
       volumes[vol.name] = { file: { path }, format: 'raw', readOnly: false, virtualSize: Number(sizeBytes) };
       files.push({ kind: 'emptyDisk', volume: vol.name, path, sizeBytes });
@@ -138,7 +140,7 @@ export function planVolumes(
         // Nothing writes: the base itself, read-only, with no overlay.
         volumes[vol.name] = { file: image.file, format: image.format, readOnly: true, imageDigest: image.digest, virtualSize: image.virtualSize, byFd: true };
       } else {
-        const path = posix.join(runDir, `overlay-${vol.name}.qcow2`);
+        const path = posix.join(scratch, `overlay-${vol.name}.qcow2`);
         const backing = { file: image.file, format: image.format };
         volumes[vol.name] = { file: { path }, format: 'qcow2', readOnly: false, backing, imageDigest: image.digest, virtualSize: image.virtualSize };
         files.push({ kind: 'overlay', volume: vol.name, path, base: image });
@@ -147,7 +149,7 @@ export function planVolumes(
       const claim = opts.claims?.[vol.name];
       if (claim === undefined) throw new VmletError('VOLUME_NEEDS_CLUSTER', `volume "${vol.name}": a claim needs a cluster (and its launcher pod)`);
       if (vol.ephemeral !== undefined) {
-        const path = posix.join(runDir, `overlay-${vol.name}.qcow2`);
+        const path = posix.join(scratch, `overlay-${vol.name}.qcow2`);
         volumes[vol.name] = {
           file: { path },
           format: 'qcow2',

@@ -1,4 +1,4 @@
-// Sends bytes together with file descriptors (SCM_RIGHTS) on a unix socket, and reads a peer's credentials.
+// Sends bytes together with file descriptors (SCM_RIGHTS) on a unix socket, reads a peer's credentials, and sees a peer hang up while the socket is not being read.
 import type { Socket } from 'node:net';
 import koffi from 'koffi';
 import { VmletError } from '../errors.js';
@@ -21,6 +21,10 @@ const msghdr = koffi.struct('vmlet_msghdr', {
 });
 const sendmsg = libc.func('sendmsg', 'intptr_t', ['int', koffi.pointer(msghdr), 'int']);
 const getsockopt = libc.func('getsockopt', 'int', ['int', 'int', 'int', 'void *', koffi.inout(koffi.pointer('uint32_t'))]);
+const pollfd = koffi.struct('vmlet_pollfd', { fd: 'int', events: 'short', revents: 'short' });
+const poll = libc.func('poll', 'int', ['_Inout_ vmlet_pollfd *', 'uint64_t', 'int']);
+const POLLHUP = 0x10;
+const POLLRDHUP = 0x2000;
 
 /** The OS file descriptor behind a connected net.Socket (libuv keeps it on the handle). */
 export function socketFd(sock: Socket): number {
@@ -93,4 +97,14 @@ export function peerCred(fd: number): PeerCred {
     throw new VmletError('SYS_PEERCRED', `getsockopt(SO_PEERCRED) failed: ${errnoName(e)}`, { errno: errnoCode(e) });
   }
   return { pid: buf.readInt32LE(0), uid: buf.readUInt32LE(4), gid: buf.readUInt32LE(8) };
+}
+
+/**
+ * Whether the peer of a unix stream socket has closed or shut down its sending side (POLLRDHUP/POLLHUP, without
+ * waiting). For a socket the daemon stopped reading (backpressure), where no 'end' event can come.
+ */
+export function peerHungUp(fd: number): boolean {
+  const p = { fd, events: POLLRDHUP, revents: 0 };
+  if (poll(p, 1, 0) < 0) return false;
+  return (p.revents & (POLLRDHUP | POLLHUP)) !== 0;
 }

@@ -7,6 +7,7 @@ import { microTime } from '../../src/controller/leader-election.js';
 import { runController, type RunningController } from '../../src/controller/main.js';
 import { testCluster } from '../support/cluster.js';
 import { waitFor } from '../support/cluster/exec.js';
+import { releaseNodeFinalizers } from '../support/cluster/node-stand-in.js';
 
 const NODES = ['kwok-node-0', 'kwok-node-1', 'kwok-node-2'];
 const MERGE = setHeaderOptions('Content-Type', PatchStrategy.MergePatch);
@@ -57,6 +58,8 @@ t.test('cluster controller', async (t) => {
   };
   await beat();
   const beating = setInterval(() => void beat().catch(() => undefined), 5000);
+  // No node daemon runs here: stand in for its release of the finalizer when a VMI is deleted.
+  const standIn = setInterval(() => void releaseNodeFinalizers(custom, GROUP, ns).catch(() => undefined), 1000);
   await core
     .createNamespacedConfigMap({ namespace: 'vmlet', body: { metadata: { name: 'vmlet-config' }, data: { 'vmlet.yaml': 'useEmulation: true\n' } } })
     .catch(() => core.patchNamespacedConfigMap({ name: 'vmlet-config', namespace: 'vmlet', body: { data: { 'vmlet.yaml': 'useEmulation: true\n' } } }, MERGE));
@@ -78,6 +81,7 @@ t.test('cluster controller', async (t) => {
     });
   t.teardown(async () => {
     clearInterval(beating);
+    clearInterval(standIn);
     for (const r of controllers) await r.close().catch(() => undefined);
     await c.kubectl(['delete', 'namespace', ns, '--wait=false']).catch(() => undefined);
     await labelNodes(null).catch(() => undefined);
@@ -113,6 +117,7 @@ t.test('cluster controller', async (t) => {
     t.ok(['kwok-node-0', 'kwok-node-1'].includes(st.nodeName ?? ''), `assigned to ${st.nodeName}, a node with a heartbeat`);
     t.equal(vmi.metadata.labels?.['vmlet.io/nodeName'], st.nodeName, 'label vmlet.io/nodeName matches status.nodeName');
     t.ok(vmi.metadata.finalizers?.includes('vmlet.io/vmi-cleanup'), 'the VMI holds the cleanup finalizer');
+    t.ok(vmi.metadata.finalizers?.includes('vmlet.io/node-cleanup'), "and the node daemon's, set in the same write");
     const pods = await podsOf(vmi.metadata.uid);
     t.equal(pods.length, 1, 'one launcher pod');
     const pod = pods[0]!;

@@ -1,5 +1,5 @@
-// Cluster mode end to end on the real node: the controller (in this process) and the node daemon (`vmlet daemon --mode kubernetes`, a process of its own as in the DaemonSet) take a VM from the API server to a guest that boots inside its launcher pod, answers through the pod IP and a Service, survives a daemon restart, and leaves nothing when deleted.
-import { spawn } from 'node:child_process';
+// Cluster mode end to end on the real node: the controller (in this process) and the node daemon (`vmlet daemon --mode kubernetes`, a process of its own as in the DaemonSet) take a VM from the API server to a guest that boots inside its launcher pod, shows its console through `vmlet console` on the node, answers through the pod IP (masquerade and bridge bindings) and a Service, survives a daemon restart, and leaves nothing when deleted.
+import { execFileSync, spawn } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import path from 'node:path';
@@ -7,8 +7,8 @@ import t from 'tap';
 import { REPO_ROOT, testCluster } from '../support/cluster.js';
 import { waitFor } from '../support/cluster/exec.js';
 import { waitServiceProgrammed } from '../support/cluster/service-rules.js';
-import { GROUP, kubeEnv, type Obj } from '../support/cluster/kube-env.js';
-import { guestImage, guestKernelArgs, READY_MARKER } from '../support/guest.js';
+import { GROUP, kubeEnv, MERGE, type Obj } from '../support/cluster/kube-env.js';
+import { guestImage, guestKernelArgs, READY_MARKER, type GuestImage } from '../support/guest.js';
 
 const CLI = path.join(REPO_ROOT, 'dist', 'cli', 'main.js');
 
@@ -24,35 +24,55 @@ function httpGet(ip: string, port: number): Promise<string> {
   });
 }
 
-t.test('cluster mode end to end', async (t) => {
-  const c = await testCluster(t);
-  if (!c) return;
-  const img = await guestImage();
-  const env = await kubeEnv(t, c, { clusterConfig: { hostPaths: { allow: [path.dirname(img.initrd)] } } });
-  const { core, custom, ns, runDir, logFile, startDaemon, killDaemon, getVmi, podOf, consoleOf } = env;
-  const st = env.status;
+type IpLink = { ifindex: number; ifname: string; link_index?: number };
 
-  const vm = {
+/** The host end of the veth whose other end is eth0 in the netns of process `pid` (CNI's pair for the pod). */
+function hostVethOf(pid: number): string {
+  const ip = (args: string[]): IpLink[] => JSON.parse(execFileSync(args[0]!, args.slice(1)).toString()) as IpLink[];
+  const peer = ip(['nsenter', '-t', String(pid), '-n', 'ip', '-j', 'link', 'show', 'eth0'])[0]?.link_index;
+  const host = ip(['ip', '-j', 'link', 'show']).find((l) => l.ifindex === peer);
+  if (!host) throw new Error(`no host end of eth0 in the netns of pid ${pid} (peer ifindex ${peer})`);
+  return host.ifname;
+}
+
+function hostLinkExists(name: string): boolean {
+  return (JSON.parse(execFileSync('ip', ['-j', 'link', 'show']).toString()) as IpLink[]).some((l) => l.ifname === name);
+}
+
+/** A VM of the test guest (kernel and initrd from the host, serial console, label app=NAME) on the pod network with `binding`. */
+function vmManifest(name: string, namespace: string, binding: Record<string, unknown>, img: GuestImage): Record<string, unknown> {
+  return {
     apiVersion: 'vmlet.io/v1alpha1',
     kind: 'VirtualMachine',
-    metadata: { name: 'web', namespace: ns },
+    metadata: { name, namespace },
     spec: {
       runStrategy: 'Always',
       template: {
-        metadata: { labels: { app: 'web' } },
+        metadata: { labels: { app: name } },
         spec: {
           terminationGracePeriodSeconds: 5,
           domain: {
             cpu: { cores: 1 },
             memory: { guest: '128Mi' },
             firmware: { kernelBoot: { kernelArgs: guestKernelArgs(), hostPath: { kernelPath: img.kernelPvh ?? img.kernel, initrdPath: img.initrd } } },
-            devices: { autoattachSerialConsole: true, interfaces: [{ name: 'default', masquerade: {}, ports: [{ port: 80 }] }] },
+            devices: { autoattachSerialConsole: true, interfaces: [{ name: 'default', ...binding }] },
           },
           networks: [{ name: 'default', pod: {} }],
         },
       },
     },
   };
+}
+
+t.test('cluster mode end to end', async (t) => {
+  const c = await testCluster(t);
+  if (!c) return;
+  const img = await guestImage();
+  const env = await kubeEnv(t, c, { clusterConfig: { hostPaths: { allow: [path.dirname(img.initrd)] } } });
+  const { core, custom, ns, runDir, logFile, startDaemon, killDaemon, getVmi, podOf, consoleOf, nodeConsole } = env;
+  const st = env.status;
+
+  const vm = vmManifest('web', ns, { masquerade: {}, ports: [{ port: 80 }] }, img);
 
   let qemuPid: number | undefined;
   await t.test('a VM runs in its launcher pod and boots', async (t) => {
@@ -85,6 +105,20 @@ t.test('cluster mode end to end', async (t) => {
     t.match(uidLine, /^Uid:\s+107\s/, 'QEMU runs as uid 107');
     const body = await waitFor("the guest's web page through the pod IP", 60_000, async () => httpGet(podIp!, 80).catch(() => undefined));
     t.match(body, /vmlet/i, `GET http://${podIp}/ reached the guest`);
+  });
+
+  await t.test("`vmlet console` on the node shows the guest's ready marker, and its shell answers", async (t) => {
+    const con = nodeConsole('web');
+    t.teardown(() => con.detach().then(() => undefined));
+    // The guest printed the marker before this attach: a new client gets the console's recent output first.
+    await con.waitFor(READY_MARKER, 30_000);
+    t.pass(`the ready marker through \`vmlet console web\` on the node socket`);
+    // The console echoes what is typed ($((40+2))); only the guest's shell prints 42.
+    const from = con.output().length;
+    con.type('echo vmlet-sum-$((40+2))\n');
+    await con.waitFor(/vmlet-sum-42\r?\n/, 30_000, from);
+    t.pass("a command typed into the console runs in the guest's shell");
+    t.equal(await con.detach(), 0, 'Ctrl+] detaches; the CLI exits 0');
   });
 
   await t.test('a pod reaches the VM through a ClusterIP Service that selects its labels', async (t) => {
@@ -129,6 +163,42 @@ t.test('cluster mode end to end', async (t) => {
     t.match(out, /200 OK/, `through the Service ${ip}:8080: the guest's web server answered`);
   });
 
+  await t.test('the bridge binding: the guest holds the pod IP itself', async (t) => {
+    const t0 = Date.now();
+    await custom.createNamespacedCustomObject({ ...GROUP, plural: 'virtualmachines', namespace: ns, body: vmManifest('bridged', ns, { bridge: {} }, img) });
+    const vmi = await env.running('bridged');
+    t.comment(`VM create → VMI Running: ${((Date.now() - t0) / 1000).toFixed(1)} s`);
+    const pod = await waitFor('the launcher pod of bridged with its IP', 30_000, async () => {
+      const p = await podOf(vmi.metadata.uid);
+      return p?.status?.podIP ? p : undefined;
+    });
+    const podIp = pod.status!.podIP!;
+    t.equal(st(vmi).interfaces?.[0]?.ipAddress, podIp, 'status.interfaces shows the pod IP');
+    // The guest's DHCP client prints its lease on the console: the pod's own address, served inside the pod.
+    const con = nodeConsole('bridged');
+    t.teardown(() => con.detach().then(() => undefined));
+    const lease = new RegExp(`vmlet-guest: eth0 ${podIp.replaceAll('.', '\\.')}/\\d+ router \\S+ \\(dhcp\\)`);
+    await con.waitFor(lease, 240_000);
+    t.pass(`the guest leased the pod IP ${podIp}`);
+    t.equal(await con.detach(), 0, 'vmlet console detaches');
+    const body = await waitFor("the guest's web page at the pod IP", 60_000, async () => httpGet(podIp, 80).catch(() => undefined));
+    t.match(body, /VMLET-GUEST-HTTP-OK/, `GET http://${podIp}/ reached the guest`);
+
+    const pid = st(await getVmi('bridged')).vmlet?.qemuPid;
+    t.ok(pid, `QEMU runs (pid ${pid})`);
+    const veth = hostVethOf(pid!);
+    await custom.deleteNamespacedCustomObject({ ...GROUP, plural: 'virtualmachines', namespace: ns, name: 'bridged' });
+    await waitFor('VMI bridged gone', 120_000, async () => ((await getVmi('bridged')) === undefined ? true : undefined));
+    await waitFor('the pod of bridged gone', 120_000, async () => ((await podOf(vmi.metadata.uid)) === undefined ? true : undefined));
+    await waitFor('its QEMU gone', 30_000, async () => (fs.existsSync(`/proc/${pid}`) ? undefined : true));
+    t.pass('no pod and no QEMU are left');
+    // The veth's host end goes with the pod's netns, which a DHCP socket of the daemon's left open would keep alive.
+    await waitFor(`the host end ${veth} of the pod's veth gone`, 30_000, async () => (hostLinkExists(veth) ? undefined : true));
+    t.pass(`the pod's netns is gone (its veth ${veth} with it)`);
+    await waitFor('its pod socket link gone', 30_000, async () => (fs.existsSync(path.join(runDir, 'pods', pod.metadata!.uid!)) ? undefined : true));
+    t.pass('no link to the pod run dir is left');
+  });
+
   await t.test('the API server away for 30 s: the VM keeps running, status catches up, no second QEMU', async (t) => {
     if (process.env.VMLET_K8S_REUSE === '1') {
       t.skip('not on a shared cluster (VMLET_K8S_REUSE=1): stopping its API server would disturb everyone');
@@ -159,6 +229,13 @@ t.test('cluster mode end to end', async (t) => {
     t.equal(st(await getVmi('web')).vmlet?.qemuPid, qemuPid, 'the same QEMU, no second one');
     const pods = (await core.listNamespacedPod({ namespace: ns, labelSelector: 'vmlet.io/vmi-name=web' })).items.filter((p) => !p.metadata?.deletionTimestamp);
     t.equal(pods.length, 1, 'one launcher pod');
+    // kube-controller-manager and the kubelet reconnect with client-go's backoff, up to a minute after 30 s away: until
+    // then a new namespace gets no ServiceAccount (its pods are refused) and a new pod does not start. The subtests after
+    // this one must not pay for that (it made the restricted namespace's VMI wait ~45 s).
+    const back = await env.controlPlaneCaughtUp();
+    t.comment(
+      `after the outage: a new namespace got its ServiceAccount after ${(back.serviceAccountMs / 1000).toFixed(1)} s, then a new pod ran after ${(back.podMs / 1000).toFixed(1)} s`,
+    );
   });
 
   await t.test('a daemon killed and started again re-adopts the same QEMU', async (t) => {
@@ -178,6 +255,57 @@ t.test('cluster mode end to end', async (t) => {
     t.equal(st(v).vmlet?.qemuPid, qemuPid, 'status names the same QEMU pid');
   });
 
+  await t.test('a daemon that died after handing QEMU its argv, before writing Running, is followed by one that adopts that QEMU', async (t) => {
+    await killDaemon();
+    const pod = (await podOf((await getVmi('web'))!.metadata.uid))!;
+    // What such a daemon leaves: QEMU runs in the pod, its launcher holds it, the VMI says only Scheduled.
+    await custom.patchNamespacedCustomObjectStatus(
+      { ...GROUP, plural: 'virtualmachineinstances', namespace: ns, name: 'web', body: { status: { phase: 'Scheduled', vmlet: null, interfaces: null } } },
+      MERGE,
+    );
+    t.equal(st(await getVmi('web')).phase, 'Scheduled', 'the VMI says Scheduled, with no runtime record');
+    const logBefore = fs.readFileSync(logFile, 'utf8').length;
+    await startDaemon();
+    const v = await waitFor('the VMI Running again', 60_000, async () => {
+      const o = await getVmi('web');
+      return st(o).phase === 'Running' && st(o).interfaces?.[0]?.ipAddress ? o : undefined;
+    });
+    const log = fs.readFileSync(logFile, 'utf8').slice(logBefore);
+    t.match(log, /re-adopting running QEMU/, 'the new daemon adopted what runs');
+    t.notMatch(log, /no launch is pending|LAUNCHER_TIMEOUT/, 'it did not wait for a launch that never comes');
+    t.ok(fs.existsSync(`/proc/${qemuPid}`), 'the same QEMU still runs');
+    t.equal(st(v).vmlet?.qemuPid, qemuPid, 'status names it again');
+    t.equal(st(v).interfaces?.[0]?.ipAddress, pod.status?.podIP, "status.interfaces filled from the binding in the pod's netns");
+    const body = await waitFor("the guest's web page through the pod IP", 60_000, async () => httpGet(pod.status!.podIP!, 80).catch(() => undefined));
+    t.match(body, /vmlet/i, 'the guest still answers through the pod IP (DHCP and DNAT taken up again)');
+  });
+
+  await t.test("a VMI deleted while its node daemon is down waits for it: the daemon's finalizer", async (t) => {
+    const body = {
+      apiVersion: 'vmlet.io/v1alpha1',
+      kind: 'VirtualMachineInstance',
+      metadata: { name: 'fin', namespace: ns },
+      spec: { terminationGracePeriodSeconds: 0, domain: { memory: { guest: '64Mi' }, devices: { autoattachSerialConsole: true } } },
+    };
+    await custom.createNamespacedCustomObject({ ...GROUP, plural: 'virtualmachineinstances', namespace: ns, body });
+    const v = await waitFor('VMI fin Running', 120_000, async () => ((o) => (st(o).phase === 'Running' ? o : undefined))(await getVmi('fin')));
+    t.same([...(v.metadata.finalizers ?? [])].sort(), ['vmlet.io/node-cleanup', 'vmlet.io/vmi-cleanup'], "the controller's finalizer and the node daemon's");
+    const finPid = st(v).vmlet?.qemuPid;
+    const pod = (await podOf(v.metadata.uid))!;
+    await killDaemon();
+    await custom.deleteNamespacedCustomObject({ ...GROUP, plural: 'virtualmachineinstances', namespace: ns, name: 'fin' });
+    await waitFor('its pod gone', 120_000, async () => ((await podOf(v.metadata.uid)) === undefined ? true : undefined));
+    const held = await waitFor("only the node's finalizer left", 60_000, async () =>
+      ((o) => (o?.metadata.finalizers?.join() === 'vmlet.io/node-cleanup' ? o : undefined))(await getVmi('fin')),
+    );
+    t.ok(held.metadata.deletionTimestamp, 'the VMI is being deleted, and waits for its node daemon');
+    t.notOk(finPid !== undefined && fs.existsSync(`/proc/${finPid}`), 'its QEMU went with the pod');
+    await startDaemon();
+    await waitFor('VMI fin gone', 60_000, async () => ((await getVmi('fin')) === undefined ? true : undefined));
+    t.pass('the daemon released its finalizer once back');
+    t.notOk(fs.existsSync(path.join(runDir, 'pods', pod.metadata!.uid!)), 'and the link to the pod run dir is gone');
+  });
+
   await t.test('a launcher pod passes the restricted Pod Security Standard', async (t) => {
     const rns = `${ns}-restricted`;
     await core.createNamespace({ body: { metadata: { name: rns, labels: { 'pod-security.kubernetes.io/enforce': 'restricted' } } } });
@@ -189,11 +317,16 @@ t.test('cluster mode end to end', async (t) => {
       metadata: { name: 'plain', namespace: rns },
       spec: { terminationGracePeriodSeconds: 0, domain: { memory: { guest: '64Mi' }, devices: { autoattachSerialConsole: true } } },
     };
+    const t0 = Date.now();
     await custom.createNamespacedCustomObject({ ...GROUP, plural: 'virtualmachineinstances', namespace: rns, body });
     const v = await waitFor('VMI plain Running in the restricted namespace', 120_000, async () => {
       const o = (await custom.getNamespacedCustomObject({ ...GROUP, plural: 'virtualmachineinstances', namespace: rns, name: 'plain' })) as Obj;
       return st(o).phase === 'Running' ? o : undefined;
     });
+    const took = (Date.now() - t0) / 1000;
+    t.comment(`VMI create → Running: ${took.toFixed(1)} s`);
+    // A few seconds where all is well: when slower, where the time went.
+    if (took > 15) for (const line of await env.timeline(rns, 'plain')) t.comment(line);
     const pid = st(v).vmlet?.qemuPid;
     const status = fs.readFileSync(`/proc/${pid}/status`, 'utf8');
     t.match(status, /CapEff:\s+0+\n/, 'QEMU has no capabilities');

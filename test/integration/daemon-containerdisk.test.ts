@@ -64,7 +64,7 @@ tap.test('containerDisk: two VMs share one imported image through their own over
       [{ name: 'data', target: 'vda', format: 'qcow2', containerDiskVolume: { image: 'example.com/test/disk:1', digest: stored.digest } }],
       `${vm}: status.volumeStatus names the image's digest and format`,
     );
-    t.ok(fs.existsSync(path.join(d.vmRunDir(vmi.metadata.uid), 'overlay-data.qcow2')), `${vm}: its overlay is in its run dir`);
+    t.ok(fs.existsSync(path.join(d.stateDir, 'scratch', vmi.metadata.uid, 'overlay-data.qcow2')), `${vm}: its overlay is in its scratch folder`);
     await runInGuest(d, vm, vmi.metadata.uid, `head -c ${BASE_MARKER.length} /dev/vda; echo " <${vm}-read"`, `${BASE_MARKER} <${vm}-read`);
     const wrote = `WROTE-BY-${vm}`;
     await runInGuest(
@@ -85,14 +85,15 @@ tap.test('containerDisk: two VMs share one imported image through their own over
   // A restart makes a new VMI: a fresh overlay over the clean base.
   await d.cliOk(['restart', 'cda']);
   const a2 = await runningVmi(d, 'cda', a.metadata.uid);
-  t.notOk(fs.existsSync(d.vmRunDir(a.metadata.uid)), "the old VMI's run dir and overlay are gone");
+  t.notOk(fs.existsSync(d.vmRunDir(a.metadata.uid)), "the old VMI's run dir is gone");
+  t.notOk(fs.existsSync(path.join(d.stateDir, 'scratch', a.metadata.uid)), 'and its overlay');
   await d.waitConsole(a2.metadata.uid, READY_MARKER, 1, 120_000);
   await runInGuest(d, 'cda', a2.metadata.uid, `head -c ${BASE_MARKER.length} /dev/vda; echo " <cda-again"`, `${BASE_MARKER} <cda-again`);
   t.pass('after a restart the guest reads the clean base again');
 
   await d.cliOk(['delete', 'vm', 'cdb', '--wait']);
   await d.waitGone('vmi', 'cdb', 30_000);
-  t.notOk(fs.existsSync(d.vmRunDir(b.metadata.uid)), "deleting a VM removes its VMI's overlay (once the VMI is gone)");
+  t.notOk(fs.existsSync(path.join(d.stateDir, 'scratch', b.metadata.uid)), "deleting a VM removes its VMI's overlay (once the VMI is gone)");
   t.equal(sha256(stored.path), baseHash, 'the base is still unchanged');
 
   await d.cliOk(['delete', 'vm', 'cda', '--wait']);

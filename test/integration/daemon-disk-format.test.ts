@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import tap from 'tap';
 import YAML from 'yaml';
-import { daemonSkipReason, READY_MARKER, runInGuest, startTestDaemon, vmObject, vmiObject, type TestDaemon } from '../support/daemon.js';
+import { daemonSkipReason, READY_MARKER, runInGuest, startTestDaemon, TEST_HOST_PATHS, vmObject, vmiObject, type TestDaemon } from '../support/daemon.js';
 import { which } from '../support/which.js';
 
 const skip = daemonSkipReason() || (which('qemu-img') ? false : 'qemu-img is missing (apt-get install qemu-utils)');
@@ -95,7 +95,8 @@ tap.test('hostDisk on a block device (a loop device): QEMU opens it as host_devi
     return;
   }
   t.teardown(() => void execFileSync('losetup', ['-d', loop]));
-  const d = await startTestDaemon(t);
+  // A block device is a host path like any other: its folder must be allowed.
+  const d = await startTestDaemon(t, { config: { hostPaths: { allow: [...TEST_HOST_PATHS, '/dev'] } } });
   await d.apply(YAML.stringify(vmiObject('blk', hostDiskSpec(loop))));
   const vmi = await d.waitPhase('blk', 'Running', 90_000);
   const node = d

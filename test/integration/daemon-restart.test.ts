@@ -1,6 +1,6 @@
 // Daemon restarts with real VMs: kill -9 (and SIGTERM) with three VMs running re-adopts the same QEMUs and answers at once; kill -9 during apply, or before a launcher got its argv, never starts a QEMU twice.
 import { spawn } from 'node:child_process';
-import { closeSync, openSync, rmSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import tap from 'tap';
 import {
@@ -216,4 +216,55 @@ tap.test('a launcher still waiting for its argv when the daemon restarts is hand
   checkOneQemuEach(t, d, [after], 'handover');
   await sleep(1_000);
   t.equal(qemuProcessesFor(uid).length, 1, 'still exactly one QEMU a second later');
+});
+
+tap.test('a QEMU that does not answer QMP when the daemon restarts is kept, marked and taken up once it answers', { skip }, async (t) => {
+  const d = await startTestDaemon(t);
+  await d.apply(manifestVMI('frozen'));
+  const v = await d.waitPhase('frozen', 'Running', 30_000);
+  const qemuPid = v.status!.vmlet!.qemuPid!;
+  const cond = (o: KubeObj | undefined): string | undefined =>
+    (o?.status?.conditions as Array<{ type: string; status: string }> | undefined)?.find((c) => c.type === 'QmpResponsive')?.status;
+  t.teardown(() => {
+    if (isAlive(qemuPid)) process.kill(qemuPid, 'SIGCONT');
+  });
+  process.kill(qemuPid, 'SIGSTOP');
+  await d.kill('SIGKILL');
+  await d.restart();
+  const marked = await waitFor('QmpResponsive=False', async () => ((c) => (c === 'False' ? c : undefined))(cond(await d.vmi('frozen'))), 40_000, 250);
+  t.equal(marked, 'False', 'the VMI says QEMU does not answer QMP');
+  // Longer than one greeting timeout (10 s) and a retry: a stop for a failed re-adoption would have come by now.
+  await sleep(3_000);
+  t.ok(isAlive(qemuPid), 'the unanswering QEMU is not killed');
+  t.equal((await d.vmi('frozen'))?.status?.phase, 'Running', 'the VMI stays Running');
+  process.kill(qemuPid, 'SIGCONT');
+  await waitFor('QmpResponsive=True', async () => cond(await d.vmi('frozen')) === 'True', 30_000, 250);
+  t.pass('QmpResponsive=True once QEMU answers');
+  t.match(await d.cliOk(['pause', 'frozen']), 'VMI frozen was scheduled to pause', 'the daemon drives it again');
+  t.equal((await d.vmi('frozen'))?.status?.vmlet?.qemuPid, qemuPid, 'the same QEMU');
+});
+
+tap.test('a recycled pid whose command line mentions the VMI is neither adopted nor killed', { skip }, async (t) => {
+  const d = await startTestDaemon(t);
+  await d.apply(manifestVMI('recycled'));
+  const v = await d.waitPhase('recycled', 'Running', 30_000);
+  const uid = v.metadata.uid;
+  const dir = d.vmRunDir(uid);
+  await d.kill('SIGKILL');
+  process.kill(v.status!.vmlet!.qemuPid!, 'SIGKILL');
+  await waitFor('the old QEMU to go', () => !isAlive(v.status!.vmlet!.qemuPid!), 10_000);
+  // Another program now holds a pid the run dir names, and its command line holds the uid.
+  const impostor = spawn('tail', ['-f', path.join(dir, 'qemu.log')], { stdio: 'ignore', detached: true });
+  impostor.unref();
+  t.teardown(() => {
+    if (impostor.pid && isAlive(impostor.pid)) process.kill(impostor.pid, 'SIGKILL');
+  });
+  const recorded = readFileSync(path.join(dir, 'qemu.pid'), 'utf8').trim().split(' ');
+  t.equal(recorded.length, 2, `qemu.pid holds the pid and its start time (${recorded.join(' ')})`);
+  writeFileSync(path.join(dir, 'qemu.pid'), `${impostor.pid} ${recorded[1]}\n`);
+  await d.restart();
+  const after = await d.waitPhase('recycled', 'Failed', 30_000);
+  t.ok(impostor.pid && isAlive(impostor.pid), 'the impostor was not killed');
+  t.not(after.status?.vmlet?.qemuPid, impostor.pid, 'nor recorded as the QEMU');
+  t.match(String(after.status?.reason ?? ''), /Lost|LauncherLost|QemuCrashed/, `the VMI ends as lost (${after.status?.reason})`);
 });

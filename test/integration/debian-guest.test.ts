@@ -228,7 +228,7 @@ t.test('Debian 12 (systemd, cloud-init, qemu-ga, sshd) through the daemon under 
     { image: DEBIAN_CONTAINERDISK_IMAGE, digest: stored.digest },
     "status.volumeStatus: root names the imported image's digest",
   );
-  const overlay = path.join(d.vmRunDir(uid), 'overlay-root.qcow2');
+  const overlay = path.join(d.stateDir, 'scratch', uid, 'overlay-root.qcow2');
   const overlayAtStart = statSync(overlay).size;
 
   // The VM's memory group and its limit: guest memory plus vmlet's computed overhead.

@@ -7,7 +7,7 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import t from 'tap';
-import { spawnLauncher, readRunDir, isLiveProcessFor, exitStatusCode, type SpawnedLauncher } from '../../src/qemu/launch.js';
+import { spawnLauncher, readRunDir, isLiveProcessFor, exitStatusCode, processStartTime, type SpawnedLauncher } from '../../src/qemu/launch.js';
 import { LauncherServer, type HelloDecision, type LauncherHello } from '../../src/qemu/launcher-server.js';
 import { which } from '../support/which.js';
 
@@ -207,7 +207,13 @@ t.test('vmlet-launch with real QEMU', { skip }, async (t) => {
     t.ok(await isLiveProcessFor(qemuPid, uid), 'QEMU cmdline holds the uid');
     t.ok(await isLiveProcessFor(launcher.pid, uid), 'launcher cmdline holds the uid');
     t.equal(link.state?.kind, 'running');
-    t.same(await readRunDir(runDir), { launcherPid: launcher.pid, qemuPid });
+    const startOf = (pid: number): number | undefined => processStartTime(readFileSync(`/proc/${pid}/stat`, 'utf8'));
+    t.same(
+      await readRunDir(runDir),
+      { launcherPid: launcher.pid, launcherStart: startOf(launcher.pid), qemuPid, qemuStart: startOf(qemuPid) },
+      'the run dir names both processes by pid and start time',
+    );
+    t.ok(await isLiveProcessFor(qemuPid, uid, '/proc', startOf(qemuPid)), 'QEMU by pid and start time');
 
     // fd 3 and 4 in QEMU's argv are the files in the order they were passed.
     const [fdsets] = await qmp(path.join(runDir, 'qmp.sock'), [{ execute: 'query-fdsets' }]);

@@ -18,6 +18,8 @@ export const guestDir = path.join(repoRoot, '.cache', 'guest');
 /** The PVH ELF kernel boots ~3 s faster under TCG than the bzImage; either works with kernelBoot. */
 export const guestKernel = existsSync(path.join(guestDir, 'vmlinux')) ? path.join(guestDir, 'vmlinux') : path.join(guestDir, 'vmlinuz');
 export const guestInitrd = path.join(guestDir, 'initrd.img');
+/** What a test daemon's `hostPaths.allow` holds unless a test says otherwise. */
+export const TEST_HOST_PATHS: readonly string[] = [path.dirname(guestDir), os.tmpdir()];
 export { READY_MARKER };
 export const GUEST_KERNEL_ARGS = guestKernelArgs();
 
@@ -440,7 +442,14 @@ export async function startTestDaemon(t: TapLike, opts: TestDaemonOptions = {}):
   const configFile = path.join(root, 'vmlet.yaml');
   // Networking is off unless a test asks for it (with names of its own: see daemonNetConfig()).
   // VM cgroups go below a parent of this daemon's own, removed in teardown.
-  const cfg: Record<string, unknown> = { logLevel: opts.logLevel ?? 'info', network: { enabled: false }, cgroupParent: path.basename(root), ...opts.config };
+  // Host paths: the guests' cache (.cache: the test guest, the Debian guest) and the temp folder the tests make their disks in (the daemon allows none by default).
+  const cfg: Record<string, unknown> = {
+    logLevel: opts.logLevel ?? 'info',
+    network: { enabled: false },
+    cgroupParent: path.basename(root),
+    hostPaths: { allow: TEST_HOST_PATHS },
+    ...opts.config,
+  };
   await import('node:fs/promises').then((fs) => fs.writeFile(configFile, YAML.stringify(cfg)));
 
   let child: ChildProcess | undefined;

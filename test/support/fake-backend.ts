@@ -262,7 +262,9 @@ export class FakeBackend implements Backend {
         this.consoleInput.push(data);
         // The guest echoes what it is sent, upper-cased, so tests can tell echo from input.
         this.consoleOutput(data.toString('utf8').toUpperCase());
+        return true;
       },
+      drained: () => Promise.resolve(),
       close: () => {
         if (!open) return;
         open = false;

@@ -29,6 +29,7 @@ const SAMPLES: Record<CoreEventType, CoreEvent> = {
   launchFailed: { type: 'launchFailed', error: boom, via: 'launch' },
   qemuStarted: { type: 'qemuStarted', pid: 42, prepared, via: 'launch' },
   inspected: { type: 'inspected', launcherAlive: true, qemuAlive: true, exit: undefined },
+  podLauncherRan: { type: 'podLauncherRan' },
   connecting: { type: 'connecting' },
   qmpReady: { type: 'qmpReady' },
   startupFailed: { type: 'startupFailed', error: boom },
@@ -52,13 +53,14 @@ const SAMPLES: Record<CoreEventType, CoreEvent> = {
 // Columns:                New            Preparing    Launching    Starting    Reattaching  Running      Stopping     Exited
 const TABLE: Record<CoreEventType, string> = {
   start: 'Preparing      R            R            R           R            R            R            R',
-  reattach: 'Reattaching    R            R            R           R            R            R            R',
+  reattach: 'Reattaching    I            R            R           R            R            R            R',
   resourcesInvalid: 'S              S            S            S           S            S            S            S',
   prepareFailed: 'S              S            S            S           S            S            S            S',
   prepared: 'R              Launching    R            R           R            R            R            R',
   launchFailed: 'S              S            S            S           S            S            S            S',
   qemuStarted: 'S              S            S            S           S            S            S            S',
   inspected: 'S              S            S            S           S            S            S            S',
+  podLauncherRan: 'I              Reattaching  I            I           I            I            I            I',
   connecting: 'R              R            Starting     R           S            R            R            R',
   qmpReady: 'I              I            I            Running     Running      I            I            I',
   startupFailed: 'S              S            S            S           S            S            I            I',
@@ -121,6 +123,7 @@ t.test('the effects of each accepted event', async (t) => {
   const eff = (phase: SupervisorState, e: CoreEvent, flags: Partial<CoreState> = {}): string[] => kinds(step(at(phase, flags), e).effects);
   t.same(eff('New', SAMPLES.start), ['prepare']);
   t.same(eff('New', SAMPLES.reattach), ['inspectRunDir']);
+  t.same(eff('Preparing', SAMPLES.podLauncherRan), ['inspectRunDir'], 'a pod launcher that already ran QEMU is inspected, not prepared for');
   t.same(eff('Preparing', SAMPLES.resourcesInvalid), ['log', 'exit']);
   t.same(eff('Preparing', SAMPLES.prepareFailed), ['log', 'exit', 'releaseIfStopped']);
   t.same(eff('Preparing', SAMPLES.prepared), ['launch']);

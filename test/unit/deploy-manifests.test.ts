@@ -152,7 +152,8 @@ t.test('RBAC: least privilege as docs/rbac.md lists it', { skip: noKubectl ?? fa
     'reads only its own Secret',
   );
   const node = find(objs, 'ClusterRole', 'vmlet-node');
-  t.notOk(allows(node, 'vmlet.io', 'virtualmachineinstances', 'patch'), 'the daemon writes only status');
+  t.notOk(allows(node, 'vmlet.io', 'virtualmachineinstances', 'patch'), 'the daemon patches only status');
+  t.ok(allows(node, 'vmlet.io', 'virtualmachineinstances', 'update'), 'the daemon removes its own finalizer (read, then PUT)');
   t.notOk(allows(node, 'vmlet.io', 'virtualmachineinstances', 'create'), 'daemon does not create VMIs');
   t.notOk(allows(node, 'vmlet.io', 'virtualmachineinstances', 'delete'), 'daemon does not delete VMIs');
   t.ok(allows(node, 'vmlet.io', 'virtualmachineinstances/status', 'update'));
@@ -195,6 +196,7 @@ t.test('kubevirt-compat adds kubevirt.io CRDs, webhook rules and RBAC', { skip: 
   );
   t.ok(allows(find(objs, 'ClusterRole', 'vmlet-controller'), 'kubevirt.io', 'virtualmachines', 'watch'));
   t.ok(allows(find(objs, 'ClusterRole', 'vmlet-node'), 'kubevirt.io', 'virtualmachineinstances/status', 'patch'));
+  t.ok(allows(find(objs, 'ClusterRole', 'vmlet-node'), 'kubevirt.io', 'virtualmachineinstances', 'update'), 'and its finalizer on kubevirt.io VMIs');
   t.ok(find(objs, 'DaemonSet', 'vmlet-node'), 'everything of the test overlay is there too');
 });
 

@@ -3,7 +3,7 @@ import { mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import t from 'tap';
-import { exitStatusCode, formatExitStatus, isLiveProcessFor, launcherArgv, parseExitStatus, readRunDir } from '../../src/qemu/launch.js';
+import { exitStatusCode, formatExitStatus, isLiveProcessFor, launcherArgv, parseExitStatus, processStartTime, readRunDir } from '../../src/qemu/launch.js';
 
 const tmp = mkdtempSync(path.join(tmpdir(), 'vmlet-unit-launch-'));
 t.teardown(() => rmSync(tmp, { recursive: true, force: true }));
@@ -70,6 +70,16 @@ t.test('readRunDir', async (t) => {
   await t.rejects(readRunDir(dir), { code: 'LAUNCH_RUNDIR_CORRUPT' });
 
   await t.rejects(readRunDir(path.join(tmp, 'missing')), { code: 'LAUNCH_RUNDIR_MISSING' });
+
+  // What vmlet-launch writes now: the pid and its start time.
+  writeFileSync(path.join(dir, 'exit-status'), 'exit=0');
+  writeFileSync(path.join(dir, 'launcher.pid'), '100 123456\n');
+  writeFileSync(path.join(dir, 'qemu.pid'), '101 123460\n');
+  t.same(await readRunDir(dir), { launcherPid: 100, launcherStart: 123456, qemuPid: 101, qemuStart: 123460, exitStatus: { kind: 'exit', code: 0 } });
+  writeFileSync(path.join(dir, 'qemu.pid'), '101 0\n');
+  t.same((await readRunDir(dir)).qemuStart, undefined, 'a start time the launcher could not read (0) is none');
+  writeFileSync(path.join(dir, 'qemu.pid'), '101 12x\n');
+  await t.rejects(readRunDir(dir), { code: 'LAUNCH_RUNDIR_CORRUPT' });
 });
 
 t.test('isLiveProcessFor against a fake proc tree', async (t) => {
@@ -97,4 +107,12 @@ t.test('isLiveProcessFor against a fake proc tree', async (t) => {
   await t.rejects(isLiveProcessFor(0, uid, proc), { code: 'LAUNCH_BAD_ARGUMENT' });
   await t.rejects(isLiveProcessFor(10, '', proc), { code: 'LAUNCH_BAD_ARGUMENT' });
   t.ok(await isLiveProcessFor(process.pid, process.argv[1] ?? 'node'), 'the real /proc works too');
+
+  // A recycled pid whose command line merely mentions the uid: only its start time tells it apart.
+  const stat = (start: number): string => `(tail) S 1 16 16 0 -1 4194560 100 0 0 0 0 0 0 0 20 0 1 0 ${start} 5000 100`;
+  fake(16, stat(777777), ['tail', '-f', `/run/vmlet/vms/${uid}/qemu.log`]);
+  t.equal(processStartTime(`16 ${stat(777777)}`), 777777, 'field 22 of stat');
+  t.ok(await isLiveProcessFor(16, uid, proc), 'without a recorded start time the command line alone decides (old run dirs)');
+  t.notOk(await isLiveProcessFor(16, uid, proc, 123456), 'a start time other than the one recorded: not ours');
+  t.ok(await isLiveProcessFor(16, uid, proc, 777777), 'the recorded start time: ours');
 });
