@@ -86,6 +86,8 @@ export class ApiServer {
   private readonly upgraded = new Set<Duplex>();
   /** Each accepted connection's peer, for the log of what it changes. */
   private readonly peers = new WeakMap<object, PeerCred>();
+  /** Connections from peers that may not use this socket: answered once, never served. */
+  private readonly refused = new WeakSet<object>();
   private readonly maxBody: number;
   private seq = 0;
   private listening = false;
@@ -170,8 +172,11 @@ export class ApiServer {
       return;
     }
     this.opts.logger.warn({ peer: cred }, 'connection refused: the peer is neither root nor in the socket group');
+    // The HTTP parser keeps reading (closing with unread bytes would reset the connection before the client reads
+    // this answer); what it parses is never served.
+    this.refused.add(sock);
     sock.end(rawResponse(failure('PEER_NOT_ALLOWED', 'only root and the socket group may use this socket', httpStatusOf('PEER_NOT_ALLOWED'))));
-    sock.destroySoon();
+    sock.setTimeout(2_000, () => sock.destroy());
   }
 
   private onClientError(err: NodeJS.ErrnoException, socket: Duplex): void {
@@ -190,6 +195,7 @@ export class ApiServer {
   }
 
   private onRequest(req: http.IncomingMessage, res: http.ServerResponse): void {
+    if (this.refused.has(req.socket)) return;
     const log = this.opts.logger.child({ req: ++this.seq, method: req.method, url: req.url });
     const started = Date.now();
     res.on('finish', () => log.debug({ status: res.statusCode, ms: Date.now() - started }, 'request done'));
@@ -333,6 +339,7 @@ export class ApiServer {
   }
 
   private onUpgrade(req: http.IncomingMessage, socket: Duplex, head: Buffer): void {
+    if (this.refused.has(socket)) return void socket.destroy();
     const log = this.opts.logger.child({ req: ++this.seq, method: req.method, url: req.url, upgrade: true });
     this.upgraded.add(socket);
     socket.on('close', () => this.upgraded.delete(socket));

@@ -23,7 +23,7 @@ import { VmNetwork } from './vm-network.js';
 import { ImageStore } from '../images/store.js';
 import { FormatRecords } from '../disk/format-records.js';
 import { imageApi } from './image-api.js';
-import { lockDirs, type DirLock } from '../sys/dir-lock.js';
+import { lockDirs, lockDirsWaiting, type DirLock } from '../sys/dir-lock.js';
 import { groupId, type SocketAccess } from './api-access.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
@@ -62,7 +62,10 @@ async function probeAtStart(config: DaemonConfig, logger: Logger): Promise<QemuC
 /** `vmlet daemon --mode kubernetes`: the same start-up checks, then the cluster's node daemon (kube-daemon.ts). */
 export async function startKubernetesDaemon(config: DaemonConfig, logger: Logger): Promise<RunningKubeDaemon> {
   await fs.mkdir(config.runDir, { recursive: true, mode: 0o755 });
-  const locks = lockDirs([{ dir: config.runDir, what: 'the run folder' }]);
+  // A DaemonSet may start this pod while the previous daemon's is still terminating: wait for it a while.
+  const locks = await lockDirsWaiting([{ dir: config.runDir, what: 'the run folder' }], KUBE_LOCK_WAIT_MS, (e) =>
+    logger.warn({ err: e }, 'waiting for the previous daemon to let go of the run folder'),
+  );
   try {
     await checkLauncher(config);
     const caps = await probeAtStart(config, logger);
@@ -89,6 +92,9 @@ async function checkLauncher(config: DaemonConfig): Promise<void> {
     });
   }
 }
+
+/** Kubernetes mode: how long a daemon waits for the previous one (its pod terminating) to release the run folder; more than the pod's 30 s grace period. */
+export const KUBE_LOCK_WAIT_MS = 60_000;
 
 /** Starts every part of the daemon and returns once the API socket answers. */
 export async function startDaemon(config: DaemonConfig, logger: Logger): Promise<RunningDaemon> {

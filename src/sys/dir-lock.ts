@@ -67,3 +67,27 @@ export function lockDirs(dirs: ReadonlyArray<{ dir: string; what: string }>): Di
   }
   return locks;
 }
+
+/**
+ * lockDirs, waiting up to `waitMs` while another daemon still holds a folder: in a cluster a DaemonSet may start the
+ * next daemon pod while the previous one is still terminating. `onWait` is told once, with the refusal.
+ */
+export async function lockDirsWaiting(
+  dirs: ReadonlyArray<{ dir: string; what: string }>,
+  waitMs: number,
+  onWait: (e: VmletError) => void,
+  pollMs = 250,
+): Promise<DirLock[]> {
+  const until = Date.now() + waitMs;
+  let told = false;
+  for (;;) {
+    try {
+      return lockDirs(dirs);
+    } catch (e) {
+      if (!(e instanceof VmletError) || e.code !== 'DAEMON_ALREADY_RUNNING' || Date.now() >= until) throw e;
+      if (!told) onWait(e);
+      told = true;
+      await new Promise((r) => setTimeout(r, pollMs));
+    }
+  }
+}

@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import { VmletError } from '../../src/errors.js';
-import { LOCK_FILE, lockDir, lockDirs } from '../../src/sys/dir-lock.js';
+import { LOCK_FILE, lockDir, lockDirs, lockDirsWaiting } from '../../src/sys/dir-lock.js';
 import { which } from '../support/which.js';
 
 const tmp = (): string => fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-lock-'));
@@ -65,4 +65,25 @@ t.test("a lock held by another process, and freed by that process's death", { sk
   const l = lockDir(dir, 'the run folder');
   t.pass('free once the holder died');
   l.release();
+});
+
+t.test('waiting for the holder to let go (a DaemonSet pod starting beside its terminating predecessor)', async (t) => {
+  const dir = tmp();
+  t.teardown(() => fs.rmSync(dir, { recursive: true, force: true }));
+  const first = lockDir(dir, 'the run folder');
+  const waits: string[] = [];
+  const second = lockDirsWaiting([{ dir, what: 'the run folder' }], 5_000, (e) => waits.push(e.code), 20);
+  await new Promise((r) => setTimeout(r, 200));
+  first.release();
+  const locks = await second;
+  t.equal(locks.length, 1, 'taken once the first let go');
+  t.same(waits, ['DAEMON_ALREADY_RUNNING'], 'the wait was reported once');
+  for (const l of locks) l.release();
+  const held = lockDir(dir, 'the run folder');
+  await t.rejects(
+    lockDirsWaiting([{ dir, what: 'the run folder' }], 100, () => undefined, 20),
+    { code: 'DAEMON_ALREADY_RUNNING' },
+    'and gives up after the wait',
+  );
+  held.release();
 });
