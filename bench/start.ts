@@ -68,6 +68,9 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-bench-start-'));
   const bd = await startDaemon(dir, accel);
   const { proc: daemon, api } = bd;
+  // The same daemon with QEMU kept root (no user switch, no private mount namespace): what the confinement costs.
+  const rootDir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-bench-start-root-'));
+  const asRoot = await startDaemon(rootDir, accel, { qemuUser: 'root', network: false });
   const noLibvirt = args.includes('--no-libvirt');
   const libvirt: Libvirt | undefined = noLibvirt ? undefined : await startLibvirt(accel);
   try {
@@ -77,6 +80,8 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     await vmletDelete(api, 'warm');
     await vmletStart(api, 'warm-net', true);
     await vmletDelete(api, 'warm-net');
+    await vmletStart(asRoot.api, 'warm');
+    await vmletDelete(asRoot.api, 'warm');
     if (libvirt) {
       await libvirt.start('warm');
       await libvirt.destroy('warm');
@@ -88,6 +93,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     const vml: number[] = [];
     const lv: number[] = [];
     const vmlNet: number[] = [];
+    const vmlRoot: number[] = [];
     progress(`sequential: ${sequential} rounds of ${libvirt ? 'libvirt, ' : ''}raw QEMU, vmlet, vmlet with a NIC`);
     for (let i = 0; i < sequential; i++) {
       progress(`sequential ${i + 1}/${sequential}`);
@@ -103,6 +109,8 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
       // The same VM with KubeVirt's default NIC: masquerade in its own netns sandbox, tap by fd, DHCP.
       vmlNet.push(await vmletStart(api, `net-${i}`, true));
       await vmletDelete(api, `net-${i}`);
+      vmlRoot.push(await vmletStart(asRoot.api, `root-${i}`));
+      await vmletDelete(asRoot.api, `root-${i}`);
     }
 
     const traces = await startTraceSteps(api);
@@ -142,6 +150,12 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
         ...(libvirt
           ? { libvirt_p50_ms: +med(lv).toFixed(1), libvirt_p95_ms: +percentile(lv, 95).toFixed(1), ratio_vs_libvirt: +(med(vml) / med(lv)).toFixed(2) }
           : {}),
+      },
+      qemu_confinement: {
+        n: sequential,
+        qemu_root_p50_ms: +med(vmlRoot).toFixed(1),
+        confined_p50_ms: +med(vml).toFixed(1),
+        added_p50_ms: +(med(vml) - med(vmlRoot)).toFixed(1),
       },
       sequential_with_nic: {
         n: sequential,
@@ -188,6 +202,9 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
         `sequential vmlet+NIC ${result.sequential_with_nic.vmlet_p50_ms.toString().padStart(5)}  ${result.sequential_with_nic.vmlet_p95_ms.toString().padStart(8)}   ${result.sequential_with_nic.ratio_vs_raw}   (sandbox adds ${result.sequential_with_nic.sandbox_added_p50_ms} ms at p50)`,
       );
       console.log(
+        `sequential vmlet, QEMU as root ${result.qemu_confinement.qemu_root_p50_ms}   (QEMU's user, capabilities and mount namespace add ${result.qemu_confinement.added_p50_ms} ms at p50)`,
+      );
+      console.log(
         `${concurrent} concurrent vmlet ${result.concurrent.vmlet_p50_ms.toString().padStart(7)}  ${result.concurrent.vmlet_p95_ms.toString().padStart(8)}   ${result.concurrent.ratio_vs_raw}`,
       );
       console.log(
@@ -211,6 +228,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
   } finally {
     await libvirt?.stop();
     await bd.close([]);
+    await asRoot.close([]);
   }
 }
 

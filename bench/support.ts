@@ -182,6 +182,10 @@ export interface BenchDaemon {
 export interface BenchDaemonOptions {
   /** Node options before the script, e.g. `--require` of bench/heap-account.ts's probe. */
   nodeArgs?: string[];
+  /** The daemon's qemuUser (default: the daemon's own, vmlet-qemu). */
+  qemuUser?: string;
+  /** false: no networking (a second daemon beside the first must not share its bridge). */
+  network?: boolean;
 }
 
 /** A daemon of this checkout's build on its own socket, state, run dir and cgroup parent under `dir`. */
@@ -197,13 +201,18 @@ export async function startDaemon(dir: string, accel: Accel, opts: BenchDaemonOp
       `cgroupParent: ${path.basename(dir)}`,
       // The guests' cache and the temp folder where the benchmarks make their disks (no host path is allowed by default).
       `hostPaths: {allow: [${JSON.stringify(path.join(root, '.cache'))}, ${JSON.stringify(os.tmpdir())}]}`,
-      'network:',
-      `  subnet: ${BENCH_NET.subnet}`,
-      `  bridge: ${BENCH_NET.bridge}`,
-      `  nftTable: ${BENCH_NET.nftTable}`,
-      '  netnsPrefix: vmb-',
-      '  vethPrefix: vbh-',
-      '  hostForwarding: false',
+      ...(opts.qemuUser !== undefined ? [`qemuUser: ${opts.qemuUser}`] : []),
+      ...(opts.network === false
+        ? ['network: {enabled: false}']
+        : [
+            'network:',
+            `  subnet: ${BENCH_NET.subnet}`,
+            `  bridge: ${BENCH_NET.bridge}`,
+            `  nftTable: ${BENCH_NET.nftTable}`,
+            '  netnsPrefix: vmb-',
+            '  vethPrefix: vbh-',
+            '  hostForwarding: false',
+          ]),
       '',
     ].join('\n'),
   );

@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <grp.h>
+#include <sys/mount.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -244,6 +246,27 @@ static void send_hello(void)
     }
 }
 
+/* The daemon runs as root: anything else listening on the socket path (the file mode is not relied on) never gets a HELLO. */
+#define DAEMON_UID 0
+
+/* 0 when the peer of fd is the daemon's uid (SO_PEERCRED); a refusal is logged once per peer pid, retries back off. */
+static int check_daemon_peer(int fd)
+{
+    static pid_t last_refused;
+    struct ucred cr;
+    socklen_t len = sizeof cr;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) != 0 || len != sizeof cr) {
+        logmsg("refusing %s: SO_PEERCRED: %s", opt.sock_path, strerror(errno));
+        return -1;
+    }
+    if (cr.uid == DAEMON_UID)
+        return 0;
+    if (cr.pid != last_refused)
+        logmsg("refusing %s: its peer (pid %d) runs as uid %u, not %u; retrying", opt.sock_path, (int)cr.pid, (unsigned)cr.uid, (unsigned)DAEMON_UID);
+    last_refused = cr.pid;
+    return -1;
+}
+
 static void try_connect(void)
 {
     struct sockaddr_un sa = { .sun_family = AF_UNIX };
@@ -253,7 +276,7 @@ static void try_connect(void)
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0)
         return;
-    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0) {
+    if (connect(fd, (struct sockaddr *)&sa, sizeof sa) != 0 || check_daemon_peer(fd) != 0) {
         close(fd);
         return;
     }
@@ -295,6 +318,196 @@ static void reap(void)
     }
 }
 
+/* ---- QEMU's sandbox (standalone): a private mount namespace that shows only what QEMU needs, then an unprivileged user. ---- */
+
+#define MAX_BINDS 32
+
+static struct {
+    int enabled;                 /* --qemu-user given */
+    uid_t uid;
+    gid_t gid;
+    gid_t groups[4];
+    int ngroups;
+    int mount_ns;                /* --mount-ns yes */
+    const char *bind_ro[MAX_BINDS];
+    int nbind_ro;
+    const char *bind_rw[MAX_BINDS];
+    int nbind_rw;
+} qsb;
+
+/* What every QEMU needs from the host, read-only (absent ones are skipped; symlinks such as /lib -> usr/lib are copied). */
+static const char *const system_ro[] = {
+    "/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32",
+    "/etc/ld.so.cache", "/etc/localtime", "/sys",
+};
+static const char *const dev_nodes[] = {
+    "/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/kvm", "/dev/vhost-net", "/dev/net/tun",
+};
+
+static int parse_uint(const char *s, char **end, unsigned long max, unsigned long *out)
+{
+    errno = 0;
+    unsigned long v = strtoul(s, end, 10);
+    if (errno || *end == s || v > max)
+        return -1;
+    *out = v;
+    return 0;
+}
+
+/* UID:GID[:GROUP,...] (numbers; the daemon resolves names). */
+static int parse_qemu_user(const char *v)
+{
+    char *end;
+    unsigned long n;
+    if (parse_uint(v, &end, 0x7fffffff, &n) || *end != ':')
+        return -1;
+    qsb.uid = (uid_t)n;
+    if (parse_uint(end + 1, &end, 0x7fffffff, &n) || (*end != '\0' && *end != ':'))
+        return -1;
+    qsb.gid = (gid_t)n;
+    while (*end == ':' || *end == ',') {
+        if (qsb.ngroups >= (int)(sizeof qsb.groups / sizeof qsb.groups[0]))
+            return -1;
+        if (parse_uint(end + 1, &end, 0x7fffffff, &n) || (*end != '\0' && *end != ','))
+            return -1;
+        qsb.groups[qsb.ngroups++] = (gid_t)n;
+    }
+    if (qsb.uid == 0)
+        return -1; /* root is what this option takes away */
+    qsb.enabled = 1;
+    return 0;
+}
+
+/* mkdir -p of `path` (absolute, below the new root's prefix `root`). */
+static int mkdirs(char *path, size_t skip)
+{
+    for (char *p = path + skip + 1; *p; p++) {
+        if (*p != '/')
+            continue;
+        *p = '\0';
+        int r = mkdir(path, 0755);
+        *p = '/';
+        if (r != 0 && errno != EEXIST)
+            return -1;
+    }
+    return 0;
+}
+
+/*
+ * Makes `src` appear at the same path below `root`: a bind mount (read-only unless `rw`). A system path that is a
+ * symlink (/lib -> usr/lib) is copied as one; a VM's path is bound as what it resolves to, at the path QEMU names.
+ */
+static int bind_into(const char *root, const char *src, int rw, int system)
+{
+    struct stat st;
+    if ((system ? lstat(src, &st) : stat(src, &st)) != 0)
+        return system && errno == ENOENT ? 0 : -1;
+    char dst[PATH_MAX];
+    if (snprintf(dst, sizeof dst, "%s%s", root, src) >= (int)sizeof dst) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    if (mkdirs(dst, strlen(root)) != 0)
+        return -1;
+    if (S_ISLNK(st.st_mode)) {
+        char target[PATH_MAX];
+        ssize_t n = readlink(src, target, sizeof target - 1);
+        if (n < 0)
+            return -1;
+        target[n] = '\0';
+        return symlink(target, dst) == 0 || errno == EEXIST ? 0 : -1;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        if (mkdir(dst, 0755) != 0 && errno != EEXIST)
+            return -1;
+    } else {
+        int fd = open(dst, O_WRONLY | O_CREAT | O_CLOEXEC, 0600);
+        if (fd < 0)
+            return -1;
+        close(fd);
+    }
+    /* A system folder without what is mounted below it (/sys without the cgroup mounts); a VM's path with it. */
+    if (mount(src, dst, NULL, MS_BIND | (system ? 0 : MS_REC), NULL) != 0)
+        return -1;
+    unsigned long fl = MS_REMOUNT | MS_BIND | MS_NOSUID | (rw ? 0 : MS_RDONLY);
+    if (!S_ISCHR(st.st_mode) && !S_ISBLK(st.st_mode))
+        fl |= MS_NODEV;
+    return mount(NULL, dst, NULL, fl, NULL);
+}
+
+static char sandbox_err[200]; /* the failed step, sent to the parent with errno */
+
+static int sandbox_fail(const char *what, const char *path)
+{
+    int e = errno;
+    snprintf(sandbox_err, sizeof sandbox_err, "%s %.150s", what, path ? path : "");
+    errno = e;
+    return -1;
+}
+
+/* In the forked child, before exec: the private root (pivot_root onto a tmpfs of bind mounts). */
+static int enter_mount_ns(void)
+{
+    char root[PATH_MAX / 2];
+    if (snprintf(root, sizeof root, "%s/.root", opt.run_dir) >= (int)sizeof root)
+        return sandbox_fail("path too long", opt.run_dir);
+    if (unshare(CLONE_NEWNS) != 0)
+        return sandbox_fail("unshare", "mount namespace");
+    if (mount(NULL, "/", NULL, MS_REC | MS_PRIVATE, NULL) != 0)
+        return sandbox_fail("make private", "/");
+    if (mkdir(root, 0700) != 0 && errno != EEXIST)
+        return sandbox_fail("mkdir", root);
+    if (mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755,size=1m,nr_inodes=4096") != 0)
+        return sandbox_fail("mount tmpfs", root);
+    /* /proc as the host's (QEMU reads /proc/self); /tmp a small tmpfs of its own, before the binds that may lie below it. */
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/proc", root);
+    if (mkdir(p, 0555) != 0 || mount("/proc", p, NULL, MS_BIND | MS_REC, NULL) != 0)
+        return sandbox_fail("bind", "/proc");
+    snprintf(p, sizeof p, "%s/tmp", root);
+    if (mkdir(p, 01777) != 0 || mount("tmpfs", p, "tmpfs", MS_NOSUID | MS_NODEV, "mode=1777,size=16m") != 0)
+        return sandbox_fail("mount tmpfs", "/tmp");
+    for (size_t i = 0; i < sizeof system_ro / sizeof system_ro[0]; i++)
+        if (bind_into(root, system_ro[i], 0, 1) != 0)
+            return sandbox_fail("bind", system_ro[i]);
+    for (size_t i = 0; i < sizeof dev_nodes / sizeof dev_nodes[0]; i++)
+        if (bind_into(root, dev_nodes[i], 1, 1) != 0)
+            return sandbox_fail("bind", dev_nodes[i]);
+    for (int i = 0; i < qsb.nbind_ro; i++)
+        if (bind_into(root, qsb.bind_ro[i], 0, 0) != 0)
+            return sandbox_fail("bind", qsb.bind_ro[i]);
+    for (int i = 0; i < qsb.nbind_rw; i++)
+        if (bind_into(root, qsb.bind_rw[i], 1, 0) != 0)
+            return sandbox_fail("bind", qsb.bind_rw[i]);
+    snprintf(p, sizeof p, "%s/.old", root);
+    if (mkdir(p, 0700) != 0)
+        return sandbox_fail("mkdir", p);
+    if (syscall(SYS_pivot_root, root, p) != 0)
+        return sandbox_fail("pivot_root", root);
+    if (chdir("/") != 0 || umount2("/.old", MNT_DETACH) != 0 || rmdir("/.old") != 0)
+        return sandbox_fail("detach", "the old root");
+    if (mount(NULL, "/", NULL, MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV, "mode=0755,size=1m,nr_inodes=4096") != 0)
+        return sandbox_fail("remount read-only", "/");
+    return 0;
+}
+
+/* The unprivileged user: no groups but the given ones, no capabilities (bounding set emptied too), no_new_privs. */
+static int drop_privileges(void)
+{
+    for (int cap = 0; cap <= 63; cap++)
+        if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) != 0 && errno != EINVAL)
+            return sandbox_fail("drop capability", "bounding set");
+    if (setgroups((size_t)qsb.ngroups, qsb.groups) != 0)
+        return sandbox_fail("setgroups", NULL);
+    if (setresgid(qsb.gid, qsb.gid, qsb.gid) != 0)
+        return sandbox_fail("setresgid", NULL);
+    if (setresuid(qsb.uid, qsb.uid, qsb.uid) != 0)
+        return sandbox_fail("setresuid", NULL);
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0)
+        return sandbox_fail("no_new_privs", NULL);
+    return 0;
+}
+
 /* Child side of the fork: fds to 3.., stdio to qemu.log, clean signal state, exec. Never returns. */
 static void exec_qemu(int errfd, pid_t parent)
 {
@@ -334,10 +547,23 @@ static void exec_qemu(int errfd, pid_t parent)
         for (int fd = base; fd < 65536; fd++)
             fcntl(fd, F_SETFD, FD_CLOEXEC);
     }
+    if (qsb.mount_ns && enter_mount_ns() != 0)
+        goto fail;
+    if (qsb.enabled && drop_privileges() != 0)
+        goto fail;
+    /* A change of uid clears the parent-death signal: set it again, and make sure the launcher did not die meanwhile. */
+    if (qsb.enabled && (prctl(PR_SET_PDEATHSIG, SIGKILL) != 0 || getppid() != parent)) {
+        sandbox_fail("parent-death signal", NULL);
+        goto fail;
+    }
     execv(qargv[0], qargv);
 fail:;
     int e = errno;
-    ssize_t w = write(errfd, &e, sizeof e);
+    char msg[sizeof e + sizeof sandbox_err];
+    memcpy(msg, &e, sizeof e);
+    size_t n = strlen(sandbox_err);
+    memcpy(msg + sizeof e, sandbox_err, n);
+    ssize_t w = write(errfd, msg, sizeof e + n);
     (void)w;
     _exit(e == ENOENT ? EXIT_EXEC_NOENT : EXIT_EXEC);
 }
@@ -360,14 +586,23 @@ static void start_qemu(void)
     close(ep[1]);
     close_received_fds();
     int e = 0;
+    char msg[sizeof e + sizeof sandbox_err];
     ssize_t r;
     do
-        r = read(ep[0], &e, sizeof e);
+        r = read(ep[0], msg, sizeof msg - 1);
     while (r < 0 && errno == EINTR);
     close(ep[0]);
-    if (r == (ssize_t)sizeof e) {
+    if (r >= (ssize_t)sizeof e) {
         int ws;
         waitpid(p, &ws, 0);
+        memcpy(&e, msg, sizeof e);
+        msg[r] = '\0';
+        const char *step = msg + sizeof e;
+        if (*step) {
+            logmsg("QEMU's sandbox failed: %s: %s", step, strerror(e));
+            send_line("ERROR exec QEMU's sandbox (user %d, private mounts): %s: %s", (int)qsb.uid, step, strerror(e));
+            exit(EXIT_SANDBOX);
+        }
         logmsg("exec %s failed: %s", qargv[0], strerror(e));
         send_line("ERROR exec %s: %s", qargv[0], strerror(e));
         exit(e == ENOENT ? EXIT_EXEC_NOENT : EXIT_EXEC);
@@ -574,7 +809,7 @@ static void join_sandbox(void)
 static void usage(const char *why)
 {
     logmsg("%s", why);
-    logmsg("usage: vmlet-launch --uid UID --socket PATH --run-dir DIR [--netns PATH] [--cgroup DIR]... [--linger SECONDS]");
+    logmsg("usage: vmlet-launch --uid UID --socket PATH --run-dir DIR [--netns PATH] [--cgroup DIR]... [--linger SECONDS] [--qemu-user UID:GID[:GID,...]] [--mount-ns yes|no] [--bind-ro PATH]... [--bind-rw PATH]...");
     exit(EXIT_USAGE);
 }
 
@@ -597,6 +832,23 @@ static void parse_args(int argc, char **argv)
             if (opt.ncgroups >= MAX_CGROUPS)
                 usage("too many --cgroup");
             opt.cgroups[opt.ncgroups++] = v;
+        } else if (strcmp(a, "--qemu-user") == 0) {
+            if (parse_qemu_user(v) != 0)
+                usage("bad --qemu-user (UID:GID[:GID,...], not root)");
+        } else if (strcmp(a, "--mount-ns") == 0) {
+            if (strcmp(v, "yes") != 0 && strcmp(v, "no") != 0)
+                usage("--mount-ns takes yes or no");
+            qsb.mount_ns = strcmp(v, "yes") == 0;
+        } else if (strcmp(a, "--bind-ro") == 0 || strcmp(a, "--bind-rw") == 0) {
+            int rw = strcmp(a, "--bind-rw") == 0;
+            if ((rw ? qsb.nbind_rw : qsb.nbind_ro) >= MAX_BINDS)
+                usage("too many --bind-ro/--bind-rw");
+            if (v[0] != '/' || strstr(v, "/../") || strlen(v) >= PATH_MAX / 2)
+                usage("--bind-ro/--bind-rw take an absolute path");
+            if (rw)
+                qsb.bind_rw[qsb.nbind_rw++] = v;
+            else
+                qsb.bind_ro[qsb.nbind_ro++] = v;
         } else if (strcmp(a, "--linger") == 0) {
             char *end;
             long s = strtol(v, &end, 10);

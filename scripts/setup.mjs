@@ -106,6 +106,19 @@ function ensureNative() {
   run('make', ['-s', '-C', 'native']);
 }
 
+/** The unprivileged user standalone QEMU runs as (config qemuUser, docs/security.md). */
+function ensureQemuUser() {
+  const name = 'vmlet-qemu';
+  const known = fs.readFileSync('/etc/passwd', 'utf8').split('\n').some((l) => l.split(':')[0] === name);
+  if (known) return;
+  if (process.getuid?.() !== 0) {
+    process.stderr.write(`setup: user ${name} is missing (QEMU runs as it); run as root, or set qemuUser: root in the config\n`);
+    return;
+  }
+  log(`creating the system user ${name}`);
+  run('useradd', ['--system', '--user-group', '--no-create-home', '--home-dir', '/nonexistent', '--shell', '/usr/sbin/nologin', name]);
+}
+
 async function ensureGuest() {
   const builder = path.join(root, 'scripts', 'build-guest-image.mjs');
   if (!fs.existsSync(builder)) return;
@@ -138,6 +151,7 @@ try {
   ensureNodeModules();
   ensureBuild();
   ensureNative();
+  if (purpose !== 'build' && purpose !== 'cluster') ensureQemuUser();
   if (purpose !== 'build' && purpose !== 'cluster') await ensureGuest();
   if (purpose === 'test' || purpose === 'all') await ensureDebianGuest();
 } catch (e) {

@@ -1,9 +1,9 @@
 // Turns VirtualMachines into VirtualMachineInstances per runStrategy, assigns VMIs to a node, and keeps VM status.
 import type { Logger } from 'pino';
-import type { RunStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceStatus, VirtualMachineStatus } from '../api/types.js';
+import type { RunStrategy, VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceStatus, VirtualMachineStatus, VMISpec } from '../api/types.js';
 import { API_VERSION } from '../api/types.js';
 import { isRecord } from '../api/vocabulary.js';
-import { VmletError } from '../errors.js';
+import { VmletError, type ErrorCode } from '../errors.js';
 import type { Kind, KubeObject, Source, WatchEvent } from '../source/source.js';
 import { decide, printableStatus, recordFailure, type DecideInput, type StartFailure, type VmiView } from './run-strategy.js';
 
@@ -47,7 +47,16 @@ export interface ControllerOptions {
   apiVersion?: string;
   logger: Logger;
   now?: () => number;
+  /**
+   * Standalone: runs each VMI create through the node's admission (limits, MACs in use; src/daemon/node-admission.ts).
+   * A refusal (ADMISSION_REFUSALS) is a FailedCreate Warning on the VM, tried again every ADMISSION_RETRY_MS.
+   */
+  admit?: (vmi: { namespace: string; name: string; spec: VMISpec }, create: () => Promise<unknown>) => Promise<unknown>;
 }
+
+/** The codes a node's admission refuses a VMI with: the VM waits for room instead of failing. */
+export const ADMISSION_REFUSALS: readonly ErrorCode[] = ['NODE_LIMIT_VMIS', 'NODE_LIMIT_MEMORY', 'NODE_LIMIT_VCPUS', 'NET_MAC_IN_USE'];
+export const ADMISSION_RETRY_MS = 5_000;
 
 /** vmlet's VM status: KubeVirt's fields plus startFailure and whether a Once VM has run. */
 type VmStatus = VirtualMachineStatus & { startFailure?: StartFailure; ranOnce?: boolean };
@@ -67,6 +76,8 @@ export class VmController {
   private watches: Array<{ close(): void }> = [];
   /** VMIs this controller saw fail, so each failure is counted once. */
   private readonly countedFailures = new Set<string>();
+  /** The last admission refusal recorded per VM, so a VM waiting for room gets one event, not one per retry. */
+  private readonly refusals = new Map<string, string>();
 
   constructor(private readonly opts: ControllerOptions) {
     this.source = opts.source;
@@ -213,6 +224,7 @@ export class VmController {
     const vmiObj = vmiRaw && asVmi(vmiRaw);
     const owned = vmiObj && vm && vmiObj.metadata.ownerReferences?.some((r) => r.uid === vm.metadata.uid) ? vmiObj : undefined;
     if (!vm) {
+      this.refusals.delete(key(ns, name));
       // The VM is gone: its VMI goes too (cascading deletion).
       if (vmiObj?.metadata.ownerReferences?.some((r) => r.kind === 'VirtualMachine') && !vmiObj.metadata.deletionTimestamp) {
         await this.source.delete('VirtualMachineInstance', ns, name, { expectedUid: vmiObj.metadata.uid! });
@@ -234,7 +246,14 @@ export class VmController {
     const d = decide(input);
     switch (d.action) {
       case 'create':
-        await this.createVmi(vm);
+        try {
+          await this.createVmi(vm);
+        } catch (e) {
+          if (!(e instanceof VmletError && ADMISSION_REFUSALS.includes(e.code))) throw e;
+          await this.refused(vm, e);
+          break;
+        }
+        this.refusals.delete(key(ns, name));
         status.ranOnce = true;
         input.vmi = { phase: 'Pending', deleting: false, paused: false };
         break;
@@ -252,6 +271,21 @@ export class VmController {
       this.log.warn({ vm: key(ns, name) }, 'a VMI of the same name exists that this VM does not own; leaving it alone');
     }
     await this.writeStatus(vm, input, startFailure, status.ranOnce ?? false);
+  }
+
+  /** The node has no room for the VM's VMI (or its MAC is taken): one Warning per distinct refusal, and a retry later. */
+  private async refused(vm: StoredVm, e: VmletError): Promise<void> {
+    const k = key(vm.metadata.namespace, vm.metadata.name);
+    this.later(vm.metadata.namespace, vm.metadata.name, this.now() + ADMISSION_RETRY_MS);
+    if (this.refusals.get(k) === e.message) return;
+    this.refusals.set(k, e.message);
+    this.log.warn({ vm: k, code: e.code }, e.message);
+    await this.source.recordEvent({
+      involvedObject: { kind: 'VirtualMachine', namespace: vm.metadata.namespace, name: vm.metadata.name, uid: vm.metadata.uid },
+      type: 'Warning',
+      reason: 'FailedCreate',
+      message: `${e.message} (${e.code})`,
+    });
   }
 
   /** For a Manual VM's start/restart: creates its VMI now. */
@@ -285,7 +319,9 @@ export class VmController {
     };
     if (tmpl.metadata?.labels) meta.labels = tmpl.metadata.labels;
     if (tmpl.metadata?.annotations) meta.annotations = tmpl.metadata.annotations;
-    await this.source.create({ apiVersion: this.apiVersion, kind: 'VirtualMachineInstance', metadata: meta, spec: tmpl.spec, status: this.initialVmiStatus() });
+    const create = (): Promise<unknown> =>
+      this.source.create({ apiVersion: this.apiVersion, kind: 'VirtualMachineInstance', metadata: meta, spec: tmpl.spec, status: this.initialVmiStatus() });
+    await (this.opts.admit ? this.opts.admit({ namespace: vm.metadata.namespace, name: vm.metadata.name, spec: tmpl.spec }, create) : create());
     await this.source.recordEvent({
       involvedObject: { kind: 'VirtualMachine', namespace: vm.metadata.namespace, name: vm.metadata.name, uid: vm.metadata.uid! },
       type: 'Normal',

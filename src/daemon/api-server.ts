@@ -11,13 +11,14 @@ import { httpStatusOf } from '../error-codes.js';
 import { VmletError } from '../errors.js';
 import type { Backend } from './backend.js';
 import { checkReadOnly, peerAllowed, peerOf, type SocketAccess } from './api-access.js';
+import type { ClientConnections } from './api-client-limit.js';
 import type { PeerCred } from '../sys/scm.js';
 import { checkIdentity, DRAIN_LIMIT_BYTES, DRAIN_TIMEOUT_MS, drainBody, nameOf, readBody } from './api-body.js';
 import { CONSOLE_PROTOCOL, serveConsole } from './api-console.js';
 import { rawResponse, sendJson, withCauseCodes } from './api-response.js';
 import { allowHeaderOf, API_GROUP, API_VERSION, checkMethod, contextOf, isWatch, parseRequestUrl, selectedName, type Route } from './api-router.js';
 import { serveWatch } from './api-watch.js';
-import { failure, statusFromError, success, type StatusContext } from './status.js';
+import { failure, statusFromError, success, type StatusContext, type StatusObject } from './status.js';
 import { isRecord, type AccelSetting } from '../api/vocabulary.js';
 
 export { API_GROUP, API_VERSION, SUBRESOURCE_GROUP, parseRequestUrl } from './api-router.js';
@@ -63,6 +64,8 @@ export interface ApiServerOptions {
   access?: SocketAccess;
   /** The node image store (standalone); absent: /images answers NOT_FOUND. */
   images?: ImageApi;
+  /** Open connections per client uid (limits.maxConnectionsPerClient), shared by the daemon's sockets; absent: no limit. */
+  clientConnections?: ClientConnections;
 }
 
 /** The node image store as the API serves it: records are plain JSON. */
@@ -167,15 +170,26 @@ export class ApiServer {
   /** The file's mode already keeps others out; the kernel's word on the peer is checked again, and kept for the log. */
   private onConnection(sock: net.Socket): void {
     const cred = peerOf(sock);
-    if (cred && peerAllowed(cred, this.opts.access?.gid)) {
-      this.peers.set(sock, cred);
+    if (!cred || !peerAllowed(cred, this.opts.access?.gid)) {
+      this.opts.logger.warn({ peer: cred }, 'connection refused: the peer is neither root nor in the socket group');
+      this.refuse(sock, failure('PEER_NOT_ALLOWED', 'only root and the socket group may use this socket', httpStatusOf('PEER_NOT_ALLOWED')));
       return;
     }
-    this.opts.logger.warn({ peer: cred }, 'connection refused: the peer is neither root nor in the socket group');
-    // The HTTP parser keeps reading (closing with unread bytes would reset the connection before the client reads
-    // this answer); what it parses is never served.
+    const limit = this.opts.clientConnections;
+    if (limit && !limit.acquire(cred.uid)) {
+      this.opts.logger.warn({ peer: cred, max: limit.max }, 'connection refused: the client holds too many connections');
+      const msg = `uid ${cred.uid} already holds ${limit.max} connections to this daemon (limits.maxConnectionsPerClient); close one and retry`;
+      this.refuse(sock, failure('API_TOO_MANY_CONNECTIONS', msg, httpStatusOf('API_TOO_MANY_CONNECTIONS')), 'Retry-After: 1\r\n');
+      return;
+    }
+    if (limit) sock.once('close', () => limit.release(cred.uid));
+    this.peers.set(sock, cred);
+  }
+
+  /** Answers `status` and closes. The HTTP parser keeps reading (closing with unread bytes would reset the connection before the client reads the answer); what it parses is never served. */
+  private refuse(sock: net.Socket, status: StatusObject, extraHeaders = ''): void {
     this.refused.add(sock);
-    sock.end(rawResponse(failure('PEER_NOT_ALLOWED', 'only root and the socket group may use this socket', httpStatusOf('PEER_NOT_ALLOWED'))));
+    sock.end(rawResponse(status, extraHeaders));
     sock.setTimeout(2_000, () => sock.destroy());
   }
 

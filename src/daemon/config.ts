@@ -5,6 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import YAML from 'yaml';
 import { VmletError } from '../errors.js';
+import { parseQuantity } from '../api/quantity.js';
 import type { AccelSetting } from '../api/vocabulary.js';
 
 export type Accel = AccelSetting;
@@ -32,6 +33,11 @@ export interface DaemonConfig {
   useEmulation: boolean;
   nodeName: string;
   qemuBinary: string;
+  /**
+   * Standalone: the unprivileged user QEMU runs as (no capabilities, no_new_privs, its own mount namespace,
+   * `-sandbox`; docs/security.md). The set-up creates `vmlet-qemu`. `root` keeps QEMU root (not for production).
+   */
+  qemuUser: string;
   /** vmlet-launch; default: native/build/vmlet-launch of this checkout. */
   launcherBinary: string;
   /** Request body limit of the API, in bytes. */
@@ -70,6 +76,8 @@ export interface DaemonConfig {
   qmpPassthrough: { allow: string[] };
   /** Cluster config (read by the controller, which records it per claim in the VMI's status): the share of a Filesystem claim kept free. */
   filesystemOverhead: number;
+  /** Standalone node-wide limits (0 = none); a VMI over one is refused with NODE_LIMIT_* codes (docs/security.md). */
+  limits: NodeLimits;
   /** Kubernetes mode: the group/version of the VMIs served, `vmlet.io/v1alpha1` or `kubevirt.io/v1` (kubevirt-compat); $VMLET_API_GROUP wins. */
   apiGroup: string;
 }
@@ -87,6 +95,42 @@ export function parseApiGroup(value: string, source: string): { group: string; v
 }
 
 export type DaemonMode = 'standalone' | 'kubernetes';
+
+/** The `limits:` mapping: what one node may run at once, and what one API client may hold open. 0 = unlimited. */
+export interface NodeLimits {
+  /** VMIs that exist (any phase but Succeeded/Failed). */
+  maxVmis: number;
+  /** Sum of the guests' memory, bytes (the file takes a quantity such as `64Gi`). */
+  maxGuestMemory: number;
+  /** Sum of the guests' vCPUs. */
+  maxVcpus: number;
+  /** Open connections per client uid on the API socket. */
+  maxConnectionsPerClient: number;
+}
+
+const limitKeys: Record<keyof NodeLimits, KeyType> = {
+  maxVmis: 'number',
+  maxGuestMemory: 'number',
+  maxVcpus: 'number',
+  maxConnectionsPerClient: 'number',
+};
+
+/** Merges `limits:` (maxGuestMemory may be a quantity string), each a whole number ≥ 0. */
+function mergeLimits(base: NodeLimits, doc: object, source: string): NodeLimits {
+  const d: Record<string, unknown> = { ...doc };
+  if (typeof d['maxGuestMemory'] === 'string') {
+    try {
+      d['maxGuestMemory'] = Number(parseQuantity(d['maxGuestMemory']));
+    } catch (e) {
+      throw new VmletError('CONFIG_INVALID', `${source}: limits.maxGuestMemory must be a byte count or a quantity such as 64Gi`, { cause: e });
+    }
+  }
+  const out = mergeKeys(base, d, limitKeys, source, 'limits.');
+  for (const [k, v] of Object.entries(out)) {
+    if (!Number.isSafeInteger(v) || v < 0) throw new VmletError('CONFIG_INVALID', `${source}: limits.${k} must be a whole number ≥ 0 (0 = no limit)`);
+  }
+  return out;
+}
 
 /** The `network:` mapping of the config file. */
 export interface NetworkConfig {
@@ -109,6 +153,10 @@ export interface NetworkConfig {
   /** DHCP option 15; default: the first search domain. */
   dnsDomain?: string;
   leaseSeconds: number;
+  /** Guests may open connections to the host itself (its bridge address and any other); default false. */
+  allowHostAccess: boolean;
+  /** Guests may reach the cloud metadata address 169.254.169.254; default false. */
+  allowMetadata: boolean;
 }
 
 export interface DaemonFlags {
@@ -135,6 +183,7 @@ const keys: Record<keyof DaemonConfig, KeyType> = {
   useEmulation: 'boolean',
   nodeName: 'string',
   qemuBinary: 'string',
+  qemuUser: 'string',
   launcherBinary: 'string',
   maxBodyBytes: 'number',
   logLevel: 'string',
@@ -150,6 +199,7 @@ const keys: Record<keyof DaemonConfig, KeyType> = {
   devicePluginDir: 'string',
   kubeconfig: 'string',
   hostPaths: 'object',
+  limits: 'object',
   qmpPassthrough: 'object',
   apiGroup: 'string',
   filesystemOverhead: 'number',
@@ -169,6 +219,8 @@ const networkKeys: Record<keyof NetworkConfig, KeyType> = {
   dnsSearch: 'string[]',
   dnsDomain: 'string',
   leaseSeconds: 'number',
+  allowHostAccess: 'boolean',
+  allowMetadata: 'boolean',
 };
 
 function hasType(v: unknown, want: KeyType): boolean {
@@ -221,6 +273,7 @@ export function defaultConfig(repoRoot: string): DaemonConfig {
     useEmulation: false,
     nodeName: os.hostname(),
     qemuBinary: '/usr/bin/qemu-system-x86_64',
+    qemuUser: 'vmlet-qemu',
     launcherBinary: path.join(repoRoot, 'native', 'build', 'vmlet-launch'),
     maxBodyBytes: 1024 * 1024,
     logLevel: process.env.VMLET_LOG_LEVEL ?? 'info',
@@ -240,11 +293,14 @@ export function defaultConfig(repoRoot: string): DaemonConfig {
       mtu: 1500,
       hostForwarding: true,
       leaseSeconds: 86400,
+      allowHostAccess: false,
+      allowMetadata: false,
     },
     mode: 'standalone',
     kubeletRootDir: '/var/lib/kubelet',
     devicePluginDir: '/var/lib/kubelet/device-plugins',
     hostPaths: { allow: [] },
+    limits: { maxVmis: 0, maxGuestMemory: 0, maxVcpus: 0, maxConnectionsPerClient: 0 },
     qmpPassthrough: { allow: [] },
     apiGroup: API_GROUPS[0],
     filesystemOverhead: DEFAULT_FILESYSTEM_OVERHEAD,
@@ -257,6 +313,7 @@ export function mergeConfig(base: DaemonConfig, doc: unknown, source: string): D
   if (typeof doc !== 'object' || Array.isArray(doc)) throw new VmletError('CONFIG_INVALID', `${source}: the config must be a mapping`);
   const cfg = mergeKeys(base, doc, keys, source);
   if ('network' in doc) cfg.network = mergeNetwork(base.network, cfg.network, source);
+  if ('limits' in doc) cfg.limits = mergeLimits(base.limits, cfg.limits, source);
   if (!['auto', 'kvm', 'tcg'].includes(cfg.accel)) throw new VmletError('CONFIG_INVALID', `${source}: accel must be auto, kvm or tcg`);
   if (cfg.mode !== 'standalone' && cfg.mode !== 'kubernetes') throw new VmletError('CONFIG_INVALID', `${source}: mode must be standalone or kubernetes`);
   cfg.hostPaths = allowList(cfg.hostPaths, (a) => a.startsWith('/'), `${source}: hostPaths must be {allow: [absolute folder, …]}`);
@@ -264,6 +321,9 @@ export function mergeConfig(base: DaemonConfig, doc: unknown, source: string): D
   parseApiGroup(cfg.apiGroup, source);
   if (!(cfg.filesystemOverhead >= 0 && cfg.filesystemOverhead < 1)) {
     throw new VmletError('CONFIG_INVALID', `${source}: filesystemOverhead must be a number from 0 up to (not including) 1, got ${cfg.filesystemOverhead}`);
+  }
+  if (!/^[a-z_][a-z0-9_-]{0,31}$/.test(cfg.qemuUser)) {
+    throw new VmletError('CONFIG_INVALID', `${source}: qemuUser must be a user name (got ${JSON.stringify(cfg.qemuUser)})`);
   }
   if (!LOG_FORMATS.includes(cfg.logFormat)) throw new VmletError('CONFIG_INVALID', `${source}: logFormat must be json, text or auto`);
   if (!Number.isInteger(cfg.kvmProbeDeadlineMs) || cfg.kvmProbeDeadlineMs < 50 || cfg.kvmProbeDeadlineMs > 60_000) {

@@ -5,13 +5,14 @@ import type { VirtualMachine, VirtualMachineInstance, VirtualMachineInstanceStat
 import { ValidationError, validateVM, validateVMI } from '../api/validate.js';
 import { asVm, asVmi, isStoredVmi, VMI_FINALIZER, type VmController } from '../controller/vm-controller.js';
 import { VmletError } from '../errors.js';
-import type { Source } from '../source/source.js';
+import type { KubeObject as StoredObject, Source } from '../source/source.js';
 import type { Backend, ConsoleAttachment, Kind, KubeObject, ObjectRef, VmAction, VmiAction, WatchEvent } from './backend.js';
 import type { NodeReconciler } from './node-reconciler.js';
 import type { Supervisor } from './supervisor.js';
 import type { VmNetwork } from './vm-network.js';
 import { checkPassthrough, markedPassthrough } from './qmp-passthrough.js';
 import { refusedHostPaths } from './host-paths.js';
+import type { NodeAdmission } from './node-admission.js';
 
 export interface LocalBackendOptions {
   /** Where objects live (the local store in standalone mode). */
@@ -26,8 +27,13 @@ export interface LocalBackendOptions {
   hostPathsAllow?: readonly string[];
   /** QMP commands passed through besides queries and SAFE_QMP_COMMANDS (config `qmpPassthrough.allow`). */
   qmpAllow?: readonly string[];
+  /** Standalone: node limits and MACs in use, checked for every new VMI (absent: not checked here). */
+  admission?: NodeAdmission;
   logger?: Logger;
 }
+
+/** The run strategies whose VM gets a VMI as soon as it is stored. */
+const STARTS_AT_ONCE: ReadonlySet<string> = new Set(['Always', 'RerunOnFailure', 'Once']);
 
 const plural: Record<Kind, string> = { VirtualMachine: 'virtualmachines', VirtualMachineInstance: 'virtualmachineinstances' };
 
@@ -123,17 +129,25 @@ export class LocalBackend implements Backend {
       ...(obj.metadata.labels ? { labels: obj.metadata.labels } : {}),
       ...(obj.metadata.annotations ? { annotations: obj.metadata.annotations } : {}),
     };
+    const admission = this.opts.admission;
     try {
-      const created =
-        kind === 'VirtualMachine'
-          ? await this.store.create({ apiVersion: obj.apiVersion, kind, metadata: meta, spec: obj.spec, status: {} })
-          : await this.store.create({
-              apiVersion: obj.apiVersion,
-              kind,
-              metadata: { ...meta, finalizers: [VMI_FINALIZER] },
-              spec: obj.spec,
-              status: this.opts.controller.initialVmiStatus(),
-            });
+      let created: StoredObject;
+      if (obj.kind === 'VirtualMachine') {
+        // Refused here rather than left for the controller's FailedCreate: nothing is stored.
+        if (admission && STARTS_AT_ONCE.has(obj.spec.runStrategy)) await admission.check({ namespace, name: meta.name, spec: obj.spec.template.spec });
+        created = await this.store.create({ apiVersion: obj.apiVersion, kind, metadata: meta, spec: obj.spec, status: {} });
+      } else {
+        const vmi = obj;
+        const store = (): Promise<StoredObject> =>
+          this.store.create({
+            apiVersion: vmi.apiVersion,
+            kind,
+            metadata: { ...meta, finalizers: [VMI_FINALIZER] },
+            spec: vmi.spec,
+            status: this.opts.controller.initialVmiStatus(),
+          });
+        created = admission ? await admission.admit({ namespace, name: meta.name, spec: vmi.spec }, store) : await store();
+      }
       void this.store
         .recordEvent({
           involvedObject: { kind, namespace, name: created.metadata.name, uid: created.metadata.uid },
@@ -233,6 +247,7 @@ export class LocalBackend implements Backend {
       case 'start':
         if (vmi && !['Succeeded', 'Failed'].includes(vmi.status?.phase ?? ''))
           throw new VmletError('VM_ALREADY_RUNNING', `VirtualMachine "${ref.name}" is already running`);
+        await this.opts.admission?.check({ namespace: ref.namespace, name: ref.name, spec: vm.spec.template.spec });
         if (strategy === 'Halted') await setStrategy('Always');
         else if (strategy === 'Manual' || strategy === 'Once' || strategy === 'RerunOnFailure') {
           await deleteVmi();

@@ -1,4 +1,6 @@
 // `vmlet daemon`: wires the store, controller, node reconciler, launcher socket and API socket, and runs until a signal.
+import { ensureKvmAccess } from './kvm-access.js';
+import { resolveQemuUser } from './qemu-sandbox.js';
 import { startTraces } from './start-trace.js';
 import fs from 'node:fs/promises';
 import path from 'node:path';
@@ -25,6 +27,8 @@ import { FormatRecords } from '../disk/format-records.js';
 import { imageApi } from './image-api.js';
 import { lockDirs, lockDirsWaiting, type DirLock } from '../sys/dir-lock.js';
 import { groupId, type SocketAccess } from './api-access.js';
+import { ClientConnections } from './api-client-limit.js';
+import { NodeAdmission } from './node-admission.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -124,8 +128,14 @@ function socketAccessOf(config: DaemonConfig): { main: SocketAccess; readOnly?: 
 async function startLocked(config: DaemonConfig, logger: Logger, locks: DirLock[]): Promise<RunningDaemon> {
   const access = socketAccessOf(config);
   await checkLauncher(config);
+  const qemuUser = resolveQemuUser(config.qemuUser, { kvmDevice: config.kvmDevice });
   const caps = await probeAtStart(config, logger);
   const probeOptions: ProbeOptions = { devKvm: config.kvmDevice, kvmProbeDeadlineMs: config.kvmProbeDeadlineMs };
+  if (qemuUser === undefined) logger.warn('qemuUser is root: QEMU runs as root with every capability in the host mount namespace');
+  else if (caps.kvm.usable && qemuUser.groups.length === 0) {
+    // The unprivileged QEMU must open /dev/kvm: through its group (Debian's 0660 root:kvm) or, without one, o+rw.
+    await ensureKvmAccess({ devicePath: config.kvmDevice, keep: !config.kvmWorldAccessible, logger: logger.child({ component: 'kvm-access' }) });
+  }
 
   let cgroups: VmCgroups | undefined;
   if (config.cgroupParent !== '') {
@@ -173,14 +183,23 @@ async function startLocked(config: DaemonConfig, logger: Logger, locks: DirLock[
       formats,
       scratchRoot: path.join(config.stateDir, 'scratch'),
       hostPathsAllow: config.hostPaths.allow,
+      ...(qemuUser ? { qemuOwner: qemuUser } : {}),
     }),
     scratchRoot: path.join(config.stateDir, 'scratch'),
+    ...(qemuUser ? { qemuSandbox: { user: qemuUser, qemuBinary: config.qemuBinary } } : {}),
     onImagesChanged: (listener) => images.onChange(listener),
     logger: logger.child({ component: 'node' }),
     ...(cgroups ? { cgroups } : {}),
     network,
   });
-  const controller = new VmController({ source: store, nodeName: config.nodeName, logger: logger.child({ component: 'controller' }) });
+  // Node limits and MACs in use: one admission for the API's creates and the controller's, so neither overshoots the other.
+  const admission = new NodeAdmission({ limits: config.limits, listVmis: () => store.list('VirtualMachineInstance') });
+  const controller = new VmController({
+    source: store,
+    nodeName: config.nodeName,
+    logger: logger.child({ component: 'controller' }),
+    admit: (vmi, create) => admission.admit(vmi, create),
+  });
   // Supervisors of running VMs exist before launchers reconnect, so none of them is turned away.
   await node.start();
   await launcherServer.listen();
@@ -192,8 +211,10 @@ async function startLocked(config: DaemonConfig, logger: Logger, locks: DirLock[
     network,
     hostPathsAllow: config.hostPaths.allow,
     qmpAllow: config.qmpPassthrough.allow,
+    admission,
     logger: logger.child({ component: 'api' }),
   });
+  const clientConnections = new ClientConnections(config.limits.maxConnectionsPerClient);
   const serve = (socketPath: string, access: SocketAccess, component: string): Promise<ApiServer> =>
     ApiServer.listen({
       backend,
@@ -202,6 +223,7 @@ async function startLocked(config: DaemonConfig, logger: Logger, locks: DirLock[
       logger: logger.child({ component }),
       maxBodyBytes: config.maxBodyBytes,
       images: imageApi(images, store),
+      clientConnections,
       version: { vmlet: vmletVersion(), qemu: caps.version.text, kvm: caps.kvm, accel: config.accel, useEmulation: config.useEmulation },
     });
   const api = await serve(config.socket, access.main, 'api');

@@ -6,7 +6,7 @@ import type { VMIInterfaceStatus, VirtualMachineInstance, VirtualMachineInstance
 import type { GuestNetworkInterface } from '../qmp/guest-agent-types.js';
 import { isStoredVmi, VMI_FINALIZER, type StoredVmi } from '../controller/vm-controller.js';
 import { VmletError } from '../errors.js';
-import { isLiveProcessFor, readRunDir } from '../qemu/launch.js';
+import { isLiveProcessFor, processOrParentNames, readRunDir } from '../qemu/launch.js';
 import type { HelloDecision, LauncherHello, LauncherServer } from '../qemu/launcher-server.js';
 import type { QmpClient } from '../qmp/client.js';
 import type { KubeObject, Source } from '../source/source.js';
@@ -15,6 +15,7 @@ import { withVmletDefaults } from './vmi-defaults.js';
 import { startTraces } from './start-trace.js';
 import { waitingForImages } from './image-wait.js';
 import { storeCallbacks } from './supervisor-store.js';
+import { launcherSandbox, type QemuUser } from './qemu-sandbox.js';
 import type { PodLaunchers } from './supervisor-pod.js';
 import type { PrepareContext } from './supervisor-deps.js';
 
@@ -51,6 +52,8 @@ export interface NodeReconcilerOptions {
   pods?: PodLaunchers;
   /** The node image store's change feed: a VMI whose containerDisk image is missing waits for it. */
   onImagesChanged?: (listener: () => void) => () => void;
+  /** Standalone: QEMU's unprivileged user (config qemuUser) and binary; absent: QEMU runs as root. */
+  qemuSandbox?: { user: QemuUser; qemuBinary: string };
   /** The finalizer this daemon releases once a deleted VMI's QEMU and node state are gone (standalone: VMI_FINALIZER). */
   finalizer?: string;
 }
@@ -203,8 +206,8 @@ export class NodeReconciler {
 
   /**
    * VM groups under the parent whose uid is no VMI of this node. A group that still holds
-   * processes is emptied only when they are ours (their argv names this daemon's run dir: the
-   * launcher's --run-dir, QEMU's socket paths), so another daemon sharing the parent is left alone.
+   * processes is emptied only when they are ours (their argv, or their parent's, names this daemon's run dir: the
+   * launcher's --run-dir), so another daemon sharing the parent is left alone.
    */
   private async removeStrayCgroups(known: Set<string>): Promise<void> {
     const cgroups = this.opts.cgroups;
@@ -218,7 +221,7 @@ export class NodeReconciler {
         let foreign = false;
         for (const pid of pids) {
           const cmdline = await fs.readFile(path.join(procRoot, String(pid), 'cmdline'), 'utf8').catch(() => '');
-          if (cmdline !== '' && !cmdline.includes(this.vmDir(uid))) foreign = true;
+          if (cmdline !== '' && !(await processOrParentNames(pid, this.vmDir(uid), procRoot))) foreign = true;
         }
         if (foreign) {
           this.log.warn({ uid, cgroup: m.group, pids }, 'a VM cgroup of no VMI here holds processes of another daemon; left alone');
@@ -257,23 +260,27 @@ export class NodeReconciler {
             ...(pods.releaseNetwork ? { releaseNetwork: () => pods.releaseNetwork!(uid) } : {}),
           }
         : { removeRunDir: () => this.removeVmDirs(uid) };
-    const callbacks = storeCallbacks(store, vmi, this.log.child({ vmi: { namespace, name, uid } }));
+
     const images = this.opts.onImagesChanged;
     const cpus = { cgroups: this.opts.cgroups, onlineCpus: () => this.onlineCpus() };
     const prepare = withDedicatedCpuCheck(vmi, this.opts.prepare, cpus);
+    const log = this.log.child({ vmi: { namespace, name, uid } });
+    const callbacks = storeCallbacks(store, vmi, log);
+    const runDir = inPod?.runDir ?? this.vmDir(uid);
+    const qs = inPod ? undefined : this.opts.qemuSandbox;
+    const scratchDir = this.opts.scratchRoot !== undefined ? path.join(this.opts.scratchRoot, uid) : undefined;
     const sup = new Supervisor({
       vmi,
-      runDir: inPod?.runDir ?? this.vmDir(uid),
-      logger: this.log.child({ vmi: { namespace, name, uid } }),
+      runDir,
+      logger: log,
+      ...(qs ? { launcherSandbox: launcherSandbox(vmi, qs.user, { runDir, qemuBinary: qs.qemuBinary, ...(scratchDir ? { scratchDir } : {}) }) } : {}),
       launcherServer: this.opts.launcherServer,
       launcherBinary: this.opts.launcherBinary,
       launcherSocket: this.opts.launcherSocket,
-      prepare: images
-        ? waitingForImages(prepare, { onImagesChanged: images, writeStatus: callbacks.writeStatus, logger: this.log.child({ vmi: { namespace, name, uid } }) })
-        : prepare,
+      prepare: images ? waitingForImages(prepare, { onImagesChanged: images, writeStatus: callbacks.writeStatus, logger: log }) : prepare,
       procRoot: this.opts.procRoot ?? DEFAULT_PROC_ROOT,
       ...(this.opts.cgroups ? { cgroups: this.opts.cgroups } : {}),
-      ...dedicatedCpuPinning(vmi, { ...cpus, procRoot: this.opts.procRoot ?? DEFAULT_PROC_ROOT, log: this.log.child({ vmi: { namespace, name, uid } }) }),
+      ...dedicatedCpuPinning(vmi, { ...cpus, procRoot: this.opts.procRoot ?? DEFAULT_PROC_ROOT, log }),
       ...this.networkFor(uid),
       ...podDeps,
       ...callbacks,

@@ -8,7 +8,7 @@ import { promisify } from 'node:util';
 import type { VirtualMachineInstance } from '../api/types.js';
 import { parseQuantity } from '../api/quantity.js';
 import { VmletError } from '../errors.js';
-import { buildArgv, qmpChardev } from '../qemu/argv.js';
+import { buildArgv, qgaChardev, qmpChardev, runDirSockets, serialChardev } from '../qemu/argv.js';
 import { probeQemu, resolveAccel, type ProbeOptions } from '../qemu/probe.js';
 import { planVolumes, type PreparedFile, type ResolvedImage, type ResolvedVolume } from '../qemu/volumes.js';
 import { createOverlay } from '../disk/qcow2-overlay.js';
@@ -17,6 +17,7 @@ import { listenUnixFd } from '../sys/unix-listen.js';
 import { closeFds } from '../sys/libc.js';
 import { volumeStatuses } from './volume-status.js';
 import { refusedHostPaths } from './host-paths.js';
+import { prepareQemuDirs, qemuRunDirOf, type QemuUser } from './qemu-sandbox.js';
 import { claimDisk, containerDiskImage } from './pod-disks.js';
 import type { PodVmNetwork } from './kube-vm-network.js';
 import type { PreparedLaunch } from './supervisor.js';
@@ -67,6 +68,11 @@ export interface PrepareOptions {
   images?: ImageLookup;
   /** Where the format of each hostDisk is recorded on first sight; absent: hostDisks are raw. */
   formats?: FormatRecords;
+  /**
+   * Standalone: QEMU runs as this user (qemu-sandbox.ts). It writes only `<runDir>/qemu` and the scratch folder,
+   * both given to it; hostDisks go by fd, and its chardev sockets are bound by the daemon.
+   */
+  qemuOwner?: QemuUser;
 }
 
 async function exists(p: string): Promise<boolean> {
@@ -190,23 +196,37 @@ async function openImages(volumes: Record<string, ResolvedVolume>, fdBase: numbe
 export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance, runDir: string, at?: PrepareContext) => Promise<PreparedLaunch> {
   return async (vmi, runDir, at = {}) => {
     const caps = await probeQemu(opts.qemuBinary, opts.probe ?? {});
+    if (!opts.pod && !caps.seccomp) {
+      throw new VmletError(
+        'QEMU_NO_SECCOMP',
+        `${opts.qemuBinary} has no seccomp (-sandbox fails), and vmlet does not start QEMU without it; install a QEMU built with libseccomp (Debian's is)`,
+      );
+    }
     const choice = resolveAccel(opts.accel, typeof opts.useEmulation === 'function' ? opts.useEmulation() : opts.useEmulation, caps);
     const pod = opts.pod;
     // Paths as QEMU sees them; the daemon makes the files through its own view of the same folder.
-    const qemuRunDir = pod?.qemuRunDir ?? runDir;
+    const owner = pod?.owner ?? opts.qemuOwner;
+    const qemuRunDir = pod?.qemuRunDir ?? (opts.qemuOwner ? qemuRunDirOf(runDir) : runDir);
     const refused = !pod && opts.hostPathsAllow !== undefined ? refusedHostPaths(vmi.spec, opts.hostPathsAllow) : [];
     if (refused[0]) throw new VmletError(refused[0].error.code, `spec.${refused[0].field}: ${refused[0].error.message}`, { details: refused[0].error.details });
     const { images, claims } = await resolveSources(vmi, opts, at);
     at.trace?.('prepare.sources');
     const scratchDir = !pod && opts.scratchRoot !== undefined ? path.join(opts.scratchRoot, vmi.metadata.uid!) : undefined;
     if (scratchDir !== undefined) await prepareScratch(vmi, scratchDir);
+    if (opts.qemuOwner) await prepareQemuDirs(opts.qemuOwner, runDir, scratchDir);
     const plan = planVolumes(vmi, qemuRunDir, { ...(caps.ovmf ? { ovmf: caps.ovmf } : {}), images, claims, ...(scratchDir ? { scratchDir } : {}) });
     for (const f of plan.files) {
       const inRunDir = f.path.startsWith(`${qemuRunDir}/`);
       const file = pod && inRunDir ? { ...f, path: path.join(runDir, path.relative(qemuRunDir, f.path)) } : f;
       const created = await makeFile(file, opts.genisoimage ?? 'genisoimage');
-      if (pod && inRunDir) await fs.chown(file.path, pod.owner.uid, pod.owner.gid);
-      if (f.kind === 'hostDisk') await hostDiskFormat(plan.volumes[f.volume], f.path, created, opts.formats);
+      const inScratch = scratchDir !== undefined && f.path.startsWith(`${scratchDir}/`);
+      if (owner && (inRunDir || (inScratch && !pod))) await fs.chown(file.path, owner.uid, owner.gid);
+      if (f.kind === 'hostDisk') {
+        const v = plan.volumes[f.volume];
+        await hostDiskFormat(v, f.path, created, opts.formats);
+        // An unprivileged QEMU cannot open root's files: the daemon opens the (resolved) path and hands the fd over.
+        if (v && opts.qemuOwner && 'path' in v.file) Object.assign(v, { byFd: true, file: { ...v.file, path: await diskPath(f.volume, f.path) } });
+      }
     }
     // QEMU fds 3, 4, …: the images first, then the NICs' taps, then (standalone) QMP's listening socket.
     const diskFds = await openImages(plan.volumes, 3);
@@ -231,7 +251,7 @@ export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance,
       at.trace?.('prepare.argv');
       await addNetwork(prepared, vmi, opts, at);
       if (prepared.interfaces) at.trace?.('prepare.network');
-      if (!pod) passQmpSocket(prepared, runDir);
+      if (!pod) passSockets(prepared, runDir, qemuRunDir);
     } catch (e) {
       closeFds(prepared.fds);
       throw e;
@@ -240,12 +260,24 @@ export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance,
   };
 }
 
-/** Standalone: the daemon binds QMP's socket and QEMU inherits it (the last fd), so connecting never polls for the file. */
-function passQmpSocket(prepared: PreparedLaunch, runDir: string): void {
-  const byPath = qmpChardev(runDir);
-  const byFd = qmpChardev(runDir, 3 + prepared.fds.length);
-  prepared.fds = [...prepared.fds, listenUnixFd(path.join(runDir, 'qmp.sock'))];
-  prepared.argv = prepared.argv.map((a) => (a === byPath ? byFd : a));
+/**
+ * Standalone: the daemon binds QMP's, the serial console's and the guest agent's sockets in the run dir and QEMU
+ * inherits them (the last fds), so connecting never polls for a file and an unprivileged QEMU needs no write access
+ * there. `qemuRunDir`: the folder the argv names them in.
+ */
+function passSockets(prepared: PreparedLaunch, runDir: string, qemuRunDir: string): void {
+  const daemonSide = runDirSockets(runDir);
+  for (const [chardev, at] of [
+    [qmpChardev, daemonSide.qmp],
+    [serialChardev, daemonSide.serial],
+    [qgaChardev, daemonSide.qga],
+  ] as const) {
+    const byPath = chardev(qemuRunDir);
+    if (!prepared.argv.includes(byPath)) continue;
+    const byFd = chardev(qemuRunDir, 3 + prepared.fds.length);
+    prepared.fds = [...prepared.fds, listenUnixFd(at)];
+    prepared.argv = prepared.argv.map((a) => (a === byPath ? byFd : a));
+  }
 }
 
 /** The NICs: the pod's (built in its netns) or the standalone sandbox's, after the disks' fds. */
@@ -287,6 +319,19 @@ async function hostDiskFormat(v: ResolvedVolume | undefined, file: string, creat
   const seen = await formats.formatOf(real, `hostDisk ${real}`);
   v.format = seen.format;
   v.virtualSize = seen.virtualSize;
+}
+
+/** A hostDisk's resolved path for opening by fd; HOSTDISK_NOT_A_DISK for a directory, fifo or socket. */
+async function diskPath(volume: string, file: string): Promise<string> {
+  const real = await fs.realpath(file);
+  const st = await fs.stat(real);
+  if (!st.isFile() && !st.isBlockDevice()) {
+    throw new VmletError(
+      'HOSTDISK_NOT_A_DISK',
+      `hostDisk ${volume}: ${real} is ${st.isDirectory() ? 'a directory' : 'not a regular file'}, not a disk image or block device`,
+    );
+  }
+  return real;
 }
 
 /** Makes the VMI's scratch folder; SCRATCH_SPACE_LOW when its emptyDisks' capacity exceeds what the file system has free. */

@@ -1,6 +1,7 @@
 // What a supervisor is given: its VMI and run dir, the launcher server, and the callbacks through which it prepares, writes status and records events.
 import type { Logger } from 'pino';
 import type { VMIInterfaceStatus, VirtualMachineInstance, VirtualMachineInstanceStatus } from '../api/types.js';
+import type { LauncherSandbox } from '../qemu/launch.js';
 import type { LauncherServer } from '../qemu/launcher-server.js';
 import type { QmpClient } from '../qmp/client.js';
 import type { GuestNetworkInterface } from '../qmp/guest-agent-types.js';
@@ -23,6 +24,8 @@ export interface SupervisorDeps {
   launcherServer: Pick<LauncherServer, 'link' | 'attach' | 'detach'>;
   launcherBinary: string;
   launcherSocket: string;
+  /** Standalone: QEMU's user and private mount namespace, set up by the launcher (qemu-sandbox.ts); absent: QEMU runs as root. */
+  launcherSandbox?: LauncherSandbox;
   /** Creates volumes and builds QEMU's argv; throws VmletError for anything the VMI asks that cannot be done. */
   prepare(vmi: VirtualMachineInstance, runDir: string, ctx?: PrepareContext): Promise<PreparedLaunch>;
   /**

@@ -1,7 +1,8 @@
 // A VM's launcher as the supervisor sees it: the link's events (QEMU's pid, its exit) as core events, and a launcher whose connection dropped told apart from one that is gone.
 import type { Logger } from 'pino';
 import { isLiveProcessFor, readRunDir, type RunDirState } from '../qemu/launch.js';
-import type { LauncherLink, LauncherServer } from '../qemu/launcher-server.js';
+import { refuseUnrecorded } from '../qemu/launcher-hello.js';
+import type { HelloDecision, LauncherHello, LauncherLink, LauncherServer } from '../qemu/launcher-server.js';
 import type { CoreEvent } from './supervisor-core.js';
 import type { PodLauncherView } from './supervisor-pod.js';
 
@@ -47,6 +48,17 @@ export class LauncherWatch {
       });
     }
     return link;
+  }
+
+  /**
+   * Standalone: a HELLO from any process but the launcher this daemon spawned (`early`: still being spawned) or found
+   * recorded after a restart is refused, whatever the VMI's state, before it can get argv and fds or change anything.
+   */
+  async refuseStranger(h: LauncherHello, early: Promise<number> | undefined): Promise<HelloDecision | undefined> {
+    const spawned = early ? await early.catch(() => undefined) : undefined;
+    const { uid, runDir, procRoot } = this.opts;
+    // The server logs the refusal with the peer's pid and uid.
+    return refuseUnrecorded(h.peer, { pid: this.opts.launcherPid() ?? spawned, uid, runDir, procRoot });
   }
 
   /** The launcher's connection dropped: fine while it reconnects, fatal if the process is gone. */

@@ -40,6 +40,7 @@ export async function spawnVmLauncher(o: VmLauncherSpawn): Promise<number> {
     socket: o.deps.launcherSocket,
     runDir: o.deps.runDir,
     cgroups: dirs,
+    ...(o.deps.launcherSandbox ? { sandbox: o.deps.launcherSandbox } : {}),
   });
   startTraces.mark(o.uid, 'launcher.spawned');
   return spawned.pid;

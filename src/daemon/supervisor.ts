@@ -213,15 +213,16 @@ export class Supervisor {
     return { qemuPid, launcherPid: this.#launcherPid, runDir: this.deps.runDir };
   }
 
-  /** The launcher's HELLO for this VMI, routed here by the daemon. */
+  /** The launcher's HELLO for this VMI, routed here by the daemon; standalone, only the launcher it spawned or recorded is heard. */
   async onHello(h: LauncherHello): Promise<HelloDecision> {
     startTraces.mark(this.uid, 'launcher.hello');
+    const refused = this.deps.pod ? undefined : await this.launcher.refuseStranger(h, this.#early);
     if (this.deps.pod) {
       this.#launcherPid = h.peer.pid;
       // A launcher that calls in with QEMU started (its daemon died before Running) is adopted, not prepared for.
       this.#resolveArrived({ pid: h.peer.pid, running: h.state.kind !== 'new' });
     }
-    if (h.state.kind !== 'new') return { action: 'accept' };
+    if (refused || h.state.kind !== 'new') return refused ?? { action: 'accept' };
     // A launcher started early, or one that calls after a restart, may come before prepare has (re)built its argv: wait, bounded.
     const before = (): boolean => this.state === 'Reattaching' || this.state === 'Preparing' || this.state === 'Launching';
     const wait = this.#early ? EARLY_HELLO_WAIT_MS : this.deps.pod ? POD_HELLO_WAIT_MS : HELLO_WAIT_MS;

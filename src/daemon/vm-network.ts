@@ -118,6 +118,8 @@ export class VmNetwork {
       mtu: c.mtu,
       hostForwarding: c.hostForwarding,
       leaseSeconds: c.leaseSeconds,
+      allowHostAccess: c.allowHostAccess,
+      allowMetadata: c.allowMetadata,
       ...(c.uplink !== undefined ? { uplink: c.uplink } : {}),
       ...(c.dnsServers !== undefined
         ? { dns: { nameservers: c.dnsServers, search: c.dnsSearch ?? [], ...(c.dnsDomain !== undefined ? { domain: c.dnsDomain } : {}) } }

@@ -1,6 +1,8 @@
 // Pure planners: host bridge, sandbox, bindings and cleanup as lists of `ip` commands and nftables ruleset texts.
 import { VmletError } from '../errors.js';
 import { formatCidr, formatIPv4, isIPv4, overlaps, parseCidr, parseIPv4, type Cidr } from './ipv4.js';
+import { deriveMac } from './mac.js';
+import { guestFilterBody, hostGuardBody, type GuestFilterParams } from './guest-filter.js';
 import { checkIfName, checkNetnsName, checkNftName } from './names.js';
 import type { IpCommand, IpRoute, PlannedInterface, SandboxNames } from './types.js';
 
@@ -62,6 +64,12 @@ export interface HostNetParams {
   /** masquerade only out of this interface; default: out of anything but the bridge */
   uplink?: string;
   mtu?: number;
+  /** guests may open connections to the host itself; default false (see hostGuardBody) */
+  allowHostAccess?: boolean;
+  /** nameservers handed to guests: DNS to them stays open */
+  dnsServers?: readonly string[];
+  /** the host does not forward: drop guest traffic routed anywhere but back into the bridge */
+  blockUplink?: boolean;
 }
 
 export interface HostNetState {
@@ -88,7 +96,10 @@ export function planHostBridge(p: HostNetParams, st: HostNetState): IpCommand[] 
   const want = `${gatewayOf(p.subnet)}/${s.prefix}`;
   const cmds: IpCommand[] = [];
   if (!st.bridgeExists) {
-    cmds.push(['link', 'add', p.bridge, ...(p.mtu ? ['mtu', String(p.mtu)] : []), 'type', 'bridge']);
+    // a fixed MAC: a bridge otherwise takes its lowest port's, which changes as sandboxes come and go,
+    // and every sandbox reaches the others through the gateway's MAC (proxy ARP)
+    const mac = deriveMac('vmlet-host-bridge', p.bridge);
+    cmds.push(['link', 'add', p.bridge, 'address', mac, ...(p.mtu ? ['mtu', String(p.mtu)] : []), 'type', 'bridge']);
   } else {
     const others = st.bridgeAddresses.filter((a) => a !== want);
     if (others.length > 0) {
@@ -104,8 +115,9 @@ export function planHostBridge(p: HostNetParams, st: HostNetState): IpCommand[] 
 }
 
 /**
- * The host NAT table: masquerade traffic from the subnet leaving through the uplink. Replaces the
- * table atomically (create empty, delete, create) and touches no other table.
+ * The host table: masquerade traffic from the subnet leaving through the uplink, and the guard
+ * that keeps guests off the host (hostGuardBody). Replaces the table atomically (create empty,
+ * delete, create) and touches no other table.
  */
 export function hostNftRuleset(p: HostNetParams): string {
   const t = checkNftName(p.nftTable);
@@ -120,17 +132,24 @@ export function hostNftRuleset(p: HostNetParams): string {
     `    type nat hook postrouting priority srcnat; policy accept;`,
     `    ip saddr ${subnet} ip daddr != ${subnet} ${out} masquerade comment "vmlet: sandboxes to the uplink"`,
     `  }`,
+    ...hostGuardBody({
+      bridge: br,
+      ...(p.allowHostAccess !== undefined ? { allowHostAccess: p.allowHostAccess } : {}),
+      ...(p.dnsServers !== undefined ? { dnsServers: p.dnsServers } : {}),
+      ...(p.blockUplink !== undefined ? { blockUplink: p.blockUplink } : {}),
+    }),
     `}`,
     '',
   ].join('\n');
 }
 
-const REPLACE_PREFIX = /^table (ip|inet|bridge) ([A-Za-z][A-Za-z0-9_-]*) \{\}\ndelete table \1 \2\n/;
+const REPLACE_PREFIX = /^table (ip|inet|bridge) ([A-Za-z][A-Za-z0-9_-]*) \{\}\ndelete table \1 \2\n/gm;
 
 /**
- * A replacing ruleset (`table F T {}` · `delete table F T` · the table) for a netns made just now,
- * which holds no table: only the table, the same rules. The delete would cost the kernel a grace
- * period in the commit (~10 ms of the ~14 ms load on the test machine) to replace nothing.
+ * A replacing ruleset (`table F T {}` · `delete table F T` · the table, for each of its tables) for
+ * a netns made just now, which holds no table: only the tables, the same rules. The delete would
+ * cost the kernel a grace period in the commit (~10 ms of the ~14 ms load on the test machine) to
+ * replace nothing.
  */
 export function freshNetnsRuleset(ruleset: string): string {
   return ruleset.replace(REPLACE_PREFIX, '');
@@ -162,7 +181,11 @@ export function planSandboxNetns(p: SandboxParams): IpCommand[] {
   return [['netns', 'add', checkNetnsName(p.names.netns)]];
 }
 
-/** The rest of planSandboxHost: the veth pair (peer straight into the existing netns as eth0), the host end on the bridge. */
+/**
+ * The rest of planSandboxHost: the veth pair (peer straight into the existing netns as eth0), the
+ * host end on the bridge as an isolated port (it reaches only the bridge itself, never another
+ * isolated port: sandboxes meet through the gateway), isolated before it goes up.
+ */
 export function planSandboxVeth(p: SandboxParams, podInterface = 'eth0'): IpCommand[] {
   const ns = checkNetnsName(p.names.netns);
   const veth = checkIfName(p.names.hostVeth, 'host veth');
@@ -171,7 +194,9 @@ export function planSandboxVeth(p: SandboxParams, podInterface = 'eth0'): IpComm
   const mtu = p.mtu ? ['mtu', String(p.mtu)] : [];
   return [
     ['link', 'add', veth, ...mtu, 'type', 'veth', 'peer', 'name', podInterface, 'netns', ns],
-    ['link', 'set', veth, 'master', p.bridge, 'up'],
+    ['link', 'set', veth, 'master', p.bridge],
+    ['link', 'set', veth, 'type', 'bridge_slave', 'isolated', 'on'],
+    ['link', 'set', veth, 'up'],
   ];
 }
 
@@ -234,6 +259,8 @@ export interface BindingExtras {
    * guest to 127.0.0.0/8 are dropped, so the guest cannot reach the pod's loopback services.
    */
   loopbackToGuest?: boolean;
+  /** the guest may reach 169.254.169.254 (the guest filter drops it by default) */
+  allowMetadata?: boolean;
 }
 
 /**
@@ -241,6 +268,8 @@ export interface BindingExtras {
  * gateway, the tap on it, NAT in the netns (DNAT of the sandbox address to the guest, masquerade of
  * the guest to eth0). bridge: eth0's address is removed (the guest gets it by DHCP), eth0 and the
  * tap are joined by k6t-eth0, which carries only a link-local address for the DHCP server.
+ * Both: the guest filter (guestFilterBody) in `table bridge T` pins what leaves the tap to the
+ * guest's MAC and the address DHCP leases it.
  */
 export function planBinding(
   iface: PlannedInterface,
@@ -253,6 +282,7 @@ export function planBinding(
   const eth = checkIfName(iface.podInterface);
   const t = checkNftName(nftTable);
   parseIPv4(pod.address);
+  const filterOf = (ip: string): GuestFilterParams => ({ tap: iface.tap, mac: iface.mac, ip, allowMetadata: extras.allowMetadata === true });
   if (iface.binding === 'masquerade') {
     const g = iface.guestNetwork;
     if (!g) throw new VmletError('NET_INVALID_PLAN', `interface ${iface.name}: masquerade without a guest network`);
@@ -299,6 +329,11 @@ export function planBinding(
       `  }`,
       ...loChains,
       `}`,
+      `table bridge ${t} {}`,
+      `delete table bridge ${t}`,
+      `table bridge ${t} {`,
+      ...guestFilterBody(filterOf(g.address)),
+      `}`,
       '',
     ].join('\n');
     return {
@@ -315,12 +350,15 @@ export function planBinding(
     ...tapCommands(iface, pod.mtu, tap),
     ['addr', 'add', `${BRIDGE_BINDING_SERVER_IP}/32`, 'dev', br],
     ['link', 'set', br, 'up'],
+    // the way back to the guest's address: strict rp_filter drops its broadcast renewals (REBINDING) without it
+    ['route', 'add', `${pod.address}/32`, 'dev', br],
   ];
   // the guest's DHCP stays inside the sandbox: neither its requests nor our replies cross eth0
   const nft = [
     `table bridge ${t} {}`,
     `delete table bridge ${t}`,
     `table bridge ${t} {`,
+    ...guestFilterBody(filterOf(pod.address)),
     `  chain forward {`,
     `    type filter hook forward priority filter; policy accept;`,
     `    udp dport { 67, 68 } drop`,

@@ -202,6 +202,8 @@ interface Served {
  * bound to its bridge) per sandbox interface, `remove` closes it, `close` closes all.
  */
 export class DhcpServer {
+  /** Packets received, answered, and dropped as malformed or not served (no reply), over all interfaces. */
+  readonly stats = { received: 0, answered: 0, malformed: 0, unanswered: 0 };
   private readonly served = new Map<string, Served>();
   private readonly log: NetLogger;
   private readonly now: () => Date;
@@ -283,10 +285,12 @@ export class DhcpServer {
 
   private handle(entry: Served, msg: Buffer): void {
     const { iface, sock } = entry;
+    this.stats.received++;
     let req: DhcpPacket;
     try {
       req = decodeDhcp(msg);
     } catch (e) {
+      this.stats.malformed++;
       this.log.debug({ key: iface.key, err: e }, 'dhcp: malformed packet dropped');
       return;
     }
@@ -298,7 +302,8 @@ export class DhcpServer {
       return;
     }
     if (ans.event) {
-      this.log.info({ key: iface.key, event: ans.event.type, mac: ans.event.clientMac, ip: ans.event.ip }, `dhcp ${ans.event.type}`);
+      // debug: a guest sends as many as it likes; what changes a lease is logged where it is recorded (lease-recorder.ts)
+      this.log.debug({ key: iface.key, event: ans.event.type, mac: ans.event.clientMac, ip: ans.event.ip }, `dhcp ${ans.event.type}`);
       try {
         this.onEvent?.(ans.event);
       } catch (e) {
@@ -306,9 +311,11 @@ export class DhcpServer {
       }
     }
     if (!ans.reply) {
+      this.stats.unanswered++;
       if (ans.ignored && !ans.event) this.log.debug({ key: iface.key, why: ans.ignored }, 'dhcp: no reply');
       return;
     }
+    this.stats.answered++;
     sock.send(ans.reply, 68, ans.to, (err) => {
       if (err) this.log.warn({ key: iface.key, err, to: ans.to }, 'dhcp: send failed');
     });

@@ -113,6 +113,11 @@ export class IpTools {
     }
   }
 
+  /** A read such as `nft -j list counters table …` on the host or inside the netns at `netnsPath`: its stdout. */
+  async nftRead(args: string[], netnsPath?: string): Promise<string> {
+    return (await this.exec(this.bin.nft, args, undefined, netnsPath)).stdout;
+  }
+
   /** Loads an nftables ruleset (`nft -f -`) on the host or inside the netns at `netnsPath`. */
   async nft(ruleset: string, netnsPath?: string): Promise<void> {
     await this.exec(this.bin.nft, ['-f', '-'], ruleset, netnsPath);

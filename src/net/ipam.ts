@@ -3,7 +3,7 @@ import fs from 'node:fs/promises';
 import path from 'node:path';
 import { VmletError } from '../errors.js';
 import { formatIPv4, hostRange, parseCidr, parseIPv4, contains } from './ipv4.js';
-import type { Lease } from './types.js';
+import type { Lease, LeaseInterface } from './types.js';
 
 export const IPAM_FILE = 'net-leases.json';
 
@@ -76,6 +76,8 @@ export class Ipam {
   private state: IpamFile;
   private queue: Promise<unknown> = Promise.resolve();
   private readonly now: () => Date;
+  /** Lease-file writes so far (each fsyncs the file and its folder). */
+  writes = 0;
 
   private constructor(file: string, subnet: string, state: IpamFile, now: () => Date) {
     this.file = file;
@@ -173,33 +175,60 @@ export class Ipam {
     });
   }
 
-  /** Frees the address of `uid`; true if there was a lease. */
+  /**
+   * Replaces the interface `name` of `uid`'s lease with `fn(it)`, read and written in one step of the queue (no
+   * other change can fall between). `fn` returning undefined changes nothing and writes nothing. Resolves whether
+   * it wrote; false also when the lease or interface is gone.
+   */
+  patchInterface(uid: string, name: string, fn: (li: LeaseInterface) => LeaseInterface | undefined): Promise<boolean> {
+    return this.changeIf(() => {
+      const lease = this.state.leases[uid];
+      const i = lease?.interfaces?.findIndex((li) => li.name === name) ?? -1;
+      if (!lease?.interfaces || i < 0) return { result: false, write: false };
+      const next = fn(structuredClone(lease.interfaces[i]!));
+      if (next === undefined) return { result: false, write: false };
+      lease.interfaces[i] = next;
+      return { result: true, write: true };
+    });
+  }
+
+  /** Frees the address of `uid`; true if there was a lease (no write when there was none). */
   release(uid: string): Promise<boolean> {
-    return this.change(() => {
-      if (!this.state.leases[uid]) return false;
+    return this.changeIf(() => {
+      if (!this.state.leases[uid]) return { result: false, write: false };
       delete this.state.leases[uid];
-      return true;
+      return { result: true, write: true };
     });
   }
 
   /** Applies `fn` to a copy of the state and writes it; the in-memory state changes only if the write succeeded. */
   private change<T>(fn: () => T): Promise<T> {
+    return this.changeIf(() => ({ result: fn(), write: true }));
+  }
+
+  /** Like change, but nothing is changed or written when `fn` says `write: false`. */
+  private changeIf<T>(fn: () => { result: T; write: boolean }): Promise<T> {
     const run = async (): Promise<T> => {
       const before = structuredClone(this.state);
-      let result: T;
+      let out: { result: T; write: boolean };
       try {
-        result = fn();
+        out = fn();
       } catch (e) {
         this.state = before;
         throw e;
       }
+      if (!out.write) {
+        this.state = before;
+        return out.result;
+      }
       try {
+        this.writes++;
         await writeFileAtomic(this.file, `${JSON.stringify(this.state, null, 2)}\n`);
       } catch (e) {
         this.state = before;
         throw new VmletError('IPAM_WRITE_FAILED', `cannot write ${this.file}`, { cause: e });
       }
-      return result;
+      return out.result;
     };
     const p = this.queue.then(run, run);
     this.queue = p.catch(() => undefined);

@@ -7,6 +7,7 @@ import { withNetns } from '../sys/netns.js';
 import { openTap } from '../sys/tun.js';
 import { DhcpServer, type DhcpLeaseConfig, type NetLogger } from './dhcp-server.js';
 import { execRunner, type CommandRunner } from './exec.js';
+import { listCountersArgs, parseNftCounters, sandboxSysctls, type CounterValue } from './guest-filter.js';
 import { IpTools } from './ip-tools.js';
 import { checkNftName } from './names.js';
 import { planNetwork } from './plan.js';
@@ -16,7 +17,7 @@ import type { InterfaceStatus, SandboxRequest } from './sandbox-types.js';
 import type { BindingKind, IpRoute, NetworkPlan, NicModel, PlannedInterface } from './types.js';
 
 export interface PodNetworkOptions {
-  /** nftables table in the pod's netns (family ip, or bridge for the bridge binding); default `vmlet` */
+  /** nftables table in the pod's netns (family ip for masquerade's NAT, bridge for the guest filter); default `vmlet` */
   nftTable?: string;
   /** default /proc (the daemon's own netns is <proc>/thread-self/ns/net; sysctls are <proc>/sys/…) */
   proc?: string;
@@ -147,10 +148,10 @@ export class PodNetwork {
     await this.dhcp.add({ key: `${req.uid}/${p.iface.name}`, netnsPath: req.netnsPath, device: p.iface.bridge, config: this.dhcpConfig(req, p) });
   }
 
-  /** Writes `1` to sysctl files of the pod's netns (relative to <proc>/sys/net/ipv4). */
-  private enable(netnsPath: string, files: string[]): void {
-    if (files.length === 0) return;
-    withNetns(netnsPath, () => files.forEach((f) => fs.writeFileSync(path.join(this.proc, 'sys/net/ipv4', f), '1')), { selfNetns: this.selfNetns() });
+  /** Writes sysctls of the pod's netns (paths relative to <proc>/sys/net/ipv4). */
+  private enable(netnsPath: string, sysctls: [string, string][]): void {
+    if (sysctls.length === 0) return;
+    withNetns(netnsPath, () => sysctls.forEach(([f, v]) => fs.writeFileSync(path.join(this.proc, 'sys/net/ipv4', f), v)), { selfNetns: this.selfNetns() });
   }
 
   /**
@@ -167,13 +168,14 @@ export class PodNetwork {
     const p = planPodAttach(seen.plan, req.interfaces, seen.state, this.nftTable);
     const fds: number[] = [];
     try {
-      if (p.binding.ipForward) this.enable(req.netnsPath, ['ip_forward']);
+      // strict rp_filter in the pod's netns; forwarding for masquerade
+      this.enable(req.netnsPath, sandboxSysctls(p.binding.ipForward));
       const [r1, r2] = await Promise.allSettled([
         this.tools.ipBatch(p.ip, req.netnsPath),
         p.binding.nft !== null ? this.tools.nft(p.binding.nft, req.netnsPath) : Promise.resolve(),
       ]);
       for (const r of [r1, r2]) if (r.status === 'rejected') throw r.reason;
-      if (p.routeLocalnet !== null) this.enable(req.netnsPath, [`conf/${p.routeLocalnet}/route_localnet`]);
+      if (p.routeLocalnet !== null) this.enable(req.netnsPath, [[`conf/${p.routeLocalnet}/route_localnet`, '1']]);
       await this.serveDhcp(req, p);
       this.served.add(req.uid);
       fds.push(...openTap({ netnsPath: req.netnsPath, name: p.iface.tap, queues: p.iface.queues, tunDevice: this.tun, selfNetns: this.selfNetns() }));
@@ -218,6 +220,11 @@ export class PodNetwork {
   async detach(uid: string): Promise<void> {
     for (const key of this.dhcp.keys()) if (key.startsWith(`${uid}/`)) await this.dhcp.remove(key);
     this.served.delete(uid);
+  }
+
+  /** The named drop counters of the guest filter in the pod's netns (mac_spoof, ip_spoof, metadata, …). */
+  async guestDrops(netnsPath: string): Promise<Record<string, CounterValue>> {
+    return parseNftCounters(await this.tools.nftRead(listCountersArgs('bridge', this.nftTable), netnsPath));
   }
 
   /** Uids whose pod network this object serves now. */

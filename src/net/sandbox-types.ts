@@ -1,5 +1,6 @@
 // What the NetManager is configured with and what it reports: options, host paths, sandbox requests, sandbox and interface status, adoption results.
 import type { TapOptions } from './commands.js';
+import type { CounterValue } from './guest-filter.js';
 import type { NetLogger } from './dhcp-server.js';
 import type { CommandRunner } from './exec.js';
 import type { NameConfig } from './names.js';
@@ -30,6 +31,10 @@ export interface NetManagerOptions {
   mtu?: number;
   /** set net.ipv4.ip_forward=1 on the host in ensureHost (needed for NAT to the uplink); default true */
   hostForwarding?: boolean;
+  /** guests may open connections to the host itself (its bridge address or any other); default false: only replies, ping and DNS to the nameservers they are given */
+  allowHostAccess?: boolean;
+  /** guests may reach the cloud metadata address 169.254.169.254; default false */
+  allowMetadata?: boolean;
   /** fixed DNS for guests instead of the host's resolv.conf */
   dns?: DnsSettings & { domain?: string };
   leaseSeconds?: number;
@@ -78,4 +83,10 @@ export interface AdoptResult {
   missing: string[];
   /** what was removed: uids of stale leases, and netns / veth names without a live owner */
   removed: string[];
+}
+
+/** Named drop counters: the sandbox's guest filter (mac_spoof, ip_spoof, …) and the host's guard (guest_to_host, …). */
+export interface GuestDrops {
+  sandbox: Record<string, CounterValue>;
+  host: Record<string, CounterValue>;
 }

@@ -5,13 +5,9 @@ import { VmletError } from '../errors.js';
 import { withNetns } from '../sys/netns.js';
 import { openTap } from '../sys/tun.js';
 import {
-  checkSubnetClash,
-  deleteNftTableRuleset,
   freshNetnsRuleset,
   gatewayOf,
-  hostNftRuleset,
   planBinding,
-  planHostBridge,
   planSandboxInside,
   planSandboxNetns,
   planSandboxVeth,
@@ -20,16 +16,19 @@ import {
 } from './commands.js';
 import { DhcpServer, type DhcpEvent, type DhcpLeaseConfig, type NetLogger } from './dhcp-server.js';
 import { execRunner } from './exec.js';
+import { listCountersArgs, parseNftCounters, sandboxSysctls } from './guest-filter.js';
+import { ensureHostNetwork, removeHostNetwork } from './host-side.js';
 import { IpTools, isGone } from './ip-tools.js';
 import { Ipam } from './ipam.js';
+import { LeaseRecorder } from './lease-recorder.js';
 import { parseCidr } from './ipv4.js';
 import { DEFAULT_NAMES, checkNameConfig, checkNftName, checkIfName, sandboxNames, type NameConfig } from './names.js';
 import { planNetwork } from './plan.js';
 import { readHostDns, type DnsSettings } from './resolv.js';
-import type { AdoptResult, InterfaceStatus, NetManagerOptions, NetPaths, SandboxInfo, SandboxRequest } from './sandbox-types.js';
+import type { AdoptResult, GuestDrops, InterfaceStatus, NetManagerOptions, NetPaths, SandboxInfo, SandboxRequest } from './sandbox-types.js';
 import type { IpRoute, Lease, LeaseInterface, SandboxNames } from './types.js';
 
-export type { AdoptResult, InterfaceStatus, NetManagerOptions, NetPaths, SandboxInfo, SandboxRequest } from './sandbox-types.js';
+export type { AdoptResult, GuestDrops, InterfaceStatus, NetManagerOptions, NetPaths, SandboxInfo, SandboxRequest } from './sandbox-types.js';
 
 /**
  * The default host subnet. 10.213.0.0/16 is not the default of any tool commonly found next to
@@ -93,6 +92,7 @@ export class NetManager {
       nftTable: this.nftTable,
       ...(this.opts.uplink !== undefined ? { uplink: this.opts.uplink } : {}),
       ...(this.opts.mtu !== undefined ? { mtu: this.opts.mtu } : {}),
+      allowHostAccess: this.opts.allowHostAccess === true,
     };
   }
 
@@ -122,42 +122,22 @@ export class NetManager {
 
   /**
    * Checks the subnet against the host's routes (NET_SUBNET_CLASH), then creates the bridge with
-   * the gateway address if missing, loads the NAT table and (unless disabled) enables forwarding.
+   * the gateway address if missing, loads the host table (NAT, and unless `allowHostAccess` the
+   * guard that keeps guests off the host) and sets the bridge's sysctls (host-side.ts).
    */
   async ensureHost(): Promise<void> {
-    type Link = { ifname: string; flags?: string[]; linkinfo?: { info_kind?: string }; addr_info?: { family: string; local: string; prefixlen: number }[] };
-    // two reads side by side; nothing is written before the clash check
-    const [routes, links] = await Promise.all([
-      this.hostRoutes(),
-      this.tools.ipJson<Link[]>(['-details', 'addr', 'show', 'dev', this.bridge]).catch((e: unknown) => {
-        if (isGone(e)) return [];
-        throw e;
-      }),
-    ]);
-    checkSubnetClash(this.subnet, routes, this.bridge);
-    const br = links[0];
-    const cmds = planHostBridge(this.params(), {
-      bridgeExists: br !== undefined,
-      bridgeWrongKind: br !== undefined && br.linkinfo?.info_kind !== 'bridge',
-      bridgeAddresses: (br?.addr_info ?? []).filter((a) => a.family === 'inet').map((a) => `${a.local}/${a.prefixlen}`),
-      bridgeUp: br?.flags?.includes('UP') ?? false,
+    await ensureHostNetwork({
+      tools: this.tools,
+      params: { ...this.params(), dnsServers: this.dnsSettings().nameservers },
+      proc: this.paths.proc,
+      hostForwarding: this.opts.hostForwarding ?? true,
+      log: this.log,
     });
-    // the ruleset names the bridge only as a string, so both load side by side
-    await settleAll([this.tools.ipBatch(cmds), this.tools.nft(hostNftRuleset(this.params()))]);
-    if (this.opts.hostForwarding ?? true) {
-      fs.writeFileSync(path.join(this.paths.proc, 'sys/net/ipv4/ip_forward'), '1');
-    }
-    this.log.info({ bridge: this.bridge, subnet: this.subnet, nftTable: this.nftTable, created: cmds.length > 0 }, 'host network ready');
   }
 
-  /** Removes vmlet's NAT table and the bridge (other tables and links are not touched). */
+  /** Removes vmlet's host table and the bridge (other tables and links are not touched). */
   async removeHost(): Promise<void> {
-    await settleAll([
-      this.tools.nft(deleteNftTableRuleset('ip', this.nftTable)),
-      this.tools.ip(['link', 'del', this.bridge]).catch((e: unknown) => {
-        if (!isGone(e)) throw e;
-      }),
-    ]);
+    await removeHostNetwork(this.tools, this.bridge, this.nftTable);
   }
 
   private dnsSettings(): DnsSettings & { domain?: string } {
@@ -194,33 +174,22 @@ export class NetManager {
     }
   }
 
-  private onDhcpEvent(e: DhcpEvent): void {
-    const slash = e.key.lastIndexOf('/');
-    const uid = e.key.slice(0, slash);
-    const name = e.key.slice(slash + 1);
-    if (e.type === 'decline') {
-      this.log.warn({ uid, iface: name, ip: e.ip }, 'guest declined its address (someone else uses it?)');
-      return;
-    }
-    const p = this.leaseUpdates.then(async () => {
-      const lease = this.ipam?.get(uid);
-      if (!lease?.interfaces) return;
-      const interfaces = lease.interfaces.map((li) => {
-        if (li.name !== name) return li;
-        const { dhcp: _old, ...rest } = li;
-        if (e.type === 'release') return rest;
-        return {
-          ...rest,
-          dhcp: { acquiredAt: e.at.toISOString(), expiresAt: new Date(e.at.getTime() + e.leaseSeconds * 1000).toISOString(), clientMac: e.clientMac },
-        };
-      });
-      await this.ipam?.update(uid, { interfaces });
-    });
-    this.leaseUpdates = p.catch((err: unknown) => this.log.warn({ uid, err }, 'cannot record the DHCP lease'));
+  #leaseRecorder: LeaseRecorder | undefined;
+
+  /** Whether and when the lease file is written (lease-recorder.ts: not on every renewal; rate-limited per MAC). */
+  get leaseRecorder(): LeaseRecorder {
+    this.#leaseRecorder ??= new LeaseRecorder({ leases: () => this.ipam, log: this.log });
+    return this.#leaseRecorder;
   }
 
-  /** Resolves once lease updates from DHCP events so far are written (for tests and orderly shutdown). */
+  private onDhcpEvent(e: DhcpEvent): void {
+    this.leaseRecorder.onEvent(e);
+    this.leaseUpdates = this.leaseRecorder.settled();
+  }
+
+  /** Resolves once lease updates from DHCP events so far are written, those waiting for their interval at once (for tests and orderly shutdown). */
   async flushLeaseUpdates(): Promise<void> {
+    await this.#leaseRecorder?.flush();
     await this.leaseUpdates;
   }
 
@@ -255,17 +224,18 @@ export class NetManager {
     try {
       const sp = { names, bridge: this.bridge, address: lease.address, prefix: subnet.prefix, gateway: this.gateway, mtu };
       const pod: PodInterfaceState = { address: lease.address, prefix: subnet.prefix, gateway: this.gateway, mtu };
-      const bindings = plan.interfaces.map((iface) => ({ iface, b: planBinding(iface, pod, req.tap ?? {}, this.nftTable) }));
+      const extras = { allowMetadata: this.opts.allowMetadata === true };
+      const bindings = plan.interfaces.map((iface) => ({ iface, b: planBinding(iface, pod, req.tap ?? {}, this.nftTable, extras) }));
       const [mkNetns, veth, inside] = [planSandboxNetns(sp), planSandboxVeth(sp), [...planSandboxInside(sp), ...bindings.flatMap(({ b }) => b.ip)]];
       const rulesets = bindings.flatMap(({ b }) => (b.nft !== null ? [b.nft] : []));
       // the netns first; then its links (host side, then inside) while the NAT ruleset loads into
       // it: rulesets name interfaces only as strings, so they load before the links exist
       await this.tools.ipBatch(mkNetns);
-      if (bindings.some(({ b }) => b.ipForward)) {
-        withNetns(netnsPath, () => fs.writeFileSync(path.join(this.paths.proc, 'sys/net/ipv4/ip_forward'), '1'), {
-          selfNetns: path.join(this.paths.proc, 'thread-self/ns/net'),
-        });
-      }
+      // strict rp_filter always, forwarding for masquerade: before any link or packet exists
+      const sysctls = sandboxSysctls(bindings.some(({ b }) => b.ipForward));
+      withNetns(netnsPath, () => sysctls.forEach(([rel, v]) => fs.writeFileSync(path.join(this.paths.proc, 'sys/net/ipv4', rel), v)), {
+        selfNetns: path.join(this.paths.proc, 'thread-self/ns/net'),
+      });
       await settleAll([
         this.tools.ipBatch(veth).then(() => this.tools.ipBatch(inside, netnsPath)),
         // one ruleset into the netns made above: nothing to replace there
@@ -337,6 +307,17 @@ export class NetManager {
       tunDevice: this.paths.tun,
       selfNetns: path.join(this.paths.proc, 'thread-self/ns/net'),
     });
+  }
+
+  /** The drop counters of `uid`'s guest filter (in its sandbox) and of the host's guard: evidence of what was stopped. */
+  async guestDrops(uid: string): Promise<GuestDrops> {
+    const info = this.get(uid);
+    if (!info) throw new VmletError('NET_SANDBOX_NOT_FOUND', `no sandbox for uid ${uid}`);
+    const [sandbox, host] = await Promise.all([
+      this.tools.nftRead(listCountersArgs('bridge', this.nftTable), info.netnsPath),
+      this.tools.nftRead(listCountersArgs('ip', this.nftTable)),
+    ]);
+    return { sandbox: parseNftCounters(sandbox), host: parseNftCounters(host) };
   }
 
   /** KubeVirt-style `status.interfaces` entries: the reachable address of each interface is the sandbox's. */

@@ -38,7 +38,21 @@ export interface ArgvContext {
  * polling for the file. Without, QEMU binds the path itself.
  */
 export function qmpChardev(runDir: string, fd?: number): string {
-  return qemuOpts('socket', [['id', 'qmp'], fd !== undefined ? ['fd', fd] : ['path', runDirSockets(runDir).qmp], ['server', true], ['wait', false]]);
+  return socketChardev('qmp', runDirSockets(runDir).qmp, fd);
+}
+
+/** The serial console's `-chardev` (by path, or a listening socket the daemon bound, as for QMP). */
+export function serialChardev(runDir: string, fd?: number): string {
+  return socketChardev('serial0', runDirSockets(runDir).serial, fd);
+}
+
+/** The guest agent channel's `-chardev`. */
+export function qgaChardev(runDir: string, fd?: number): string {
+  return socketChardev('qga0', runDirSockets(runDir).qga, fd);
+}
+
+function socketChardev(id: string, path: string, fd: number | undefined): string {
+  return qemuOpts('socket', [['id', id], fd !== undefined ? ['fd', fd] : ['path', path], ['server', true], ['wait', false]]);
 }
 
 /** Sockets QEMU listens on inside the run directory. */
@@ -328,7 +342,7 @@ export function buildArgv(vmi: VirtualMachineInstance, ctx: ArgvContext): string
   if (domain.devices.autoattachSerialConsole) {
     // prettier-ignore
     args.push(
-      '-chardev', qemuOpts('socket', [['id', 'serial0'], ['path', sockets.serial], ['server', true], ['wait', false]]),
+      '-chardev', serialChardev(ctx.runDir),
       '-device', 'isa-serial,chardev=serial0,id=serial0',
     );
   }
@@ -336,7 +350,7 @@ export function buildArgv(vmi: VirtualMachineInstance, ctx: ArgvContext): string
   // prettier-ignore
   args.push(
     '-device', 'virtio-serial-pci,id=virtio-serial0',
-    '-chardev', qemuOpts('socket', [['id', 'qga0'], ['path', sockets.qga], ['server', true], ['wait', false]]),
+    '-chardev', qgaChardev(ctx.runDir),
     '-device', `virtserialport,bus=virtio-serial0.0,nr=1,chardev=qga0,id=${GUEST_AGENT_DEVICE_ID},name=${GUEST_AGENT_CHANNEL}`,
   );
   if (graphics) {

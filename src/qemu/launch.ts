@@ -49,6 +49,38 @@ export interface LauncherArgs {
   cgroups?: readonly string[];
   /** How long the launcher waits for the daemon when it cannot report (default 60 in the launcher). */
   lingerSeconds?: number;
+  /** Standalone: how QEMU is confined (its user, its private mount namespace); absent: QEMU runs as the launcher does. */
+  sandbox?: LauncherSandbox;
+}
+
+/** What vmlet-launch does to QEMU between fork and exec (docs/launcher-protocol.md). */
+export interface LauncherSandbox {
+  /** Numeric ids (never root): no capabilities, no_new_privs. */
+  user: { uid: number; gid: number; groups: readonly number[] };
+  /** A private root of the host's system folders (read-only) and the paths below. */
+  mountNs: boolean;
+  bindRo: readonly string[];
+  bindRw: readonly string[];
+}
+
+function sandboxArgv(s: LauncherSandbox): string[] {
+  const ids = [s.user.uid, s.user.gid, ...s.user.groups];
+  if (!ids.every((n) => Number.isInteger(n) && n >= 0 && n <= 0x7fffffff) || s.user.uid === 0 || s.user.groups.length > 4) {
+    throw new VmletError('LAUNCH_BAD_ARGUMENT', `QEMU user ${JSON.stringify(s.user)}: numeric, not root, at most 4 groups`);
+  }
+  const argv = ['--qemu-user', `${s.user.uid}:${s.user.gid}${s.user.groups.length > 0 ? `:${s.user.groups.join(',')}` : ''}`];
+  argv.push('--mount-ns', s.mountNs ? 'yes' : 'no');
+  const bind = (flag: string, paths: readonly string[]): void => {
+    for (const p of paths) {
+      if (!p.startsWith('/') || p.split('/').includes('..') || p.length >= 2048) {
+        throw new VmletError('LAUNCH_BAD_ARGUMENT', `${flag} needs an absolute path without "..": ${JSON.stringify(p)}`);
+      }
+      argv.push(flag, p);
+    }
+  };
+  bind('--bind-ro', s.bindRo);
+  bind('--bind-rw', s.bindRw);
+  return argv;
 }
 
 /** The launcher's argv after the binary (pure). */
@@ -63,6 +95,7 @@ export function launcherArgv(a: LauncherArgs): string[] {
     }
     argv.push('--linger', String(a.lingerSeconds));
   }
+  if (a.sandbox !== undefined) argv.push(...sandboxArgv(a.sandbox));
   return argv;
 }
 
@@ -211,6 +244,22 @@ export async function isLiveProcessFor(pid: number, uid: string, procRoot = '/pr
   // With the start time recorded at launch, the pid names one process for good; the command line is then a second check.
   if (startTime !== undefined && processStartTime(statText) !== startTime) return false;
   return cmdline.split('\0').some((arg) => arg.includes(uid));
+}
+
+/**
+ * True when the command line of `pid`, or of its parent, holds `text` (a VM's run dir): a launcher names it in
+ * `--run-dir`; a QEMU, whose sockets come by fd, is known by its launcher. False when the process is gone.
+ */
+export async function processOrParentNames(pid: number, text: string, procRoot = '/proc'): Promise<boolean> {
+  const dir = path.join(procRoot, String(pid));
+  const [cmdline, statText] = await Promise.all([
+    readFile(path.join(dir, 'cmdline'), 'utf8').catch(() => ''),
+    readFile(path.join(dir, 'stat'), 'utf8').catch(() => ''),
+  ]);
+  if (cmdline.includes(text)) return true;
+  const ppid = Number(statText.slice(statText.lastIndexOf(')') + 2).split(' ')[1]);
+  if (!(ppid > 1)) return false;
+  return (await readFile(path.join(procRoot, String(ppid), 'cmdline'), 'utf8').catch(() => '')).includes(text);
 }
 
 /** Field 22 of /proc/PID/stat (start time in clock ticks since boot), or undefined when the text has none. */

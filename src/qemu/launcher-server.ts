@@ -6,18 +6,10 @@ import type { Logger } from 'pino';
 import { VmletError } from '../errors.js';
 import { peerCred, sendWithFds, socketFd, type PeerCred } from '../sys/scm.js';
 import type { ExitStatus } from './launch.js';
-import {
-  encodeArgvMessage,
-  encodeNetnsMessage,
-  failureCode,
-  LAUNCHER_PROTOCOL_VERSION,
-  MAX_LINE,
-  parseLauncherLine,
-  type LauncherMessage,
-  type LauncherState,
-} from './launcher-codec.js';
+import { encodeArgvMessage, encodeNetnsMessage, failureCode, MAX_LINE, parseLauncherLine, type LauncherMessage, type LauncherState } from './launcher-codec.js';
+import { checkHelloPeer, type HelloDecision, type LauncherHello, type LauncherReject } from './launcher-hello.js';
 import { nsPids, translateChildPid } from './launcher-procfs.js';
-import { checkPodPeer, type PodListener } from './pod-identity.js';
+import type { PodListener } from './pod-identity.js';
 import { bindLauncherSocket, chmodSocketNoFollow, closeServer } from './launcher-socket.js';
 import { DEFAULT_PROC_ROOT } from '../api/vocabulary.js';
 
@@ -33,22 +25,7 @@ export {
   type LauncherMessage,
   type LauncherState,
 } from './launcher-codec.js';
-
-export interface LauncherHello {
-  uid: string;
-  /** The launcher's pid as it reported it (its own pid namespace). */
-  launcherPid: number;
-  /** Who is really on the socket (SO_PEERCRED, daemon's pid namespace). */
-  peer: PeerCred;
-  state: LauncherState;
-  /** Set when the HELLO came through a pod's own socket (listenExtra with a pod): it passed the pod check. */
-  pod?: PodListener;
-}
-
-/** The daemon's answer to a HELLO: argv + fds for a NEW launcher, acceptance otherwise, or a rejection. */
-export type HelloDecision =
-  /** `netns`: joined by the launcher just before it forks QEMU (a launcher started before its sandbox was made). */
-  { action: 'launch'; argv: readonly string[]; fds: readonly number[]; netns?: string } | { action: 'accept' } | { action: 'reject'; reason: string };
+export type { HelloDecision, LauncherHello, LauncherReject } from './launcher-hello.js';
 
 /** Failure the launcher reported with an ERROR line. */
 export interface LauncherFailure {
@@ -116,6 +93,8 @@ export interface LauncherServerOptions {
   procRoot?: string;
   /** Mode of the socket file (default 0o600: only root's launchers). */
   socketMode?: number;
+  /** The uid launchers on sockets without a pod must run as (default: the daemon's own); a pod's socket checks the pod instead. */
+  launcherUid?: number;
   logger?: Logger;
 }
 
@@ -126,8 +105,6 @@ export interface ExtraListenerOptions {
   podUid?: string;
   vmiUid?: string;
 }
-
-type Reject = 'version' | 'bad-hello' | 'unknown-uid' | 'pid-mismatch' | 'pod-mismatch' | 'vmi-mismatch' | 'duplicate' | 'denied' | 'no-argv' | 'internal';
 
 interface Extra {
   path: string;
@@ -144,6 +121,7 @@ interface Extra {
 export class LauncherServer {
   readonly #opts: LauncherServerOptions;
   readonly #procRoot: string;
+  readonly #launcherUid: number;
   readonly #links = new Map<string, LauncherLink>();
   readonly #sockets = new Set<net.Socket>();
   /** Which listening socket each connection came through. */
@@ -154,6 +132,7 @@ export class LauncherServer {
   constructor(opts: LauncherServerOptions) {
     this.#opts = opts;
     this.#procRoot = opts.procRoot ?? DEFAULT_PROC_ROOT;
+    this.#launcherUid = opts.launcherUid ?? process.getuid?.() ?? 0;
   }
 
   /** Starts listening (replacing a stale socket file), and again on every extra socket a `close()` stopped. */
@@ -268,13 +247,13 @@ export class LauncherServer {
       this.#sockets.delete(sock);
       return;
     }
-    const log = this.#opts.logger?.child({ launcherPeerPid: peer.pid });
+    const log = this.#opts.logger?.child({ launcherPeerPid: peer.pid, launcherPeerUid: peer.uid });
     let buf = '';
     let link: LauncherLink | undefined; // set once HELLO is accepted
     let chain = Promise.resolve();
     let closing = false;
 
-    const reject = (code: Reject, text: string, facts?: Record<string, unknown>): void => {
+    const reject = (code: LauncherReject, text: string, facts?: Record<string, unknown>): void => {
       log?.warn({ reject: code, socket: via, ...facts }, `launcher rejected: ${text}`);
       closing = true;
       sock.end(`REJECT ${code} ${text.replace(/\n/g, ' ')}\n`);
@@ -371,24 +350,13 @@ export class LauncherServer {
     peer: PeerCred,
     pod: PodListener | undefined,
     msg: Extract<LauncherMessage, { type: 'hello' }>,
-    reject: (code: Reject, text: string, facts?: Record<string, unknown>) => void,
+    reject: (code: LauncherReject, text: string, facts?: Record<string, unknown>) => void,
     accepted: (l: LauncherLink) => void,
     log: Logger | undefined,
   ): Promise<void> {
-    if (msg.version !== LAUNCHER_PROTOCOL_VERSION) {
-      return reject('version', `protocol ${msg.version} unsupported; this daemon speaks ${LAUNCHER_PROTOCOL_VERSION}`);
-    }
-    // The claimed pid must be the peer itself: in our pid namespace, or in the peer's own (a pod).
-    const ns = await nsPids(this.#procRoot, peer.pid);
-    const nested = ns.length > 1;
-    if (msg.launcherPid !== peer.pid && !(nested && ns.at(-1) === msg.launcherPid)) {
-      return reject('pid-mismatch', `claimed pid ${msg.launcherPid} but the socket peer is pid ${peer.pid}`);
-    }
-    if (pod) {
-      // A pod's socket: only its own VMI, and only a process in its cgroup (a pod cannot pose as another).
-      const refusal = await checkPodPeer(pod, msg.uid, peer.pid, this.#procRoot);
-      if (refusal) return reject(refusal.code, refusal.text, { peerPodUid: refusal.peerPodUid ?? null, expectedPodUid: refusal.expectedPodUid, uid: msg.uid });
-    }
+    const checked = await checkHelloPeer(msg, peer, pod, { procRoot: this.#procRoot, launcherUid: this.#launcherUid });
+    if ('refusal' in checked) return reject(checked.refusal.code, checked.refusal.text, checked.refusal.facts);
+    const nested = checked.nested;
     const link = this.#links.get(msg.uid);
     if (!link) return reject('unknown-uid', `no VMI with uid ${msg.uid} on this node`);
     if (link.connected && link.peer?.pid !== peer.pid) {
@@ -410,7 +378,7 @@ export class LauncherServer {
     }
     if (sock.destroyed) return;
     if (link.detached || this.#links.get(msg.uid) !== link) return reject('unknown-uid', `VMI ${msg.uid} was removed`);
-    if (decision.action === 'reject') return reject('denied', decision.reason);
+    if (decision.action === 'reject') return reject(decision.code ?? 'denied', decision.reason, { uid: msg.uid });
     if (state.kind === 'new') {
       if (decision.action !== 'launch') return reject('no-argv', 'the daemon has no QEMU argv for this launcher');
       try {

@@ -2,7 +2,17 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import tap from 'tap';
-import { daemonSkipReason, httpRequest, processesMatching, qemuProcessesFor, sleep, startTestDaemon, vmiObject, waitFor } from '../support/daemon.js';
+import {
+  daemonSkipReason,
+  httpRequest,
+  processesMatching,
+  withChildren,
+  qemuProcessesFor,
+  sleep,
+  startTestDaemon,
+  vmiObject,
+  waitFor,
+} from '../support/daemon.js';
 import { daemonNetConfig, netSkipReason, testNetFor, testNetObjects } from '../support/net-env.js';
 
 const skip = daemonSkipReason() || netSkipReason() || false;
@@ -91,8 +101,8 @@ tap.test('apply/delete storm with the daemon killed at random moments', { skip }
       `round ${round}: no run dir without its VMI`,
     );
     // Launchers and QEMUs name their run dir `<runDir>/vms/<uid>` in their argv; the daemon itself names only <runDir>.
-    const uidOf = (argv: string[]): string | undefined => /\/vms\/([0-9a-f-]{36})/.exec(argv.join(' '))?.[1];
-    const strays = processesMatching(path.join(d.runDir, 'vms')).filter((p) => p.pid !== d.pid && !uids.has(uidOf(p.argv) ?? ''));
+    const uidOf = (argv: string[]): string | undefined => /(?:\/vms\/|io\.vmlet\.vmi\.uid=)([0-9a-f-]{36})/.exec(argv.join(' '))?.[1];
+    const strays = withChildren(processesMatching(path.join(d.runDir, 'vms'))).filter((p) => p.pid !== d.pid && !uids.has(uidOf(p.argv) ?? ''));
     t.same(
       strays.map((p) => p.pid),
       [],

@@ -1,11 +1,10 @@
 // Bad network input against the real daemon: each is refused at apply with its own code before anything exists (no object, no netns, no lease); a clashing node subnet stops the daemon before it makes its bridge.
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import t from 'tap';
 import YAML from 'yaml';
-import { daemonSkipReason, distCli, snapshotDir, startTestDaemon, vmiObject, vmObject, type TestDaemon } from '../support/daemon.js';
+import { daemonSkipReason, runDaemonUntilExit, snapshotDir, startTestDaemon, vmiObject, vmObject, type TestDaemon } from '../support/daemon.js';
 import { daemonNetConfig, ipJson, netSkipReason, testNetFor, testNetObjects } from '../support/net-env.js';
 
 const skip = daemonSkipReason({ guest: false }) || netSkipReason() || false;
@@ -205,27 +204,7 @@ t.test('a node subnet that clashes with a host route stops the daemon before it 
   t.teardown(() => fs.rmSync(root, { recursive: true, force: true }));
   const cfg = path.join(root, 'vmlet.yaml');
   fs.writeFileSync(cfg, YAML.stringify({ network: daemonNetConfig(tn), cgroupParent: '' }));
-  const child = spawn(
-    process.execPath,
-    [
-      distCli,
-      'daemon',
-      '--config',
-      cfg,
-      '--socket',
-      path.join(root, 's.sock'),
-      '--state-dir',
-      path.join(root, 'state'),
-      '--run-dir',
-      path.join(root, 'run'),
-      '--accel',
-      'tcg',
-    ],
-    { stdio: ['ignore', 'pipe', 'pipe'] },
-  );
-  let stderr = '';
-  child.stderr.on('data', (b: Buffer) => (stderr += b.toString()));
-  const code = await new Promise<number | null>((resolve) => child.on('exit', (c) => resolve(c)));
+  const { code, out: stderr } = await runDaemonUntilExit(cfg, root);
   t.equal(code, 1, 'the daemon exits 1');
   t.match(stderr, /NET_SUBNET_CLASH/, 'with NET_SUBNET_CLASH');
   t.match(stderr, new RegExp(`overlaps the host route "${clash.replace(/\./g, '\\.')} dev ${link}`), 'naming the route it clashes with');

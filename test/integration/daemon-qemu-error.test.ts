@@ -8,7 +8,7 @@ import { daemonSkipReason, startTestDaemon, vmiObject, vmObject, waitFor } from 
 
 const skip = daemonSkipReason();
 
-/** A hostDisk that is a directory: admission and prepare accept it (it exists), QEMU itself refuses it. */
+/** A hostDisk that is a directory: admission and prepare (with QEMU kept root) accept it (it exists), QEMU itself refuses it. */
 function brokenDisk(dir: string): { disks: Array<Record<string, unknown>>; volumes: Array<Record<string, unknown>> } {
   return {
     disks: [{ name: 'data', disk: { bus: 'virtio' } }],
@@ -19,7 +19,9 @@ function brokenDisk(dir: string): { disks: Array<Record<string, unknown>>; volum
 t.test('a QEMU that refuses to start: its message in status, event and log', { skip }, async (t) => {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'vmlet-notadisk-'));
   t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const d = await startTestDaemon(t);
+  // QEMU kept root, so it opens the path itself and says why not; a confined QEMU gets hostDisks by fd, and the
+  // daemon refuses a directory first (HOSTDISK_NOT_A_DISK, daemon-qemu-confinement.test.ts).
+  const d = await startTestDaemon(t, { config: { qemuUser: 'root' } });
 
   await t.test("a VMI fails with QEMU's error in status.message", async (t) => {
     await d.apply(YAML.stringify(vmiObject('refused', brokenDisk(dir))));

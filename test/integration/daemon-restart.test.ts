@@ -11,6 +11,7 @@ import {
   manifestVM,
   manifestVMI,
   processesMatching,
+  withChildren,
   qemuProcessesFor,
   READY_MARKER,
   sleep,
@@ -176,7 +177,7 @@ tap.test('kill -9 during apply never starts a QEMU twice', { skip }, async (t) =
   checkOneQemuEach(t, d, vmis, 'at the end');
   const launchers = d.vmProcesses().filter((p) => p.argv[0]?.endsWith('vmlet-launch'));
   t.equal(launchers.length, names.length, `one launcher per VMI (${launchers.map((p) => p.pid).join(', ')})`);
-  const strays = processesMatching(d.runDir).filter((p) => !vmis.some((v) => p.argv.join(' ').includes(v.metadata.uid)) && p.pid !== d.pid);
+  const strays = withChildren(processesMatching(d.runDir)).filter((p) => !vmis.some((v) => p.argv.join(' ').includes(v.metadata.uid)) && p.pid !== d.pid);
   t.same(
     strays.map((p) => p.argv.slice(0, 3).join(' ')),
     [],

@@ -1,32 +1,14 @@
 // Two daemons on one state or run folder: the second is refused with DAEMON_ALREADY_RUNNING before it touches anything, and the first one's VM, launcher socket and files are left as they were; a killed daemon's lock goes with it.
-import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import tap from 'tap';
-import { daemonSkipReason, distCli, isAlive, manifestVMI, startTestDaemon } from '../support/daemon.js';
+import { daemonSkipReason, isAlive, runDaemonUntilExit, manifestVMI, startTestDaemon } from '../support/daemon.js';
 
 const skip = daemonSkipReason();
 
 /** Runs a second `vmlet daemon` on the given folders; its exit code and output. */
 function secondDaemon(configFile: string, socket: string, stateDir: string, runDir: string): Promise<{ code: number | null; out: string }> {
-  return new Promise((resolve, reject) => {
-    const c = spawn(
-      process.execPath,
-      [distCli, 'daemon', '--config', configFile, '--socket', socket, '--state-dir', stateDir, '--run-dir', runDir, '--accel', 'tcg'],
-      {
-        stdio: ['ignore', 'pipe', 'pipe'],
-      },
-    );
-    let out = '';
-    c.stdout.on('data', (b: Buffer) => (out += b.toString()));
-    c.stderr.on('data', (b: Buffer) => (out += b.toString()));
-    const timer = setTimeout(() => c.kill('SIGKILL'), 30_000);
-    c.on('error', reject);
-    c.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code, out });
-    });
-  });
+  return runDaemonUntilExit(configFile, path.dirname(socket), { socket, stateDir, runDir });
 }
 
 tap.test('a second daemon on the same folders is refused and changes nothing', { skip }, async (t) => {

@@ -1,4 +1,4 @@
-// Boots the test guest on a masquerade and on a bridge sandbox and checks DHCP, inbound NAT, the gateway, VM-to-VM traffic and cleanup.
+// Boots the test guest on a masquerade and on a bridge sandbox and checks DHCP, inbound NAT, the gateway, VM-to-VM traffic (through the gateway) and cleanup.
 import { execFileSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
@@ -8,7 +8,7 @@ import { NetManager } from '../../src/net/sandbox.js';
 import { qemuNicArgs } from '../../src/net/qemu-args.js';
 import { IPAM_FILE } from '../../src/net/ipam.js';
 import { bootTestGuest, guestSkipReason, type TestGuest } from '../support/guest.js';
-import { closeFds, httpGet, httpGetRetry, inheritable, ipJson, netSkipReason, qemuInNetns, scrubTestNet, testNet } from '../support/net-env.js';
+import { bootGuestOnTap, httpGet, httpGetRetry, ipJson, netSkipReason, qemuInNetns, scrubTestNet, testNet } from '../support/net-env.js';
 
 const skip = netSkipReason() ?? guestSkipReason();
 // busybox-static's wget crashes in the test guest (static glibc); nc does plain HTTP fine
@@ -50,21 +50,7 @@ t.test('guests on masquerade and bridge sandboxes', { skip: skip ?? false, timeo
   t.equal(ifB.mac, '02:00:00:aa:bb:cc');
 
   // guest A: tap by fd, inherited by QEMU under the same number
-  const tapFds = mgr.openTapFds(uidA);
-  const inh = inheritable(tapFds);
-  closeFds(tapFds);
-  let guestA: TestGuest;
-  try {
-    guestA = await bootTestGuest({
-      accel: 'tcg',
-      qmp: false,
-      guestAgent: false,
-      teardown: (fn) => t.teardown(fn),
-      extraArgs: qemuNicArgs({ index: 0, mac: ifA.mac, model: ifA.model, tap: { fds: inh.fds }, romfile: '' }),
-    });
-  } finally {
-    inh.close();
-  }
+  const guestA = await bootGuestOnTap(mgr, uidA, { mac: ifA.mac, model: ifA.model }, (fn) => t.teardown(fn));
   // guest B: QEMU runs inside the sandbox and opens the tap by name
   const guestB = await bootTestGuest({
     accel: 'tcg',
@@ -116,6 +102,9 @@ t.test('guests on masquerade and bridge sandboxes', { skip: skip ?? false, timeo
   t.match(aToB.output, /VMLET-GUEST-HTTP-OK/, 'guest A reaches guest B by its sandbox address');
   const bToA = await guestB.shell(`${GET} | nc -w 5 ${a.address} 80`);
   t.match(bToA.output, /VMLET-GUEST-HTTP-OK/, 'guest B reaches guest A by its sandbox address');
+  // the host bridge's ports are isolated: peers meet through the gateway, whose MAC answers for A (proxy ARP)
+  const bridgeMac = ipJson<{ address: string }[]>(['link', 'show', 'dev', tn.opts.bridge!])[0]!.address;
+  t.match((await guestB.shell(`ip neigh show ${a.address}`)).output, new RegExp(`lladdr ${bridgeMac}`), "guest B reaches A via the gateway's MAC");
 
   t.same(mgr.interfacesStatus(uidA), [{ name: 'default', mac: ifA.mac, ipAddress: a.address, ipAddresses: [a.address] }], 'interfacesStatus');
 

@@ -32,6 +32,11 @@ function sh(bin: string, args: string[]): string {
   return execFileSync(bin, args, { stdio: ['ignore', 'pipe', 'pipe'] }).toString();
 }
 
+/** Another address in the pod's /24 (.200), for a spoofing guest. */
+function pod200(ip: string): string {
+  return ip.replace(/\d+$/, '200');
+}
+
 function quiet(bin: string, args: string[]): void {
   try {
     execFileSync(bin, args, { stdio: 'ignore' });
@@ -227,6 +232,27 @@ t.test('VM bindings inside a pod netns made like CNI does', { skip: skip ?? fals
     } finally {
       await rec.close();
     }
+  }
+
+  // the guest filter works in the pod's netns too: a spoofed source and the metadata address are dropped and counted
+  for (const [g, pod, what, spoof] of [
+    [gm, masqPod, 'masquerade', '10.0.2.99'],
+    [gb, bridgePod, 'bridge', pod200(bridgePod.podIp)],
+  ] as const) {
+    t.equal(
+      sh('nsenter', [`--net=${pod.netnsPath}`, '--', 'cat', '/proc/sys/net/ipv4/conf/all/rp_filter']).trim(),
+      '1',
+      `${what}: strict rp_filter in the pod`,
+    );
+    const d0 = await pn.guestDrops(pod.netnsPath);
+    const r = await g.shell(
+      `ip addr add ${spoof}/32 dev eth0 && ping -c 1 -W 2 -I ${spoof} ${pod.gateway}; r=$?; ip addr del ${spoof}/32 dev eth0; test $r = 0`,
+    );
+    t.not(r.status, 0, `${what}: a ping from a spoofed source gets no answer`);
+    await g.shell('nc -w 2 169.254.169.254 80 </dev/null');
+    const d1 = await pn.guestDrops(pod.netnsPath);
+    t.ok((d1['ip_spoof']?.packets ?? 0) > (d0['ip_spoof']?.packets ?? Infinity), `${what}: the spoofed source was dropped in the pod (ip_spoof)`);
+    t.ok((d1['metadata']?.packets ?? 0) > (d0['metadata']?.packets ?? Infinity), `${what}: 169.254.169.254 was dropped in the pod (metadata)`);
   }
 
   // a daemon restart: a new PodNetwork adopts both; nothing is made, DHCP serves again

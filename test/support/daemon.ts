@@ -157,6 +157,25 @@ export function processesMatching(needle: string, procRoot = '/proc'): ProcInfo[
   return out;
 }
 
+/** `procs` and their children: QEMU's command line names no run-dir path (its sockets come by fd), its launcher's does. */
+export function withChildren(procs: ProcInfo[], procRoot = '/proc'): ProcInfo[] {
+  const pids = new Set(procs.map((p) => p.pid));
+  const out = [...procs];
+  for (const ent of readdirSync(procRoot)) {
+    if (!/^\d+$/.test(ent) || pids.has(Number(ent))) continue;
+    try {
+      const stat = readFileSync(path.join(procRoot, ent, 'stat'), 'utf8');
+      const [state, ppid] = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (state === 'Z' || !pids.has(Number(ppid))) continue;
+      const raw = readFileSync(path.join(procRoot, ent, 'cmdline'), 'utf8');
+      if (raw) out.push({ pid: Number(ent), argv: raw.replace(/\0$/, '').split('\0') });
+    } catch {
+      /* gone */
+    }
+  }
+  return out;
+}
+
 export function isQemu(p: ProcInfo): boolean {
   return path.basename(p.argv[0] ?? '').startsWith('qemu-system');
 }
@@ -338,6 +357,11 @@ export interface TestDaemonOptions {
   logLevel?: string;
   /** The daemon's --accel; default tcg (tests boot guests under software emulation on every host). */
   accel?: AccelSetting;
+  /**
+   * Runs before the daemon first starts (e.g. to mount a small file system on the state folder); what it returns
+   * runs at teardown once every process is gone, before the folders are removed.
+   */
+  beforeStart?: (dirs: { root: string; stateDir: string; runDir: string }) => (() => void) | void;
 }
 
 export interface TestDaemon {
@@ -389,11 +413,52 @@ interface TapLike {
 const live = new Set<string>();
 let exitHookInstalled = false;
 
+/**
+ * Runs `vmlet daemon --config CONFIG` on folders of its own below `root` (or the given ones) until it exits, for
+ * start-up refusals; its exit code and output (stdout and stderr). Killed after `timeoutMs`.
+ */
+export function runDaemonUntilExit(
+  config: string,
+  root: string,
+  o: { socket?: string; stateDir?: string; runDir?: string; timeoutMs?: number } = {},
+): Promise<{ code: number | null; out: string }> {
+  return new Promise((resolve, reject) => {
+    const c = spawn(
+      process.execPath,
+      [
+        distCli,
+        'daemon',
+        '--config',
+        config,
+        '--socket',
+        o.socket ?? path.join(root, 's.sock'),
+        '--state-dir',
+        o.stateDir ?? path.join(root, 'state'),
+        '--run-dir',
+        o.runDir ?? path.join(root, 'run'),
+        '--accel',
+        'tcg',
+      ],
+      { stdio: ['ignore', 'pipe', 'pipe'] },
+    );
+    let out = '';
+    c.stdout.on('data', (b: Buffer) => (out += b.toString()));
+    c.stderr.on('data', (b: Buffer) => (out += b.toString()));
+    const timer = setTimeout(() => c.kill('SIGKILL'), o.timeoutMs ?? 30_000);
+    c.on('error', reject);
+    c.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code, out });
+    });
+  });
+}
+
 /** Kills every process whose argv mentions `root` (daemon, launchers, QEMUs, CLIs) and waits until they are gone. */
 async function killEverythingUnder(root: string): Promise<void> {
   const end = Date.now() + 10_000;
   for (;;) {
-    const procs = processesMatching(root);
+    // Children first found through their parents: QEMU's argv does not name the folder, its launcher's does.
+    const procs = withChildren(processesMatching(root));
     if (procs.length === 0) return;
     for (const p of procs) {
       try {
@@ -408,7 +473,7 @@ async function killEverythingUnder(root: string): Promise<void> {
 }
 
 function killEverythingUnderSync(root: string): void {
-  for (const p of processesMatching(root)) {
+  for (const p of withChildren(processesMatching(root))) {
     try {
       process.kill(p.pid, 'SIGKILL');
     } catch {
@@ -451,6 +516,7 @@ export async function startTestDaemon(t: TapLike, opts: TestDaemonOptions = {}):
     ...opts.config,
   };
   await import('node:fs/promises').then((fs) => fs.writeFile(configFile, YAML.stringify(cfg)));
+  const undoBeforeStart = opts.beforeStart?.({ root, stateDir, runDir });
 
   let child: ChildProcess | undefined;
   let exited: Promise<void> = Promise.resolve();
@@ -619,7 +685,7 @@ export async function startTestDaemon(t: TapLike, opts: TestDaemonOptions = {}):
       return { events, close: () => req.destroy() };
     },
     vmRunDir: (uid) => path.join(runDir, 'vms', uid),
-    vmProcesses: () => processesMatching(runDir).filter((p) => p.pid !== child?.pid),
+    vmProcesses: () => withChildren(processesMatching(runDir).filter((p) => p.pid !== child?.pid)),
     async kill(signal = 'SIGKILL') {
       if (!child || child.exitCode !== null || child.signalCode !== null) return;
       child.kill(signal);
@@ -638,6 +704,7 @@ export async function startTestDaemon(t: TapLike, opts: TestDaemonOptions = {}):
     await exited;
     await killEverythingUnder(root);
     if (typeof cfg.cgroupParent === 'string' && cfg.cgroupParent === path.basename(root)) await removeCgroupParent(cfg.cgroupParent);
+    if (typeof undoBeforeStart === 'function') undoBeforeStart();
     rmSync(root, { recursive: true, force: true });
     live.delete(root);
   });

@@ -6,7 +6,10 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { closeFds, libc } from '../../src/sys/libc.js';
-import type { NetManagerOptions } from '../../src/net/sandbox.js';
+import type { NetManager, NetManagerOptions } from '../../src/net/sandbox.js';
+import { qemuNicArgs } from '../../src/net/qemu-args.js';
+import type { NicModel } from '../../src/net/types.js';
+import { bootTestGuest, type TestGuest } from './guest.js';
 
 const dupFn = libc.func('int dup(int fd)');
 
@@ -175,4 +178,27 @@ export function testNetObjects(tn: TestNet): { netns: string[]; veths: string[];
     /* no bridge */
   }
   return { netns, veths, bridgePorts };
+}
+
+/** Boots the test guest with the sandbox's tap of `uid` passed by fd (inherited by QEMU under the same number). */
+export async function bootGuestOnTap(
+  mgr: Pick<NetManager, 'openTapFds'>,
+  uid: string,
+  nic: { mac: string; model: NicModel },
+  teardown: (fn: () => void | Promise<void>) => void,
+): Promise<TestGuest> {
+  const tapFds = mgr.openTapFds(uid);
+  const inh = inheritable(tapFds);
+  closeFds(tapFds);
+  try {
+    return await bootTestGuest({
+      accel: 'tcg',
+      qmp: false,
+      guestAgent: false,
+      teardown,
+      extraArgs: qemuNicArgs({ index: 0, mac: nic.mac, model: nic.model, tap: { fds: inh.fds }, romfile: '' }),
+    });
+  } finally {
+    inh.close();
+  }
 }

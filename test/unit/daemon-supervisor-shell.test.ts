@@ -134,11 +134,16 @@ function markerFd(t: { teardown(fn: () => unknown): void }): { fd: number; open(
 const cond = (s: VirtualMachineInstanceStatus, type: string): { status: string; reason?: string; message?: string } | undefined =>
   s.conditions?.find((c) => c.type === type);
 const names = (fake: FakeQmpServer): string[] => fake.received.map((c) => String(c.execute));
-const hello = (kind: 'new' | 'running'): LauncherHello => ({
+const hello = (kind: 'new' | 'running' | 'exited', pid = LAUNCHER_PID): LauncherHello => ({
   uid: UID,
-  launcherPid: LAUNCHER_PID,
-  peer: { pid: LAUNCHER_PID, uid: 0, gid: 0 },
-  state: kind === 'new' ? { kind: 'new' } : { kind: 'running', qemuPid: QEMU_PID },
+  launcherPid: pid,
+  peer: { pid, uid: 0, gid: 0 },
+  state:
+    kind === 'new'
+      ? { kind: 'new' }
+      : kind === 'running'
+        ? { kind: 'running', qemuPid: QEMU_PID }
+        : { kind: 'exited', qemuPid: QEMU_PID, status: { kind: 'exit', code: 0 } },
 });
 
 t.test('re-adopts a running QEMU, follows its events, takes user actions, and ends on its exit', async (t) => {
@@ -297,10 +302,11 @@ t.test('a launcher HELLO waits for prepare (a promise, not a poll), then gets th
   let settle!: (p: PreparedLaunch) => void;
   // /bin/true stands in for the launcher started beside prepare: it starts, so the argv is handed over, and never reports QEMU.
   const r = await rig(t, { qemu: false, launcher: false, launcherBinary: '/bin/true', prepare: () => new Promise((resolve) => (settle = resolve)) });
-  t.same(await r.sup.onHello(hello('running')), { action: 'accept' }, 'a launcher whose QEMU runs is accepted');
+  t.match(await r.sup.onHello(hello('running')), { action: 'reject', code: 'launcher-mismatch' }, 'no launcher was spawned yet: nobody is heard');
   const started = r.sup.start();
+  await until('the launcher spawned beside prepare', () => r.sup.launcherPid !== undefined);
   let decided = false;
-  const decision = r.sup.onHello(hello('new')).finally(() => (decided = true));
+  const decision = r.sup.onHello(hello('new', r.sup.launcherPid)).finally(() => (decided = true));
   await new Promise((res) => setTimeout(res, 50));
   t.notOk(decided, 'waits while prepare runs');
   const marker = markerFd(t);
@@ -320,7 +326,7 @@ t.test('a launcher that cannot be started beside prepare fails the launch; a HEL
   const marker = markerFd(t);
   await new Promise((res) => setTimeout(res, 50)); // prepare is under way
   settle({ argv: ['qemu', '-S'], fds: [marker.fd], accel: 'tcg', softwareEmulation: true });
-  t.same(await decision, { action: 'reject', reason: 'no launch is pending for this VMI' });
+  t.match(await decision, { action: 'reject', code: 'launcher-mismatch' }, 'no launcher was started: nobody is heard');
   await started;
   t.match(await r.sup.done, { phase: 'Failed', reason: 'LaunchFailed' });
   t.match(r.status().message, /cannot start/);
@@ -335,7 +341,7 @@ t.test('a HELLO while prepare fails is refused', async (t) => {
   const started = r.sup.start();
   const decision = r.sup.onHello(hello('new'));
   fail(new Error('bad spec'));
-  t.same(await decision, { action: 'reject', reason: 'no launch is pending for this VMI' });
+  t.match(await decision, { action: 'reject' });
   await started;
   t.match(r.status(), { phase: 'Failed', reason: 'LaunchFailed', message: 'bad spec' });
 });
@@ -350,6 +356,8 @@ t.test('hand-over: a launcher that waited through a restart gets its argv, and t
     prepare: async () => ({ argv: ['qemu'], fds, accel: 'tcg', softwareEmulation: true, emulation: { reason: 'KvmUnusable', message: '/dev/kvm is missing' } }),
   });
   const attached = r.sup.reattach();
+  // The daemon attaches the link only once the run dir named the launcher.
+  await until('the run dir read', () => r.sup.launcherPid !== undefined);
   t.same(await r.sup.onHello(hello('new')), { action: 'launch', argv: ['qemu'], fds });
   fakeProcess(r.proc, QEMU_PID, QEMU_ARGV);
   r.link.emit('started', QEMU_PID);
@@ -363,6 +371,25 @@ t.test('hand-over: a launcher that waited through a restart gets its argv, and t
     'a hand-over is no new launch',
   );
   t.notOk(marker.open(), "the daemon's copies of the fds are closed");
+  r.link.emit('exited', { kind: 'exit', code: 0 }, QEMU_PID);
+  await r.sup.done;
+});
+
+t.test('a HELLO from any process but the recorded launcher is refused, whatever it claims, and changes nothing', async (t) => {
+  const r = await rig(t);
+  await r.sup.reattach();
+  t.equal(r.sup.state, 'Running');
+  const stranger = LAUNCHER_PID + 1;
+  for (const kind of ['new', 'running', 'exited'] as const) {
+    t.match(
+      await r.sup.onHello(hello(kind, stranger)),
+      { action: 'reject', code: 'launcher-mismatch', reason: new RegExp(`pid ${stranger} is not the launcher`) },
+      kind,
+    );
+  }
+  t.equal(r.sup.state, 'Running', 'still Running');
+  t.equal(r.sup.launcherPid, LAUNCHER_PID, 'the recorded launcher is kept');
+  t.same(await r.sup.onHello(hello('running')), { action: 'accept' }, 'the recorded launcher is heard');
   r.link.emit('exited', { kind: 'exit', code: 0 }, QEMU_PID);
   await r.sup.done;
 });

@@ -14,6 +14,7 @@ import {
   planSandboxNetns,
   planSandboxVeth,
 } from '../../src/net/commands.js';
+import { deriveMac } from '../../src/net/mac.js';
 import { planNetwork } from '../../src/net/plan.js';
 import type { IpRoute } from '../../src/net/types.js';
 
@@ -39,7 +40,7 @@ t.test('checkSubnetClash', async (t) => {
 t.test('planHostBridge', async (t) => {
   const p = { bridge: 'vmlet0', subnet: '10.213.0.0/16', nftTable: 'vmlet' };
   t.same(planHostBridge(p, { bridgeExists: false, bridgeAddresses: [], bridgeUp: false }), [
-    ['link', 'add', 'vmlet0', 'type', 'bridge'],
+    ['link', 'add', 'vmlet0', 'address', deriveMac('vmlet-host-bridge', 'vmlet0'), 'type', 'bridge'],
     ['addr', 'add', '10.213.0.1/16', 'dev', 'vmlet0'],
     ['link', 'set', 'vmlet0', 'up'],
   ]);
@@ -54,11 +55,16 @@ t.test('planHostBridge', async (t) => {
 
 t.test('host NAT ruleset', async (t) => {
   t.equal(
-    hostNftRuleset({ bridge: 'vmlet0', subnet: '10.213.0.0/16', nftTable: 'vmlet' }),
+    hostNftRuleset({ bridge: 'vmlet0', subnet: '10.213.0.0/16', nftTable: 'vmlet', allowHostAccess: true }),
     'table ip vmlet {}\ndelete table ip vmlet\ntable ip vmlet {\n  chain postrouting {\n    type nat hook postrouting priority srcnat; policy accept;\n' +
       '    ip saddr 10.213.0.0/16 ip daddr != 10.213.0.0/16 oifname != "vmlet0" masquerade comment "vmlet: sandboxes to the uplink"\n  }\n}\n',
   );
   t.match(hostNftRuleset({ bridge: 'vmlet0', subnet: '10.213.0.0/16', nftTable: 'vmlet', uplink: 'eth1' }), /oifname "eth1" masquerade/);
+  t.match(
+    hostNftRuleset({ bridge: 'vmlet0', subnet: '10.213.0.0/16', nftTable: 'vmlet' }),
+    /\n  chain input \{\n    type filter hook input priority filter; policy accept;\n(    iifname "vmlet0" .*\n)+    iifname "vmlet0" counter name "guest_to_host" drop\n  \}\n\}\n$/,
+    'by default the guard against guests is in the same table',
+  );
   t.throws(() => hostNftRuleset({ bridge: 'vmlet0', subnet: '10.213.0.0/16', nftTable: 'x; flush ruleset' }), { code: 'NET_INVALID_NAME' });
   t.throws(() => hostNftRuleset({ bridge: 'a"b', subnet: '10.213.0.0/16', nftTable: 'vmlet' }), { code: 'NET_INVALID_NAME' });
   t.equal(deleteNftTableRuleset('ip', 'vmlet'), 'table ip vmlet {}\ndelete table ip vmlet\n', 'deletes only its own table');
@@ -70,7 +76,9 @@ t.test('sandbox commands', async (t) => {
   t.same(planSandboxHost(sp), [
     ['netns', 'add', 'vmlet-3f2a9c1e'],
     ['link', 'add', 'vmh-3f2a9c1e', 'mtu', '1500', 'type', 'veth', 'peer', 'name', 'eth0', 'netns', 'vmlet-3f2a9c1e'],
-    ['link', 'set', 'vmh-3f2a9c1e', 'master', 'vmlet0', 'up'],
+    ['link', 'set', 'vmh-3f2a9c1e', 'master', 'vmlet0'],
+    ['link', 'set', 'vmh-3f2a9c1e', 'type', 'bridge_slave', 'isolated', 'on'],
+    ['link', 'set', 'vmh-3f2a9c1e', 'up'],
   ]);
   t.same(planSandboxInside(sp), [
     ['link', 'set', 'lo', 'up'],
@@ -81,7 +89,9 @@ t.test('sandbox commands', async (t) => {
   t.same(planSandboxDelete(names), [[['link', 'del', 'vmh-3f2a9c1e']], [['netns', 'del', 'vmlet-3f2a9c1e']]]);
   t.equal(
     toBatch(planSandboxHost(sp)),
-    'netns add vmlet-3f2a9c1e\nlink add vmh-3f2a9c1e mtu 1500 type veth peer name eth0 netns vmlet-3f2a9c1e\nlink set vmh-3f2a9c1e master vmlet0 up\n',
+    'netns add vmlet-3f2a9c1e\nlink add vmh-3f2a9c1e mtu 1500 type veth peer name eth0 netns vmlet-3f2a9c1e\nlink set vmh-3f2a9c1e master vmlet0\n' +
+      'link set vmh-3f2a9c1e type bridge_slave isolated on\nlink set vmh-3f2a9c1e up\n',
+    'the host end is isolated before it goes up',
   );
   t.throws(() => toBatch([['link', 'add', 'a b']]), { code: 'NET_INVALID_NAME' });
   t.throws(() => toBatch([['link', 'add', 'a\nlink del eth0']]), { code: 'NET_INVALID_NAME' });
@@ -129,10 +139,11 @@ t.test('bridge binding', async (t) => {
     ['link', 'set', 'tap0', 'mtu', '1500', 'master', 'k6t-eth0', 'up'],
     ['addr', 'add', '169.254.75.10/32', 'dev', 'k6t-eth0'],
     ['link', 'set', 'k6t-eth0', 'up'],
+    ['route', 'add', '10.213.0.5/32', 'dev', 'k6t-eth0'],
   ]);
   t.equal(b.ipForward, false);
   t.same(b.dhcp, { serverIp: '169.254.75.10', clientIp: '10.213.0.5', prefix: 16, router: '10.213.0.1', mtu: 1500 }, 'the guest gets the sandbox address');
-  t.match(b.nft, /table bridge vmlet \{\n  chain forward \{\n.*\n    udp dport \{ 67, 68 \} drop/s, 'DHCP stays in the sandbox');
+  t.match(b.nft, /table bridge vmlet \{\n.*  chain forward \{\n[^}]*\n    udp dport \{ 67, 68 \} drop/s, 'DHCP stays in the sandbox');
 });
 
 t.test('a fresh netns gets the same table without the replace prefix', async (t) => {
@@ -142,8 +153,15 @@ t.test('a fresh netns gets the same table without the replace prefix', async (t)
   ]) {
     const b = planBinding(planNetwork([spec], [{ name: 'default', pod: {} }], UID).interfaces[0]!, pod, {}, 'vmlet_x');
     const fresh = freshNetnsRuleset(b.nft!);
-    t.equal(fresh, b.nft!.split('\n').slice(2).join('\n'), 'only the first two lines go');
-    t.match(fresh, /^table (ip|bridge) vmlet_x \{\n  chain /);
+    const prefixes = b.nft!.match(/^table (ip|bridge) vmlet_x \{\}\ndelete table \1 vmlet_x\n/gm) ?? [];
+    t.equal(prefixes.length, spec.masquerade ? 2 : 1, 'masquerade: NAT and guest filter tables; bridge: one table');
+    t.equal(
+      fresh,
+      prefixes.reduce((r, p) => r.replace(p, ''), b.nft!),
+      'only the replace prefixes go',
+    );
+    t.match(fresh, /^table (ip|bridge) vmlet_x \{\n  (chain|counter) /);
+    t.match(fresh, /\ntable bridge vmlet_x \{\n|^table bridge vmlet_x \{\n/, 'the guest filter table stays');
     t.notMatch(fresh, /delete table/);
   }
   const other = 'table ip a {}\ndelete table ip b\ntable ip a {\n}\n';

@@ -7,7 +7,7 @@ import type { Cluster } from '../cluster.js';
 import { REPO_ROOT } from '../cluster.js';
 import { ClusterError } from './errors.js';
 import { run, runStatus, waitFor } from './exec.js';
-import { waitServiceProgrammed } from './service-rules.js';
+import { serviceEndpointIps, waitServiceProgrammed } from './service-rules.js';
 
 export const NAMESPACE = 'vmlet';
 /** The admission webhook's Service (deploy/base/webhook.yaml). */
@@ -249,10 +249,41 @@ export async function deploy(cluster: Cluster, opts: DeployOptions = {}): Promis
     // (a CI run's first apply after Ready timed out calling the webhook).
     const svc = await cluster.api('GET', `/api/v1/namespaces/${NAMESPACE}/services/${WEBHOOK_SERVICE}`);
     const ip = svc.status === 200 ? (svc.json() as { spec?: { clusterIP?: string } }).spec?.clusterIP : undefined;
-    if (ip) await waitServiceProgrammed(`the webhook Service ${WEBHOOK_SERVICE}`, ip, timeoutMs);
+    if (ip) {
+      await waitServiceProgrammed(`the webhook Service ${WEBHOOK_SERVICE}`, ip, timeoutMs);
+      // After a rollout, kube-proxy may still send some calls to a replaced pod whose IP is gone, and those hang
+      // until the API server's webhook timeout (a CI run's apply after an overlay switch): wait until its
+      // endpoints are exactly the Ready, non-terminating controller pods.
+      await waitFor(
+        `the webhook Service ${WEBHOOK_SERVICE} to reach only the current controller pods`,
+        timeoutMs,
+        async () => {
+          const want = await currentControllerIps(cluster);
+          const have = await serviceEndpointIps(ip);
+          return want.length > 0 && want.join() === have.join() ? true : undefined;
+        },
+        250,
+      );
+    }
     log(`vmlet is Ready after ${((Date.now() - t0) / 1000).toFixed(1)} s`);
   }
   return { overlayDir: dir, archive, seconds: (Date.now() - t0) / 1000 };
+}
+
+/** IPs of the controller pods that are Ready and not being deleted, sorted. */
+async function currentControllerIps(cluster: Cluster): Promise<string[]> {
+  const r = await cluster.api('GET', `/api/v1/namespaces/${NAMESPACE}/pods?labelSelector=${encodeURIComponent(`app.kubernetes.io/name=${CONTROLLER}`)}`);
+  if (r.status !== 200) return [];
+  const pods = (
+    r.json() as {
+      items: Array<{ metadata: { deletionTimestamp?: string }; status?: { podIP?: string; conditions?: Array<{ type: string; status: string }> } }>;
+    }
+  ).items;
+  return pods
+    .filter((p) => p.metadata.deletionTimestamp === undefined && p.status?.conditions?.some((c) => c.type === 'Ready' && c.status === 'True'))
+    .map((p) => p.status?.podIP ?? '')
+    .filter((ip) => ip !== '')
+    .sort();
 }
 
 interface ItemList {
