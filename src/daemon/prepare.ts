@@ -221,12 +221,9 @@ export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance,
       const created = await makeFile(file, opts.genisoimage ?? 'genisoimage');
       const inScratch = scratchDir !== undefined && f.path.startsWith(`${scratchDir}/`);
       if (owner && (inRunDir || (inScratch && !pod))) await fs.chown(file.path, owner.uid, owner.gid);
-      if (f.kind === 'hostDisk') {
-        const v = plan.volumes[f.volume];
-        await hostDiskFormat(v, f.path, created, opts.formats);
-        // An unprivileged QEMU cannot open root's files: the daemon opens the (resolved) path and hands the fd over.
-        if (v && opts.qemuOwner && 'path' in v.file) Object.assign(v, { byFd: true, file: { ...v.file, path: await diskPath(f.volume, f.path) } });
-      }
+      // An unprivileged QEMU cannot open root's files: the daemon opens the (resolved) path and hands the fd over.
+      if (f.kind === 'hostDisk')
+        await resolveHostDisk(plan.volumes[f.volume], f.volume, f.path, created, { formats: opts.formats, byFd: opts.qemuOwner !== undefined });
     }
     // QEMU fds 3, 4, …: the images first, then the NICs' taps, then (standalone) QMP's listening socket.
     const diskFds = await openImages(plan.volumes, 3);
@@ -303,35 +300,39 @@ async function addNetwork(prepared: PreparedLaunch, vmi: VirtualMachineInstance,
   }
 }
 
-/** A hostDisk's format: raw when vmlet just made it, else what was recorded when vmlet first saw the file. */
-async function hostDiskFormat(v: ResolvedVolume | undefined, file: string, created: boolean, formats: FormatRecords | undefined): Promise<void> {
-  if (v === undefined || formats === undefined) return;
-  const real = await fs.realpath(file);
-  const st = await fs.stat(real);
-  // Not an image at all (a directory, a fifo): QEMU refuses it in its own words.
-  if (!st.isFile() && !st.isBlockDevice()) return;
-  if (st.isBlockDevice()) v.file = { ...v.file, device: true };
-  if (created) {
-    await formats.record(real, 'raw');
-    v.virtualSize = st.size;
-    return;
-  }
-  const seen = await formats.formatOf(real, `hostDisk ${real}`);
-  v.format = seen.format;
-  v.virtualSize = seen.virtualSize;
-}
-
-/** A hostDisk's resolved path for opening by fd; HOSTDISK_NOT_A_DISK for a directory, fifo or socket. */
-async function diskPath(volume: string, file: string): Promise<string> {
+/**
+ * A hostDisk resolved once: its format (raw when vmlet just made it, else what was recorded when vmlet first saw the
+ * file), whether it is a block device, and with `byFd` its real path for the daemon to open (HOSTDISK_NOT_A_DISK for
+ * a directory, fifo or socket, which QEMU kept root would refuse in its own words).
+ */
+async function resolveHostDisk(
+  v: ResolvedVolume | undefined,
+  volume: string,
+  file: string,
+  created: boolean,
+  o: { formats: FormatRecords | undefined; byFd: boolean },
+): Promise<void> {
+  if (v === undefined || (o.formats === undefined && !o.byFd)) return;
   const real = await fs.realpath(file);
   const st = await fs.stat(real);
   if (!st.isFile() && !st.isBlockDevice()) {
+    if (!o.byFd) return;
     throw new VmletError(
       'HOSTDISK_NOT_A_DISK',
       `hostDisk ${volume}: ${real} is ${st.isDirectory() ? 'a directory' : 'not a regular file'}, not a disk image or block device`,
     );
   }
-  return real;
+  if (st.isBlockDevice()) v.file = { ...v.file, device: true };
+  if (o.byFd && 'path' in v.file) Object.assign(v, { byFd: true, file: { ...v.file, path: real } });
+  if (o.formats === undefined) return;
+  if (created) {
+    await o.formats.record(real, 'raw');
+    v.virtualSize = st.size;
+    return;
+  }
+  const seen = await o.formats.formatOf(real, `hostDisk ${real}`);
+  v.format = seen.format;
+  v.virtualSize = seen.virtualSize;
 }
 
 /** Makes the VMI's scratch folder; SCRATCH_SPACE_LOW when its emptyDisks' capacity exceeds what the file system has free. */
