@@ -7,13 +7,17 @@
 // with apt-get when missing), chroot, cp, umount. See docs/test-guest.md, "The Debian guest".
 //
 //   node scripts/build-debian-guest.mjs [--force] [--out DIR] [--mirror URL]
-import { execFileSync, spawn } from 'node:child_process';
 import crypto from 'node:crypto';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { buildDirs, swapIntoPlace } from './lib/build-dirs.mjs';
+import { builderMain } from './lib/builder-cli.mjs';
+import { have, runLogged, toolRunner } from './lib/build-tools.mjs';
 import { filesAsRecorded } from './lib/cache-files.mjs';
-import { pidAlive, withDirLock } from './lib/dir-lock.mjs';
+import { withDirLock } from './lib/dir-lock.mjs';
+import { fileMeta, readManifest } from './lib/guest-manifest.mjs';
+import { eachInode } from './lib/tree-walk.mjs';
 
 /** Bump when the layout of the output changes in a way the recipe hash would not catch. */
 const FORMAT = 1;
@@ -61,30 +65,11 @@ export class DebianGuestError extends Error {
 // ---------------------------------------------------------------------------------------------
 // small helpers
 
-function have(bin) {
-  return (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':').concat(['/usr/sbin', '/sbin']).some((d) => {
-    try {
-      fs.accessSync(path.join(d, bin), fs.constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
-}
-
-const ENV = { ...process.env, LC_ALL: 'C', DEBIAN_FRONTEND: 'noninteractive', PATH: `${process.env.PATH ?? '/usr/bin:/bin'}:/usr/sbin:/sbin` };
-
 /** Runs a tool with an argument array; returns stdout. */
-function run(cmd, args, opts = {}) {
-  try {
-    return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], maxBuffer: 64 * 1024 * 1024, env: ENV, ...opts });
-  } catch (e) {
-    const err = /** @type {{stderr?: string|Buffer, status?: number|null, code?: string}} */ (e);
-    if (err.code === 'ENOENT') throw new DebianGuestError('DEBIAN_GUEST_TOOL_MISSING', `${cmd} is not installed`, e);
-    const stderr = String(err.stderr ?? '').trim().split('\n').slice(-5).join(' | ');
-    throw new DebianGuestError('DEBIAN_GUEST_COMMAND_FAILED', `${cmd} ${args.join(' ')} exited with ${err.status ?? '?'}${stderr ? `: ${stderr}` : ''}`, e);
-  }
-}
+const run = toolRunner({
+  missing: (msg, cause) => new DebianGuestError('DEBIAN_GUEST_TOOL_MISSING', msg, cause),
+  failed: (msg, cause) => new DebianGuestError('DEBIAN_GUEST_COMMAND_FAILED', msg, cause),
+});
 
 /** Runs a command inside the root tree (no mounts needed for what is run there). */
 function inTarget(target, args) {
@@ -100,10 +85,6 @@ function writeFile(target, rel, content, mode = 0o644) {
   fs.mkdirSync(path.dirname(p), { recursive: true });
   fs.writeFileSync(p, content, { mode });
   fs.chmodSync(p, mode);
-}
-
-function sha256File(file) {
-  return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 }
 
 const mib = (n) => `${Math.round(n / 1024 / 1024)} MiB`;
@@ -177,68 +158,7 @@ export function aptMirror(aptDir = '/etc/apt') {
 // mounts: debootstrap mounts proc, sys and devpts (in a container also binds /dev nodes) inside the
 // tree; a killed build leaves them. Nothing under a build directory is removed while a mount is there.
 
-function mountsUnder(dir) {
-  const prefix = `${path.resolve(dir)}/`;
-  const out = [];
-  for (const line of fs.readFileSync('/proc/self/mountinfo', 'utf8').split('\n')) {
-    const mp = line.split(' ')[4];
-    if (!mp) continue;
-    const p = mp.replace(/\\([0-7]{3})/g, (_, o) => String.fromCharCode(parseInt(o, 8)));
-    if (p.startsWith(prefix)) out.push(p);
-  }
-  return out.sort((a, b) => b.length - a.length);
-}
-
-function unmountAll(dir) {
-  for (let round = 0; round < 3; round++) {
-    const mps = mountsUnder(dir);
-    if (mps.length === 0) return;
-    for (const mp of mps) {
-      try {
-        execFileSync('umount', [mp], { stdio: 'ignore' });
-      } catch {
-        try {
-          execFileSync('umount', ['-l', mp], { stdio: 'ignore' });
-        } catch {
-          /* next round */
-        }
-      }
-    }
-  }
-  const left = mountsUnder(dir);
-  if (left.length > 0) throw new DebianGuestError('DEBIAN_GUEST_MOUNTS_LEFT', `cannot unmount ${left.join(', ')}; remove ${dir} by hand`);
-}
-
-/** Unmounts what is mounted below `dir`, then removes it. */
-function removeTree(dir) {
-  if (!fs.existsSync(dir)) return;
-  unmountAll(dir);
-  fs.rmSync(dir, { recursive: true, force: true });
-}
-
-
-/** Removes what builds killed half-way left behind (their `finally` never ran). */
-function removeStale(out) {
-  const base = path.basename(out).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-  const re = new RegExp(`^${base}\\.(?:tmp|old|work)-(\\d+)$`);
-  let names = [];
-  try {
-    names = fs.readdirSync(path.dirname(out));
-  } catch {
-    return;
-  }
-  for (const n of names) {
-    const m = re.exec(n);
-    if (m && Number(m[1]) !== process.pid && !pidAlive(Number(m[1]))) removeTree(path.join(path.dirname(out), n));
-  }
-  try {
-    const pid = Number(fs.readFileSync(path.join(`${out}.lock`, 'pid'), 'utf8'));
-    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid)) fs.rmSync(`${out}.lock`, { recursive: true, force: true });
-  } catch {
-    /* no lock, or one being taken */
-  }
-}
-
+const { unmountAll, removeTree, removeStale } = buildDirs((msg) => new DebianGuestError('DEBIAN_GUEST_MOUNTS_LEFT', msg));
 
 // ---------------------------------------------------------------------------------------------
 // cache check
@@ -253,12 +173,7 @@ function recipeHash() {
  * @param {string} out
  */
 export function validDebianGuest(out) {
-  let manifest;
-  try {
-    manifest = JSON.parse(fs.readFileSync(path.join(out, 'manifest.json'), 'utf8'));
-  } catch {
-    return null;
-  }
+  const manifest = readManifest(out);
   if (manifest?.format !== FORMAT || manifest.recipe !== recipeHash()) return null;
   return filesAsRecorded(out, [manifest.kernel, manifest.initrd, manifest.disk]) ? manifest : null;
 }
@@ -269,7 +184,7 @@ export function validDebianGuest(out) {
 /** Per-package lines ("I: Retrieving foo 1.2", "I: Unpacking foo...") are counted, not printed. */
 const PER_PACKAGE = /^I: (Retrieving|Validating|Extracting|Unpacking|Configuring) (?!Release\b|Packages\b|InRelease\b|the base system|required packages|base packages)\S+/;
 
-function debootstrap({ target, mirror, cacheDir, log, logFile }) {
+async function debootstrap({ target, mirror, cacheDir, log, logFile }) {
   const args = [
     '--variant=minbase', '--arch=amd64', '--components=main', '--merged-usr',
     `--include=${INCLUDE.join(',')}`,
@@ -280,61 +195,36 @@ function debootstrap({ target, mirror, cacheDir, log, logFile }) {
   const started = Date.now();
   /** @type {Record<string, number>} */
   const phaseAt = {};
-  return new Promise((resolve, reject) => {
-    const out = fs.openSync(logFile, 'a');
-    // setpriv: debootstrap dies with this process (a killed build must not leave it working in a tree the next build removes)
-    const [cmd, ...argv] = have('setpriv') ? ['setpriv', '--pdeathsig', 'KILL', '--', 'debootstrap', ...args] : ['debootstrap', ...args];
-    const child = spawn(cmd, argv, { stdio: ['ignore', 'pipe', 'pipe'], env: ENV });
-    const counts = new Map();
-    let lastPrint = 0;
-    let buf = '';
-    const onLine = (line) => {
-      fs.writeSync(out, `${line}\n`);
-      const m = PER_PACKAGE.exec(line);
-      if (m) {
-        const verb = m[1];
-        if (phaseAt[verb] === undefined) phaseAt[verb] = Date.now() - started;
-        counts.set(verb, (counts.get(verb) ?? 0) + 1);
-        if (Date.now() - lastPrint > 15_000) {
-          lastPrint = Date.now();
-          log(`debootstrap: ${verb.toLowerCase()} packages (${counts.get(verb)} so far, ${secs(Date.now() - started)}s)`);
-        }
-        return;
+  const counts = new Map();
+  let lastPrint = 0;
+  const onLine = (line) => {
+    const m = PER_PACKAGE.exec(line);
+    if (m) {
+      const verb = m[1];
+      if (phaseAt[verb] === undefined) phaseAt[verb] = Date.now() - started;
+      counts.set(verb, (counts.get(verb) ?? 0) + 1);
+      if (Date.now() - lastPrint > 15_000) {
+        lastPrint = Date.now();
+        log(`debootstrap: ${verb.toLowerCase()} packages (${counts.get(verb)} so far, ${secs(Date.now() - started)}s)`);
       }
-      if (/^[IWE]: /.test(line)) log(`debootstrap: ${line.slice(3)}`);
-    };
-    const feed = (chunk) => {
-      buf += chunk.toString('utf8');
-      let i;
-      while ((i = buf.indexOf('\n')) >= 0) {
-        onLine(buf.slice(0, i));
-        buf = buf.slice(i + 1);
-      }
-    };
-    child.stdout.on('data', feed);
-    child.stderr.on('data', feed);
-    child.on('error', (e) => {
-      fs.closeSync(out);
-      reject(new DebianGuestError('DEBIAN_GUEST_TOOL_MISSING', 'debootstrap could not run', e));
-    });
-    child.on('close', (code, signal) => {
-      if (buf) onLine(buf);
-      fs.closeSync(out);
-      if (code === 0) {
-        resolve({ seconds: secs(Date.now() - started), downloadSeconds: secs(phaseAt.Extracting ?? phaseAt.Validating ?? 0), packagesRetrieved: counts.get('Retrieving') ?? 0 });
-        return;
-      }
-      // debootstrap's own log goes with the tree; keep it next to the progress output
-      const dlog = path.join(target, 'debootstrap', 'debootstrap.log');
-      try {
-        fs.appendFileSync(logFile, `--- ${dlog} ---\n${fs.readFileSync(dlog, 'utf8')}`);
-      } catch {
-        /* debootstrap did not get that far */
-      }
-      const tail = fs.readFileSync(logFile, 'utf8').trimEnd().split('\n').slice(-8).join(' | ');
-      reject(new DebianGuestError('DEBIAN_GUEST_DEBOOTSTRAP_FAILED', `debootstrap exited with ${code ?? signal} (log: ${logFile}): ${tail}`));
-    });
-  });
+      return;
+    }
+    if (/^[IWE]: /.test(line)) log(`debootstrap: ${line.slice(3)}`);
+  };
+  const couldNotRun = (_cmd, e) => new DebianGuestError('DEBIAN_GUEST_TOOL_MISSING', 'debootstrap could not run', e);
+  const { code, signal } = await runLogged(['debootstrap', ...args], { logFile, onLine, couldNotRun });
+  if (code === 0) {
+    return { seconds: secs(Date.now() - started), downloadSeconds: secs(phaseAt.Extracting ?? phaseAt.Validating ?? 0), packagesRetrieved: counts.get('Retrieving') ?? 0 };
+  }
+  // debootstrap's own log goes with the tree; keep it next to the progress output
+  const dlog = path.join(target, 'debootstrap', 'debootstrap.log');
+  try {
+    fs.appendFileSync(logFile, `--- ${dlog} ---\n${fs.readFileSync(dlog, 'utf8')}`);
+  } catch {
+    /* debootstrap did not get that far */
+  }
+  const tail = fs.readFileSync(logFile, 'utf8').trimEnd().split('\n').slice(-8).join(' | ');
+  throw new DebianGuestError('DEBIAN_GUEST_DEBOOTSTRAP_FAILED', `debootstrap exited with ${code ?? signal} (log: ${logFile}): ${tail}`);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -468,19 +358,10 @@ function configure(target, log) {
 function treeSize(dir) {
   let bytes = 0;
   let inodes = 0;
-  const seen = new Set();
-  const walk = (d) => {
-    for (const ent of fs.readdirSync(d, { withFileTypes: true })) {
-      const p = path.join(d, ent.name);
-      const st = fs.lstatSync(p);
-      if (seen.has(st.ino)) continue;
-      seen.add(st.ino);
-      inodes++;
-      if (ent.isDirectory()) walk(p);
-      else if (ent.isFile()) bytes += st.size;
-    }
-  };
-  walk(dir);
+  eachInode(dir, (ent, st) => {
+    inodes++;
+    if (ent.isFile()) bytes += st.size;
+  });
   return { bytes, inodes };
 }
 
@@ -536,11 +417,6 @@ async function build(out, opts, log) {
     const allocated = fs.statSync(disk).blocks * 512;
     const imageSeconds = secs(Date.now() - tImg);
 
-    const fileMeta = (f, hash = true) => {
-      const p = path.join(tmpOut, f);
-      const st = fs.statSync(p);
-      return { file: f, size: st.size, mtimeMs: st.mtimeMs, ...(hash ? { sha256: sha256File(p) } : {}) };
-    };
     fs.chmodSync(disk, 0o444); // the base image: tests boot copies of it
     const manifest = {
       format: FORMAT,
@@ -555,9 +431,9 @@ async function build(out, opts, log) {
       kernelArgs: DEBIAN_KERNEL_ARGS,
       rootLabel: ROOT_LABEL,
       rootfs: { bytes: tree.bytes, inodes: tree.inodes },
-      kernel: { format: 'bzImage', ...fileMeta('vmlinuz') },
-      initrd: fileMeta('initrd.img'),
-      disk: { format: 'raw', filesystem: 'ext4', allocatedBytes: allocated, ...fileMeta('disk.raw', false) },
+      kernel: { format: 'bzImage', ...fileMeta(tmpOut, 'vmlinuz') },
+      initrd: fileMeta(tmpOut, 'initrd.img'),
+      disk: { format: 'raw', filesystem: 'ext4', allocatedBytes: allocated, ...fileMeta(tmpOut, 'disk.raw', false) },
       include: INCLUDE,
       versions: Object.fromEntries(KEY_PACKAGES.filter((p) => packages[p]).map((p) => [p, packages[p]])),
       packageCount: Object.keys(packages).length,
@@ -565,11 +441,7 @@ async function build(out, opts, log) {
     };
     fs.writeFileSync(path.join(tmpOut, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
 
-    // swap into place: `out` is either absent or complete, never half-written
-    const old = `${out}.old-${process.pid}`;
-    if (fs.existsSync(out)) fs.renameSync(out, old);
-    fs.renameSync(tmpOut, out);
-    fs.rmSync(old, { recursive: true, force: true });
+    swapIntoPlace(tmpOut, out);
     log(`Debian guest ready in ${out}: Debian ${debianVersion}, kernel ${kver}, ${manifest.packageCount} packages, disk ${mib(allocated)} used of ${mib(DISK_BYTES)}, initrd ${mib(manifest.initrd.size)}, ${manifest.buildSeconds}s`);
     return manifest;
   } catch (e) {
@@ -592,7 +464,7 @@ export async function ensureDebianGuest(opts = {}) {
   const root = opts.root ?? DEFAULT_ROOT;
   const out = path.resolve(root, opts.out ?? path.join('.cache', 'debian-guest'));
   const log = opts.log ?? ((msg) => process.stderr.write(`debian-guest: ${msg}\n`));
-  removeStale(out);
+  removeStale(out, { lock: true });
   const result = (manifest) => ({
     disk: path.join(out, 'disk.raw'),
     kernel: path.join(out, 'vmlinuz'),
@@ -606,7 +478,7 @@ export async function ensureDebianGuest(opts = {}) {
   }
   fs.mkdirSync(path.dirname(out), { recursive: true });
   return withDirLock(`${out}.lock`, { what: 'Debian guest build', timeoutMs: 60 * 60 * 1000, pollMs: 1000, log, timeoutError: (pid) => new DebianGuestError('DEBIAN_GUEST_LOCK_TIMEOUT', `another build (pid ${pid}) holds ${out}.lock`) }, async () => {
-    removeStale(out);
+    removeStale(out, { lock: true });
     if (!opts.force) {
       const m = validDebianGuest(out); // another process may have built it while we waited
       if (m) return result(m);
@@ -627,25 +499,11 @@ export async function ensureDebianGuest(opts = {}) {
 // command line
 
 if (process.argv[1] && path.resolve(process.argv[1]) === SELF) {
-  const args = process.argv.slice(2);
-  /** @type {{force?: boolean, out?: string, mirror?: string}} */
-  const o = {};
-  let bad = false;
-  for (let i = 0; i < args.length; i++) {
-    if (args[i] === '--force') o.force = true;
-    else if (args[i] === '--out' && args[i + 1]) o.out = path.resolve(args[++i]);
-    else if (args[i] === '--mirror' && args[i + 1]) o.mirror = args[++i];
-    else bad = true;
-  }
-  if (bad) {
-    process.stderr.write('usage: node scripts/build-debian-guest.mjs [--force] [--out DIR] [--mirror URL]\n');
-    process.exit(2);
-  }
-  try {
-    const r = await ensureDebianGuest({ root: DEFAULT_ROOT, ...o });
-    process.stdout.write(`${JSON.stringify({ disk: r.disk, kernel: r.kernel, initrd: r.initrd, kernelArgs: r.kernelArgs, debianVersion: r.manifest.debianVersion, kernelVersion: r.manifest.kernelVersion, buildSeconds: r.manifest.buildSeconds })}\n`);
-  } catch (e) {
-    process.stderr.write(`debian-guest: ${e instanceof Error ? e.message : String(e)}\n`);
-    process.exit(1);
-  }
+  await builderMain({
+    args: process.argv.slice(2),
+    usage: 'node scripts/build-debian-guest.mjs [--force] [--out DIR] [--mirror URL]',
+    prefix: 'debian-guest',
+    ensure: (o) => ensureDebianGuest({ root: DEFAULT_ROOT, ...o }),
+    summary: (r) => ({ disk: r.disk, kernel: r.kernel, initrd: r.initrd, kernelArgs: r.kernelArgs, debianVersion: r.manifest.debianVersion, kernelVersion: r.manifest.kernelVersion, buildSeconds: r.manifest.buildSeconds }),
+  });
 }

@@ -16,11 +16,14 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import zlib from 'node:zlib';
+import { buildFolderNames, removeDeadLock, swapIntoPlace, sweepDead } from './lib/build-dirs.mjs';
+import { have as haveIn, toolRunner } from './lib/build-tools.mjs';
 import { cpioNewc } from './lib/cpio.mjs';
 import { filesAsRecorded } from './lib/cache-files.mjs';
 import { elfDeps, elfPvhInfo, elfSection } from './lib/elf.mjs';
-import { pidAlive, withDirLock } from './lib/dir-lock.mjs';
+import { withDirLock } from './lib/dir-lock.mjs';
 import { GuestImageError } from './lib/guest-image-error.mjs';
+import { readManifest } from './lib/guest-manifest.mjs';
 
 export { GuestImageError };
 
@@ -63,34 +66,15 @@ function sha256File(file) {
   return crypto.createHash('sha256').update(fs.readFileSync(file)).digest('hex');
 }
 
-function have(bin) {
-  return (process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin').split(':').some((d) => {
-    try {
-      fs.accessSync(path.join(d, bin), fs.constants.X_OK);
-      return true;
-    } catch {
-      return false;
-    }
-  });
-}
+/** Whether `bin` is on PATH as it is (no sbin folders added). */
+const have = (bin) => haveIn(bin, process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin');
 
 /** Runs a tool with an argument array; returns stdout as a string. */
-function run(cmd, args, opts = {}) {
-  try {
-    return execFileSync(cmd, args, {
-      encoding: 'utf8',
-      stdio: ['ignore', 'pipe', 'pipe'],
-      maxBuffer: 64 * 1024 * 1024,
-      env: { ...process.env, LC_ALL: 'C', DEBIAN_FRONTEND: 'noninteractive' },
-      ...opts,
-    });
-  } catch (e) {
-    const err = /** @type {{stderr?: string|Buffer, status?: number|null, code?: string}} */ (e);
-    if (err.code === 'ENOENT') throw new GuestImageError('GUEST_TOOL_MISSING', `${cmd} is not installed`, e);
-    const stderr = String(err.stderr ?? '').trim().split('\n').slice(-5).join(' | ');
-    throw new GuestImageError('GUEST_COMMAND_FAILED', `${cmd} ${args.join(' ')} exited with ${err.status ?? '?'}${stderr ? `: ${stderr}` : ''}`, e);
-  }
-}
+const run = toolRunner({
+  env: () => ({ ...process.env, LC_ALL: 'C', DEBIAN_FRONTEND: 'noninteractive' }),
+  missing: (msg, cause) => new GuestImageError('GUEST_TOOL_MISSING', msg, cause),
+  failed: (msg, cause) => new GuestImageError('GUEST_COMMAND_FAILED', msg, cause),
+});
 
 function isRoot() {
   return process.getuid?.() === 0;
@@ -112,12 +96,7 @@ function recipeHash() {
 
 /** Returns the manifest when `out` holds a complete image made by this recipe, else null. */
 function validCache(out) {
-  let manifest;
-  try {
-    manifest = JSON.parse(fs.readFileSync(path.join(out, 'manifest.json'), 'utf8'));
-  } catch {
-    return null;
-  }
+  const manifest = readManifest(out);
   if (manifest?.format !== FORMAT || manifest.recipe !== recipeHash()) return null;
   // size and mtime as recorded at build time: the files are only ever written by the build (sha256 is
   // in the manifest for anyone who wants to check more, but hashing ~80 MB would not be a fast no-op)
@@ -508,27 +487,10 @@ function extractVmlinux(bzImage, dest, work, log) {
 
 /** Removes what builds killed half-way left behind (their `finally` never ran). */
 function removeStale(out) {
-  const sweep = (dir, re) => {
-    let names = [];
-    try {
-      names = fs.readdirSync(dir);
-    } catch {
-      return;
-    }
-    for (const n of names) {
-      const m = re.exec(n);
-      if (m && Number(m[1]) !== process.pid && !pidAlive(Number(m[1]))) fs.rmSync(path.join(dir, n), { recursive: true, force: true });
-    }
-  };
-  const base = path.basename(out).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
-  sweep(path.dirname(out), new RegExp(`^${base}\\.(?:tmp|old)-(\\d+)$`));
-  sweep(os.tmpdir(), /^vmlet-guest-build-(\d+)-/);
-  try {
-    const pid = Number(fs.readFileSync(path.join(`${out}.lock`, 'pid'), 'utf8'));
-    if (Number.isInteger(pid) && pid > 0 && pid !== process.pid && !pidAlive(pid)) fs.rmSync(`${out}.lock`, { recursive: true, force: true });
-  } catch {
-    /* no lock, or one being taken */
-  }
+  const remove = (p) => fs.rmSync(p, { recursive: true, force: true });
+  sweepDead(path.dirname(out), buildFolderNames(out, ['tmp', 'old']), remove);
+  sweepDead(os.tmpdir(), /^vmlet-guest-build-(\d+)-/, remove);
+  removeDeadLock(`${out}.lock`);
 }
 
 function build(out, log) {
@@ -597,11 +559,7 @@ function build(out, log) {
     };
     fs.writeFileSync(path.join(tmpOut, 'manifest.json'), `${JSON.stringify(manifest, null, 2)}\n`);
 
-    // swap into place: `out` is either absent or complete, never half-written
-    const old = `${out}.old-${process.pid}`;
-    if (fs.existsSync(out)) fs.renameSync(out, old);
-    fs.renameSync(tmpOut, out);
-    fs.rmSync(old, { recursive: true, force: true });
+    swapIntoPlace(tmpOut, out);
     log(`guest image ready in ${out} (kernel ${kver}, initrd ${Math.round(initrd.length / 1024)} KiB, ${manifest.buildSeconds}s)`);
     return manifest;
   } catch (e) {

@@ -5,7 +5,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 const docs = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', 'docs');
-const order = ['daemon', 'http', 'api', 'store', 'qmp', 'launcher', 'cgroups', 'net', 'cluster', 'disk'];
+const order = ['daemon', 'http', 'api', 'store', 'qmp', 'launcher', 'cgroups', 'net', 'cluster', 'disk', 'install'];
 const parts = fs.readdirSync(docs).filter((f) => /^errors-.+\.md$/.test(f))
   .sort((a, b) => (order.indexOf(a.slice(7, -3)) + 100) % 100 - (order.indexOf(b.slice(7, -3)) + 100) % 100);
 let out = '# Error codes\n\nEvery error vmlet reports carries a stable `code`: in API responses it is the `reason` of the\nKubernetes `Status` object, on the CLI it ends the one-line message in parentheses. This page is\nbuilt from the per-area tables (`docs/errors-*.md`) by `node scripts/merge-error-docs.mjs`;\n`test/unit/docs-errors.test.ts` fails when this page and the registry (`src/error-codes.ts`: code, HTTP\nstatus, area) disagree.\n\n';

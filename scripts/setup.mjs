@@ -127,22 +127,25 @@ async function ensureGuest() {
 }
 
 /**
- * The realistic Debian guest (scripts/build-debian-guest.mjs; a few minutes the first time, then a
- * no-op) for `npm test`. A failed build does not fail setup: the tests that need it skip, quoting
- * the reason the builder left in .cache/debian-guest.error. VMLET_SKIP_DEBIAN_GUEST=1 skips it.
+ * A test guest built by `scripts/<builder>` into `.cache/<name>/` for `npm test`: the realistic Debian
+ * guest (build-debian-guest.mjs: a few minutes the first time, then a no-op) and the systemd guest of
+ * test/systemd/ (build-systemd-guest.mjs: the Debian guest plus QEMU and nftables, seconds). A failed
+ * build does not fail setup: the tests that need it skip, quoting the reason the builder left in
+ * `.cache/<name>.error`. `skipEnv`=1 leaves it out (VMLET_SKIP_DEBIAN_GUEST leaves out both).
  */
-async function ensureDebianGuest() {
-  const builder = path.join(root, 'scripts', 'build-debian-guest.mjs');
+async function ensureTestGuest(name, builderFile, exportName, skipEnvs) {
+  const builder = path.join(root, 'scripts', builderFile);
   if (!fs.existsSync(builder)) return;
-  if (process.env.VMLET_SKIP_DEBIAN_GUEST === '1') {
-    log('not building the Debian guest (VMLET_SKIP_DEBIAN_GUEST=1); its tests will skip');
+  const skipped = skipEnvs.find((v) => process.env[v] === '1');
+  if (skipped) {
+    log(`not building the ${name} (${skipped}=1); its tests will skip`);
     return;
   }
   const mod = await import(builder);
   try {
-    await mod.ensureDebianGuest({ root, out: path.join(root, '.cache', 'debian-guest'), force: false, log: (msg) => log(`debian-guest: ${msg}`) });
+    await mod[exportName]({ root, out: path.join(root, '.cache', name), force: false, log: (msg) => log(`${name}: ${msg}`) });
   } catch (e) {
-    process.stderr.write(`setup: the Debian guest could not be built, its tests will skip: ${e instanceof Error ? e.message : String(e)}\n`);
+    process.stderr.write(`setup: the ${name} could not be built, its tests will skip: ${e instanceof Error ? e.message : String(e)}\n`);
   }
 }
 
@@ -153,7 +156,10 @@ try {
   ensureNative();
   if (purpose !== 'build' && purpose !== 'cluster') ensureQemuUser();
   if (purpose !== 'build' && purpose !== 'cluster') await ensureGuest();
-  if (purpose === 'test' || purpose === 'all') await ensureDebianGuest();
+  if (purpose === 'test' || purpose === 'all') {
+    await ensureTestGuest('debian-guest', 'build-debian-guest.mjs', 'ensureDebianGuest', ['VMLET_SKIP_DEBIAN_GUEST']);
+    await ensureTestGuest('systemd-guest', 'build-systemd-guest.mjs', 'ensureSystemdGuest', ['VMLET_SKIP_DEBIAN_GUEST', 'VMLET_SKIP_SYSTEMD_GUEST']);
+  }
 } catch (e) {
   process.stderr.write(`setup failed: ${e instanceof Error ? e.message : String(e)}\n`);
   process.exit(1);

@@ -1,7 +1,7 @@
 // The one table of vmlet's error codes: each code's HTTP status, its area (the docs/errors-<area>.md that explains it) and a one-line meaning; the ErrorCode type and the HTTP mapping derive from it.
 
 /** Where a code is explained: `docs/errors-<area>.md` (merged into docs/errors.md by scripts/merge-error-docs.mjs). */
-export type ErrorArea = 'daemon' | 'http' | 'api' | 'store' | 'qmp' | 'launcher' | 'cgroups' | 'net' | 'cluster' | 'disk';
+export type ErrorArea = 'daemon' | 'http' | 'api' | 'store' | 'qmp' | 'launcher' | 'cgroups' | 'net' | 'cluster' | 'disk' | 'install';
 
 export interface ErrorCodeInfo {
   /** The HTTP status an API answer carries when this error reaches a request (500: not a client's fault, or never reaches the API). */
@@ -339,6 +339,18 @@ export const ERROR_CODES = {
     area: 'cluster',
     meaning: "start/stop/restart through a node daemon's socket in cluster mode: a VM is the API server's object",
   },
+  // install: docs/errors-install.md
+  INSTALL_NOT_ROOT: { http: 500, area: 'install', meaning: 'vmlet install/uninstall run by a user other than root' },
+  INSTALL_NODE_UNSUITABLE: { http: 500, area: 'install', meaning: 'the Node.js running vmlet install is older than 20, or its path cannot go into a unit' },
+  INSTALL_MISSING_PACKAGES: { http: 500, area: 'install', meaning: 'programs the daemon runs are missing; the message names the Debian packages' },
+  INSTALL_NO_SYSTEMD: { http: 500, area: 'install', meaning: 'systemd is not PID 1 on this host' },
+  INSTALL_TREE_INCOMPLETE: { http: 500, area: 'install', meaning: 'the tree to install from was not built (dist/, native/build/, package-lock.json)' },
+  INSTALL_COPY_FAILED: { http: 500, area: 'install', meaning: 'copying the tree under /opt/vmlet failed; nothing was switched' },
+  INSTALL_MANIFEST_CORRUPT: { http: 500, area: 'install', meaning: '/opt/vmlet/install.json is not an install record of vmlet' },
+  INSTALL_COMMAND_FAILED: { http: 500, area: 'install', meaning: 'systemctl, useradd or userdel failed during install or uninstall' },
+  INSTALL_NOT_FOUND: { http: 500, area: 'install', meaning: 'uninstall on a host without an install record' },
+  INSTALL_VMS_RUNNING: { http: 500, area: 'install', meaning: 'uninstall while VMs run (without --stop-vms), or VMs that did not stop in time' },
+  INSTALL_DAEMON_DOWN: { http: 500, area: 'install', meaning: 'uninstall --stop-vms with VMs running but no daemon to stop them' },
   // disk: docs/errors-disk.md
   IMAGE_FORMAT_UNSUPPORTED: {
     http: 422,

@@ -37,6 +37,8 @@ export const USAGE = `Usage: vmlet [--socket PATH | --kubeconfig FILE] [-n NAMES
   vmlet version [-o json|yaml]        the CLI's version and the daemon's (QEMU, KVM, accelerator) or the API server's
   vmlet image import FILE [--name NAME[:TAG]]   a containerDisk image archive (docker/OCI) or a .qcow2/.img disk, into the node image store
   vmlet image ls [-o json|yaml] | vmlet image rm NAME|DIGEST ...   (node-local)
+  vmlet install [--no-start]          as root on a systemd host: this built tree to /opt/vmlet/<version>, the unit, \`vmlet\` on the PATH
+  vmlet uninstall [--stop-vms] [--purge]   removes what install did (config and state only with --purge); refuses while VMs run
 
 Global options:
   --socket PATH        daemon socket (default ${DEFAULT_SOCKET}, or $VMLET_SOCKET)
@@ -64,6 +66,9 @@ const OPTIONS = {
   kubeconfig: { type: 'string' },
   mode: { type: 'string' },
   name: { type: 'string' },
+  'no-start': { type: 'boolean' },
+  'stop-vms': { type: 'boolean' },
+  purge: { type: 'boolean' },
 } as const;
 
 type OptionName = keyof typeof OPTIONS;
@@ -89,6 +94,8 @@ const VERBS: Record<string, OptionName[]> = {
   events: ['watch', 'output', 'all-namespaces'],
   version: ['output'],
   image: ['name', 'output'],
+  install: ['no-start'],
+  uninstall: ['stop-vms', 'purge'],
   help: [],
 };
 
@@ -134,6 +141,7 @@ export async function main(argv: string[], io: CliIo): Promise<number> {
   }
   try {
     if (verb === 'daemon' || verb === 'controller') return await server(verb, args, values, io.env);
+    if (verb === 'install' || verb === 'uninstall') return await hostVerb(verb, args, values, io);
     const target = targetOf(values, io.env);
     const cluster = target.kind === 'cluster' ? await clusterOf(target, values, io) : undefined;
     const socketPath = target.kind === 'socket' ? target.socketPath : DEFAULT_SOCKET;
@@ -215,6 +223,14 @@ async function server(verb: 'daemon' | 'controller', args: string[], values: Val
   daemonStarted = true;
   await mod.runControllerProcess(values.kubeconfig !== undefined ? { kubeconfig: values.kubeconfig } : {});
   return EXIT_OK;
+}
+
+/** `vmlet install` and `uninstall`: host changes, not API calls; their module loads only for them. */
+async function hostVerb(verb: 'install' | 'uninstall', args: string[], values: Values, io: CliIo): Promise<number> {
+  if (args.length > 0) throw cmd.usageError(`${verb} takes no positional arguments`);
+  const verbs = await import('./install-verbs.js');
+  if (verb === 'install') return verbs.installVerb(io, { start: values['no-start'] !== true });
+  return verbs.uninstallVerb(io, { stopVms: values['stop-vms'] === true, purge: values.purge === true });
 }
 
 function opt<K extends string, V>(key: K, value: V | undefined): { [P in K]?: V } {

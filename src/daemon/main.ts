@@ -13,7 +13,6 @@ import { VmletError } from '../errors.js';
 import { describeCaps, probeQemu, type ProbeOptions, type QemuCaps } from '../qemu/probe.js';
 import { LauncherServer } from '../qemu/launcher-server.js';
 import { LocalStore } from '../source/local-store.js';
-import { sdNotify } from '../sys/sd-notify.js';
 import { ApiServer } from './api-server.js';
 import { loadConfig, wantsTextLogs, type DaemonConfig, type DaemonFlags } from './config.js';
 import type { RunningKubeDaemon } from './kube-daemon.js';
@@ -29,6 +28,8 @@ import { lockDirs, lockDirsWaiting, type DirLock } from '../sys/dir-lock.js';
 import { groupId, type SocketAccess } from './api-access.js';
 import { ClientConnections } from './api-client-limit.js';
 import { NodeAdmission } from './node-admission.js';
+import { apiAnswers, SystemdNotifier } from './systemd-notify.js';
+import { describeCounts, VmCountWatch } from './vm-counts.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -264,7 +265,10 @@ async function makeLogger(config: DaemonConfig): Promise<Logger> {
 export async function runDaemon(flags: DaemonFlags): Promise<void> {
   const config = loadConfig(repoRoot, flags);
   const logger = await makeLogger(config);
-  let daemon: { close(): Promise<void> };
+  const systemd = new SystemdNotifier({ logger: logger.child({ component: 'systemd' }) });
+  // From the first moment: the start-up (QEMU probe, re-adoption) runs under the watchdog too.
+  systemd.startWatchdog();
+  let daemon: RunningDaemon | RunningKubeDaemon;
   try {
     daemon = config.mode === 'kubernetes' ? await startKubernetesDaemon(config, logger) : await startDaemon(config, logger);
   } catch (e) {
@@ -274,15 +278,29 @@ export async function runDaemon(flags: DaemonFlags): Promise<void> {
     process.exit(1);
   }
   logger.info({ socket: config.socket, stateDir: config.stateDir, runDir: config.runDir }, 'vmlet daemon ready');
-  sdNotify(`READY=1\nSTATUS=serving on ${config.socket}`);
-  await new Promise<void>((resolve) => {
+  // Standalone: the VM count in systemd's STATUS line, followed only when systemd listens.
+  const counts =
+    systemd.enabled && 'store' in daemon
+      ? new VmCountWatch({ store: daemon.store, onChange: () => systemd.status(statusLine()), logger: logger.child({ component: 'systemd' }) })
+      : undefined;
+  const statusLine = (): string => `${counts ? `${describeCounts(counts.counts())}, ` : ''}serving on ${config.socket}`;
+  counts?.start();
+  const running = daemon;
+  const stopped = new Promise<void>((resolve) => {
     const stop = (sig: string): void => {
       logger.info({ signal: sig }, 'stopping the daemon; VMs keep running');
-      sdNotify('STOPPING=1');
-      void daemon.close().finally(resolve);
+      systemd.stopping();
+      counts?.close();
+      void running.close().finally(resolve);
     };
     process.once('SIGTERM', () => stop('SIGTERM'));
     process.once('SIGINT', () => stop('SIGINT'));
   });
+  // READY=1 once the API answers and the VMs found running are re-adopted (bounded); a stop first cancels it.
+  void systemd
+    .ready({ apiAnswers: () => apiAnswers(config.socket), readoptions: daemon.node.readoptions, status: statusLine })
+    .catch((err: unknown) => logger.error({ err }, 'could not tell systemd the daemon is ready'));
+  await stopped;
+  systemd.close();
   process.exit(0);
 }

@@ -64,6 +64,11 @@ const STRAY_CGROUP_MIN_AGE_MS = 30_000;
 
 export class NodeReconciler {
   readonly supervisors = new Map<string, Supervisor>();
+  /**
+   * The VMIs whose QEMU may have run when the daemon started (by uid): `settled` (never rejects) once its reattach()
+   * is over: QMP connected and query-status read (Running), or the VMI ended as gone or failed. READY=1 waits for these.
+   */
+  readonly readoptions = new Map<string, { name: string; settled: Promise<void> }>();
   private watch: { close(): void } | undefined;
   private readonly log: Logger;
   private readonly busy = new Map<string, Promise<void>>();
@@ -119,10 +124,7 @@ export class NodeReconciler {
         this.log.error({ err: e }, 'could not adopt the network sandboxes');
       }
     }
-    for (const vmi of live) {
-      const sup = this.newSupervisor(vmi);
-      this.track(vmi.metadata.uid!, sup.reattach());
-    }
+    for (const vmi of live) this.readopt(vmi, this.newSupervisor(vmi).reattach());
     this.follow();
   }
 
@@ -137,12 +139,22 @@ export class NodeReconciler {
       if (vmi.status?.nodeName !== this.opts.nodeName || FINAL.has(vmi.status?.phase ?? '') || vmi.status?.phase === 'Scheduled' || !podUid) continue;
       const runDir = await pods.open(podUid, uid);
       const sup = this.newSupervisor(vmi, { runDir, podUid });
-      this.track(
-        uid,
+      this.readopt(
+        vmi,
         sup.reattach().then(() => this.adoptPodNetwork(vmi, sup, pods)),
       );
     }
     this.follow();
+  }
+
+  private readopt(vmi: StoredVmi, work: Promise<void>): void {
+    const { uid, namespace, name } = vmi.metadata;
+    const settled = work.then(
+      () => undefined,
+      () => undefined,
+    );
+    this.readoptions.set(uid!, { name: `${namespace}/${name}`, settled });
+    this.track(uid!, work);
   }
 
   /** Re-reads one VMI and acts on it (Kubernetes mode: its pod just appeared). */

@@ -1,5 +1,4 @@
-// Speaks systemd's sd_notify datagram protocol (READY=1, STATUS=…, STOPPING=1) through a unix datagram socket.
-import koffi from 'koffi';
+// Speaks systemd's sd_notify datagram protocol (READY=1, STATUS=…, WATCHDOG=1, STOPPING=1) through a unix datagram socket.
 import { VmletError } from '../errors.js';
 import { libc, errno, errnoCode, errnoName, closeFd } from './libc.js';
 
@@ -23,7 +22,8 @@ function sockaddrUn(target: string): Buffer {
 
 /**
  * Sends one notification. Returns false when not run by systemd (no NOTIFY_SOCKET), so callers
- * need not care which way the daemon was started.
+ * need not care which way the daemon was started. A socket per message, as libsystemd's sd_notify does: even the
+ * watchdog sends at most a few a second, and there is no long-lived fd to keep, share or close.
  */
 export function sdNotify(state: string, env: NodeJS.ProcessEnv = process.env): boolean {
   const target = env.NOTIFY_SOCKET;
@@ -45,4 +45,16 @@ export function sdNotify(state: string, env: NodeJS.ProcessEnv = process.env): b
     closeFd(fd);
   }
   return true;
+}
+
+/**
+ * How often to send WATCHDOG=1: half of WATCHDOG_USEC, as sd_watchdog_enabled(3) advises; undefined without a
+ * watchdog, or when WATCHDOG_PID names another process (the variables are inherited by children).
+ */
+export function watchdogIntervalMs(env: NodeJS.ProcessEnv = process.env, pid: number = process.pid): number | undefined {
+  const usec = env.WATCHDOG_USEC;
+  if (usec === undefined || !/^[0-9]+$/.test(usec) || Number(usec) === 0) return undefined;
+  const owner = env.WATCHDOG_PID;
+  if (owner !== undefined && owner !== '' && owner !== String(pid)) return undefined;
+  return Math.max(1, Math.floor(Number(usec) / 2000));
 }

@@ -9,6 +9,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { promisify } from 'node:util';
 import YAML from 'yaml';
+import { imageFiles, type GuestImageFiles } from '../../scripts/lib/guest-manifest.mjs';
 import { buildContainerDisk } from './container-disk.js';
 import { repoRoot } from './daemon.js';
 import { which } from './which.js';
@@ -42,16 +43,11 @@ export interface DebianGuestManifest {
   packageCount: number;
 }
 
-export interface DebianGuestImage {
-  dir: string;
-  /** the base image: never boot it, boot copyDebianDisk()'s copy or debianContainerDisk()'s image */
-  disk: string;
-  kernel: string;
-  initrd: string;
-  /** `root=/dev/vda console=ttyS0` */
-  kernelArgs: string;
-  manifest: DebianGuestManifest;
-}
+/**
+ * The cached image as paths. `disk` is the base image: never boot it, boot copyDebianDisk()'s copy or
+ * debianContainerDisk()'s image. `kernelArgs`: `root=/dev/vda console=ttyS0`.
+ */
+export type DebianGuestImage = GuestImageFiles<DebianGuestManifest>;
 
 interface BuilderModule {
   validDebianGuest(out: string): DebianGuestManifest | null;
@@ -70,15 +66,7 @@ export async function debianGuestImage(dir = debianGuestDir): Promise<DebianGues
   // A dynamic import with a computed specifier: the builder is plain JS without a declaration file.
   const mod = (await import(pathToFileURL(builderPath).href)) as BuilderModule;
   const manifest = mod.validDebianGuest(dir);
-  if (!manifest) return null;
-  return {
-    dir,
-    disk: path.join(dir, manifest.disk.file),
-    kernel: path.join(dir, manifest.kernel.file),
-    initrd: path.join(dir, manifest.initrd.file),
-    kernelArgs: manifest.kernelArgs,
-    manifest,
-  };
+  return manifest ? imageFiles(dir, manifest) : null;
 }
 
 /** Why the Debian guest cannot be used here, or false. */
