@@ -298,7 +298,7 @@ export async function runDaemon(flags: DaemonFlags): Promise<void> {
   });
   // READY=1 once the API answers and the VMs found running are re-adopted (bounded); a stop first cancels it.
   void systemd
-    .ready({ apiAnswers: () => apiAnswers(config.socket), readoptions: daemon.node.readoptions, status: statusLine })
+    .ready({ apiAnswers: () => (systemd.enabled ? apiAnswers(config.socket) : Promise.resolve()), readoptions: daemon.node.readoptions, status: statusLine })
     .catch((err: unknown) => logger.error({ err }, 'could not tell systemd the daemon is ready'));
   await stopped;
   systemd.close();

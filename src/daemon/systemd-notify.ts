@@ -159,7 +159,8 @@ export class SystemdNotifier {
 /** Resolves once GET /healthz on the unix socket answers 200 (a listening socket alone proves the kernel, not the server). */
 export function apiAnswers(socketPath: string, timeoutMs = 5_000): Promise<void> {
   return new Promise((resolve, reject) => {
-    const req = http.request({ socketPath, path: '/healthz', timeout: timeoutMs }, (res) => {
+    // Its own connection, closed after the answer: a kept-alive one would count against root's maxConnectionsPerClient.
+    const req = http.request({ socketPath, path: '/healthz', timeout: timeoutMs, agent: false, headers: { Connection: 'close' } }, (res) => {
       res.resume();
       if (res.statusCode === 200) resolve();
       else reject(new VmletError('DAEMON_UNREACHABLE', `GET /healthz on ${socketPath} answered ${res.statusCode ?? '?'}`));

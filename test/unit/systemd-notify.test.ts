@@ -1,10 +1,13 @@
 // Tests the systemd notifications against a real unix datagram socket: message texts, READY=1 held back until the re-adoptions settle (or the bound runs out), debounced STATUS=, and watchdog pings that stop while the event loop is blocked.
 import { spawn } from 'node:child_process';
+import fs from 'node:fs';
+import http from 'node:http';
+import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { pino } from 'pino';
 import t from 'tap';
-import { SystemdNotifier, type Readoption } from '../../src/daemon/systemd-notify.js';
+import { apiAnswers, SystemdNotifier, type Readoption } from '../../src/daemon/systemd-notify.js';
 import { describeCounts, VmCountWatch, type VmCounts } from '../../src/daemon/vm-counts.js';
 import { LocalStore } from '../../src/source/local-store.js';
 import { sdNotify, watchdogIntervalMs } from '../../src/sys/sd-notify.js';
@@ -282,4 +285,31 @@ t.test('VmCountWatch: VMIs that are not Succeeded/Failed, and how many are Runni
     ['1 VM (0 running)', '2 VMs (0 running)', '2 VMs (1 running)', '2 VMs (2 running)', '1 VM (1 running)'],
     'onChange only when the counts changed',
   );
+});
+
+t.test("apiAnswers closes its connection: a kept-alive one would count against root's maxConnectionsPerClient", async (t) => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-api-answers-'));
+  const server = http.createServer((req, res) => {
+    res.writeHead(req.url === '/healthz' ? 200 : 404);
+    res.end('ok');
+  });
+  server.keepAliveTimeout = 60_000;
+  const sock = path.join(dir, 'api.sock');
+  await new Promise<void>((r) => server.listen(sock, r));
+  t.teardown(() => {
+    server.closeAllConnections();
+    server.close();
+    fs.rmSync(dir, { recursive: true, force: true });
+  });
+  const open = (): Promise<number> => new Promise((r, j) => server.getConnections((e, n) => (e ? j(e) : r(n))));
+  await apiAnswers(sock);
+  const end = Date.now() + 1_000;
+  while ((await open()) > 0 && Date.now() < end) await new Promise((r) => setTimeout(r, 10));
+  t.equal(await open(), 0, 'no connection left open after the answer');
+  server.removeAllListeners('request');
+  server.on('request', (_req: http.IncomingMessage, res: http.ServerResponse) => {
+    res.writeHead(503);
+    res.end();
+  });
+  await t.rejects(apiAnswers(sock), { code: 'DAEMON_UNREACHABLE', message: /answered 503/ });
 });
