@@ -69,8 +69,8 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
   if (fs.existsSync(dest)) {
     log(`${tree.id} is installed already (same content); reusing ${hostPath(layout, dest)}`);
   } else {
+    removeDeadCopies(layout.prefix);
     const tmp = `${dest}.tmp-${process.pid}`;
-    fs.rmSync(tmp, { recursive: true, force: true });
     log(`copying ${tree.dir} (${tree.packages.length} production packages) to ${hostPath(layout, dest)}`);
     try {
       copyTree(tree, tmp);
@@ -126,6 +126,31 @@ export async function install(o: InstallOptions): Promise<InstallResult> {
   }
   log(`installed ${tree.id}${previous ? ` (was ${previous}, kept beside it)` : ''}; service ${service}`);
   return { id: tree.id, previous, createdConfig, service };
+}
+
+/** Removes `<version>.tmp-PID` folders of installs killed mid-copy (their pid is gone); returns their names. */
+export function removeDeadCopies(prefix: string): string[] {
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync(prefix);
+  } catch {
+    return [];
+  }
+  const dead = names.filter((n) => {
+    const m = /\.tmp-(\d+)$/.exec(n);
+    return m !== null && !pidAlive(Number(m[1]));
+  });
+  for (const n of dead) fs.rmSync(path.join(prefix, n), { recursive: true, force: true });
+  return dead;
+}
+
+function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
 }
 
 /** Points `link` at `target` by renaming a new link over it, so it is never missing. */

@@ -16,7 +16,7 @@ export interface UninstallOptions {
   purge: boolean;
   ops: HostOps;
   log: (line: string) => void;
-  /** how long stopping the VMs may take */
+  /** how long stopping the VMs may take (default: the longest grace period among the VMIs, plus a minute) */
   stopTimeoutMs?: number;
   procRoot?: string;
 }
@@ -94,7 +94,19 @@ export async function uninstall(o: UninstallOptions): Promise<UninstallResult> {
 }
 
 interface Listed {
-  items?: Array<{ metadata?: { name?: string; namespace?: string; uid?: string }; spec?: { runStrategy?: string; running?: boolean } }>;
+  items?: Array<{
+    metadata?: { name?: string; namespace?: string; uid?: string };
+    spec?: { runStrategy?: string; running?: boolean; terminationGracePeriodSeconds?: number };
+  }>;
+}
+
+/** For a VMI that shows none (the daemon stores each with its default filled in). */
+const DEFAULT_GRACE_SECONDS = 180;
+
+/** How long stopping these VMIs may take: a guest that ignores ACPI is killed only after its grace period. */
+export function stopWaitMs(vmis: NonNullable<Listed['items']>): number {
+  const grace = Math.max(0, ...vmis.map((v) => v.spec?.terminationGracePeriodSeconds ?? DEFAULT_GRACE_SECONDS));
+  return (grace + 60) * 1000;
 }
 
 async function list(client: ApiClient, plural: 'virtualmachines' | 'virtualmachineinstances'): Promise<NonNullable<Listed['items']>> {
@@ -132,12 +144,13 @@ async function stopAllVms(config: DaemonConfig, o: UninstallOptions, count: numb
     if (namespace === undefined || name === undefined || vm.spec?.runStrategy === 'Halted' || vm.spec?.running === false) continue;
     await client.call('PUT', paths.subresource('virtualmachines', namespace, name, 'stop')).catch(() => undefined);
   }
-  for (const vmi of await list(client, 'virtualmachineinstances')) {
+  const vmis = await list(client, 'virtualmachineinstances');
+  for (const vmi of vmis) {
     const { namespace, name } = vmi.metadata ?? {};
     if (namespace !== undefined && name !== undefined)
       await client.call('DELETE', paths.object('virtualmachineinstances', namespace, name)).catch(() => undefined);
   }
-  const deadline = Date.now() + (o.stopTimeoutMs ?? 180_000);
+  const deadline = Date.now() + (o.stopTimeoutMs ?? stopWaitMs(vmis));
   for (;;) {
     const live = await liveVmUids(config.runDir, o.procRoot);
     if (live.length === 0) return count;

@@ -8,11 +8,11 @@ import t from 'tap';
 import { VmletError } from '../../src/errors.js';
 import { checkHost, findProgram, type HostFacts } from '../../src/install/host-check.js';
 import type { CommandResult, HostOps } from '../../src/install/host-ops.js';
-import { install, renderUnit, WRAPPER_MARK } from '../../src/install/install.js';
+import { install, removeDeadCopies, renderUnit, WRAPPER_MARK } from '../../src/install/install.js';
 import { installLayout } from '../../src/install/layout.js';
 import { readCreatedUser, readManifest } from '../../src/install/manifest.js';
 import { productionPackages } from '../../src/install/tree.js';
-import { uninstall } from '../../src/install/uninstall.js';
+import { stopWaitMs, uninstall } from '../../src/install/uninstall.js';
 
 const repo = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -384,4 +384,24 @@ t.test('uninstall', async (t) => {
     t.ok(err instanceof VmletError && err.code === 'INSTALL_MANIFEST_CORRUPT', 'INSTALL_MANIFEST_CORRUPT');
     t.match(String(err), /move it away/);
   });
+});
+
+t.test('an install killed mid-copy leaves a folder that the next install removes', async (t) => {
+  const { root, trees } = scratch(t);
+  const layout = installLayout(root);
+  const dead = spawn('true');
+  await new Promise((r) => dead.once('exit', r));
+  fs.mkdirSync(path.join(layout.prefix, `1.0.0-aaaaaaaa.tmp-${dead.pid}`, 'dist'), { recursive: true });
+  fs.mkdirSync(path.join(layout.prefix, `1.0.0-bbbbbbbb.tmp-${process.pid}`), { recursive: true });
+  t.same(removeDeadCopies(path.join(root, 'nowhere')), [], 'no prefix yet: nothing to do');
+  await install({ layout, tree: makeTree(path.join(trees, 'a'), '1.0.0'), node: '/usr/bin/node', start: false, ops: recorder(), log });
+  const left = fs.readdirSync(layout.prefix).filter((n) => n.includes('.tmp-'));
+  t.same(left, [`1.0.0-bbbbbbbb.tmp-${process.pid}`], "the dead install's copy is gone, a live one's is kept");
+});
+
+t.test('uninstall --stop-vms waits for the longest grace period plus a minute', async (t) => {
+  t.equal(stopWaitMs([]), 60_000);
+  t.equal(stopWaitMs([{ spec: { terminationGracePeriodSeconds: 0 } }, { spec: { terminationGracePeriodSeconds: 30 } }]), 90_000);
+  t.equal(stopWaitMs([{ spec: { terminationGracePeriodSeconds: 600 } }, {}]), 660_000, 'a VMI that shows none counts as 180 s');
+  t.equal(stopWaitMs([{}]), 240_000);
 });
