@@ -141,7 +141,8 @@ function checkLabels(labels: Record<string, string> | undefined, path: string, c
   }
 }
 
-function checkMetadata(meta: Record<string, unknown>, col: Collector): void {
+function checkMetadata(meta: Record<string, unknown> | undefined, col: Collector): void {
+  if (meta === undefined) return col.add('metadata', 'MISSING_FIELD', 'required field missing');
   const name = meta['name'];
   if (typeof name === 'string' && !isDnsLabel(name)) {
     col.add(
@@ -412,7 +413,7 @@ export function validateVMI(input: unknown, opts?: ValidateOptions): VirtualMach
   const typed = validate(obj) ? obj : undefined;
   const schema = typed ? [] : mapSchemaErrors(validate.errors ?? []);
   const col = new Collector(schema.length > 0);
-  col.check(() => checkMetadata(obj['metadata'] as Record<string, unknown>, col));
+  col.check(() => checkMetadata(obj['metadata'] as Record<string, unknown> | undefined, col));
   col.check(() => checkVMISpec(obj['spec'] as LooseSpec, 'spec', col));
   const problems = allProblems(schema, col.details);
   if (problems.length > 0 || typed === undefined) throw new ValidationError(subjectOf('VirtualMachineInstance', obj), problems);
@@ -429,7 +430,7 @@ export function validateVM(input: unknown, opts?: ValidateOptions): VirtualMachi
   const typed = validate(obj) ? obj : undefined;
   const schema = typed ? [] : mapSchemaErrors(validate.errors ?? []);
   const col = new Collector(schema.length > 0);
-  col.check(() => checkMetadata(obj['metadata'] as Record<string, unknown>, col));
+  col.check(() => checkMetadata(obj['metadata'] as Record<string, unknown> | undefined, col));
   const spec = obj['spec'] as { running?: boolean; runStrategy?: RunStrategy; template: { metadata?: Record<string, unknown>; spec: LooseSpec } };
   col.check(() => {
     if (spec.running !== undefined && spec.runStrategy !== undefined) {

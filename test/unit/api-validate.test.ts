@@ -529,3 +529,17 @@ t.test('malformed shapes still give field errors, never a crash', async (t) => {
     'a VM whose template is not an object',
   );
 });
+
+t.test('an object without metadata is refused with MISSING_FIELD, not a crash', async (t) => {
+  for (const [kind, fn] of [
+    ['VirtualMachineInstance', validateVMI],
+    ['VirtualMachine', validateVM],
+  ] as const) {
+    const obj = { apiVersion: 'vmlet.io/v1alpha1', kind, spec: {} };
+    const e = t.throws(() => fn(obj), { name: 'ValidationError' }, kind) as ValidationError;
+    t.ok(
+      e.details.some((d) => d.field === 'metadata' && d.code === 'MISSING_FIELD'),
+      `${kind}: metadata is named as missing`,
+    );
+  }
+});
