@@ -1,4 +1,4 @@
-// Times the standalone network sandbox of one masquerade NIC (netns, veth, bridge port, NAT, DHCP): NetManager set-up and teardown with the execFile runner and the posix_spawn runner side by side.
+// Times the standalone network sandbox of one masquerade NIC (netns, veth, bridge port, NAT, DHCP): NetManager set-up and teardown with the execFile runner, the posix_spawn runner, and posix_spawn with ip batches sent over netlink, side by side.
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
@@ -12,9 +12,15 @@ import { percentile, progress } from './support.js';
 /** Names of its own: never the node's vmlet0, BENCH_NET (10.215/16) or the tests' 10.214/16. */
 const SANDBOX_NET = { subnet: '10.216.0.0/24', bridge: 'vmlsbx0', nftTable: 'vmlet_sbx', netnsPrefix: 'vsbx-', vethPrefix: 'vsbh' };
 
-const RUNNERS: ReadonlyArray<{ name: 'execFile' | 'posix_spawn'; runner: CommandRunner }> = [
+/** execRunner behind another function: IpTools sends batches over netlink only with execRunner itself, so this one keeps starting ip */
+const spawnOnly: CommandRunner = Object.assign((bin: string, args: readonly string[], input?: string) => execRunner(bin, args, input), {
+  inNetns: execRunner.inNetns!,
+});
+
+const RUNNERS: ReadonlyArray<{ name: 'execFile' | 'posix_spawn' | 'netlink'; runner: CommandRunner }> = [
   { name: 'execFile', runner: execFileRunner },
-  { name: 'posix_spawn', runner: execRunner },
+  { name: 'posix_spawn', runner: spawnOnly },
+  { name: 'netlink', runner: execRunner },
 ];
 
 interface Sample {
@@ -140,13 +146,16 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
   };
   const before = row('execFile');
   const after = row('posix_spawn');
+  const netlink = row('netlink');
   const result = {
     n,
     pause_ms: pauseMs,
     rss_mib: rss,
     execFile_ms: before,
     posix_spawn_ms: after,
+    netlink_ms: netlink,
     ratio_p50: { setup: +(before.setup.p50 / after.setup.p50).toFixed(2), teardown: +(before.teardown.p50 / after.teardown.p50).toFixed(2) },
+    netlink_ratio_p50: { setup: +(after.setup.p50 / netlink.setup.p50).toFixed(2) },
   };
   if (opts.json) {
     console.log(JSON.stringify(result));
@@ -157,10 +166,12 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
   for (const [name, r] of [
     ['execFile', before],
     ['posix_spawn', after],
+    ['netlink', netlink],
   ] as const) {
     console.log(
       `${name.padEnd(12)} ${r.setup.p50.toFixed(1).padStart(10)} ${r.setup.p95.toFixed(1).padStart(6)} ${r.teardown.p50.toFixed(1).padStart(14)} ${r.teardown.p95.toFixed(1).padStart(6)} ${r.setup_main_thread_p50.toFixed(1).padStart(12)}`,
     );
   }
   console.log(`execFile / posix_spawn at p50: set-up ${result.ratio_p50.setup}x, teardown ${result.ratio_p50.teardown}x`);
+  console.log(`posix_spawn / netlink (ip batches over rtnetlink) at p50: set-up ${result.netlink_ratio_p50.setup}x`);
 }

@@ -236,7 +236,11 @@ export const ERROR_CODES = {
   NET_SUBNET_CLASH: { http: 422, area: 'net', meaning: 'the node subnet overlaps a host route, or a vmNetworkCIDR overlaps the node subnet' },
   NET_BRIDGE_CONFLICT: { http: 500, area: 'net', meaning: "the bridge name exists but is not a bridge, or carries an address other than the subnet's gateway" },
   NET_NAME_COLLISION: { http: 500, area: 'net', meaning: 'two uids share the first 8 hex digits, so their sandbox names collide' },
-  NET_COMMAND_FAILED: { http: 500, area: 'net', meaning: 'ip, nft or nsenter exited non-zero (exitCode and stderr are fields)' },
+  NET_COMMAND_FAILED: {
+    http: 500,
+    area: 'net',
+    meaning: 'ip, nft or nsenter exited non-zero (exitCode and stderr are fields), or an ip command sent over rtnetlink failed (errno)',
+  },
   NET_CLEANUP_FAILED: { http: 500, area: 'net', meaning: 'deleting a sandbox\'s veth or netns failed for another reason than "already gone"' },
   NET_SANDBOX_NOT_FOUND: { http: 500, area: 'net', meaning: 'openTapFds for a uid without a sandbox, or an interface it does not have' },
   NET_NOT_STARTED: { http: 500, area: 'net', meaning: 'a NetManager method before start()' },

@@ -1,7 +1,8 @@
-// The NetManager's use of the ip and nft programs: plain, JSON and batch invocations on the host or inside a netns, and the one test of a failure's stderr.
+// The NetManager's use of the ip and nft programs: plain, JSON and batch invocations on the host or inside a netns (batches of the planners' forms over rtnetlink instead), and the one test of a failure's stderr.
 import { VmletError } from '../errors.js';
 import { toBatch } from './commands.js';
-import type { CommandResult, CommandRunner } from './exec.js';
+import { execRunner, type CommandResult, type CommandRunner } from './exec.js';
+import { netlinkSupports, runIpBatchNetlink } from './ip-netlink.js';
 import type { IpCommand } from './types.js';
 
 export interface IpToolBins {
@@ -53,15 +54,33 @@ export function splitBatchFailure(cmds: readonly IpCommand[], err: unknown): (Vm
   });
 }
 
+export interface IpToolsOptions {
+  /**
+   * ipBatch sends batches of the planners' forms (netlinkSupports) as rtnetlink requests instead
+   * of starting ip. Default: on with the real runner, off with any other (tests that record see
+   * every command).
+   */
+  netlink?: boolean;
+  /** where `netns NAME` of such a batch is looked up (ip's own directory); default /run/netns */
+  netnsDir?: string;
+}
+
 function toError(e: unknown): VmletError {
   return e instanceof VmletError ? e : new VmletError('NET_COMMAND_FAILED', (e as Error).message, { cause: e });
 }
 
 export class IpTools {
+  private readonly netlink: boolean;
+  private readonly netnsDir: string;
+
   constructor(
     private readonly run: CommandRunner,
     private readonly bin: IpToolBins,
-  ) {}
+    opts: IpToolsOptions = {},
+  ) {
+    this.netlink = opts.netlink ?? run === execRunner;
+    this.netnsDir = opts.netnsDir ?? '/run/netns';
+  }
 
   /** `bin args` on the host, or inside the netns at `netnsPath`: started there by the runner when it can, else through nsenter. */
   private exec(bin: string, args: string[], input: string | undefined, netnsPath: string | undefined): Promise<CommandResult> {
@@ -93,9 +112,19 @@ export class IpTools {
     return docs.map((d) => JSON.parse(d) as unknown) as T;
   }
 
-  /** One `ip -batch -` process for all commands, on the host or inside the netns at `netnsPath`; it stops at the first failure. */
+  /**
+   * All commands on the host or inside the netns at `netnsPath`, stopping at the first failure:
+   * as rtnetlink requests when netlinkSupports them (no process), else one `ip -batch -` process.
+   */
   async ipBatch(cmds: IpCommand[], netnsPath?: string): Promise<void> {
     if (cmds.length === 0) return;
+    if (this.netlink && netlinkSupports(cmds)) {
+      toBatch(cmds); // the same token check as for ip, so both paths refuse the same input
+      // the work below is synchronous: yield once, so what the caller starts beside it (the sandbox's nft process) is under way first
+      await Promise.resolve();
+      runIpBatchNetlink(cmds, netnsPath, { netnsDir: this.netnsDir });
+      return;
+    }
     await this.exec(this.bin.ip, ['-batch', '-'], toBatch(cmds), netnsPath);
   }
 

@@ -1,4 +1,4 @@
-// Opens queues of a tap device inside another network namespace (open /dev/net/tun + TUNSETIFF there) and returns their fds for QEMU.
+// Opens queues of a tap device inside another network namespace (open /dev/net/tun + TUNSETIFF there) and returns their fds for QEMU; creates persistent taps as `ip tuntap add` does.
 import { VmletError } from '../errors.js';
 import { libc, errno, errnoCode, errnoName, closeFd } from './libc.js';
 import { withNetns, type WithNetnsOptions } from './netns.js';
@@ -6,6 +6,11 @@ import { withNetns, type WithNetnsOptions } from './netns.js';
 const O_RDWR = 2;
 const O_CLOEXEC = 0o2000000;
 const TUNSETIFF = 0x400454ca;
+const TUNSETPERSIST = 0x400454cb;
+const TUNSETOWNER = 0x400454cc;
+const TUNSETGROUP = 0x400454ce;
+/** TUNSETIFF fails with EBUSY on an existing device instead of attaching to it (as `ip tuntap add`) */
+export const IFF_TUN_EXCL = 0x8000;
 export const IFF_TAP = 0x0002;
 export const IFF_NO_PI = 0x1000;
 export const IFF_VNET_HDR = 0x4000;
@@ -14,6 +19,8 @@ export const IFF_MULTI_QUEUE = 0x0100;
 const openFn = libc.func('int open(const char *path, int flags)');
 // ioctl is variadic; the pointer argument is passed the same way on x86-64 and aarch64
 const ioctlFn = libc.func('int ioctl(int fd, unsigned long request, void *arg)');
+// the owner, group and persist ioctls take their argument by value
+const ioctlValFn = libc.func('ioctl', 'int', ['int', 'unsigned long', 'unsigned long']);
 
 export interface OpenTapOptions extends WithNetnsOptions {
   netnsPath: string;
@@ -79,4 +86,43 @@ export function openTap(opts: OpenTapOptions): number[] {
     },
     withOpts,
   );
+}
+
+export interface PersistentTapOptions extends WithNetnsOptions {
+  /** create the tap inside this netns; default: the caller's */
+  netnsPath?: string;
+  name: string;
+  /** IFF_* flags besides IFF_TAP and IFF_TUN_EXCL (IFF_NO_PI, IFF_VNET_HDR, IFF_MULTI_QUEUE) */
+  flags: number;
+  user?: number;
+  group?: number;
+  /** default /dev/net/tun */
+  tunDevice?: string;
+}
+
+/**
+ * What `ip tuntap add dev NAME mode tap …` does: open /dev/net/tun (inside the netns: the tap is
+ * made in the opener's), TUNSETIFF, TUNSETOWNER/TUNSETGROUP, TUNSETPERSIST, close. SYS_TUN with
+ * `errno` on failure, naming the step.
+ */
+export function createPersistentTap(opts: PersistentTapOptions): void {
+  const dev = opts.tunDevice ?? '/dev/net/tun';
+  const req = tapIfreq(opts.name, IFF_TAP | IFF_TUN_EXCL | opts.flags);
+  const open = (): number => openFn(dev, O_RDWR | O_CLOEXEC) as number;
+  const withOpts: WithNetnsOptions = opts.selfNetns !== undefined ? { selfNetns: opts.selfNetns } : {};
+  const fd = opts.netnsPath === undefined ? open() : withNetns(opts.netnsPath, open, withOpts);
+  const check = (ok: boolean, what: string): void => {
+    if (ok) return;
+    const e = errno();
+    throw new VmletError('SYS_TUN', `${what} failed: ${errnoName(e)}`, { errno: errnoCode(e) });
+  };
+  try {
+    check(fd >= 0, `open(${dev})`);
+    check(ioctlFn(fd, TUNSETIFF, req) === 0, `TUNSETIFF ${opts.name}`);
+    if (opts.user !== undefined) check(ioctlValFn(fd, TUNSETOWNER, opts.user) === 0, `TUNSETOWNER ${opts.name}`);
+    if (opts.group !== undefined) check(ioctlValFn(fd, TUNSETGROUP, opts.group) === 0, `TUNSETGROUP ${opts.name}`);
+    check(ioctlValFn(fd, TUNSETPERSIST, 1) === 0, `TUNSETPERSIST ${opts.name}`);
+  } finally {
+    if (fd >= 0) closeFd(fd);
+  }
 }
