@@ -91,13 +91,18 @@ function ensureNodeModules() {
 
 function ensureBuild() {
   const stamp = path.join(root, 'dist', '.build-stamp');
+  // The CRDs and the generator feed dist/api/crd-validators.cjs (the prebuilt validators), so they count too.
   const newest = Math.max(
     newestMtime(path.join(root, 'src'), (p) => p.endsWith('.ts')),
     mtime(path.join(root, 'tsconfig.json')),
+    newestMtime(path.join(root, 'deploy', 'crds'), (p) => p.endsWith('.yaml')),
+    mtime(path.join(root, 'scripts', 'gen-validators.mjs')),
   );
-  if (mtime(stamp) >= newest && newest > 0) return;
+  if (mtime(stamp) >= newest && newest > 0 && fs.existsSync(path.join(root, 'dist', 'api', 'crd-validators.cjs'))) return;
   log('building TypeScript');
   run(process.execPath, [path.join(root, 'node_modules', 'typescript', 'bin', 'tsc'), '-p', 'tsconfig.json']);
+  log('generating the CRD validators');
+  run(process.execPath, [path.join(root, 'scripts', 'gen-validators.mjs')]);
   fs.writeFileSync(stamp, new Date().toISOString());
 }
 
