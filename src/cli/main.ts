@@ -1,10 +1,11 @@
 #!/usr/bin/env node
 // The `vmlet` command: parses the command line, runs one verb against the daemon's unix socket or the Kubernetes API server (or starts the daemon), returns the exit code.
+// First: the young generation's growth factor is set before any other module loads (loading them is a burst).
+import './young-generation.js';
 import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
-import v8 from 'node:v8';
 import type { DaemonFlags } from '../daemon/config.js';
 import { ApiClient } from './client.js';
 import * as cmd from './commands.js';
@@ -14,6 +15,7 @@ import type * as KubeVerbs from './kube-verbs.js';
 import type { CliIo } from './io.js';
 
 export type { CliIo } from './io.js';
+export { keepYoungGenerationSmall } from './young-generation.js';
 
 export const DEFAULT_SOCKET = '/run/vmlet/vmlet.sock';
 export const EXIT_OK = 0;
@@ -267,26 +269,12 @@ async function daemon(args: string[], values: DaemonValues, env: CliIo['env']): 
   if (mode !== undefined && mode !== 'standalone' && mode !== 'kubernetes') throw cmd.usageError('--mode must be standalone or kubernetes');
   if (mode !== undefined) opts.mode = mode;
   if (typeof values.kubeconfig === 'string') opts.kubeconfig = values.kubeconfig;
-  keepYoungGenerationSmall(env);
   // A computed specifier: the daemon (and its dependencies) load only for this verb.
   const spec = '../daemon/main.js';
   const mod = (await import(spec)) as DaemonModule;
   daemonStarted = true;
   await mod.runDaemon(opts);
   return EXIT_OK;
-}
-
-/**
- * V8 doubles its young generation (up to 2 × 16 MiB) whenever a burst of allocation survives, and gives
- * it back only when its memory reducer happens to run: loading the daemon and compiling the API's validators
- * on the first request leave 8-30 MiB of RSS that way in a daemon that is idle most of the time. Growth factor 1
- * keeps the 1 MiB semi-spaces (V8 reads this flag whenever it would grow, so setting it at run time works);
- * scavenges become more frequent and stay short. A --max-semi-space-size or similar given by the operator wins.
- */
-export function keepYoungGenerationSmall(env: CliIo['env'], execArgv: readonly string[] = process.execArgv): boolean {
-  if (/semi[-_]space/.test(`${execArgv.join(' ')} ${env.NODE_OPTIONS ?? ''}`)) return false;
-  v8.setFlagsFromString('--semi-space-growth-factor=1');
-  return true;
 }
 
 /** Set once the daemon runs: its process must not be ended by the CLI's own exit. */

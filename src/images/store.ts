@@ -6,7 +6,7 @@ import type { Logger } from 'pino';
 import { probeImage, type ImageFormat } from '../disk/image-format.js';
 import { VmletError } from '../errors.js';
 import { errnoCode, fsyncDir, isTempName, NotDurableError, writeFileAtomic } from '../source/atomic-file.js';
-import { extractDiskFromArchive, isTarArchive } from './archive.js';
+import type * as Archive from './archive.js';
 import { copyIn, moveIn, nameFromFile, refuseCompressed } from './disk-file.js';
 import { canonicalTagged, nameKey, parseImageName, parseReference, referenceProblem } from '../api/image-reference.js';
 
@@ -248,9 +248,11 @@ export class ImageStore {
       throw storeFailed(e, `could not read ${file}`);
     });
     if (!st.isFile()) throw new VmletError('IMAGE_STORE_FAILED', `${file} is not a regular file`);
-    if (await isTarArchive(file)) {
+    // Loaded on the first import: the tar reader and its streams are no part of a daemon that runs VMs.
+    const archive: typeof Archive = await import('./archive.js');
+    if (await archive.isTarArchive(file)) {
       const out = path.join(work, 'disk');
-      const disk = await extractDiskFromArchive(file, out);
+      const disk = await archive.extractDiskFromArchive(file, out);
       const names = given === undefined ? disk.names : [given, ...disk.names];
       if (names.length === 0) {
         throw new VmletError('IMAGE_NAME_INVALID', `archive ${path.basename(file)} carries no image name; give one with --name NAME[:TAG]`);
