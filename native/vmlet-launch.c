@@ -900,6 +900,9 @@ int main(int argc, char **argv)
     unlink_run_file("qemu.pid");
     unlink_run_file("exit-status");
     write_run_file("launcher.pid", content);
+    /* HELLO first: the daemon checks it while the cgroup join waits for the kernel (an RCU grace period on v1);
+     * QEMU is forked only after the join, and a failed join is reported when ARGV comes, as before. */
+    try_connect();
     join_sandbox();
 
     long next_connect = 0;

@@ -1,8 +1,8 @@
 // The few file operations the managers do on cgroupfs, behind an interface a test can fake, plus the error wrapping and retry helpers around them.
 
-import { constants } from 'node:fs';
-import { mkdir, open, readFile, readdir, rmdir, stat } from 'node:fs/promises';
-import { join } from 'node:path';
+import fsSync, { constants } from 'node:fs';
+import { open, rmdir } from 'node:fs/promises';
+import { basename, join } from 'node:path';
 import { VmletError, type ErrorCode } from '../errors.js';
 
 /** What the managers need of a file system; the default goes to the real one. */
@@ -18,9 +18,27 @@ export interface CgroupFs {
   exists(path: string): Promise<boolean>;
 }
 
+/** Files whose write moves tasks: it can wait for an RCU grace period (5–13 ms), so it stays off the event loop. */
+const MEMBERSHIP_FILES = new Set(['cgroup.procs', 'cgroup.threads', 'tasks']);
+
+function writeSync(path: string, value: string): void {
+  const fd = fsSync.openSync(path, constants.O_WRONLY);
+  try {
+    fsSync.writeSync(fd, value);
+  } finally {
+    fsSync.closeSync(fd);
+  }
+}
+
+/*
+ * cgroupfs is in-kernel: mkdir, a limit write or a read takes tens of µs when made inline, while each trip through
+ * libuv's thread pool costs two wake-ups, milliseconds on a host whose cores run guests (docs/performance.md). So
+ * everything but the membership writes is synchronous behind the async interface.
+ */
 export const nodeCgroupFs: CgroupFs = {
-  readFile: (path) => readFile(path, 'utf8'),
+  readFile: async (path) => fsSync.readFileSync(path, 'utf8'),
   async writeFile(path, value) {
+    if (!MEMBERSHIP_FILES.has(basename(path))) return writeSync(path, value);
     const fh = await open(path, constants.O_WRONLY);
     try {
       await fh.write(value);
@@ -29,20 +47,15 @@ export const nodeCgroupFs: CgroupFs = {
     }
   },
   async mkdir(path) {
-    await mkdir(path);
+    fsSync.mkdirSync(path);
   },
   rmdir: (path) => rmdir(path),
   async subdirs(path) {
-    const entries = await readdir(path, { withFileTypes: true });
+    const entries = fsSync.readdirSync(path, { withFileTypes: true });
     return entries.filter((e) => e.isDirectory()).map((e) => e.name);
   },
   async exists(path) {
-    try {
-      await stat(path);
-      return true;
-    } catch {
-      return false;
-    }
+    return fsSync.existsSync(path);
   },
 };
 

@@ -82,7 +82,8 @@ export function launcherSandbox(vmi: VirtualMachineInstance, user: QemuUser, p: 
 /** Makes `<runDir>/qemu` (0700) and gives it, and the scratch folder, to QEMU's user. */
 export async function prepareQemuDirs(user: QemuUser, runDir: string, scratchDir?: string): Promise<void> {
   const dir = qemuRunDirOf(runDir);
-  await fs.promises.mkdir(dir, { recursive: true, mode: 0o700 });
-  await fs.promises.chown(dir, user.uid, user.gid);
-  if (scratchDir !== undefined) await fs.promises.chown(scratchDir, user.uid, user.gid);
+  // Inline: metadata changes in the page cache, on every start's path (a thread-pool trip costs more).
+  fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
+  fs.chownSync(dir, user.uid, user.gid);
+  if (scratchDir !== undefined) fs.chownSync(scratchDir, user.uid, user.gid);
 }

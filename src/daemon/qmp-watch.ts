@@ -76,7 +76,7 @@ export class QmpWatch {
   }
 
   /** Connects, follows QEMU's events, and reports the connection's end as `qmpClosed`. */
-  async connect(timeoutMs = 10_000): Promise<QmpClient> {
+  async connect(timeoutMs = 10_000, opts: { pipelined?: boolean } = {}): Promise<QmpClient> {
     const log = this.opts.logger;
     const qmp = new QmpClient({
       path: path.join(this.opts.runDir, 'qmp.sock'),
@@ -85,7 +85,7 @@ export class QmpWatch {
       greetingTimeoutMs: timeoutMs,
       logger: log,
     });
-    await qmp.connect();
+    await qmp.connect(opts.pipelined ? { pipelined: true } : {});
     this.#client = qmp;
     // One listener for every event rather than one per name: per VM, that is five Sets and closures fewer.
     qmp.on('*', (data: unknown, event) => {

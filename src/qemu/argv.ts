@@ -303,6 +303,8 @@ export function buildArgv(vmi: VirtualMachineInstance, ctx: ArgvContext): string
     '-no-user-config',
     '-nodefaults',
     '-msg', 'timestamp=on',
+    // What guest events do, from the start (no set-action over QMP on the way to Running).
+    '-action', 'reboot=reset,shutdown=poweroff,panic=pause',
   ];
   if (ctx.sandbox ?? true) {
     args.push('-sandbox', 'on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny');

@@ -1,6 +1,6 @@
 // Starts a VMI's vmlet-launch detached, and reads what a launcher left in its run directory so a restarted daemon can tell live, recorded processes from recycled pids.
-import { closeSync, openSync } from 'node:fs';
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { closeSync, mkdirSync, openSync, readFileSync } from 'node:fs';
+import { readFile, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { VmletError } from '../errors.js';
 import { spawnDetached } from '../sys/spawn.js';
@@ -121,7 +121,7 @@ export interface SpawnedLauncher {
  */
 export async function spawnLauncher(opts: SpawnLauncherOptions): Promise<SpawnedLauncher> {
   const args = launcherArgv(opts);
-  await mkdir(opts.runDir, { recursive: true, mode: 0o700 });
+  mkdirSync(opts.runDir, { recursive: true, mode: 0o700 });
   const logPath = opts.logFile ?? path.join(opts.runDir, RUN_FILES.launcherLog);
   let logFd: number;
   try {
@@ -155,9 +155,10 @@ export interface RunDirState {
   exitStatus?: ExitStatus;
 }
 
+/** Inline: a few bytes from tmpfs, read on the launcher's HELLO, where a thread-pool trip would cost more. */
 async function readOptional(file: string): Promise<string | undefined> {
   try {
-    return await readFile(file, 'utf8');
+    return readFileSync(file, 'utf8');
   } catch (e) {
     if ((e as NodeJS.ErrnoException).code === 'ENOENT') return undefined;
     throw new VmletError('LAUNCH_RUNDIR_UNREADABLE', `cannot read ${file}`, { cause: e });

@@ -42,6 +42,8 @@ export interface QmpClientOptions {
 
 export interface ConnectCallOptions {
   signal?: AbortSignal;
+  /** Resolve once qmp_capabilities is sent, not answered (see QmpClient.connect). */
+  pipelined?: boolean;
 }
 
 export interface ExecuteOptions {

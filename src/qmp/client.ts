@@ -97,6 +97,8 @@ export class QmpClient {
    * Connects (retrying until connectTimeoutMs while QEMU creates the socket), reads the greeting and
    * negotiates capabilities. Rejects with QMP_CONNECT_FAILED, QMP_GREETING_TIMEOUT, QMP_PROTOCOL or
    * QMP_NEGOTIATION_FAILED; the client is then closed. A client connects once: make a new one to reconnect.
+   * `pipelined`: resolves once qmp_capabilities is sent, so the next command follows it without waiting for its
+   * answer (QEMU answers in order); a failed negotiation then closes the client and fails what was sent after it.
    */
   async connect(callOpts: ConnectCallOptions = {}): Promise<void> {
     if (this.stateValue !== 'idle') {
@@ -128,14 +130,21 @@ export class QmpClient {
       this.greetingValue = greeting;
       const offerOob = greeting.QMP.capabilities.includes('oob') && (this.opts.enableOob ?? true);
       this.stateValue = 'ready';
-      try {
-        await this.execute('qmp_capabilities', offerOob ? { enable: ['oob'] } : {}, { timeoutMs: greetingMs });
-      } catch (e) {
-        throw new QmpError('QMP_NEGOTIATION_FAILED', `qmp_capabilities failed: ${(e as Error).message}`, { cause: e, command: 'qmp_capabilities' });
+      const negotiated = this.execute('qmp_capabilities', offerOob ? { enable: ['oob'] } : {}, { timeoutMs: greetingMs }).then(
+        () => {
+          this.oobEnabled = offerOob;
+          const v = greeting.QMP.version.qemu;
+          this.log.debug({ path, qemu: `${v.major}.${v.minor}.${v.micro}`, oob: offerOob }, 'qmp connected');
+        },
+        (e: unknown) => {
+          throw new QmpError('QMP_NEGOTIATION_FAILED', `qmp_capabilities failed: ${(e as Error).message}`, { cause: e, command: 'qmp_capabilities' });
+        },
+      );
+      if (callOpts.pipelined) {
+        negotiated.catch((e: unknown) => this.teardown(e instanceof QmpError ? e : new QmpError('QMP_PROTOCOL', String(e), { cause: e })));
+        return;
       }
-      this.oobEnabled = offerOob;
-      const v = greeting.QMP.version.qemu;
-      this.log.debug({ path, qemu: `${v.major}.${v.minor}.${v.micro}`, oob: offerOob }, 'qmp connected');
+      await negotiated;
     } catch (e) {
       const err = e instanceof QmpError ? e : new QmpError('QMP_PROTOCOL', String(e), { cause: e });
       this.teardown(err);

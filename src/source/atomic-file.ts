@@ -2,8 +2,8 @@
 
 import { randomBytes } from 'node:crypto';
 import fs, { constants as fsc, promises as fsp } from 'node:fs';
-import { promisify } from 'node:util';
 import path from 'node:path';
+import { fsyncPolicy, type FsyncLane } from './fsync-policy.js';
 
 /** Every temp file this module creates starts with this prefix, so leftovers can be recognised and removed. */
 export const TEMP_PREFIX = '.tmp-';
@@ -23,19 +23,17 @@ export function isTempName(fileName: string): boolean {
   return fileName.startsWith(TEMP_PREFIX);
 }
 
-const fsyncFd = promisify(fs.fsync);
-
 /*
- * Only the fsyncs go to libuv's thread pool; open, write, close and rename are quick page-cache calls made inline.
- * Each thread-pool hop costs two wake-ups, which on a busy host (a guest's vCPU thread spinning) add up to
- * milliseconds per write (docs/performance.md).
+ * open, write, close and rename are quick page-cache calls made inline; the fsyncs go where fsync-policy.ts says
+ * (inline while the disk is fast and no other fsync waits, else libuv's thread pool). Each thread-pool hop costs two
+ * wake-ups, which on a busy host (a guest's vCPU thread spinning) add up to milliseconds per write.
  */
 
 /** fsync a directory so that entries created, renamed or removed in it survive a power loss. */
-export async function fsyncDir(dir: string): Promise<void> {
+export async function fsyncDir(dir: string, lane: FsyncLane = fsyncPolicy.lane()): Promise<void> {
   const fd = fs.openSync(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
   try {
-    await fsyncFd(fd);
+    await fsyncPolicy.fsync(fd, lane);
   } finally {
     fs.closeSync(fd);
   }
@@ -45,15 +43,19 @@ export async function fsyncDir(dir: string): Promise<void> {
  * Replace `file` with `data` atomically and durably: a reader (or a crash) sees either the old content or the new
  * one, never a mix, and once the promise resolves the new content survives a crash. On failure the old content is
  * untouched and the temp file is removed (best effort; whoever owns the directory removes what a crash leaves).
+ * `durable: false` skips both fsyncs: still atomic for readers and a crash of this process, but a power loss may
+ * keep the old file or leave a torn one (for data that may be lost, whose reader copes with a torn file).
  */
-export async function writeFileAtomic(file: string, data: string | Uint8Array): Promise<void> {
+export async function writeFileAtomic(file: string, data: string | Uint8Array, opts: { durable?: boolean } = {}): Promise<void> {
   const dir = path.dirname(file);
   const tmp = path.join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
+  const durable = opts.durable ?? true;
+  const lane = durable ? fsyncPolicy.lane() : 'inline';
   let fd: number | undefined;
   try {
     fd = fs.openSync(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
     fs.writeFileSync(fd, data);
-    await fsyncFd(fd);
+    if (durable) await fsyncPolicy.fsync(fd, lane);
     fs.closeSync(fd);
     fd = undefined;
     fs.renameSync(tmp, file);
@@ -66,7 +68,8 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array): 
     }
     throw e;
   }
-  await fsyncDir(dir).catch((e: unknown) => {
+  if (!durable) return;
+  await fsyncDir(dir, lane).catch((e: unknown) => {
     throw new NotDurableError(e);
   });
 }
@@ -79,14 +82,15 @@ function closeQuietly(fd: number): void {
   }
 }
 
-/** Remove `file` and fsync its directory. Resolves to false when the file did not exist. */
-export async function unlinkDurable(file: string): Promise<boolean> {
+/** Remove `file` and fsync its directory (unless `durable: false`). Resolves to false when the file did not exist. */
+export async function unlinkDurable(file: string, opts: { durable?: boolean } = {}): Promise<boolean> {
   try {
-    await fsp.unlink(file);
+    fs.unlinkSync(file);
   } catch (e) {
     if (errnoCode(e) === 'ENOENT') return false;
     throw e;
   }
+  if (opts.durable === false) return true;
   await fsyncDir(path.dirname(file)).catch((e: unknown) => {
     throw new NotDurableError(e);
   });
@@ -104,8 +108,9 @@ export async function moveAside(file: string, toDir: string, newBaseName: string
   await fsp.mkdir(toDir, { recursive: true, mode: 0o700 });
   const target = path.join(toDir, `${newBaseName}.${randomBytes(4).toString('hex')}`);
   await fsp.rename(file, target);
-  await fsyncDir(toDir);
-  await fsyncDir(path.dirname(file));
+  const lane = fsyncPolicy.lane();
+  await fsyncDir(toDir, lane);
+  await fsyncDir(path.dirname(file), lane);
   return target;
 }
 

@@ -12,6 +12,16 @@ import { WatchHistory, type WatchSink } from './store-watch.js';
 export type StoreLogger = Pick<Logger, 'info' | 'warn' | 'error'>;
 
 export const RV_FILE = 'resource-version.json';
+/** How far above the newest resourceVersion the persisted floor is set: a reopened store starts up to this far ahead. */
+export const RV_FLOOR_HEADROOM = 1000;
+
+/**
+ * Events are diagnostics (Kubernetes' own expire after an hour): written and removed without fsync, they cost a start
+ * no disk flushes. A power loss may lose the newest or leave a torn file, which the next open quarantines.
+ */
+function isDurable(kind: Kind): boolean {
+  return kind !== 'Event';
+}
 
 export interface CoreOptions {
   root: string;
@@ -198,7 +208,7 @@ export class StoreCore {
     const file = this.file(kind, ns, name);
     try {
       await this.ensureDir(path.dirname(file));
-      await writeFileAtomic(file, `${JSON.stringify(obj, null, 2)}\n`);
+      await writeFileAtomic(file, `${JSON.stringify(obj, null, 2)}\n`, { durable: isDurable(kind) });
     } catch (e) {
       const visible = e instanceof NotDurableError;
       await this.#settle(slot, visible ? apply : undefined);
@@ -218,7 +228,7 @@ export class StoreCore {
     };
     try {
       await this.#persistRvFloor(slot.rv);
-      await unlinkDurable(this.file(kind, ns, name));
+      await unlinkDurable(this.file(kind, ns, name), { durable: isDurable(kind) });
     } catch (e) {
       const visible = e instanceof NotDurableError;
       await this.#settle(slot, visible ? apply : undefined);
@@ -275,7 +285,8 @@ export class StoreCore {
   async #persistRvFloor(rv: number): Promise<void> {
     await this.locks.run('\0rv-floor', async () => {
       if (this.persistedRvFloor >= rv) return;
-      const floor = this.lastRv;
+      // Headroom: the next deletes (each VMI's events go with it) need no write of their own.
+      const floor = this.lastRv + RV_FLOOR_HEADROOM;
       await writeFileAtomic(path.join(this.objectsDir, RV_FILE), `${JSON.stringify({ resourceVersion: String(floor) })}\n`);
       this.persistedRvFloor = floor;
     });

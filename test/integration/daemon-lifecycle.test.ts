@@ -30,7 +30,7 @@ t.test('a VM from apply to delete', { skip }, async (t) => {
   const trace = traces.items.find((x) => x.uid === uid);
   t.equal(trace?.outcome, 'Running', 'GET /debug/start-traces has the start, ended at Running');
   const steps = trace?.steps ?? [];
-  for (const s of ['supervisor.created', 'cgroup.ready', 'launcher.argv', 'qemu.started', 'qmp.connected', 'end:Running']) {
+  for (const s of ['supervisor.created', 'cgroup.ready', 'launcher.argv', 'qemu.started', 'qmp.greeting', 'qmp.cont', 'end:Running']) {
     t.ok(
       steps.some(([x]) => x === s),
       `the trace has step ${s}`,

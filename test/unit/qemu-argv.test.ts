@@ -225,6 +225,7 @@ t.test('required options are present', async (t) => {
   for (const flag of ['-S', '-nodefaults', '-no-user-config']) t.ok(argv.includes(flag), flag);
   t.same(values(argv, '-display'), ['none']);
   t.same(values(argv, '-msg'), ['timestamp=on']);
+  t.same(values(argv, '-action'), ['reboot=reset,shutdown=poweroff,panic=pause'], 'guest events set at start: no set-action before cont');
   t.ok(values(argv, '-chardev').includes(`socket,id=qmp,path=${RUN}/qmp.sock,server=on,wait=off`));
   t.same(values(argv, '-mon'), ['chardev=qmp,mode=control']);
   t.ok(values(argv, '-chardev').includes(`socket,id=serial0,path=${RUN}/serial.sock,server=on,wait=off`));

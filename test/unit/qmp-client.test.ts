@@ -131,6 +131,53 @@ t.test('qmp_capabilities refused: QMP_NEGOTIATION_FAILED wrapping the command er
   t.equal((err.cause as QmpError).desc, 'nope');
 });
 
+t.test('pipelined connect: resolves before qmp_capabilities is answered; the next command follows it', async (t) => {
+  // Like QEMU, the fake answers in order: cont only after the capabilities.
+  let answerCaps!: () => void;
+  const capsAnswered = new Promise<void>((resolve) => (answerCaps = resolve));
+  const { fake, qmp } = await setup(t, {
+    handlers: {
+      qmp_capabilities: async (c, conn) => {
+        await capsAnswered;
+        conn.reply(c.id, {});
+        return undefined;
+      },
+      cont: async () => {
+        await capsAnswered;
+        await sleep(5);
+        return { return: {} };
+      },
+    },
+  });
+  await qmp.connect({ pipelined: true });
+  t.equal(qmp.state, 'ready', 'usable at once');
+  const cont = qmp.execute('cont');
+  await fake.waitForCommands(2);
+  t.same(
+    fake.received.map((c) => c.execute),
+    ['qmp_capabilities', 'cont'],
+    'cont was sent before the capabilities were answered',
+  );
+  answerCaps();
+  t.same(await cont, {});
+  t.equal(qmp.oob, true, 'oob counts once the answer came');
+});
+
+t.test('pipelined connect: a refused negotiation closes the client and fails what followed', async (t) => {
+  const { qmp } = await setup(t, {
+    handlers: {
+      qmp_capabilities: () => ({ error: { class: 'GenericError', desc: 'nope' } }),
+      cont: () => ({ error: { class: 'CommandNotFound', desc: "Expecting capabilities negotiation with 'qmp_capabilities'" } }),
+    },
+  });
+  await qmp.connect({ pipelined: true });
+  // QEMU refuses what came before the negotiation; the client closes on the refused capabilities.
+  await t.rejects(qmp.execute('cont'), { code: /^QMP_(COMMAND_ERROR|NEGOTIATION_FAILED)$/ });
+  await new Promise((r) => setTimeout(r, 10));
+  t.equal(qmp.state, 'closed');
+  await rejectsCode(t, qmp.execute('query-status'), 'QMP_DISCONNECTED');
+});
+
 t.test('command errors carry QEMU class and desc', async (t) => {
   const { qmp } = await setup(t, {
     handlers: { device_del: (c) => ({ error: { class: 'DeviceNotFound', desc: `Device '${String(c.arguments?.['id'])}' not found` } }) },

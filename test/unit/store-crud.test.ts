@@ -1,6 +1,8 @@
 import t from 'tap';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
+import fs from 'node:fs';
+import { RV_FLOOR_HEADROOM } from '../../src/source/store-core.js';
 import { isVmletError } from '../../src/errors.js';
 import { LocalStore, type StoredObject } from '../../src/source/local-store.js';
 import { captureLogger, steppingClock, vm, vmi } from '../support/store-helpers.js';
@@ -211,10 +213,27 @@ t.test('resourceVersion stays monotonic across reopen, even after deleting the n
   await s1.close();
   const s2 = await open(dir);
   t.teardown(() => s2.close());
-  t.equal(s2.resourceVersion, gone.metadata.resourceVersion);
+  // The floor was persisted with headroom, so the next deletes need no write of their own.
+  t.equal(Number(s2.resourceVersion), Number(gone.metadata.resourceVersion) + RV_FLOOR_HEADROOM, 'starts at the floor: above every rv used');
   const c = await s2.create(vm('c'));
   t.ok(Number(c.metadata.resourceVersion) > Number(gone.metadata.resourceVersion));
   t.equal((await s2.list('VirtualMachine')).length, 2);
+});
+
+t.test('deletes write the resourceVersion floor only when they pass it', async (t) => {
+  const dir = t.testdir({});
+  const s = await open(dir);
+  t.teardown(() => s.close());
+  const floorFile = path.join(dir, 'objects', 'resource-version.json');
+  await s.create(vm('a'));
+  await s.create(vm('b'));
+  await s.delete('VirtualMachine', 'default', 'a');
+  const first = fs.statSync(floorFile).mtimeMs;
+  const floor = Number(JSON.parse(fs.readFileSync(floorFile, 'utf8')).resourceVersion);
+  t.ok(floor >= Number(s.resourceVersion) + RV_FLOOR_HEADROOM - 1, 'the floor is ahead of the newest rv');
+  await new Promise((r) => setTimeout(r, 20));
+  await s.delete('VirtualMachine', 'default', 'b');
+  t.equal(fs.statSync(floorFile).mtimeMs, first, 'the second delete did not rewrite the floor');
 });
 
 t.test('a closed store refuses writes and waits for writes under way', async (t) => {

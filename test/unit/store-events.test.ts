@@ -1,7 +1,8 @@
 import t from 'tap';
-import { readdir } from 'node:fs/promises';
+import { readdir, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { LocalStore, type ObjectReference, type StoredObject } from '../../src/source/local-store.js';
+import { fsyncPolicy } from '../../src/source/fsync-policy.js';
 import { captureLogger, steppingClock, vm, vmi } from '../support/store-helpers.js';
 
 const ref = (o: StoredObject): ObjectReference => ({ kind: o.kind, namespace: o.metadata.namespace, name: o.metadata.name, uid: o.metadata.uid });
@@ -144,4 +145,36 @@ t.test('event input is bounded and checked', async (t) => {
   t.equal(ev.message.length, 1024);
   await t.rejects(s.recordEvent({ involvedObject: { ...ref(a), name: '../x' }, type: 'Normal', reason: 'r', message: 'm' }), { code: 'STORE_INVALID_KEY' });
   await t.rejects(s.recordEvent({ involvedObject: ref(a), type: 'Info' as 'Normal', reason: 'r', message: 'm' }), { code: 'STORE_INVALID_OBJECT' });
+});
+
+t.test('events cost no fsync (diagnostics); objects are written durably; a torn event is quarantined at open', async (t) => {
+  const dir = t.testdir({});
+  const s = await LocalStore.open({ dir, logger: captureLogger().logger, now: steppingClock() });
+  const fsyncs = (): number => fsyncPolicy.counts.inline + fsyncPolicy.counts.pooled;
+  // The first object and event of a namespace make their folders (durably, once).
+  await s.recordEvent({ involvedObject: ref(await s.create(vmi('first'))), type: 'Normal', reason: 'Created', message: 'made' });
+  let n = fsyncs();
+  const a = await s.create(vmi('web'));
+  t.equal(fsyncs() - n, 2, "the object's file and its directory");
+  n = fsyncs();
+  const ev = await s.recordEvent({ involvedObject: ref(a), type: 'Normal', reason: 'Started', message: 'VM started' });
+  t.equal(fsyncs() - n, 0, 'the event is written without fsync');
+  n = fsyncs();
+  await s.delete('VirtualMachineInstance', 'default', 'web');
+  t.notOk((await readdir(path.join(dir, 'objects/events/default'))).includes(`${ev.metadata.name}.json`), 'the event went with its object');
+  t.ok(fsyncs() - n >= 1, 'the object removal is made durable');
+  await s.close();
+  // What a power loss can leave of an event written without fsync: an empty file.
+  await writeFile(path.join(dir, 'objects/events/default', `${ev.metadata.name}.json`), '');
+  const log = captureLogger();
+  const s2 = await LocalStore.open({ dir, logger: log.logger, now: steppingClock() });
+  t.teardown(() => s2.close());
+  t.notOk(
+    (await s2.list('Event')).some((e) => e.metadata.name === ev.metadata.name),
+    'the torn event is not loaded',
+  );
+  t.ok(
+    log.lines.some((l) => /quarantined/.test(String(l.msg))),
+    'and was quarantined with a log line',
+  );
 });
