@@ -45,8 +45,10 @@ export async function fsyncDir(dir: string, lane: FsyncLane = fsyncPolicy.lane()
  * untouched and the temp file is removed (best effort; whoever owns the directory removes what a crash leaves).
  * `durable: false` skips both fsyncs: still atomic for readers and a crash of this process, but a power loss may
  * keep the old file or leave a torn one (for data that may be lost, whose reader copes with a torn file).
+ * `onVisible` runs once the new content is in place with its data synced, before the directory's fsync: what a
+ * power loss can still undo then is the rename alone (the old content comes back, whole).
  */
-export async function writeFileAtomic(file: string, data: string | Uint8Array, opts: { durable?: boolean } = {}): Promise<void> {
+export async function writeFileAtomic(file: string, data: string | Uint8Array, opts: { durable?: boolean; onVisible?: () => void } = {}): Promise<void> {
   const dir = path.dirname(file);
   const tmp = path.join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
   const durable = opts.durable ?? true;
@@ -59,6 +61,7 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, o
     fs.closeSync(fd);
     fd = undefined;
     fs.renameSync(tmp, file);
+    opts.onVisible?.();
   } catch (e) {
     if (fd !== undefined) closeQuietly(fd);
     try {

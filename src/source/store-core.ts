@@ -206,15 +206,20 @@ export class StoreCore {
       this.#emit({ type, object: obj });
     };
     const file = this.file(kind, ns, name);
+    // Watchers get the change once the file is in place (its data synced); the write resolves after the directory's fsync.
+    let settled: Promise<void> | undefined;
+    const onVisible = (): void => {
+      settled = this.#settle(slot, apply);
+    };
     try {
       await this.ensureDir(path.dirname(file));
-      await writeFileAtomic(file, `${JSON.stringify(obj, null, 2)}\n`, { durable: isDurable(kind) });
+      await writeFileAtomic(file, `${JSON.stringify(obj, null, 2)}\n`, { durable: isDurable(kind), onVisible });
     } catch (e) {
       const visible = e instanceof NotDurableError;
-      await this.#settle(slot, visible ? apply : undefined);
+      await (settled ?? this.#settle(slot, visible ? apply : undefined));
       throw writeFailed(`write ${kind} ${ns}/${name}`, visible ? e.cause : e, visible);
     }
-    await this.#settle(slot, apply);
+    await (settled ?? this.#settle(slot, apply));
     return obj;
   }
 
