@@ -1,7 +1,7 @@
 // The few file operations the managers do on cgroupfs, behind an interface a test can fake, plus the error wrapping and retry helpers around them.
 
 import fsSync, { constants } from 'node:fs';
-import { open, rmdir } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rmdir, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { VmletError, type ErrorCode } from '../errors.js';
 
@@ -32,31 +32,70 @@ function writeSync(path: string, value: string): void {
 
 /*
  * cgroupfs is in-kernel: mkdir, a limit write or a read takes tens of µs when made inline, while each trip through
- * libuv's thread pool costs two wake-ups, milliseconds on a host whose cores run guests (docs/performance.md). So
- * everything but the membership writes is synchronous behind the async interface.
+ * libuv's thread pool costs two wake-ups, milliseconds on a host whose cores run guests (docs/performance.md). But
+ * while other groups are being joined (many starts at once) the same calls wait for the kernel's cgroup lock, and
+ * inline that wait stalls the daemon: a call that took over 1 ms sends the next ones to the pool for a second.
+ * Membership writes always go there.
  */
+const SLOW_MS = 1;
+const POOL_FOR_MS = 1000;
+let poolUntil = -Infinity;
+
+async function lane<T>(inline: () => T, pooled: () => Promise<T>): Promise<T> {
+  const t0 = performance.now();
+  if (t0 < poolUntil) return pooled();
+  try {
+    return inline();
+  } finally {
+    const t1 = performance.now();
+    if (t1 - t0 > SLOW_MS) poolUntil = t1 + POOL_FOR_MS;
+  }
+}
+
+async function writePooled(path: string, value: string): Promise<void> {
+  const fh = await open(path, constants.O_WRONLY);
+  try {
+    await fh.write(value);
+  } finally {
+    await fh.close();
+  }
+}
+
 export const nodeCgroupFs: CgroupFs = {
-  readFile: async (path) => fsSync.readFileSync(path, 'utf8'),
-  async writeFile(path, value) {
-    if (!MEMBERSHIP_FILES.has(basename(path))) return writeSync(path, value);
-    const fh = await open(path, constants.O_WRONLY);
-    try {
-      await fh.write(value);
-    } finally {
-      await fh.close();
-    }
-  },
-  async mkdir(path) {
-    fsSync.mkdirSync(path);
-  },
+  readFile: (path) =>
+    lane(
+      () => fsSync.readFileSync(path, 'utf8'),
+      () => readFile(path, 'utf8'),
+    ),
+  writeFile: (path, value) =>
+    MEMBERSHIP_FILES.has(basename(path))
+      ? writePooled(path, value)
+      : lane(
+          () => writeSync(path, value),
+          () => writePooled(path, value),
+        ),
+  mkdir: (path) =>
+    lane(
+      () => fsSync.mkdirSync(path),
+      async () => void (await mkdir(path)),
+    ),
   rmdir: (path) => rmdir(path),
-  async subdirs(path) {
-    const entries = fsSync.readdirSync(path, { withFileTypes: true });
+  subdirs: async (path) => {
+    const entries = await lane(
+      () => fsSync.readdirSync(path, { withFileTypes: true }),
+      () => readdir(path, { withFileTypes: true }),
+    );
     return entries.filter((e) => e.isDirectory()).map((e) => e.name);
   },
-  async exists(path) {
-    return fsSync.existsSync(path);
-  },
+  exists: (path) =>
+    lane(
+      () => fsSync.existsSync(path),
+      () =>
+        stat(path).then(
+          () => true,
+          () => false,
+        ),
+    ),
 };
 
 /** Effects the managers take from outside: file system, sleeping, signalling. */

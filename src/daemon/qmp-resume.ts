@@ -10,6 +10,8 @@ export interface QmpResume {
   fresh: boolean;
   /** Connects the serial console (when the VMI has one); connected before `cont`, so no boot output is lost. */
   console?: (() => Promise<SerialConsole>) | undefined;
+  /** Settles before `cont` is sent (the sandbox's filters, loading while QEMU started); a rejection fails the start. */
+  gate?: Promise<void>;
   /** Runs before `cont` (vCPU pinning); a fresh start with it goes step by step. */
   beforeCont?: (qmp: QmpClient) => Promise<void>;
   trace(step: string): void;
@@ -39,6 +41,7 @@ export async function resumeGuest(o: QmpResume): Promise<Resumed> {
     if (o.fresh && !o.beforeCont) {
       // A fresh QEMU waits in prelaunch (-S) with its actions set by -action: `cont` is all it needs.
       serial = await early;
+      await o.gate;
       await qmp.execute('cont');
       o.trace('qmp.cont');
       return { qmp, cont: true, paused: false, ...(serial ? { console: serial } : {}) };
@@ -49,6 +52,7 @@ export async function resumeGuest(o: QmpResume): Promise<Resumed> {
     serial = await (early ?? o.console?.());
     const cont = status.status === 'prelaunch' || (o.fresh && !status.running);
     if (cont) {
+      await o.gate;
       await o.beforeCont?.(qmp);
       await qmp.execute('cont');
       o.trace('qmp.cont');

@@ -40,19 +40,18 @@ export class Supervisor {
   #console: SerialConsole | undefined;
   #pendingLaunch: PreparedLaunch | undefined;
   #launchRecorded: Promise<void> = Promise.resolve();
+  /** The sandbox's filters, loading while QEMU starts: `cont` waits for them. */
+  #filters: Promise<void> | undefined;
   /** Standalone: the launcher spawned while prepare runs (its pid), and whether its argv waits for the group's limits. */
   #early: Promise<number> | undefined;
   #argvHeld = false;
-  /** QEMU was found running (after a daemon restart), not launched by this supervisor. */
-  adopted = false;
+  adopted = false; // QEMU was found running (after a daemon restart), not launched by this supervisor
   #sizing: VmSizing | undefined;
-  /** The VM group's resources, once computed at launch. */
-  #resources: VmResources | undefined;
+  #resources: VmResources | undefined; // the VM group's, once computed at launch
   #resolveDone!: (r: ExitReport) => void;
   /** Kubernetes mode: the pod's launcher said HELLO (its pid, daemon's namespace). */
   #arrived: Promise<{ pid: number; running: boolean }>;
-  /** Aborted by a stop, so a prepare that waits (for an image) gives up. */
-  readonly #stopping = new AbortController();
+  readonly #stopping = new AbortController(); // a stop aborts a prepare that waits (for an image)
   #resolveArrived!: (hello: { pid: number; running: boolean }) => void;
   private readonly uid: string;
   private readonly log: Logger;
@@ -154,6 +153,7 @@ export class Supervisor {
       case 'handover':
         return this.handover();
       case 'recordLaunch':
+        this.#filters = e.prepared.filtersLoaded;
         // Written while QEMU starts up; connectAndRun waits for it before Running.
         this.#launchRecorded = this.deps
           .writeStatus((s) => launchedStatus(s, e.prepared, this.runtime(e.qemuPid), this.iso()))
@@ -389,6 +389,7 @@ export class Supervisor {
         fresh,
         console: this.deps.vmi.spec.domain.devices.autoattachSerialConsole ? () => connectSerialConsole(this.deps.runDir) : undefined,
         ...(before && pid ? { beforeCont: (qmp: QmpClient) => before(qmp, pid) } : {}),
+        ...(this.#filters ? { gate: this.#filters } : {}),
         trace: (step) => startTraces.mark(this.uid, step),
       });
       this.#console = r.console;

@@ -44,6 +44,8 @@ export interface VmNetworkLaunch {
   /** the sandbox netns the launcher joins before it forks QEMU */
   netnsPath: string;
   interfaces: VMIInterfaceStatus[];
+  /** Resolves once the sandbox's nftables ruleset is loaded (it loads while QEMU starts); `cont` waits for it. */
+  filtersLoaded?: Promise<void>;
 }
 
 /** Tap queues per NIC: one per vCPU with `networkInterfaceMultiqueue` (as KubeVirt), else one. */
@@ -196,11 +198,13 @@ export class VmNetwork {
         interfaces: spec.domain.devices.interfaces,
         networks: spec.networks,
         plan: { queues: nicQueues(spec), autoattachPodInterface: autoattach },
+        filtersLater: true,
       });
     }
+    const filtersLoaded = info.filtersLoaded;
     if (info.interfaces.length === 0) return undefined;
     const { args, fds } = nicLaunchArgs(info.interfaces, (li) => mgr.openTapFds(uid, li.name), o.fdBase, o.accel, this.devVhostNet);
-    return { args, fds, netnsPath: info.netnsPath, interfaces: this.interfaces(uid) };
+    return { args, fds, netnsPath: info.netnsPath, interfaces: this.interfaces(uid), ...(filtersLoaded ? { filtersLoaded } : {}) };
   }
 
   /** status.interfaces from the lease (the reachable address is the sandbox's). */

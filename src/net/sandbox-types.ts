@@ -55,6 +55,11 @@ export interface SandboxRequest {
   plan?: Omit<PlanOptions, 'names'>;
   /** owner of the taps (for a non-root QEMU that opens them by name) */
   tap?: TapOptions;
+  /**
+   * Return once links, addresses and taps are made, while the nftables ruleset (NAT, guest filter) still loads:
+   * the result's `filtersLoaded` settles with it. The caller must not let the guest run before it resolves.
+   */
+  filtersLater?: boolean;
 }
 
 export interface SandboxInfo {
@@ -67,6 +72,8 @@ export interface SandboxInfo {
   prefix: number;
   gateway: string;
   interfaces: LeaseInterface[];
+  /** Only from setup with `filtersLater`: resolves once the sandbox's nftables ruleset is in place; rejects if it failed. */
+  filtersLoaded?: Promise<void>;
 }
 
 export interface InterfaceStatus {

@@ -221,6 +221,7 @@ export class NetManager {
     });
     const netnsPath = this.netnsPath(names.netns);
     const mtu = this.opts.mtu ?? 1500;
+    let filters: Promise<void> = Promise.resolve();
     try {
       const sp = { names, bridge: this.bridge, address: lease.address, prefix: subnet.prefix, gateway: this.gateway, mtu };
       const pod: PodInterfaceState = { address: lease.address, prefix: subnet.prefix, gateway: this.gateway, mtu };
@@ -236,11 +237,11 @@ export class NetManager {
       withNetns(netnsPath, () => sysctls.forEach(([rel, v]) => fs.writeFileSync(path.join(this.paths.proc, 'sys/net/ipv4', rel), v)), {
         selfNetns: path.join(this.paths.proc, 'thread-self/ns/net'),
       });
-      await settleAll([
-        this.tools.ipBatch(veth).then(() => this.tools.ipBatch(inside, netnsPath)),
-        // one ruleset into the netns made above: nothing to replace there
-        rulesets.length > 0 ? this.tools.nft(rulesets.length === 1 ? freshNetnsRuleset(rulesets[0]!) : rulesets.join(''), netnsPath) : Promise.resolve(),
-      ]);
+      // one ruleset into the netns made above: nothing to replace there
+      filters =
+        rulesets.length > 0 ? this.tools.nft(rulesets.length === 1 ? freshNetnsRuleset(rulesets[0]!) : rulesets.join(''), netnsPath) : Promise.resolve();
+      filters.catch(() => undefined);
+      await settleAll([this.tools.ipBatch(veth).then(() => this.tools.ipBatch(inside, netnsPath)), req.filtersLater ? Promise.resolve() : filters]);
       const interfaces: LeaseInterface[] = bindings.map(({ iface, b }) => ({
         name: iface.name,
         index: iface.index,
@@ -260,8 +261,10 @@ export class NetManager {
       const done = ipam.update(req.uid, { interfaces });
       await settleAll([done, this.serveDhcp({ ...lease, interfaces })]);
       this.log.info({ uid: req.uid, netns: names.netns, address: lease.address, ms: Date.now() - started }, 'sandbox ready');
-      return this.info(await done);
+      return { ...this.info(await done), ...(req.filtersLater ? { filtersLoaded: filters } : {}) };
     } catch (e) {
+      // the ruleset's process settles before its netns goes
+      await filters.catch(() => undefined);
       try {
         await this.teardown(req.uid);
       } catch (e2) {

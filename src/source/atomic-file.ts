@@ -3,6 +3,7 @@
 import { randomBytes } from 'node:crypto';
 import fs, { constants as fsc, promises as fsp } from 'node:fs';
 import path from 'node:path';
+import { promisify } from 'node:util';
 import { fsyncPolicy, type FsyncLane } from './fsync-policy.js';
 
 /** Every temp file this module creates starts with this prefix, so leftovers can be recognised and removed. */
@@ -52,15 +53,21 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, o
   const dir = path.dirname(file);
   const tmp = path.join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
   const durable = opts.durable ?? true;
-  const lane = durable ? fsyncPolicy.lane() : 'inline';
+  // A lone change is made inline; in a burst every step goes to the pool: a rename or an open waits for the journal
+  // while other fsyncs commit, and on the event loop that wait stalls every other start.
+  const lane = fsyncPolicy.lane({ counts: durable });
+  const inline = lane !== 'burst';
   let fd: number | undefined;
   try {
-    fd = fs.openSync(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o600);
-    fs.writeFileSync(fd, data);
+    fd = inline ? fs.openSync(tmp, WRITE_NEW, 0o600) : await openFd(tmp, WRITE_NEW, 0o600);
+    if (inline) fs.writeFileSync(fd, data);
+    else await writeAll(fd, data);
     if (durable) await fsyncPolicy.fsync(fd, lane);
-    fs.closeSync(fd);
+    if (inline) fs.closeSync(fd);
+    else await closeFd(fd);
     fd = undefined;
-    fs.renameSync(tmp, file);
+    if (inline) fs.renameSync(tmp, file);
+    else await fsp.rename(tmp, file);
     opts.onVisible?.();
   } catch (e) {
     if (fd !== undefined) closeQuietly(fd);
@@ -77,6 +84,14 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, o
   });
 }
 
+const WRITE_NEW = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL;
+const openFd = promisify(fs.open);
+const closeFd = promisify(fs.close);
+
+function writeAll(fd: number, data: string | Uint8Array): Promise<void> {
+  return new Promise((resolve, reject) => fs.writeFile(fd, data, (e) => (e ? reject(e) : resolve())));
+}
+
 function closeQuietly(fd: number): void {
   try {
     fs.closeSync(fd);
@@ -87,14 +102,16 @@ function closeQuietly(fd: number): void {
 
 /** Remove `file` and fsync its directory (unless `durable: false`). Resolves to false when the file did not exist. */
 export async function unlinkDurable(file: string, opts: { durable?: boolean } = {}): Promise<boolean> {
+  const lane = fsyncPolicy.lane();
   try {
-    fs.unlinkSync(file);
+    if (lane !== 'burst') fs.unlinkSync(file);
+    else await fsp.unlink(file);
   } catch (e) {
     if (errnoCode(e) === 'ENOENT') return false;
     throw e;
   }
   if (opts.durable === false) return true;
-  await fsyncDir(path.dirname(file)).catch((e: unknown) => {
+  await fsyncDir(path.dirname(file), lane).catch((e: unknown) => {
     throw new NotDurableError(e);
   });
   return true;

@@ -1,4 +1,4 @@
-// Where a durable change's fsyncs run: inline on the event loop for a lone change on a fast disk, else on libuv's thread pool.
+// Where a durable change runs (its fsyncs, and in atomic-file.ts its other steps): inline on the event loop for a lone change on a fast disk, else on libuv's thread pool.
 
 import fs from 'node:fs';
 import { promisify } from 'node:util';
@@ -11,16 +11,19 @@ import { promisify } from 'node:util';
  * inline only when it is nearly alone (fewer than `burst` others began within `isolationMs`: one start makes its
  * changes a few ms apart), none is in the pool, and the last inline fsync was fast. Its fsyncs (the file's and its
  * directory's) all go the way chosen when it began.
+ *
+ * The lanes: `inline`; `pool` (a slow disk: the fsyncs on the pool, the quick page-cache steps still inline); `burst`
+ * (many changes at once: every step on the pool, since a rename or an open then waits for the journal's commits).
  */
 
-export type FsyncLane = 'inline' | 'pool';
+export type FsyncLane = 'inline' | 'pool' | 'burst';
 
 export interface FsyncPolicyOptions {
-  /** An inline fsync slower than this sends the next ones to the pool for `backoffMs`. Default 2 ms. */
+  /** An inline fsync slower than this sends the next ones to the pool for `backoffMs`. Default 5 ms. */
   slowMs?: number;
-  /** Default 10 s. */
+  /** Default 5 s. */
   backoffMs?: number;
-  /** A change that begins within this of `burst` others goes to the pool. Default 10 ms. */
+  /** A change that begins within this of `burst` others is a burst. Default 10 ms. */
   isolationMs?: number;
   /** Default 2. */
   burst?: number;
@@ -49,8 +52,8 @@ export class FsyncPolicy {
   readonly #async: (fd: number) => Promise<void>;
 
   constructor(o: FsyncPolicyOptions = {}) {
-    this.#slowMs = o.slowMs ?? 2;
-    this.#backoffMs = o.backoffMs ?? 10_000;
+    this.#slowMs = o.slowMs ?? 5;
+    this.#backoffMs = o.backoffMs ?? 5_000;
     this.#isolationMs = o.isolationMs ?? 10;
     this.#burst = o.burst ?? 2;
     this.#now = o.now ?? (() => performance.now());
@@ -58,13 +61,16 @@ export class FsyncPolicy {
     this.#async = o.asyncFsync ?? promisify(fs.fsync);
   }
 
-  /** Chooses the lane of a change that begins now. */
-  lane(): FsyncLane {
+  /** Chooses the lane of a change that begins now; `counts: false` for a change that is no part of a burst (no fsync). */
+  lane(opts: { counts?: boolean } = {}): FsyncLane {
     const now = this.#now();
     const oldest = this.#begins.length < this.#burst ? -Infinity : this.#begins[0]!;
-    this.#begins.push(now);
-    if (this.#begins.length > this.#burst) this.#begins.shift();
-    return now - oldest >= this.#isolationMs && this.#inPool === 0 && now >= this.#poolUntil ? 'inline' : 'pool';
+    if (opts.counts ?? true) {
+      this.#begins.push(now);
+      if (this.#begins.length > this.#burst) this.#begins.shift();
+    }
+    if (now - oldest < this.#isolationMs || this.#inPool > 0) return 'burst';
+    return now >= this.#poolUntil ? 'inline' : 'pool';
   }
 
   async fsync(fd: number, lane: FsyncLane): Promise<void> {

@@ -126,7 +126,12 @@ t.test('sandboxes, multiqueue taps, bad specs and adopt after a restart', { skip
     times.push(Date.now() - t0);
   };
   await setup(u1, masq);
-  await setup(u2, masq);
+  // As the daemon asks: the links first, the ruleset (NAT, guest filter) handed over while it loads.
+  const later = await mgr.setup({ uid: u2, hostname: `vm-${u2.slice(0, 4)}`, ...masq, plan: { queues: 1 }, filtersLater: true });
+  t.ok(later.filtersLoaded, 'filtersLater: the ruleset comes as a promise');
+  await later.filtersLoaded;
+  t.match(nsExec(later.netnsPath, ['nft', 'list', 'table', 'ip', tn.opts.nftTable!]), /dnat to 10\.0\.2\.2/, 'in place once it resolved');
+  t.equal(mgr.get(u2)?.filtersLoaded, undefined, 'a later look at the sandbox has no promise');
   await setup(u3, { interfaces: [{ name: 'default', bridge: {} } as never], networks: [{ name: 'default', pod: {} }] }, 2);
   t.comment(`sandbox setup times (ms): ${times.join(', ')}`);
   const s1 = mgr.get(u1)!;

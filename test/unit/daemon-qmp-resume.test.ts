@@ -114,3 +114,23 @@ t.test('a QMP that cannot connect closes the console started early', async (t) =
   });
   t.pass('the early console was closed');
 });
+
+t.test("cont waits for the gate (the sandbox's filters); a failed gate sends no cont", async (t) => {
+  const r = await rig(t);
+  let open!: () => void;
+  const gate = new Promise<void>((resolve) => (open = resolve));
+  const resumed = resumeGuest({ connect: r.connect, fresh: true, gate, trace: () => undefined });
+  await r.fake.waitForCommands(1);
+  await new Promise((res) => setTimeout(res, 50));
+  t.same(names(r.fake), ['qmp_capabilities'], 'no cont while the gate is closed');
+  open();
+  t.match(await resumed, { cont: true });
+  t.same(names(r.fake), ['qmp_capabilities', 'cont']);
+
+  const failing = await rig(t);
+  // As the sandbox hands it over: already handled, so its rejection is not an unhandled one while QEMU starts.
+  const refused = Promise.reject(new Error('nft: ruleset refused'));
+  refused.catch(() => undefined);
+  await t.rejects(resumeGuest({ connect: failing.connect, fresh: true, gate: refused, trace: () => undefined }), /ruleset refused/);
+  t.notOk(names(failing.fake).includes('cont'), 'the guest never ran');
+});

@@ -55,7 +55,7 @@ t.test('a burst of changes goes to the pool; the few of one start stay inline', 
   lanes.push(s.policy.lane());
   s.clock.t += 1;
   lanes.push(s.policy.lane());
-  t.same(lanes, ['inline', 'inline', 'pool', 'pool'], 'two within 10 ms stay inline; a third is a burst (many starts at once)');
+  t.same(lanes, ['inline', 'inline', 'burst', 'burst'], 'two within 10 ms stay inline; a third is a burst (many starts at once)');
   s.clock.t += 50;
   const p = s.policy.fsync(7, s.policy.lane());
   t.same(s.calls, ['inline:7'], 'alone again');
@@ -68,7 +68,7 @@ t.test('while a change is in the pool, later ones join it there', async (t) => {
   s.policy.lane();
   const pooled = s.policy.fsync(1, s.policy.lane());
   s.clock.t += 100;
-  t.equal(s.policy.lane(), 'pool', 'one is still in the pool');
+  t.equal(s.policy.lane(), 'burst', 'one is still in the pool');
   s.release();
   await pooled;
   s.clock.t += 100;
@@ -76,11 +76,11 @@ t.test('while a change is in the pool, later ones join it there', async (t) => {
 });
 
 t.test('after a slow inline fsync the pool is used until the backoff ends', async (t) => {
-  const s = scripted([5]);
+  const s = scripted([6]);
   await s.policy.fsync(1, s.policy.lane());
   s.clock.t += 100;
   t.equal(s.policy.lane(), 'pool', 'the disk was slow: the event loop is not blocked again');
-  s.clock.t += 10_001;
+  s.clock.t += 5_001;
   t.equal(s.policy.lane(), 'inline', 'tried inline again after the backoff');
 });
 
@@ -101,4 +101,13 @@ t.test('failures reject like fs.fsync, and real writes go through the process po
   await t.rejects(real.fsync(fd, 'pool'), { code: 'EBADF' });
   await writeFileAtomic(path.join(dir, 'g'), 'data\n');
   t.equal(fs.readFileSync(path.join(dir, 'g'), 'utf8'), 'data\n');
+});
+
+t.test('changes without fsync are no part of a burst', async (t) => {
+  const s = scripted([]);
+  s.policy.lane();
+  t.equal(s.policy.lane({ counts: false }), 'inline');
+  t.equal(s.policy.lane({ counts: false }), 'inline');
+  t.equal(s.policy.lane(), 'inline', 'the second durable change of the 10 ms is still alone enough');
+  t.equal(s.policy.lane(), 'burst');
 });
