@@ -345,6 +345,10 @@ export async function startFakeServer(opts: Partial<Omit<ApiServerOptions, 'back
     backend,
     socketPath,
     logger: pino({ level: process.env.VMLET_TEST_LOG ?? 'silent' }),
+  }).catch(async (e: unknown) => {
+    // A refused listen (the tests of a socket in use) leaves no temp dir behind.
+    await fs.rm(dir, { recursive: true, force: true });
+    throw e;
   });
   return {
     backend,
