@@ -1,7 +1,7 @@
 #!/usr/bin/env node
 // Installs and builds whatever `npm start`, `npm test` and `npm run bench` need, and is quick when nothing is missing.
 // Plain Node with no npm dependencies: it runs before node_modules exists on a fresh machine.
-import { execFileSync, spawnSync } from 'node:child_process';
+import { execFileSync, spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -89,6 +89,19 @@ function ensureNodeModules() {
   run('npm', ['ci', '--no-audit', '--no-fund']);
 }
 
+/**
+ * tap builds its test class for the plugins package.json names. A fresh install has tap's defaults, ts-node's
+ * loader among them; a run that finds them rebuilds, but still starts that run's tests with the old loaders.
+ */
+function ensureTapBuild() {
+  const built = path.join(root, 'node_modules', '@tapjs', 'test', 'test-built', 'dist', 'esm', 'index.js');
+  let text = '';
+  try { text = fs.readFileSync(built, 'utf8'); } catch { /* not built yet */ }
+  if (text !== '' && !text.includes('"@tapjs/typescript')) return;
+  log("building tap's test class for the configured plugins");
+  run(process.execPath, [path.join(root, 'node_modules', 'tap', 'dist', 'esm', 'run.mjs'), 'build']);
+}
+
 function ensureBuild() {
   const stamp = path.join(root, 'dist', '.build-stamp');
   // The CRDs and the generator feed dist/api/crd-validators.cjs (the prebuilt validators), so they count too.
@@ -104,6 +117,27 @@ function ensureBuild() {
   log('generating the CRD validators');
   run(process.execPath, [path.join(root, 'scripts', 'gen-validators.mjs')]);
   fs.writeFileSync(stamp, new Date().toISOString());
+}
+
+/**
+ * The cluster tests' deploy file builds vmlet's container image (minutes, mostly the Debian base). Started here in
+ * the background, it is built while the tests before it run; the test's own build then waits for its lock and
+ * finds the archive up to date. A failure here only costs that head start: the test builds and reports it.
+ */
+function prebuildImage() {
+  if ((process.env.VMLET_K8S_ASSETS ?? '') === '' || process.env.VMLET_NO_IMAGE_PREBUILD === '1' || process.getuid?.() !== 0) return;
+  if (!have('buildah') || !have('mmdebstrap')) return;
+  const dir = path.join(root, '.cache', 'images');
+  fs.mkdirSync(dir, { recursive: true });
+  const out = fs.openSync(path.join(dir, 'prebuild.log'), 'w');
+  const child = spawn(process.execPath, [path.join(root, 'scripts', 'build-image.mjs'), '--tag', 'dev'], {
+    cwd: root,
+    detached: true,
+    stdio: ['ignore', out, out],
+  });
+  child.unref();
+  fs.closeSync(out);
+  log(`building the container image in the background for the deploy tests (pid ${child.pid}, .cache/images/prebuild.log)`);
 }
 
 function ensureNative() {
@@ -157,6 +191,7 @@ async function ensureTestGuest(name, builderFile, exportName, skipEnvs) {
 try {
   ensureDebs();
   ensureNodeModules();
+  if (purpose === 'test' || purpose === 'all') ensureTapBuild();
   ensureBuild();
   ensureNative();
   if (purpose !== 'build' && purpose !== 'cluster') ensureQemuUser();
@@ -164,6 +199,7 @@ try {
   if (purpose === 'test' || purpose === 'all') {
     await ensureTestGuest('debian-guest', 'build-debian-guest.mjs', 'ensureDebianGuest', ['VMLET_SKIP_DEBIAN_GUEST']);
     await ensureTestGuest('systemd-guest', 'build-systemd-guest.mjs', 'ensureSystemdGuest', ['VMLET_SKIP_DEBIAN_GUEST', 'VMLET_SKIP_SYSTEMD_GUEST']);
+    if (purpose === 'test') prebuildImage();
   }
 } catch (e) {
   process.stderr.write(`setup failed: ${e instanceof Error ? e.message : String(e)}\n`);
