@@ -1,6 +1,6 @@
 // The Kubernetes source as one node daemon uses it: only the VMIs labelled with its node, read from the API server or, while it cannot be reached, from a watch-fed cache (so the node-local socket answers during an outage), and status writes that wait out an outage, in order, without holding their caller.
 import type { KubeSource } from '../source/kube-source.js';
-import type { Kind, KubeObject, SourceWatch, WatchOptions } from '../source/source.js';
+import type { Kind, KubeObject, SourceWatch, StatusWriteOptions, WatchOptions } from '../source/source.js';
 import { VmletError } from '../errors.js';
 import type { NodeSource } from './node-reconciler.js';
 import type { Source } from '../source/source.js';
@@ -92,10 +92,15 @@ export class KubeNodeSource implements NodeSource {
     ns: string,
     name: string,
     mutate: (status: S | undefined) => S | undefined,
+    opts: StatusWriteOptions = {},
   ): Promise<KubeObject<K>> {
     const k = `${kind}/${key(ns, name)}`;
+    opts.after?.catch(() => undefined); // awaited after the writes before this one
     const prev = this.writes.get(k) ?? Promise.resolve();
-    const write = prev.catch(() => undefined).then(() => this.retrying(() => this.o.source.updateStatus(kind, ns, name, mutate)));
+    const write = prev
+      .catch(() => undefined)
+      .then(() => opts.after)
+      .then(() => this.retrying(() => this.o.source.updateStatus(kind, ns, name, mutate)));
     this.writes.set(k, write);
     const done = (): void => {
       if (this.writes.get(k) === write) this.writes.delete(k);
@@ -145,7 +150,7 @@ export function nodeApiSource(source: KubeSource, node: KubeNodeSource): Source 
     listWithVersion: (kind, ns) => source.listWithVersion(kind, ns),
     create: (obj) => source.create(obj),
     update: (obj, opts) => source.update(obj, opts),
-    updateStatus: (kind, ns, name, mutate) => node.updateStatus(kind, ns, name, mutate),
+    updateStatus: (kind, ns, name, mutate, opts) => node.updateStatus(kind, ns, name, mutate, opts),
     delete: (kind, ns, name, opts) => source.delete(kind, ns, name, opts),
     watch: (kind, ns, name, opts) => source.watch(kind, ns, name, opts),
     recordEvent: (input) => source.recordEvent(input),

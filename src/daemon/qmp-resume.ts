@@ -14,6 +14,8 @@ export interface QmpResume {
   gate?: Promise<void>;
   /** Runs before `cont` (vCPU pinning); a fresh start with it goes step by step. */
   beforeCont?: (qmp: QmpClient) => Promise<void>;
+  /** Called as `cont` is sent: a status write can be prepared while QEMU acts on it. */
+  onCont?: () => void;
   trace(step: string): void;
 }
 
@@ -27,6 +29,12 @@ export interface Resumed {
 }
 
 const ACTIONS: SetActionArgs = { shutdown: 'poweroff', reboot: 'reset', panic: 'pause' };
+
+function sendCont(qmp: QmpClient, o: QmpResume): Promise<void> {
+  const answered = qmp.execute('cont').then(() => undefined);
+  o.onCont?.();
+  return answered;
+}
 
 /** Connects QMP and brings QEMU to running. The console is closed again when a later step fails. */
 export async function resumeGuest(o: QmpResume): Promise<Resumed> {
@@ -42,7 +50,7 @@ export async function resumeGuest(o: QmpResume): Promise<Resumed> {
       // A fresh QEMU waits in prelaunch (-S) with its actions set by -action: `cont` is all it needs.
       serial = await early;
       await o.gate;
-      await qmp.execute('cont');
+      await sendCont(qmp, o);
       o.trace('qmp.cont');
       return { qmp, cont: true, paused: false, ...(serial ? { console: serial } : {}) };
     }
@@ -54,7 +62,7 @@ export async function resumeGuest(o: QmpResume): Promise<Resumed> {
     if (cont) {
       await o.gate;
       await o.beforeCont?.(qmp);
-      await qmp.execute('cont');
+      await sendCont(qmp, o);
       o.trace('qmp.cont');
     }
     return { qmp, cont, paused: !cont && !status.running, ...(serial ? { console: serial } : {}) };
@@ -67,4 +75,27 @@ export async function resumeGuest(o: QmpResume): Promise<Resumed> {
       );
     throw e;
   }
+}
+
+export interface Gate {
+  /** Resolves on `open(true)`, rejects on `open(false)`; a rejection nobody waits for is no unhandled one. */
+  promise: Promise<void>;
+  /** Returns `ok`. */
+  open(ok: boolean): boolean;
+}
+
+/** A promise to hand to a write that may show only once a later step went well (`reason`: why it did not). */
+export function gate(reason: string): Gate {
+  let settle: (ok: boolean) => void = () => undefined;
+  const promise = new Promise<boolean>((r) => (settle = r)).then((ok) => {
+    if (!ok) throw new Error(reason);
+  });
+  promise.catch(() => undefined);
+  return {
+    promise,
+    open: (ok) => {
+      settle(ok);
+      return ok;
+    },
+  };
 }

@@ -35,8 +35,11 @@ export interface SupervisorDeps {
   pod?: { arriveTimeoutMs?: number };
   /** Removes the run dir once QEMU is gone (default: delete `runDir`). */
   removeRunDir?: () => Promise<void>;
-  /** Writes the VMI's status (serialised per object by the source). */
-  writeStatus(mutate: (s: VirtualMachineInstanceStatus) => VirtualMachineInstanceStatus): Promise<void>;
+  /**
+   * Writes the VMI's status (serialised per object by the source). With `after`, the change is prepared now and shows
+   * once `after` resolves; it is dropped if `after` rejects.
+   */
+  writeStatus(mutate: (s: VirtualMachineInstanceStatus) => VirtualMachineInstanceStatus, opts?: { after?: Promise<unknown> }): Promise<void>;
   event(type: 'Normal' | 'Warning', reason: string, message: string): void;
   now?: () => number;
   procRoot?: string;

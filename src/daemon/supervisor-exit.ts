@@ -1,4 +1,5 @@
 // The end of one VMI's supervision: a stop's escalation (ACPI power-down and grace period, `quit`, SIGKILL) and, once QEMU is gone, the final status and the release of what the VMI held.
+import fs from 'node:fs/promises';
 import type { Logger } from 'pino';
 import { isLiveProcessFor, type ExitStatus } from '../qemu/launch.js';
 import { readQemuErrors } from '../qemu/qemu-log.js';
@@ -56,6 +57,13 @@ export async function killVmProcesses(pids: readonly (number | undefined)[], uid
 }
 
 /** Removes the VM's network sandbox; a failure is logged, not thrown (the next daemon start removes it). */
+/** Removes the run dir and the VM's cgroup, and forgets the launcher link; only after QEMU is gone. */
+export async function cleanupVm(deps: Pick<SupervisorDeps, 'launcherServer' | 'removeRunDir' | 'runDir' | 'cgroups'>, uid: string, log: Logger): Promise<void> {
+  deps.launcherServer.detach(uid);
+  await (deps.removeRunDir ? deps.removeRunDir() : fs.rm(deps.runDir, { recursive: true, force: true }));
+  await deps.cgroups?.remove(uid, log);
+}
+
 export async function releaseVmNetwork(deps: Pick<SupervisorDeps, 'releaseNetwork'>, log: Logger): Promise<void> {
   try {
     await deps.releaseNetwork?.();

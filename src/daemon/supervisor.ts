@@ -1,5 +1,4 @@
 // One VMI's supervisor, the effectful shell around the pure core (supervisor-core.ts): it feeds the core events and carries out the effects it returns — prepare, launch or re-adopt QEMU, drive it over QMP, report status.
-import fs from 'node:fs/promises';
 import fsSync from 'node:fs';
 import type { Logger } from 'pino';
 import { VmletError } from '../errors.js';
@@ -9,14 +8,14 @@ import { closeFds } from '../sys/libc.js';
 import { AgentWatch } from './agent-watch.js';
 import { connectSerialConsole, type SerialConsole } from './console.js';
 import { QmpWatch, runningQmp, setQemuPaused } from './qmp-watch.js';
-import { resumeGuest } from './qmp-resume.js';
+import { gate, resumeGuest } from './qmp-resume.js';
 import { Changes } from './supervisor-changes.js';
 import { inspectRunDir, LauncherWatch } from './supervisor-launcher.js';
 import { accelOfProcess, inspectPodLauncher, podLauncherArrival, POD_ARRIVE_MS, POD_HELLO_WAIT_MS } from './supervisor-pod.js';
 import { INITIAL_STATE, step, type CoreEvent, type CoreState, type Effect, type ExitReport, type Outcome, type PreparedLaunch } from './supervisor-core.js';
 import { adoptedStatus, applyEdit, editIsBestEffort, launchedStatus, runningStatus, type Runtime } from './supervisor-status.js';
 import type { PrepareContext, SupervisorDeps } from './supervisor-deps.js';
-import { escalateStop, finalizeVmi, killVmProcesses, releaseVmNetwork, type FinalizeInput } from './supervisor-exit.js';
+import { cleanupVm, escalateStop, finalizeVmi, killVmProcesses, releaseVmNetwork, type FinalizeInput } from './supervisor-exit.js';
 import { limitVmCgroup } from './vm-cgroup-setup.js';
 import { abandonEarly, EARLY_HELLO_WAIT_MS, spawnEarly, spawnsEarly, spawnVmLauncher } from './supervisor-spawn.js';
 import { startTraces } from './start-trace.js';
@@ -382,6 +381,9 @@ export class Supervisor {
   private async connectAndRun(fresh: boolean): Promise<void> {
     await this.dispatch({ type: 'connecting' });
     const [before, pid] = [this.deps.beforeCont, this.#qemuPid];
+    // The Running status is written and synced while QEMU answers `cont`; it shows once the VMI moved to Running.
+    const moved = gate('the VMI did not move to Running');
+    let running: Promise<void> | undefined;
     try {
       const r = await resumeGuest({
         // A fresh QEMU's `cont` follows qmp_capabilities without waiting for its answer.
@@ -390,17 +392,19 @@ export class Supervisor {
         console: this.deps.vmi.spec.domain.devices.autoattachSerialConsole ? () => connectSerialConsole(this.deps.runDir) : undefined,
         ...(before && pid ? { beforeCont: (qmp: QmpClient) => before(qmp, pid) } : {}),
         ...(this.#filters ? { gate: this.#filters } : {}),
+        onCont: () => void (running = this.deps.writeStatus((s) => runningStatus(s, false, this.iso()), { after: moved.promise })),
         trace: (step) => startTraces.mark(this.uid, step),
       });
       this.#console = r.console;
       await this.#launchRecorded;
-      if ((await this.dispatch({ type: 'qmpReady' })) !== 'moved') return;
+      if (!moved.open((await this.dispatch({ type: 'qmpReady' })) === 'moved')) return;
       // After `cont` it runs (a later STOP comes as an event); asking again would wait for TCG's first vCPU slice.
-      await this.deps.writeStatus((s) => runningStatus(s, r.paused, this.iso()));
+      await (running ?? this.deps.writeStatus((s) => runningStatus(s, r.paused, this.iso())));
       startTraces.end(this.uid, 'Running');
       this.agent.start();
       this.log.info({ qemuPid: this.#qemuPid }, fresh ? 'VMI running' : 'VMI re-adopted');
     } catch (error) {
+      moved.open(false);
       await this.dispatch({ type: 'startupFailed', error });
     }
   }
@@ -425,11 +429,7 @@ export class Supervisor {
   }
 
   /** Removes the run dir and the VM's cgroup, and forgets the launcher link; only after QEMU is gone. */
-  async cleanup(): Promise<void> {
-    this.deps.launcherServer.detach(this.uid);
-    await (this.deps.removeRunDir ? this.deps.removeRunDir() : fs.rm(this.deps.runDir, { recursive: true, force: true }));
-    await this.deps.cgroups?.remove(this.uid, this.log);
-  }
+  cleanup = (): Promise<void> => cleanupVm(this.deps, this.uid, this.log);
 
   pause = (): Promise<void> => this.setPaused(true);
   unpause = (): Promise<void> => this.setPaused(false);

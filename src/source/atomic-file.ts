@@ -50,6 +50,20 @@ export async function fsyncDir(dir: string, lane: FsyncLane = fsyncPolicy.lane()
  * power loss can still undo then is the rename alone (the old content comes back, whole).
  */
 export async function writeFileAtomic(file: string, data: string | Uint8Array, opts: { durable?: boolean; onVisible?: () => void } = {}): Promise<void> {
+  const staged = await stageFileAtomic(file, data, opts);
+  await staged.commit(opts.onVisible);
+}
+
+/** A new content written and synced beside its file, not yet in place. */
+export interface StagedFile {
+  /** Renames it into place (then `onVisible`), then fsyncs the directory; the temp file is removed if the rename fails. */
+  commit(onVisible?: () => void): Promise<void>;
+  /** Removes the temp file; the old content stays. */
+  abort(): void;
+}
+
+/** writeFileAtomic's first half: the temp file written, synced and closed, so that `commit` costs only the rename and the directory's fsync. */
+export async function stageFileAtomic(file: string, data: string | Uint8Array, opts: { durable?: boolean } = {}): Promise<StagedFile> {
   const dir = path.dirname(file);
   const tmp = path.join(dir, `${TEMP_PREFIX}${randomBytes(8).toString('hex')}`);
   const durable = opts.durable ?? true;
@@ -57,6 +71,13 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, o
   // while other fsyncs commit, and on the event loop that wait stalls every other start.
   const lane = fsyncPolicy.lane({ counts: durable });
   const inline = lane !== 'burst';
+  const abort = (): void => {
+    try {
+      fs.unlinkSync(tmp);
+    } catch {
+      /* never made, or gone */
+    }
+  };
   let fd: number | undefined;
   try {
     fd = inline ? fs.openSync(tmp, WRITE_NEW, 0o600) : await openFd(tmp, WRITE_NEW, 0o600);
@@ -66,22 +87,26 @@ export async function writeFileAtomic(file: string, data: string | Uint8Array, o
     if (inline) fs.closeSync(fd);
     else await closeFd(fd);
     fd = undefined;
-    if (inline) fs.renameSync(tmp, file);
-    else await fsp.rename(tmp, file);
-    opts.onVisible?.();
   } catch (e) {
     if (fd !== undefined) closeQuietly(fd);
-    try {
-      fs.unlinkSync(tmp);
-    } catch {
-      /* never made, or gone */
-    }
+    abort();
     throw e;
   }
-  if (!durable) return;
-  await fsyncDir(dir, lane).catch((e: unknown) => {
-    throw new NotDurableError(e);
-  });
+  const commit = async (onVisible?: () => void): Promise<void> => {
+    try {
+      if (inline) fs.renameSync(tmp, file);
+      else await fsp.rename(tmp, file);
+    } catch (e) {
+      abort();
+      throw e;
+    }
+    onVisible?.();
+    if (!durable) return;
+    await fsyncDir(dir, lane).catch((e: unknown) => {
+      throw new NotDurableError(e);
+    });
+  };
+  return { commit, abort };
 }
 
 const WRITE_NEW = fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL;

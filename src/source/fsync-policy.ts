@@ -63,14 +63,20 @@ export class FsyncPolicy {
 
   /** Chooses the lane of a change that begins now; `counts: false` for a change that is no part of a burst (no fsync). */
   lane(opts: { counts?: boolean } = {}): FsyncLane {
+    const crowded = this.crowded();
     const now = this.#now();
-    const oldest = this.#begins.length < this.#burst ? -Infinity : this.#begins[0]!;
     if (opts.counts ?? true) {
       this.#begins.push(now);
       if (this.#begins.length > this.#burst) this.#begins.shift();
     }
-    if (now - oldest < this.#isolationMs || this.#inPool > 0) return 'burst';
+    if (crowded) return 'burst';
     return now >= this.#poolUntil ? 'inline' : 'pool';
+  }
+
+  /** Whether a change that began now would be part of a burst (counts nothing). */
+  crowded(): boolean {
+    const oldest = this.#begins.length < this.#burst ? -Infinity : this.#begins[0]!;
+    return this.#now() - oldest < this.#isolationMs || this.#inPool > 0;
   }
 
   async fsync(fd: number, lane: FsyncLane): Promise<void> {

@@ -34,6 +34,7 @@ import type {
   RecordEventInput,
   Source,
   SourceWatch,
+  StatusWriteOptions,
   UpdateOptions,
   WatchOptions,
 } from './source.js';
@@ -231,11 +232,13 @@ export class KubeSource implements Source {
     namespace: string,
     name: string,
     mutate: (status: S | undefined) => S | undefined,
+    opts: StatusWriteOptions = {},
   ): Promise<KubeObject<K>> {
     const r = this.#ref(kind);
     const ns = checkNamespace(namespace);
     const n = checkName(name);
     if (r.core) throw new VmletError('STORE_INVALID_KEY', 'Events have no status subresource');
+    await opts.after;
     await this.#barrier();
     return this.#locks.run(`${r.kind}\0${ns}\0${n}`, () =>
       this.#retrying(async () => {

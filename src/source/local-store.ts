@@ -16,6 +16,7 @@ import type {
   RecordEventInput,
   Source,
   SourceWatch,
+  StatusWriteOptions,
   UpdateOptions,
   WatchEvent,
   WatchOptions,
@@ -196,20 +197,26 @@ export class LocalStore implements Source {
     namespace: string,
     name: string,
     mutate: (status: S | undefined) => S | undefined,
+    opts: StatusWriteOptions = {},
   ): Promise<KubeObject<K>> {
     const core = this.#core;
     core.assertOpen();
     const k = checkKind(kind);
     const ns = checkKeyPart('namespace', namespace);
     const n = checkKeyPart('name', name);
+    // Awaited only once the new file is staged: a rejection meanwhile is no unhandled one.
+    opts.after?.catch(() => undefined);
     return core.track(
       core.locks.run(lockKey(k, ns, n), async () => {
         const cur = core.mustPeek(k, ns, n);
         // The caller names the status type; the store does not look inside it.
         const status = mutate(copy(cur.status) as S | undefined);
         const next = core.normalise({ ...cur, status });
-        if (deepEqual(next, cur)) return copy(cur);
-        const written = await core.write('MODIFIED', k, ns, n, (rv) => withRv(next, rv));
+        if (deepEqual(next, cur)) {
+          await opts.after;
+          return copy(cur);
+        }
+        const written = await core.write('MODIFIED', k, ns, n, (rv) => withRv(next, rv), opts);
         return copy(written);
       }),
     );

@@ -134,6 +134,15 @@ export interface DeleteOptions {
  * STORE_INVALID_KEY, STORE_INVALID_OBJECT, STORE_WATCH_OVERFLOW, STORE_CLOSED, STORE_WRITE_FAILED. The contract is
  * test/support/source-contract.ts; every implementation runs it.
  */
+export interface StatusWriteOptions {
+  /**
+   * The change shows only once this resolves; if it rejects, nothing is written and the write rejects with its
+   * reason. A local store computes, writes and syncs the new file meanwhile (holding the object's lock), so what is
+   * left after `after` is the rename; an API server gets the write after it.
+   */
+  after?: Promise<unknown>;
+}
+
 export interface Source {
   /** A private copy, or undefined when absent. */
   get<K extends Kind>(kind: K, namespace: string, name: string): Promise<KubeObject<K> | undefined>;
@@ -151,6 +160,7 @@ export interface Source {
     namespace: string,
     name: string,
     mutate: (status: S | undefined) => S | undefined,
+    opts?: StatusWriteOptions,
   ): Promise<KubeObject<K>>;
   /** Returns the last state (removed) or the marked object (finalizers left). STORE_NOT_FOUND, STORE_CONFLICT. */
   delete<K extends Kind>(kind: K, namespace: string, name: string, opts?: DeleteOptions): Promise<KubeObject<K>>;

@@ -3,7 +3,8 @@
 import path from 'node:path';
 import type { Logger } from 'pino';
 import { VmletError } from '../errors.js';
-import { errnoCode, mkdirDurable, NotDurableError, unlinkDurable, writeFileAtomic } from './atomic-file.js';
+import { errnoCode, mkdirDurable, NotDurableError, stageFileAtomic, unlinkDurable, writeFileAtomic, type StagedFile } from './atomic-file.js';
+import { fsyncPolicy } from './fsync-policy.js';
 import { KeyedMutex } from './keyed-mutex.js';
 import type { Kind, KubeObject, WatchEvent } from './source.js';
 import { isStoredObject, objectProblem, ofKind, PLURALS, STORE_KINDS } from './store-keys.js';
@@ -39,6 +40,9 @@ interface Slot {
   settled: boolean;
   apply: (() => void) | undefined;
   done: () => void;
+  /** A staged write waiting for its gate: it gives its rv up (`bumped`) rather than hold back a later change. */
+  staged?: boolean;
+  bumped?: boolean;
 }
 
 type Cache = Map<Kind, Map<string, Map<string, KubeObject>>>; // kind → namespace → name → frozen object
@@ -189,9 +193,28 @@ export class StoreCore {
     this.#knownDirs.add(dir);
   }
 
-  /** Write one object (caller holds its lock). `build` gets the new resourceVersion. Resolves with the frozen stored object once applied. */
-  async write<K extends Kind>(type: 'ADDED' | 'MODIFIED', kind: K, ns: string, name: string, build: (rv: string) => unknown): Promise<KubeObject<K>> {
+  /**
+   * Write one object (caller holds its lock). `build` gets the new resourceVersion. Resolves with the frozen stored
+   * object once applied. With `after`, the file is written and synced now but put in place only once `after`
+   * resolves (nothing is written if it rejects, which rejects the write with its reason); the rv it holds meanwhile
+   * is given up, and the write made again with a new one, if a later change would otherwise wait for it.
+   */
+  async write<K extends Kind>(
+    type: 'ADDED' | 'MODIFIED',
+    kind: K,
+    ns: string,
+    name: string,
+    build: (rv: string) => unknown,
+    opts: { after?: Promise<unknown> } = {},
+  ): Promise<KubeObject<K>> {
+    const after = opts.after;
+    // In a burst a staged rv would be given up anyway: wait, then write.
+    if (after !== undefined && (fsyncPolicy.crowded() || !isDurable(kind))) {
+      await after;
+      return this.write(type, kind, ns, name, build);
+    }
     const slot = this.#reserve();
+    slot.staged = after !== undefined;
     let obj: KubeObject<K>;
     try {
       const built = deepFreeze(this.normalise(build(String(slot.rv))));
@@ -211,9 +234,30 @@ export class StoreCore {
     const onVisible = (): void => {
       settled = this.#settle(slot, apply);
     };
+    let staged: StagedFile;
     try {
       await this.ensureDir(path.dirname(file));
-      await writeFileAtomic(file, `${JSON.stringify(obj, null, 2)}\n`, { durable: isDurable(kind), onVisible });
+      staged = await stageFileAtomic(file, `${JSON.stringify(obj, null, 2)}\n`, { durable: isDurable(kind) });
+    } catch (e) {
+      if (!slot.bumped) await this.#settle(slot, undefined);
+      throw writeFailed(`write ${kind} ${ns}/${name}`, e, false);
+    }
+    if (after !== undefined) {
+      try {
+        await after;
+      } catch (e) {
+        staged.abort();
+        if (!slot.bumped) await this.#settle(slot, undefined);
+        throw e;
+      }
+      slot.staged = false;
+      if (slot.bumped) {
+        staged.abort();
+        return this.write(type, kind, ns, name, build);
+      }
+    }
+    try {
+      await staged.commit(onVisible);
     } catch (e) {
       const visible = e instanceof NotDurableError;
       await (settled ?? this.#settle(slot, visible ? apply : undefined));
@@ -257,9 +301,14 @@ export class StoreCore {
     });
     slot.settled = true;
     slot.apply = apply;
-    for (let head = this.#slots[0]; head !== undefined && head.settled; head = this.#slots[0]) {
+    for (let head = this.#slots[0]; head !== undefined; head = this.#slots[0]) {
+      if (!head.settled) {
+        // A staged write still at its gate gives its rv up to the changes settled behind it.
+        if (!head.staged || !this.#slots.some((x) => x.settled)) break;
+        head.bumped = true;
+      }
       this.#slots.shift();
-      if (head.apply !== undefined) {
+      if (head.settled && head.apply !== undefined) {
         try {
           head.apply();
         } catch (e) {
@@ -267,7 +316,7 @@ export class StoreCore {
         }
       }
       this.appliedRv = head.rv;
-      head.done();
+      if (head.settled) head.done();
     }
     return applied;
   }

@@ -232,6 +232,26 @@ export function sourceContract(name: string, factory: () => Promise<Source>, opt
     );
   });
 
+  it('updateStatus with `after` shows the change only once it resolves, and writes nothing when it rejects', async (t, s) => {
+    const a = await s.create(vmi('a'));
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    let done = false;
+    const gated = s.updateStatus<{ phase?: string }>('VirtualMachineInstance', 'default', 'a', (cur) => ({ ...cur, phase: 'Running' }), { after: gate });
+    void gated.finally(() => (done = true)).catch(() => undefined);
+    await new Promise((r) => setTimeout(r, 50));
+    t.notOk(done, 'the write waits');
+    t.equal((await s.get('VirtualMachineInstance', 'default', 'a'))?.metadata.resourceVersion, a.metadata.resourceVersion, 'nothing shows meanwhile');
+    open();
+    t.same((await gated).status, { phase: 'Running' });
+    const refused = Promise.reject(new Error('the VMI did not move'));
+    await t.rejects(
+      s.updateStatus<{ phase?: string }>('VirtualMachineInstance', 'default', 'a', (cur) => ({ ...cur, phase: 'Failed' }), { after: refused }),
+      /did not move/,
+    );
+    t.same((await s.get('VirtualMachineInstance', 'default', 'a'))?.status, { phase: 'Running' }, 'a refused change is not written');
+  });
+
   it('delete without finalizers removes the object and returns its last state', async (t, s) => {
     const a = await s.create(vm('a'));
     const gone = await s.delete('VirtualMachine', 'default', 'a');

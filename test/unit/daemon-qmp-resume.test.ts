@@ -5,7 +5,7 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { QmpClient } from '../../src/qmp/client.js';
-import { resumeGuest } from '../../src/daemon/qmp-resume.js';
+import { gate, resumeGuest } from '../../src/daemon/qmp-resume.js';
 import { connectSerialConsole } from '../../src/daemon/console.js';
 import { FakeQmpServer, type FakeQmpOptions } from '../support/fake-qmp.js';
 
@@ -133,4 +133,41 @@ t.test("cont waits for the gate (the sandbox's filters); a failed gate sends no 
   refused.catch(() => undefined);
   await t.rejects(resumeGuest({ connect: failing.connect, fresh: true, gate: refused, trace: () => undefined }), /ruleset refused/);
   t.notOk(names(failing.fake).includes('cont'), 'the guest never ran');
+});
+
+t.test('onCont is called as cont is sent, before its answer, on both ways to cont; gate() opens once', async (t) => {
+  let answer!: () => void;
+  const answered = new Promise<void>((r) => (answer = r));
+  const r = await rig(t, {
+    handlers: {
+      cont: async () => {
+        await answered;
+        return { return: {} };
+      },
+    },
+  });
+  const seen: string[] = [];
+  const resumed = resumeGuest({
+    connect: r.connect,
+    fresh: true,
+    onCont: () => seen.push(`onCont after ${names(r.fake).join(',')}`),
+    trace: (s) => seen.push(s),
+  });
+  await r.fake.waitForCommands(2);
+  t.same(seen, ['qmp.greeting', 'onCont after qmp_capabilities'], 'called once, when cont went out, before the answer');
+  answer();
+  await resumed;
+  t.same(seen.at(-1), 'qmp.cont');
+
+  const adopted = await rig(t);
+  let calls = 0;
+  await resumeGuest({ connect: adopted.connect, fresh: false, onCont: () => calls++, trace: () => undefined });
+  t.equal(calls, 1, 'a re-adopted QEMU in prelaunch too');
+
+  const g = gate('did not move');
+  t.equal(g.open(true), true);
+  await t.resolves(g.promise);
+  const shut = gate('did not move');
+  t.equal(shut.open(false), false);
+  await t.rejects(shut.promise, /did not move/);
 });

@@ -82,3 +82,68 @@ t.test('a VMI that is gone ends it quietly', async (t) => {
   t.equal(store.writes, 1, 'not retried');
   t.equal(slept, 0);
 });
+
+t.test('a change with a gate goes alone, after what queued before it, and shows only once the gate opens', async (t) => {
+  const written: Array<{ phase: string | undefined; gated: boolean }> = [];
+  const st = { status: {} as S };
+  const w = new StatusWriter(async (m, after) => {
+    const next = m(st.status);
+    await after;
+    st.status = next;
+    written.push({ phase: next.phase, gated: after !== undefined });
+  });
+  let open!: () => void;
+  const gate = new Promise<void>((r) => (open = r));
+  const first = w.enqueue((s) => ({ ...s, phase: 'Scheduled' }));
+  const gated = w.enqueue((s) => ({ ...s, phase: 'Running' }), { after: gate });
+  const later = w.enqueue((s) => ({ ...s, reason: 'later' }));
+  await first;
+  await new Promise((r) => setTimeout(r, 20));
+  t.equal(st.status.phase, 'Scheduled', 'nothing of the gated change shows while its gate is shut');
+  open();
+  await gated;
+  await later;
+  t.same(written, [
+    { phase: 'Scheduled', gated: false },
+    { phase: 'Running', gated: true },
+    { phase: 'Running', gated: false },
+  ]);
+  t.equal(st.status.reason, 'later', 'what queued behind the gated change came after it');
+});
+
+t.test('a gate that rejects drops its change (not retried) and settles; a failed gated write is retried behind its gate', async (t) => {
+  const store = fakeStore();
+  const w = new StatusWriter(async (m, after) => {
+    await after;
+    await store.write(m);
+  });
+  const refused = Promise.reject(new Error('did not move to Running'));
+  await w.enqueue((s) => ({ ...s, phase: 'Running' }), { after: refused });
+  await w.enqueue((s) => ({ ...s, reason: 'next' }));
+  t.equal(store.status.phase, undefined, 'the refused change was dropped');
+  t.equal(store.status.reason, 'next', 'and the writer went on');
+
+  const sleeps: number[] = [];
+  let open!: () => void;
+  const gate = new Promise<void>((r) => (open = r));
+  let tries = 0;
+  const failing = new StatusWriter(
+    async (m, after) => {
+      // The first try fails before its gate (say the disk is full); the retry must still wait for it.
+      if (tries++ === 0) throw new VmletError('STORE_WRITE_FAILED', 'ENOSPC');
+      await after;
+      await store.write(m);
+    },
+    undefined,
+    async (ms) => {
+      sleeps.push(ms);
+    },
+  );
+  await failing.enqueue((s) => ({ ...s, phase: 'Running' }), { after: gate });
+  await new Promise((r) => setTimeout(r, 20));
+  t.equal(tries, 2, 'retried');
+  t.equal(store.status.phase, undefined, 'the retry waits for the gate');
+  open();
+  while (store.status.phase !== 'Running') await new Promise((r) => setTimeout(r, 5));
+  t.pass('written once the gate opened');
+});
