@@ -32,6 +32,7 @@ import { apiAnswers, SystemdNotifier } from './systemd-notify.js';
 import { describeCounts, VmCountWatch } from './vm-counts.js';
 import { MallocTrimmer } from './malloc-trim.js';
 import { fixMallocThresholds, limitMallocArenas } from '../sys/malloc.js';
+import { onNetnsStuck } from '../sys/netns.js';
 
 const repoRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
@@ -271,6 +272,10 @@ export async function runDaemon(flags: DaemonFlags): Promise<void> {
   const config = loadConfig(repoRoot, flags);
   const logger = await makeLogger(config);
   const systemd = new SystemdNotifier({ logger: logger.child({ component: 'systemd' }) });
+  onNetnsStuck((err) => {
+    logger.fatal({ err }, 'exiting: the main thread is stuck in a sandbox netns; VMs keep running');
+    process.exit(70);
+  });
   // From the first moment: the start-up (QEMU probe, re-adoption) runs under the watchdog too.
   systemd.startWatchdog();
   let daemon: RunningDaemon | RunningKubeDaemon;

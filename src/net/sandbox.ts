@@ -76,7 +76,12 @@ export class NetManager {
       resolvConf: opts.paths?.resolvConf ?? ['/etc/resolv.conf', '/run/systemd/resolve/resolv.conf'],
     };
     this.log = opts.log ?? silent;
-    this.tools = new IpTools(opts.runner ?? execRunner, { ip: opts.bins?.ip ?? 'ip', nft: opts.bins?.nft ?? 'nft', nsenter: opts.bins?.nsenter ?? 'nsenter' });
+    this.tools = new IpTools(
+      opts.runner ?? execRunner,
+      { ip: opts.bins?.ip ?? 'ip', nft: opts.bins?.nft ?? 'nft', nsenter: opts.bins?.nsenter ?? 'nsenter' },
+      // netlink's `netns add` makes the sandbox where netnsPath() looks for it
+      { netnsDir: this.paths.netnsDir },
+    );
     this.dhcp = new DhcpServer({
       log: this.log,
       ...(opts.now ? { now: opts.now } : {}),

@@ -5,6 +5,13 @@ import koffi from 'koffi';
 export const libc = koffi.load('libc.so.6');
 
 const errnoLocation = libc.func('int *__errno_location()');
+const strerrorFn = libc.func('const char *strerror(int errnum)');
+
+/** open(2) and socket(2) flags (Linux) for the koffi-bound calls. */
+export const O_RDONLY = 0;
+export const O_RDWR = 2;
+export const O_CLOEXEC = 0o2000000;
+export const SOCK_CLOEXEC = O_CLOEXEC;
 
 /** The calling thread's errno, read right after a failed libc call. */
 export function errno(): number {
@@ -31,6 +38,12 @@ export function errnoName(n: number): string {
     107: 'ENOTCONN',
   };
   return table[n] ?? `errno ${n}`;
+}
+
+/** The C library's text for an errno ("No such device"), as ip prints it. */
+export function errnoText(n: number): string {
+  const s: unknown = strerrorFn(n);
+  return typeof s === 'string' ? s : errnoName(n);
 }
 
 const ERRNO_NAMES = new Map<number, string>(Object.entries(os.constants.errno).map(([name, n]) => [n, name]));

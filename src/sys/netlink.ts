@@ -1,12 +1,11 @@
 // A blocking NETLINK_ROUTE socket through koffi, opened on the host or inside a netns: one request at a time, its ack, reply or dump read synchronously.
 import { VmletError } from '../errors.js';
 import { NLMSG_DONE, NLMSG_ERROR, NLM_F_ACK, parseAck, parseMessages, type Ack, type NlMessage } from '../net/rtnetlink.js';
-import { libc, errno, errnoCode, errnoName, closeFd } from './libc.js';
+import { libc, errno, errnoCode, errnoName, closeFd, SOCK_CLOEXEC } from './libc.js';
 import { withNetns, type WithNetnsOptions } from './netns.js';
 
 const AF_NETLINK = 16;
 const SOCK_RAW = 3;
-const SOCK_CLOEXEC = 0o2000000;
 const NETLINK_ROUTE = 0;
 const SOL_SOCKET = 1;
 const SO_RCVTIMEO = 20;
@@ -20,13 +19,6 @@ const setsockoptFn = libc.func('int setsockopt(int fd, int level, int name, void
 const bindFn = libc.func('int bind(int fd, void *addr, uint32_t len)');
 const sendFn = libc.func('long send(int fd, void *buf, size_t len, int flags)');
 const recvFn = libc.func('long recv(int fd, void *buf, size_t len, int flags)');
-const strerrorFn = libc.func('const char *strerror(int errnum)');
-
-/** The C library's text for an errno ("No such device"), as ip prints it. */
-export function errnoText(n: number): string {
-  const s: unknown = strerrorFn(n);
-  return typeof s === 'string' ? s : errnoName(n);
-}
 
 export interface NetlinkOpenOptions extends WithNetnsOptions {
   /** open the socket inside this netns (e.g. /run/netns/NAME); default: the caller's */

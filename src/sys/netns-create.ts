@@ -2,9 +2,8 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import { VmletError } from '../errors.js';
-import { libc, errno, errnoCode } from './libc.js';
-import { errnoText } from './netlink.js';
-import { CLONE_NEWNET, setNetns, type WithNetnsOptions } from './netns.js';
+import { libc, errno, errnoCode, errnoText } from './libc.js';
+import { CLONE_NEWNET, netnsStuck, setNetns, type WithNetnsOptions } from './netns.js';
 
 const MS_BIND = 0x1000;
 const MS_REC = 0x4000;
@@ -97,9 +96,11 @@ export function createNamedNetns(dir: string, name: string, opts: WithNetnsOptio
     try {
       setNetns(self, selfPath);
     } catch (e) {
-      err = new VmletError('SYS_SETNS_RESTORE', `the main thread is stuck in the new netns ${file}: cannot return to its own netns; the process must exit`, {
-        cause: e,
-      });
+      err = netnsStuck(
+        new VmletError('SYS_SETNS_RESTORE', `the main thread is stuck in the new netns ${file}: cannot return to its own netns; the process must exit`, {
+          cause: e,
+        }),
+      );
     }
     if (err !== undefined) {
       removeNetnsFile(file, mounted);

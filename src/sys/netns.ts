@@ -20,6 +20,23 @@ export interface WithNetnsOptions {
   selfNetns?: string;
 }
 
+let stuckHandler: ((e: VmletError) => void) | undefined;
+
+/**
+ * What the process does once its main thread cannot return to its own netns (SYS_SETNS_RESTORE): every later
+ * socket and netlink call would act in a VM's sandbox. The daemon logs and exits (systemd or the DaemonSet starts it
+ * again; the VMs run on). Without a handler the error is only thrown.
+ */
+export function onNetnsStuck(fn: ((e: VmletError) => void) | undefined): void {
+  stuckHandler = fn;
+}
+
+/** Hands `e` (SYS_SETNS_RESTORE) to the handler, then returns it for the caller to throw. */
+export function netnsStuck(e: VmletError): VmletError {
+  stuckHandler?.(e);
+  return e;
+}
+
 /**
  * Calls `fn` with the calling thread inside the netns at `netnsPath` (e.g. /run/netns/NAME) and
  * switches back before returning, also when `fn` throws. setns affects only the calling thread,
@@ -52,9 +69,9 @@ export function withNetns<T>(netnsPath: string, fn: () => T, opts: WithNetnsOpti
       try {
         setNetns(self, selfPath);
       } catch (e) {
-        throw new VmletError('SYS_SETNS_RESTORE', `the main thread is stuck in ${netnsPath}: cannot return to its own netns; the process must exit`, {
-          cause: e,
-        });
+        throw netnsStuck(
+          new VmletError('SYS_SETNS_RESTORE', `the main thread is stuck in ${netnsPath}: cannot return to its own netns; the process must exit`, { cause: e }),
+        );
       }
     }
   } finally {

@@ -1,10 +1,9 @@
 // Speaks systemd's sd_notify datagram protocol (READY=1, STATUS=…, WATCHDOG=1, STOPPING=1) through a unix datagram socket.
 import { VmletError } from '../errors.js';
-import { libc, errno, errnoCode, errnoName, closeFd } from './libc.js';
+import { libc, errno, errnoCode, errnoName, closeFd, SOCK_CLOEXEC } from './libc.js';
 
 const AF_UNIX = 1;
 const SOCK_DGRAM = 2;
-const SOCK_CLOEXEC = 0o2000000;
 const MSG_NOSIGNAL = 0x4000;
 
 const socket = libc.func('int socket(int, int, int)');

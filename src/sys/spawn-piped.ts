@@ -1,12 +1,9 @@
 // Runs a short-lived program with posix_spawn, stdin fed from a string and stdout/stderr captured through pipes, with a timeout and an output cap: execFile without forking the daemon.
 import net from 'node:net';
 import { VmletError } from '../errors.js';
-import { closeFd, errno, errnoCode, errnoName, libc } from './libc.js';
+import { closeFd, errno, errnoCode, errnoName, libc, O_CLOEXEC, O_RDONLY } from './libc.js';
 import { withNetns } from './netns.js';
 import { spawnProcess, type ExitInfo, type FdAction } from './spawn.js';
-
-const O_RDONLY = 0;
-const O_CLOEXEC = 0o2000000;
 
 const pipe2 = libc.func('int pipe2(void *fds, int flags)');
 

@@ -1,13 +1,12 @@
 // Starts programs with posix_spawn (vfork-style: the daemon's page tables are not copied, unlike child_process's fork) and reaps them from one SIGCHLD handler.
 import { constants } from 'node:os';
 import { VmletError } from '../errors.js';
-import { errnoCode, errnoName, libc } from './libc.js';
+import { errnoCode, errnoName, libc, O_RDONLY } from './libc.js';
 
 // glibc's values (spawn.h, fcntl.h, wait.h)
 const POSIX_SPAWN_SETSIGDEF = 0x04;
 const POSIX_SPAWN_SETSIGMASK = 0x08;
 const POSIX_SPAWN_SETSID = 0x80;
-const O_RDONLY = 0;
 const WNOHANG = 1;
 // Larger than glibc's posix_spawn_file_actions_t (80 bytes), posix_spawnattr_t (336) and sigset_t (128).
 const OPAQUE_BYTES = 1024;

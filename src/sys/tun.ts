@@ -1,10 +1,8 @@
 // Opens queues of a tap device inside another network namespace (open /dev/net/tun + TUNSETIFF there) and returns their fds for QEMU; creates persistent taps as `ip tuntap add` does.
 import { VmletError } from '../errors.js';
-import { libc, errno, errnoCode, errnoName, closeFd } from './libc.js';
+import { libc, errno, errnoCode, errnoName, closeFd, O_CLOEXEC, O_RDWR } from './libc.js';
 import { withNetns, type WithNetnsOptions } from './netns.js';
 
-const O_RDWR = 2;
-const O_CLOEXEC = 0o2000000;
 const TUNSETIFF = 0x400454ca;
 const TUNSETPERSIST = 0x400454cb;
 const TUNSETOWNER = 0x400454cc;

@@ -1,12 +1,11 @@
 // Creates a UDP socket inside another network namespace (bound to a port and a device) for Node's dgram to adopt by fd.
 import { VmletError } from '../errors.js';
-import { libc, errno, errnoCode, errnoName, closeFd } from './libc.js';
+import { libc, errno, errnoCode, errnoName, closeFd, SOCK_CLOEXEC } from './libc.js';
 import { withNetns, type WithNetnsOptions } from './netns.js';
 
 const AF_INET = 2;
 const SOCK_DGRAM = 2;
 const SOCK_NONBLOCK = 0o4000;
-const SOCK_CLOEXEC = 0o2000000;
 const SOL_SOCKET = 1;
 const SO_REUSEADDR = 2;
 const SO_BROADCAST = 6;

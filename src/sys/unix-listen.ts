@@ -1,10 +1,9 @@
 // Creates a listening unix stream socket as a bare fd, for a child (QEMU) to inherit: clients can connect the moment it exists, long before the child serves it.
 import { VmletError } from '../errors.js';
-import { closeFd, errno, errnoCode, errnoName, libc } from './libc.js';
+import { closeFd, errno, errnoCode, errnoName, libc, SOCK_CLOEXEC } from './libc.js';
 
 const AF_UNIX = 1;
 const SOCK_STREAM = 1;
-const SOCK_CLOEXEC = 0o2000000;
 /** sizeof(sockaddr_un.sun_path) */
 const SUN_PATH_MAX = 108;
 

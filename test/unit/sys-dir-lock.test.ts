@@ -39,9 +39,11 @@ t.test('a folder named twice is locked once; a refusal releases what was taken',
   ]);
   t.equal(both.length, 1, 'one lock');
   const held = lockDir(d2, 'the run folder');
+  const d3 = tmp();
+  t.teardown(() => fs.rmSync(d3, { recursive: true, force: true }));
   t.throws(() =>
     lockDirs([
-      { dir: tmp(), what: 'x' },
+      { dir: d3, what: 'x' },
       { dir: d2, what: 'the run folder' },
     ]),
   );
