@@ -15,6 +15,7 @@ import type {
   RecordEventInput,
   Source,
   SourceWatch,
+  StatusWriteOptions,
   UpdateOptions,
   WatchEvent,
   WatchOptions,
@@ -122,8 +123,9 @@ class NamespacedView implements Source {
     namespace: string,
     name: string,
     mutate: (status: S | undefined) => S | undefined,
+    opts?: StatusWriteOptions,
   ): Promise<KubeObject<K>> {
-    return this.back(await this.inner.updateStatus(kind, this.ns(namespace), name, mutate));
+    return this.back(await this.inner.updateStatus(kind, this.ns(namespace), name, mutate, opts));
   }
 
   async delete<K extends Kind>(kind: K, namespace: string, name: string, opts?: DeleteOptions): Promise<KubeObject<K>> {
