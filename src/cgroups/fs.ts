@@ -4,6 +4,7 @@ import fsSync, { constants } from 'node:fs';
 import { mkdir, open, readdir, readFile, rmdir, stat } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { VmletError, type ErrorCode } from '../errors.js';
+import { SlowCallBackoff } from '../sys/slow-call-backoff.js';
 
 /** What the managers need of a file system; the default goes to the real one. */
 export interface CgroupFs {
@@ -32,24 +33,31 @@ function writeSync(path: string, value: string): void {
 
 /*
  * cgroupfs is in-kernel: mkdir, a limit write or a read takes tens of µs when made inline, while each trip through
- * libuv's thread pool costs two wake-ups, milliseconds on a host whose cores run guests (docs/performance.md). But
- * while other groups are being joined (many starts at once) the same calls wait for the kernel's cgroup lock, and
- * inline that wait stalls the daemon: a call that took over 1 ms sends the next ones to the pool for a second.
- * Membership writes always go there.
+ * libuv's thread pool costs two wake-ups, milliseconds on a host whose cores run guests (docs/performance.md).
+ * Reads and most limit writes take no cgroup-wide lock and are always made inline. mkdir and the writes of cgroup.*
+ * and cpuset.* files take the kernel's cgroup (or cpuset) lock, which other groups' joins hold through an RCU grace
+ * period while many VMs start at once (freezer.state the freezer's), and a memory.* write may reclaim: one of those that took over 1 ms sends the
+ * next ones to the pool for a second. Membership writes and rmdir always go there.
  */
-const SLOW_MS = 1;
-const POOL_FOR_MS = 1000;
-let poolUntil = -Infinity;
+const lockLane = new SlowCallBackoff({ slowMs: 1, backoffMs: 1000 });
 
-async function lane<T>(inline: () => T, pooled: () => Promise<T>): Promise<T> {
-  const t0 = performance.now();
-  if (t0 < poolUntil) return pooled();
-  try {
-    return inline();
-  } finally {
-    const t1 = performance.now();
-    if (t1 - t0 > SLOW_MS) poolUntil = t1 + POOL_FOR_MS;
-  }
+/** `inline`: on the event loop; `backoff`: inline unless a recent one was slow; `pool`: libuv's thread pool. */
+export type CgroupCallLane = 'inline' | 'backoff' | 'pool';
+
+/** Where nodeCgroupFs makes a call. */
+export function cgroupCallLane(op: 'read' | 'write' | 'mkdir' | 'rmdir' | 'list' | 'exists', path: string): CgroupCallLane {
+  if (op === 'rmdir') return 'pool';
+  if (op === 'mkdir') return 'backoff';
+  if (op !== 'write') return 'inline';
+  const name = basename(path);
+  if (MEMBERSHIP_FILES.has(name)) return 'pool';
+  // the cgroup, cpuset or freezer lock (cgroup.subtree_control, cgroup.freeze, cpuset.*, freezer.state), or reclaim (memory.*)
+  return /^(cgroup|cpuset|freezer|memory)\./.test(name) ? 'backoff' : 'inline';
+}
+
+async function run<T>(lane: CgroupCallLane, inline: () => T, pooled: () => Promise<T>): Promise<T> {
+  if (lane === 'pool' || (lane === 'backoff' && lockLane.pooling)) return pooled();
+  return lane === 'backoff' ? lockLane.inline(inline) : inline();
 }
 
 async function writePooled(path: string, value: string): Promise<void> {
@@ -63,32 +71,40 @@ async function writePooled(path: string, value: string): Promise<void> {
 
 export const nodeCgroupFs: CgroupFs = {
   readFile: (path) =>
-    lane(
+    run(
+      cgroupCallLane('read', path),
       () => fsSync.readFileSync(path, 'utf8'),
       () => readFile(path, 'utf8'),
     ),
   writeFile: (path, value) =>
-    MEMBERSHIP_FILES.has(basename(path))
-      ? writePooled(path, value)
-      : lane(
-          () => writeSync(path, value),
-          () => writePooled(path, value),
-        ),
+    run(
+      cgroupCallLane('write', path),
+      () => writeSync(path, value),
+      () => writePooled(path, value),
+    ),
   mkdir: (path) =>
-    lane(
+    run(
+      cgroupCallLane('mkdir', path),
       () => fsSync.mkdirSync(path),
       async () => void (await mkdir(path)),
     ),
-  rmdir: (path) => rmdir(path),
+  rmdir: (path) =>
+    run(
+      cgroupCallLane('rmdir', path),
+      () => fsSync.rmdirSync(path),
+      () => rmdir(path),
+    ),
   subdirs: async (path) => {
-    const entries = await lane(
+    const entries = await run(
+      cgroupCallLane('list', path),
       () => fsSync.readdirSync(path, { withFileTypes: true }),
       () => readdir(path, { withFileTypes: true }),
     );
     return entries.filter((e) => e.isDirectory()).map((e) => e.name);
   },
   exists: (path) =>
-    lane(
+    run(
+      cgroupCallLane('exists', path),
       () => fsSync.existsSync(path),
       () =>
         stat(path).then(
@@ -166,12 +182,18 @@ export async function readOptional(fs: CgroupFs, path: string): Promise<string |
 
 /** Creates a directory; true if it was made, false if it was there. */
 export async function mkdirOnce(fs: CgroupFs, path: string): Promise<boolean> {
+  return (await mkdirUnless(fs, path, ['EEXIST'])) === undefined;
+}
+
+/** Creates a directory; undefined when made, else the errno of `tolerated` that stopped it (any other throws CGROUP_CREATE_FAILED). */
+export async function mkdirUnless(fs: CgroupFs, path: string, tolerated: readonly string[]): Promise<string | undefined> {
   try {
     await fs.mkdir(path);
-    return true;
+    return undefined;
   } catch (e) {
-    if (errnoOf(e) === 'EEXIST') return false;
-    throw new VmletError('CGROUP_CREATE_FAILED', `cannot create ${path} (${errnoOf(e) ?? 'error'})`, { cause: e, ...errnoField(e) });
+    const code = errnoOf(e);
+    if (code !== undefined && tolerated.includes(code)) return code;
+    throw new VmletError('CGROUP_CREATE_FAILED', `cannot create ${path} (${code ?? 'error'})`, { cause: e, ...errnoField(e) });
   }
 }
 

@@ -1,12 +1,13 @@
 // The cgroup v1 manager: one directory per hierarchy for each group, cpuset seeded from the parent, freezer-based freeze and kill.
 
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { VmletError } from '../errors.js';
 import type { ApplyResult, CgroupManager, CgroupPaths, CreateOptions } from './manager.js';
 import {
   checkChildName,
   errnoOf,
   mkdirOnce,
+  mkdirUnless,
   normaliseGroupPath,
   parsePids,
   pollUntil,
@@ -100,18 +101,27 @@ export class V1Manager implements CgroupManager {
     for (const [controller, dir] of Object.entries(this.byController)) {
       if (seen.has(dir)) continue; // co-mounted controllers share one directory
       seen.add(dir);
-      // The hierarchies are independent: made side by side, one thread-pool round trip per level instead of one per hierarchy.
-      const mkdirs = async (): Promise<void> => {
+      const cpuset = dir === cpusetDir;
+      // Every level; a v1 cpuset group starts with empty cpus/mems and refuses tasks until both are set.
+      const walk = async (): Promise<void> => {
         let parent = this.hierarchies[controller] as string;
         for (const seg of segs) {
           const d = join(parent, seg);
           await mkdirOnce(this.deps.fs, d);
-          // A v1 cpuset group starts with empty cpus/mems and refuses tasks until both are set.
-          if (dir === cpusetDir) await this.seedCpuset(parent, d);
+          if (cpuset) await this.seedCpuset(parent, d);
           parent = d;
         }
       };
-      made.push(mkdirs());
+      // The levels above a VM's group (the daemon's parent group) are there but for the first VM: the group alone
+      // first, and the walk only when a level is missing or the parent's cpuset is empty.
+      const leafFirst = async (): Promise<void> => {
+        if (segs.length > 1 && (await mkdirUnless(this.deps.fs, dir, ['EEXIST', 'ENOENT'])) !== 'ENOENT') {
+          if (!cpuset || (await this.seedCpuset(dirname(dir), dir))) return;
+        }
+        await walk();
+      };
+      // The hierarchies are independent: made side by side.
+      made.push(leafFirst());
     }
     const results = await Promise.allSettled(made);
     const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
@@ -119,13 +129,16 @@ export class V1Manager implements CgroupManager {
     return this.apply(resources);
   }
 
-  private async seedCpuset(parent: string, dir: string): Promise<void> {
+  /** Copies the parent's cpus and mems into a group that has none; false (nothing written) when the parent has none either. */
+  private async seedCpuset(parent: string, dir: string): Promise<boolean> {
     for (const f of ['cpuset.cpus', 'cpuset.mems']) {
       const own = (await readValue(this.deps.fs, join(dir, f))).trim();
       if (own !== '') continue;
       const inherited = (await readValue(this.deps.fs, join(parent, f))).trim();
+      if (inherited === '') return false;
       await writeValue(this.deps.fs, join(dir, f), inherited, 'CGROUP_CREATE_FAILED');
     }
+    return true;
   }
 
   async exists(): Promise<boolean> {

@@ -2,6 +2,7 @@
 
 import fs from 'node:fs';
 import { promisify } from 'node:util';
+import { SlowCallBackoff } from '../sys/slow-call-backoff.js';
 
 /*
  * A thread-pool fsync costs two wake-ups on top of the disk's own time; on a host whose cores run guests those
@@ -40,11 +41,9 @@ export interface FsyncCounts {
 export class FsyncPolicy {
   readonly counts: FsyncCounts = { inline: 0, pooled: 0 };
   #inPool = 0;
-  #poolUntil = -Infinity;
+  readonly #slow: SlowCallBackoff;
   /** When the last `burst` changes began, oldest first. */
   #begins: number[] = [];
-  readonly #slowMs: number;
-  readonly #backoffMs: number;
   readonly #isolationMs: number;
   readonly #burst: number;
   readonly #now: () => number;
@@ -52,11 +51,10 @@ export class FsyncPolicy {
   readonly #async: (fd: number) => Promise<void>;
 
   constructor(o: FsyncPolicyOptions = {}) {
-    this.#slowMs = o.slowMs ?? 5;
-    this.#backoffMs = o.backoffMs ?? 5_000;
     this.#isolationMs = o.isolationMs ?? 10;
     this.#burst = o.burst ?? 2;
     this.#now = o.now ?? (() => performance.now());
+    this.#slow = new SlowCallBackoff({ slowMs: o.slowMs ?? 5, backoffMs: o.backoffMs ?? 5_000, now: this.#now });
     this.#sync = o.syncFsync ?? fs.fsyncSync;
     this.#async = o.asyncFsync ?? promisify(fs.fsync);
   }
@@ -70,7 +68,7 @@ export class FsyncPolicy {
       if (this.#begins.length > this.#burst) this.#begins.shift();
     }
     if (crowded) return 'burst';
-    return now >= this.#poolUntil ? 'inline' : 'pool';
+    return this.#slow.pooling ? 'pool' : 'inline';
   }
 
   /** Whether a change that began now would be part of a burst (counts nothing). */
@@ -82,9 +80,7 @@ export class FsyncPolicy {
   async fsync(fd: number, lane: FsyncLane): Promise<void> {
     if (lane === 'inline') {
       this.counts.inline++;
-      const t0 = this.#now();
-      this.#sync(fd);
-      if (this.#now() - t0 > this.#slowMs) this.#poolUntil = this.#now() + this.#backoffMs;
+      this.#slow.inline(() => this.#sync(fd));
       return;
     }
     this.counts.pooled++;

@@ -1,6 +1,6 @@
 import { join } from 'node:path';
 import t from 'tap';
-import { V1Manager, cgroupManager } from '../../src/cgroups/index.js';
+import { V1Manager, cgroupManager, type CgroupFs } from '../../src/cgroups/index.js';
 import { FakeCgroupTree, type FakeOptions } from '../support/cgroups-fake.js';
 
 type TestT = { teardown(fn: () => unknown): void };
@@ -83,6 +83,56 @@ t.test('create makes the group in every hierarchy, seeds cpuset, writes resource
     fake.writes.map((w) => `${w.file}=${w.value}`),
     ['memory/vmlet/vm-1/memory.memsw.limit_in_bytes=-1', 'memory/vmlet/vm-1/memory.limit_in_bytes=-1'],
   );
+});
+
+t.test("a VM's group below a parent that exists: only its own directory is made, and the walk runs when it must", async (t) => {
+  const fake = await setup(t);
+  const mkdirs: string[] = [];
+  const recording: CgroupFs = {
+    readFile: (p) => fake.readFile(p),
+    writeFile: (p, v) => fake.writeFile(p, v),
+    mkdir: (p) => {
+      mkdirs.push(p.slice(fake.root.length + 1));
+      return fake.mkdir(p);
+    },
+    rmdir: (p) => fake.rmdir(p),
+    subdirs: (p) => fake.subdirs(p),
+    exists: (p) => fake.exists(p),
+  };
+  const m = (group: string): V1Manager => new V1Manager(fake.hierarchies(), group, { fs: recording });
+  await m('vmlet/vm-1').create();
+  t.same(
+    mkdirs.filter((d) => d.startsWith('cpuset/')),
+    ['cpuset/vmlet/vm-1', 'cpuset/vmlet', 'cpuset/vmlet/vm-1'],
+    'the first VM: its group alone fails (no parent), then every level',
+  );
+  mkdirs.length = 0;
+  fake.writes.length = 0;
+  await m('vmlet/vm-2').create();
+  t.same(
+    mkdirs.sort(),
+    fake
+      .hierarchyNames()
+      .map((h) => `${h}/vmlet/vm-2`)
+      .sort(),
+    'the second: one mkdir per hierarchy',
+  );
+  t.same(
+    fake.writes.map((w) => `${w.file}=${w.value}`),
+    ['cpuset/vmlet/vm-2/cpuset.cpus=0-3', 'cpuset/vmlet/vm-2/cpuset.mems=0'],
+    "its cpuset seeded from the parent's",
+  );
+  // Someone emptied the parent's cpus: the walk seeds the parent again before the group.
+  await fake.writeFile(join(fake.root, 'cpuset/vmlet/cpuset.cpus'), '');
+  mkdirs.length = 0;
+  fake.writes.length = 0;
+  await m('vmlet/vm-3').create();
+  t.same(
+    fake.writes.map((w) => `${w.file}=${w.value}`),
+    ['cpuset/vmlet/cpuset.cpus=0-3', 'cpuset/vmlet/vm-3/cpuset.cpus=0-3', 'cpuset/vmlet/vm-3/cpuset.mems=0'],
+    'the parent first, then the group',
+  );
+  t.equal((await fake.readFile(join(fake.root, 'cpuset/vmlet/vm-3/cpuset.cpus'))).trim(), '0-3');
 });
 
 t.test('co-mounted hierarchies share one directory', async (t) => {
