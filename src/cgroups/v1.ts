@@ -108,7 +108,8 @@ export class V1Manager implements CgroupManager {
         for (const seg of segs) {
           const d = join(parent, seg);
           await mkdirOnce(this.deps.fs, d);
-          if (cpuset) await this.seedCpuset(parent, d);
+          if (cpuset && !(await this.seedCpuset(parent, d)))
+            throw new VmletError('CGROUP_CREATE_FAILED', `${parent} has an empty cpuset.cpus or cpuset.mems to give ${d}: set both there`);
           parent = d;
         }
       };

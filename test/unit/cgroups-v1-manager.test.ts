@@ -135,6 +135,12 @@ t.test("a VM's group below a parent that exists: only its own directory is made,
   t.equal((await fake.readFile(join(fake.root, 'cpuset/vmlet/vm-3/cpuset.cpus'))).trim(), '0-3');
 });
 
+t.test('a cpuset root with no cpus: a clear error, not a group that refuses its tasks later', async (t) => {
+  const fake = await setup(t);
+  await fake.writeFile(join(fake.root, 'cpuset/cpuset.cpus'), '');
+  await t.rejects(manager(fake, 'vmlet/vm-1').create(), { code: 'CGROUP_CREATE_FAILED', message: /empty cpuset\.cpus or cpuset\.mems .*set both there/ });
+});
+
 t.test('co-mounted hierarchies share one directory', async (t) => {
   const fake = await setup(t, { hierarchies: ['cpu', 'memory'] });
   const h = { ...fake.hierarchies(), cpuacct: join(fake.root, 'cpu') };
