@@ -243,6 +243,11 @@ export const ERROR_CODES = {
   },
   NET_CLEANUP_FAILED: { http: 500, area: 'net', meaning: 'deleting a sandbox\'s veth or netns failed for another reason than "already gone"' },
   NET_SANDBOX_NOT_FOUND: { http: 500, area: 'net', meaning: 'openTapFds for a uid without a sandbox, or an interface it does not have' },
+  NET_SANDBOX_UNFINISHED: {
+    http: 500,
+    area: 'net',
+    meaning: 'after a restart: the daemon stopped while the sandbox of a VM whose guest never ran was being made',
+  },
   NET_NOT_STARTED: { http: 500, area: 'net', meaning: 'a NetManager method before start()' },
   IPAM_EXHAUSTED: { http: 500, area: 'net', meaning: 'every address of the subnet is leased' },
   IPAM_NO_LEASE: { http: 500, area: 'net', meaning: 'update of a uid without a lease' },

@@ -2,8 +2,7 @@
 import fs from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from 'pino';
-import type { VMIInterfaceStatus, VirtualMachineInstance, VirtualMachineInstanceStatus } from '../api/types.js';
-import type { GuestNetworkInterface } from '../qmp/guest-agent-types.js';
+import type { VirtualMachineInstance, VirtualMachineInstanceStatus } from '../api/types.js';
 import { isStoredVmi, VMI_FINALIZER, type StoredVmi } from '../controller/vm-controller.js';
 import { VmletError } from '../errors.js';
 import { isLiveProcessFor, processOrParentNames, readRunDir } from '../qemu/launch.js';
@@ -17,7 +16,7 @@ import { waitingForImages } from './image-wait.js';
 import { storeCallbacks } from './supervisor-store.js';
 import { launcherSandbox, type QemuUser } from './qemu-sandbox.js';
 import type { PodLaunchers } from './supervisor-pod.js';
-import type { PrepareContext } from './supervisor-deps.js';
+import type { PrepareContext, SupervisorDeps } from './supervisor-deps.js';
 
 export type { PodLaunchers } from './supervisor-pod.js';
 import { dedicatedCpuPinning, readCpuListFile, withDedicatedCpuCheck } from './vcpu-pinning.js';
@@ -301,15 +300,13 @@ export class NodeReconciler {
     return sup;
   }
 
-  private networkFor(uid: string): {
-    releaseNetwork?: () => Promise<void>;
-    guestInterfaces?: (g: GuestNetworkInterface[]) => VMIInterfaceStatus[] | undefined;
-  } {
+  private networkFor(uid: string): Pick<SupervisorDeps, 'releaseNetwork' | 'guestInterfaces' | 'resumeGate'> {
     const network = this.opts.network;
     if (!network?.enabled) return {};
     return {
       releaseNetwork: () => network.teardown(uid),
       guestInterfaces: (g) => network.withGuestInfo(uid, g),
+      resumeGate: () => network.resumeGate(uid),
     };
   }
 

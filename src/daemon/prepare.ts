@@ -297,7 +297,7 @@ async function addNetwork(prepared: PreparedLaunch, vmi: VirtualMachineInstance,
     prepared.fds = [...prepared.fds, ...net.fds];
     prepared.netnsPath = net.netnsPath;
     prepared.interfaces = net.interfaces;
-    if (net.filtersLoaded) prepared.filtersLoaded = net.filtersLoaded;
+    if (net.networkFinished) prepared.networkFinished = net.networkFinished;
   }
 }
 

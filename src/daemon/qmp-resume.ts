@@ -10,7 +10,7 @@ export interface QmpResume {
   fresh: boolean;
   /** Connects the serial console (when the VMI has one); connected before `cont`, so no boot output is lost. */
   console?: (() => Promise<SerialConsole>) | undefined;
-  /** Settles before `cont` is sent (the sandbox's filters, loading while QEMU started); a rejection fails the start. */
+  /** Settles before `cont` is sent (the rest of the network sandbox, made while QEMU started); a rejection fails the start. */
   gate?: Promise<void>;
   /** Runs before `cont` (vCPU pinning); a fresh start with it goes step by step. */
   beforeCont?: (qmp: QmpClient) => Promise<void>;

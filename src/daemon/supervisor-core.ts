@@ -16,8 +16,8 @@ export interface PreparedLaunch {
   emulation?: { reason: 'KvmUnusable' | 'EmulationRequested'; message: string };
   /** The network sandbox the launcher joins before it forks QEMU. */
   netnsPath?: string;
-  /** The sandbox's nftables ruleset, loading while QEMU starts: the guest runs (`cont`) only once it resolved. */
-  filtersLoaded?: Promise<void>;
+  /** The rest of the sandbox (links, nftables ruleset, DHCP), made while QEMU starts: the guest runs (`cont`) only once it resolved. */
+  networkFinished?: Promise<void>;
   /** status.interfaces as known before boot (from the lease). */
   interfaces?: VMIInterfaceStatus[];
   /** status.volumeStatus: each volume's format, size and image. */

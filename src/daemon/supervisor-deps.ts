@@ -53,4 +53,6 @@ export interface SupervisorDeps {
   releaseNetwork?: () => Promise<void>;
   /** status.interfaces with what the guest agent reports merged in; undefined = leave them. */
   guestInterfaces?: (guest: GuestNetworkInterface[]) => VMIInterfaceStatus[] | undefined;
+  /** After a restart: what a re-adopted QEMU still paused from -S waits for before `cont` (its sandbox is whole); a rejection fails it. */
+  resumeGate?: () => Promise<void> | undefined;
 }

@@ -39,8 +39,7 @@ export class Supervisor {
   #console: SerialConsole | undefined;
   #pendingLaunch: PreparedLaunch | undefined;
   #launchRecorded: Promise<void> = Promise.resolve();
-  /** The sandbox's filters, loading while QEMU starts: `cont` waits for them. */
-  #filters: Promise<void> | undefined;
+  #networkFinished: Promise<void> | undefined; // the rest of the sandbox, made while QEMU starts: `cont` waits for it
   /** Standalone: the launcher spawned while prepare runs (its pid), and whether its argv waits for the group's limits. */
   #early: Promise<number> | undefined;
   #argvHeld = false;
@@ -152,7 +151,7 @@ export class Supervisor {
       case 'handover':
         return this.handover();
       case 'recordLaunch':
-        this.#filters = e.prepared.filtersLoaded;
+        this.#networkFinished = e.prepared.networkFinished;
         // Written while QEMU starts up; connectAndRun waits for it before Running.
         this.#launchRecorded = this.deps
           .writeStatus((s) => launchedStatus(s, e.prepared, this.runtime(e.qemuPid), this.iso()))
@@ -356,6 +355,7 @@ export class Supervisor {
     const pid = this.#qemuPid;
     this.log.info({ qemuPid: pid, launcherPid: this.#launcherPid }, 're-adopting running QEMU');
     this.adopted = true;
+    this.#networkFinished = this.deps.resumeGate?.();
     const accel = pid === undefined ? undefined : await accelOfProcess(pid, this.deps.procRoot ?? DEFAULT_PROC_ROOT);
     await this.deps.writeStatus((s) => adoptedStatus(s, this.runtime(pid), accel, this.iso()));
   }
@@ -391,7 +391,7 @@ export class Supervisor {
         fresh,
         console: this.deps.vmi.spec.domain.devices.autoattachSerialConsole ? () => connectSerialConsole(this.deps.runDir) : undefined,
         ...(before && pid ? { beforeCont: (qmp: QmpClient) => before(qmp, pid) } : {}),
-        ...(this.#filters ? { gate: this.#filters } : {}),
+        ...(this.#networkFinished ? { gate: this.#networkFinished } : {}),
         onCont: () => void (running = this.deps.writeStatus((s) => runningStatus(s, false, this.iso()), { after: moved.promise })),
         trace: (step) => startTraces.mark(this.uid, step),
       });

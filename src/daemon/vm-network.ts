@@ -44,8 +44,8 @@ export interface VmNetworkLaunch {
   /** the sandbox netns the launcher joins before it forks QEMU */
   netnsPath: string;
   interfaces: VMIInterfaceStatus[];
-  /** Resolves once the sandbox's nftables ruleset is loaded (it loads while QEMU starts); `cont` waits for it. */
-  filtersLoaded?: Promise<void>;
+  /** Resolves once the sandbox is whole (its links, ruleset and DHCP are made while QEMU starts); `cont` waits for it. */
+  networkFinished?: Promise<void>;
 }
 
 /** Tap queues per NIC: one per vCPU with `networkInterfaceMultiqueue` (as KubeVirt), else one. */
@@ -198,13 +198,13 @@ export class VmNetwork {
         interfaces: spec.domain.devices.interfaces,
         networks: spec.networks,
         plan: { queues: nicQueues(spec), autoattachPodInterface: autoattach },
-        filtersLater: true,
+        finishLater: true,
       });
     }
-    const filtersLoaded = info.filtersLoaded;
+    const networkFinished = info.finished;
     if (info.interfaces.length === 0) return undefined;
     const { args, fds } = nicLaunchArgs(info.interfaces, (li) => mgr.openTapFds(uid, li.name), o.fdBase, o.accel, this.devVhostNet);
-    return { args, fds, netnsPath: info.netnsPath, interfaces: this.interfaces(uid), ...(filtersLoaded ? { filtersLoaded } : {}) };
+    return { args, fds, netnsPath: info.netnsPath, interfaces: this.interfaces(uid), ...(networkFinished ? { networkFinished } : {}) };
   }
 
   /** status.interfaces from the lease (the reachable address is the sandbox's). */
@@ -249,7 +249,28 @@ export class VmNetwork {
 
   /** After a restart: keep the sandboxes of live VMIs (DHCP serves them again), remove every other. */
   async adopt(liveUids: Iterable<string>): Promise<AdoptResult | undefined> {
-    return this.mgr?.adopt(liveUids);
+    const res = await this.mgr?.adopt(liveUids);
+    this.#unwhole = new Set(res?.missing ?? []);
+    return res;
+  }
+
+  /** VMIs whose sandbox adopt() found missing or unfinished. */
+  #unwhole = new Set<string>();
+
+  /**
+   * After a restart, what a re-adopted QEMU still paused from -S waits for before its first `cont`: rejects
+   * (NET_SANDBOX_UNFINISHED) when adopt() found its sandbox missing or unfinished, so the guest never runs in it.
+   */
+  resumeGate(uid: string): Promise<void> | undefined {
+    if (!this.#unwhole.has(uid)) return undefined;
+    const gate = Promise.reject(
+      new VmletError(
+        'NET_SANDBOX_UNFINISHED',
+        `the daemon stopped before the network sandbox of VMI ${uid} was finished and before its guest first ran; the guest is not started in it: start the VMI again`,
+      ),
+    );
+    gate.catch(() => undefined); // awaited only if QEMU still waits for its first `cont`
+    return gate;
   }
 
   /** Stops DHCP; sandboxes stay for the VMs, which keep running. */

@@ -4,7 +4,7 @@ import { formatCidr, formatIPv4, isIPv4, overlaps, parseCidr, parseIPv4, type Ci
 import { deriveMac } from './mac.js';
 import { guestFilterBody, hostGuardBody, type GuestFilterParams } from './guest-filter.js';
 import { checkIfName, checkNetnsName, checkNftName } from './names.js';
-import type { IpCommand, IpRoute, PlannedInterface, SandboxNames } from './types.js';
+import type { IpCommand, IpRoute, LeaseInterface, PlannedInterface, SandboxNames } from './types.js';
 
 /** Address given to the sandbox bridge in the bridge binding, as the DHCP server's identity (as KubeVirt does). */
 export const BRIDGE_BINDING_SERVER_IP = '169.254.75.10';
@@ -375,6 +375,25 @@ export function planBinding(
     nft,
     ipForward: false,
     dhcp: { serverIp: BRIDGE_BINDING_SERVER_IP, clientIp: pod.address, prefix: pod.prefix, router: pod.gateway, mtu: pod.mtu },
+  };
+}
+
+/** What the lease records of one interface and its binding (the tap, the bridge, what DHCP hands out). */
+export function leaseInterface(iface: PlannedInterface, b: BindingPlan): LeaseInterface {
+  return {
+    name: iface.name,
+    index: iface.index,
+    binding: iface.binding,
+    mac: iface.mac,
+    model: iface.model,
+    queues: iface.queues,
+    tap: iface.tap,
+    bridge: iface.bridge,
+    guestIp: b.dhcp.clientIp,
+    prefix: b.dhcp.prefix,
+    router: b.dhcp.router,
+    serverIp: b.dhcp.serverIp,
+    mtu: b.dhcp.mtu,
   };
 }
 

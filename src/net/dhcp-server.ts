@@ -42,6 +42,27 @@ export interface DhcpLeaseConfig {
   unicast?: boolean;
 }
 
+/** What DHCP hands out for one interface: its addresses and MTU (the binding's), the DNS settings, the hostname, the lease time. */
+export function dhcpLeaseConfig(
+  a: { serverIp: string; clientIp: string; prefix: number; router: string | null; mtu: number; mac: string; binding: string },
+  o: { nameservers: string[]; search: string[]; domain?: string | undefined; hostname?: string | undefined; leaseSeconds: number },
+): DhcpLeaseConfig {
+  return {
+    serverIp: a.serverIp,
+    clientIp: a.clientIp,
+    prefix: a.prefix,
+    router: a.router,
+    dns: o.nameservers,
+    search: o.search,
+    ...(o.domain !== undefined ? { domain: o.domain } : {}),
+    ...(o.hostname !== undefined ? { hostname: o.hostname } : {}),
+    mtu: a.mtu,
+    leaseSeconds: o.leaseSeconds,
+    clientMac: a.mac,
+    unicast: a.binding === 'masquerade',
+  };
+}
+
 export type DhcpEvent =
   | { type: 'lease'; key: string; clientMac: string; ip: string; leaseSeconds: number; at: Date }
   | { type: 'release'; key: string; clientMac: string; ip: string; at: Date }

@@ -5,7 +5,7 @@ import { VmletError } from '../errors.js';
 import { closeFds } from '../sys/libc.js';
 import { withNetns } from '../sys/netns.js';
 import { openTap } from '../sys/tun.js';
-import { DhcpServer, type DhcpLeaseConfig, type NetLogger } from './dhcp-server.js';
+import { DhcpServer, dhcpLeaseConfig, type DhcpLeaseConfig, type NetLogger } from './dhcp-server.js';
 import { execRunner, type CommandRunner } from './exec.js';
 import { listCountersArgs, parseNftCounters, sandboxSysctls, type CounterValue } from './guest-filter.js';
 import { IpTools } from './ip-tools.js';
@@ -127,21 +127,11 @@ export class PodNetwork {
   private dhcpConfig(req: PodAttachRequest, p: PodAttachPlan): DhcpLeaseConfig {
     const fromPod = req.resolvConfPath !== undefined ? readHostDns([req.resolvConfPath]) : { nameservers: [], search: [] };
     const dns = fromPod.nameservers.length > 0 || !this.opts.dns ? fromPod : this.opts.dns;
-    const d = p.binding.dhcp;
-    return {
-      serverIp: d.serverIp,
-      clientIp: d.clientIp,
-      prefix: d.prefix,
-      router: d.router,
-      dns: dns.nameservers,
-      search: dns.search,
-      ...(this.opts.dns?.domain !== undefined ? { domain: this.opts.dns.domain } : {}),
-      ...(req.hostname !== undefined ? { hostname: req.hostname } : {}),
-      mtu: d.mtu,
-      leaseSeconds: this.opts.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
-      clientMac: p.iface.mac,
-      unicast: p.iface.binding === 'masquerade',
-    };
+    const leaseSeconds = this.opts.leaseSeconds ?? DEFAULT_LEASE_SECONDS;
+    return dhcpLeaseConfig(
+      { ...p.binding.dhcp, mac: p.iface.mac, binding: p.iface.binding },
+      { nameservers: dns.nameservers, search: dns.search, domain: this.opts.dns?.domain, hostname: req.hostname, leaseSeconds },
+    );
   }
 
   private async serveDhcp(req: PodAttachRequest, p: PodAttachPlan): Promise<void> {

@@ -56,10 +56,12 @@ export interface SandboxRequest {
   /** owner of the taps (for a non-root QEMU that opens them by name) */
   tap?: TapOptions;
   /**
-   * Return once links, addresses and taps are made, while the nftables ruleset (NAT, guest filter) still loads:
-   * the result's `filtersLoaded` settles with it. The caller must not let the guest run before it resolves.
+   * Return once the netns and its taps are made (what QEMU needs), while the veth, the addresses, routes and
+   * bridges, the nftables ruleset (NAT, guest filter), the lease's interfaces and DHCP are still being made: the
+   * result's `finished` settles with them. The caller must not let the guest run before it resolves, and tears the
+   * sandbox down when it rejects (teardown waits for it). Until then `get()` answers from memory.
    */
-  filtersLater?: boolean;
+  finishLater?: boolean;
 }
 
 export interface SandboxInfo {
@@ -72,8 +74,8 @@ export interface SandboxInfo {
   prefix: number;
   gateway: string;
   interfaces: LeaseInterface[];
-  /** Only from setup with `filtersLater`: resolves once the sandbox's nftables ruleset is in place; rejects if it failed. */
-  filtersLoaded?: Promise<void>;
+  /** Only from setup with `finishLater`: resolves once the sandbox is whole (links, ruleset, DHCP); rejects if a step failed. */
+  finished?: Promise<void>;
 }
 
 export interface InterfaceStatus {
@@ -86,7 +88,7 @@ export interface InterfaceStatus {
 export interface AdoptResult {
   /** live uids whose sandbox is there (DHCP serves them again) */
   kept: string[];
-  /** live uids with a lease but no (or an incomplete) netns: call setup() again (the address is kept) */
+  /** live uids with a lease but no (or an incomplete or unfinished) netns: call setup() again (the address is kept) */
   missing: string[];
   /** what was removed: uids of stale leases, and netns / veth names without a live owner */
   removed: string[];

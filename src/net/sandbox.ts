@@ -7,6 +7,7 @@ import { openTap } from '../sys/tun.js';
 import {
   freshNetnsRuleset,
   gatewayOf,
+  leaseInterface,
   planBinding,
   planSandboxInside,
   planSandboxNetns,
@@ -14,7 +15,7 @@ import {
   type HostNetParams,
   type PodInterfaceState,
 } from './commands.js';
-import { DhcpServer, type DhcpEvent, type DhcpLeaseConfig, type NetLogger } from './dhcp-server.js';
+import { DhcpServer, dhcpLeaseConfig, type DhcpEvent, type NetLogger } from './dhcp-server.js';
 import { execRunner } from './exec.js';
 import { listCountersArgs, parseNftCounters, sandboxSysctls } from './guest-filter.js';
 import { ensureHostNetwork, removeHostNetwork } from './host-side.js';
@@ -26,7 +27,7 @@ import { DEFAULT_NAMES, checkNameConfig, checkNftName, checkIfName, sandboxNames
 import { planNetwork } from './plan.js';
 import { readHostDns, type DnsSettings } from './resolv.js';
 import type { AdoptResult, GuestDrops, InterfaceStatus, NetManagerOptions, NetPaths, SandboxInfo, SandboxRequest } from './sandbox-types.js';
-import type { IpRoute, Lease, LeaseInterface, SandboxNames } from './types.js';
+import type { IpCommand, IpRoute, Lease, LeaseInterface, SandboxNames } from './types.js';
 
 export type { AdoptResult, GuestDrops, InterfaceStatus, NetManagerOptions, NetPaths, SandboxInfo, SandboxRequest } from './sandbox-types.js';
 
@@ -149,24 +150,6 @@ export class NetManager {
     return this.opts.dns ?? readHostDns(this.paths.resolvConf);
   }
 
-  private dhcpConfig(li: LeaseInterface, hostname: string | undefined): DhcpLeaseConfig {
-    const dns = this.dnsSettings();
-    return {
-      serverIp: li.serverIp,
-      clientIp: li.guestIp,
-      prefix: li.prefix,
-      router: li.router,
-      dns: dns.nameservers,
-      search: dns.search,
-      ...(dns.domain !== undefined ? { domain: dns.domain } : {}),
-      ...(hostname !== undefined ? { hostname } : {}),
-      mtu: li.mtu,
-      leaseSeconds: this.opts.leaseSeconds ?? DEFAULT_LEASE_SECONDS,
-      clientMac: li.mac,
-      unicast: li.binding === 'masquerade',
-    };
-  }
-
   private async serveDhcp(lease: Lease): Promise<void> {
     if (!lease.netns) return;
     for (const li of lease.interfaces ?? []) {
@@ -174,7 +157,10 @@ export class NetManager {
         key: `${lease.uid}/${li.name}`,
         netnsPath: this.netnsPath(lease.netns),
         device: li.bridge,
-        config: this.dhcpConfig(li, lease.hostname),
+        config: dhcpLeaseConfig(
+          { ...li, clientIp: li.guestIp },
+          { ...this.dnsSettings(), hostname: lease.hostname, leaseSeconds: this.opts.leaseSeconds ?? DEFAULT_LEASE_SECONDS },
+        ),
       });
     }
   }
@@ -203,6 +189,7 @@ export class NetManager {
    * its address, creates netns + veth + bindings + taps, starts DHCP for it. A leftover sandbox of
    * the same uid (a crash during an earlier setup) is removed first; for a VM that is still running
    * after a daemon restart use adopt() instead. On failure everything made here is removed again.
+   * With `finishLater` it returns once the netns, the taps and the lease are made, and `finished` settles with the rest.
    */
   async setup(req: SandboxRequest): Promise<SandboxInfo> {
     const plan = planNetwork(req.interfaces, req.networks, req.uid, { ...(req.plan ?? {}), names: this.names });
@@ -232,11 +219,14 @@ export class NetManager {
       const pod: PodInterfaceState = { address: lease.address, prefix: subnet.prefix, gateway: this.gateway, mtu };
       const extras = { allowMetadata: this.opts.allowMetadata === true };
       const bindings = plan.interfaces.map((iface) => ({ iface, b: planBinding(iface, pod, req.tap ?? {}, this.nftTable, extras) }));
-      const [mkNetns, veth, inside] = [planSandboxNetns(sp), planSandboxVeth(sp), [...planSandboxInside(sp), ...bindings.flatMap(({ b }) => b.ip)]];
+      const inside = [...planSandboxInside(sp), ...bindings.flatMap(({ b }) => b.ip)];
+      // With finishLater the taps come first, alone: they are all QEMU needs before the guest runs.
+      const early = req.finishLater ? inside.filter(isTapAdd) : [];
+      const late = req.finishLater ? inside.filter((c) => !isTapAdd(c)) : inside;
       const rulesets = bindings.flatMap(({ b }) => (b.nft !== null ? [b.nft] : []));
       // the netns first; then its links (host side, then inside) while the NAT ruleset loads into
       // it: rulesets name interfaces only as strings, so they load before the links exist
-      await this.tools.ipBatch(mkNetns);
+      await this.tools.ipBatch(planSandboxNetns(sp));
       // strict rp_filter always, forwarding for masquerade: before any link or packet exists
       const sysctls = sandboxSysctls(bindings.some(({ b }) => b.ipForward));
       withNetns(netnsPath, () => sysctls.forEach(([rel, v]) => fs.writeFileSync(path.join(this.paths.proc, 'sys/net/ipv4', rel), v)), {
@@ -246,27 +236,25 @@ export class NetManager {
       filters =
         rulesets.length > 0 ? this.tools.nft(rulesets.length === 1 ? freshNetnsRuleset(rulesets[0]!) : rulesets.join(''), netnsPath) : Promise.resolve();
       filters.catch(() => undefined);
-      await settleAll([this.tools.ipBatch(veth).then(() => this.tools.ipBatch(inside, netnsPath)), req.filtersLater ? Promise.resolve() : filters]);
-      const interfaces: LeaseInterface[] = bindings.map(({ iface, b }) => ({
-        name: iface.name,
-        index: iface.index,
-        binding: iface.binding,
-        mac: iface.mac,
-        model: iface.model,
-        queues: iface.queues,
-        tap: iface.tap,
-        bridge: iface.bridge,
-        guestIp: b.dhcp.clientIp,
-        prefix: b.dhcp.prefix,
-        router: b.dhcp.router,
-        serverIp: b.dhcp.serverIp,
-        mtu: b.dhcp.mtu,
-      }));
-      // DHCP needs nothing of the lease write, so both run at once (both settle before a cleanup)
-      const done = ipam.update(req.uid, { interfaces });
-      await settleAll([done, this.serveDhcp({ ...lease, interfaces })]);
-      this.log.info({ uid: req.uid, netns: names.netns, address: lease.address, ms: Date.now() - started }, 'sandbox ready');
-      return { ...this.info(await done), ...(req.filtersLater ? { filtersLoaded: filters } : {}) };
+      const interfaces = bindings.map(({ iface, b }) => leaseInterface(iface, b));
+      // The lease names the interfaces only once the links and the ruleset are in place: adopt() takes a lease
+      // without them for a sandbox left unfinished.
+      const finish = async (): Promise<Lease> => {
+        await settleAll([this.tools.ipBatch(planSandboxVeth(sp)).then(() => this.tools.ipBatch(late, netnsPath)), filters]);
+        // DHCP needs nothing of the lease write, so both run at once (both settle before a cleanup)
+        const done = ipam.update(req.uid, { interfaces });
+        await settleAll([done, this.serveDhcp({ ...lease, interfaces })]);
+        this.log.info({ uid: req.uid, netns: names.netns, address: lease.address, ms: Date.now() - started }, 'sandbox ready');
+        return done;
+      };
+      if (!req.finishLater) return this.info(await finish());
+      await this.tools.ipBatch(early, netnsPath);
+      const info = this.info({ ...lease, interfaces });
+      const finished = finish().then(() => undefined);
+      this.#finishing.set(req.uid, { info, finished });
+      const forget = (): void => void (this.#finishing.get(req.uid)?.finished === finished && this.#finishing.delete(req.uid));
+      finished.then(forget, forget);
+      return { ...info, finished };
     } catch (e) {
       // the ruleset's process settles before its netns goes
       await filters.catch(() => undefined);
@@ -278,6 +266,9 @@ export class NetManager {
       throw e;
     }
   }
+
+  /** Sandboxes whose links, ruleset and DHCP are still being made (setup with `finishLater`); teardown waits for them. */
+  readonly #finishing = new Map<string, { info: SandboxInfo; finished: Promise<void> }>();
 
   private info(l: Lease): SandboxInfo {
     const names = l.netns !== undefined && l.hostVeth !== undefined ? { netns: l.netns, hostVeth: l.hostVeth } : sandboxNames(l.uid, this.names);
@@ -293,8 +284,10 @@ export class NetManager {
     };
   }
 
-  /** The sandbox of `uid` as recorded, or undefined. */
+  /** The sandbox of `uid` as recorded (or, while it is being finished, as it will be), or undefined. */
   get(uid: string): SandboxInfo | undefined {
+    const pending = this.#finishing.get(uid)?.info;
+    if (pending) return pending;
     const l = this.leases.get(uid);
     return l ? this.info(l) : undefined;
   }
@@ -330,9 +323,9 @@ export class NetManager {
 
   /** KubeVirt-style `status.interfaces` entries: the reachable address of each interface is the sandbox's. */
   interfacesStatus(uid: string): InterfaceStatus[] {
-    const l = this.leases.get(uid);
-    if (!l) return [];
-    return (l.interfaces ?? []).map((li) => ({ name: li.name, mac: li.mac, ipAddress: l.address, ipAddresses: [l.address] }));
+    const s = this.get(uid);
+    if (!s) return [];
+    return s.interfaces.map((li) => ({ name: li.name, mac: li.mac, ipAddress: s.address, ipAddresses: [s.address] }));
   }
 
   /**
@@ -353,6 +346,7 @@ export class NetManager {
 
   /** Removes the sandbox of `uid` (DHCP, veth, netns with its taps and nft table) and releases its lease. Idempotent. */
   async teardown(uid: string): Promise<void> {
+    await this.#finishing.get(uid)?.finished.catch(() => undefined);
     const l = this.leases.get(uid);
     const names = l?.netns !== undefined && l.hostVeth !== undefined ? { netns: l.netns, hostVeth: l.hostVeth } : sandboxNames(uid, this.names);
     await this.removeObjects(uid, names);
@@ -385,6 +379,12 @@ export class NetManager {
       if (l.netns !== undefined && onDisk.includes(l.netns)) {
         keptNetns.add(l.netns);
         if (l.hostVeth !== undefined) keptVeths.add(l.hostVeth);
+        if (!l.interfaces?.length) {
+          // its links or ruleset were still being made (setup with finishLater) when the daemon stopped
+          this.log.warn({ uid: l.uid }, 'sandbox was left unfinished');
+          res.missing.push(l.uid);
+          continue;
+        }
         try {
           await this.serveDhcp(l);
           res.kept.push(l.uid);
@@ -430,6 +430,11 @@ export class NetManager {
     await this.dhcp.close();
     await this.leaseUpdates;
   }
+}
+
+/** `tuntap add`: a tap, which QEMU opens before its guest runs. */
+function isTapAdd(c: IpCommand): boolean {
+  return c[0] === 'tuntap' && c[1] === 'add';
 }
 
 /** Waits for every step, then throws the first failure (no step is left running behind an error). */

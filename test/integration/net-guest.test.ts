@@ -4,25 +4,17 @@ import fs from 'node:fs';
 import path from 'node:path';
 import t from 'tap';
 import { randomUUID } from 'node:crypto';
-import { NetManager } from '../../src/net/sandbox.js';
 import { qemuNicArgs } from '../../src/net/qemu-args.js';
 import { IPAM_FILE } from '../../src/net/ipam.js';
 import { bootTestGuest, guestSkipReason, type TestGuest } from '../support/guest.js';
-import { bootGuestOnTap, httpGet, httpGetRetry, ipJson, netSkipReason, qemuInNetns, scrubTestNet, testNet } from '../support/net-env.js';
+import { bootGuestOnTap, httpGet, httpGetRetry, ipJson, netSkipReason, qemuInNetns, startedManager } from '../support/net-env.js';
 
 const skip = netSkipReason() ?? guestSkipReason();
 // busybox-static's wget crashes in the test guest (static glibc); nc does plain HTTP fine
 const GET = "printf 'GET / HTTP/1.0\\r\\n\\r\\n'";
 
 t.test('guests on masquerade and bridge sandboxes', { skip: skip ?? false, timeout: 150_000 }, async (t) => {
-  const tn = testNet();
-  const mgr = new NetManager(tn.opts);
-  t.teardown(async () => {
-    await mgr.close();
-    scrubTestNet(tn);
-    tn.cleanup();
-  });
-  await mgr.start();
+  const { tn, mgr } = await startedManager(t);
 
   const uidA = randomUUID();
   const uidB = randomUUID();

@@ -2,10 +2,14 @@
 import { execFileSync } from 'node:child_process';
 import { randomUUID } from 'node:crypto';
 import fs from 'node:fs';
+import path from 'node:path';
+import pino from 'pino';
 import t from 'tap';
+import { defaultConfig } from '../../src/daemon/config.js';
+import { VmNetwork } from '../../src/daemon/vm-network.js';
 import { NetManager } from '../../src/net/sandbox.js';
 import { isVmletError } from '../../src/errors.js';
-import { closeFds, ipJson, netSkipReason, scrubTestNet, testNet } from '../support/net-env.js';
+import { closeFds, ipJson, netSkipReason, scrubTestNet, startedManager, testNet } from '../support/net-env.js';
 
 const skip = netSkipReason();
 
@@ -93,14 +97,7 @@ t.test("removing vmlet's NAT table leaves other tables alone", { skip: skip ?? f
 });
 
 t.test('sandboxes, multiqueue taps, bad specs and adopt after a restart', { skip: skip ?? false }, async (t) => {
-  const tn = testNet();
-  const mgr = new NetManager(tn.opts);
-  t.teardown(async () => {
-    await mgr.close();
-    scrubTestNet(tn);
-    tn.cleanup();
-  });
-  await mgr.start();
+  const { tn, mgr } = await startedManager(t);
   const forwardBefore = fs.readFileSync('/proc/sys/net/ipv4/ip_forward', 'utf8');
 
   // bad input: nothing is created
@@ -126,12 +123,25 @@ t.test('sandboxes, multiqueue taps, bad specs and adopt after a restart', { skip
     times.push(Date.now() - t0);
   };
   await setup(u1, masq);
-  // As the daemon asks: the links first, the ruleset (NAT, guest filter) handed over while it loads.
-  const later = await mgr.setup({ uid: u2, hostname: `vm-${u2.slice(0, 4)}`, ...masq, plan: { queues: 1 }, filtersLater: true });
-  t.ok(later.filtersLoaded, 'filtersLater: the ruleset comes as a promise');
-  await later.filtersLoaded;
-  t.match(nsExec(later.netnsPath, ['nft', 'list', 'table', 'ip', tn.opts.nftTable!]), /dnat to 10\.0\.2\.2/, 'in place once it resolved');
-  t.equal(mgr.get(u2)?.filtersLoaded, undefined, 'a later look at the sandbox has no promise');
+  // As the daemon asks: the netns and its taps first; the links, the ruleset (NAT, guest filter) and DHCP while QEMU starts.
+  const later = await mgr.setup({ uid: u2, hostname: `vm-${u2.slice(0, 4)}`, ...masq, plan: { queues: 1 }, finishLater: true });
+  t.ok(later.finished, 'finishLater: the rest comes as a promise');
+  t.match(nsExec(later.netnsPath, ['ip', '-details', 'link', 'show', 'tap0']), /tun type tap/, 'the tap is there on return');
+  closeFds(mgr.openTapFds(u2));
+  t.same(
+    mgr.get(u2)?.interfaces.map((i) => i.tap),
+    ['tap0'],
+    'and the lease names it',
+  );
+  await later.finished;
+  t.match(nsExec(later.netnsPath, ['nft', 'list', 'table', 'ip', tn.opts.nftTable!]), /dnat to 10\.0\.2\.2/, 'the ruleset in place once it resolved');
+  t.match(nsExec(later.netnsPath, ['ip', '-details', 'link', 'show', 'tap0']), /master k6t-eth0/, 'the tap on the sandbox bridge');
+  t.ok(
+    ipJson<{ ifname: string }[]>(['link', 'show', 'master', tn.opts.bridge!]).some((l) => l.ifname === later.hostVeth),
+    'the veth on the host bridge',
+  );
+  t.ok(mgr.dhcp.keys().includes(`${u2}/default`), 'DHCP serves it');
+  t.equal(mgr.get(u2)?.finished, undefined, 'a later look at the sandbox has no promise');
   await setup(u3, { interfaces: [{ name: 'default', bridge: {} } as never], networks: [{ name: 'default', pod: {} }] }, 2);
   t.comment(`sandbox setup times (ms): ${times.join(', ')}`);
   const s1 = mgr.get(u1)!;
@@ -192,3 +202,70 @@ t.test('sandboxes, multiqueue taps, bad specs and adopt after a restart', { skip
   );
   await again.removeHost();
 });
+
+t.test('finishLater: a step that fails after the taps rejects `finished`; teardown waits for it and removes everything', { skip: skip ?? false }, async (t) => {
+  const { tn, mgr } = await startedManager(t);
+  // the host bridge gone: the veth cannot join it
+  execFileSync('ip', ['link', 'del', tn.opts.bridge!]);
+  const uid = randomUUID();
+  const s = await mgr.setup({ uid, hostname: 'vm-broken', ...masq, plan: { queues: 1 }, finishLater: true });
+  t.ok(fs.existsSync(s.netnsPath), 'the netns and its taps were made');
+  const teardown = mgr.teardown(uid);
+  await t.rejects(s.finished!, { code: 'NET_COMMAND_FAILED' }, 'the failed step rejects finished');
+  await teardown;
+  t.notOk(fs.existsSync(s.netnsPath), 'no netns left');
+  t.equal(mgr.get(uid), undefined, 'no lease left');
+  t.notOk(
+    ipJson<{ ifname: string }[]>(['link', 'show']).some((l) => l.ifname === s.hostVeth),
+    'no host veth left',
+  );
+});
+
+t.test(
+  'a sandbox left unfinished (the daemon stopped in the finishLater window) is missing at adopt, and its first cont is refused',
+  { skip: skip ?? false },
+  async (t) => {
+    const tn = testNet();
+    t.teardown(() => {
+      scrubTestNet(tn);
+      tn.cleanup();
+    });
+    const mgr = new NetManager(tn.opts);
+    await mgr.start();
+    const [done, unfinished] = [randomUUID(), randomUUID()];
+    await mgr.setup({ uid: done, hostname: 'vm-done', ...masq, plan: { queues: 1 } });
+    const s = await mgr.setup({ uid: unfinished, hostname: 'vm-cut', ...masq, plan: { queues: 1 }, finishLater: true });
+    await s.finished;
+    await mgr.close();
+    // What a kill before the lease's last write leaves: the lease names no interface.
+    const file = path.join(tn.stateDir, 'net-leases.json');
+    const state = JSON.parse(fs.readFileSync(file, 'utf8')) as { leases: Record<string, { interfaces?: unknown[] }> };
+    delete state.leases[unfinished]!.interfaces;
+    fs.writeFileSync(file, JSON.stringify(state));
+
+    const o = tn.opts;
+    const net = new VmNetwork({
+      config: {
+        ...defaultConfig('/repo').network,
+        subnet: o.subnet!,
+        bridge: o.bridge!,
+        nftTable: o.nftTable!,
+        netnsPrefix: o.names!.netnsPrefix,
+        vethPrefix: o.names!.vethPrefix,
+        hostForwarding: false,
+      },
+      stateDir: tn.stateDir,
+      logger: pino({ level: 'silent' }),
+    });
+    await net.start();
+    t.teardown(() => net.close());
+    const res = await net.adopt([done, unfinished]);
+    t.same(res?.kept, [done], 'the finished sandbox is kept');
+    t.same(res?.missing, [unfinished], 'the unfinished one is missing');
+    t.ok(fs.existsSync(s.netnsPath), 'its netns stays until the VM is released');
+    t.equal(net.resumeGate(done), undefined, 'nothing holds a whole sandbox');
+    await t.rejects(net.resumeGate(unfinished)!, { code: 'NET_SANDBOX_UNFINISHED', message: /start the VMI again/ });
+    await net.teardown(unfinished);
+    t.notOk(fs.existsSync(s.netnsPath), 'released');
+  },
+);

@@ -6,7 +6,7 @@ import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { closeFds, libc } from '../../src/sys/libc.js';
-import type { NetManager, NetManagerOptions } from '../../src/net/sandbox.js';
+import { NetManager, type NetManagerOptions } from '../../src/net/sandbox.js';
 import { qemuNicArgs } from '../../src/net/qemu-args.js';
 import type { NicModel } from '../../src/net/types.js';
 import { bootTestGuest, type TestGuest } from './guest.js';
@@ -75,6 +75,19 @@ export function testNetFor(t: { teardown(fn: () => void): void }): TestNet {
     tn.cleanup();
   });
   return tn;
+}
+
+/** A started NetManager on a testNet(); the test's teardown closes it and removes its objects. */
+export async function startedManager(t: { teardown(fn: () => Promise<void> | void): void }): Promise<{ tn: TestNet; mgr: NetManager }> {
+  const tn = testNet();
+  const mgr = new NetManager(tn.opts);
+  t.teardown(async () => {
+    await mgr.close();
+    scrubTestNet(tn);
+    tn.cleanup();
+  });
+  await mgr.start();
+  return { tn, mgr };
 }
 
 /** Best-effort removal of everything carrying the tag (for teardown after a failed test). */

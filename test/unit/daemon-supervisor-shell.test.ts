@@ -6,6 +6,7 @@ import pino from 'pino';
 import t from 'tap';
 import type { VirtualMachineInstance, VirtualMachineInstanceStatus } from '../../src/api/types.js';
 import { validateVMI } from '../../src/api/validate.js';
+import { VmletError } from '../../src/errors.js';
 import { Supervisor, type PreparedLaunch } from '../../src/daemon/supervisor.js';
 import { LauncherLink, type LauncherHello } from '../../src/qemu/launcher-server.js';
 import { FakeQmpServer, type FakeQmpOptions } from '../support/fake-qmp.js';
@@ -48,7 +49,15 @@ const QEMU_ARGV = ['qemu-system-x86_64', '-name', `guest=default_shell`, '-uuid'
 
 async function rig(
   t: { teardown(fn: () => unknown): void },
-  o: { qmp?: FakeQmpOptions; qemu?: boolean; launcher?: boolean; running?: boolean; prepare?: () => Promise<PreparedLaunch>; launcherBinary?: string } = {},
+  o: {
+    qmp?: FakeQmpOptions;
+    qemu?: boolean;
+    launcher?: boolean;
+    running?: boolean;
+    prepare?: () => Promise<PreparedLaunch>;
+    launcherBinary?: string;
+    resumeGate?: () => Promise<void> | undefined;
+  } = {},
 ): Promise<Rig> {
   const vm = { running: o.running ?? true };
   const fake = await new FakeQmpServer({
@@ -100,6 +109,7 @@ async function rig(
     releaseNetwork: async () => {
       releases++;
     },
+    ...(o.resumeGate ? { resumeGate: o.resumeGate } : {}),
   });
   return { sup, fake, runDir, proc, link, status: () => status, events, released: () => releases, vm };
 }
@@ -200,6 +210,43 @@ t.test('a re-adopted QEMU still paused from -S is set up and continued', async (
   t.equal(r.sup.state, 'Running');
   t.same(names(r.fake), ['qmp_capabilities', 'query-status', 'set-action', 'cont'], 'after cont it runs: no second query-status');
   t.same(r.fake.received.find((c) => c.execute === 'set-action')?.arguments, { shutdown: 'poweroff', reboot: 'reset', panic: 'pause' });
+});
+
+t.test('after a restart, a QEMU still paused from -S whose sandbox was left unfinished is not continued: the start fails', async (t) => {
+  const unfinished = (): Promise<void> => {
+    const gate = Promise.reject(new VmletError('NET_SANDBOX_UNFINISHED', 'the sandbox of this VMI was not finished'));
+    gate.catch(() => undefined);
+    return gate;
+  };
+  let link: LauncherLink | undefined;
+  const r = await rig(t, {
+    running: false,
+    qmp: {
+      handlers: {
+        'query-status': () => ({ return: { running: false, singlestep: false, status: 'prelaunch' } }),
+        quit: () => {
+          setTimeout(() => link?.emit('exited', { kind: 'signal', signal: 15 }, QEMU_PID), 20);
+          return { return: {} };
+        },
+      },
+    },
+    resumeGate: unfinished,
+  });
+  link = r.link;
+  await r.sup.reattach();
+  t.match(await r.sup.done, { phase: 'Failed', reason: 'LaunchFailed' });
+  t.notOk(names(r.fake).includes('cont'), 'no cont: the guest never ran');
+  t.ok(names(r.fake).includes('quit'), 'QEMU was ended');
+  t.match(r.status().message, /the sandbox of this VMI was not finished/);
+  t.ok(r.released() > 0, 'the sandbox is released');
+
+  // The same gate does not touch a guest that already runs: it is only what a first `cont` waits for.
+  const running = await rig(t, { resumeGate: unfinished });
+  await running.sup.reattach();
+  t.equal(running.sup.state, 'Running');
+  t.notOk(names(running.fake).includes('cont'));
+  running.link.emit('exited', { kind: 'exit', code: 0 }, QEMU_PID);
+  await running.sup.done;
 });
 
 t.test("a panicked guest fails the VMI, with QEMU's last words", async (t) => {
