@@ -250,7 +250,8 @@ export class NetManager {
       if (!req.finishLater) return this.info(await finish());
       await this.tools.ipBatch(early, netnsPath);
       const info = this.info({ ...lease, interfaces });
-      const finished = finish().then(() => undefined);
+      // After a turn of the event loop: the argv (and a launcher's HELLO waiting for it) goes out before the batches hold the loop.
+      const finished = new Promise((resolve) => setImmediate(resolve)).then(finish).then(() => undefined);
       this.#finishing.set(req.uid, { info, finished });
       const forget = (): void => void (this.#finishing.get(req.uid)?.finished === finished && this.#finishing.delete(req.uid));
       finished.then(forget, forget);
