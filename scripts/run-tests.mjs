@@ -1,5 +1,6 @@
-// Runs the suite in two tap passes: the unit files side by side (they neither boot guests nor share ports), then
-// every other file one at a time; ends with one tap-style summary line of both. Arguments go to a single tap run.
+// Runs the suite in two tap passes: every file but the unit ones one at a time, then the unit files side by side (they
+// neither boot guests nor share ports; a few use the kubectl the cluster tests unpack); ends with one tap-style summary
+// line of both. Arguments go to a single tap run.
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
@@ -46,7 +47,7 @@ if (userArgs.length > 0) {
 const unit = testFiles('test/unit');
 const rest = testFiles('test').filter((f) => !f.startsWith(`test${path.sep}unit${path.sep}`));
 const jobs = String(Math.max(1, os.availableParallelism()));
-const passes = [await tap(['--jobs', jobs, ...unit]), await tap(rest)];
+const passes = [await tap(rest), await tap(['--jobs', jobs, ...unit])];
 
 const total = {};
 for (const p of passes) for (const [k, v] of Object.entries(p.counts)) total[k] = (total[k] ?? 0) + v;
@@ -54,5 +55,5 @@ for (const p of passes) for (const [k, v] of Object.entries(p.counts)) total[k] 
 for (const p of passes) if (!p.summarised && p.code !== 0) total.fail = (total.fail ?? 0) + 1;
 const order = ['total', 'pass', 'fail', 'todo', 'skip'];
 const keys = [...order.filter((k) => k in total), ...Object.keys(total).filter((k) => !order.includes(k))];
-process.stdout.write(`\n# both passes (unit with --jobs ${jobs}, then the rest)\n# { ${keys.map((k) => `${k}: ${total[k]}`).join(', ')} }\n`);
+process.stdout.write(`\n# both passes (the rest one at a time, then unit with --jobs ${jobs})\n# { ${keys.map((k) => `${k}: ${total[k]}`).join(', ')} }\n`);
 process.exit(passes.some((p) => p.code !== 0) ? 1 : 0);
