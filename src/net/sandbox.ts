@@ -189,7 +189,8 @@ export class NetManager {
    * its address, creates netns + veth + bindings + taps, starts DHCP for it. A leftover sandbox of
    * the same uid (a crash during an earlier setup) is removed first; for a VM that is still running
    * after a daemon restart use adopt() instead. On failure everything made here is removed again.
-   * With `finishLater` it returns once the netns, the taps and the lease are made, and `finished` settles with the rest.
+   * With `finishLater` it returns once the netns and the taps exist (the lease holds the address only), and
+   * `finished` settles with the rest.
    */
   async setup(req: SandboxRequest): Promise<SandboxInfo> {
     const plan = planNetwork(req.interfaces, req.networks, req.uid, { ...(req.plan ?? {}), names: this.names });
@@ -287,8 +288,9 @@ export class NetManager {
 
   /** The sandbox of `uid` as recorded (or, while it is being finished, as it will be), or undefined. */
   get(uid: string): SandboxInfo | undefined {
-    const pending = this.#finishing.get(uid)?.info;
-    if (pending) return pending;
+    // a sandbox being finished carries its gate, so a caller that reuses it waits for the rest too
+    const pending = this.#finishing.get(uid);
+    if (pending) return { ...pending.info, finished: pending.finished };
     const l = this.leases.get(uid);
     return l ? this.info(l) : undefined;
   }

@@ -133,6 +133,8 @@ t.test('sandboxes, multiqueue taps, bad specs and adopt after a restart', { skip
     ['tap0'],
     'and the lease names it',
   );
+  // A caller that reuses the sandbox in this window (VmNetwork.prepare does) gets the same gate.
+  t.equal(mgr.get(u2)?.finished, later.finished, 'a look while it is being finished carries the gate');
   await later.finished;
   t.match(nsExec(later.netnsPath, ['nft', 'list', 'table', 'ip', tn.opts.nftTable!]), /dnat to 10\.0\.2\.2/, 'the ruleset in place once it resolved');
   t.match(nsExec(later.netnsPath, ['ip', '-details', 'link', 'show', 'tap0']), /master k6t-eth0/, 'the tap on the sandbox bridge');
@@ -267,5 +269,24 @@ t.test(
     await t.rejects(net.resumeGate(unfinished)!, { code: 'NET_SANDBOX_UNFINISHED', message: /start the VMI again/ });
     await net.teardown(unfinished);
     t.notOk(fs.existsSync(s.netnsPath), 'released');
+
+    // A second prepare while the first one's sandbox is still being finished reuses it, gate and all.
+    const again = randomUUID();
+    const vmi = {
+      apiVersion: 'kubevirt.io/v1',
+      kind: 'VirtualMachineInstance',
+      metadata: { name: 'vm-twice', namespace: 'default', uid: again },
+      spec: { domain: { devices: { interfaces: masq.interfaces } }, networks: masq.networks },
+    } as never;
+    const first = await net.prepare(vmi, { fdBase: 0, accel: 'tcg' });
+    // a single-queue tap opens once at a time (as when the first launch's QEMU is gone)
+    closeFds(first?.fds ?? []);
+    const second = await net.prepare(vmi, { fdBase: 0, accel: 'tcg' });
+    closeFds(second?.fds ?? []);
+    t.ok(first?.networkFinished, 'the first launch has a gate');
+    t.equal(second?.networkFinished, first?.networkFinished, 'the second launch waits for the same one');
+    t.equal(second?.netnsPath, first?.netnsPath, 'in the same sandbox');
+    await first?.networkFinished;
+    await net.teardown(again);
   },
 );
