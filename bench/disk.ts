@@ -1,5 +1,5 @@
 // Disks: create → Running with a containerDisk vs a hostDisk of the same image (and raw QEMU), disk space per extra VM, and guest disk throughput through vmlet vs the same QEMU started by hand.
-import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import fs from 'node:fs';
 import type net from 'node:net';
@@ -7,7 +7,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { paths, type ApiClient } from '../src/cli/client.js';
-import { QmpClient } from '../src/qmp/client.js';
+import type { Spawned } from '../src/sys/spawn.js';
 import { guestImage, guestKernelArgs, READY_MARKER, type GuestImage } from '../test/support/guest.js';
 import {
   ddHasDirect,
@@ -26,8 +26,7 @@ import {
 } from './disk-guest.js';
 import { benchAccel, percentile, PHASE_DEADLINE_MS, progress, sleep, startDaemon, vmiManifest, vmletDelete, waitPhase, type BenchDaemon } from './support.js';
 import type { Accel } from '../src/api/vocabulary.js';
-
-const QEMU = '/usr/bin/qemu-system-x86_64';
+import { startRawQemu, stopRawQemu } from './raw-qemu.js';
 const NS = 'default';
 const MiB = 1024 * 1024;
 const execAsync = promisify(execFile);
@@ -150,51 +149,20 @@ function copyFsynced(from: string, to: string): void {
 // ---------------------------------------------------------------------------------------------
 // 1. start latency
 
-/** The floor: qemu-img create the overlay, spawn QEMU (-S) with vmlet's block nodes over the same base, QMP cont, see running. */
-async function rawStart(
-  dir: string,
-  accel: Accel,
-  base: string,
-  baseFormat: string,
-  virtualSize: number,
-  i: number,
-): Promise<{ ms: number; proc: ChildProcess }> {
-  const sock = path.join(dir, `raw-${i}.qmp`);
+/** The floor: qemu-img create the overlay, then QEMU (-S) with vmlet's block nodes over the same base, QMP cont, see running. */
+async function rawStart(dir: string, accel: Accel, base: string, baseFormat: string, virtualSize: number, i: number): Promise<{ ms: number; qemu: Spawned }> {
   const overlay = path.join(dir, `raw-${i}.qcow2`);
   const t0 = performance.now();
   await execAsync('qemu-img', ['create', '-q', '-f', 'qcow2', '-F', baseFormat, '-b', base, '-u', overlay, String(virtualSize)]);
   // prettier-ignore
-  const proc = spawn(QEMU, [
-    '-S', '-nodefaults', '-no-user-config', '-display', 'none',
-    '-machine', `q35,accel=${accel}`, '-m', '64M', '-smp', '1',
-    '-chardev', `socket,id=qmp,path=${sock},server=on,wait=off`, '-mon', 'chardev=qmp,mode=control',
-    '-chardev', `socket,id=serial0,path=${sock}.serial,server=on,wait=off`, '-device', 'isa-serial,chardev=serial0',
+  const extra = [
     '-blockdev', `driver=file,node-name=vol0-base-file,filename=${base},read-only=on`,
     '-blockdev', `driver=${baseFormat},node-name=vol0-base,file=vol0-base-file,read-only=on`,
     '-blockdev', `driver=file,node-name=vol0-file,filename=${overlay},read-only=off,discard=unmap`,
     '-blockdev', 'driver=qcow2,node-name=vol0,file=vol0-file,read-only=off,discard=unmap,backing=vol0-base',
     '-device', 'virtio-blk-pci,drive=vol0,id=ua-data',
-  ], { stdio: 'ignore' });
-  try {
-    const qmp = new QmpClient({ path: sock, connectTimeoutMs: 10_000 });
-    await qmp.connect();
-    await qmp.execute('cont');
-    const st = await qmp.execute('query-status');
-    const ms = performance.now() - t0;
-    await qmp.close();
-    if (!st.running) throw new Error('raw QEMU is not running after cont');
-    return { ms, proc };
-  } catch (e) {
-    await stopRaw(proc);
-    throw e;
-  }
-}
-
-async function stopRaw(proc: ChildProcess): Promise<void> {
-  if (proc.exitCode !== null || proc.signalCode !== null) return;
-  const gone = new Promise((r) => proc.once('exit', r));
-  proc.kill('SIGKILL');
-  await gone;
+  ];
+  return startRawQemu({ sock: path.join(dir, `raw-${i}.qmp`), accel, extra, t0 });
 }
 
 interface StartResult {
@@ -235,7 +203,7 @@ async function startLatency(bd: BenchDaemon, work: string, accel: Accel, img: Im
     }
     const r = await rawStart(work, accel, img.path, img.format, img.virtualSize, raw.length);
     raw.push(r.ms);
-    await stopRaw(r.proc);
+    await stopRawQemu(r.qemu);
     fs.rmSync(path.join(work, `raw-${raw.length - 1}.qcow2`), { force: true });
   };
   progress('start latency: warm-up round (hostDisk, containerDisk, raw QEMU)');

@@ -25,18 +25,21 @@ export function isTempName(fileName: string): boolean {
 }
 
 /*
- * open, write, close and rename are quick page-cache calls made inline; the fsyncs go where fsync-policy.ts says
- * (inline while the disk is fast and no other fsync waits, else libuv's thread pool). Each thread-pool hop costs two
+ * open, write, close and rename are quick page-cache calls made inline (timed: fsyncPolicy.step) unless the change is
+ * part of a burst; the fsyncs go where fsync-policy.ts says (inline while the disk is fast and no other fsync waits,
+ * else libuv's thread pool). Each thread-pool hop costs two
  * wake-ups, which on a busy host (a guest's vCPU thread spinning) add up to milliseconds per write.
  */
 
 /** fsync a directory so that entries created, renamed or removed in it survive a power loss. */
 export async function fsyncDir(dir: string, lane: FsyncLane = fsyncPolicy.lane()): Promise<void> {
-  const fd = fs.openSync(dir, fsc.O_RDONLY | fsc.O_DIRECTORY);
+  const flags = fsc.O_RDONLY | fsc.O_DIRECTORY;
+  const fd = lane === 'burst' ? await openFd(dir, flags) : fsyncPolicy.step(() => fs.openSync(dir, flags));
   try {
     await fsyncPolicy.fsync(fd, lane);
   } finally {
-    fs.closeSync(fd);
+    if (lane === 'burst') await closeFd(fd);
+    else fs.closeSync(fd);
   }
 }
 
@@ -80,8 +83,9 @@ export async function stageFileAtomic(file: string, data: string | Uint8Array, o
   };
   let fd: number | undefined;
   try {
-    fd = inline ? fs.openSync(tmp, WRITE_NEW, 0o600) : await openFd(tmp, WRITE_NEW, 0o600);
-    if (inline) fs.writeFileSync(fd, data);
+    fd = inline ? fsyncPolicy.step(() => fs.openSync(tmp, WRITE_NEW, 0o600)) : await openFd(tmp, WRITE_NEW, 0o600);
+    const opened = fd;
+    if (inline) fsyncPolicy.step(() => fs.writeFileSync(opened, data));
     else await writeAll(fd, data);
     if (durable) await fsyncPolicy.fsync(fd, lane);
     if (inline) fs.closeSync(fd);
@@ -94,7 +98,7 @@ export async function stageFileAtomic(file: string, data: string | Uint8Array, o
   }
   const commit = async (onVisible?: () => void): Promise<void> => {
     try {
-      if (inline) fs.renameSync(tmp, file);
+      if (inline) fsyncPolicy.step(() => fs.renameSync(tmp, file));
       else await fsp.rename(tmp, file);
     } catch (e) {
       abort();
@@ -129,7 +133,7 @@ function closeQuietly(fd: number): void {
 export async function unlinkDurable(file: string, opts: { durable?: boolean } = {}): Promise<boolean> {
   const lane = fsyncPolicy.lane();
   try {
-    if (lane !== 'burst') fs.unlinkSync(file);
+    if (lane !== 'burst') fsyncPolicy.step(() => fs.unlinkSync(file));
     else await fsp.unlink(file);
   } catch (e) {
     if (errnoCode(e) === 'ENOENT') return false;

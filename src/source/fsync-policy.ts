@@ -15,6 +15,8 @@ import { SlowCallBackoff } from '../sys/slow-call-backoff.js';
  *
  * The lanes: `inline`; `pool` (a slow disk: the fsyncs on the pool, the quick page-cache steps still inline); `burst`
  * (many changes at once: every step on the pool, since a rename or an open then waits for the journal's commits).
+ * Changes spread a little wider than `isolationMs` still meet the journal's commits: a page-cache step made inline
+ * that took over `stepSlowMs` makes the next changes `burst` for `stepBackoffMs`.
  */
 
 export type FsyncLane = 'inline' | 'pool' | 'burst';
@@ -28,6 +30,10 @@ export interface FsyncPolicyOptions {
   isolationMs?: number;
   /** Default 2. */
   burst?: number;
+  /** An inline open, write, rename or unlink slower than this sends the next changes to the pool whole. Default 1 ms. */
+  stepSlowMs?: number;
+  /** Default 1 s. */
+  stepBackoffMs?: number;
   now?: () => number;
   syncFsync?: (fd: number) => void;
   asyncFsync?: (fd: number) => Promise<void>;
@@ -42,6 +48,7 @@ export class FsyncPolicy {
   readonly counts: FsyncCounts = { inline: 0, pooled: 0 };
   #inPool = 0;
   readonly #slow: SlowCallBackoff;
+  readonly #steps: SlowCallBackoff;
   /** When the last `burst` changes began, oldest first. */
   #begins: number[] = [];
   readonly #isolationMs: number;
@@ -55,6 +62,7 @@ export class FsyncPolicy {
     this.#burst = o.burst ?? 2;
     this.#now = o.now ?? (() => performance.now());
     this.#slow = new SlowCallBackoff({ slowMs: o.slowMs ?? 5, backoffMs: o.backoffMs ?? 5_000, now: this.#now });
+    this.#steps = new SlowCallBackoff({ slowMs: o.stepSlowMs ?? 1, backoffMs: o.stepBackoffMs ?? 1_000, now: this.#now });
     this.#sync = o.syncFsync ?? fs.fsyncSync;
     this.#async = o.asyncFsync ?? promisify(fs.fsync);
   }
@@ -67,8 +75,13 @@ export class FsyncPolicy {
       this.#begins.push(now);
       if (this.#begins.length > this.#burst) this.#begins.shift();
     }
-    if (crowded) return 'burst';
+    if (crowded || this.#steps.pooling) return 'burst';
     return this.#slow.pooling ? 'pool' : 'inline';
+  }
+
+  /** Runs one page-cache step of a change that is not `burst` (open, write, close, rename, unlink) on the event loop, timed. */
+  step<T>(fn: () => T): T {
+    return this.#steps.inline(fn);
   }
 
   /** Whether a change that began now would be part of a burst (counts nothing). */

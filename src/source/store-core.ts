@@ -45,6 +45,9 @@ interface Slot {
   bumped?: boolean;
 }
 
+/** After a staged write gave its rv up, writes with a gate are made once it opens, for this long. */
+const STAGING_PAUSE_MS = 5_000;
+
 type Cache = Map<Kind, Map<string, Map<string, KubeObject>>>; // kind → namespace → name → frozen object
 
 export class StoreCore {
@@ -58,6 +61,8 @@ export class StoreCore {
   readonly locks = new KeyedMutex();
 
   readonly #maxBytes: number;
+  /** When a staged write last gave its rv up (performance.now()). */
+  #bumpedAt = -Infinity;
   readonly #historySize: number;
   readonly #cache: Cache = new Map();
   readonly #watchers = new Set<WatchSink>();
@@ -208,8 +213,10 @@ export class StoreCore {
     opts: { after?: Promise<unknown> } = {},
   ): Promise<KubeObject<K>> {
     const after = opts.after;
-    // In a burst a staged rv would be given up anyway: wait, then write.
-    if (after !== undefined && (fsyncPolicy.crowded() || !isDurable(kind))) {
+    // In a burst a staged rv would be given up anyway (and its file written twice): wait, then write. So too beside
+    // another staged write, or soon after one was given up: many starts at once, a few ms apart, which the fsync
+    // lanes take for lone changes.
+    if (after !== undefined && (fsyncPolicy.crowded() || !isDurable(kind) || !this.#mayStage())) {
       await after;
       return this.write(type, kind, ns, name, build);
     }
@@ -287,6 +294,10 @@ export class StoreCore {
     return last;
   }
 
+  #mayStage(): boolean {
+    return performance.now() - this.#bumpedAt >= STAGING_PAUSE_MS && !this.#slots.some((x) => x.staged);
+  }
+
   /** Reserve the next resourceVersion. Slots are created in rv order, so the queue is sorted. */
   #reserve(): Slot {
     const slot: Slot = { rv: ++this.lastRv, settled: false, apply: undefined, done: () => undefined };
@@ -306,6 +317,7 @@ export class StoreCore {
         // A staged write still at its gate gives its rv up to the changes settled behind it.
         if (!head.staged || !this.#slots.some((x) => x.settled)) break;
         head.bumped = true;
+        this.#bumpedAt = performance.now();
       }
       this.#slots.shift();
       if (head.settled && head.apply !== undefined) {

@@ -111,3 +111,26 @@ t.test('changes without fsync are no part of a burst', async (t) => {
   t.equal(s.policy.lane(), 'inline', 'the second durable change of the 10 ms is still alone enough');
   t.equal(s.policy.lane(), 'burst');
 });
+
+t.test('an inline page-cache step that waited (for the journal) makes the next changes burst for a second', async (t) => {
+  const s = scripted([]);
+  t.equal(
+    s.policy.step(() => 'opened'),
+    'opened',
+    'a step returns what it did',
+  );
+  s.clock.t += 50;
+  t.equal(s.policy.lane(), 'inline', 'a quick step changes nothing');
+  s.policy.step(() => (s.clock.t += 0.9));
+  s.clock.t += 50;
+  t.equal(s.policy.lane(), 'inline', 'under the 1 ms line');
+  t.throws(() => s.policy.step(() => ((s.clock.t += 2), fail())), /ENOSPC/, 'a step that throws rethrows');
+  s.clock.t += 50;
+  t.equal(s.policy.lane(), 'burst', 'a slow step, even a failed one: every step of the next change on the pool');
+  s.clock.t += 1_000;
+  t.equal(s.policy.lane(), 'inline', 'inline again after the back-off');
+});
+
+function fail(): never {
+  throw new Error('ENOSPC');
+}
