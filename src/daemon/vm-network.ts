@@ -89,6 +89,9 @@ export function nicLaunchArgs<N extends LaunchNic>(
           tap: { fds: tapFds.map((_, i) => first + i) },
           queues: nic.queues,
           ...(nic.model === 'virtio' ? { vhost } : {}),
+          // Interfaces are no boot devices (as in KubeVirt, which has no NIC boot without a bootOrder): no PXE ROM
+          // for the firmware to run at every boot.
+          romfile: '',
         }),
       );
     }
