@@ -5,7 +5,7 @@ import path from 'node:path';
 import type { Spawned } from '../src/sys/spawn.js';
 import { startRawQemu, stopRawQemu } from './raw-qemu.js';
 import { startLibvirt, type Libvirt } from './libvirt.js';
-import { benchAccel, percentile, progress, rssKiB, startDaemon, vmletDelete, vmletStart } from './support.js';
+import { benchAccel, hostBusyMs, percentile, progress, rssKiB, startDaemon, vmletDelete, vmletStart } from './support.js';
 import type { ApiClient } from '../src/cli/client.js';
 import type { Accel } from '../src/api/vocabulary.js';
 
@@ -70,6 +70,9 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     const lv: number[] = [];
     const vmlNet: number[] = [];
     const vmlRoot: number[] = [];
+    // the host's CPU time per start (every process and the kernel): what a start costs once all cores are busy
+    const rawCpu: number[] = [];
+    const vmlCpu: number[] = [];
     progress(`sequential: ${sequential} rounds of ${libvirt ? 'libvirt, ' : ''}raw QEMU, vmlet, vmlet with a NIC`);
     for (let i = 0; i < sequential; i++) {
       progress(`sequential ${i + 1}/${sequential}`);
@@ -77,10 +80,14 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
         lv.push(await libvirt.start(`seq-${i}`));
         await libvirt.destroy(`seq-${i}`);
       }
+      let busy = hostBusyMs();
       const r = await rawStart(dir, accel, i);
+      rawCpu.push(hostBusyMs() - busy);
       raw.push(r.ms);
       await stopRawQemu(r.qemu);
+      busy = hostBusyMs();
       vml.push(await vmletStart(api, `seq-${i}`));
+      vmlCpu.push(hostBusyMs() - busy);
       await vmletDelete(api, `seq-${i}`);
       // The same VM with KubeVirt's default NIC: masquerade in its own netns sandbox, tap by fd, DHCP.
       vmlNet.push(await vmletStart(api, `net-${i}`, true));
@@ -98,6 +105,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     const [rawC, rawConcurrentWall] = [rawBurst.ms, rawBurst.wall];
     progress(`concurrent: ${concurrent} vmlet VMIs at once`);
     const { ms: vmlC, wall: vmletConcurrentWall } = await burst(concurrent, (i) => vmletStart(api, `con-${i}`));
+    const concurrentTrace = (await startTraceSteps(api))('con-');
     await new Promise((r) => setTimeout(r, 500));
     const rssN = rssKiB(daemon.pid!);
     await Promise.all(Array.from({ length: concurrent }, (_, i) => vmletDelete(api, `con-${i}`)));
@@ -110,6 +118,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     }
 
     const med = (xs: number[]): number => percentile(xs, 50);
+    const mean = (xs: number[]): number => xs.reduce((a, b) => a + b, 0) / Math.max(1, xs.length);
     const result = {
       accel,
       sequential: {
@@ -157,7 +166,13 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
             }
           : {}),
       },
-      start_trace_p50_ms: { no_nic: traces('seq-'), with_nic: traces('net-') },
+      host_cpu_per_start_ms: {
+        n: sequential,
+        vmlet_mean: +mean(vmlCpu).toFixed(1),
+        raw_mean: +mean(rawCpu).toFixed(1),
+        ratio_vs_raw: +(mean(vmlCpu) / mean(rawCpu)).toFixed(2),
+      },
+      start_trace_p50_ms: { no_nic: traces('seq-'), with_nic: traces('net-'), concurrent: concurrentTrace },
       daemon_rss_kib: { vms_0: rss0, [`vms_${concurrent}`]: rssN, per_vm: +((rssN - rss0) / concurrent).toFixed(1) },
       libvirt: libvirt ? 'virsh create until domstate is running, private libvirtd' : 'skipped (--no-libvirt)',
     };
@@ -195,6 +210,12 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
       for (const [step, ms] of Object.entries(result.start_trace_p50_ms.no_nic)) console.log(`  ${step.padEnd(20)} ${String(ms).padStart(8)}`);
       console.log('  with a NIC:');
       for (const [step, ms] of Object.entries(withNic)) console.log(`  ${step.padEnd(20)} ${String(ms).padStart(8)}`);
+      console.log(`  ${concurrent} concurrent:`);
+      for (const [step, ms] of Object.entries(concurrentTrace)) console.log(`  ${step.padEnd(20)} ${String(ms).padStart(8)}`);
+      const cpu = result.host_cpu_per_start_ms;
+      console.log(
+        `host CPU per start (every process and the kernel, mean of ${sequential}): vmlet ${cpu.vmlet_mean} ms, raw ${cpu.raw_mean} ms, ${cpu.ratio_vs_raw}× (the concurrent ratio's floor once every core is busy)`,
+      );
       console.log(`daemon RSS: ${rss0} KiB with 0 VMs, ${rssN} KiB with ${concurrent} VMs`);
     }
   } finally {

@@ -42,6 +42,13 @@ export function statusKiB(pid: number, field: string): number {
 export const rssKiB = (pid: number): number => statusKiB(pid, 'VmRSS');
 
 /** CPU time of all of a process's threads in ms, to the nanosecond (schedstat), where /proc/PID/stat counts 10 ms ticks. */
+/** CPU time the whole host spent busy so far (every process and the kernel; /proc/stat, 10 ms ticks), ms. */
+export function hostBusyMs(): number {
+  const [user, nice, system, , , irq, softirq, steal] = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const ticks = [user, nice, system, irq, softirq, steal].reduce((a: number, b) => a + (b ?? 0), 0);
+  return ticks * 10;
+}
+
 export function threadsCpuMs(pid: number): number {
   let ns = 0;
   for (const t of fs.readdirSync(`/proc/${pid}/task`)) {
