@@ -27,8 +27,8 @@ export function isTempName(fileName: string): boolean {
 /*
  * open, write, close and rename are quick page-cache calls made inline (timed: fsyncPolicy.step) unless the change is
  * part of a burst; the fsyncs go where fsync-policy.ts says (inline while the disk is fast and no other fsync waits,
- * else libuv's thread pool). Each thread-pool hop costs two
- * wake-ups, which on a busy host (a guest's vCPU thread spinning) add up to milliseconds per write.
+ * else libuv's thread pool). Each thread-pool hop costs two wake-ups, which on a busy host (a guest's vCPU thread
+ * spinning) add up to milliseconds per write.
  */
 
 /** fsync a directory so that entries created, renamed or removed in it survive a power loss. */
