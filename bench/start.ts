@@ -19,7 +19,7 @@ function rawStart(dir: string, accel: Accel, i: number): Promise<{ ms: number; q
  * (not from its own request): a harness that spawns is busy while it does, and a start asked for at once but spawned
  * later waited for it.
  */
-async function burst(n: number, start: (i: number) => Promise<unknown>): Promise<{ ms: number[]; wall: number; results: unknown[] }> {
+async function burst<T>(n: number, start: (i: number) => Promise<T>): Promise<{ ms: number[]; wall: number; results: T[] }> {
   const t0 = performance.now();
   const ms: number[] = [];
   const results = await Promise.all(
@@ -100,7 +100,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
 
     progress(`concurrent: ${concurrent} raw QEMU at once`);
     const rawBurst = await burst(concurrent, (i) => rawStart(dir, accel, 1000 + i));
-    const rawStarts = rawBurst.results as Array<{ ms: number; qemu: Spawned }>;
+    const rawStarts = rawBurst.results;
     await Promise.all(rawStarts.map((r) => stopRawQemu(r.qemu)));
     const [rawC, rawConcurrentWall] = [rawBurst.ms, rawBurst.wall];
     progress(`concurrent: ${concurrent} vmlet VMIs at once`);
