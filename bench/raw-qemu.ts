@@ -4,7 +4,7 @@ import { QmpClient } from '../src/qmp/client.js';
 import { spawnProcess, type Spawned } from '../src/sys/spawn.js';
 import type { Accel } from '../src/api/vocabulary.js';
 
-export const QEMU = '/usr/bin/qemu-system-x86_64';
+const QEMU = '/usr/bin/qemu-system-x86_64';
 
 /**
  * A 64 MiB, 1-vCPU QEMU with a serial port and QMP at `sock`, plus `extra` arguments, until it runs; ms from `t0`.

@@ -41,7 +41,6 @@ export function statusKiB(pid: number, field: string): number {
 
 export const rssKiB = (pid: number): number => statusKiB(pid, 'VmRSS');
 
-/** CPU time of all of a process's threads in ms, to the nanosecond (schedstat), where /proc/PID/stat counts 10 ms ticks. */
 /** CPU time the whole host spent busy so far (every process and the kernel; /proc/stat, 10 ms ticks), ms. */
 export function hostBusyMs(): number {
   const [user, nice, system, , , irq, softirq, steal] = fs.readFileSync('/proc/stat', 'utf8').split('\n')[0]!.trim().split(/\s+/).slice(1).map(Number);
@@ -49,6 +48,7 @@ export function hostBusyMs(): number {
   return ticks * 10;
 }
 
+/** CPU time of all of a process's threads in ms, to the nanosecond (schedstat), where /proc/PID/stat counts 10 ms ticks. */
 export function threadsCpuMs(pid: number): number {
   let ns = 0;
   for (const t of fs.readdirSync(`/proc/${pid}/task`)) {
