@@ -46,7 +46,8 @@ t.test('a failing probe does not cut off a newer one in flight', async (t) => {
     await fake.close();
   });
   watch.start();
-  await until('connected', () => fake.connections.length === 1);
+  // The first probe's sync must have reached the silent agent before it starts answering, or that probe gets an answer too.
+  await until('first probe sent', () => (fake.connections[0]?.received.length ?? 0) >= 1);
   // A second probe queued behind the first (the guest opened its port meanwhile) and the agent answers it.
   fake.opts.silent = false;
   await watch.probe();
