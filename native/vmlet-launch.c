@@ -128,6 +128,9 @@ static void pid_file_content(char *out, size_t len, pid_t pid)
     snprintf(out, len, "%d %llu\n", (int)pid, proc_starttime(pid));
 }
 
+/* Atomic (temp file, rename) but not fsynced: the file describes live processes, which a power loss ends too, and
+ * the daemon treats a missing or unreadable one as gone. An fsync waited for the journal where /run is no tmpfs
+ * (several ms before HELLO and before STARTED). */
 static void write_run_file(const char *name, const char *content)
 {
     char path[PATH_MAX], tmp[PATH_MAX];
@@ -143,7 +146,7 @@ static void write_run_file(const char *name, const char *content)
     }
     size_t len = strlen(content);
     ssize_t w = write(fd, content, len);
-    if (w != (ssize_t)len || fsync(fd) != 0) {
+    if (w != (ssize_t)len) {
         logmsg("cannot write %s: %s", tmp, strerror(errno));
         close(fd);
         unlink(tmp);
