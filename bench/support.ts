@@ -198,7 +198,7 @@ export interface BenchDaemonOptions {
 /** A daemon of this checkout's build on its own socket, state, run dir and cgroup parent under `dir`. */
 export async function startDaemon(dir: string, accel: Accel, opts: BenchDaemonOptions = {}): Promise<BenchDaemon> {
   const socket = path.join(dir, 'vmlet.sock');
-  // On tmpfs like the daemon's default (/run/vmlet): the launcher fsyncs its pid files there, which costs ms on a disk.
+  // Under /run like the daemon's default (/run/vmlet): a tmpfs on systemd hosts, the root file system on some others.
   const runDir = `/run/vmlet-bench-${path.basename(dir)}`;
   const config = path.join(dir, 'config.yaml');
   // Networking with names of its own (never the node's vmlet0), for the VMs that ask for a NIC.

@@ -203,6 +203,7 @@ export function makePrepare(opts: PrepareOptions): (vmi: VirtualMachineInstance,
       );
     }
     const choice = resolveAccel(opts.accel, typeof opts.useEmulation === 'function' ? opts.useEmulation() : opts.useEmulation, caps);
+    at.accelChosen?.(choice.accel);
     const pod = opts.pod;
     // Paths as QEMU sees them; the daemon makes the files through its own view of the same folder.
     const owner = pod?.owner ?? opts.qemuOwner;

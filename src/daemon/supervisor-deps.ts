@@ -7,6 +7,7 @@ import type { QmpClient } from '../qmp/client.js';
 import type { GuestNetworkInterface } from '../qmp/guest-agent-types.js';
 import type { PreparedLaunch } from './supervisor-core.js';
 import type { VmCgroups } from './vm-cgroup.js';
+import type { Accel } from '../api/vocabulary.js';
 
 /** What `prepare` learns at launch time: in Kubernetes mode the launcher's pid (daemon's pid namespace), whose netns is the pod's. */
 export interface PrepareContext {
@@ -15,6 +16,8 @@ export interface PrepareContext {
   signal?: AbortSignal;
   /** Marks a step of the VMI's start trace (start-trace.ts). */
   trace?: (step: string) => void;
+  /** The accelerator is chosen: the VM group's limits can be written while the rest of prepare runs. */
+  accelChosen?: (accel: Accel) => void;
 }
 
 export interface SupervisorDeps {

@@ -5,6 +5,7 @@ import { refuseUnrecorded } from '../qemu/launcher-hello.js';
 import type { HelloDecision, LauncherHello, LauncherLink, LauncherServer } from '../qemu/launcher-server.js';
 import type { CoreEvent } from './supervisor-core.js';
 import type { PodLauncherView } from './supervisor-pod.js';
+import type { EarlyLauncher } from './supervisor-spawn.js';
 
 export interface LauncherWatchOptions {
   server: Pick<LauncherServer, 'link' | 'attach'>;
@@ -54,8 +55,10 @@ export class LauncherWatch {
    * Standalone: a HELLO from any process but the launcher this daemon spawned (`early`: still being spawned) or found
    * recorded after a restart is refused, whatever the VMI's state, before it can get argv and fds or change anything.
    */
-  async refuseStranger(h: LauncherHello, early: Promise<number> | undefined): Promise<HelloDecision | undefined> {
-    const spawned = early ? await early.catch(() => undefined) : undefined;
+  async refuseStranger(h: LauncherHello, early: Pick<EarlyLauncher, 'pid' | 'holds'> | undefined): Promise<HelloDecision | undefined> {
+    // Our own child, not reaped: the peer's pid proves it (procfs reads wait behind the pool while a sandbox is made).
+    if (early?.holds(h.peer.pid)) return undefined;
+    const spawned = early ? await early.pid.catch(() => undefined) : undefined;
     const { uid, runDir, procRoot } = this.opts;
     // The server logs the refusal with the peer's pid and uid.
     return refuseUnrecorded(h.peer, { pid: this.opts.launcherPid() ?? spawned, uid, runDir, procRoot });

@@ -1,10 +1,10 @@
-// Standalone: a VM's cgroup and its vmlet-launch, started while prepare still runs, so that the launcher's cgroup join (an RCU grace period, 5–13 ms on an idle v1 host) overlaps the sandbox's set-up; limits follow before QEMU is forked.
+// Standalone: a VM's cgroup and its vmlet-launch, started while prepare still runs, so that the launcher's cgroup join (an RCU grace period, 5–13 ms on an idle v1 host) overlaps the sandbox's set-up; the limits follow as soon as prepare has chosen the accelerator, before QEMU is forked.
 import type { Logger } from 'pino';
-import { spawnLauncher } from '../qemu/launch.js';
+import { spawnLauncher, type SpawnedLauncher } from '../qemu/launch.js';
 import { startTraces } from './start-trace.js';
 import { killVmProcesses } from './supervisor-exit.js';
 import type { SupervisorDeps } from './supervisor-deps.js';
-import { createVmCgroup, setUpVmCgroup } from './vm-cgroup-setup.js';
+import { createVmCgroup, limitVmCgroup, setUpVmCgroup } from './vm-cgroup-setup.js';
 import type { VmResources } from './vm-resources.js';
 
 /** How long a launcher started early waits for QEMU's argv (its own linger, 60 s, is the hard end). */
@@ -26,8 +26,8 @@ export interface VmLauncherSpawn {
   resources?: VmResources;
 }
 
-/** Creates the VM's group and spawns vmlet-launch into it (it joins the netns later, when told with NETNS); returns its pid. */
-export async function spawnVmLauncher(o: VmLauncherSpawn): Promise<number> {
+/** Creates the VM's group and spawns vmlet-launch into it (it joins the netns later, when told with NETNS). */
+export async function spawnVmLauncher(o: VmLauncherSpawn): Promise<SpawnedLauncher> {
   const cgroups = o.deps.cgroups;
   let dirs: string[] = [];
   if (cgroups) {
@@ -43,14 +43,44 @@ export async function spawnVmLauncher(o: VmLauncherSpawn): Promise<number> {
     ...(o.deps.launcherSandbox ? { sandbox: o.deps.launcherSandbox } : {}),
   });
   startTraces.mark(o.uid, 'launcher.spawned');
-  return spawned.pid;
+  return spawned;
+}
+
+/** Standalone: the launcher spawned while prepare runs, and its group's limits, written once prepare has chosen the accelerator so that QEMU's argv need not wait for them. */
+export class EarlyLauncher {
+  readonly pid: Promise<number>;
+  #limited: Promise<void> | undefined;
+  #unreaped: number | undefined;
+
+  constructor(private readonly o: VmLauncherSpawn & { stopRequested(): boolean }) {
+    this.pid = spawnEarly(o, (child) => {
+      this.#unreaped = child.pid;
+      void child.exited.then(() => (this.#unreaped = undefined));
+    });
+  }
+
+  /** True when `pid` is this launcher and it was not reaped yet: no other process can hold that pid then, so its HELLO needs no look at procfs. */
+  holds(pid: number): boolean {
+    return this.#unreaped === pid;
+  }
+
+  /** Writes the limits once the group exists; the first call's are the ones written. */
+  limit(resources: VmResources): Promise<void> {
+    const cgroups = this.o.deps.cgroups;
+    this.#limited ??= this.pid
+      .then(() => (cgroups ? limitVmCgroup({ cgroups, uid: this.o.uid, resources, log: this.o.log }) : undefined))
+      .then(() => startTraces.mark(this.o.uid, 'cgroup.limited'));
+    this.#limited.catch(() => undefined);
+    return this.#limited;
+  }
 }
 
 /** `spawnVmLauncher` beside prepare: a launcher that arrives after a stop was asked for is killed at once (the stop found none). */
-export function spawnEarly(o: VmLauncherSpawn & { stopRequested(): boolean }): Promise<number> {
-  const early = spawnVmLauncher(o).then((pid) => {
-    if (o.stopRequested()) void killVmProcesses([undefined, pid], o.uid, o.deps.procRoot);
-    return pid;
+function spawnEarly(o: VmLauncherSpawn & { stopRequested(): boolean }, spawned: (child: SpawnedLauncher) => void): Promise<number> {
+  const early = spawnVmLauncher(o).then((child) => {
+    spawned(child);
+    if (o.stopRequested()) void killVmProcesses([undefined, child.pid], o.uid, o.deps.procRoot);
+    return child.pid;
   });
   early.catch(() => undefined);
   return early;

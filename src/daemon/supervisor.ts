@@ -16,8 +16,7 @@ import { INITIAL_STATE, step, type CoreEvent, type CoreState, type Effect, type 
 import { adoptedStatus, applyEdit, editIsBestEffort, launchedStatus, runningStatus, type Runtime } from './supervisor-status.js';
 import type { PrepareContext, SupervisorDeps } from './supervisor-deps.js';
 import { cleanupVm, escalateStop, finalizeVmi, killVmProcesses, releaseVmNetwork, type FinalizeInput } from './supervisor-exit.js';
-import { limitVmCgroup } from './vm-cgroup-setup.js';
-import { abandonEarly, EARLY_HELLO_WAIT_MS, spawnEarly, spawnsEarly, spawnVmLauncher } from './supervisor-spawn.js';
+import { abandonEarly, EARLY_HELLO_WAIT_MS, EarlyLauncher, spawnsEarly, spawnVmLauncher } from './supervisor-spawn.js';
 import { startTraces } from './start-trace.js';
 import { vmResources, vmSizing, type VmResources, type VmSizing } from './vm-resources.js';
 import type { SupervisorState } from './vmi-state.js';
@@ -41,7 +40,7 @@ export class Supervisor {
   #launchRecorded: Promise<void> = Promise.resolve();
   #networkFinished: Promise<void> | undefined; // the rest of the sandbox, made while QEMU starts: `cont` waits for it
   /** Standalone: the launcher spawned while prepare runs (its pid), and whether its argv waits for the group's limits. */
-  #early: Promise<number> | undefined;
+  #early: EarlyLauncher | undefined;
   #argvHeld = false;
   adopted = false; // QEMU was found running (after a daemon restart), not launched by this supervisor
   #sizing: VmSizing | undefined;
@@ -77,9 +76,7 @@ export class Supervisor {
       dispatch,
       exited: () => this.exited,
       launcherPid: () => this.#launcherPid,
-      started: (pid) => {
-        this.#qemuPid = pid;
-      },
+      started: (pid) => void (this.#qemuPid = pid),
     });
   }
 
@@ -217,6 +214,7 @@ export class Supervisor {
   async onHello(h: LauncherHello): Promise<HelloDecision> {
     startTraces.mark(this.uid, 'launcher.hello');
     const refused = this.deps.pod ? undefined : await this.launcher.refuseStranger(h, this.#early);
+    startTraces.mark(this.uid, 'launcher.checked');
     if (this.deps.pod) {
       this.#launcherPid = h.peer.pid;
       // A launcher that calls in with QEMU started (its daemon died before Running) is adopted, not prepared for.
@@ -266,13 +264,13 @@ export class Supervisor {
       fsSync.mkdirSync(this.deps.runDir, { recursive: true, mode: 0o700 });
       if (spawnsEarly(this.deps)) {
         this.launcher.attach();
-        this.#early = spawnEarly({ deps: this.deps, uid: this.uid, log: this.log, stopRequested: () => this.#core.stopRequested });
-        this.#early.then((pid) => (this.#launcherPid = pid)).catch(() => undefined);
+        this.#early = new EarlyLauncher({ deps: this.deps, uid: this.uid, log: this.log, stopRequested: () => this.#core.stopRequested });
+        this.#early.pid.then((pid) => (this.#launcherPid = pid)).catch(() => undefined);
       }
       const ctx = await this.prepareContext();
       if (ctx) prepared = await this.deps.prepare(this.deps.vmi, this.deps.runDir, ctx);
     } catch (error) {
-      await abandonEarly(this.#early, { deps: this.deps, uid: this.uid, log: this.log });
+      await abandonEarly(this.#early?.pid, { deps: this.deps, uid: this.uid, log: this.log });
       const code = error instanceof VmletError ? error.code : 'PREPARE_FAILED';
       await this.dispatch({ type: 'prepareFailed', reason: code === 'KVM_UNAVAILABLE' ? 'KvmUnavailable' : 'LaunchFailed', error });
       return;
@@ -282,7 +280,12 @@ export class Supervisor {
 
   /** Kubernetes mode: waits for the pod's launcher, whose pid names the pod's netns; undefined when that launcher already ran QEMU. */
   private async prepareContext(): Promise<PrepareContext | undefined> {
-    if (!this.deps.pod) return { signal: this.#stopping.signal, trace: (step) => startTraces.mark(this.uid, step) };
+    // An early launcher's group gets its limits while prepare goes on (the sizing was checked before prepare).
+    const accelChosen = (accel: Accel): void => {
+      const resources = this.#early && this.resourcesFor(accel);
+      if (resources) void this.#early?.limit(resources);
+    };
+    if (!this.deps.pod) return { signal: this.#stopping.signal, trace: (step) => startTraces.mark(this.uid, step), accelChosen };
     this.launcher.attach();
     const hello = await podLauncherArrival(this.#arrived, this.deps.pod.arriveTimeoutMs ?? POD_ARRIVE_MS);
     return hello.running ? undefined : { launcherPid: hello.pid };
@@ -317,12 +320,12 @@ export class Supervisor {
       // The launcher joins the group before it forks QEMU, so no QEMU thread ever runs outside it.
       const resources = this.resourcesFor(prepared.accel);
       if (this.#early) {
-        await this.#early;
-        if (this.deps.cgroups && resources) await limitVmCgroup({ cgroups: this.deps.cgroups, uid: this.uid, resources, log: this.log });
+        await this.#early.pid;
+        if (resources) await this.#early.limit(resources);
         this.#argvHeld = false;
         this.changes.notify();
       } else {
-        this.#launcherPid = await spawnVmLauncher({ deps: this.deps, uid: this.uid, log: this.log, ...(resources ? { resources } : {}) });
+        this.#launcherPid = (await spawnVmLauncher({ deps: this.deps, uid: this.uid, log: this.log, ...(resources ? { resources } : {}) })).pid;
       }
       [qemuPid] = await started;
       startTraces.mark(this.uid, 'qemu.started');
@@ -363,11 +366,8 @@ export class Supervisor {
   /** A launcher spawned by the previous daemon waits for QEMU's argv: prepare again and hand it over. */
   private async handover(): Promise<void> {
     try {
-      const prepared = await this.deps.prepare(
-        this.deps.vmi,
-        this.deps.runDir,
-        this.deps.pod ? { launcherPid: this.#launcherPid ?? (await this.#arrived).pid } : {},
-      );
+      const ctx = this.deps.pod ? { launcherPid: this.#launcherPid ?? (await this.#arrived).pid } : {};
+      const prepared = await this.deps.prepare(this.deps.vmi, this.deps.runDir, ctx);
       this.setPendingLaunch(prepared);
       const [pid] = await (this.launcher.link ?? this.launcher.attach()).waitFor('started', this.deps.startTimeoutMs ?? 30_000);
       this.#qemuPid = pid;

@@ -365,6 +365,30 @@ t.test('a launcher HELLO waits for prepare (a promise, not a poll), then gets th
   t.notOk(marker.open(), 'the fds prepare opened are closed');
 });
 
+t.test('the launcher started beside prepare is known by its pid while the daemon has not reaped it; after that the run dir decides', async (t) => {
+  const launcher = path.join(fs.mkdtempSync(path.join(os.tmpdir(), 'vmlet-launcher-')), 'launcher.sh');
+  t.teardown(() => fs.rmSync(path.dirname(launcher), { recursive: true, force: true }));
+  fs.writeFileSync(launcher, '#!/bin/sh\nexec sleep 30\n', { mode: 0o755 });
+  let settle!: (p: PreparedLaunch) => void;
+  const r = await rig(t, { qemu: false, launcher: false, launcherBinary: launcher, prepare: () => new Promise((resolve) => (settle = resolve)) });
+  const started = r.sup.start();
+  await until('the launcher spawned beside prepare', () => r.sup.launcherPid !== undefined);
+  const pid = r.sup.launcherPid!;
+  // A run dir that names another pid: the procfs check would refuse this peer.
+  fs.writeFileSync(path.join(r.runDir, 'launcher.pid'), `${pid + 1} 1\n`);
+  t.same(await r.sup.onHello(hello('running', pid)), { action: 'accept' }, "the daemon's own unreaped child is heard without procfs");
+  process.kill(pid, 'SIGKILL');
+  await until('the launcher reaped', () => !fs.existsSync(`/proc/${pid}`));
+  t.match(
+    await r.sup.onHello(hello('running', pid)),
+    { action: 'reject', code: 'launcher-mismatch', reason: /launcher.pid names pid/ },
+    "once reaped, its pid may be anyone's: the run dir decides",
+  );
+  settle({ argv: ['qemu', '-S'], fds: [], accel: 'tcg', softwareEmulation: true });
+  await started;
+  t.match(await r.sup.done, { phase: 'Failed', reason: 'LaunchFailed' });
+});
+
 t.test('a launcher that cannot be started beside prepare fails the launch; a HELLO meanwhile is refused', async (t) => {
   let settle!: (p: PreparedLaunch) => void;
   const r = await rig(t, { qemu: false, launcher: false, prepare: () => new Promise((resolve) => (settle = resolve)) });
