@@ -11,6 +11,7 @@ import { waitFor } from '../support/cluster/exec.js';
 import { GROUP, kubeEnv, type KubeEnv, type Obj } from '../support/cluster/kube-env.js';
 import { testDiskImage } from '../support/container-disk.js';
 import { guestImage, guestKernelArgs, READY_MARKER } from '../support/guest.js';
+import { skipWith } from '../support/skip.js';
 
 const BASE_MARKER = 'VMLET-BASE-DISK';
 const DISK_IMAGE = 'localhost/vmlet-test/disk:1';
@@ -71,7 +72,7 @@ async function restart(env: KubeEnv, name: string, old: Obj): Promise<Obj> {
 t.test('disks in cluster mode', async (t) => {
   const skip = await containerDiskImageSkipReason();
   if (skip) {
-    t.skip(skip);
+    skipWith(t, skip);
     return;
   }
   const c = await testCluster(t);
@@ -246,7 +247,7 @@ t.test('disks in cluster mode', async (t) => {
     try {
       loop = execFileSync('losetup', ['--find', '--show', backing], { encoding: 'utf8' }).trim();
     } catch (e) {
-      t.skip(`no loop device: ${(e as Error).message.split('\n')[0]}`);
+      skipWith(t, `no loop device: ${(e as Error).message.split('\n')[0]}`);
       return;
     }
     t.teardown(() => void execFileSync('losetup', ['-d', loop]));

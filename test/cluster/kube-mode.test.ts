@@ -9,6 +9,7 @@ import { waitFor } from '../support/cluster/exec.js';
 import { waitServiceProgrammed } from '../support/cluster/service-rules.js';
 import { GROUP, kubeEnv, MERGE, type Obj } from '../support/cluster/kube-env.js';
 import { guestImage, guestKernelArgs, READY_MARKER, type GuestImage } from '../support/guest.js';
+import { skipWith } from '../support/skip.js';
 
 const CLI = path.join(REPO_ROOT, 'dist', 'cli', 'main.js');
 
@@ -201,7 +202,7 @@ t.test('cluster mode end to end', async (t) => {
 
   await t.test('the API server away for 30 s: the VM keeps running, status catches up, no second QEMU', async (t) => {
     if (process.env.VMLET_K8S_REUSE === '1') {
-      t.skip('not on a shared cluster (VMLET_K8S_REUSE=1): stopping its API server would disturb everyone');
+      skipWith(t, 'not on a shared cluster (VMLET_K8S_REUSE=1): stopping its API server would disturb everyone');
       return;
     }
     await c.stopApiServer();

@@ -7,6 +7,7 @@ import tap from 'tap';
 import YAML from 'yaml';
 import { daemonSkipReason, READY_MARKER, runInGuest, startTestDaemon, TEST_HOST_PATHS, vmObject, vmiObject, type TestDaemon } from '../support/daemon.js';
 import { which } from '../support/which.js';
+import { skipWith } from '../support/skip.js';
 
 const skip = daemonSkipReason() || (which('qemu-img') ? false : 'qemu-img is missing (apt-get install qemu-utils)');
 
@@ -91,7 +92,7 @@ tap.test('hostDisk on a block device (a loop device): QEMU opens it as host_devi
   try {
     loop = execFileSync('losetup', ['--find', '--show', file], { encoding: 'utf8' }).trim();
   } catch (e) {
-    t.skip(`no loop device here: ${(e as Error).message.split('\n')[0]}`);
+    skipWith(t, `no loop device here: ${(e as Error).message.split('\n')[0]}`);
     return;
   }
   t.teardown(() => void execFileSync('losetup', ['-d', loop]));

@@ -43,6 +43,7 @@ import {
 import { clientImage, ensureImage, isStaticElf, loadImage, pauseImage } from './cluster/images.js';
 import { certSpecs, ensurePki } from './cluster/pki.js';
 import { which } from './which.js';
+import { skipWith, type Skippable } from './skip.js';
 
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 /** The folder of `npm run cluster`; tests use their own (DEFAULT_ROOT + '-test'). */
@@ -482,25 +483,28 @@ export async function downAt(root = DEFAULT_ROOT, log: (msg: string) => void = (
 
 /** A test's cluster: up once per test file (tests share it), down in teardown (with VMLET_K8S_REUSE=1 the running `npm run cluster` one, left up); undefined (after t.skip with the reason) when it cannot run. */
 export async function testCluster(
-  t: { skip(msg: string): void; teardown(fn: () => Promise<void> | void): void; comment(...a: unknown[]): void },
+  t: Skippable & { teardown(fn: () => Promise<void> | void): void; comment(...a: unknown[]): void },
   opts: Omit<UpOptions, 'root'> = {},
 ): Promise<Cluster | undefined> {
   const reason = clusterSkipReason();
   if (reason) {
-    t.skip(reason);
+    skipWith(t, reason);
     return undefined;
   }
   // VMLET_K8S_REUSE=1: use the cluster of `npm run cluster -- up` as it is and leave it up (for working on one test file).
   if (process.env.VMLET_K8S_REUSE === '1') {
     const dev = Cluster.attach(DEFAULT_ROOT, (m) => t.comment(m));
     if (dev && dev.status().every((s) => s.running) && (opts.simulatedNodes ?? 0) <= dev.config.simulatedNodes) return dev;
-    t.skip(`VMLET_K8S_REUSE=1 but no cluster${(opts.simulatedNodes ?? 0) > 0 ? ' with simulated nodes' : ''} runs at ${DEFAULT_ROOT} (npm run cluster -- up)`);
+    skipWith(
+      t,
+      `VMLET_K8S_REUSE=1 but no cluster${(opts.simulatedNodes ?? 0) > 0 ? ' with simulated nodes' : ''} runs at ${DEFAULT_ROOT} (npm run cluster -- up)`,
+    );
     return undefined;
   }
   const root = `${DEFAULT_ROOT}-test`;
   const busy = listeningPorts();
   if (busy.has(PORTS.apiserver) && !Cluster.attach(root)) {
-    t.skip(`port ${PORTS.apiserver} is taken: another cluster is up (npm run cluster -- down)`);
+    skipWith(t, `port ${PORTS.apiserver} is taken: another cluster is up (npm run cluster -- down)`);
     return undefined;
   }
   const c = await Cluster.up({ ...opts, root, log: (m) => t.comment(m) });

@@ -1,10 +1,10 @@
 // Shared helpers for the object-store tests: a capturing logger, fixed clocks and VM-shaped objects.
 
-import { pino } from 'pino';
-import type { NewObject, StoreLogger } from '../../src/source/local-store.js';
+import { pino, type Logger } from 'pino';
+import type { NewObject } from '../../src/source/local-store.js';
 
 export interface CapturedLog {
-  logger: StoreLogger;
+  logger: Logger;
   lines: Array<Record<string, unknown>>;
 }
 

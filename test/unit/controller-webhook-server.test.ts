@@ -1,6 +1,7 @@
 // WebhookServer: POST /validate answers AdmissionReviews, bad bodies get 400/413 with a message, /healthz answers, refusals are logged, and a swapped cert is served to new connections.
 import { request } from 'node:https';
 import { Writable } from 'node:stream';
+import { TLSSocket } from 'node:tls';
 import { pino } from 'pino';
 import t from 'tap';
 import { makeCa, makeServingCert, webhookSans } from '../../src/controller/webhook-cert.js';
@@ -25,7 +26,7 @@ function call(port: number, method: string, path: string, body?: string | Buffer
         resolve({
           status: res.statusCode ?? 0,
           body: Buffer.concat(chunks).toString('utf8'),
-          fingerprint: res.socket && 'getPeerCertificate' in res.socket ? res.socket.getPeerCertificate().fingerprint256 : '',
+          fingerprint: res.socket instanceof TLSSocket ? res.socket.getPeerCertificate().fingerprint256 : '',
         }),
       );
     });

@@ -103,7 +103,7 @@ t.test('the test overlay renders vmlet as docs/cluster-mode.md names it', { skip
   t.equal(podSpec(ds).hostPID, true);
   t.same(rec(rec(d.readinessProbe).exec).command, ['vmlet', 'version']);
   t.equal(rec(rec(ds.spec).updateStrategy).type, 'RollingUpdate');
-  const vols = Object.fromEntries(arr(podSpec(ds).volumes).map((v) => [rec(v).name, rec(v)]));
+  const vols = Object.fromEntries(arr(podSpec(ds).volumes).map((v) => [String(rec(v).name), rec(v)]));
   t.same(Object.fromEntries(Object.entries(vols).map(([k, v]) => [k, rec(v.hostPath).path ?? `configMap:${String(rec(v.configMap).name)}`])), {
     cgroup: '/sys/fs/cgroup',
     dev: '/dev',
@@ -201,7 +201,7 @@ t.test('kubevirt-compat adds kubevirt.io CRDs, webhook rules and RBAC', { skip: 
 });
 
 t.test('the kubevirt.io CRDs are in sync with deploy/crds (node scripts/gen-kubevirt-crds.mjs)', async (t) => {
-  const gen = (await import('../../scripts/gen-kubevirt-crds.mjs')) as { expected: () => Array<{ file: string; content: string }> };
+  const gen = await import('../../scripts/gen-kubevirt-crds.mjs');
   for (const { file, content } of gen.expected()) t.equal(fs.readFileSync(file, 'utf8'), content, `${path.relative(REPO_ROOT, file)} is up to date`);
   for (const { content } of gen.expected()) {
     const crd = YAML.parse(content) as Rec;
