@@ -15,20 +15,9 @@ export {
   type JsonSchema,
   type SchemaKind,
 } from './schema.js';
-export {
-  MAX_CPU_MILLIS,
-  MAX_DISK_BYTES,
-  MAX_MEMORY_BYTES,
-  MAX_VCPUS,
-  MIN_MEMORY_BYTES,
-  hasControlChars,
-  hostPathProblem,
-  isDnsLabel,
-  validateObject,
-  validateVM,
-  validateVMI,
-  type ValidateOptions,
-} from './validate.js';
+export { MAX_CPU_MILLIS, MAX_VCPUS, validateObject, validateVM, validateVMI, type ValidateOptions } from './validate.js';
+export { MAX_DISK_BYTES, MAX_MEMORY_BYTES, MIN_MEMORY_BYTES } from './field-checks.js';
+export { hasControlChars, hostPathProblem, isDnsLabel } from './names.js';
 export { ValidationError, type FieldError } from './field-errors.js';
 export { joinPath, mapSchemaErrors } from './schema-errors.js';
 export { diskKind } from './disk-kind.js';

@@ -1,21 +1,14 @@
 // Validates VirtualMachine / VirtualMachineInstance objects: CRD schema via ajv, then semantic checks ajv cannot express.
 
-import { posix } from 'node:path';
 import { applyRunStrategyDefault, applySpecDefaults, type DomainDefaults, type LooseDomain, type LooseSpec } from './defaults.js';
 import { allProblems, Collector, ValidationError, type FieldError } from './field-errors.js';
-import { parseMilliQuantity, parseQuantity } from './quantity.js';
+import { checkMemoryRange, checkPath, quantity } from './field-checks.js';
+import { hasControlChars, isDnsLabel } from './names.js';
+import { parseQuantity } from './quantity.js';
 import { defaultSchemas, type CompiledSchemas, type SchemaKind, type SchemaValidators } from './schema.js';
 import { joinPath, mapSchemaErrors } from './schema-errors.js';
-import {
-  ACCEPTED_API_VERSIONS,
-  API_VERSION,
-  RUN_STRATEGIES,
-  type Quantity,
-  type RunStrategy,
-  type VirtualMachine,
-  type VirtualMachineInstance,
-} from './types.js';
-import { referenceProblem } from './image-reference.js';
+import { ACCEPTED_API_VERSIONS, API_VERSION, RUN_STRATEGIES, type RunStrategy, type VirtualMachine, type VirtualMachineInstance } from './types.js';
+import { checkDisksAndVolumes } from './validate-volumes.js';
 import { isRecord } from './vocabulary.js';
 
 export { ValidationError } from './field-errors.js';
@@ -26,37 +19,13 @@ export interface ValidateOptions {
 }
 
 // Limits of the semantic checks (documented in docs/api.md).
-export const MIN_MEMORY_BYTES = 16n << 20n; // 16 MiB
-export const MAX_MEMORY_BYTES = 16n << 40n; // 16 TiB
-export const MAX_DISK_BYTES = 1n << 50n; // 1 PiB
 export const MAX_VCPUS = 512;
 export const MAX_CPU_MILLIS = 1024n * 1000n;
-export const MAX_CLOUD_INIT_BYTES = 1 << 20;
 
-const DNS_LABEL_RE = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 const DNS_SUBDOMAIN_RE = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$/;
 const LABEL_NAME_RE = /^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$/;
 const QEMU_NAME_RE = /^[A-Za-z0-9][A-Za-z0-9._-]*$/;
-const DISK_SERIAL_RE = /^[A-Za-z0-9_.+-]+$/;
 const UID_RE = /^[A-Za-z0-9][A-Za-z0-9-]{0,63}$/;
-const BASE64_RE = /^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$/;
-// C0 and C1 control characters, DEL, and the Unicode line/paragraph separators.
-const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
-
-/** True if `name` is a DNS-1123 label (lower-case alphanumerics and '-', at most 63 characters). */
-export function isDnsLabel(name: string): boolean {
-  return name.length <= 63 && DNS_LABEL_RE.test(name);
-}
-
-/** A DNS-1123 subdomain: dot-separated labels, at most 253 characters (names of most Kubernetes objects). */
-export function isDnsSubdomain(name: string): boolean {
-  return name.length <= 253 && name.split('.').every((part) => isDnsLabel(part));
-}
-
-/** True if `s` contains a control character (including NUL, CR, LF, TAB). */
-export function hasControlChars(s: string): boolean {
-  return CONTROL_RE.test(s);
-}
 
 // ---------------------------------------------------------------------------------------------
 // preflight: apiVersion, kind, cloning
@@ -159,48 +128,6 @@ function checkMetadata(meta: Record<string, unknown> | undefined, col: Collector
   checkNoControlChars(meta, 'metadata', (p) => p === 'metadata.annotations' || p === 'metadata.managedFields', col);
 }
 
-/** Parses a quantity for a check; records INVALID_QUANTITY and returns undefined if it does not parse. */
-function quantity(q: Quantity | undefined, path: string, col: Collector, milli = false): bigint | undefined {
-  if (q === undefined) return undefined;
-  try {
-    return milli ? parseMilliQuantity(q) : parseQuantity(q);
-  } catch (e) {
-    col.add(path, 'INVALID_QUANTITY', e instanceof Error ? e.message : 'invalid quantity');
-    return undefined;
-  }
-}
-
-function checkMemoryRange(bytes: bigint | undefined, path: string, col: Collector): void {
-  if (bytes === undefined) return;
-  if (bytes <= 0n) col.add(path, 'OUT_OF_RANGE', 'memory must be positive');
-  else if (bytes < MIN_MEMORY_BYTES) col.add(path, 'OUT_OF_RANGE', 'memory must be at least 16Mi');
-  else if (bytes > MAX_MEMORY_BYTES) col.add(path, 'OUT_OF_RANGE', 'memory must be at most 16Ti');
-}
-
-function checkCapacity(q: Quantity, path: string, col: Collector): void {
-  const bytes = quantity(q, path, col);
-  if (bytes === undefined) return;
-  if (bytes <= 0n) col.add(path, 'OUT_OF_RANGE', 'capacity must be positive');
-  else if (bytes > MAX_DISK_BYTES) col.add(path, 'OUT_OF_RANGE', 'capacity must be at most 1Pi');
-}
-
-/** Checks an absolute, normalised host path (no NUL, no `.`/`..`, no `//`, no trailing `/`). */
-export function hostPathProblem(p: string): string | undefined {
-  if (p.includes('\0')) return 'must not contain NUL';
-  if (hasControlChars(p)) return 'must not contain control characters';
-  if (!p.startsWith('/')) return 'must be an absolute path';
-  if (p.length > 1 && p.endsWith('/')) return 'must name a file, not end in "/"';
-  if (p === '/' || posix.normalize(p) !== p || p.split('/').some((s) => s === '.' || s === '..')) {
-    return 'must be a normalised path (no "//", "." or "..")';
-  }
-  return undefined;
-}
-
-function checkPath(p: string, path: string, col: Collector): void {
-  const problem = hostPathProblem(p);
-  if (problem !== undefined) col.add(path, 'INVALID_HOST_PATH', problem);
-}
-
 function checkResources(domain: LooseDomain, path: string, col: Collector): void {
   const res = domain.resources;
   if (res === undefined) return;
@@ -276,107 +203,6 @@ function checkFirmware(domain: LooseDomain, path: string, col: Collector): void 
       }
     }
   }
-}
-
-function checkDisksAndVolumes(spec: LooseSpec, path: string, col: Collector): void {
-  const dp = `${path}.domain.devices.disks`;
-  const vp = `${path}.volumes`;
-  const disks = spec.domain.devices.disks ?? [];
-  const volumes = spec.volumes ?? [];
-
-  const diskIndex = new Map<string, number>();
-  const bootOrders = new Map<number, number>();
-  disks.forEach((disk, i) => {
-    const at = joinPath(dp, i);
-    if (!isDnsLabel(disk.name)) col.add(`${at}.name`, 'INVALID_NAME', 'must be a DNS-1123 label');
-    if (diskIndex.has(disk.name)) col.add(`${at}.name`, 'DUPLICATE_NAME', `disk name "${disk.name}" is used twice`);
-    else diskIndex.set(disk.name, i);
-    if (disk.disk !== undefined && disk.cdrom !== undefined) {
-      col.add(at, 'CONFLICTING_FIELDS', 'set either disk or cdrom, not both');
-    }
-    if (disk.cdrom !== undefined) {
-      if (disk.cdrom.bus === 'virtio') col.add(`${at}.cdrom.bus`, 'INVALID_FIELD', 'a cdrom cannot use the virtio bus; use sata or scsi');
-      if (!disk.cdrom.readonly) col.add(`${at}.cdrom.readonly`, 'INVALID_FIELD', 'a cdrom is always read-only');
-    }
-    if (disk.disk?.bus === 'sata' && disk.disk.readonly) {
-      col.add(`${at}.disk.readonly`, 'INVALID_FIELD', 'QEMU cannot attach a read-only disk on the sata bus; use virtio or scsi');
-    }
-    if (disk.io === 'native' && disk.cache !== 'none') {
-      col.add(`${at}.io`, 'INVALID_FIELD', 'io native (Linux AIO) needs cache: none; set cache: none or io: threads');
-    }
-    if (disk.bootOrder !== undefined) {
-      const other = bootOrders.get(disk.bootOrder);
-      if (other !== undefined) col.add(`${at}.bootOrder`, 'INVALID_FIELD', `bootOrder ${disk.bootOrder} is also used by ${joinPath(dp, other)}`);
-      else bootOrders.set(disk.bootOrder, i);
-    }
-    if (disk.serial !== undefined && !DISK_SERIAL_RE.test(disk.serial)) {
-      col.add(`${at}.serial`, 'INVALID_FIELD', 'must be letters, digits, "_", ".", "+" or "-"');
-    }
-  });
-
-  const volumeIndex = new Map<string, number>();
-  volumes.forEach((vol, i) => {
-    const at = joinPath(vp, i);
-    if (!isDnsLabel(vol.name)) col.add(`${at}.name`, 'INVALID_NAME', 'must be a DNS-1123 label');
-    if (volumeIndex.has(vol.name)) col.add(`${at}.name`, 'DUPLICATE_NAME', `volume name "${vol.name}" is used twice`);
-    else volumeIndex.set(vol.name, i);
-    const sources = (['hostDisk', 'emptyDisk', 'cloudInitNoCloud', 'containerDisk', 'persistentVolumeClaim', 'ephemeral'] as const).filter(
-      (k) => vol[k] !== undefined,
-    );
-    if (sources.length === 0) {
-      col.add(at, 'MISSING_FIELD', 'a volume needs one source: containerDisk, persistentVolumeClaim, ephemeral, hostDisk, emptyDisk or cloudInitNoCloud');
-    }
-    for (const [claim, field] of [
-      [vol.persistentVolumeClaim, 'persistentVolumeClaim'],
-      [vol.ephemeral?.persistentVolumeClaim, 'ephemeral.persistentVolumeClaim'],
-    ] as const) {
-      if (claim !== undefined && !isDnsSubdomain(claim.claimName))
-        col.add(`${at}.${field}.claimName`, 'INVALID_NAME', 'must be a DNS-1123 subdomain (a PersistentVolumeClaim name)');
-    }
-    if (sources.length > 1) col.add(at, 'CONFLICTING_FIELDS', `a volume has exactly one source, found ${sources.join(' and ')}`);
-    if (vol.hostDisk !== undefined) {
-      checkPath(vol.hostDisk.path, `${at}.hostDisk.path`, col);
-      if (vol.hostDisk.type === 'DiskOrCreate' && vol.hostDisk.capacity === undefined) {
-        col.add(`${at}.hostDisk.capacity`, 'MISSING_FIELD', 'type DiskOrCreate needs a capacity');
-      }
-      if (vol.hostDisk.type === 'Disk' && vol.hostDisk.capacity !== undefined) {
-        col.add(`${at}.hostDisk.capacity`, 'INVALID_FIELD', 'capacity is only used with type DiskOrCreate');
-      }
-      if (vol.hostDisk.capacity !== undefined) checkCapacity(vol.hostDisk.capacity, `${at}.hostDisk.capacity`, col);
-    }
-    if (vol.emptyDisk !== undefined) checkCapacity(vol.emptyDisk.capacity, `${at}.emptyDisk.capacity`, col);
-    if (vol.containerDisk !== undefined) {
-      const problem = referenceProblem(vol.containerDisk.image);
-      if (problem !== undefined) col.add(`${at}.containerDisk.image`, 'IMAGE_NAME_INVALID', problem);
-    }
-    const ci = vol.cloudInitNoCloud;
-    if (ci !== undefined) {
-      const cp = `${at}.cloudInitNoCloud`;
-      if (ci.userData !== undefined && ci.userDataBase64 !== undefined) {
-        col.add(`${cp}.userDataBase64`, 'CONFLICTING_FIELDS', 'set either userData or userDataBase64, not both');
-      }
-      if (ci.networkData !== undefined && ci.networkDataBase64 !== undefined) {
-        col.add(`${cp}.networkDataBase64`, 'CONFLICTING_FIELDS', 'set either networkData or networkDataBase64, not both');
-      }
-      if (ci.userData === undefined && ci.userDataBase64 === undefined && ci.networkData === undefined && ci.networkDataBase64 === undefined) {
-        col.add(cp, 'MISSING_FIELD', 'needs userData, userDataBase64, networkData or networkDataBase64');
-      }
-      for (const key of ['userDataBase64', 'networkDataBase64'] as const) {
-        const v = ci[key];
-        if (v !== undefined && !BASE64_RE.test(v.replace(/\s+/g, ''))) col.add(`${cp}.${key}`, 'INVALID_FIELD', 'must be base64');
-      }
-      let size = 0;
-      for (const key of ['userData', 'userDataBase64', 'networkData', 'networkDataBase64'] as const) size += ci[key]?.length ?? 0;
-      if (size > MAX_CLOUD_INIT_BYTES) col.add(cp, 'OUT_OF_RANGE', 'cloud-init data must be at most 1Mi in total');
-    }
-  });
-
-  disks.forEach((disk, i) => {
-    if (!volumeIndex.has(disk.name)) col.add(`${joinPath(dp, i)}.name`, 'MISSING_VOLUME', `no volume named "${disk.name}" in ${vp}`);
-  });
-  volumes.forEach((vol, i) => {
-    if (!diskIndex.has(vol.name)) col.add(`${joinPath(vp, i)}.name`, 'UNUSED_VOLUME', `volume "${vol.name}" is not used by any disk in ${dp}`);
-  });
 }
 
 const FREE_TEXT = /\.cloudInitNoCloud\.(userData|userDataBase64|networkData|networkDataBase64)$/;

@@ -2,10 +2,11 @@
 
 import { createHash } from 'node:crypto';
 import { posix } from 'node:path';
+import { hasControlChars } from '../api/names.js';
 import { parseQuantity } from '../api/quantity.js';
 import type { Disk, DiskBus, VirtualMachineInstance } from '../api/types.js';
 import { VmletError } from '../errors.js';
-import { escapeOptValue, hasControlChars, qemuOpts, type OptValue } from './escape.js';
+import { escapeOptValue, qemuOpts, type OptValue } from './escape.js';
 import { tcgTbSizeMiB } from './tcg.js';
 import { efiVarsPath, planVolumes, usesEfi, type ImageFile, type OvmfPaths, type ResolvedVolume } from './volumes.js';
 import type { Accel } from '../api/vocabulary.js';

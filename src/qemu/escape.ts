@@ -1,13 +1,7 @@
 // The one place where values are put into QEMU option strings: commas doubled, control characters refused.
 
+import { hasControlChars } from '../api/names.js';
 import { VmletError } from '../errors.js';
-
-const CONTROL_RE = /[\u0000-\u001f\u007f-\u009f\u2028\u2029]/;
-
-/** True if `s` holds a control character (C0, DEL, C1, U+2028/2029). */
-export function hasControlChars(s: string): boolean {
-  return CONTROL_RE.test(s);
-}
 
 /**
  * Escapes a value for QEMU's `key=value,key=value` option syntax (QemuOpts and keyval): every
