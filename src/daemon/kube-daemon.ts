@@ -109,7 +109,7 @@ export async function startKubeDaemon(config: DaemonConfig, caps: QemuCaps, logg
     linksDir: path.join(config.runDir, 'pods'),
     logger: logger.child({ component: 'pod-sockets' }),
   });
-  const network = new PodVmNetwork({ logger: logger.child({ component: 'net' }), procRoot });
+  const network = new PodVmNetwork({ logger: logger.child({ component: 'net' }), procRoot, allowMetadata: config.network.allowMetadata });
 
   // Launcher pods bound to this node, by the uid of their VMI.
   const podByVmi = new Map<string, V1Pod>();

@@ -14,13 +14,15 @@ export interface PodVmNetworkOptions {
   /** Test seam; default a PodNetwork of its own. */
   podNetwork?: PodNetwork;
   devVhostNet?: string;
+  /** config `network.allowMetadata`: guests may reach 169.254.169.254 */
+  allowMetadata?: boolean;
 }
 
 export class PodVmNetwork {
   private readonly net: PodNetwork;
 
   constructor(private readonly o: PodVmNetworkOptions) {
-    this.net = o.podNetwork ?? new PodNetwork({ log: o.logger, proc: o.procRoot });
+    this.net = o.podNetwork ?? new PodNetwork({ log: o.logger, proc: o.procRoot, allowMetadata: o.allowMetadata === true });
   }
 
   private request(vmi: VirtualMachineInstance, launcherPid: number): PodAttachRequest {

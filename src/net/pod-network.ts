@@ -19,6 +19,8 @@ import type { BindingKind, IpRoute, NetworkPlan, NicModel, PlannedInterface } fr
 export interface PodNetworkOptions {
   /** nftables table in the pod's netns (family ip for masquerade's NAT, bridge for the guest filter); default `vmlet` */
   nftTable?: string;
+  /** the guest may reach 169.254.169.254 (the guest filter drops it by default; config `network.allowMetadata`) */
+  allowMetadata?: boolean;
   /** default /proc (the daemon's own netns is <proc>/thread-self/ns/net; sysctls are <proc>/sys/…) */
   proc?: string;
   /** default /dev/net/tun */
@@ -86,6 +88,7 @@ function nicOf(i: PlannedInterface): PodNic {
 export class PodNetwork {
   readonly dhcp: DhcpServer;
   private readonly nftTable: string;
+  private readonly guests: { allowMetadata: boolean };
   private readonly proc: string;
   private readonly tun: string;
   private readonly tools: IpTools;
@@ -94,6 +97,7 @@ export class PodNetwork {
 
   constructor(private readonly opts: PodNetworkOptions = {}) {
     this.nftTable = checkNftName(opts.nftTable ?? 'vmlet');
+    this.guests = { allowMetadata: opts.allowMetadata === true };
     this.proc = opts.proc ?? '/proc';
     this.tun = opts.tun ?? '/dev/net/tun';
     this.log = opts.log ?? silent;
@@ -155,7 +159,7 @@ export class PodNetwork {
     const started = Date.now();
     const seen = await this.observe(req);
     if (!seen) return { uid: req.uid, netnsPath: req.netnsPath, nics: [], status: [], fds: [] };
-    const p = planPodAttach(seen.plan, req.interfaces, seen.state, this.nftTable);
+    const p = planPodAttach(seen.plan, req.interfaces, seen.state, this.nftTable, this.guests);
     const fds: number[] = [];
     try {
       // strict rp_filter in the pod's netns; forwarding for masquerade
@@ -199,7 +203,7 @@ export class PodNetwork {
         `the pod's netns ${req.netnsPath} holds no binding of vmlet's (${iface.bridge} with its record, ${iface.tap})`,
       );
     }
-    const p = planPodAttach(plan, req.interfaces, state, this.nftTable);
+    const p = planPodAttach(plan, req.interfaces, state, this.nftTable, this.guests);
     await this.serveDhcp(req, p);
     this.served.add(req.uid);
     log.info({ uid: req.uid, netns: req.netnsPath, binding: p.iface.binding, podIP: p.record.address }, 'pod network adopted');

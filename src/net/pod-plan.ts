@@ -99,9 +99,16 @@ function conflict(msg: string): never {
  * record in the alias) is an earlier attach: it and the tap are removed and the binding rebuilt from
  * the record. A bridge or tap of that name without vmlet's record is refused (POD_NET_CONFLICT).
  * bridge binding without macAddress: as in KubeVirt the guest takes eth0's MAC and eth0 gets the
- * derived one, so a CNI that pinned the pod's MAC still sees it.
+ * derived one, so a CNI that pinned the pod's MAC still sees it. `guests.allowMetadata` leaves the guest
+ * filter's metadata rule out (config `network.allowMetadata`, as in standalone sandboxes).
  */
-export function planPodAttach(plan: NetworkPlan, specs: readonly InterfaceSpec[] | undefined, state: PodState, nftTable: string): PodAttachPlan {
+export function planPodAttach(
+  plan: NetworkPlan,
+  specs: readonly InterfaceSpec[] | undefined,
+  state: PodState,
+  nftTable: string,
+  guests: { allowMetadata?: boolean } = {},
+): PodAttachPlan {
   if (plan.interfaces.length !== 1) throw new VmletError('NET_INVALID_PLAN', `a pod network binds one interface, not ${plan.interfaces.length}`);
   const planned = plan.interfaces[0]!;
   const eth = checkIfName(planned.podInterface);
@@ -119,7 +126,7 @@ export function planPodAttach(plan: NetworkPlan, specs: readonly InterfaceSpec[]
   }
   const iface: PlannedInterface = { ...planned, mac: record.guestMac };
   const pod: PodInterfaceState = { address: record.address, prefix: record.prefix, gateway: record.gateway, mtu: record.mtu };
-  const binding = planBinding(iface, pod, {}, nftTable, { loopbackToGuest: true });
+  const binding = planBinding(iface, pod, {}, nftTable, { loopbackToGuest: true, allowMetadata: guests.allowMetadata === true });
   const ip: IpCommand[] = [];
   if (state.tapExists) ip.push(['link', 'del', tap]);
   if (state.bridge) ip.push(['link', 'del', br]);

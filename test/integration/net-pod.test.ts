@@ -289,3 +289,30 @@ t.test('VM bindings inside a pod netns made like CNI does', { skip: skip ?? fals
   );
   await t.rejects(pn2.attach(reqM), { code: 'POD_NETNS_NOT_FOUND' }, 'attach to a pod that is gone');
 });
+
+t.test('network.allowMetadata reaches the guest filter in a pod', { skip: netSkipReason() ?? false, timeout: 60_000 }, async (t) => {
+  const tag = randomBytes(2).toString('hex');
+  const third = 1 + (parseInt(tag, 16) % 120);
+  const rules = async (allowMetadata: boolean | undefined, suffix: string, at: number): Promise<string> => {
+    const pod = makePod(`${tag}${suffix}`, at);
+    t.teardown(() => removePod(pod));
+    const pn = new PodNetwork(allowMetadata === undefined ? {} : { allowMetadata });
+    t.teardown(() => pn.close());
+    const uid = randomUUID();
+    const att = await pn.attach({
+      netnsPath: pod.netnsPath,
+      uid,
+      hostname: `vm-${suffix}`,
+      interfaces: [{ name: 'default', masquerade: {} }],
+      networks: [{ name: 'default', pod: {} }],
+    });
+    closeFds(att.fds.flat());
+    const filter = sh('nsenter', [`--net=${pod.netnsPath}`, '--', 'nft', 'list', 'table', 'bridge', 'vmlet']);
+    await pn.detach(uid);
+    return filter;
+  };
+  t.match(await rules(undefined, 'd', third), /ip daddr 169\.254\.169\.254 counter name "metadata" drop/, 'by default the metadata address is dropped');
+  const allowed = await rules(true, 'a', third + 125);
+  t.match(allowed, /ether saddr != /, 'the rest of the guest filter is there');
+  t.notMatch(allowed, /169\.254\.169\.254/, 'allowMetadata: true leaves the metadata rule out');
+});

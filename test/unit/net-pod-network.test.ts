@@ -97,6 +97,17 @@ t.test('masquerade with listed ports: DNAT of the pod IP and the pod loopback, m
   t.equal(p.binding.ipForward, true);
 });
 
+t.test('the guest filter drops the metadata address unless allowMetadata, in both bindings', async (t) => {
+  for (const spec of [masqAll, bridge]) {
+    const plan = planNetwork(spec, nets, UID);
+    const what = Object.keys(spec[0]!).find((k) => k !== 'name');
+    t.match(planPodAttach(plan, spec, fresh(), 'vmlet').binding.nft, /ip daddr 169\.254\.169\.254 counter name "metadata" drop/, `${what}: dropped`);
+    const allowed = planPodAttach(plan, spec, fresh(), 'vmlet', { allowMetadata: true }).binding.nft;
+    t.match(allowed, /counter name "mac_spoof" drop/, `${what}: the rest of the filter stays`);
+    t.notMatch(allowed, /169\.254\.169\.254/, `${what}: allowMetadata leaves the rule out`);
+  }
+});
+
 t.test('masquerade of every port leaves the pod loopback alone (sidecars keep 127.0.0.1)', async (t) => {
   const p = planPodAttach(planNetwork(masqAll, nets, UID), masqAll, fresh(), 'vmlet');
   t.match(p.binding.nft!, /iifname "eth0" ip daddr 10\.244\.1\.7 dnat to 10\.0\.2\.2/);
