@@ -119,15 +119,17 @@ t.test('deploy, Ready, VMs run, undeploy leaves nothing', { skip: e2eSkipReason(
   t.same(await notReady(c), [], 'controller and daemon Ready');
   const k = (args: string[], input?: string): Promise<string> => c.kubectl(args, input);
   // An apply right after a deploy can still find the webhook unreachable (a CI run: "connection refused" from its
-  // Service although its pods were Ready and the endpoints current); with failurePolicy Fail that refuses the
-  // object, and kubectl's user would try again: so does the test, for a while.
+  // Service although its pods were Ready and the endpoints current; another, after the kubevirt-compat overlay
+  // replaced the controller: "connection reset by peer" on the third apply); with failurePolicy Fail that refuses
+  // the object, and kubectl's user would try again: so does the test, for a while.
   const apply = async (input: string): Promise<string> => {
     const deadline = Date.now() + 60_000;
     for (;;) {
       try {
         return await k(['apply', '-f', '-'], input);
       } catch (e) {
-        if (Date.now() > deadline || !/failed calling webhook .*(connection refused|no endpoints|i\/o timeout)/.test(String(e))) throw e;
+        if (Date.now() > deadline || !/failed calling webhook .*(connection refused|connection reset by peer|no endpoints|i\/o timeout)/.test(String(e)))
+          throw e;
         t.comment(`the webhook did not answer yet: ${String(e).slice(-120)}`);
         await new Promise((r) => setTimeout(r, 1000));
       }
