@@ -53,6 +53,7 @@ static struct {
     const char *cgroups[MAX_CGROUPS];
     int ncgroups;
     long linger_ms;
+    int spare;
 } opt = { .linger_ms = 60000 };
 
 static enum state state = ST_NEW;
@@ -813,6 +814,7 @@ static void usage(const char *why)
 {
     logmsg("%s", why);
     logmsg("usage: vmlet-launch --uid UID --socket PATH --run-dir DIR [--netns PATH] [--cgroup DIR]... [--linger SECONDS] [--qemu-user UID:GID[:GID,...]] [--mount-ns yes|no] [--bind-ro PATH]... [--bind-rw PATH]...");
+    logmsg("   or: vmlet-launch --spare yes [--cgroup DIR]...   (stdin: the handover, stdout: READY)");
     exit(EXIT_USAGE);
 }
 
@@ -831,6 +833,11 @@ static void parse_args(int argc, char **argv)
             opt.run_dir = v;
         else if (strcmp(a, "--netns") == 0)
             opt.netns = v;
+        else if (strcmp(a, "--spare") == 0) {
+            if (strcmp(v, "yes") != 0)
+                usage("--spare takes yes");
+            opt.spare = 1;
+        }
         else if (strcmp(a, "--cgroup") == 0) {
             if (opt.ncgroups >= MAX_CGROUPS)
                 usage("too many --cgroup");
@@ -861,11 +868,84 @@ static void parse_args(int argc, char **argv)
         } else
             usage("unknown option");
     }
+    if (opt.spare) {
+        if (opt.uid || opt.sock_path || opt.run_dir || opt.netns)
+            usage("--spare takes only --cgroup");
+        return;
+    }
     if (!opt.uid || !opt.sock_path || !opt.run_dir)
         usage("--uid, --socket and --run-dir are required");
     size_t n = strlen(opt.uid);
     if (n == 0 || n > 128 || strspn(opt.uid, "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._-") != n)
         usage("--uid must be 1-128 of [A-Za-z0-9._-]");
+}
+
+/*
+ * A spare launcher: joins its (spare) group ahead of any VM, so that the join's RCU grace period is off a start's
+ * critical path; says READY on stdout; then reads the handover from stdin until EOF (the log file's path, then the
+ * real launcher argv, NUL-separated), points stdout and stderr at that log and execs itself with that argv. The
+ * daemon renames the group to the VM's before the handover (v1), so nothing is joined again. EOF without a handover
+ * (the daemon closed the pipe, or died) ends it. Protocol: docs/launcher-protocol.md.
+ */
+static int spare_main(void)
+{
+    join_sandbox();
+    if (fail_code[0]) {
+        dprintf(1, "ERROR %s %s\n", fail_code, fail_msg);
+        return EXIT_SANDBOX;
+    }
+    if (write(1, "READY\n", 6) != 6)
+        return EXIT_PROTOCOL;
+    static char buf[MAX_ARGV_BYTES];
+    size_t len = 0;
+    for (;;) {
+        if (len == sizeof buf) {
+            logmsg("spare: handover larger than %d bytes", MAX_ARGV_BYTES);
+            return EXIT_PROTOCOL;
+        }
+        ssize_t r = read(0, buf + len, sizeof buf - len);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r < 0) {
+            logmsg("spare: read: %s", strerror(errno));
+            return EXIT_PROTOCOL;
+        }
+        if (r == 0)
+            break;
+        len += (size_t)r;
+    }
+    if (len == 0)
+        return 0; /* released unused */
+    if (buf[len - 1] != '\0') {
+        logmsg("spare: handover must end with NUL");
+        return EXIT_PROTOCOL;
+    }
+    int argc = 0;
+    const char *log_path = buf;
+    for (size_t off = strlen(buf) + 1; off < len; off += strlen(buf + off) + 1) {
+        if (argc >= MAX_ARGC) {
+            logmsg("spare: too many arguments");
+            return EXIT_PROTOCOL;
+        }
+        qargv[argc++] = buf + off;
+    }
+    qargv[argc] = NULL;
+    if (log_path[0] != '/' || argc == 0) {
+        logmsg("spare: handover needs an absolute log path and an argv");
+        return EXIT_PROTOCOL;
+    }
+    int lfd = open(log_path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    int nfd = open("/dev/null", O_RDONLY | O_CLOEXEC);
+    if (lfd < 0 || nfd < 0) {
+        logmsg("spare: cannot open %s: %s", lfd < 0 ? log_path : "/dev/null", strerror(errno));
+        return EXIT_PROTOCOL;
+    }
+    if (dup2(nfd, 0) < 0 || dup2(lfd, 1) < 0 || dup2(lfd, 2) < 0)
+        return EXIT_PROTOCOL;
+    /* Only this program: the pipe is the daemon's, but a spare is no general exec. */
+    execv("/proc/self/exe", qargv);
+    logmsg("spare: exec: %s", strerror(errno));
+    return EXIT_EXEC;
 }
 
 static void noop_handler(int sig)
@@ -877,6 +957,8 @@ int main(int argc, char **argv)
 {
     self_pid = getpid();
     parse_args(argc, argv);
+    if (opt.spare)
+        return spare_main();
 
     sigset_t mask;
     sigemptyset(&mask);

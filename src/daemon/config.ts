@@ -60,6 +60,11 @@ export interface DaemonConfig {
   cgroupParent: string;
   /** Root of the cgroup mounts (tests point it elsewhere). */
   cgroupRoot: string;
+  /**
+   * Standalone, v1/hybrid cgroups: keep one vmlet-launch ready in a group of its own, renamed to a VM's at its start,
+   * so the start does not wait for the cgroup join's RCU grace period (launcher-spare.ts). false: spawn each launcher.
+   */
+  launcherSpare: boolean;
   /** Standalone networking: host bridge, NAT, one sandbox netns per VMI, DHCP. */
   network: NetworkConfig;
   /** `standalone` (the embedded store) or `kubernetes` (VMIs from the API server, QEMU in launcher pods). */
@@ -193,6 +198,7 @@ const keys: Record<keyof DaemonConfig, KeyType> = {
   kvmWorldAccessible: 'boolean',
   cgroupParent: 'string',
   cgroupRoot: 'string',
+  launcherSpare: 'boolean',
   network: 'object',
   mode: 'string',
   kubeletRootDir: 'string',
@@ -283,6 +289,7 @@ export function defaultConfig(repoRoot: string): DaemonConfig {
     kvmWorldAccessible: true,
     cgroupParent: 'vmlet',
     cgroupRoot: '/sys/fs/cgroup',
+    launcherSpare: true,
     network: {
       enabled: true,
       subnet: '10.213.0.0/16',

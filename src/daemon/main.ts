@@ -7,6 +7,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import pino, { type Logger } from 'pino';
 import { detectCgroupLayout } from '../cgroups/index.js';
+import { LauncherSpare, sparesPossible } from './launcher-spare.js';
 import { vmletVersion } from '../version.js';
 import { VmController } from '../controller/vm-controller.js';
 import { VmletError } from '../errors.js';
@@ -142,10 +143,15 @@ async function startLocked(config: DaemonConfig, logger: Logger, locks: DirLock[
   }
 
   let cgroups: VmCgroups | undefined;
+  let launcherSpare: LauncherSpare | undefined;
   if (config.cgroupParent !== '') {
     const layout = await detectCgroupLayout({ root: config.cgroupRoot, mountinfoPath: '/proc/self/mountinfo' });
     cgroups = new VmCgroups({ layout, parent: config.cgroupParent });
     logger.info({ mode: layout.mode, parent: config.cgroupParent }, 'VM cgroups');
+    if (config.launcherSpare && sparesPossible(cgroups)) {
+      const log = logger.child({ component: 'launcher-spare' });
+      launcherSpare = new LauncherSpare({ cgroups, launcherBinary: config.launcherBinary, runDir: config.runDir, log });
+    }
   } else {
     logger.warn('cgroupParent is empty: VMs get no cgroup of their own and no limits');
   }
@@ -194,6 +200,7 @@ async function startLocked(config: DaemonConfig, logger: Logger, locks: DirLock[
     onImagesChanged: (listener) => images.onChange(listener),
     logger: logger.child({ component: 'node' }),
     ...(cgroups ? { cgroups } : {}),
+    ...(launcherSpare ? { launcherSpare } : {}),
     network,
   });
   // Node limits and MACs in use: one admission for the API's creates and the controller's, so neither overshoots the other.
@@ -207,6 +214,7 @@ async function startLocked(config: DaemonConfig, logger: Logger, locks: DirLock[
   // Supervisors of running VMs exist before launchers reconnect, so none of them is turned away.
   await node.start();
   await launcherServer.listen();
+  await launcherSpare?.start();
   controller.start();
   const backend = new LocalBackend({
     store,
@@ -242,6 +250,7 @@ async function startLocked(config: DaemonConfig, logger: Logger, locks: DirLock[
     async close() {
       controller.stop();
       node.stop();
+      await launcherSpare?.close();
       await api.close();
       await readOnly?.close();
       await launcherServer.close();

@@ -43,6 +43,8 @@ export interface NodeReconcilerOptions {
   procRoot?: string;
   /** Per-VM cgroups (config `cgroupParent`); absent = none are made. */
   cgroups?: VmCgroups;
+  /** Standalone: a launcher kept ready (launcher-spare.ts). */
+  launcherSpare?: SupervisorDeps['launcherSpare'];
   /** The host's online CPUs, for `dedicatedCpuPlacement` (default /sys/devices/system/cpu/online). */
   cpuOnlinePath?: string;
   /** Standalone networking (sandboxes are made by `prepare`; released, adopted and reported here). */
@@ -291,6 +293,7 @@ export class NodeReconciler {
       prepare: images ? waitingForImages(prepare, { onImagesChanged: images, writeStatus: callbacks.writeStatus, logger: log }) : prepare,
       procRoot: this.opts.procRoot ?? DEFAULT_PROC_ROOT,
       ...(this.opts.cgroups ? { cgroups: this.opts.cgroups } : {}),
+      ...(this.opts.launcherSpare && !inPod ? { launcherSpare: this.opts.launcherSpare } : {}),
       ...dedicatedCpuPinning(vmi, { ...cpus, procRoot: this.opts.procRoot ?? DEFAULT_PROC_ROOT, log }),
       ...this.networkFor(uid),
       ...podDeps,

@@ -7,6 +7,7 @@ import type { QmpClient } from '../qmp/client.js';
 import type { GuestNetworkInterface } from '../qmp/guest-agent-types.js';
 import type { PreparedLaunch } from './supervisor-core.js';
 import type { VmCgroups } from './vm-cgroup.js';
+import type { LauncherSpare } from './launcher-spare.js';
 import type { Accel } from '../api/vocabulary.js';
 
 /** What `prepare` learns at launch time: in Kubernetes mode the launcher's pid (daemon's pid namespace), whose netns is the pod's. */
@@ -52,6 +53,8 @@ export interface SupervisorDeps {
   beforeCont?: (qmp: QmpClient, qemuPid: number) => Promise<void>;
   /** The per-VM cgroups; absent = QEMU runs in the launcher's cgroups as spawned (config `cgroupParent: ""`). */
   cgroups?: VmCgroups;
+  /** Standalone on v1 cgroups: a launcher kept ready in a group of its own, taken by a start that finds it ready. */
+  launcherSpare?: Pick<LauncherSpare, 'take'>;
   /** Removes the VM's network sandbox once QEMU is gone (idempotent). */
   releaseNetwork?: () => Promise<void>;
   /** status.interfaces with what the guest agent reports merged in; undefined = leave them. */

@@ -29,19 +29,25 @@ export interface VmLauncherSpawn {
 /** Creates the VM's group and spawns vmlet-launch into it (it joins the netns later, when told with NETNS). */
 export async function spawnVmLauncher(o: VmLauncherSpawn): Promise<SpawnedLauncher> {
   const cgroups = o.deps.cgroups;
+  const args = {
+    launcherBinary: o.deps.launcherBinary,
+    uid: o.uid,
+    socket: o.deps.launcherSocket,
+    runDir: o.deps.runDir,
+    ...(o.deps.launcherSandbox ? { sandbox: o.deps.launcherSandbox } : {}),
+  };
+  // A spare already in a group of its own (renamed to the VM's): its limits follow with limit(), as for an early spawn.
+  const spare = o.resources || !cgroups ? undefined : await o.deps.launcherSpare?.take(o.uid, args);
+  if (spare) {
+    startTraces.mark(o.uid, 'launcher.spare');
+    return spare;
+  }
   let dirs: string[] = [];
   if (cgroups) {
     dirs = o.resources ? await setUpVmCgroup({ cgroups, uid: o.uid, resources: o.resources, log: o.log }) : await createVmCgroup({ cgroups, uid: o.uid });
   }
   startTraces.mark(o.uid, 'cgroup.ready');
-  const spawned = await spawnLauncher({
-    launcherBinary: o.deps.launcherBinary,
-    uid: o.uid,
-    socket: o.deps.launcherSocket,
-    runDir: o.deps.runDir,
-    cgroups: dirs,
-    ...(o.deps.launcherSandbox ? { sandbox: o.deps.launcherSandbox } : {}),
-  });
+  const spawned = await spawnLauncher({ ...args, cgroups: dirs });
   startTraces.mark(o.uid, 'launcher.spawned');
   return spawned;
 }

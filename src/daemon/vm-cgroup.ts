@@ -42,8 +42,17 @@ export class VmCgroups {
     return cgroupManager(this.opts.layout, vmGroupPath(this.opts.parent, uid), this.opts.manager ?? {});
   }
 
-  /** The uids of the VM groups that exist under the parent (in any hierarchy we use). */
+  get mode(): CgroupLayout['mode'] {
+    return this.opts.layout.mode;
+  }
+
+  /** The uids of the VM groups that exist under the parent (in any hierarchy we use); spare launchers' groups (a leading dot) are none. */
   async listUids(): Promise<string[]> {
+    return (await this.listNames()).filter((n) => !n.startsWith('.'));
+  }
+
+  /** Every group under the parent (in any hierarchy we use). */
+  async listNames(): Promise<string[]> {
     const l = this.opts.layout;
     const roots = l.mode === 'v2' ? [l.unified] : Object.values(l.hierarchies);
     const out = new Set<string>();

@@ -3,6 +3,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { VmletError } from '../errors.js';
+import { pidAlive } from '../sys/spawn.js';
 import type { HostOps } from './host-ops.js';
 import { hostPath, type InstallLayout } from './layout.js';
 import { readManifest, recordCreatedUser, writeFileAtomic, writeManifest, type InstallManifest } from './manifest.js';
@@ -142,15 +143,6 @@ export function removeDeadCopies(prefix: string): string[] {
   });
   for (const n of dead) fs.rmSync(path.join(prefix, n), { recursive: true, force: true });
   return dead;
-}
-
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0);
-    return true;
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === 'EPERM';
-  }
 }
 
 /** Points `link` at `target` by renaming a new link over it, so it is never missing. */

@@ -37,7 +37,7 @@ export interface PipedResult extends ExitInfo {
 }
 
 /** pipe2(O_CLOEXEC): [read end, write end]. */
-function pipe(): [number, number] {
+export function pipe(): [number, number] {
   const b = Buffer.alloc(8);
   if ((pipe2(b, O_CLOEXEC) as number) !== 0) {
     const e = errno();

@@ -115,6 +115,16 @@ function reap(): void {
   for (const [pid, resolve] of waiting) reapOne(pid, resolve);
 }
 
+/** True while a process of that pid exists (one of another user counts: EPERM). */
+export function pidAlive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}
+
 /** Number of started children not reaped yet (for tests: nothing may stay a zombie). */
 export function unreapedChildren(): number {
   return waiting.size;

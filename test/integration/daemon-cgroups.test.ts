@@ -202,12 +202,21 @@ t.test('VM cgroups through the daemon', { skip }, async (t) => {
   await t.test('nothing is left after delete', async (t) => {
     await d.cliOk(['delete', 'vmi', 'cg', '--wait'], { timeoutMs: 30_000 });
     for (const c of CONTROLLERS) t.notOk(existsSync(dirOf(c, uid)), `no ${c} group left`);
+    // The daemon keeps one spare launcher ready (launcher-spare.ts), in a group of its own.
     for (const c of CONTROLLERS)
       t.same(
-        readdirSync(dirOf(c)).filter((n) => statIsDir(dirOf(c, n))),
+        readdirSync(dirOf(c)).filter((n) => statIsDir(dirOf(c, n)) && !n.startsWith('.spare-')),
         [],
-        `nothing under ${parent} in ${c}`,
+        `nothing but the spare launcher's group under ${parent} in ${c}`,
       );
+    const spares = readdirSync(dirOf('memory')).filter((n) => n.startsWith('.spare-'));
+    t.equal(spares.length, 1, 'one spare launcher group');
+    const procs = readFileSync(dirOf('memory', spares[0] ?? '-', 'cgroup.procs'), 'utf8')
+      .trim()
+      .split('\n')
+      .filter(Boolean);
+    t.equal(procs.length, 1, 'holding one process');
+    t.match(readFileSync(`/proc/${procs[0]}/cmdline`, 'utf8').split('\0').join(' '), /vmlet-launch --spare yes/, 'a spare vmlet-launch');
   });
 });
 

@@ -177,7 +177,16 @@ tap.test('kill -9 during apply never starts a QEMU twice', { skip }, async (t) =
   checkOneQemuEach(t, d, vmis, 'at the end');
   const launchers = d.vmProcesses().filter((p) => p.argv[0]?.endsWith('vmlet-launch'));
   t.equal(launchers.length, names.length, `one launcher per VMI (${launchers.map((p) => p.pid).join(', ')})`);
-  const strays = withChildren(processesMatching(d.runDir)).filter((p) => !vmis.some((v) => p.argv.join(' ').includes(v.metadata.uid)) && p.pid !== d.pid);
+  const mine = withChildren(processesMatching(d.runDir)).filter((p) => !vmis.some((v) => p.argv.join(' ').includes(v.metadata.uid)) && p.pid !== d.pid);
+  // The daemon's own spare launcher (launcher-spare.ts) serves no VMI yet; the killed daemons' spares ended with their pipe.
+  await waitFor(
+    "the killed daemons' spare launchers to end",
+    () => processesMatching(`/${path.basename(d.root)}/.spare-`).every((p) => p.argv.join(' ').includes(`.spare-${d.pid}-`)),
+    5_000,
+  );
+  const spares = processesMatching(`/${path.basename(d.root)}/.spare-`);
+  t.ok(spares.length <= 1, `at most the live daemon's one spare launcher (${spares.map((p) => p.pid).join(', ') || 'none'})`);
+  const strays = mine.filter((p) => p.argv[1] !== '--spare');
   t.same(
     strays.map((p) => p.argv.slice(0, 3).join(' ')),
     [],
