@@ -125,7 +125,10 @@ t.test('a spare waits joined, and a take hands it to a VM', { skip }, async (t) 
   t.notOk(existsSync(memDir(name)), "the spare's group is gone…");
   t.same(procsOf(uid), [pid], "…renamed to the VM's, with the launcher in it (no join on the start's path)");
   t.equal(await hello, `HELLO 1 ${uid} ${pid} NEW`, 'after the handover it runs as the VM launcher and says HELLO');
-  const exit = await taken!.exited;
+  // A timer keeps the loop alive meanwhile: the reaper's SIGCHLD handler alone does not.
+  let timer: NodeJS.Timeout | undefined;
+  const exit = await Promise.race([taken!.exited, new Promise<{ code: number }>((r) => (timer = setTimeout(() => r({ code: -1 }), 10_000)))]);
+  clearTimeout(timer);
   t.equal(exit.code, 122, 'a rejected launcher exits as vmlet-launch does (EXIT_REJECTED)');
   t.match(readFileSync(path.join(runDir, 'launcher.log'), 'utf8'), /rejected/, "its log is the VM's launcher.log");
   await cgroups.remove(uid);
