@@ -48,39 +48,41 @@ function tap(args, live) {
 }
 
 const userArgs = process.argv.slice(2);
-if (userArgs.length > 0) {
-  const r = await tap(userArgs, true);
-  process.exit(r.code);
-}
+// process.exitCode, never process.exit(): on a pipe (`npm test | tee`) stdout is written asynchronously, and exit()
+// would cut off what is still queued, the summary line among it.
+if (userArgs.length > 0) process.exitCode = (await tap(userArgs, true)).code;
+else await all();
 
-const started = Date.now();
-const unit = testFiles('test/unit');
-const cluster = testFiles('test/cluster');
-const others = testFiles('test').filter((f) => !unit.includes(f) && !cluster.includes(f));
-const jobs = String(Math.max(1, os.availableParallelism()));
+async function all() {
+  const started = Date.now();
+  const unit = testFiles('test/unit');
+  const cluster = testFiles('test/cluster');
+  const others = testFiles('test').filter((f) => !unit.includes(f) && !cluster.includes(f));
+  const jobs = String(Math.max(1, os.availableParallelism()));
 
-/** Runs the passes of one lane in order; prints the lane's output once it is done. */
-async function lane(name, passes) {
-  const results = [];
-  for (const args of passes) results.push(await tap(args, false));
+  /** Runs the passes of one lane in order; prints the lane's output once it is done. */
+  async function lane(name, passes) {
+    const results = [];
+    for (const args of passes) results.push(await tap(args, false));
+    const secs = Math.round((Date.now() - started) / 1000);
+    process.stdout.write(`\n# lane ${name} (done after ${secs} s)\n`);
+    for (const r of results) process.stdout.write(r.output);
+    return results;
+  }
+
+  const lanes = await Promise.all([
+    lane('cluster, then unit', [...(cluster.length > 0 ? [cluster] : []), ['--jobs', jobs, ...unit]]),
+    lane('integration, chaos, systemd', [others]),
+  ]);
+  const passes = lanes.flat();
+
+  const total = {};
+  for (const p of passes) for (const [k, v] of Object.entries(p.counts)) total[k] = (total[k] ?? 0) + v;
+  // A pass that died before its summary counts as a failure.
+  for (const p of passes) if (!p.summarised && p.code !== 0) total.fail = (total.fail ?? 0) + 1;
+  const order = ['total', 'pass', 'fail', 'todo', 'skip'];
+  const keys = [...order.filter((k) => k in total), ...Object.keys(total).filter((k) => !order.includes(k))];
   const secs = Math.round((Date.now() - started) / 1000);
-  process.stdout.write(`\n# lane ${name} (done after ${secs} s)\n`);
-  for (const r of results) process.stdout.write(r.output);
-  return results;
+  process.stdout.write(`\n# all passes, two lanes side by side, ${secs} s\n# { ${keys.map((k) => `${k}: ${total[k]}`).join(', ')} }\n`);
+  process.exitCode = passes.some((p) => p.code !== 0) ? 1 : 0;
 }
-
-const lanes = await Promise.all([
-  lane('cluster, then unit', [...(cluster.length > 0 ? [cluster] : []), ['--jobs', jobs, ...unit]]),
-  lane('integration, chaos, systemd', [others]),
-]);
-const passes = lanes.flat();
-
-const total = {};
-for (const p of passes) for (const [k, v] of Object.entries(p.counts)) total[k] = (total[k] ?? 0) + v;
-// A pass that died before its summary counts as a failure.
-for (const p of passes) if (!p.summarised && p.code !== 0) total.fail = (total.fail ?? 0) + 1;
-const order = ['total', 'pass', 'fail', 'todo', 'skip'];
-const keys = [...order.filter((k) => k in total), ...Object.keys(total).filter((k) => !order.includes(k))];
-const secs = Math.round((Date.now() - started) / 1000);
-process.stdout.write(`\n# all passes, two lanes side by side, ${secs} s\n# { ${keys.map((k) => `${k}: ${total[k]}`).join(', ')} }\n`);
-process.exit(passes.some((p) => p.code !== 0) ? 1 : 0);
