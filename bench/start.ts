@@ -97,6 +97,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
     }
 
     const traces = await startTraceSteps(api);
+    const rootTraces = await startTraceSteps(asRoot.api);
 
     progress(`concurrent: ${concurrent} raw QEMU at once`);
     const rawBurst = await burst(concurrent, (i) => rawStart(dir, accel, 1000 + i));
@@ -172,7 +173,7 @@ export async function run(opts: { json: boolean; args?: string[] }): Promise<voi
         raw_mean: +mean(rawCpu).toFixed(1),
         ratio_vs_raw: +(mean(vmlCpu) / mean(rawCpu)).toFixed(2),
       },
-      start_trace_p50_ms: { no_nic: traces('seq-'), with_nic: traces('net-'), concurrent: concurrentTrace },
+      start_trace_p50_ms: { no_nic: traces('seq-'), with_nic: traces('net-'), qemu_root: rootTraces('root-'), concurrent: concurrentTrace },
       daemon_rss_kib: { vms_0: rss0, [`vms_${concurrent}`]: rssN, per_vm: +((rssN - rss0) / concurrent).toFixed(1) },
       libvirt: libvirt ? 'virsh create until domstate is running, private libvirtd' : 'skipped (--no-libvirt)',
     };

@@ -13,6 +13,8 @@ import type { VmCgroups } from './vm-cgroup.js';
 /** Group names of spares: `.spare-<daemon pid>-<n>`; a VMI's uid never starts with a dot, so no VM group is one. */
 export const SPARE_PREFIX = '.spare-';
 const SPARE_RE = /^\.spare-(\d+)-\d+$/;
+/** How often a refill that waits for the starts under way looks again. */
+const QUIET_POLL_MS = 10;
 
 export interface LauncherSpareOptions {
   /** The VM groups; spares need a v1 (or hybrid) layout, whose groups can be renamed. */
@@ -21,8 +23,15 @@ export interface LauncherSpareOptions {
   /** The daemon's run dir: the spares' own log goes there. */
   runDir: string;
   log: Logger;
-  /** Delay before the next spare is made once one was taken, so its set-up does not share the CPU with that start. */
+  /** Delay before the next spare is made once one was taken (default 20 ms). */
   refillDelayMs?: number;
+  /**
+   * Whether no start is under way. The next spare waits for it: its group join holds the kernel's cgroup lock
+   * through an RCU grace period, and a start's fork of QEMU (or QEMU's own threads) waited behind it for up to 11 ms.
+   */
+  quiet?: () => boolean;
+  /** How long a refill waits for `quiet` at most (default 2 s): a start that waits long (an image import) does not keep spares away. */
+  quietWaitMaxMs?: number;
   /** Spares in a row that fail before READY; past it no more are made (default 3). */
   maxFailures?: number;
 }
@@ -71,10 +80,9 @@ export class LauncherSpare {
     this.#spare = undefined;
     const from = this.o.cgroups.manager(s.name).paths().dirs;
     const to = this.o.cgroups.manager(uid).paths().dirs;
-    const moved: number[] = [];
     try {
-      // Renames take the kernel's cgroup lock, which a join elsewhere may hold through a grace period: off the event loop.
-      await Promise.all(from.map((d, i) => fs.rename(d, to[i]!).then(() => moved.push(i))));
+      // Handed over first: its exec and HELLO overlap the renames. It forks QEMU only once the argv comes, which waits
+      // for the group's limits, written under the VM's name, so after the renames.
       mkdirSync(spawn.runDir, { recursive: true, mode: 0o700 });
       const logFile = spawn.logFile ?? path.join(spawn.runDir, RUN_FILES.launcherLog);
       const argv = [logFile, spawn.launcherBinary, ...launcherArgv({ ...spawn, cgroups: [] })];
@@ -82,7 +90,6 @@ export class LauncherSpare {
       if (writeSync(s.stdin, payload) !== payload.length) throw new Error('short write to the spare launcher');
     } catch (e) {
       this.#log.warn({ err: e, uid, spare: s.pid }, 'could not hand a spare launcher over; spawning one');
-      await Promise.all(moved.map((i) => fs.rename(to[i]!, from[i]!).catch(() => undefined)));
       void this.#discard(s);
       this.#refillSoon();
       return undefined;
@@ -90,6 +97,18 @@ export class LauncherSpare {
     closeFd(s.stdin);
     s.out.destroy();
     this.#refillSoon();
+    // Renames take the kernel's cgroup lock, which a join elsewhere may hold through a grace period: off the event loop.
+    const renamed = await Promise.allSettled(from.map((d, i) => fs.rename(d, to[i]!)));
+    const failed = renamed.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+    if (failed) {
+      // It must not run QEMU outside the VM's group: it goes, and the start spawns a launcher as before.
+      this.#log.warn({ err: failed.reason, uid, spare: s.pid }, "could not rename a spare launcher's group; spawning one");
+      killQuietly(s.pid);
+      await exitedWithin(s, 2000);
+      await Promise.all(renamed.map((r, i) => (r.status === 'fulfilled' ? fs.rename(to[i]!, from[i]!).catch(() => undefined) : undefined)));
+      await this.o.cgroups.remove(s.name, this.#log).catch(() => undefined);
+      return undefined;
+    }
     return { pid: s.pid, exited: s.exited };
   }
 
@@ -103,9 +122,16 @@ export class LauncherSpare {
   }
 
   #refillSoon(): void {
-    clearTimeout(this.#timer);
-    this.#timer = setTimeout(() => this.#make(), this.o.refillDelayMs ?? 50);
-    this.#timer.unref();
+    const since = performance.now();
+    const tick = (delayMs: number): void => {
+      clearTimeout(this.#timer);
+      this.#timer = setTimeout(() => {
+        if (this.o.quiet?.() === false && performance.now() - since < (this.o.quietWaitMaxMs ?? 2_000)) tick(QUIET_POLL_MS);
+        else this.#make();
+      }, delayMs);
+      this.#timer.unref();
+    };
+    tick(this.o.refillDelayMs ?? 20);
   }
 
   #make(): void {
@@ -193,10 +219,23 @@ export class LauncherSpare {
     s.ready = true; // its exit is expected now
     closeFd(s.stdin);
     s.out.destroy();
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([s.exited, new Promise((r) => (timer = setTimeout(r, 2000)))]);
-    clearTimeout(timer);
+    await exitedWithin(s, 2000);
     await this.o.cgroups.remove(s.name, this.#log).catch(() => undefined);
+  }
+}
+
+/** Its exit, or `ms` passed; the timer also keeps the loop alive meanwhile (the reaper's SIGCHLD handler alone does not). */
+async function exitedWithin(s: Spare, ms: number): Promise<void> {
+  let timer: NodeJS.Timeout | undefined;
+  await Promise.race([s.exited, new Promise((r) => (timer = setTimeout(r, ms)))]);
+  clearTimeout(timer);
+}
+
+function killQuietly(pid: number): void {
+  try {
+    process.kill(pid, 'SIGKILL');
+  } catch {
+    /* gone already */
   }
 }
 

@@ -150,7 +150,13 @@ async function startLocked(config: DaemonConfig, logger: Logger, locks: DirLock[
     logger.info({ mode: layout.mode, parent: config.cgroupParent }, 'VM cgroups');
     if (config.launcherSpare && sparesPossible(cgroups)) {
       const log = logger.child({ component: 'launcher-spare' });
-      launcherSpare = new LauncherSpare({ cgroups, launcherBinary: config.launcherBinary, runDir: config.runDir, log });
+      launcherSpare = new LauncherSpare({
+        cgroups,
+        launcherBinary: config.launcherBinary,
+        runDir: config.runDir,
+        log,
+        quiet: () => startTraces.open === 0,
+      });
     }
   } else {
     logger.warn('cgroupParent is empty: VMs get no cgroup of their own and no limits');

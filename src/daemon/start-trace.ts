@@ -87,6 +87,11 @@ export class StartTracer {
     this.#onEnd?.(o.trace);
   }
 
+  /** Starts under way: traces begun and not ended. */
+  get open(): number {
+    return this.#open.size;
+  }
+
   /** Sets (or clears) the function called once per finished trace. */
   onEnd(fn: ((t: StartTrace) => void) | undefined): void {
     this.#onEnd = fn;

@@ -59,6 +59,8 @@ export class LauncherWatch {
     // Our own child, not reaped: the peer's pid proves it (procfs reads wait behind the pool while a sandbox is made).
     if (early?.holds(h.peer.pid)) return undefined;
     const spawned = early ? await early.pid.catch(() => undefined) : undefined;
+    // A spare is handed over before its group is renamed, so its HELLO can come before `pid` resolves.
+    if (early?.holds(h.peer.pid)) return undefined;
     const { uid, runDir, procRoot } = this.opts;
     // The server logs the refusal with the peer's pid and uid.
     return refuseUnrecorded(h.peer, { pid: this.opts.launcherPid() ?? spawned, uid, runDir, procRoot });

@@ -1,11 +1,15 @@
 // Reads the daemon's view of a launcher's QEMU from procfs: its pid in each nested pid namespace, and the daemon-side pid of a launcher's child.
+import { readFileSync } from 'node:fs';
 import { readdir, readFile } from 'node:fs/promises';
 import path from 'node:path';
 
-/** pids of `pid` in each nested pid namespace, outermost (the procfs's) first; [] when unreadable. */
+/**
+ * pids of `pid` in each nested pid namespace, outermost (the procfs's) first; [] when unreadable. Read inline: a procfs
+ * file is in memory, and a thread-pool round trip on a HELLO's path took milliseconds while the pool was busy.
+ */
 export async function nsPids(procRoot: string, pid: number): Promise<number[]> {
   try {
-    const status = await readFile(path.join(procRoot, String(pid), 'status'), 'utf8');
+    const status = readFileSync(path.join(procRoot, String(pid), 'status'), 'utf8');
     const m = /^NSpid:\s*(.*)$/m.exec(status);
     return m?.[1] ? m[1].trim().split(/\s+/).map(Number) : [];
   } catch {

@@ -8,7 +8,7 @@ import { peerCred, sendWithFds, socketFd, type PeerCred } from '../sys/scm.js';
 import type { ExitStatus } from './launch.js';
 import { encodeArgvMessage, encodeNetnsMessage, failureCode, MAX_LINE, parseLauncherLine, type LauncherMessage, type LauncherState } from './launcher-codec.js';
 import { checkHelloPeer, type HelloDecision, type LauncherHello, type LauncherReject } from './launcher-hello.js';
-import { nsPids, translateChildPid } from './launcher-procfs.js';
+import { translateChildPid } from './launcher-procfs.js';
 import type { PodListener } from './pod-identity.js';
 import { bindLauncherSocket, chmodSocketNoFollow, closeServer } from './launcher-socket.js';
 import { DEFAULT_PROC_ROOT } from '../api/vocabulary.js';
@@ -57,6 +57,8 @@ export class LauncherLink extends EventEmitter<LauncherLinkEvents> {
   /** SO_PEERCRED of the current connection, if connected. */
   peer: PeerCred | undefined;
   /** @internal */ conn: net.Socket | undefined;
+  /** @internal Whether the current connection's peer sits in a nested pid namespace (its pids need translating). */
+  nested = false;
   /** @internal */ detached = false;
 
   constructor(uid: string) {
@@ -290,7 +292,8 @@ export class LauncherServer {
           log?.warn('second HELLO on one connection ignored');
           return;
         case 'started': {
-          const qemuPid = await this.#toDaemonPid(peer, msg.qemuPid);
+          // Only a launcher in a pod's pid namespace reports a pid of its own: a procfs read less on the start's path.
+          const qemuPid = l.nested ? await this.#toDaemonPid(peer, msg.qemuPid) : msg.qemuPid;
           l.state = { kind: 'running', qemuPid };
           l.emit('started', qemuPid);
           return;
@@ -400,6 +403,7 @@ export class LauncherServer {
     if (link.conn && link.conn !== sock) link.conn.destroy(); // the same launcher reconnected
     link.conn = sock;
     link.peer = peer;
+    link.nested = nested;
     const prev = link.state;
     link.state = state;
     accepted(link);
@@ -411,8 +415,6 @@ export class LauncherServer {
   }
 
   async #toDaemonPid(peer: PeerCred, pid: number): Promise<number> {
-    const ns = await nsPids(this.#procRoot, peer.pid);
-    if (ns.length <= 1) return pid;
     return (await translateChildPid(this.#procRoot, peer.pid, pid)) ?? pid;
   }
 }

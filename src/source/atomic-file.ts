@@ -106,6 +106,8 @@ export async function stageFileAtomic(file: string, data: string | Uint8Array, o
     }
     onVisible?.();
     if (!durable) return;
+    // What onVisible woke (a watcher's event, a waiting supervisor) goes first: an inline fsync holds the loop.
+    if (onVisible !== undefined && inline) await new Promise<void>((resolve) => setImmediate(resolve));
     await fsyncDir(dir, lane).catch((e: unknown) => {
       throw new NotDurableError(e);
     });

@@ -135,6 +135,20 @@ t.test('a spare waits joined, and a take hands it to a VM', { skip }, async (t) 
 
   await waitFor('the next spare', () => groups().find((n) => n !== name && n.startsWith(SPARE_PREFIX) && procsOf(n).length === 1));
   t.pass('a new spare is made after a take');
+
+  // A group that cannot be renamed (the VM's name is taken in one hierarchy): the handed-over spare goes, nothing moves.
+  const clash = groups().find((n) => n.startsWith(SPARE_PREFIX))!;
+  const clashPid = procsOf(clash)[0]!;
+  mkdirSync(memDir('u-0005'));
+  t.equal(await spare.take('u-0005', { launcherBinary, uid: 'u-0005', socket, runDir }), undefined, 'a take whose rename fails gives no launcher');
+  t.notOk(alive(clashPid), 'the spare it had handed over is killed (it never runs QEMU outside the VM group)');
+  t.notOk(existsSync(memDir(clash)), 'its group is removed');
+  t.same(procsOf('u-0005'), [], "the VM's existing group is left as it was");
+  const cpuDir = (g: string): string => path.join(layout!.hierarchies['cpu'] ?? layout!.hierarchies['memory']!, parent, g);
+  t.notOk(existsSync(cpuDir('u-0005')), 'the renames that had succeeded are undone');
+  rmdirSync(memDir('u-0005'));
+  await waitFor('a spare after the failed take', () => groups().find((n) => n !== clash && n.startsWith(SPARE_PREFIX) && procsOf(n).length === 1));
+
   const again = groups().find((n) => n.startsWith(SPARE_PREFIX))!;
   const againPid = procsOf(again)[0]!;
   t.equal(
@@ -146,6 +160,51 @@ t.test('a spare waits joined, and a take hands it to a VM', { skip }, async (t) 
   t.notOk(alive(againPid), 'close lets the spare go');
   t.notOk(existsSync(memDir(again)), 'and removes its group');
   t.equal(await spare.take('u-0003', { launcherBinary, uid: 'u-0003', socket, runDir }), undefined, 'nothing is taken after close');
+});
+
+t.test('the next spare waits until no start is under way (bounded)', { skip }, async (t) => {
+  const cgroups = new VmCgroups({ layout: layout!, parent });
+  let busy = true;
+  const spare = new LauncherSpare({ cgroups, launcherBinary, runDir: dir, log, refillDelayMs: 0, quiet: () => !busy, quietWaitMaxMs: 60_000 });
+  t.teardown(() => spare.close());
+  await spare.start(); // the first one does not wait: no start can have taken one yet
+  const mine = (): string[] => groups().filter((n) => n.startsWith(`${SPARE_PREFIX}${process.pid}-`) && procsOf(n).length === 1);
+  await waitFor('the first spare', () => mine().length === 1);
+  const runDir = path.join(dir, 'vms', 'u-0006');
+  let taken: Awaited<ReturnType<LauncherSpare['take']>>;
+  for (let i = 0; i < 250 && !taken; i++) {
+    taken = await spare.take('u-0006', { launcherBinary, uid: 'u-0006', socket: path.join(dir, 'none.sock'), runDir, lingerSeconds: 1 });
+    if (!taken) await sleep(20);
+  }
+  t.ok(taken, 'taken');
+  await sleep(300);
+  t.same(
+    groups().filter((n) => n.startsWith(SPARE_PREFIX)),
+    [],
+    "while a start is under way no spare is made (its group join would hold up that start's forks)",
+  );
+  busy = false;
+  await waitFor('the next spare once quiet', () => mine().length === 1);
+  t.pass('made once no start is under way');
+  process.kill(taken!.pid, 'SIGKILL');
+  await cgroups.remove('u-0006').catch(() => undefined);
+
+  // A start that never ends (an image import) keeps spares away for quietWaitMaxMs at most.
+  const capped = new LauncherSpare({ cgroups, launcherBinary, runDir: dir, log, refillDelayMs: 0, quiet: () => false, quietWaitMaxMs: 200 });
+  t.teardown(() => capped.close());
+  await spare.close();
+  await capped.start();
+  await waitFor('a spare of the second', () => mine().length === 1);
+  let second: Awaited<ReturnType<LauncherSpare['take']>>;
+  for (let i = 0; i < 250 && !second; i++) {
+    second = await capped.take('u-0007', { launcherBinary, uid: 'u-0007', socket: path.join(dir, 'none.sock'), runDir, lingerSeconds: 1 });
+    if (!second) await sleep(20);
+  }
+  t.ok(second, 'taken');
+  await waitFor('a spare despite a start that never ends', () => mine().length === 1);
+  t.pass('made after the bound');
+  process.kill(second!.pid, 'SIGKILL');
+  await cgroups.remove('u-0007').catch(() => undefined);
 });
 
 t.test('a launcher that cannot start: spares stop after three failures, starts spawn as before', { skip }, async (t) => {

@@ -11,7 +11,9 @@ t.test('steps are ms since the first step; end records the outcome and hands the
   const c = clock();
   const ended: StartTrace[] = [];
   const tr = new StartTracer({ now: c.now, onEnd: (x) => ended.push(x) });
+  t.equal(tr.open, 0, 'no start under way');
   t.equal(tr.begin('u1', 'vm', 'supervisor.created'), true);
+  t.equal(tr.open, 1, 'one start under way (the spare launcher waits for none before it refills)');
   c.at(1002.5);
   tr.mark('u1', 'cgroup.ready');
   c.at(1030);
@@ -25,6 +27,7 @@ t.test('steps are ms since the first step; end records the outcome and hands the
     ['end:Running', 30],
   ]);
   t.equal(trace?.outcome, 'Running', 'a second end is ignored');
+  t.equal(tr.open, 0, 'none under way once it ended');
   t.equal(ended.length, 1, 'onEnd once');
 });
 
