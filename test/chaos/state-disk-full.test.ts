@@ -45,9 +45,25 @@ tap.test('a full state disk during a VM start and run loses nothing', { skip }, 
   const filler = path.join(d.stateDir, 'filler');
   const log = (): string => fs.readFileSync(d.logFile, 'utf8');
 
-  // The VMI is stored, then the disk fills before the daemon has written any of its start.
-  await d.apply(manifestVMI('full'));
+  // The VMI is stored, then the disk fills before the daemon has written any of its start: the daemon is stopped
+  // the moment the VMI's file lands, so that a quick start (a few ms to QEMU's launch record) cannot beat the fill.
+  const vmiDir = path.join(d.stateDir, 'objects', 'virtualmachineinstances', 'default');
+  fs.mkdirSync(vmiDir, { recursive: true, mode: 0o700 });
+  let stopped = false;
+  const watcher = fs.watch(vmiDir, (_event, file) => {
+    if (stopped || file !== 'full.json') return;
+    stopped = true;
+    process.kill(d.pid, 'SIGSTOP');
+  });
+  const applied = d.apply(manifestVMI('full'));
+  try {
+    await waitFor('the VMI to be stored', () => stopped, 30_000, 1);
+  } finally {
+    watcher.close();
+  }
   const filled = fill(filler);
+  process.kill(d.pid, 'SIGCONT');
+  await applied;
   t.ok(filled > 0, `the state disk is full (${filled} bytes of filler)`);
   t.throws(() => fs.writeFileSync(path.join(d.stateDir, 'probe'), 'x'), { code: 'ENOSPC' }, 'nothing more fits');
   const vmi = await waitFor('the VMI to be known', async () => d.vmi('full'), 10_000, 100);
