@@ -70,7 +70,7 @@ export async function checkHelloPeer(
     const text = `the socket peer (pid ${peer.pid}) runs as uid ${peer.uid}, not ${o.launcherUid}`;
     return { refusal: { code: 'peer-uid', text, facts: { peerUid: peer.uid, expectedUid: o.launcherUid, uid: msg.uid } } };
   }
-  const ns = await nsPids(o.procRoot, peer.pid);
+  const ns = nsPids(o.procRoot, peer.pid);
   const nested = ns.length > 1;
   if (msg.launcherPid !== peer.pid && !(nested && ns.at(-1) === msg.launcherPid)) {
     return { refusal: { code: 'pid-mismatch', text: `claimed pid ${msg.launcherPid} but the socket peer is pid ${peer.pid}` } };

@@ -7,7 +7,7 @@ import path from 'node:path';
  * pids of `pid` in each nested pid namespace, outermost (the procfs's) first; [] when unreadable. Read inline: a procfs
  * file is in memory, and a thread-pool round trip on a HELLO's path took milliseconds while the pool was busy.
  */
-export async function nsPids(procRoot: string, pid: number): Promise<number[]> {
+export function nsPids(procRoot: string, pid: number): number[] {
   try {
     const status = readFileSync(path.join(procRoot, String(pid), 'status'), 'utf8');
     const m = /^NSpid:\s*(.*)$/m.exec(status);
@@ -30,7 +30,7 @@ export async function translateChildPid(procRoot: string, parentPid: number, inn
     return undefined;
   }
   for (const c of candidates) {
-    if ((await nsPids(procRoot, c)).at(-1) === innerPid) return c;
+    if (nsPids(procRoot, c).at(-1) === innerPid) return c;
   }
   return undefined;
 }

@@ -106,3 +106,44 @@ t.test('a launcher in its own pid namespace (kubernetes): pids are translated th
   await disconnected;
   t.notOk(link.connected);
 });
+
+t.test("STARTED: a nested launcher's QEMU pid is translated, another launcher's is taken as it is", async (t) => {
+  const dir = mkdtempSync(path.join(tmpdir(), 'vmlet-unit-pidns-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const proc = path.join(dir, 'proc');
+  const me = process.pid;
+  const qemuHostPid = 987655;
+  // `inner`: the QEMU child's pid in its own namespace, were the launcher's pids translated.
+  const fakeProc = (nspid: string, inner: number): void => {
+    rmSync(proc, { recursive: true, force: true });
+    mkdirSync(path.join(proc, String(me), 'task', String(me)), { recursive: true });
+    writeFileSync(path.join(proc, String(me), 'status'), `Name:\tvmlet-launch\nNSpid:\t${nspid}\n`);
+    writeFileSync(path.join(proc, String(me), 'task', String(me), 'children'), `${qemuHostPid} `);
+    mkdirSync(path.join(proc, String(qemuHostPid)), { recursive: true });
+    writeFileSync(path.join(proc, String(qemuHostPid), 'status'), `Name:\tqemu\nNSpid:\t${qemuHostPid}\t${inner}\n`);
+  };
+  const server = new LauncherServer({
+    socketPath: path.join(dir, 'l.sock'),
+    procRoot: proc,
+    onHello: () => ({ action: 'launch', argv: ['/usr/bin/qemu-system-x86_64'], fds: [] }),
+  });
+  await server.listen();
+  t.teardown(() => server.close());
+
+  const startedVia = async (uid: string, helloPid: number, reported: number): Promise<unknown> => {
+    const link = server.attach(uid);
+    const sock = net.connect(path.join(dir, 'l.sock'));
+    t.teardown(() => sock.destroy());
+    const argv = new Promise<string>((resolve) => sock.once('data', (c: Buffer) => resolve(c.toString())));
+    sock.write(`HELLO 1 ${uid} ${helloPid} NEW\n`);
+    t.match(await argv, /^ARGV /, `${uid}: the argv is handed over`);
+    const started = link.waitFor('started', 2000);
+    sock.write(`STARTED ${reported}\n`);
+    return (await started)[0];
+  };
+
+  fakeProc(`${me}\t1`, 7);
+  t.equal(await startedVia('vmi-nested', 1, 7), qemuHostPid, "in a pod's pid namespace: 7 there is QEMU's pid here");
+  fakeProc(`${me}`, 4242); // a translation would wrongly find the child here
+  t.equal(await startedVia('vmi-flat', me, 4242), 4242, 'in our own namespace: the pid as reported, no procfs look-up');
+});
